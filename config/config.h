@@ -1,0 +1,80 @@
+/*
+ * config.h - the qrux YAML configuration: schema (libcyaml), defaults and
+ * validation. A qx_config_t is immutable once loaded; the snapshot module
+ * shares it between workers.
+ *
+ * Relative cert/key paths are resolved against the directory of the config
+ * file (a ConfigMap and its Secret are usually mounted side by side).
+ */
+#ifndef QX_CONFIG_H
+#define QX_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+typedef struct qx_limits {
+    uint32_t upstream_connect_timeout_secs;     /* default 10 */
+    uint32_t upstream_request_timeout_secs;     /* default 120, >= connect timeout */
+    uint64_t max_request_body_bytes;            /* default 10485760 */
+    uint64_t max_upstream_response_body_bytes;  /* default 52428800 */
+    uint32_t max_idle_connections_per_upstream; /* default 16 */
+    uint32_t graceful_shutdown_secs;            /* default 30 */
+} qx_limits_t;
+
+typedef struct qx_upstream_cfg {
+    char *name; /* as written in the config, e.g. "127.0.0.1:8080"; the metrics label */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+} qx_upstream_cfg_t;
+
+typedef struct qx_route_cfg {
+    char *match; /* lowercased: "host", "*.suffix" or "*" */
+    qx_upstream_cfg_t *upstreams;
+    size_t nupstreams; /* >= 1 */
+    int single;        /* 1 when written as `upstream:`, 0 for `upstreams:` */
+} qx_route_cfg_t;
+
+typedef struct qx_config {
+    char *path;   /* the file it was loaded from (NULL for a buffer) */
+    char *listen; /* as written */
+    struct sockaddr_storage listen_addr;
+    socklen_t listen_addrlen;
+    char *cert; /* resolved path */
+    char *key;  /* resolved path */
+    uint32_t workers; /* as configured; 0 = one per available CPU */
+    qx_limits_t limits;
+    qx_route_cfg_t *routes;
+    size_t nroutes; /* >= 1 */
+} qx_config_t;
+
+/*
+ * Loads and validates the YAML file at |path|. On success returns 0 and
+ * stores a new config in *out (free with qx_config_del). On failure returns
+ * QX_ERR_CONFIG (or QX_ERR_IO when the file cannot be read) and writes a
+ * one-line message naming the field and the reason into err[errlen], e.g.
+ * "server.limits.upstream_connect_timeout_secs: must be > 0".
+ */
+int qx_config_load_file(const char *path, qx_config_t **out, char *err, size_t errlen);
+
+/* Same as qx_config_load_file for an in-memory document; relative paths
+ * are resolved against |basedir| (may be NULL: left as written). */
+int qx_config_load_buf(const char *yaml, size_t len, const char *basedir, qx_config_t **out,
+                       char *err, size_t errlen);
+
+/* Releases a config; accepts NULL and a half-built config. */
+void qx_config_del(qx_config_t *cfg);
+
+/*
+ * Parses "host:port" where host is an IPv4 literal, a bracketed IPv6
+ * literal ("[::1]:8080", "[::]:8443") or "localhost" (-> 127.0.0.1).
+ * Port 1..65535. Returns 0 or QX_ERR_INVAL.
+ */
+int qx_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+
+/* Number of workers to start: cfg->workers, or when 0 the CPUs available to
+ * this process (sched_getaffinity, capped by the cgroup v2 cpu.max / v1
+ * cfs quota when set), at least 1. */
+unsigned qx_config_effective_workers(const qx_config_t *cfg);
+
+#endif
