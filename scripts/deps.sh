@@ -1,19 +1,34 @@
 #!/bin/sh
 # Installs every build and test dependency of qrux from Debian bookworm packages.
-# Idempotent: when everything is present it only runs dpkg-query and exits.
+# Idempotent and fast: when everything is present it runs one dpkg-query and
+# exits, so `make run` and `make test` can call it every time.
 set -eu
 
+# Build: compiler, CMake, the libraries of ARCHITECTURE.md ("Libraries").
+# Test peers: ngtcp2's gtlsclient, nginx as backend, Chromium, curl.
+# Demo (`make run`): openssl for the self-signed certificate, nginx-light.
 PKGS="build-essential cmake pkg-config git ca-certificates
 libngtcp2-dev libngtcp2-crypto-gnutls-dev libnghttp3-dev libnghttp2-dev
 libssl-dev libgnutls28-dev libuv1-dev libcyaml-dev node-llhttp
-libmicrohttpd-dev libjansson-dev libbpf-dev clang bpftool libcmocka-dev
+libmicrohttpd-dev libjansson-dev libbpf-dev clang clang-format bpftool libcmocka-dev
 ngtcp2-client nginx-light chromium curl openssl python3 procps iproute2"
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+    echo "deps: dpkg-query not found; qrux builds on Debian bookworm (install the packages listed in $0 by hand)" >&2
+    exit 1
+fi
+
+# One dpkg-query for all packages; unknown ones print nothing on stdout.
+# shellcheck disable=SC2086
+installed=$(dpkg-query -W -f='${Package} ${Status}\n' $PKGS 2>/dev/null |
+    awk '$NF == "installed" && $(NF-1) == "ok" { printf " %s ", $1 }' || true)
 
 missing=""
 for p in $PKGS; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-        missing="$missing $p"
-    fi
+    case "$installed" in
+    *" $p "*) ;;
+    *) missing="$missing $p" ;;
+    esac
 done
 
 if [ -z "$missing" ]; then
@@ -23,6 +38,10 @@ fi
 echo "deps: installing:$missing" >&2
 SUDO=""
 if [ "$(id -u)" != 0 ]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "deps: not root and no sudo; as root run: apt-get install$missing" >&2
+        exit 1
+    fi
     SUDO="sudo"
 fi
 export DEBIAN_FRONTEND=noninteractive
