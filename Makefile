@@ -1,0 +1,39 @@
+# qrux: the two set-up commands of the README, and helpers around CMake.
+#
+#   make run     deps, build, then the demo (scripts/run-demo.sh);
+#                QRUX_CONFIG=path make run runs that config instead
+#   make test    deps, build, then every unit and e2e test through ctest
+#   make build   deps and build only; CMAKE_ARGS="-DQRUX_WERROR=ON ..." passes through
+#   make clean   removes build/
+#   make format  clang-format -i on the C sources
+#
+# .ci/run calls `make test`; keep the README, .ci/run and this file in step.
+
+BUILD_DIR := build
+CMAKE_ARGS ?=
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+FORMAT_DIRS := proxy config admin unit bpf bench
+
+.PHONY: all deps build run test clean format
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build: deps
+	cmake -S . -B $(BUILD_DIR) $(CMAKE_ARGS)
+	cmake --build $(BUILD_DIR) -j$(JOBS)
+
+run: build
+	@scripts/run-demo.sh
+
+test: build
+	ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS)
+
+clean:
+	rm -rf $(BUILD_DIR)
+
+format:
+	@files=$$(find $(FORMAT_DIRS) -type f \( -name '*.c' -o -name '*.h' \) 2>/dev/null); \
+	if [ -n "$$files" ]; then clang-format -i $$files; fi
