@@ -13,6 +13,9 @@ BUILD_DIR := build
 CMAKE_ARGS ?=
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 FORMAT_DIRS := proxy config admin unit bpf bench
+# CMake's own make runs as a fresh top-level make: -j$(JOBS) is explicit, and
+# without this it would print "Entering directory" around every step.
+FRESH := env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL
 
 .PHONY: all deps build run test clean format
 
@@ -22,14 +25,17 @@ deps:
 	@scripts/deps.sh
 
 build: deps
-	cmake -S . -B $(BUILD_DIR) $(CMAKE_ARGS)
-	cmake --build $(BUILD_DIR) -j$(JOBS)
+	@echo "+ cmake -S . -B $(BUILD_DIR) $(CMAKE_ARGS)"
+	@$(FRESH) cmake -S . -B $(BUILD_DIR) $(CMAKE_ARGS)
+	@echo "+ cmake --build $(BUILD_DIR) -j$(JOBS)"
+	@$(FRESH) cmake --build $(BUILD_DIR) -j$(JOBS)
 
 run: build
 	@scripts/run-demo.sh
 
 test: build
-	ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS)
+	@echo "+ ctest --test-dir $(BUILD_DIR) --output-on-failure --no-tests=error -j$(JOBS)"
+	@$(FRESH) ctest --test-dir $(BUILD_DIR) --output-on-failure --no-tests=error -j$(JOBS)
 
 clean:
 	rm -rf $(BUILD_DIR)
