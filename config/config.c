@@ -1,0 +1,1089 @@
+/*
+ * config.c - loads the qrux YAML configuration with libcyaml, applies the
+ * defaults and validates every field (see config.h).
+ *
+ * Loading is two steps. libcyaml reads the document into a "raw" tree that
+ * mirrors the YAML exactly (strings, sequences, NULL for an absent optional
+ * key); then build_config() checks every field and builds the qx_config_t
+ * the rest of the proxy uses. All errors become one line
+ * "<field path>: <reason>", including the ones libcyaml reports through its
+ * log callback (unknown key, wrong YAML type, syntax error).
+ *
+ * No global mutable state: the log capture buffer travels through
+ * cyaml_config_t.log_ctx, so two threads may load configs at once.
+ */
+#include "config.h"
+
+#include "qx.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <cyaml/cyaml.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml.h>
+
+#define QX_CONFIG_MAX_WORKERS 1024
+#define QX_CONFIG_MAX_FILE (4u << 20) /* a config is a few KiB; refuse anything absurd */
+#define QX_HOST_MAX 253               /* longest DNS name in text form */
+
+/* ------------------------------------------------------------------------ */
+/* Raw document: what libcyaml fills in                                     */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Numbers are loaded as strings and parsed by parse_number(): libcyaml 1.3
+ * reads integers with strtoull() and only checks that *some* digits were
+ * consumed, so "-1" silently wraps to 2^64-1 and "10MB" loads as 10. A
+ * config that says 10MB and means 10 bytes must be an error, not a limit.
+ */
+typedef struct raw_limits {
+    char *upstream_connect_timeout_secs;
+    char *upstream_request_timeout_secs;
+    char *max_request_body_bytes;
+    char *max_upstream_response_body_bytes;
+    char *max_idle_connections_per_upstream;
+    char *graceful_shutdown_secs;
+} raw_limits_t;
+
+typedef struct raw_server {
+    char *listen;
+    char *cert;
+    char *key;
+    char *workers;
+    raw_limits_t *limits;
+} raw_server_t;
+
+typedef struct raw_route {
+    char *match;
+    char *upstream;
+    char **upstreams;
+    unsigned nupstreams;
+} raw_route_t;
+
+typedef struct raw_doc {
+    raw_server_t *server;
+    raw_route_t *routes;
+    unsigned nroutes;
+} raw_doc_t;
+
+/*
+ * Every key is optional in the schema and required keys are checked in
+ * build_config(): libcyaml 1.3 reports a missing key with the backtrace of
+ * the last key it read, which would name the wrong field. Keys that are not
+ * listed here are rejected by libcyaml (CYAML_CFG_IGNORE_UNKNOWN_KEYS is not
+ * set). When a key is added here, add it to config/examples/qrux.yaml too.
+ */
+#define OPT_STR(key, type, member)                                                                 \
+    CYAML_FIELD_STRING_PTR(key, CYAML_FLAG_OPTIONAL, type, member, 0, CYAML_UNLIMITED)
+
+static const cyaml_schema_field_t limits_fields[] = {
+    OPT_STR("upstream_connect_timeout_secs", raw_limits_t, upstream_connect_timeout_secs),
+    OPT_STR("upstream_request_timeout_secs", raw_limits_t, upstream_request_timeout_secs),
+    OPT_STR("max_request_body_bytes", raw_limits_t, max_request_body_bytes),
+    OPT_STR("max_upstream_response_body_bytes", raw_limits_t, max_upstream_response_body_bytes),
+    OPT_STR("max_idle_connections_per_upstream", raw_limits_t, max_idle_connections_per_upstream),
+    OPT_STR("graceful_shutdown_secs", raw_limits_t, graceful_shutdown_secs),
+    CYAML_FIELD_END,
+};
+
+static const cyaml_schema_field_t server_fields[] = {
+    OPT_STR("listen", raw_server_t, listen),
+    OPT_STR("cert", raw_server_t, cert),
+    OPT_STR("key", raw_server_t, key),
+    OPT_STR("workers", raw_server_t, workers),
+    CYAML_FIELD_MAPPING_PTR("limits", CYAML_FLAG_OPTIONAL, raw_server_t, limits, limits_fields),
+    CYAML_FIELD_END,
+};
+
+static const cyaml_schema_value_t upstream_entry = {
+    CYAML_VALUE_STRING(CYAML_FLAG_POINTER, char, 0, CYAML_UNLIMITED),
+};
+
+static const cyaml_schema_field_t route_fields[] = {
+    OPT_STR("match", raw_route_t, match),
+    OPT_STR("upstream", raw_route_t, upstream),
+    CYAML_FIELD_SEQUENCE_COUNT("upstreams", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, raw_route_t,
+                               upstreams, nupstreams, &upstream_entry, 0, CYAML_UNLIMITED),
+    CYAML_FIELD_END,
+};
+
+static const cyaml_schema_value_t route_entry = {
+    CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, raw_route_t, route_fields),
+};
+
+static const cyaml_schema_field_t doc_fields[] = {
+    CYAML_FIELD_MAPPING_PTR("server", CYAML_FLAG_OPTIONAL, raw_doc_t, server, server_fields),
+    CYAML_FIELD_SEQUENCE_COUNT("routes", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, raw_doc_t,
+                               routes, nroutes, &route_entry, 0, CYAML_UNLIMITED),
+    CYAML_FIELD_END,
+};
+
+static const cyaml_schema_value_t doc_schema = {
+    CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, raw_doc_t, doc_fields),
+};
+
+/* ------------------------------------------------------------------------ */
+/* Error messages                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Writes "<fmt ...>" into err as one line and returns QX_ERR_CONFIG. Values
+ * quoted from the document may hold control characters (a YAML "\n"
+ * escape); they are replaced so the message stays one line. */
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err == NULL || errlen == 0)
+        return QX_ERR_CONFIG;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    for (char *p = err; *p != '\0'; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+    }
+    return QX_ERR_CONFIG;
+}
+
+/* ------------------------------------------------------------------------ */
+/* libcyaml log capture                                                     */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * libcyaml reports why it rejected a document only through its log
+ * callback: first the reason ("Load: Unexpected key: foo"), then a backtrace,
+ * innermost frame first ("  in mapping field 'limits' (line: 5, column: 5)",
+ * "  in sequence entry '2' (...)"). We keep the reason and the frames and
+ * turn them into "server.limits.foo: unknown key (line 7)".
+ */
+#define LOG_MAX_FRAMES 16
+
+typedef enum { FRAME_FIELD, FRAME_MAPPING, FRAME_ENTRY } frame_kind_t;
+
+typedef struct log_frame {
+    frame_kind_t kind;
+    char name[64];   /* FRAME_FIELD: the key */
+    unsigned long n; /* FRAME_ENTRY: 1-based entry number as libcyaml counts */
+} log_frame_t;
+
+typedef struct log_capture {
+    char reason[256];
+    bool have_reason;
+    bool in_backtrace;
+    log_frame_t frames[LOG_MAX_FRAMES];
+    size_t nframes;
+} log_capture_t;
+
+static void capture_log(cyaml_log_t level, void *ctx, const char *fmt, va_list args)
+{
+    log_capture_t *lc = ctx;
+    char line[512];
+
+    if (level < CYAML_LOG_ERROR)
+        return;
+    vsnprintf(line, sizeof(line), fmt, args);
+    line[strcspn(line, "\n")] = '\0';
+
+    if (strcmp(line, "Load: Backtrace:") == 0) {
+        lc->in_backtrace = true;
+        return;
+    }
+    if (lc->in_backtrace) {
+        if (lc->nframes == LOG_MAX_FRAMES)
+            return;
+        log_frame_t *f = &lc->frames[lc->nframes];
+        const char *p;
+        memset(f, 0, sizeof(*f));
+        if ((p = strstr(line, "in mapping field '")) != NULL) {
+            p += strlen("in mapping field '");
+            size_t n = strcspn(p, "'");
+            f->kind = FRAME_FIELD;
+            snprintf(f->name, sizeof(f->name), "%.*s", (int)n, p);
+        } else if ((p = strstr(line, "in sequence entry '")) != NULL) {
+            f->kind = FRAME_ENTRY;
+            f->n = strtoul(p + strlen("in sequence entry '"), NULL, 10);
+        } else if (strstr(line, "in mapping") != NULL) {
+            f->kind = FRAME_MAPPING;
+        } else {
+            return;
+        }
+        lc->nframes++;
+        return;
+    }
+    if (!lc->have_reason) {
+        const char *p = line;
+        if (strncmp(p, "Load: ", 6) == 0)
+            p += 6;
+        snprintf(lc->reason, sizeof(lc->reason), "%.255s", p);
+        lc->have_reason = true;
+    }
+}
+
+/* Writes the backtrace as a field path ("routes[1].upstreams[0]"),
+ * outermost first. */
+static void capture_path(const log_capture_t *lc, char *path, size_t pathlen)
+{
+    size_t off = 0;
+
+    path[0] = '\0';
+    for (size_t i = lc->nframes; i-- > 0;) {
+        const log_frame_t *f = &lc->frames[i];
+        int n = 0;
+        if (f->kind == FRAME_FIELD)
+            n = snprintf(path + off, pathlen - off, "%s%s", off > 0 ? "." : "", f->name);
+        else if (f->kind == FRAME_ENTRY && f->n > 0)
+            n = snprintf(path + off, pathlen - off, "[%lu]", f->n - 1);
+        if (n > 0)
+            off = QX_MIN(off + (size_t)n, pathlen - 1);
+    }
+}
+
+/* Where libyaml stopped: libcyaml passes on the parser's problem but not its
+ * position, so the document is parsed once more with libyaml alone (only on
+ * this error path) to find the line. */
+static void yaml_syntax_error(const char *yaml, size_t len, char *err, size_t errlen)
+{
+    yaml_parser_t parser;
+    yaml_event_t event;
+
+    if (!yaml_parser_initialize(&parser)) {
+        fail(err, errlen, "YAML syntax error");
+        return;
+    }
+    yaml_parser_set_input_string(&parser, (const unsigned char *)yaml, len);
+    for (;;) {
+        if (!yaml_parser_parse(&parser, &event)) {
+            const char *problem = parser.problem != NULL ? parser.problem : "invalid YAML";
+            if (parser.context != NULL)
+                fail(err, errlen,
+                     "YAML syntax error at line %zu, column %zu: %s %s (from line %zu)",
+                     parser.problem_mark.line + 1, parser.problem_mark.column + 1, problem,
+                     parser.context, parser.context_mark.line + 1);
+            else
+                fail(err, errlen, "YAML syntax error at line %zu, column %zu: %s",
+                     parser.problem_mark.line + 1, parser.problem_mark.column + 1, problem);
+            break;
+        }
+        bool end = event.type == YAML_STREAM_END_EVENT;
+        yaml_event_delete(&event);
+        if (end) {
+            fail(err, errlen, "YAML syntax error");
+            break;
+        }
+    }
+    yaml_parser_delete(&parser);
+}
+
+/*
+ * Finds the line of the node at |target| ("routes[1].upstreams[0]",
+ * "server.limits.foo"; a mapping key's own line for a key path). libcyaml's
+ * backtrace carries the line of the last key it accepted, not of the one it
+ * rejected, so the document is walked once more with libyaml, only on this
+ * error path. |nth| picks the n-th node at that path (2 for a duplicated
+ * key). Returns the 1-based line, 0 when not found.
+ */
+#define LOCATE_MAX_DEPTH 32
+
+typedef struct locate_level {
+    bool is_map;
+    bool expect_key;
+    size_t idx;
+    size_t pathlen;
+} locate_level_t;
+
+static size_t locate_line(const char *yaml, size_t len, const char *target, unsigned nth)
+{
+    yaml_parser_t parser;
+    yaml_event_t ev;
+    locate_level_t st[LOCATE_MAX_DEPTH];
+    size_t depth = 0, plen = 0, line = 0;
+    char path[256];
+    unsigned seen = 0;
+
+    if (!yaml_parser_initialize(&parser))
+        return 0;
+    yaml_parser_set_input_string(&parser, (const unsigned char *)yaml, len);
+    path[0] = '\0';
+    while (line == 0 && yaml_parser_parse(&parser, &ev)) {
+        yaml_event_type_t t = ev.type;
+        bool node = t == YAML_SCALAR_EVENT || t == YAML_ALIAS_EVENT ||
+                    t == YAML_MAPPING_START_EVENT || t == YAML_SEQUENCE_START_EVENT;
+        locate_level_t *top = depth > 0 ? &st[depth - 1] : NULL;
+        int n = -1;
+
+        if (t == YAML_STREAM_END_EVENT) {
+            yaml_event_delete(&ev);
+            break;
+        }
+        if (node && top != NULL && top->is_map && top->expect_key) {
+            /* a key: its path is the parent's plus ".key" */
+            top->expect_key = false;
+            if (t == YAML_SCALAR_EVENT)
+                n = snprintf(path + top->pathlen, sizeof(path) - top->pathlen, "%s%s",
+                             top->pathlen > 0 ? "." : "", (const char *)ev.data.scalar.value);
+            node = false; /* not a value: no container to push */
+        } else if (node && top != NULL) {
+            if (top->is_map)
+                top->expect_key = true; /* read once the value (and its children) is done */
+            else
+                n = snprintf(path + top->pathlen, sizeof(path) - top->pathlen, "[%zu]", top->idx++);
+        }
+        if (n >= 0) {
+            plen = QX_MIN(top->pathlen + (size_t)n, sizeof(path) - 1);
+            if (strcmp(path, target) == 0 && ++seen == nth)
+                line = ev.start_mark.line + 1;
+        }
+        if (node && (t == YAML_MAPPING_START_EVENT || t == YAML_SEQUENCE_START_EVENT)) {
+            if (depth == LOCATE_MAX_DEPTH) {
+                yaml_event_delete(&ev);
+                break;
+            }
+            size_t base = depth > 0 ? plen : 0;
+            st[depth++] = (locate_level_t){
+                .is_map = t == YAML_MAPPING_START_EVENT, .expect_key = true, .pathlen = base};
+        } else if (t == YAML_MAPPING_END_EVENT || t == YAML_SEQUENCE_END_EVENT) {
+            if (depth > 0)
+                depth--;
+        }
+        yaml_event_delete(&ev);
+    }
+    yaml_parser_delete(&parser);
+    return line;
+}
+
+/* Turns what libcyaml logged into one line naming the field. */
+static int cyaml_error(cyaml_err_t cerr, const log_capture_t *lc, const char *yaml, size_t len,
+                       char *err, size_t errlen)
+{
+    char path[256];
+    const char *reason = lc->have_reason ? lc->reason : cyaml_strerror(cerr);
+    const char *p;
+    char where[48] = "";
+    size_t line;
+
+    if (cerr == CYAML_ERR_OOM)
+        return QX_ERR_NOMEM;
+    if (cerr == CYAML_ERR_LIBYAML_PARSER) {
+        yaml_syntax_error(yaml, len, err, errlen);
+        return QX_ERR_CONFIG;
+    }
+    capture_path(lc, path, sizeof(path));
+
+    if ((p = strstr(reason, "Unexpected key: ")) != NULL) {
+        size_t off = strlen(path);
+        p += strlen("Unexpected key: ");
+        snprintf(path + off, sizeof(path) - off, "%s%s", off > 0 ? "." : "", p);
+        if ((line = locate_line(yaml, len, path, 1)) > 0)
+            snprintf(where, sizeof(where), " (line %zu)", line);
+        return fail(err, errlen, "%s: unknown key%s", path, where);
+    }
+    if ((p = strstr(reason, "Mapping field already seen: ")) != NULL) {
+        if ((line = locate_line(yaml, len, path, 2)) > 0)
+            snprintf(where, sizeof(where), " (line %zu)", line);
+        return fail(err, errlen, "%s: appears more than once%s", path[0] ? path : p, where);
+    }
+    if ((line = locate_line(yaml, len, path, 1)) > 0)
+        snprintf(where, sizeof(where), " (line %zu)", line);
+    if (strncmp(reason, "Expecting ", 10) == 0) {
+        /* "Expecting STRING, got event: SEQUENCE_START" */
+        char want[32] = "", got[32] = "";
+        if (sscanf(reason, "Expecting %31[A-Z_], got event: %31[A-Z_]", want, got) == 2) {
+            const char *w = strcmp(want, "STRING") == 0     ? "a scalar"
+                            : strcmp(want, "MAPPING") == 0  ? "a mapping"
+                            : strcmp(want, "SEQUENCE") == 0 ? "a list"
+                                                            : want;
+            const char *g = strcmp(got, "SCALAR") == 0           ? "a scalar"
+                            : strcmp(got, "MAPPING_START") == 0  ? "a mapping"
+                            : strcmp(got, "SEQUENCE_START") == 0 ? "a list"
+                                                                 : got;
+            return fail(err, errlen, "%s: must be %s, not %s%s", path[0] ? path : "document", w, g,
+                        where);
+        }
+    }
+    return fail(err, errlen, "%s: %s%s", path[0] ? path : "document", reason, where);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Field checks                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* Strict decimal: digits only, no sign, no suffix. Sets *why on failure. */
+static int parse_number(const char *s, uint64_t max, uint64_t *out, const char **why)
+{
+    uint64_t v = 0;
+    const char *p = s;
+
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p == '-' && isdigit((unsigned char)p[1])) {
+        *why = "must not be negative";
+        return QX_ERR_INVAL;
+    }
+    if (!isdigit((unsigned char)*p)) {
+        *why = NULL; /* caller says "is not a whole number" with the value */
+        return QX_ERR_INVAL;
+    }
+    for (; isdigit((unsigned char)*p); p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10) {
+            *why = "is too large";
+            return QX_ERR_INVAL;
+        }
+        v = v * 10 + d;
+    }
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p != '\0') {
+        *why = NULL;
+        return QX_ERR_INVAL;
+    }
+    if (v > max) {
+        *why = "is too large";
+        return QX_ERR_INVAL;
+    }
+    *out = v;
+    return 0;
+}
+
+/*
+ * Reads an optional number field: absent (s == NULL) gives def; zero is
+ * rejected unless allow_zero. Messages name "<section>.<name>".
+ */
+static int number_field(const char *section, const char *name, const char *s, uint64_t def,
+                        uint64_t max, bool allow_zero, uint64_t *out, char *err, size_t errlen)
+{
+    const char *why = NULL;
+
+    if (s == NULL) {
+        *out = def;
+        return 0;
+    }
+    if (parse_number(s, UINT64_MAX, out, &why) != 0) {
+        if (why == NULL)
+            return fail(err, errlen, "%s.%s: \"%s\" is not a whole number", section, name, s);
+        if (strcmp(why, "is too large") == 0)
+            return fail(err, errlen, "%s.%s: must be <= %llu", section, name,
+                        (unsigned long long)max);
+        return fail(err, errlen, "%s.%s: %s", section, name, why);
+    }
+    if (*out > max)
+        return fail(err, errlen, "%s.%s: must be <= %llu", section, name, (unsigned long long)max);
+    if (*out == 0 && !allow_zero)
+        return fail(err, errlen, "%s.%s: must be > 0", section, name);
+    return 0;
+}
+
+static int parse_port(const char *s, uint16_t *port)
+{
+    uint64_t v;
+    const char *why;
+
+    /* parse_number skips blanks; an address has none */
+    if (!isdigit((unsigned char)s[0]) || strlen(s) > 5)
+        return QX_ERR_INVAL;
+    if (parse_number(s, 65535, &v, &why) != 0 || v == 0)
+        return QX_ERR_INVAL;
+    *port = (uint16_t)v;
+    return 0;
+}
+
+int qx_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+{
+    char host[INET6_ADDRSTRLEN + 1];
+    const char *port_s;
+    size_t hlen;
+    uint16_t port;
+
+    if (s == NULL || ss == NULL || len == NULL)
+        return QX_ERR_INVAL;
+
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (close == NULL || close[1] != ':')
+            return QX_ERR_INVAL;
+        hlen = (size_t)(close - s - 1);
+        if (hlen == 0 || hlen >= sizeof(host))
+            return QX_ERR_INVAL;
+        memcpy(host, s + 1, hlen);
+        host[hlen] = '\0';
+        port_s = close + 2;
+        if (parse_port(port_s, &port) != 0)
+            return QX_ERR_INVAL;
+
+        struct sockaddr_in6 sin6;
+        memset(&sin6, 0, sizeof(sin6));
+        sin6.sin6_family = AF_INET6;
+        sin6.sin6_port = htons(port);
+        if (inet_pton(AF_INET6, host, &sin6.sin6_addr) != 1)
+            return QX_ERR_INVAL;
+        memset(ss, 0, sizeof(*ss));
+        memcpy(ss, &sin6, sizeof(sin6));
+        *len = sizeof(sin6);
+        return 0;
+    }
+
+    /* An unbracketed IPv6 literal has more than one ':' and is refused:
+     * "::1:8080" cannot say where the address ends. */
+    const char *colon = strchr(s, ':');
+    if (colon == NULL || strchr(colon + 1, ':') != NULL)
+        return QX_ERR_INVAL;
+    hlen = (size_t)(colon - s);
+    if (hlen == 0 || hlen >= sizeof(host))
+        return QX_ERR_INVAL;
+    memcpy(host, s, hlen);
+    host[hlen] = '\0';
+    if (parse_port(colon + 1, &port) != 0)
+        return QX_ERR_INVAL;
+
+    struct sockaddr_in sin;
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(port);
+    if (strcmp(host, "localhost") == 0)
+        sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    else if (inet_pton(AF_INET, host, &sin.sin_addr) != 1)
+        return QX_ERR_INVAL;
+    memset(ss, 0, sizeof(*ss));
+    memcpy(ss, &sin, sizeof(sin));
+    *len = sizeof(sin);
+    return 0;
+}
+
+#define ADDR_FORMS "(host:port with an IPv4, [IPv6] or localhost)"
+
+static bool host_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+}
+
+/* A dot-separated name of [a-z0-9_-] labels, none empty (already lowercased). */
+static bool valid_hostname(const char *h, size_t len)
+{
+    size_t label = 0;
+
+    if (len == 0 || len > QX_HOST_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        if (h[i] == '.') {
+            if (label == 0)
+                return false;
+            label = 0;
+        } else if (host_char(h[i])) {
+            if (++label > 63)
+                return false;
+        } else {
+            return false;
+        }
+    }
+    return label > 0;
+}
+
+/*
+ * Checks and normalises a route's match in place: lowercased, one trailing
+ * dot dropped ("example.com." is the same name; the router drops it from
+ * requests too). Allowed: "*", "*.suffix", a host name, an IPv6 literal
+ * without brackets (what the router sees after stripping "[...]:port").
+ * Keep in step with the matching in proxy/router.c.
+ */
+static int normalize_match(char *m, const char **why)
+{
+    size_t len;
+
+    for (char *p = m; *p != '\0'; p++)
+        *p = (char)tolower((unsigned char)*p);
+    len = strlen(m);
+    if (len == 0) {
+        *why = "must not be empty";
+        return QX_ERR_INVAL;
+    }
+    if (strcmp(m, "*") == 0)
+        return 0;
+    if (len > 1 && m[len - 1] == '.' && m[len - 2] != '.' && m[len - 2] != '*')
+        m[--len] = '\0';
+    if (strchr(m, ':') != NULL) {
+        struct in6_addr a6;
+        if (inet_pton(AF_INET6, m, &a6) == 1)
+            return 0;
+        *why = NULL;
+        return QX_ERR_INVAL;
+    }
+    if (m[0] == '*') {
+        if (len > 2 && m[1] == '.' && valid_hostname(m + 2, len - 2))
+            return 0;
+        *why = NULL;
+        return QX_ERR_INVAL;
+    }
+    if (!valid_hostname(m, len)) {
+        *why = NULL;
+        return QX_ERR_INVAL;
+    }
+    return 0;
+}
+
+/* Joins basedir and a relative path; absolute paths (or no basedir) are
+ * copied as written. Returns NULL on allocation failure. */
+static char *resolve_path(const char *basedir, const char *p)
+{
+    if (p[0] == '/' || basedir == NULL || basedir[0] == '\0')
+        return strdup(p);
+    size_t blen = strlen(basedir), plen = strlen(p);
+    bool slash = basedir[blen - 1] != '/';
+    char *out = malloc(blen + slash + plen + 1);
+    if (out == NULL)
+        return NULL;
+    memcpy(out, basedir, blen);
+    if (slash)
+        out[blen] = '/';
+    memcpy(out + blen + slash, p, plen + 1);
+    return out;
+}
+
+static int upstream_init(qx_upstream_cfg_t *u, const char *s, const char *field, char *err,
+                         size_t errlen)
+{
+    if (qx_addr_parse(s, &u->addr, &u->addrlen) != 0)
+        return fail(err, errlen, "%s: \"%s\" is not an address " ADDR_FORMS, field, s);
+    u->name = strdup(s);
+    return u->name != NULL ? 0 : QX_ERR_NOMEM;
+}
+
+static int build_route(qx_route_cfg_t *r, raw_route_t *raw, size_t i, char *err, size_t errlen)
+{
+    char field[64];
+    const char *why = NULL;
+    int rv;
+
+    if (raw->match == NULL)
+        return fail(err, errlen, "routes[%zu].match: is required", i);
+    r->match = strdup(raw->match);
+    if (r->match == NULL)
+        return QX_ERR_NOMEM;
+    if (normalize_match(r->match, &why) != 0) {
+        if (why != NULL)
+            return fail(err, errlen, "routes[%zu].match: %s", i, why);
+        return fail(err, errlen, "routes[%zu].match: \"%s\" is not a host, \"*.suffix\" or \"*\"",
+                    i, raw->match);
+    }
+
+    /* upstreams: [] loads as a NULL list; report it as missing */
+    bool has_list = raw->upstreams != NULL || raw->nupstreams > 0;
+    if (raw->upstream != NULL && has_list)
+        return fail(err, errlen, "routes[%zu]: has both upstream and upstreams", i);
+    if (raw->upstream == NULL && !has_list)
+        return fail(err, errlen, "routes[%zu]: needs upstream or upstreams", i);
+
+    r->single = raw->upstream != NULL;
+    size_t n = r->single ? 1 : raw->nupstreams;
+    r->upstreams = calloc(n, sizeof(*r->upstreams));
+    if (r->upstreams == NULL)
+        return QX_ERR_NOMEM;
+    r->nupstreams = n;
+    for (size_t j = 0; j < n; j++) {
+        if (r->single)
+            snprintf(field, sizeof(field), "routes[%zu].upstream", i);
+        else
+            snprintf(field, sizeof(field), "routes[%zu].upstreams[%zu]", i, j);
+        rv = upstream_init(&r->upstreams[j], r->single ? raw->upstream : raw->upstreams[j], field,
+                           err, errlen);
+        if (rv != 0)
+            return rv;
+    }
+    return 0;
+}
+
+static int build_limits(qx_limits_t *l, const raw_limits_t *raw, char *err, size_t errlen)
+{
+    static const raw_limits_t none;
+    const char *sec = "server.limits";
+    uint64_t v;
+    int rv;
+
+    if (raw == NULL)
+        raw = &none;
+    /* defaults here and in config.h and config/examples/qrux.yaml change together */
+    if ((rv = number_field(sec, "upstream_connect_timeout_secs", raw->upstream_connect_timeout_secs,
+                           10, UINT32_MAX, false, &v, err, errlen)) != 0)
+        return rv;
+    l->upstream_connect_timeout_secs = (uint32_t)v;
+    if ((rv = number_field(sec, "upstream_request_timeout_secs", raw->upstream_request_timeout_secs,
+                           120, UINT32_MAX, false, &v, err, errlen)) != 0)
+        return rv;
+    l->upstream_request_timeout_secs = (uint32_t)v;
+    if ((rv = number_field(sec, "max_request_body_bytes", raw->max_request_body_bytes, 10485760,
+                           UINT64_MAX, false, &v, err, errlen)) != 0)
+        return rv;
+    l->max_request_body_bytes = v;
+    if ((rv = number_field(sec, "max_upstream_response_body_bytes",
+                           raw->max_upstream_response_body_bytes, 52428800, UINT64_MAX, false, &v,
+                           err, errlen)) != 0)
+        return rv;
+    l->max_upstream_response_body_bytes = v;
+    if ((rv = number_field(sec, "max_idle_connections_per_upstream",
+                           raw->max_idle_connections_per_upstream, 16, UINT32_MAX, false, &v, err,
+                           errlen)) != 0)
+        return rv;
+    l->max_idle_connections_per_upstream = (uint32_t)v;
+    if ((rv = number_field(sec, "graceful_shutdown_secs", raw->graceful_shutdown_secs, 30,
+                           UINT32_MAX, false, &v, err, errlen)) != 0)
+        return rv;
+    l->graceful_shutdown_secs = (uint32_t)v;
+
+    if (l->upstream_request_timeout_secs < l->upstream_connect_timeout_secs)
+        return fail(err, errlen,
+                    "server.limits.upstream_request_timeout_secs: must be >= "
+                    "upstream_connect_timeout_secs (%u)",
+                    (unsigned)l->upstream_connect_timeout_secs);
+    return 0;
+}
+
+static int build_server(qx_config_t *cfg, const raw_server_t *s, const char *basedir, char *err,
+                        size_t errlen)
+{
+    uint64_t v;
+    int rv;
+
+    if (s == NULL)
+        return fail(err, errlen, "server: is required");
+    if (s->listen == NULL)
+        return fail(err, errlen, "server.listen: is required");
+    if (qx_addr_parse(s->listen, &cfg->listen_addr, &cfg->listen_addrlen) != 0)
+        return fail(err, errlen, "server.listen: \"%s\" is not an address " ADDR_FORMS, s->listen);
+    if ((cfg->listen = strdup(s->listen)) == NULL)
+        return QX_ERR_NOMEM;
+
+    if (s->cert == NULL)
+        return fail(err, errlen, "server.cert: is required");
+    if (s->cert[0] == '\0')
+        return fail(err, errlen, "server.cert: must not be empty");
+    if (s->key == NULL)
+        return fail(err, errlen, "server.key: is required");
+    if (s->key[0] == '\0')
+        return fail(err, errlen, "server.key: must not be empty");
+    if ((cfg->cert = resolve_path(basedir, s->cert)) == NULL)
+        return QX_ERR_NOMEM;
+    if ((cfg->key = resolve_path(basedir, s->key)) == NULL)
+        return QX_ERR_NOMEM;
+
+    if ((rv = number_field("server", "workers", s->workers, 0, QX_CONFIG_MAX_WORKERS, true, &v, err,
+                           errlen)) != 0)
+        return rv;
+    cfg->workers = (uint32_t)v;
+
+    return build_limits(&cfg->limits, s->limits, err, errlen);
+}
+
+static int build_config(qx_config_t *cfg, raw_doc_t *raw, const char *basedir, char *err,
+                        size_t errlen)
+{
+    int rv;
+
+    if ((rv = build_server(cfg, raw->server, basedir, err, errlen)) != 0)
+        return rv;
+
+    if (raw->nroutes == 0)
+        return fail(err, errlen, "routes: at least one route is required");
+    cfg->routes = calloc(raw->nroutes, sizeof(*cfg->routes));
+    if (cfg->routes == NULL)
+        return QX_ERR_NOMEM;
+    cfg->nroutes = raw->nroutes;
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        if ((rv = build_route(&cfg->routes[i], &raw->routes[i], i, err, errlen)) != 0)
+            return rv;
+        /* Quadratic, but route lists are short and this runs once per load. */
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(cfg->routes[i].match, cfg->routes[j].match) == 0)
+                return fail(err, errlen, "routes[%zu].match: \"%s\" is already used by routes[%zu]",
+                            i, cfg->routes[i].match, j);
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Loading                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static int load(const char *yaml, size_t len, const char *basedir, const char *path,
+                qx_config_t **out, char *err, size_t errlen)
+{
+    log_capture_t lc;
+    raw_doc_t *raw = NULL;
+    qx_config_t *cfg = NULL;
+    cyaml_err_t cerr;
+    int rv;
+
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    if (out == NULL || (yaml == NULL && len > 0))
+        return QX_ERR_INVAL;
+    *out = NULL;
+
+    memset(&lc, 0, sizeof(lc));
+    const cyaml_config_t ycfg = {
+        .log_fn = capture_log,
+        .log_ctx = &lc,
+        .mem_fn = cyaml_mem,
+        .log_level = CYAML_LOG_ERROR,
+        /* Aliases would let a small document expand into a huge one. */
+        .flags = CYAML_CFG_NO_ALIAS,
+    };
+
+    cerr = cyaml_load_data((const uint8_t *)(yaml != NULL ? yaml : ""), len, &ycfg, &doc_schema,
+                           (cyaml_data_t **)&raw, NULL);
+    if (cerr == CYAML_ERR_ALIAS)
+        return fail(err, errlen, "YAML aliases (*name) are not supported");
+    if (cerr != CYAML_OK)
+        return cyaml_error(cerr, &lc, yaml, len, err, errlen);
+    if (raw == NULL) /* empty document */
+        return fail(err, errlen, "server: is required");
+
+    if ((cfg = calloc(1, sizeof(*cfg))) == NULL) {
+        rv = QX_ERR_NOMEM;
+        goto fail_cfg;
+    }
+    if (path != NULL && (cfg->path = strdup(path)) == NULL) {
+        rv = QX_ERR_NOMEM;
+        goto fail_build;
+    }
+    if ((rv = build_config(cfg, raw, basedir, err, errlen)) != 0)
+        goto fail_build;
+
+    cyaml_free(&ycfg, &doc_schema, raw, 0);
+    *out = cfg;
+    return 0;
+
+fail_build:
+    qx_config_del(cfg);
+fail_cfg:
+    cyaml_free(&ycfg, &doc_schema, raw, 0);
+    if (rv == QX_ERR_NOMEM)
+        fail(err, errlen, "out of memory");
+    return rv;
+}
+
+int qx_config_load_buf(const char *yaml, size_t len, const char *basedir, qx_config_t **out,
+                       char *err, size_t errlen)
+{
+    return load(yaml, len, basedir, NULL, out, err, errlen);
+}
+
+int qx_config_load_file(const char *path, qx_config_t **out, char *err, size_t errlen)
+{
+    FILE *f;
+    char *buf = NULL, *dir = NULL;
+    size_t len = 0;
+    struct stat st;
+    int rv;
+
+    if (out != NULL)
+        *out = NULL;
+    if (path == NULL || out == NULL)
+        return QX_ERR_INVAL;
+
+    if ((f = fopen(path, "rb")) == NULL) {
+        fail(err, errlen, "%s: %s", path, strerror(errno));
+        return QX_ERR_IO;
+    }
+    if (fstat(fileno(f), &st) == -1) {
+        fail(err, errlen, "%s: %s", path, strerror(errno));
+        rv = QX_ERR_IO;
+        goto out;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        fail(err, errlen, "%s: is a directory", path);
+        rv = QX_ERR_IO;
+        goto out;
+    }
+    if (st.st_size > (off_t)QX_CONFIG_MAX_FILE) {
+        rv = fail(err, errlen, "%s: larger than %u bytes", path, QX_CONFIG_MAX_FILE);
+        goto out;
+    }
+    /* st_size may be stale if the file is being rewritten: read to EOF. */
+    if ((buf = malloc(QX_CONFIG_MAX_FILE + 1)) == NULL) {
+        rv = QX_ERR_NOMEM;
+        goto out;
+    }
+    len = fread(buf, 1, QX_CONFIG_MAX_FILE + 1, f);
+    if (ferror(f)) {
+        fail(err, errlen, "%s: read error", path);
+        rv = QX_ERR_IO;
+        goto out;
+    }
+    if (len > QX_CONFIG_MAX_FILE) {
+        rv = fail(err, errlen, "%s: larger than %u bytes", path, QX_CONFIG_MAX_FILE);
+        goto out;
+    }
+
+    /* Relative cert/key paths are relative to the config's directory. A
+     * bare file name has "" as directory: the paths stay as written, which
+     * is the same place relative to the working directory. */
+    const char *slash = strrchr(path, '/');
+    if (slash != NULL) {
+        size_t dlen = slash == path ? 1 : (size_t)(slash - path);
+        if ((dir = malloc(dlen + 1)) == NULL) {
+            rv = QX_ERR_NOMEM;
+            goto out;
+        }
+        memcpy(dir, path, dlen);
+        dir[dlen] = '\0';
+    }
+    rv = load(buf, len, dir, path, out, err, errlen);
+
+out:
+    if (rv == QX_ERR_NOMEM)
+        fail(err, errlen, "out of memory");
+    free(dir);
+    free(buf);
+    fclose(f);
+    return rv;
+}
+
+void qx_config_del(qx_config_t *cfg)
+{
+    if (cfg == NULL)
+        return;
+    if (cfg->routes != NULL) {
+        for (size_t i = 0; i < cfg->nroutes; i++) {
+            qx_route_cfg_t *r = &cfg->routes[i];
+            if (r->upstreams != NULL) {
+                for (size_t j = 0; j < r->nupstreams; j++)
+                    free(r->upstreams[j].name);
+                free(r->upstreams);
+            }
+            free(r->match);
+        }
+        free(cfg->routes);
+    }
+    free(cfg->path);
+    free(cfg->listen);
+    free(cfg->cert);
+    free(cfg->key);
+    free(cfg);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Workers                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Reads a small file into buf (NUL-terminated). Returns 0 or -1. */
+static int read_small(const char *path, char *buf, size_t len)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, len - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return n > 0 ? 0 : -1;
+}
+
+/* ceil(quota / period), or 0 when there is no quota. */
+static unsigned quota_cpus(long long quota, long long period)
+{
+    if (quota <= 0 || period <= 0)
+        return 0;
+    long long n = (quota + period - 1) / period;
+    return n > (long long)QX_CONFIG_MAX_WORKERS ? QX_CONFIG_MAX_WORKERS : (unsigned)n;
+}
+
+/* cgroup v2 "cpu.max": "max 100000" (no limit) or "<quota> <period>". */
+static unsigned cpu_max_cpus(const char *text)
+{
+    long long quota, period;
+    if (strncmp(text, "max", 3) == 0)
+        return 0;
+    if (sscanf(text, "%lld %lld", &quota, &period) != 2)
+        return 0;
+    return quota_cpus(quota, period);
+}
+
+/*
+ * The CPU limit from the cgroup hierarchy mounted at |root| (normally
+ * /sys/fs/cgroup), 0 when there is none. With a cgroup namespace (the
+ * Kubernetes default) the container's own cgroup is the root; without one
+ * /proc/self/cgroup names it (v2 line "0::/path"), and every ancestor's
+ * cpu.max may cap it too, so the smallest along the path wins.
+ */
+static unsigned cgroup_cpus(const char *root, const char *self_cgroup)
+{
+    char path[512], buf[256];
+    unsigned best = 0;
+
+    /* v2 */
+    char rel[256] = "";
+    if (self_cgroup != NULL && read_small(self_cgroup, buf, sizeof(buf)) == 0) {
+        const char *p = strstr(buf, "0::");
+        if (p != NULL && (p == buf || p[-1] == '\n')) {
+            p += 3;
+            size_t n = strcspn(p, "\n");
+            snprintf(rel, sizeof(rel), "%.*s", (int)n, p);
+        }
+    }
+    size_t rlen = strlen(rel);
+    for (;;) {
+        snprintf(path, sizeof(path), "%s%.*s/cpu.max", root, (int)rlen, rel);
+        if (read_small(path, buf, sizeof(buf)) == 0) {
+            unsigned n = cpu_max_cpus(buf);
+            if (n > 0 && (best == 0 || n < best))
+                best = n;
+        }
+        if (rlen == 0)
+            break;
+        /* up one level: "/a/b" -> "/a" -> "" */
+        while (rlen > 0 && rel[rlen - 1] != '/')
+            rlen--;
+        if (rlen > 0)
+            rlen--;
+    }
+    if (best > 0)
+        return best;
+
+    /* v1 */
+    static const char *const v1dirs[] = {"cpu", "cpu,cpuacct", "cpuacct,cpu"};
+    for (size_t i = 0; i < QX_ARRAY_LEN(v1dirs); i++) {
+        long long quota, period;
+        snprintf(path, sizeof(path), "%s/%s/cpu.cfs_quota_us", root, v1dirs[i]);
+        if (read_small(path, buf, sizeof(buf)) != 0 || sscanf(buf, "%lld", &quota) != 1)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s/cpu.cfs_period_us", root, v1dirs[i]);
+        if (read_small(path, buf, sizeof(buf)) != 0 || sscanf(buf, "%lld", &period) != 1)
+            continue;
+        return quota_cpus(quota, period);
+    }
+    return 0;
+}
+
+static unsigned available_cpus(const char *cgroup_root, const char *self_cgroup)
+{
+    cpu_set_t set;
+    unsigned n = 0;
+
+    if (sched_getaffinity(0, sizeof(set), &set) == 0)
+        n = (unsigned)CPU_COUNT(&set);
+    if (n == 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c > 0 ? (unsigned)c : 1;
+    }
+    unsigned limit = cgroup_cpus(cgroup_root, self_cgroup);
+    if (limit > 0 && limit < n)
+        n = limit;
+    return QX_MIN(QX_MAX(n, 1u), (unsigned)QX_CONFIG_MAX_WORKERS);
+}
+
+unsigned qx_config_effective_workers(const qx_config_t *cfg)
+{
+    if (cfg != NULL && cfg->workers > 0)
+        return cfg->workers;
+    return available_cpus("/sys/fs/cgroup", "/proc/self/cgroup");
+}
