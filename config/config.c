@@ -372,8 +372,10 @@ static int cyaml_error(cyaml_err_t cerr, const log_capture_t *lc, const char *ya
     char where[48] = "";
     size_t line;
 
-    if (cerr == CYAML_ERR_OOM)
+    if (cerr == CYAML_ERR_OOM) {
+        fail(err, errlen, "out of memory");
         return QX_ERR_NOMEM;
+    }
     if (cerr == CYAML_ERR_LIBYAML_PARSER) {
         yaml_syntax_error(yaml, len, err, errlen);
         return QX_ERR_CONFIG;
