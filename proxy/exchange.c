@@ -1,0 +1,830 @@
+/* exchange.c - one proxied request, front <-> HTTP/1.1 upstream (see exchange.h). */
+#include "exchange.h"
+
+#include "log.h"
+#include "qx.h"
+#include "worker.h"
+
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static const qx_upconn_cb_t upconn_cb;
+static const llhttp_settings_t parser_settings;
+
+static void ex_release_upstream(qx_exchange_t *ex, int reusable);
+static void pump_write(qx_exchange_t *ex);
+static void dispatch(qx_exchange_t *ex, int fresh_only);
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 413:
+        return "Content Too Large";
+    case 421:
+        return "Misdirected Request";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Error";
+    }
+}
+
+static void timer_stop(qx_exchange_t *ex)
+{
+    ex->timer_phase = 0;
+    uv_timer_stop(&ex->timer);
+}
+
+static void on_timer(uv_timer_t *t);
+
+static void timer_arm(qx_exchange_t *ex, int phase, uint32_t secs)
+{
+    ex->timer_phase = phase;
+    uv_timer_start(&ex->timer, on_timer, (uint64_t)secs * 1000, 0);
+}
+
+static qx_metrics_up_row_t *up_row(qx_exchange_t *ex)
+{
+    return qx_metrics_upstream(&ex->w->metrics, ex->up_name);
+}
+
+static int ensure_resp_buf(qx_exchange_t *ex)
+{
+    if (ex->respbuf)
+        return 0;
+    ex->respbuf = malloc(QX_STREAM_WINDOW);
+    if (ex->respbuf == NULL)
+        return QX_ERR_NOMEM;
+    ex->resp.data = ex->respbuf;
+    ex->resp.cap = QX_STREAM_WINDOW;
+    return 0;
+}
+
+/* The request body is no longer wanted: credit what is buffered so the
+ * client is never stuck on flow control, and drop what still comes. */
+static void discard_request_body(qx_exchange_t *ex)
+{
+    if (ex->req_discard)
+        return;
+    ex->req_discard = 1;
+    if (ex->front_gone)
+        return;
+    if (!ex->req_fin)
+        ex->fops->stop_reading(ex);
+    size_t buffered = (size_t)(ex->req.fill - ex->req.ack);
+    if (ex->writing)
+        buffered -= ex->wpayload; /* credited when that write completes */
+    if (buffered > 0)
+        ex->fops->consumed(ex, buffered);
+    ex->req.sent = ex->req.fill;
+    if (!ex->writing)
+        ex->req.ack = ex->req.fill;
+}
+
+/* Answers the client ourselves with a short text body that says nothing
+ * internal. Only before any response head went out. */
+static void local_response(qx_exchange_t *ex, int status)
+{
+    char body[96];
+    char clen[24];
+    int n = snprintf(body, sizeof(body), "%d %s\n", status, reason(status));
+
+    ex_release_upstream(ex, 0);
+    timer_stop(ex);
+    ex->state = QX_EX_DONE;
+    ex->status = status;
+    if (!ex->req_fin)
+        discard_request_body(ex);
+    if (ex->front_gone)
+        return;
+    if (ensure_resp_buf(ex) != 0) {
+        ex->fops->abort(ex);
+        return;
+    }
+    int with_body = !ex->is_head;
+    if (with_body)
+        qx_ring_write(&ex->resp, (const uint8_t *)body, (size_t)n);
+    ex->resp_eof = 1;
+    ex->resp_complete = 1;
+    int cl = snprintf(clen, sizeof(clen), "%d", n);
+    qx_hdr_t hdrs[] = {
+        {"content-type", 12, "text/plain; charset=utf-8", 25},
+        {"content-length", 14, clen, (size_t)cl},
+    };
+    if (ex->fops->respond(ex, status, hdrs, QX_ARRAY_LEN(hdrs), with_body) != 0)
+        ex->fops->abort(ex);
+}
+
+/* Something went wrong with the upstream or a limit: a status if nothing
+ * was sent yet, else the stream is reset. */
+static void fail(qx_exchange_t *ex, int status)
+{
+    if (ex->status == 0) {
+        local_response(ex, status);
+        return;
+    }
+    ex_release_upstream(ex, 0);
+    timer_stop(ex);
+    ex->state = QX_EX_DONE;
+    ex->resp_eof = 1;
+    if (!ex->req_fin)
+        discard_request_body(ex);
+    if (!ex->front_gone && !ex->resp_reset) {
+        ex->resp_reset = 1;
+        ex->fops->abort(ex);
+    }
+}
+
+static void ex_release_upstream(qx_exchange_t *ex, int reusable)
+{
+    if (ex->uc == NULL)
+        return;
+    qx_upconn_t *uc = ex->uc;
+    ex->uc = NULL;
+    if (ex->writing) {
+        /* The pending write dies with the connection; its bytes will not
+         * be credited by on_write, so credit them now if we still care. */
+        ex->writing = 0;
+        ex->req.ack = ex->req.sent;
+        if (!ex->front_gone && ex->wpayload > 0)
+            ex->fops->consumed(ex, ex->wpayload);
+        ex->wpayload = 0;
+        reusable = 0;
+    }
+    if (reusable)
+        uc->nrequests++;
+    qx_pool_release(uc, reusable);
+}
+
+/* ---- life cycle --------------------------------------------------------- */
+
+qx_exchange_t *qx_exchange_new(qx_worker_t *w, const qx_front_ops_t *fops, void *front,
+                               int64_t stream_id, const struct sockaddr *client)
+{
+    qx_exchange_t *ex = calloc(1, sizeof(*ex));
+    if (ex == NULL)
+        return NULL;
+    ex->w = w;
+    ex->fops = fops;
+    ex->front = front;
+    ex->stream_id = stream_id;
+    ex->snap = qx_snapshot_ref(w->snap);
+    ex->start_ms = uv_hrtime() / 1000000;
+    ex->req_cl = -1;
+    ex->route = -1;
+    qx_arena_init(&ex->arena, QX_MAX_HEADER_BYTES);
+    uv_timer_init(&w->loop, &ex->timer);
+
+    if (client->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)client;
+        if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+            inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], ex->client_ip, sizeof(ex->client_ip));
+        else
+            inet_ntop(AF_INET6, &s6->sin6_addr, ex->client_ip, sizeof(ex->client_ip));
+    } else {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)client)->sin_addr, ex->client_ip,
+                  sizeof(ex->client_ip));
+    }
+    w->nexchanges++;
+    return ex;
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    qx_exchange_t *ex = qx_container_of(h, qx_exchange_t, timer);
+    qx_worker_t *w = ex->w;
+    qx_arena_free(&ex->arena);
+    qx_snapshot_unref(ex->snap);
+    free(ex->reqbuf);
+    free(ex->respbuf);
+    free(ex->rhb);
+    free(ex);
+    w->nexchanges--;
+    qx_worker_maybe_done(w);
+}
+
+void qx_exchange_front_closed(qx_exchange_t *ex, int error)
+{
+    qx_worker_t *w = ex->w;
+    int clean = !error && ex->resp_complete && !ex->resp_reset;
+    int status = ex->status ? ex->status : 499; /* client went away before an answer */
+
+    ex->front_gone = 1;
+    /* A response cut short leaves the upstream connection mid-message. */
+    ex_release_upstream(ex, 0);
+    timer_stop(ex);
+    if (error && !ex->resp_reset)
+        qx_cnt_add(&w->metrics.streams_reset_by_client, 1);
+
+    double secs = (double)(uv_hrtime() / 1000000 - ex->start_ms) / 1000.0;
+    if (ex->method) {
+        qx_metrics_request(&w->metrics, ex->method_idx, status, ex->up_name, secs);
+        qx_cnt_add(&w->metrics.bytes_in, ex->req_body_in);
+        qx_cnt_add(&w->metrics.bytes_out, ex->resp_body);
+        QX_INFO("access proto=%s method=%s authority=%.*s path=%.*s status=%d upstream=%s "
+                "bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " duration_ms=%.3f%s",
+                ex->fops->proto, ex->method, (int)ex->authoritylen,
+                ex->authority ? ex->authority : "", (int)ex->pathlen, ex->path ? ex->path : "",
+                status, ex->up_name ? ex->up_name : "-", ex->req_body_in, ex->resp_body,
+                secs * 1000.0, clean ? "" : " incomplete=1");
+    }
+    uv_close((uv_handle_t *)&ex->timer, on_timer_closed);
+}
+
+/* ---- request head ------------------------------------------------------- */
+
+int qx_exchange_header(qx_exchange_t *ex, const char *name, size_t namelen, const char *value,
+                       size_t valuelen)
+{
+    char *v;
+    if (ex->bad_request)
+        return QX_ERR_LIMIT;
+    if (namelen > 0 && name[0] == ':') {
+        char **slot = NULL;
+        size_t *len = NULL;
+        if (namelen == 7 && memcmp(name, ":method", 7) == 0) {
+            slot = &ex->method;
+            len = &ex->methodlen;
+        } else if (namelen == 5 && memcmp(name, ":path", 5) == 0) {
+            slot = &ex->path;
+            len = &ex->pathlen;
+        } else if (namelen == 10 && memcmp(name, ":authority", 10) == 0) {
+            slot = &ex->authority;
+            len = &ex->authoritylen;
+        } else if (namelen == 7 && memcmp(name, ":scheme", 7) == 0) {
+            slot = &ex->scheme;
+            len = &ex->schemelen;
+        } else {
+            return 0; /* :protocol etc.: the H3 layer already validated */
+        }
+        v = qx_arena_strndup(&ex->arena, value, valuelen);
+        if (v == NULL)
+            goto too_big;
+        *slot = v;
+        *len = valuelen;
+        return 0;
+    }
+    if (ex->nhdrs >= QX_MAX_HEADERS)
+        goto too_big;
+    char *n = qx_arena_strndup(&ex->arena, name, namelen);
+    v = qx_arena_strndup(&ex->arena, value, valuelen);
+    if (n == NULL || v == NULL)
+        goto too_big;
+    ex->hdrs[ex->nhdrs++] = (qx_hdr_t){n, namelen, v, valuelen};
+    return 0;
+
+too_big:
+    ex->bad_request = 431;
+    return QX_ERR_LIMIT;
+}
+
+static int parse_u64(const char *s, size_t len, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (len == 0 || len > 19)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
+{
+    const qx_config_t *cfg = ex->snap->cfg;
+
+    ex->has_body = !fin;
+    ex->req_fin = fin;
+    if (ex->method == NULL) {
+        /* Nothing to log without a method; the front resets such streams. */
+        ex->method = qx_arena_strndup(&ex->arena, "-", 1);
+        ex->methodlen = 1;
+        ex->method_idx = QX_M_OTHER;
+        local_response(ex, 400);
+        return;
+    }
+    ex->method_idx = qx_metrics_method_index(ex->method, ex->methodlen);
+    ex->is_head = ex->methodlen == 4 && memcmp(ex->method, "HEAD", 4) == 0;
+    if (ex->bad_request) {
+        local_response(ex, ex->bad_request);
+        return;
+    }
+    if (ex->method_idx == QX_M_CONNECT) {
+        local_response(ex, 501);
+        return;
+    }
+    if (ex->path == NULL || ex->scheme == NULL) {
+        local_response(ex, 400);
+        return;
+    }
+    /* Host stands in for a missing :authority (RFC 9114 §4.3.1). */
+    for (size_t i = 0; i < ex->nhdrs; i++) {
+        const qx_hdr_t *h = &ex->hdrs[i];
+        if (h->namelen == 4 && strncasecmp(h->name, "host", 4) == 0 && ex->authority == NULL) {
+            ex->authority = (char *)h->value;
+            ex->authoritylen = h->valuelen;
+        } else if (h->namelen == 14 && strncasecmp(h->name, "content-length", 14) == 0) {
+            uint64_t cl;
+            if (parse_u64(h->value, h->valuelen, &cl) != 0 ||
+                (ex->req_cl >= 0 && (uint64_t)ex->req_cl != cl)) {
+                local_response(ex, 400);
+                return;
+            }
+            ex->req_cl = (int64_t)cl;
+        }
+    }
+    if (ex->authority == NULL || ex->authoritylen == 0) {
+        local_response(ex, 400);
+        return;
+    }
+
+    ex->route = qx_router_match(ex->snap->router, sni, sni ? strlen(sni) : 0, ex->authority,
+                                ex->authoritylen);
+    if (ex->route < 0) {
+        local_response(ex, 421);
+        return;
+    }
+    const qx_route_cfg_t *route = &cfg->routes[ex->route];
+    uint32_t pick = ex->w->rr[ex->route]++ % (uint32_t)route->nupstreams;
+    ex->up = ex->snap->route_base[ex->route] + pick;
+    ex->up_name = route->upstreams[pick].name;
+
+    if (ex->req_cl >= 0 && (uint64_t)ex->req_cl > cfg->limits.max_request_body_bytes) {
+        qx_cnt_add(&ex->w->metrics.request_body_rejected, 1);
+        local_response(ex, 413);
+        return;
+    }
+    if (ex->has_body) {
+        ex->reqbuf = malloc(QX_STREAM_WINDOW);
+        if (ex->reqbuf == NULL) {
+            local_response(ex, 503);
+            return;
+        }
+        ex->req.data = ex->reqbuf;
+        ex->req.cap = QX_STREAM_WINDOW;
+    }
+
+    qx_h1_req_t r = {
+        .method = ex->method,
+        .methodlen = ex->methodlen,
+        .path = ex->path,
+        .pathlen = ex->pathlen,
+        .authority = ex->authority,
+        .authoritylen = ex->authoritylen,
+        .hdrs = ex->hdrs,
+        .nhdrs = ex->nhdrs,
+        .client_ip = ex->client_ip,
+        .has_body = ex->has_body,
+        .content_length = ex->req_cl,
+    };
+    size_t cap = 1024 + ex->arena.used;
+    ex->head = qx_arena_alloc(&ex->arena, cap);
+    if (ex->head == NULL) {
+        ex->arena.cap += cap; /* the head's own copy is not the client's fault */
+        ex->head = qx_arena_alloc(&ex->arena, cap);
+    }
+    ssize_t n = ex->head ? qx_h1_build_request(ex->head, cap, &r, &ex->chunked) : QX_ERR_NOMEM;
+    if (n < 0) {
+        local_response(ex, n == QX_ERR_PROTO ? 400 : 431);
+        return;
+    }
+    ex->headlen = (size_t)n;
+    dispatch(ex, 0);
+}
+
+/* ---- upstream connection ------------------------------------------------ */
+
+static void start_upstream(qx_exchange_t *ex)
+{
+    const qx_limits_t *lim = &ex->snap->cfg->limits;
+    ex->state = QX_EX_UPSTREAM;
+    llhttp_init(&ex->parser, HTTP_RESPONSE, &parser_settings);
+    ex->parser.data = ex;
+    ex->nrf = 0;
+    ex->rhblen = 0;
+    ex->rf_in_value = 0;
+    timer_arm(ex, 2, lim->upstream_request_timeout_secs);
+    qx_upconn_read_start(ex->uc);
+    pump_write(ex);
+}
+
+static void dispatch(qx_exchange_t *ex, int fresh_only)
+{
+    qx_pool_t *pool = ex->w->pools[ex->up];
+    int reused = 0;
+    ex->state = QX_EX_CONNECTING;
+    int rv = qx_pool_checkout(pool, ex, &upconn_cb, fresh_only, &ex->uc, &reused);
+    if (rv != 0) {
+        ex->uc = NULL;
+        qx_cnt_add(&up_row(ex)->connect_errors, 1);
+        fail(ex, 502);
+        return;
+    }
+    ex->reused = reused;
+    if (reused) {
+        start_upstream(ex);
+        return;
+    }
+    timer_arm(ex, 1, ex->snap->cfg->limits.upstream_connect_timeout_secs);
+}
+
+static void uc_on_connect(void *user, int status)
+{
+    qx_exchange_t *ex = user;
+    if (status != 0) {
+        QX_DEBUG("upstream %s: connect failed: %s", ex->up_name, uv_strerror(status));
+        qx_cnt_add(&up_row(ex)->connect_errors, 1);
+        fail(ex, 502);
+        return;
+    }
+    start_upstream(ex);
+}
+
+/* A reused keep-alive connection may have been closed by the backend just
+ * as we picked it. Before any response byte and before any body byte went
+ * out, the request can safely go again on a fresh connection, once. */
+static int try_retry(qx_exchange_t *ex)
+{
+    if (!ex->reused || ex->retried || ex->resp_any || ex->req_body_sent > 0 ||
+        (ex->writing && ex->wpayload > 0) || ex->front_gone)
+        return 0;
+    QX_DEBUG("upstream %s: reused connection failed before the response; retrying once",
+             ex->up_name);
+    ex->retried = 1;
+    ex->writing = 0;
+    ex->wpayload = 0;
+    ex->head_sent = 0;
+    ex->req.sent = ex->req.ack;
+    qx_upconn_t *uc = ex->uc;
+    ex->uc = NULL;
+    qx_pool_release(uc, 0);
+    timer_stop(ex);
+    dispatch(ex, 1);
+    return 1;
+}
+
+static void upstream_broken(qx_exchange_t *ex, const char *what)
+{
+    if (try_retry(ex))
+        return;
+    QX_DEBUG("upstream %s: %s", ex->up_name, what);
+    if (!ex->resp_head_done)
+        qx_cnt_add(&up_row(ex)->protocol_errors, 1);
+    fail(ex, 502);
+}
+
+/* Writes what can go up now: the head once, then body bytes from the window
+ * (framed when chunked), then the terminator. One write in flight. */
+static void pump_write(qx_exchange_t *ex)
+{
+    uv_buf_t b[6];
+    unsigned n = 0;
+    struct iovec iov[2];
+    size_t payload = 0;
+    int term = 0;
+
+    if (ex->uc == NULL || ex->writing || ex->state != QX_EX_UPSTREAM || ex->req_done)
+        return;
+    if (!ex->head_sent)
+        b[n++] = uv_buf_init(ex->head, (unsigned)ex->headlen);
+    if (!ex->req_discard) {
+        int k = qx_ring_peek(&ex->req, iov, SIZE_MAX);
+        for (int i = 0; i < k; i++)
+            payload += iov[i].iov_len;
+        if (payload > 0) {
+            if (ex->chunked) {
+                int m = snprintf(ex->chunkhdr, sizeof(ex->chunkhdr), "%zx\r\n", payload);
+                b[n++] = uv_buf_init(ex->chunkhdr, (unsigned)m);
+            }
+            for (int i = 0; i < k; i++)
+                b[n++] = uv_buf_init(iov[i].iov_base, (unsigned)iov[i].iov_len);
+            if (ex->chunked)
+                b[n++] = uv_buf_init("\r\n", 2);
+        }
+    }
+    if (ex->req_fin) {
+        term = 1;
+        if (ex->chunked)
+            b[n++] = uv_buf_init("0\r\n\r\n", 5);
+    }
+    if (n == 0)
+        return;
+    if (qx_upconn_write(ex->uc, b, n) != 0) {
+        upstream_broken(ex, "write failed");
+        return;
+    }
+    ex->head_sent = 1;
+    ex->writing = 1;
+    ex->wpayload = payload;
+    ex->wterm = term;
+    qx_ring_mark_sent(&ex->req, payload);
+}
+
+static void uc_on_write(void *user, int status)
+{
+    qx_exchange_t *ex = user;
+    size_t payload = ex->wpayload;
+    ex->writing = 0;
+    ex->wpayload = 0;
+    if (status != 0) {
+        /* Give the bytes back to the window accounting before deciding. */
+        ex->req.sent -= payload;
+        if (!try_retry(ex)) {
+            ex->req.ack = ex->req.sent = ex->req.fill;
+            if (!ex->front_gone && payload > 0)
+                ex->fops->consumed(ex, payload);
+            upstream_broken(ex, "write failed");
+        }
+        return;
+    }
+    qx_ring_mark_acked(&ex->req, payload);
+    ex->req_body_sent += payload;
+    if (!ex->front_gone && payload > 0)
+        ex->fops->consumed(ex, payload);
+    if (ex->wterm)
+        ex->req_done = 1;
+    if (ex->req_done && ex->resp_complete) {
+        /* The response was complete before the body finished going up. */
+        ex_release_upstream(ex, llhttp_should_keep_alive(&ex->parser));
+        return;
+    }
+    pump_write(ex);
+}
+
+static void uc_on_read(void *user, ssize_t nread, const char *buf)
+{
+    qx_exchange_t *ex = user;
+    if (nread < 0) {
+        if (nread == UV_EOF && ex->resp_any && ex->resp_head_done) {
+            /* EOF ends a close-delimited body; llhttp_finish says whether
+             * the message was allowed to end this way. */
+            llhttp_finish(&ex->parser);
+        }
+        if (nread == UV_EOF && ex->resp_complete) {
+            /* Close-delimited body: EOF was its end. */
+            ex_release_upstream(ex, 0);
+            return;
+        }
+        upstream_broken(ex, nread == UV_EOF ? "closed before the response was complete"
+                                            : uv_strerror((int)nread));
+        return;
+    }
+    ex->resp_any = 1;
+    llhttp_errno_t err = llhttp_execute(&ex->parser, buf, (size_t)nread);
+    if (ex->uc == NULL)
+        return; /* a callback failed the exchange */
+    if (err == HPE_PAUSED) {
+        /* Paused at the end of the message: bytes after it on a keep-alive
+         * connection are a confused backend; never reuse that socket. */
+        const char *pos = llhttp_get_error_pos(&ex->parser);
+        int extra = pos != NULL && pos < buf + nread;
+        timer_stop(ex);
+        /* Reusable only when the request went up whole, too. */
+        ex_release_upstream(ex, ex->req_done && !extra &&
+                                    llhttp_should_keep_alive(&ex->parser));
+        return;
+    }
+    if (err != HPE_OK) {
+        if (ex->resp_reset)
+            return;
+        QX_DEBUG("upstream %s: bad response: %s", ex->up_name, llhttp_errno_name(err));
+        qx_cnt_add(&up_row(ex)->protocol_errors, 1);
+        fail(ex, 502);
+        return;
+    }
+    if (qx_ring_free(&ex->resp) < QX_UPCONN_RBUF && ex->respbuf) {
+        ex->resp_paused = 1;
+        qx_upconn_read_stop(ex->uc);
+    }
+}
+
+static const qx_upconn_cb_t upconn_cb = {uc_on_connect, uc_on_write, uc_on_read};
+
+static void on_timer(uv_timer_t *t)
+{
+    qx_exchange_t *ex = qx_container_of(t, qx_exchange_t, timer);
+    int phase = ex->timer_phase;
+    ex->timer_phase = 0;
+    qx_cnt_add(&up_row(ex)->timeouts, 1);
+    QX_DEBUG("upstream %s: %s timeout", ex->up_name, phase == 1 ? "connect" : "request");
+    fail(ex, 504);
+}
+
+/* ---- response parsing --------------------------------------------------- */
+
+static int rhb_append(qx_exchange_t *ex, const char *at, size_t len)
+{
+    if (ex->rhblen + len > QX_MAX_HEADER_BYTES)
+        return -1;
+    if (ex->rhblen + len > ex->rhbcap) {
+        size_t cap = ex->rhbcap ? ex->rhbcap : 2048;
+        while (cap < ex->rhblen + len)
+            cap *= 2;
+        char *p = realloc(ex->rhb, cap);
+        if (p == NULL)
+            return -1;
+        ex->rhb = p;
+        ex->rhbcap = cap;
+    }
+    memcpy(ex->rhb + ex->rhblen, at, len);
+    ex->rhblen += len;
+    return 0;
+}
+
+static int p_on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    qx_exchange_t *ex = p->data;
+    if (ex->rf_in_value || ex->nrf == 0) {
+        if (ex->nrf >= QX_MAX_HEADERS)
+            return -1;
+        ex->rf[ex->nrf++] = (qx_resp_field_t){(uint32_t)ex->rhblen, 0, 0, 0};
+        ex->rf_in_value = 0;
+    }
+    if (rhb_append(ex, at, len) != 0)
+        return -1;
+    ex->rf[ex->nrf - 1].name_len += (uint32_t)len;
+    return 0;
+}
+
+static int p_on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    qx_exchange_t *ex = p->data;
+    qx_resp_field_t *f = &ex->rf[ex->nrf - 1];
+    if (!ex->rf_in_value) {
+        ex->rf_in_value = 1;
+        f->value_off = (uint32_t)ex->rhblen;
+    }
+    if (rhb_append(ex, at, len) != 0)
+        return -1;
+    f->value_len += (uint32_t)len;
+    return 0;
+}
+
+static int p_on_headers_complete(llhttp_t *p)
+{
+    qx_exchange_t *ex = p->data;
+    int status = p->status_code;
+    qx_hdr_t hdrs[QX_MAX_HEADERS];
+    size_t n = 0;
+    const char *conn = NULL;
+    size_t connlen = 0;
+
+    if (status >= 100 && status < 200) {
+        if (status == 101)
+            return -1; /* no upgrades through the proxy */
+        ex->nrf = 0;   /* interim response: wait for the final one */
+        ex->rhblen = 0;
+        ex->rf_in_value = 0;
+        return 0;
+    }
+    ex->resp_head_done = 1;
+    timer_stop(ex);
+    for (size_t i = 0; i < ex->nrf; i++) {
+        qx_resp_field_t *f = &ex->rf[i];
+        if (f->name_len == 10 && strncasecmp(ex->rhb + f->name_off, "connection", 10) == 0) {
+            conn = ex->rhb + f->value_off;
+            connlen = f->value_len;
+        }
+    }
+    for (size_t i = 0; i < ex->nrf; i++) {
+        qx_resp_field_t *f = &ex->rf[i];
+        char *name = ex->rhb + f->name_off;
+        if (f->name_len == 0 ||
+            !qx_h1_response_field_allowed(name, f->name_len, conn, connlen))
+            continue;
+        for (uint32_t k = 0; k < f->name_len; k++) /* HTTP/3 field names are lowercase */
+            name[k] = (char)((name[k] >= 'A' && name[k] <= 'Z') ? name[k] + 32 : name[k]);
+        hdrs[n++] = (qx_hdr_t){name, f->name_len, ex->rhb + f->value_off, f->value_len};
+    }
+    int has_body = !(ex->is_head || status == 204 || status == 304 ||
+                     ((p->flags & F_CONTENT_LENGTH) && p->content_length == 0));
+    if (has_body && ensure_resp_buf(ex) != 0)
+        return -1;
+    ex->status = status;
+    if (ex->front_gone)
+        return -1;
+    if (ex->fops->respond(ex, status, hdrs, n, has_body) != 0)
+        return -1;
+    if (!has_body)
+        ex->resp_eof = 1;
+    return ex->is_head ? 1 : 0;
+}
+
+static int p_on_body(llhttp_t *p, const char *at, size_t len)
+{
+    qx_exchange_t *ex = p->data;
+    uint64_t cap = ex->snap->cfg->limits.max_upstream_response_body_bytes;
+    if (ex->resp_body + len > cap) {
+        QX_WARN("upstream %s: response body over max_upstream_response_body_bytes (%" PRIu64
+                "); stream reset",
+                ex->up_name, cap);
+        qx_cnt_add(&up_row(ex)->body_over_limit, 1);
+        fail(ex, 502);
+        return HPE_USER;
+    }
+    /* Reads are sized so a read's body always fits (see uc_on_read). */
+    qx_ring_write(&ex->resp, (const uint8_t *)at, len);
+    ex->resp_body += len;
+    if (!ex->front_gone)
+        ex->fops->resume(ex);
+    return 0;
+}
+
+static int p_on_message_complete(llhttp_t *p)
+{
+    qx_exchange_t *ex = p->data;
+    if (!ex->resp_head_done)
+        return 0; /* end of an interim (1xx) response */
+    ex->resp_complete = 1;
+    ex->resp_eof = 1;
+    ex->state = QX_EX_DONE;
+    if (!ex->front_gone)
+        ex->fops->resume(ex);
+    if (!ex->req_fin)
+        discard_request_body(ex); /* answered before the body finished */
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t parser_settings = {
+    .on_header_field = p_on_header_field,
+    .on_header_value = p_on_header_value,
+    .on_headers_complete = p_on_headers_complete,
+    .on_body = p_on_body,
+    .on_message_complete = p_on_message_complete,
+};
+
+/* ---- request body from the front ---------------------------------------- */
+
+void qx_exchange_body(qx_exchange_t *ex, const uint8_t *data, size_t len)
+{
+    uint64_t max = ex->snap->cfg->limits.max_request_body_bytes;
+    ex->req_body_in += len;
+    if (ex->req_discard || ex->state == QX_EX_DONE || ex->reqbuf == NULL) {
+        if (!ex->front_gone)
+            ex->fops->consumed(ex, len);
+        return;
+    }
+    if (ex->req_body_in > max) {
+        qx_cnt_add(&ex->w->metrics.request_body_rejected, 1);
+        if (!ex->front_gone)
+            ex->fops->consumed(ex, len);
+        if (ex->status == 0) {
+            local_response(ex, 413);
+        } else {
+            fail(ex, 413);
+        }
+        return;
+    }
+    if (len > qx_ring_free(&ex->req)) {
+        /* The front granted more than the window: a front bug, not the
+         * client's. Fail safe rather than overflow. */
+        QX_ERROR("request window overflow on stream %" PRId64, ex->stream_id);
+        fail(ex, 502);
+        return;
+    }
+    qx_ring_write(&ex->req, data, len);
+    pump_write(ex);
+}
+
+void qx_exchange_body_end(qx_exchange_t *ex)
+{
+    if (ex->req_fin)
+        return;
+    ex->req_fin = 1;
+    if (ex->req_cl >= 0 && ex->req_body_in != (uint64_t)ex->req_cl && !ex->req_discard &&
+        ex->state != QX_EX_DONE) {
+        fail(ex, 400); /* content-length disagrees with the body */
+        return;
+    }
+    pump_write(ex);
+}
+
+void qx_exchange_resp_acked(qx_exchange_t *ex, size_t n)
+{
+    qx_ring_mark_acked(&ex->resp, n);
+    if (ex->resp_paused && ex->uc && qx_ring_free(&ex->resp) >= QX_UPCONN_RBUF) {
+        ex->resp_paused = 0;
+        qx_upconn_read_start(ex->uc);
+    }
+}

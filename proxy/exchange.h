@@ -1,0 +1,169 @@
+/*
+ * exchange.h - one proxied request: the bridge between a front stream
+ * (HTTP/3 now; HTTP/2 and HTTP/1.1 later, through qx_front_ops_t) and an
+ * HTTP/1.1 upstream connection from the pool.
+ *
+ * The front feeds the request in (headers, body bytes, end); the exchange
+ * routes it, checks limits, takes a pooled connection, writes the HTTP/1.1
+ * head and streams the body with a bounded window; it parses the response
+ * with llhttp and hands the head and the body back to the front through
+ * its ops. Each direction holds at most QX_STREAM_WINDOW bytes: the front
+ * extends the client's flow control only as request bytes are written
+ * upstream, and upstream reads stop while the response window is full.
+ *
+ * Lifetime: created by the front when a request stream opens, and ended by
+ * qx_exchange_front_closed() when the front stream is gone. After that call
+ * no op reaches the front; the exchange frees itself once its timer handle
+ * has closed.
+ */
+#ifndef QX_EXCHANGE_H
+#define QX_EXCHANGE_H
+
+#include "arena.h"
+#include "h1.h"
+#include "llhttp.h"
+#include "pool.h"
+#include "ring.h"
+#include "snapshot.h"
+
+#include <netinet/in.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define QX_STREAM_WINDOW (64 * 1024) /* body bytes held per direction per stream */
+#define QX_MAX_HEADER_BYTES (64 * 1024)
+#define QX_MAX_HEADERS 128
+
+typedef struct qx_worker qx_worker_t;
+typedef struct qx_exchange qx_exchange_t;
+
+/* What every front implements, so the exchange never asks which protocol. */
+typedef struct qx_front_ops {
+    const char *proto; /* "h3", "h2", "h1": access log and metrics label */
+    /* Sends the response head. has_body 0 ends the stream after it. Body
+     * bytes are then pulled from ex->resp when resume() says so. */
+    int (*respond)(qx_exchange_t *ex, int status, const qx_hdr_t *hdrs, size_t n, int has_body);
+    /* ex->resp has new bytes, or ex->resp_eof was set. */
+    void (*resume)(qx_exchange_t *ex);
+    /* n request body bytes have left the window: credit the client. */
+    void (*consumed)(qx_exchange_t *ex, size_t n);
+    /* The exchange needs no more request body (it answered early). */
+    void (*stop_reading)(qx_exchange_t *ex);
+    /* The response cannot be completed: reset the stream. */
+    void (*abort)(qx_exchange_t *ex);
+} qx_front_ops_t;
+
+typedef enum {
+    QX_EX_HEAD,       /* receiving the request head */
+    QX_EX_CONNECTING, /* waiting for an upstream connection */
+    QX_EX_UPSTREAM,   /* request going up, waiting for / reading the response */
+    QX_EX_DONE,       /* response fully produced (or failed); waiting for the front */
+} qx_exchange_state_t;
+
+typedef struct qx_resp_field {
+    uint32_t name_off, name_len, value_off, value_len;
+} qx_resp_field_t;
+
+struct qx_exchange {
+    qx_worker_t *w;
+    const qx_front_ops_t *fops;
+    void *front;      /* the front's connection */
+    int64_t stream_id;
+    qx_exchange_t *prev, *next; /* the front connection's list */
+    qx_exchange_state_t state;
+    int front_gone;
+    qx_snapshot_t *snap;
+    uint64_t start_ms;
+    uv_timer_t timer; /* connect timeout, then request timeout */
+    int timer_phase;  /* 0 none, 1 connect, 2 request */
+
+    /* request */
+    qx_arena_t arena;
+    const char *sni;  /* owned by the front connection; valid until headers done */
+    char client_ip[INET6_ADDRSTRLEN];
+    char *method, *path, *authority, *scheme;
+    size_t methodlen, pathlen, authoritylen, schemelen;
+    qx_hdr_t hdrs[QX_MAX_HEADERS];
+    size_t nhdrs;
+    int bad_request;   /* a header the exchange itself refuses (431/400) */
+    int method_idx;
+    int is_head;
+    int has_body;      /* the front has not seen the end of the stream */
+    int64_t req_cl;    /* content-length or -1 */
+    uint64_t req_body_in;
+    int req_fin;       /* the client's body is complete */
+    int req_discard;   /* request body is dropped (early answer) */
+    qx_ring_t req;
+    uint8_t *reqbuf;
+
+    /* upstream */
+    int route;
+    size_t up;         /* flat upstream index in snap */
+    const char *up_name;
+    qx_upconn_t *uc;
+    int reused;
+    int retried;
+    char *head;        /* the HTTP/1.1 request head, kept for a retry */
+    size_t headlen;
+    int chunked;
+    int head_sent;
+    int writing;
+    size_t wpayload;   /* body bytes in the pending write */
+    int wterm;         /* the pending write carries the chunked terminator */
+    char chunkhdr[24];
+    uint64_t req_body_sent;
+    int req_done;      /* head + whole body (+ terminator) written */
+
+    /* response */
+    llhttp_t parser;
+    llhttp_settings_t *psettings;
+    int resp_any;      /* any byte came back */
+    int resp_head_done;
+    int status;        /* the status sent to the client (0 = none yet) */
+    char *rhb;         /* response header bytes */
+    size_t rhblen, rhbcap;
+    qx_resp_field_t rf[QX_MAX_HEADERS];
+    size_t nrf;
+    int rf_in_value;
+    int resp_too_big_head;
+    int resp_complete; /* llhttp saw the message end */
+    int resp_eof;      /* no more body bytes will come */
+    int resp_paused;
+    int resp_reset;    /* we reset the client stream */
+    uint64_t resp_body;
+    qx_ring_t resp;
+    uint8_t *respbuf;
+    const char *local_body; /* our own error body */
+};
+
+/* Creates an exchange for a new front stream. client is the peer address.
+ * Returns NULL when memory is short. */
+qx_exchange_t *qx_exchange_new(qx_worker_t *w, const qx_front_ops_t *fops, void *front,
+                               int64_t stream_id, const struct sockaddr *client);
+
+/* One request field (pseudo-headers included, names as received).
+ * Returns 0, or QX_ERR_LIMIT (too many / too large: 431 follows). */
+int qx_exchange_header(qx_exchange_t *ex, const char *name, size_t namelen, const char *value,
+                       size_t valuelen);
+
+/* The head is complete; fin says the stream ended with it. Routes and
+ * dispatches, or answers an error. */
+void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin);
+
+/* Request body bytes. The front never delivers more than the window it
+ * granted, so they always fit. */
+void qx_exchange_body(qx_exchange_t *ex, const uint8_t *data, size_t len);
+
+/* The client's request stream ended. */
+void qx_exchange_body_end(qx_exchange_t *ex);
+
+/* The front consumed |n| response body bytes for good (acknowledged):
+ * their space in the window is free again. */
+void qx_exchange_resp_acked(qx_exchange_t *ex, size_t n);
+
+/* The front stream is closed (done, reset, or its connection died).
+ * |error| is nonzero when it did not end cleanly. Logs and counts the
+ * request, releases the upstream connection and frees the exchange. */
+void qx_exchange_front_closed(qx_exchange_t *ex, int error);
+
+#endif

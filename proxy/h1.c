@@ -1,0 +1,186 @@
+/* h1.c - HTTP/1.1 head translation (see h1.h). */
+#include "h1.h"
+
+#include "qx.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+static const struct {
+    const char *name;
+    size_t len;
+} hop_by_hop[] = {
+    {"connection", 10}, {"keep-alive", 10}, {"proxy-connection", 16}, {"transfer-encoding", 17},
+    {"te", 2},          {"upgrade", 7},     {"trailer", 7},
+};
+
+int qx_h1_is_hop_by_hop(const char *name, size_t len)
+{
+    for (size_t i = 0; i < QX_ARRAY_LEN(hop_by_hop); i++) {
+        if (hop_by_hop[i].len == len && strncasecmp(hop_by_hop[i].name, name, len) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int is_ows(char c) { return c == ' ' || c == '\t'; }
+
+int qx_h1_list_has_token(const char *list, size_t listlen, const char *name, size_t namelen)
+{
+    size_t i = 0;
+    while (i < listlen) {
+        while (i < listlen && (is_ows(list[i]) || list[i] == ','))
+            i++;
+        size_t start = i;
+        while (i < listlen && list[i] != ',')
+            i++;
+        size_t end = i;
+        while (end > start && is_ows(list[end - 1]))
+            end--;
+        if (end - start == namelen && strncasecmp(list + start, name, namelen) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int name_is(const qx_hdr_t *h, const char *lit)
+{
+    size_t n = strlen(lit);
+    return h->namelen == n && strncasecmp(h->name, lit, n) == 0;
+}
+
+static int has_ctl(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
+            return 1;
+    }
+    return 0;
+}
+
+/* Output cursor: every append checks the cap; overflow sticks. */
+typedef struct {
+    char *p;
+    size_t len, cap;
+    int overflow;
+} out_t;
+
+static void put(out_t *o, const char *s, size_t n)
+{
+    if (o->overflow || o->cap - o->len < n) {
+        o->overflow = 1;
+        return;
+    }
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+}
+
+static void puts_(out_t *o, const char *s) { put(o, s, strlen(s)); }
+
+static int method_is(const qx_h1_req_t *r, const char *m)
+{
+    size_t n = strlen(m);
+    return r->methodlen == n && memcmp(r->method, m, n) == 0;
+}
+
+ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *chunked)
+{
+    out_t o = {buf, 0, cap, 0};
+    const char *conn = NULL;
+    size_t connlen = 0;
+    const qx_hdr_t *xff = NULL;
+    int ncookie = 0;
+
+    if (has_ctl(req->method, req->methodlen) || has_ctl(req->path, req->pathlen) ||
+        (req->authority && has_ctl(req->authority, req->authoritylen)))
+        return QX_ERR_PROTO;
+    for (size_t i = 0; i < req->nhdrs; i++) {
+        const qx_hdr_t *h = &req->hdrs[i];
+        if (has_ctl(h->name, h->namelen) || has_ctl(h->value, h->valuelen))
+            return QX_ERR_PROTO;
+        if (name_is(h, "connection")) {
+            conn = h->value;
+            connlen = h->valuelen;
+        }
+    }
+
+    put(&o, req->method, req->methodlen);
+    put(&o, " ", 1);
+    put(&o, req->path, req->pathlen);
+    puts_(&o, " HTTP/1.1\r\nHost: ");
+    if (req->authority)
+        put(&o, req->authority, req->authoritylen);
+    puts_(&o, "\r\n");
+
+    for (size_t i = 0; i < req->nhdrs; i++) {
+        const qx_hdr_t *h = &req->hdrs[i];
+        if (qx_h1_is_hop_by_hop(h->name, h->namelen) || name_is(h, "host") ||
+            name_is(h, "content-length") || name_is(h, "x-forwarded-proto") ||
+            (conn && qx_h1_list_has_token(conn, connlen, h->name, h->namelen)))
+            continue;
+        if (name_is(h, "x-forwarded-for")) {
+            xff = h; /* the last one wins; we append our peer to it */
+            continue;
+        }
+        if (name_is(h, "cookie")) {
+            /* HTTP/3 may split cookies into several fields; HTTP/1.1 wants one. */
+            if (ncookie++ == 0) {
+                puts_(&o, "cookie: ");
+            } else {
+                continue;
+            }
+            int first = 1;
+            for (size_t j = i; j < req->nhdrs; j++) {
+                if (!name_is(&req->hdrs[j], "cookie"))
+                    continue;
+                if (!first)
+                    puts_(&o, "; ");
+                put(&o, req->hdrs[j].value, req->hdrs[j].valuelen);
+                first = 0;
+            }
+            puts_(&o, "\r\n");
+            continue;
+        }
+        put(&o, h->name, h->namelen);
+        puts_(&o, ": ");
+        put(&o, h->value, h->valuelen);
+        puts_(&o, "\r\n");
+    }
+
+    puts_(&o, "X-Forwarded-For: ");
+    if (xff && xff->valuelen > 0) {
+        put(&o, xff->value, xff->valuelen);
+        puts_(&o, ", ");
+    }
+    puts_(&o, req->client_ip ? req->client_ip : "unknown");
+    puts_(&o, "\r\nX-Forwarded-Proto: https\r\n");
+
+    *chunked = 0;
+    if (req->content_length >= 0) {
+        char num[32];
+        int n = snprintf(num, sizeof(num), "Content-Length: %lld\r\n",
+                         (long long)req->content_length);
+        put(&o, num, (size_t)n);
+    } else if (req->has_body) {
+        puts_(&o, "Transfer-Encoding: chunked\r\n");
+        *chunked = 1;
+    } else if (method_is(req, "POST") || method_is(req, "PUT") || method_is(req, "PATCH")) {
+        puts_(&o, "Content-Length: 0\r\n");
+    }
+    puts_(&o, "\r\n");
+
+    if (o.overflow)
+        return QX_ERR_LIMIT;
+    return (ssize_t)o.len;
+}
+
+int qx_h1_response_field_allowed(const char *name, size_t namelen, const char *conn,
+                                 size_t connlen)
+{
+    if (qx_h1_is_hop_by_hop(name, namelen))
+        return 0;
+    if (conn && qx_h1_list_has_token(conn, connlen, name, namelen))
+        return 0;
+    return 1;
+}

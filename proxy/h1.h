@@ -1,0 +1,70 @@
+/*
+ * h1.h - translation between the front's request/response model and
+ * HTTP/1.1 on the upstream side: the request head qrux writes to the app,
+ * and which response headers may travel back to the client.
+ *
+ * Pure functions over caller-owned buffers, so they are unit tested without
+ * a loop (unit/h1_test.c).
+ */
+#ifndef QX_H1_H
+#define QX_H1_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef struct qx_hdr {
+    const char *name; /* lowercase for requests from HTTP/3 */
+    size_t namelen;
+    const char *value;
+    size_t valuelen;
+} qx_hdr_t;
+
+/* A request as the front received it; strings are not NUL-terminated. */
+typedef struct qx_h1_req {
+    const char *method;
+    size_t methodlen;
+    const char *path;
+    size_t pathlen;
+    const char *authority; /* :authority, or the Host header; may be NULL */
+    size_t authoritylen;
+    const qx_hdr_t *hdrs; /* regular fields, in arrival order */
+    size_t nhdrs;
+    const char *client_ip; /* NUL-terminated textual address, for X-Forwarded-For */
+    int has_body;          /* a body follows the head (the front saw no end of stream) */
+    int64_t content_length; /* from the request, -1 when absent */
+} qx_h1_req_t;
+
+/* Nonzero when name (any case) is a hop-by-hop field that a proxy must not
+ * forward: connection, keep-alive, proxy-connection, transfer-encoding, te,
+ * upgrade, trailer, proxy-authenticate/-authorization is NOT included (it
+ * is end-to-end for a reverse proxy's app). */
+int qx_h1_is_hop_by_hop(const char *name, size_t len);
+
+/* Nonzero when the comma-separated token list |list| (a Connection field
+ * value) names |name|, case-insensitively. */
+int qx_h1_list_has_token(const char *list, size_t listlen, const char *name, size_t namelen);
+
+/*
+ * Writes the HTTP/1.1 request head for |req| into buf[cap]:
+ *   METHOD path HTTP/1.1, Host (from the authority), the fields minus
+ *   hop-by-hop ones and those listed in Connection, host, x-forwarded-proto
+ *   and forwarded-for duplicates; cookie fields joined with "; " (RFC 9114
+ *   §4.2.1); X-Forwarded-For (the client's value with our peer appended);
+ *   X-Forwarded-Proto: https; Content-Length when known, else
+ *   Transfer-Encoding: chunked when a body follows, Content-Length: 0 for
+ *   POST/PUT/PATCH without body. *chunked is set to 1 when the body must be
+ *   sent chunked.
+ * Returns the head's length, or QX_ERR_LIMIT when it does not fit, or
+ * QX_ERR_PROTO when a field contains CR/LF/NUL (cannot happen with
+ * nghttp3-validated input, checked anyway: it would be request smuggling).
+ */
+ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *chunked);
+
+/* Nonzero when a response field from the upstream may be passed to the
+ * client: not hop-by-hop and not listed in the response's Connection
+ * value (conn may be NULL). */
+int qx_h1_response_field_allowed(const char *name, size_t namelen, const char *conn,
+                                 size_t connlen);
+
+#endif

@@ -1,0 +1,122 @@
+/* metrics.c - per-worker counters (see metrics.h). */
+#include "metrics.h"
+
+#include "qx.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+const double qx_hist_bounds[QX_HIST_NBUCKETS - 1] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                     0.25,  0.5,   1,    2.5,   10};
+
+static const char *const method_names[QX_M_COUNT] = {
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "OTHER"};
+
+int qx_metrics_method_index(const char *m, size_t len)
+{
+    for (int i = 0; i < QX_M_OTHER; i++) {
+        if (strlen(method_names[i]) == len && memcmp(method_names[i], m, len) == 0)
+            return i;
+    }
+    return QX_M_OTHER;
+}
+
+const char *qx_metrics_method_name(int idx)
+{
+    return idx >= 0 && idx < QX_M_COUNT ? method_names[idx] : "OTHER";
+}
+
+/* Labels are interned per worker so rows outlive the config snapshot that
+ * named the upstream. Comparison is by content. */
+static const char *intern(const char *s)
+{
+    if (s == NULL)
+        return "";
+    return strdup(s);
+}
+
+static int label_eq(const char *a, const char *b)
+{
+    return strcmp(a, b == NULL ? "" : b) == 0;
+}
+
+static void publish(size_t *n, size_t v) { __atomic_store_n(n, v, __ATOMIC_RELEASE); }
+
+void qx_metrics_request(qx_metrics_t *m, int method, int status, const char *upstream,
+                        double seconds)
+{
+    qx_metrics_req_row_t *row = NULL;
+    for (size_t i = 0; i < m->nreq; i++) {
+        qx_metrics_req_row_t *r = &m->req[i];
+        if (r->method == method && r->status == status && label_eq(r->upstream, upstream)) {
+            row = r;
+            break;
+        }
+    }
+    if (row == NULL) {
+        if (m->nreq < QX_METRICS_ROWS) {
+            row = &m->req[m->nreq];
+            row->upstream = intern(upstream);
+            row->method = (uint16_t)method;
+            row->status = (uint16_t)status;
+            publish(&m->nreq, m->nreq + 1);
+        } else {
+            row = &m->req[QX_METRICS_ROWS - 1];
+        }
+    }
+    qx_cnt_add(&row->count, 1);
+
+    qx_metrics_hist_row_t *h = NULL;
+    for (size_t i = 0; i < m->nhist; i++) {
+        if (m->hist[i].method == method && label_eq(m->hist[i].upstream, upstream)) {
+            h = &m->hist[i];
+            break;
+        }
+    }
+    if (h == NULL) {
+        if (m->nhist < QX_ARRAY_LEN(m->hist)) {
+            h = &m->hist[m->nhist];
+            h->upstream = intern(upstream);
+            h->method = (uint16_t)method;
+            publish(&m->nhist, m->nhist + 1);
+        } else {
+            h = &m->hist[QX_ARRAY_LEN(m->hist) - 1];
+        }
+    }
+    size_t b = 0;
+    while (b < QX_HIST_NBUCKETS - 1 && seconds > qx_hist_bounds[b])
+        b++;
+    qx_cnt_add(&h->buckets[b], 1);
+    qx_cnt_add(&h->count, 1);
+    /* The sum is kept in microseconds as an integer so readers see a
+     * consistent value without a lock. */
+    qx_cnt_add(&h->sum_us, (uint64_t)(seconds * 1e6));
+}
+
+qx_metrics_up_row_t *qx_metrics_upstream(qx_metrics_t *m, const char *upstream)
+{
+    for (size_t i = 0; i < m->nup; i++) {
+        if (label_eq(m->up[i].upstream, upstream))
+            return &m->up[i];
+    }
+    if (m->nup < QX_ARRAY_LEN(m->up)) {
+        qx_metrics_up_row_t *r = &m->up[m->nup];
+        r->upstream = intern(upstream);
+        publish(&m->nup, m->nup + 1);
+        return r;
+    }
+    return &m->up[QX_ARRAY_LEN(m->up) - 1];
+}
+
+void qx_metrics_free(qx_metrics_t *m)
+{
+    if (m == NULL)
+        return;
+    for (size_t i = 0; i < m->nreq; i++)
+        free((void *)m->req[i].upstream);
+    for (size_t i = 0; i < m->nhist; i++)
+        free((void *)m->hist[i].upstream);
+    for (size_t i = 0; i < m->nup; i++)
+        free((void *)m->up[i].upstream);
+    memset(m, 0, sizeof(*m));
+}

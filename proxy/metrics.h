@@ -1,0 +1,100 @@
+/*
+ * metrics.h - per-worker counters. Each worker is the only writer of its
+ * qx_metrics_t (relaxed atomic stores, no read-modify-write); the admin
+ * thread (issue 4) sums all workers' tables when /metrics is scraped, so a
+ * worker never waits for it. Label spaces are bounded: methods outside the
+ * standard set are OTHER, upstream labels come from the config, and the
+ * tables have a fixed capacity with an overflow row.
+ */
+#ifndef QX_METRICS_H
+#define QX_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+    QX_M_GET,
+    QX_M_HEAD,
+    QX_M_POST,
+    QX_M_PUT,
+    QX_M_DELETE,
+    QX_M_CONNECT,
+    QX_M_OPTIONS,
+    QX_M_TRACE,
+    QX_M_PATCH,
+    QX_M_OTHER,
+    QX_M_COUNT
+};
+
+#define QX_HIST_NBUCKETS 12 /* the last is +Inf */
+extern const double qx_hist_bounds[QX_HIST_NBUCKETS - 1];
+
+#define QX_METRICS_ROWS 512
+
+typedef struct qx_metrics_req_row {
+    const char *upstream; /* interned label, "" when no upstream was chosen */
+    uint16_t method;
+    uint16_t status;
+    uint64_t count;
+} qx_metrics_req_row_t;
+
+typedef struct qx_metrics_hist_row {
+    const char *upstream;
+    uint16_t method;
+    uint64_t buckets[QX_HIST_NBUCKETS]; /* non-cumulative counts */
+    uint64_t count;
+    uint64_t sum_us;
+} qx_metrics_hist_row_t;
+
+typedef struct qx_metrics_up_row {
+    const char *upstream;
+    uint64_t timeouts;
+    uint64_t connect_errors;   /* refused / unreachable */
+    uint64_t protocol_errors;  /* malformed response */
+    uint64_t body_over_limit;  /* response body over its cap */
+    uint64_t pool_idle;        /* gauge */
+    uint64_t pool_busy;        /* gauge */
+} qx_metrics_up_row_t;
+
+typedef struct qx_metrics {
+    qx_metrics_req_row_t req[QX_METRICS_ROWS];
+    size_t nreq; /* published with release; rows below it are stable */
+    qx_metrics_hist_row_t hist[QX_METRICS_ROWS / 4];
+    size_t nhist;
+    qx_metrics_up_row_t up[QX_METRICS_ROWS / 4];
+    size_t nup;
+    uint64_t active_connections_h3;
+    uint64_t quic_handshakes_ok;
+    uint64_t quic_handshakes_failed;
+    uint64_t bytes_in;  /* request body bytes from clients */
+    uint64_t bytes_out; /* response body bytes to clients */
+    uint64_t request_body_rejected;
+    uint64_t streams_reset_by_client;
+} qx_metrics_t;
+
+/* Index of a method name in the QX_M_* set; QX_M_OTHER for anything else. */
+int qx_metrics_method_index(const char *m, size_t len);
+const char *qx_metrics_method_name(int idx);
+
+/* Adds n to a counter the calling worker owns (single writer). */
+static inline void qx_cnt_add(uint64_t *c, uint64_t n)
+{
+    __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
+}
+static inline void qx_cnt_sub(uint64_t *c, uint64_t n)
+{
+    __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) - n, __ATOMIC_RELAXED);
+}
+
+/* Records one finished request. upstream may be NULL. */
+void qx_metrics_request(qx_metrics_t *m, int method, int status, const char *upstream,
+                        double seconds);
+
+/* The per-upstream row for |upstream| (created on first use); never NULL:
+ * past capacity the last row is shared. */
+qx_metrics_up_row_t *qx_metrics_upstream(qx_metrics_t *m, const char *upstream);
+
+/* Releases interned labels. */
+void qx_metrics_free(qx_metrics_t *m);
+
+#endif

@@ -1,0 +1,266 @@
+/* pool.c - upstream connections and their idle pool (see pool.h). */
+#include "pool.h"
+
+#include "log.h"
+#include "qx.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+static void gauges(qx_pool_t *p)
+{
+    if (p->row == NULL)
+        return;
+    __atomic_store_n(&p->row->pool_idle, (uint64_t)p->nidle, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->row->pool_busy, (uint64_t)p->nbusy, __ATOMIC_RELAXED);
+}
+
+int qx_pool_new(qx_pool_t **out, uv_loop_t *loop, const struct sockaddr *addr, socklen_t addrlen,
+                unsigned max_idle, uint64_t idle_timeout_ms, qx_metrics_up_row_t *row)
+{
+    qx_pool_t *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return QX_ERR_NOMEM;
+    p->loop = loop;
+    memcpy(&p->addr, addr, addrlen);
+    p->addrlen = addrlen;
+    p->max_idle = max_idle;
+    p->idle_timeout_ms = idle_timeout_ms;
+    p->row = row;
+    *out = p;
+    return 0;
+}
+
+/* ---- idle list ---------------------------------------------------------- */
+
+static void idle_unlink(qx_pool_t *p, qx_upconn_t *uc)
+{
+    if (uc->prev)
+        uc->prev->next = uc->next;
+    else
+        p->idle_head = uc->next;
+    if (uc->next)
+        uc->next->prev = uc->prev;
+    else
+        p->idle_tail = uc->prev;
+    uc->prev = uc->next = NULL;
+    p->nidle--;
+}
+
+static void idle_push_front(qx_pool_t *p, qx_upconn_t *uc)
+{
+    uc->prev = NULL;
+    uc->next = p->idle_head;
+    if (p->idle_head)
+        p->idle_head->prev = uc;
+    else
+        p->idle_tail = uc;
+    p->idle_head = uc;
+    p->nidle++;
+}
+
+/* ---- closing ------------------------------------------------------------ */
+
+static void on_close(uv_handle_t *h)
+{
+    qx_upconn_t *uc = qx_container_of(h, qx_upconn_t, tcp);
+    free(uc);
+}
+
+/* Closes uc, whatever its state; the pool forgets it now. */
+static void upconn_close(qx_upconn_t *uc)
+{
+    qx_pool_t *p = uc->pool;
+    if (uc->state == QX_UC_CLOSING)
+        return;
+    if (p) {
+        if (uc->state == QX_UC_IDLE)
+            idle_unlink(p, uc);
+        else
+            p->nbusy--;
+        gauges(p);
+    }
+    uc->state = QX_UC_CLOSING;
+    uc->user = NULL;
+    uc->cb = NULL;
+    uv_close((uv_handle_t *)&uc->tcp, on_close);
+}
+
+void qx_pool_del(qx_pool_t *p)
+{
+    if (p == NULL)
+        return;
+    while (p->idle_head)
+        upconn_close(p->idle_head);
+    /* Busy connections are detached; their users release them later. Their
+     * p->nbusy accounting dies with the pool. */
+    p->row = NULL;
+    free(p);
+}
+
+/* ---- callbacks ---------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    qx_upconn_t *uc = qx_container_of(h, qx_upconn_t, tcp);
+    (void)suggested;
+    buf->base = uc->rbuf;
+    buf->len = sizeof(uc->rbuf);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    qx_upconn_t *uc = qx_container_of(s, qx_upconn_t, tcp);
+    if (nread == 0)
+        return; /* EAGAIN */
+    if (uc->state == QX_UC_IDLE) {
+        /* An idle keep-alive connection must stay silent: EOF means the
+         * backend closed it, bytes mean it is confused. Evict either way. */
+        QX_DEBUG("pool: idle upstream connection %s, evicted",
+                 nread < 0 ? uv_err_name((int)nread) : "sent unexpected bytes");
+        upconn_close(uc);
+        return;
+    }
+    if (uc->state != QX_UC_BUSY || uc->cb == NULL)
+        return;
+    uc->cb->on_read(uc->user, nread, buf->base);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    qx_upconn_t *uc = qx_container_of(req, qx_upconn_t, wreq);
+    uc->writing = 0;
+    if (uc->state != QX_UC_BUSY || uc->cb == NULL)
+        return;
+    uc->cb->on_write(uc->user, status);
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    qx_upconn_t *uc = qx_container_of(req, qx_upconn_t, creq);
+    if (uc->state != QX_UC_CONNECTING)
+        return; /* released (e.g. timed out) while connecting */
+    uc->state = QX_UC_BUSY;
+    if (status == 0)
+        uv_tcp_nodelay(&uc->tcp, 1);
+    uc->cb->on_connect(uc->user, status);
+}
+
+/* ---- public ------------------------------------------------------------- */
+
+/* A socket the peer closed while idle reads EOF at once; MSG_PEEK tells
+ * without consuming anything. */
+static int still_open(qx_upconn_t *uc)
+{
+    uv_os_fd_t fd;
+    char c;
+    if (uv_fileno((uv_handle_t *)&uc->tcp, &fd) != 0)
+        return 0;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return 1;
+    return 0;
+}
+
+int qx_pool_checkout(qx_pool_t *p, void *user, const qx_upconn_cb_t *cb, int fresh_only,
+                     qx_upconn_t **out, int *reused)
+{
+    while (!fresh_only && p->idle_head) {
+        qx_upconn_t *uc = p->idle_head;
+        if (!still_open(uc)) {
+            upconn_close(uc);
+            continue;
+        }
+        idle_unlink(p, uc);
+        uv_read_stop((uv_stream_t *)&uc->tcp);
+        uc->reading = 0;
+        uc->state = QX_UC_BUSY;
+        uc->user = user;
+        uc->cb = cb;
+        p->nbusy++;
+        gauges(p);
+        *out = uc;
+        *reused = 1;
+        return 0;
+    }
+
+    qx_upconn_t *uc = calloc(1, sizeof(*uc));
+    if (uc == NULL)
+        return QX_ERR_NOMEM;
+    uc->pool = p;
+    uc->user = user;
+    uc->cb = cb;
+    uc->state = QX_UC_CONNECTING;
+    if (uv_tcp_init(p->loop, &uc->tcp) != 0) {
+        free(uc);
+        return QX_ERR_IO;
+    }
+    int rv = uv_tcp_connect(&uc->creq, &uc->tcp, (const struct sockaddr *)&p->addr, on_connect);
+    p->nbusy++;
+    gauges(p);
+    if (rv != 0) {
+        QX_DEBUG("pool: connect did not start: %s", uv_strerror(rv));
+        upconn_close(uc);
+        return QX_ERR_IO;
+    }
+    *out = uc;
+    *reused = 0;
+    return 0;
+}
+
+void qx_pool_release(qx_upconn_t *uc, int reusable)
+{
+    qx_pool_t *p = uc->pool;
+    if (uc->state == QX_UC_CLOSING)
+        return;
+    if (!reusable || p == NULL || uc->state != QX_UC_BUSY || uc->writing ||
+        p->nidle >= p->max_idle) {
+        upconn_close(uc);
+        return;
+    }
+    uc->user = NULL;
+    uc->cb = NULL;
+    uc->state = QX_UC_IDLE;
+    uc->idle_since_ms = uv_now(p->loop);
+    p->nbusy--;
+    idle_push_front(p, uc);
+    gauges(p);
+    uc->reading = 1;
+    uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_read);
+}
+
+void qx_pool_sweep(qx_pool_t *p, uint64_t now_ms)
+{
+    /* The tail is the least recently used. */
+    while (p->idle_tail && now_ms - p->idle_tail->idle_since_ms >= p->idle_timeout_ms)
+        upconn_close(p->idle_tail);
+}
+
+int qx_upconn_write(qx_upconn_t *uc, const uv_buf_t *bufs, unsigned n)
+{
+    if (uc->writing)
+        return QX_ERR_INVAL;
+    int rv = uv_write(&uc->wreq, (uv_stream_t *)&uc->tcp, bufs, n, on_write);
+    if (rv != 0)
+        return QX_ERR_IO;
+    uc->writing = 1;
+    return 0;
+}
+
+void qx_upconn_read_start(qx_upconn_t *uc)
+{
+    if (uc->reading || uc->state != QX_UC_BUSY)
+        return;
+    if (uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_read) == 0)
+        uc->reading = 1;
+}
+
+void qx_upconn_read_stop(qx_upconn_t *uc)
+{
+    if (!uc->reading || uc->state == QX_UC_CLOSING)
+        return;
+    uv_read_stop((uv_stream_t *)&uc->tcp);
+    uc->reading = 0;
+}

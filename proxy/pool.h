@@ -1,0 +1,101 @@
+/*
+ * pool.h - upstream TCP connections and the per-worker, per-upstream pool
+ * of idle keep-alive ones.
+ *
+ * A qx_upconn_t is a thin TCP wrapper (connect, one write at a time, read
+ * start/stop, close); the HTTP/1.1 logic lives in the exchange that uses
+ * it. The pool hands out an idle connection checked alive (an idle socket
+ * is watched for EOF, and peeked once more at checkout), or starts a new
+ * connect. At most max_idle connections stay idle; idle ones older than
+ * idle_timeout_ms are closed by qx_pool_sweep().
+ *
+ * Owned by one worker's loop; no locks. Connections are freed only in
+ * their uv_close callback (STYLE.md §9).
+ */
+#ifndef QX_POOL_H
+#define QX_POOL_H
+
+#include "metrics.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#define QX_UPCONN_RBUF 16384
+
+typedef struct qx_pool qx_pool_t;
+typedef struct qx_upconn qx_upconn_t;
+
+/* What an upstream connection reports to its current user. */
+typedef struct qx_upconn_cb {
+    void (*on_connect)(void *user, int status);              /* 0 or a UV_* error */
+    void (*on_write)(void *user, int status);                /* the pending write finished */
+    void (*on_read)(void *user, ssize_t nread, const char *buf); /* bytes, UV_EOF or an error */
+} qx_upconn_cb_t;
+
+typedef enum { QX_UC_CONNECTING, QX_UC_BUSY, QX_UC_IDLE, QX_UC_CLOSING } qx_upconn_state_t;
+
+struct qx_upconn {
+    uv_tcp_t tcp;
+    uv_connect_t creq;
+    uv_write_t wreq;
+    qx_pool_t *pool; /* NULL once the pool is gone */
+    qx_upconn_t *prev, *next; /* idle list */
+    void *user;
+    const qx_upconn_cb_t *cb;
+    qx_upconn_state_t state;
+    int writing;
+    int reading;
+    unsigned nrequests; /* responses completed on this connection */
+    uint64_t idle_since_ms;
+    char rbuf[QX_UPCONN_RBUF];
+};
+
+struct qx_pool {
+    uv_loop_t *loop;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    unsigned max_idle;
+    uint64_t idle_timeout_ms;
+    qx_upconn_t *idle_head; /* most recently used first */
+    qx_upconn_t *idle_tail;
+    unsigned nidle;
+    unsigned nbusy; /* connecting or busy */
+    qx_metrics_up_row_t *row; /* gauges; may be NULL */
+};
+
+/* Creates a pool for one upstream address. Returns 0 or QX_ERR_NOMEM. */
+int qx_pool_new(qx_pool_t **out, uv_loop_t *loop, const struct sockaddr *addr, socklen_t addrlen,
+                unsigned max_idle, uint64_t idle_timeout_ms, qx_metrics_up_row_t *row);
+
+/* Closes idle connections and frees the pool; busy connections are
+ * detached and close when their user releases them. Accepts NULL. */
+void qx_pool_del(qx_pool_t *p);
+
+/*
+ * Gives |user| a connection: an idle one that is still open (*reused = 1,
+ * usable at once), or a new one whose connect has started (*reused = 0;
+ * cb->on_connect follows). Returns 0, QX_ERR_NOMEM, or QX_ERR_IO when the
+ * connect could not even start (cb is not called then).
+ * |fresh_only| skips idle connections (the retry after a failed reuse).
+ */
+int qx_pool_checkout(qx_pool_t *p, void *user, const qx_upconn_cb_t *cb, int fresh_only,
+                     qx_upconn_t **out, int *reused);
+
+/* Ends the user's use: back to the idle list when reusable (and the pool
+ * has room), otherwise closed. No callback reaches the user afterwards. */
+void qx_pool_release(qx_upconn_t *uc, int reusable);
+
+/* Closes idle connections idle for longer than the timeout. */
+void qx_pool_sweep(qx_pool_t *p, uint64_t now_ms);
+
+/* Starts one write of n buffers (one at a time: returns QX_ERR_INVAL when a
+ * write is pending). cb->on_write follows. Returns 0 or QX_ERR_IO. */
+int qx_upconn_write(qx_upconn_t *uc, const uv_buf_t *bufs, unsigned n);
+
+/* Starts / stops delivering cb->on_read. Idempotent. */
+void qx_upconn_read_start(qx_upconn_t *uc);
+void qx_upconn_read_stop(qx_upconn_t *uc);
+
+#endif

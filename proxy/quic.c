@@ -1,0 +1,878 @@
+/* quic.c - a worker's QUIC endpoint and connections' transport (see quic.h). */
+#include "quic.h"
+
+#include "log.h"
+#include "qx.h"
+#include "quic_conn.h"
+#include "tls.h"
+#include "worker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <gnutls/crypto.h>
+#include <netinet/in.h>
+#include <ngtcp2/ngtcp2_crypto_gnutls.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CID_BUCKETS 1024
+#define RX_BATCH 64       /* datagrams read per readiness event */
+#define TX_MAX_PKTS 64    /* packets written per flush before yielding */
+#define MAX_UDP_PAYLOAD NGTCP2_MAX_PMTUD_UDP_PAYLOAD_SIZE
+
+typedef struct cid_entry {
+    struct cid_entry *next;
+    ngtcp2_cid cid;
+    qx_quic_conn_t *qc;
+} cid_entry_t;
+
+struct qx_quic_ep {
+    qx_worker_t *w;
+    int fd;
+    int family;
+    uv_poll_t poll;
+    int poll_events;
+    uv_check_t flush; /* writes what this loop turn produced */
+    int closing;
+    int accepting;
+    unsigned nconns;
+    unsigned nblocked; /* connections holding a stashed packet */
+    qx_quic_conn_t *conns;
+    qx_quic_conn_t *dirty;
+    cid_entry_t *buckets[CID_BUCKETS];
+    uint8_t rxbuf[65536];
+    uint8_t txbuf[MAX_UDP_PAYLOAD];
+};
+
+static ngtcp2_tstamp now_ns(void) { return uv_hrtime(); }
+
+qx_worker_t *qx_quic_conn_worker(qx_quic_conn_t *qc) { return qc->ep->w; }
+
+/* ---- connection ID table ------------------------------------------------ */
+
+static size_t cid_hash(const uint8_t *p, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a: CIDs are random already */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    return (size_t)(h % CID_BUCKETS);
+}
+
+static qx_quic_conn_t *cid_find(qx_quic_ep_t *ep, const uint8_t *p, size_t len)
+{
+    for (cid_entry_t *e = ep->buckets[cid_hash(p, len)]; e; e = e->next) {
+        if (e->cid.datalen == len && memcmp(e->cid.data, p, len) == 0)
+            return e->qc;
+    }
+    return NULL;
+}
+
+static int cid_add(qx_quic_conn_t *qc, const ngtcp2_cid *cid)
+{
+    qx_quic_ep_t *ep = qc->ep;
+    if (qc->ncids >= QX_MAX_CIDS)
+        return QX_ERR_LIMIT;
+    cid_entry_t *e = malloc(sizeof(*e));
+    if (e == NULL)
+        return QX_ERR_NOMEM;
+    size_t b = cid_hash(cid->data, cid->datalen);
+    e->cid = *cid;
+    e->qc = qc;
+    e->next = ep->buckets[b];
+    ep->buckets[b] = e;
+    qc->cids[qc->ncids++] = *cid;
+    return 0;
+}
+
+static void cid_remove(qx_quic_conn_t *qc, const ngtcp2_cid *cid)
+{
+    qx_quic_ep_t *ep = qc->ep;
+    cid_entry_t **pp = &ep->buckets[cid_hash(cid->data, cid->datalen)];
+    for (; *pp; pp = &(*pp)->next) {
+        cid_entry_t *e = *pp;
+        if (e->qc == qc && ngtcp2_cid_eq(&e->cid, cid)) {
+            *pp = e->next;
+            free(e);
+            break;
+        }
+    }
+    for (size_t i = 0; i < qc->ncids; i++) {
+        if (ngtcp2_cid_eq(&qc->cids[i], cid)) {
+            qc->cids[i] = qc->cids[--qc->ncids];
+            break;
+        }
+    }
+}
+
+/* ---- sending ------------------------------------------------------------- */
+
+static void ep_poll_update(qx_quic_ep_t *ep);
+
+/* Sends one datagram from the connection's local address (the one the
+ * client wrote to: with a wildcard bind the kernel would otherwise pick).
+ * Returns 0, 1 when the socket is full (EAGAIN), or -1 on a hard error. */
+static int send_pkt(qx_quic_ep_t *ep, const struct sockaddr *local, const struct sockaddr *remote,
+                    socklen_t remotelen, const uint8_t *data, size_t len)
+{
+    struct iovec iov = {(void *)data, len};
+    union {
+        char buf[CMSG_SPACE(sizeof(struct in6_pktinfo))];
+        struct cmsghdr align;
+    } cm;
+    struct msghdr msg = {0};
+    msg.msg_name = (void *)remote;
+    msg.msg_namelen = remotelen;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    memset(&cm, 0, sizeof(cm));
+
+    if (local && local->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *l6 = (const struct sockaddr_in6 *)local;
+        msg.msg_control = cm.buf;
+        if (IN6_IS_ADDR_V4MAPPED(&l6->sin6_addr)) {
+            /* IPv4 through a dual-stack socket takes IP_PKTINFO. */
+            msg.msg_controllen = CMSG_SPACE(sizeof(struct in_pktinfo));
+            struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+            c->cmsg_level = IPPROTO_IP;
+            c->cmsg_type = IP_PKTINFO;
+            c->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
+            struct in_pktinfo pi = {0};
+            memcpy(&pi.ipi_spec_dst, &l6->sin6_addr.s6_addr[12], 4);
+            memcpy(CMSG_DATA(c), &pi, sizeof(pi));
+        } else {
+            msg.msg_controllen = CMSG_SPACE(sizeof(struct in6_pktinfo));
+            struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+            c->cmsg_level = IPPROTO_IPV6;
+            c->cmsg_type = IPV6_PKTINFO;
+            c->cmsg_len = CMSG_LEN(sizeof(struct in6_pktinfo));
+            struct in6_pktinfo pi = {0};
+            pi.ipi6_addr = l6->sin6_addr;
+            memcpy(CMSG_DATA(c), &pi, sizeof(pi));
+        }
+    } else if (local && local->sa_family == AF_INET) {
+        msg.msg_control = cm.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(struct in_pktinfo));
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = IPPROTO_IP;
+        c->cmsg_type = IP_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
+        struct in_pktinfo pi = {0};
+        pi.ipi_spec_dst = ((const struct sockaddr_in *)local)->sin_addr;
+        memcpy(CMSG_DATA(c), &pi, sizeof(pi));
+    }
+
+    for (;;) {
+        ssize_t n = sendmsg(ep->fd, &msg, 0);
+        if (n != -1)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
+            return 1;
+        QX_DEBUG("quic: sendmsg: %s", strerror(errno));
+        return -1;
+    }
+}
+
+/* ---- connection life cycle --------------------------------------------- */
+
+static void conn_timer_cb(uv_timer_t *t);
+
+void qx_quic_conn_mark(qx_quic_conn_t *qc)
+{
+    if (qc->dirty || qc->closing)
+        return;
+    qc->dirty = 1;
+    qc->dnext = qc->ep->dirty;
+    qc->ep->dirty = qc;
+}
+
+void qx_quic_conn_close(qx_quic_conn_t *qc, int quietly)
+{
+    if (qc->closing)
+        return;
+    qc->closing = 1;
+    qc->close_quietly = quietly;
+    /* Force it onto the flush list even if already marked: the flush
+     * performs the deletion. */
+    if (!qc->dirty) {
+        qc->dirty = 1;
+        qc->dnext = qc->ep->dirty;
+        qc->ep->dirty = qc;
+    }
+}
+
+static void conn_timer_closed(uv_handle_t *h)
+{
+    qx_quic_conn_t *qc = qx_container_of(h, qx_quic_conn_t, timer);
+    free(qc);
+}
+
+/* Frees the connection now. Never called from inside an ngtcp2 or nghttp3
+ * callback: only from the flush (uv_check) or endpoint shutdown. */
+static void conn_del(qx_quic_conn_t *qc)
+{
+    qx_quic_ep_t *ep = qc->ep;
+    qx_worker_t *w = ep->w;
+
+    if (!qc->close_quietly && qc->conn && !ngtcp2_conn_is_in_closing_period(qc->conn) &&
+        !ngtcp2_conn_is_in_draining_period(qc->conn)) {
+        ngtcp2_path_storage ps;
+        ngtcp2_pkt_info pi;
+        ngtcp2_path_storage_zero(&ps);
+        ngtcp2_ssize n = ngtcp2_conn_write_connection_close(
+            qc->conn, &ps.path, &pi, ep->txbuf, sizeof(ep->txbuf), &qc->ccerr, now_ns());
+        if (n > 0)
+            send_pkt(ep, (const struct sockaddr *)&qc->local, (const struct sockaddr *)&qc->remote,
+                     qc->remotelen, ep->txbuf, (size_t)n);
+    }
+    if (!qc->handshake_done)
+        qx_cnt_add(&w->metrics.quic_handshakes_failed, 1);
+    else
+        qx_cnt_sub(&w->metrics.active_connections_h3, 1);
+
+    qx_h3_teardown(qc);
+    while (qc->ncids > 0)
+        cid_remove(qc, &qc->cids[qc->ncids - 1]);
+    if (qc->prev)
+        qc->prev->next = qc->next;
+    else
+        ep->conns = qc->next;
+    if (qc->next)
+        qc->next->prev = qc->prev;
+    ep->nconns--;
+    if (qc->stash)
+        ep->nblocked--;
+    free(qc->stash);
+    if (qc->conn)
+        ngtcp2_conn_del(qc->conn);
+    if (qc->tls)
+        gnutls_deinit(qc->tls);
+    uv_close((uv_handle_t *)&qc->timer, conn_timer_closed);
+    qx_worker_maybe_done(w);
+}
+
+static void schedule_timer(qx_quic_conn_t *qc)
+{
+    ngtcp2_tstamp expiry = ngtcp2_conn_get_expiry(qc->conn);
+    ngtcp2_tstamp now = now_ns();
+    uint64_t ms = expiry <= now ? 0 : (expiry - now + 999999) / 1000000;
+    uv_timer_start(&qc->timer, conn_timer_cb, ms, 0);
+}
+
+static void conn_fail(qx_quic_conn_t *qc, int liberr)
+{
+    if (liberr == NGTCP2_ERR_DRAINING || liberr == NGTCP2_ERR_IDLE_CLOSE ||
+        liberr == NGTCP2_ERR_DROP_CONN || liberr == NGTCP2_ERR_CLOSING) {
+        qx_quic_conn_close(qc, 1);
+        return;
+    }
+    if (liberr == NGTCP2_ERR_CRYPTO) {
+        ngtcp2_connection_close_error_set_transport_error_tls_alert(
+            &qc->ccerr, ngtcp2_conn_get_tls_alert(qc->conn), NULL, 0);
+    } else if (liberr != NGTCP2_ERR_CALLBACK_FAILURE || qc->ccerr.error_code == 0) {
+        if (liberr != NGTCP2_ERR_CALLBACK_FAILURE)
+            ngtcp2_connection_close_error_set_transport_error_liberr(&qc->ccerr, liberr, NULL, 0);
+    }
+    QX_DEBUG("quic: closing connection: %s", ngtcp2_strerror(liberr));
+    qx_quic_conn_close(qc, 0);
+}
+
+int qx_quic_conn_write(qx_quic_conn_t *qc)
+{
+    qx_quic_ep_t *ep = qc->ep;
+    ngtcp2_path_storage ps;
+    ngtcp2_pkt_info pi;
+    ngtcp2_tstamp ts = now_ns();
+    size_t npkts = 0;
+
+    if (qc->stash) {
+        int rv = send_pkt(ep, (const struct sockaddr *)&qc->local,
+                          (const struct sockaddr *)&qc->remote, qc->remotelen, qc->stash,
+                          qc->stashlen);
+        if (rv == 1)
+            return 0; /* still full; the writable event brings us back */
+        free(qc->stash);
+        qc->stash = NULL;
+        ep->nblocked--;
+    }
+
+    ngtcp2_path_storage_zero(&ps);
+    for (;;) {
+        int64_t stream_id = -1;
+        int fin = 0;
+        nghttp3_vec vec[16];
+        nghttp3_ssize sveccnt = 0;
+
+        if (qc->h3 && ngtcp2_conn_get_max_data_left(qc->conn)) {
+            sveccnt = nghttp3_conn_writev_stream(qc->h3, &stream_id, &fin, vec, QX_ARRAY_LEN(vec));
+            if (sveccnt < 0) {
+                ngtcp2_connection_close_error_set_application_error(
+                    &qc->ccerr, nghttp3_err_infer_quic_app_error_code((int)sveccnt), NULL, 0);
+                return NGTCP2_ERR_CALLBACK_FAILURE;
+            }
+        }
+        ngtcp2_ssize ndatalen = -1;
+        uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_MORE;
+        if (fin)
+            flags |= NGTCP2_WRITE_STREAM_FLAG_FIN;
+        ngtcp2_ssize n = ngtcp2_conn_writev_stream(qc->conn, &ps.path, &pi, ep->txbuf,
+                                                   sizeof(ep->txbuf), &ndatalen, flags, stream_id,
+                                                   (const ngtcp2_vec *)vec, (size_t)sveccnt, ts);
+        if (n < 0) {
+            switch (n) {
+            case NGTCP2_ERR_STREAM_DATA_BLOCKED:
+                nghttp3_conn_block_stream(qc->h3, stream_id);
+                continue;
+            case NGTCP2_ERR_STREAM_SHUT_WR:
+                nghttp3_conn_shutdown_stream_write(qc->h3, stream_id);
+                continue;
+            case NGTCP2_ERR_WRITE_MORE:
+                if (nghttp3_conn_add_write_offset(qc->h3, stream_id, (size_t)ndatalen) != 0)
+                    return NGTCP2_ERR_CALLBACK_FAILURE;
+                continue;
+            default:
+                return (int)n;
+            }
+        }
+        if (ndatalen >= 0 && qc->h3 &&
+            nghttp3_conn_add_write_offset(qc->h3, stream_id, (size_t)ndatalen) != 0)
+            return NGTCP2_ERR_CALLBACK_FAILURE;
+        if (n == 0)
+            break;
+        int rv = send_pkt(ep, (const struct sockaddr *)&qc->local,
+                          (const struct sockaddr *)&qc->remote, qc->remotelen, ep->txbuf,
+                          (size_t)n);
+        if (rv == 1) {
+            /* Keep the packet; ngtcp2 already counts it as sent. */
+            qc->stash = malloc((size_t)n);
+            if (qc->stash) {
+                memcpy(qc->stash, ep->txbuf, (size_t)n);
+                qc->stashlen = (size_t)n;
+                ep->nblocked++;
+                ep_poll_update(ep);
+            }
+            break;
+        }
+        if (++npkts >= TX_MAX_PKTS) {
+            /* Yield to other connections; the timer (pacing) resumes us. */
+            qx_quic_conn_mark(qc);
+            break;
+        }
+    }
+    ngtcp2_conn_update_pkt_tx_time(qc->conn, ts);
+    schedule_timer(qc);
+    return 0;
+}
+
+static void conn_timer_cb(uv_timer_t *t)
+{
+    qx_quic_conn_t *qc = qx_container_of(t, qx_quic_conn_t, timer);
+    if (qc->closing)
+        return;
+    int rv = ngtcp2_conn_handle_expiry(qc->conn, now_ns());
+    if (rv != 0) {
+        conn_fail(qc, rv);
+        return;
+    }
+    qx_quic_conn_mark(qc);
+}
+
+/* The flush: after every loop turn's I/O, write what each touched
+ * connection has, and delete those that are closing. */
+static void on_flush(uv_check_t *h)
+{
+    qx_quic_ep_t *ep = qx_container_of(h, qx_quic_ep_t, flush);
+    while (ep->dirty) {
+        qx_quic_conn_t *qc = ep->dirty;
+        ep->dirty = qc->dnext;
+        qc->dirty = 0;
+        qc->dnext = NULL;
+        if (!qc->closing) {
+            int rv = qx_quic_conn_write(qc);
+            if (rv != 0)
+                conn_fail(qc, rv);
+        }
+        if (qc->closing) {
+            /* conn_fail may have re-queued it: unlink before deleting. */
+            qx_quic_conn_t **pp = &ep->dirty;
+            while (*pp && *pp != qc)
+                pp = &(*pp)->dnext;
+            if (*pp)
+                *pp = qc->dnext;
+            conn_del(qc);
+        }
+    }
+}
+
+/* ---- ngtcp2 callbacks that belong to the transport ---------------------- */
+
+static void rand_cb(uint8_t *dest, size_t len, const ngtcp2_rand_ctx *ctx)
+{
+    (void)ctx;
+    gnutls_rnd(GNUTLS_RND_RANDOM, dest, len);
+}
+
+static int new_cid(qx_quic_conn_t *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen)
+{
+    qx_worker_t *w = qc->ep->w;
+    if (gnutls_rnd(GNUTLS_RND_RANDOM, cid->data, cidlen) != 0)
+        return -1;
+    cid->data[0] = (uint8_t)w->id; /* the steering byte (issue 7) */
+    cid->datalen = cidlen;
+    if (ngtcp2_crypto_generate_stateless_reset_token(token, w->shared->static_secret,
+                                                     sizeof(w->shared->static_secret), cid) != 0)
+        return -1;
+    return 0;
+}
+
+static int get_new_connection_id_cb(ngtcp2_conn *conn, ngtcp2_cid *cid, uint8_t *token,
+                                    size_t cidlen, void *user_data)
+{
+    qx_quic_conn_t *qc = user_data;
+    (void)conn;
+    if (new_cid(qc, cid, token, cidlen) != 0 || cid_add(qc, cid) != 0)
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    return 0;
+}
+
+static int remove_connection_id_cb(ngtcp2_conn *conn, const ngtcp2_cid *cid, void *user_data)
+{
+    (void)conn;
+    cid_remove(user_data, cid);
+    return 0;
+}
+
+static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
+{
+    qx_quic_conn_t *qc = user_data;
+    qx_worker_t *w = qc->ep->w;
+    size_t len = sizeof(qc->sni) - 1;
+    unsigned type;
+    (void)conn;
+    if (gnutls_server_name_get(qc->tls, qc->sni, &len, &type, 0) == 0 &&
+        type == GNUTLS_NAME_DNS) {
+        qc->sni[len] = '\0';
+        for (size_t i = 0; i < len; i++)
+            if (qc->sni[i] >= 'A' && qc->sni[i] <= 'Z')
+                qc->sni[i] = (char)(qc->sni[i] + 32);
+    } else {
+        qc->sni[0] = '\0';
+    }
+    qc->handshake_done = 1;
+    qx_cnt_add(&w->metrics.quic_handshakes_ok, 1);
+    qx_cnt_add(&w->metrics.active_connections_h3, 1);
+    if (qc->goaway || w->state == QX_W_DRAINING)
+        qx_h3_goaway(qc);
+    return 0;
+}
+
+static int recv_rx_key_cb(ngtcp2_conn *conn, ngtcp2_crypto_level level, void *user_data)
+{
+    (void)conn;
+    if (level != NGTCP2_CRYPTO_LEVEL_APPLICATION)
+        return 0;
+    return qx_h3_setup(user_data);
+}
+
+static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
+{
+    qx_quic_conn_t *qc = qx_container_of(ref, qx_quic_conn_t, conn_ref);
+    return qc->conn;
+}
+
+static const ngtcp2_callbacks callbacks = {
+    .recv_client_initial = ngtcp2_crypto_recv_client_initial_cb,
+    .recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb,
+    .handshake_completed = handshake_completed_cb,
+    .encrypt = ngtcp2_crypto_encrypt_cb,
+    .decrypt = ngtcp2_crypto_decrypt_cb,
+    .hp_mask = ngtcp2_crypto_hp_mask_cb,
+    .recv_stream_data = qx_h3_recv_stream_data,
+    .acked_stream_data_offset = qx_h3_acked_stream_data_offset,
+    .stream_close = qx_h3_stream_close,
+    .rand = rand_cb,
+    .get_new_connection_id = get_new_connection_id_cb,
+    .remove_connection_id = remove_connection_id_cb,
+    .update_key = ngtcp2_crypto_update_key_cb,
+    .stream_reset = qx_h3_stream_reset,
+    .extend_max_remote_streams_bidi = qx_h3_extend_max_remote_streams_bidi,
+    .extend_max_stream_data = qx_h3_extend_max_stream_data,
+    .delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb,
+    .delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb,
+    .get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb,
+    .stream_stop_sending = qx_h3_stream_stop_sending,
+    .version_negotiation = ngtcp2_crypto_version_negotiation_cb,
+    .recv_rx_key = recv_rx_key_cb,
+};
+
+static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
+                                const struct sockaddr *local, socklen_t locallen,
+                                const struct sockaddr *remote, socklen_t remotelen)
+{
+    qx_worker_t *w = ep->w;
+    const qx_limits_t *lim = &w->snap->cfg->limits;
+    ngtcp2_settings settings;
+    ngtcp2_transport_params params;
+    ngtcp2_cid scid;
+    (void)lim;
+
+    qx_quic_conn_t *qc = calloc(1, sizeof(*qc));
+    if (qc == NULL)
+        return NULL;
+    qc->ep = ep;
+    qc->conn_ref.get_conn = get_conn;
+    qc->conn_ref.user_data = qc;
+    memcpy(&qc->local, local, locallen);
+    qc->locallen = locallen;
+    memcpy(&qc->remote, remote, remotelen);
+    qc->remotelen = remotelen;
+    ngtcp2_connection_close_error_default(&qc->ccerr);
+    uv_timer_init(&w->loop, &qc->timer);
+    qc->next = ep->conns;
+    if (ep->conns)
+        ep->conns->prev = qc;
+    ep->conns = qc;
+    ep->nconns++;
+
+    ngtcp2_settings_default(&settings);
+    settings.initial_ts = now_ns();
+    settings.max_tx_udp_payload_size = MAX_UDP_PAYLOAD;
+    settings.handshake_timeout = 10 * NGTCP2_SECONDS;
+    /* The stream window is the per-stream body bound (exchange.h): no
+     * auto-tuning past it. */
+    settings.max_stream_window = QX_STREAM_WINDOW;
+    settings.max_window = 16 * 1024 * 1024;
+
+    ngtcp2_transport_params_default(&params);
+    params.initial_max_stream_data_bidi_local = QX_STREAM_WINDOW;
+    params.initial_max_stream_data_bidi_remote = QX_STREAM_WINDOW;
+    params.initial_max_stream_data_uni = 256 * 1024;
+    params.initial_max_data = 4 * 1024 * 1024;
+    params.initial_max_streams_bidi = QX_MAX_STREAMS_BIDI;
+    params.initial_max_streams_uni = 3;
+    params.max_idle_timeout = 30 * NGTCP2_SECONDS;
+    params.active_connection_id_limit = 7;
+    params.original_dcid = hd->dcid;
+    params.stateless_reset_token_present = 1;
+
+    if (new_cid(qc, &scid, params.stateless_reset_token, QX_SCID_LEN) != 0)
+        goto fail;
+
+    ngtcp2_path path = {
+        .local = {(ngtcp2_sockaddr *)&qc->local, qc->locallen},
+        .remote = {(ngtcp2_sockaddr *)&qc->remote, qc->remotelen},
+    };
+    int rv = ngtcp2_conn_server_new(&qc->conn, &hd->scid, &scid, &path, hd->version, &callbacks,
+                                    &settings, &params, NULL, qc);
+    if (rv != 0) {
+        QX_DEBUG("quic: ngtcp2_conn_server_new: %s", ngtcp2_strerror(rv));
+        goto fail;
+    }
+    if (qx_tls_session_new(w->shared->tls, &qc->conn_ref, &qc->tls) != 0)
+        goto fail;
+    ngtcp2_conn_set_tls_native_handle(qc->conn, qc->tls);
+    if (cid_add(qc, &hd->dcid) != 0 || cid_add(qc, &scid) != 0)
+        goto fail;
+    return qc;
+
+fail:
+    qc->close_quietly = 1;
+    qc->handshake_done = 0;
+    conn_del(qc);
+    return NULL;
+}
+
+/* ---- receiving ---------------------------------------------------------- */
+
+static void send_version_negotiation(qx_quic_ep_t *ep, const ngtcp2_version_cid *vc,
+                                     const struct sockaddr *local, const struct sockaddr *remote,
+                                     socklen_t remotelen)
+{
+    uint8_t buf[256];
+    uint8_t unused;
+    const uint32_t sv[] = {NGTCP2_PROTO_VER_V1};
+    gnutls_rnd(GNUTLS_RND_NONCE, &unused, 1);
+    ngtcp2_ssize n = ngtcp2_pkt_write_version_negotiation(buf, sizeof(buf), unused, vc->scid,
+                                                          vc->scidlen, vc->dcid, vc->dcidlen, sv,
+                                                          QX_ARRAY_LEN(sv));
+    if (n > 0)
+        send_pkt(ep, local, remote, remotelen, buf, (size_t)n);
+}
+
+/* A short-header packet for a connection we do not know (e.g. from before
+ * a restart): a stateless reset tells the client at once instead of after
+ * its idle timeout (RFC 9000 §10.3). Always smaller than what provoked it,
+ * so two endpoints cannot loop. */
+static void send_stateless_reset(qx_quic_ep_t *ep, const ngtcp2_version_cid *vc, size_t pktlen,
+                                 const struct sockaddr *local, const struct sockaddr *remote,
+                                 socklen_t remotelen)
+{
+    uint8_t token[NGTCP2_STATELESS_RESET_TOKENLEN];
+    uint8_t rnd[64];
+    uint8_t buf[128];
+    ngtcp2_cid cid;
+    if (pktlen < 1 + NGTCP2_MIN_STATELESS_RESET_RANDLEN + NGTCP2_STATELESS_RESET_TOKENLEN + 1 + 21)
+        return;
+    size_t randlen = pktlen - 1 - NGTCP2_STATELESS_RESET_TOKENLEN - 1;
+    if (randlen > sizeof(rnd))
+        randlen = sizeof(rnd);
+    ngtcp2_cid_init(&cid, vc->dcid, vc->dcidlen);
+    if (ngtcp2_crypto_generate_stateless_reset_token(
+            token, ep->w->shared->static_secret, sizeof(ep->w->shared->static_secret), &cid) != 0)
+        return;
+    gnutls_rnd(GNUTLS_RND_NONCE, rnd, randlen);
+    ngtcp2_ssize n = ngtcp2_pkt_write_stateless_reset(buf, sizeof(buf), token, rnd, randlen);
+    if (n > 0)
+        send_pkt(ep, local, remote, remotelen, buf, (size_t)n);
+}
+
+static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_t locallen,
+                        const struct sockaddr *remote, socklen_t remotelen, const uint8_t *data,
+                        size_t len)
+{
+    ngtcp2_version_cid vc;
+    int rv = ngtcp2_pkt_decode_version_cid(&vc, data, len, QX_SCID_LEN);
+    if (rv == NGTCP2_ERR_VERSION_NEGOTIATION) {
+        send_version_negotiation(ep, &vc, local, remote, remotelen);
+        return;
+    }
+    if (rv != 0)
+        return;
+
+    qx_quic_conn_t *qc = cid_find(ep, vc.dcid, vc.dcidlen);
+    if (qc == NULL) {
+        if (!(data[0] & 0x80)) {
+            send_stateless_reset(ep, &vc, len, local, remote, remotelen);
+            return;
+        }
+        if (!ep->accepting)
+            return; /* draining: new connections are refused */
+        ngtcp2_pkt_hd hd;
+        if (ngtcp2_accept(&hd, data, len) != 0)
+            return;
+        qc = conn_new(ep, &hd, local, locallen, remote, remotelen);
+        if (qc == NULL)
+            return;
+    }
+    if (qc->closing)
+        return;
+
+    ngtcp2_path path = {
+        .local = {(ngtcp2_sockaddr *)local, locallen},
+        .remote = {(ngtcp2_sockaddr *)remote, remotelen},
+    };
+    ngtcp2_pkt_info pi = {0};
+    rv = ngtcp2_conn_read_pkt(qc->conn, &path, &pi, data, len, now_ns());
+    if (rv != 0) {
+        conn_fail(qc, rv);
+        return;
+    }
+    /* Replies go where the client is now (migration, NAT rebinding). */
+    memcpy(&qc->remote, remote, remotelen);
+    qc->remotelen = remotelen;
+    memcpy(&qc->local, local, locallen);
+    qc->locallen = locallen;
+    qx_quic_conn_mark(qc);
+}
+
+static void read_datagrams(qx_quic_ep_t *ep)
+{
+    for (int i = 0; i < RX_BATCH; i++) {
+        struct sockaddr_storage remote, local;
+        union {
+            char buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(struct in_pktinfo))];
+            struct cmsghdr align;
+        } cm;
+        struct iovec iov = {ep->rxbuf, sizeof(ep->rxbuf)};
+        struct msghdr msg = {0};
+        msg.msg_name = &remote;
+        msg.msg_namelen = sizeof(remote);
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cm.buf;
+        msg.msg_controllen = sizeof(cm.buf);
+
+        ssize_t n = recvmsg(ep->fd, &msg, MSG_DONTWAIT);
+        if (n == -1) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                QX_DEBUG("quic: recvmsg: %s", strerror(errno));
+            return;
+        }
+        /* The local address: what the client wrote to. */
+        socklen_t locallen = 0;
+        memset(&local, 0, sizeof(local));
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+                struct in6_pktinfo pi;
+                memcpy(&pi, CMSG_DATA(c), sizeof(pi));
+                struct sockaddr_in6 *l6 = (struct sockaddr_in6 *)&local;
+                l6->sin6_family = AF_INET6;
+                l6->sin6_addr = pi.ipi6_addr;
+                locallen = sizeof(*l6);
+            } else if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+                struct in_pktinfo pi;
+                memcpy(&pi, CMSG_DATA(c), sizeof(pi));
+                if (ep->family == AF_INET6) {
+                    struct sockaddr_in6 *l6 = (struct sockaddr_in6 *)&local;
+                    l6->sin6_family = AF_INET6;
+                    l6->sin6_addr.s6_addr[10] = 0xff;
+                    l6->sin6_addr.s6_addr[11] = 0xff;
+                    memcpy(&l6->sin6_addr.s6_addr[12], &pi.ipi_addr, 4);
+                    locallen = sizeof(*l6);
+                } else {
+                    struct sockaddr_in *l4 = (struct sockaddr_in *)&local;
+                    l4->sin_family = AF_INET;
+                    l4->sin_addr = pi.ipi_addr;
+                    locallen = sizeof(*l4);
+                }
+            }
+        }
+        struct sockaddr_storage bound;
+        socklen_t boundlen = sizeof(bound);
+        getsockname(ep->fd, (struct sockaddr *)&bound, &boundlen);
+        if (locallen == 0) {
+            memcpy(&local, &bound, boundlen);
+            locallen = boundlen;
+        } else if (local.ss_family == AF_INET6) {
+            ((struct sockaddr_in6 *)&local)->sin6_port = ((struct sockaddr_in6 *)&bound)->sin6_port;
+        } else {
+            ((struct sockaddr_in *)&local)->sin_port = ((struct sockaddr_in *)&bound)->sin_port;
+        }
+        if (n == 0)
+            continue;
+        on_datagram(ep, (struct sockaddr *)&local, locallen, (struct sockaddr *)&remote,
+                    msg.msg_namelen, ep->rxbuf, (size_t)n);
+    }
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    qx_quic_ep_t *ep = qx_container_of(h, qx_quic_ep_t, poll);
+    if (status < 0)
+        return;
+    if (events & UV_READABLE)
+        read_datagrams(ep);
+    if (events & UV_WRITABLE) {
+        for (qx_quic_conn_t *qc = ep->conns; qc; qc = qc->next) {
+            if (qc->stash)
+                qx_quic_conn_mark(qc);
+        }
+    }
+    ep_poll_update(ep);
+}
+
+static void ep_poll_update(qx_quic_ep_t *ep)
+{
+    if (ep->closing)
+        return;
+    int events = UV_READABLE | (ep->nblocked ? UV_WRITABLE : 0);
+    if (events != ep->poll_events) {
+        ep->poll_events = events;
+        uv_poll_start(&ep->poll, events, on_poll);
+    }
+}
+
+/* ---- endpoint ----------------------------------------------------------- */
+
+int qx_quic_ep_new(qx_quic_ep_t **out, qx_worker_t *w, const struct sockaddr *addr,
+                   socklen_t addrlen)
+{
+    char name[INET6_ADDRSTRLEN + 8] = "?";
+    int one = 1, zero = 0;
+    qx_quic_ep_t *ep = calloc(1, sizeof(*ep));
+    if (ep == NULL)
+        return QX_ERR_NOMEM;
+    ep->w = w;
+    ep->family = addr->sa_family;
+    ep->accepting = 1;
+    if (addr->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, name, sizeof(name));
+    else
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)addr)->sin_addr, name, sizeof(name));
+
+    ep->fd = socket(addr->sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (ep->fd == -1)
+        goto fail;
+    if (setsockopt(ep->fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == -1)
+        goto fail;
+    if (addr->sa_family == AF_INET6) {
+        /* [::] takes IPv4 too: Chromium tries ::1 first, curl 127.0.0.1. */
+        if (setsockopt(ep->fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) == -1 ||
+            setsockopt(ep->fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one)) == -1)
+            goto fail;
+    }
+    if (setsockopt(ep->fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one)) == -1)
+        goto fail;
+    int bufsz = 4 * 1024 * 1024;
+    setsockopt(ep->fd, SOL_SOCKET, SO_RCVBUF, &bufsz, sizeof(bufsz));
+    setsockopt(ep->fd, SOL_SOCKET, SO_SNDBUF, &bufsz, sizeof(bufsz));
+    if (bind(ep->fd, addr, addrlen) == -1)
+        goto fail;
+    *out = ep;
+    return 0;
+
+fail:
+    QX_ERROR("server.listen: cannot bind UDP %s port %u: %s", name,
+             ntohs(((const struct sockaddr_in *)addr)->sin_port), strerror(errno));
+    if (ep->fd > 0)
+        close(ep->fd);
+    free(ep);
+    return QX_ERR_IO;
+}
+
+int qx_quic_ep_start(qx_quic_ep_t *ep)
+{
+    if (uv_poll_init(&ep->w->loop, &ep->poll, ep->fd) != 0)
+        return QX_ERR_IO;
+    uv_check_init(&ep->w->loop, &ep->flush);
+    uv_check_start(&ep->flush, on_flush);
+    ep->poll_events = 0;
+    ep_poll_update(ep);
+    return 0;
+}
+
+void qx_quic_ep_drain(qx_quic_ep_t *ep)
+{
+    ep->accepting = 0;
+    for (qx_quic_conn_t *qc = ep->conns; qc; qc = qc->next) {
+        qc->goaway = 1;
+        if (qc->handshake_done)
+            qx_h3_goaway(qc);
+        if (qc->exchanges == NULL && !qc->handshake_done)
+            qx_quic_conn_close(qc, 0);
+    }
+}
+
+unsigned qx_quic_ep_nconns(const qx_quic_ep_t *ep) { return ep ? ep->nconns : 0; }
+
+static void ep_closed(uv_handle_t *h)
+{
+    qx_quic_ep_t *ep = h->data;
+    if (--ep->closing == 1) {
+        close(ep->fd);
+        free(ep);
+    }
+}
+
+void qx_quic_ep_close(qx_quic_ep_t *ep)
+{
+    if (ep == NULL)
+        return;
+    ep->accepting = 0;
+    ep->dirty = NULL;
+    while (ep->conns) {
+        qx_quic_conn_t *qc = ep->conns;
+        ngtcp2_connection_close_error_set_application_error(&qc->ccerr, NGHTTP3_H3_NO_ERROR, NULL,
+                                                            0);
+        qc->closing = 1;
+        conn_del(qc);
+    }
+    /* closing counts the handles still to close, plus one. */
+    ep->closing = 3;
+    ep->poll.data = ep;
+    ep->flush.data = ep;
+    uv_close((uv_handle_t *)&ep->poll, ep_closed);
+    uv_close((uv_handle_t *)&ep->flush, ep_closed);
+}

@@ -1,0 +1,93 @@
+/*
+ * quic_conn.h - one QUIC connection and its HTTP/3 session; shared by
+ * quic.c (transport, packets, timers) and h3.c (nghttp3 and the front ops).
+ * Not a public interface.
+ */
+#ifndef QX_QUIC_CONN_H
+#define QX_QUIC_CONN_H
+
+#include "exchange.h"
+#include "quic.h"
+
+#include <gnutls/gnutls.h>
+#include <nghttp3/nghttp3.h>
+#include <ngtcp2/ngtcp2.h>
+#include <ngtcp2/ngtcp2_crypto.h>
+#include <uv.h>
+
+#define QX_SCID_LEN 18
+#define QX_MAX_CIDS 10
+#define QX_MAX_STREAMS_BIDI 100 /* concurrent requests per connection */
+
+typedef struct qx_quic_conn qx_quic_conn_t;
+
+struct qx_quic_conn {
+    qx_quic_ep_t *ep;
+    ngtcp2_crypto_conn_ref conn_ref;
+    ngtcp2_conn *conn;
+    gnutls_session_t tls;
+    nghttp3_conn *h3;
+    struct sockaddr_storage local, remote;
+    socklen_t locallen, remotelen;
+    ngtcp2_cid cids[QX_MAX_CIDS]; /* registered in the endpoint's table */
+    size_t ncids;
+    uv_timer_t timer;
+    char sni[256];
+    qx_exchange_t *exchanges; /* requests on this connection */
+    ngtcp2_connection_close_error ccerr; /* set by a failing callback */
+    int handshake_done;
+    int goaway;
+    int dirty;    /* on the endpoint's flush list */
+    int closing;  /* scheduled for deletion */
+    int close_quietly; /* no CONNECTION_CLOSE (idle timeout, draining) */
+    uint8_t *stash; /* a packet the socket refused with EAGAIN */
+    size_t stashlen;
+    qx_quic_conn_t *prev, *next;   /* all connections */
+    qx_quic_conn_t *dnext;         /* flush list */
+};
+
+/* ---- quic.c, for h3.c ---- */
+
+/* Queues a flush of conn's pending output at the end of this loop turn. */
+void qx_quic_conn_mark(qx_quic_conn_t *qc);
+
+/* Schedules closing with qc->ccerr (or quietly). */
+void qx_quic_conn_close(qx_quic_conn_t *qc, int quietly);
+
+qx_worker_t *qx_quic_conn_worker(qx_quic_conn_t *qc);
+
+/* ---- h3.c, for quic.c ---- */
+
+/* Creates the HTTP/3 session once 1-RTT keys exist. Returns 0 or an
+ * ngtcp2 error for the callback. */
+int qx_h3_setup(qx_quic_conn_t *qc);
+
+/* Ends every exchange of a dying connection, then frees nghttp3. */
+void qx_h3_teardown(qx_quic_conn_t *qc);
+
+/* Sends the HTTP/3 GOAWAY (graceful drain). */
+void qx_h3_goaway(qx_quic_conn_t *qc);
+
+/* The ngtcp2 callbacks that belong to HTTP/3. */
+int qx_h3_recv_stream_data(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id, uint64_t offset,
+                           const uint8_t *data, size_t datalen, void *user_data,
+                           void *stream_user_data);
+int qx_h3_acked_stream_data_offset(ngtcp2_conn *conn, int64_t stream_id, uint64_t offset,
+                                   uint64_t datalen, void *user_data, void *stream_user_data);
+int qx_h3_stream_close(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
+                       uint64_t app_error_code, void *user_data, void *stream_user_data);
+int qx_h3_stream_reset(ngtcp2_conn *conn, int64_t stream_id, uint64_t final_size,
+                       uint64_t app_error_code, void *user_data, void *stream_user_data);
+int qx_h3_stream_stop_sending(ngtcp2_conn *conn, int64_t stream_id, uint64_t app_error_code,
+                              void *user_data, void *stream_user_data);
+int qx_h3_extend_max_remote_streams_bidi(ngtcp2_conn *conn, uint64_t max_streams,
+                                         void *user_data);
+int qx_h3_extend_max_stream_data(ngtcp2_conn *conn, int64_t stream_id, uint64_t max_data,
+                                 void *user_data, void *stream_user_data);
+
+/* Writes as many packets as the connection has, through the HTTP/3
+ * session. Returns 0, or a negative ngtcp2 error after which the
+ * connection must close. (quic.c) */
+int qx_quic_conn_write(qx_quic_conn_t *qc);
+
+#endif

@@ -1,0 +1,161 @@
+/* worker.c - a worker thread and its loop (see worker.h). */
+#include "worker.h"
+
+#include "log.h"
+#include "qx.h"
+#include "quic.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define POOL_IDLE_TIMEOUT_MS 60000
+#define TICK_MS 1000
+
+static void on_wakeup(uv_async_t *h);
+static void stop_now(qx_worker_t *w);
+
+int qx_worker_init(qx_worker_t *w, unsigned id, const qx_shared_t *shared, qx_snapshot_t *snap)
+{
+    const qx_config_t *cfg = snap->cfg;
+    int rv;
+
+    memset(w, 0, sizeof(*w));
+    w->id = id;
+    w->shared = shared;
+    w->state = QX_W_STARTING;
+    if (uv_loop_init(&w->loop) != 0)
+        return QX_ERR_IO;
+    w->snap = qx_snapshot_ref(snap);
+    w->pools = calloc(snap->nupstreams, sizeof(*w->pools));
+    w->rr = calloc(cfg->nroutes, sizeof(*w->rr));
+    if (w->pools == NULL || w->rr == NULL)
+        return QX_ERR_NOMEM;
+    for (size_t r = 0; r < cfg->nroutes; r++)
+        w->rr[r] = id; /* workers start their round-robin at different upstreams */
+    for (size_t i = 0; i < snap->nupstreams; i++) {
+        const qx_upstream_cfg_t *up = qx_snapshot_upstream(snap, i);
+        rv = qx_pool_new(&w->pools[i], &w->loop, (const struct sockaddr *)&up->addr, up->addrlen,
+                         cfg->limits.max_idle_connections_per_upstream, POOL_IDLE_TIMEOUT_MS,
+                         qx_metrics_upstream(&w->metrics, up->name));
+        if (rv != 0)
+            return rv;
+    }
+    rv = qx_quic_ep_new(&w->quic, w, (const struct sockaddr *)&cfg->listen_addr,
+                        cfg->listen_addrlen);
+    if (rv != 0)
+        return rv;
+    uv_async_init(&w->loop, &w->wakeup, on_wakeup);
+    uv_timer_init(&w->loop, &w->tick);
+    uv_timer_init(&w->loop, &w->grace);
+    return 0;
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    qx_worker_t *w = qx_container_of(t, qx_worker_t, tick);
+    uint64_t now = uv_now(&w->loop);
+    __atomic_store_n(&w->last_tick_ms, now, __ATOMIC_RELAXED);
+    for (size_t i = 0; i < w->snap->nupstreams; i++)
+        qx_pool_sweep(w->pools[i], now);
+}
+
+static void thread_main(void *arg)
+{
+    qx_worker_t *w = arg;
+    if (qx_quic_ep_start(w->quic) != 0) {
+        QX_ERROR("worker %u: cannot start the UDP endpoint", w->id);
+        w->exit_code = 1;
+        stop_now(w);
+    } else {
+        uv_timer_start(&w->tick, on_tick, TICK_MS, TICK_MS);
+        w->state = QX_W_RUNNING;
+        /* A drain requested before the loop ran is picked up here. */
+        on_wakeup(&w->wakeup);
+    }
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&w->loop) != 0)
+        QX_WARN("worker %u: loop closed with handles open", w->id);
+    if (w->shared->on_worker_exit)
+        w->shared->on_worker_exit(w, w->shared->arg);
+}
+
+int qx_worker_start(qx_worker_t *w)
+{
+    if (uv_thread_create(&w->thread, thread_main, w) != 0)
+        return QX_ERR_IO;
+    return 0;
+}
+
+static void on_grace(uv_timer_t *t)
+{
+    qx_worker_t *w = qx_container_of(t, qx_worker_t, grace);
+    QX_WARN("worker %u: graceful_shutdown_secs passed with %u requests in flight; closing",
+            w->id, w->nexchanges);
+    stop_now(w);
+}
+
+static void stop_now(qx_worker_t *w)
+{
+    if (w->state == QX_W_STOPPED)
+        return;
+    w->state = QX_W_STOPPED;
+    qx_quic_ep_close(w->quic); /* ends every exchange, which frees upstream sockets */
+    w->quic = NULL;
+    for (size_t i = 0; i < w->snap->nupstreams; i++) {
+        qx_pool_del(w->pools[i]);
+        w->pools[i] = NULL;
+    }
+    uv_close((uv_handle_t *)&w->tick, NULL);
+    uv_close((uv_handle_t *)&w->grace, NULL);
+    uv_close((uv_handle_t *)&w->wakeup, NULL);
+}
+
+void qx_worker_maybe_done(qx_worker_t *w)
+{
+    if (w->state == QX_W_DRAINING && w->nexchanges == 0 && qx_quic_ep_nconns(w->quic) == 0)
+        stop_now(w);
+}
+
+static void on_wakeup(uv_async_t *h)
+{
+    qx_worker_t *w = qx_container_of(h, qx_worker_t, wakeup);
+    int cmd = __atomic_load_n(&w->cmd, __ATOMIC_ACQUIRE);
+    if (cmd == QX_W_STOPPED) {
+        stop_now(w);
+    } else if (cmd == QX_W_DRAINING && w->state == QX_W_RUNNING) {
+        w->state = QX_W_DRAINING;
+        qx_quic_ep_drain(w->quic);
+        uv_timer_start(&w->grace, on_grace,
+                       (uint64_t)w->snap->cfg->limits.graceful_shutdown_secs * 1000, 0);
+        qx_worker_maybe_done(w);
+    }
+}
+
+void qx_worker_drain(qx_worker_t *w)
+{
+    int expect = 0;
+    __atomic_compare_exchange_n(&w->cmd, &expect, QX_W_DRAINING, 0, __ATOMIC_RELEASE,
+                                __ATOMIC_RELAXED);
+    uv_async_send(&w->wakeup);
+}
+
+void qx_worker_stop(qx_worker_t *w)
+{
+    __atomic_store_n(&w->cmd, QX_W_STOPPED, __ATOMIC_RELEASE);
+    uv_async_send(&w->wakeup);
+}
+
+void qx_worker_free(qx_worker_t *w)
+{
+    if (w->snap == NULL)
+        return;
+    if (w->pools) {
+        for (size_t i = 0; i < w->snap->nupstreams; i++)
+            qx_pool_del(w->pools[i]);
+    }
+    free(w->pools);
+    free(w->rr);
+    qx_metrics_free(&w->metrics);
+    qx_snapshot_unref(w->snap);
+    w->snap = NULL;
+}

@@ -1,0 +1,74 @@
+/*
+ * worker.h - one worker: a thread with its own libuv loop, its own UDP
+ * socket (SO_REUSEPORT), its QUIC connections and its upstream pools.
+ * Workers own everything they touch; nothing on the request path locks.
+ * The main thread talks to a worker only through qx_worker_drain() /
+ * qx_worker_stop() (a uv_async) and reads its counters.
+ */
+#ifndef QX_WORKER_H
+#define QX_WORKER_H
+
+#include "metrics.h"
+#include "pool.h"
+#include "snapshot.h"
+
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct qx_tls qx_tls_t;
+typedef struct qx_quic_ep qx_quic_ep_t;
+typedef struct qx_worker qx_worker_t;
+
+/* Process-wide, read-only after start-up: shared by every worker. */
+typedef struct qx_shared {
+    const qx_tls_t *tls;
+    uint8_t static_secret[32]; /* stateless reset tokens */
+    void (*on_worker_exit)(qx_worker_t *w, void *arg); /* called on the worker thread */
+    void *arg;
+} qx_shared_t;
+
+typedef enum { QX_W_STARTING, QX_W_RUNNING, QX_W_DRAINING, QX_W_STOPPED } qx_worker_state_t;
+
+struct qx_worker {
+    unsigned id;
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t wakeup;
+    int cmd; /* atomic: QX_W_DRAINING or QX_W_STOPPED requested by main */
+    qx_worker_state_t state;
+    const qx_shared_t *shared;
+    qx_snapshot_t *snap; /* the snapshot new requests use */
+    qx_pool_t **pools;   /* [snap->nupstreams] */
+    uint32_t *rr;        /* round-robin cursor per route */
+    qx_metrics_t metrics;
+    qx_quic_ep_t *quic;
+    uv_timer_t tick;      /* pool sweep, liveness tick, drain checks */
+    uv_timer_t grace;     /* graceful_shutdown_secs deadline */
+    uint64_t last_tick_ms; /* atomic; read by the admin thread (livez) */
+    unsigned nexchanges;   /* requests in flight */
+    int exit_code;
+};
+
+/*
+ * Prepares worker |id| (loop, pools, UDP socket bound with SO_REUSEPORT)
+ * without starting its thread, so that a bind failure is reported before
+ * anything runs. Returns 0, QX_ERR_IO (bind/socket, logged), QX_ERR_NOMEM.
+ */
+int qx_worker_init(qx_worker_t *w, unsigned id, const qx_shared_t *shared, qx_snapshot_t *snap);
+
+/* Starts the worker's thread. Returns 0 or QX_ERR_IO. */
+int qx_worker_start(qx_worker_t *w);
+
+/* Thread-safe: asks the worker to drain (stop accepting, GOAWAY, finish
+ * in-flight requests up to graceful_shutdown_secs) or to stop now. */
+void qx_worker_drain(qx_worker_t *w);
+void qx_worker_stop(qx_worker_t *w);
+
+/* Joins the thread and frees what init built. Accepts a zeroed worker. */
+void qx_worker_free(qx_worker_t *w);
+
+/* Called by fronts when a connection or request ends, so a draining worker
+ * can exit as soon as it is idle. */
+void qx_worker_maybe_done(qx_worker_t *w);
+
+#endif
