@@ -187,7 +187,7 @@ qx_exchange_t *qx_exchange_new(qx_worker_t *w, const qx_front_ops_t *fops, void 
     ex->front = front;
     ex->stream_id = stream_id;
     ex->snap = qx_snapshot_ref(w->snap);
-    ex->start_ms = uv_hrtime() / 1000000;
+    ex->start_ns = uv_hrtime();
     ex->req_cl = -1;
     ex->route = -1;
     qx_arena_init(&ex->arena, QX_MAX_HEADER_BYTES);
@@ -224,17 +224,19 @@ static void on_timer_closed(uv_handle_t *h)
 void qx_exchange_front_closed(qx_exchange_t *ex, int error)
 {
     qx_worker_t *w = ex->w;
-    int clean = !error && ex->resp_complete && !ex->resp_reset;
+    /* Complete when the whole response was handed to the front, even if
+     * the client closed its connection before acknowledging the end. */
+    int clean = ex->resp_complete && !ex->resp_reset && qx_ring_unsent(&ex->resp) == 0;
     int status = ex->status ? ex->status : 499; /* client went away before an answer */
 
     ex->front_gone = 1;
     /* A response cut short leaves the upstream connection mid-message. */
     ex_release_upstream(ex, 0);
     timer_stop(ex);
-    if (error && !ex->resp_reset)
+    if (error && !clean && !ex->resp_reset)
         qx_cnt_add(&w->metrics.streams_reset_by_client, 1);
 
-    double secs = (double)(uv_hrtime() / 1000000 - ex->start_ms) / 1000.0;
+    double secs = (double)(uv_hrtime() - ex->start_ns) / 1e9;
     if (ex->method) {
         qx_metrics_request(&w->metrics, ex->method_idx, status, ex->up_name, secs);
         qx_cnt_add(&w->metrics.bytes_in, ex->req_body_in);

@@ -73,7 +73,7 @@ struct qx_exchange {
     qx_exchange_state_t state;
     int front_gone;
     qx_snapshot_t *snap;
-    uint64_t start_ms;
+    uint64_t start_ns;
     uv_timer_t timer; /* connect timeout, then request timeout */
     int timer_phase;  /* 0 none, 1 connect, 2 request */
 
