@@ -120,8 +120,10 @@ static void local_response(qx_exchange_t *ex, int status)
         return;
     }
     int with_body = !ex->is_head;
-    if (with_body)
+    if (with_body) {
         qx_ring_write(&ex->resp, (const uint8_t *)body, (size_t)n);
+        ex->resp_body = (uint64_t)n;
+    }
     ex->resp_eof = 1;
     ex->resp_complete = 1;
     int cl = snprintf(clen, sizeof(clen), "%d", n);
@@ -363,20 +365,21 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
 
     ex->route = qx_router_match(ex->snap->router, sni, sni ? strlen(sni) : 0, ex->authority,
                                 ex->authoritylen);
+    QX_DEBUG("route: sni=%s authority=%.*s -> %d", sni ? sni : "-", (int)ex->authoritylen,
+             ex->authority, ex->route);
     if (ex->route < 0) {
         local_response(ex, 421);
         return;
     }
     const qx_route_cfg_t *route = &cfg->routes[ex->route];
-    uint32_t pick = ex->w->rr[ex->route]++ % (uint32_t)route->nupstreams;
-    ex->up = ex->snap->route_base[ex->route] + pick;
-    ex->up_name = route->upstreams[pick].name;
-
     if (ex->req_cl >= 0 && (uint64_t)ex->req_cl > cfg->limits.max_request_body_bytes) {
         qx_cnt_add(&ex->w->metrics.request_body_rejected, 1);
         local_response(ex, 413);
         return;
     }
+    uint32_t pick = ex->w->rr[ex->route]++ % (uint32_t)route->nupstreams;
+    ex->up = ex->snap->route_base[ex->route] + pick;
+    ex->up_name = route->upstreams[pick].name;
     if (ex->has_body) {
         ex->reqbuf = malloc(QX_STREAM_WINDOW);
         if (ex->reqbuf == NULL) {
@@ -603,8 +606,7 @@ static void uc_on_read(void *user, ssize_t nread, const char *buf)
         int extra = pos != NULL && pos < buf + nread;
         timer_stop(ex);
         /* Reusable only when the request went up whole, too. */
-        ex_release_upstream(ex, ex->req_done && !extra &&
-                                    llhttp_should_keep_alive(&ex->parser));
+        ex_release_upstream(ex, ex->req_done && !extra && llhttp_should_keep_alive(&ex->parser));
         return;
     }
     if (err != HPE_OK) {
@@ -712,8 +714,7 @@ static int p_on_headers_complete(llhttp_t *p)
     for (size_t i = 0; i < ex->nrf; i++) {
         qx_resp_field_t *f = &ex->rf[i];
         char *name = ex->rhb + f->name_off;
-        if (f->name_len == 0 ||
-            !qx_h1_response_field_allowed(name, f->name_len, conn, connlen))
+        if (f->name_len == 0 || !qx_h1_response_field_allowed(name, f->name_len, conn, connlen))
             continue;
         for (uint32_t k = 0; k < f->name_len; k++) /* HTTP/3 field names are lowercase */
             name[k] = (char)((name[k] >= 'A' && name[k] <= 'Z') ? name[k] + 32 : name[k]);

@@ -67,7 +67,7 @@ typedef struct qx_resp_field {
 struct qx_exchange {
     qx_worker_t *w;
     const qx_front_ops_t *fops;
-    void *front;      /* the front's connection */
+    void *front; /* the front's connection */
     int64_t stream_id;
     qx_exchange_t *prev, *next; /* the front connection's list */
     qx_exchange_state_t state;
@@ -79,48 +79,48 @@ struct qx_exchange {
 
     /* request */
     qx_arena_t arena;
-    const char *sni;  /* owned by the front connection; valid until headers done */
+    const char *sni; /* owned by the front connection; valid until headers done */
     char client_ip[INET6_ADDRSTRLEN];
     char *method, *path, *authority, *scheme;
     size_t methodlen, pathlen, authoritylen, schemelen;
     qx_hdr_t hdrs[QX_MAX_HEADERS];
     size_t nhdrs;
-    int bad_request;   /* a header the exchange itself refuses (431/400) */
+    int bad_request; /* a header the exchange itself refuses (431/400) */
     int method_idx;
     int is_head;
-    int has_body;      /* the front has not seen the end of the stream */
-    int64_t req_cl;    /* content-length or -1 */
+    int has_body;   /* the front has not seen the end of the stream */
+    int64_t req_cl; /* content-length or -1 */
     uint64_t req_body_in;
-    int req_fin;       /* the client's body is complete */
-    int req_discard;   /* request body is dropped (early answer) */
+    int req_fin;     /* the client's body is complete */
+    int req_discard; /* request body is dropped (early answer) */
     qx_ring_t req;
     uint8_t *reqbuf;
 
     /* upstream */
     int route;
-    size_t up;         /* flat upstream index in snap */
+    size_t up; /* flat upstream index in snap */
     const char *up_name;
     qx_upconn_t *uc;
     int reused;
     int retried;
-    char *head;        /* the HTTP/1.1 request head, kept for a retry */
+    char *head; /* the HTTP/1.1 request head, kept for a retry */
     size_t headlen;
     int chunked;
     int head_sent;
     int writing;
-    size_t wpayload;   /* body bytes in the pending write */
-    int wterm;         /* the pending write carries the chunked terminator */
+    size_t wpayload; /* body bytes in the pending write */
+    int wterm;       /* the pending write carries the chunked terminator */
     char chunkhdr[24];
     uint64_t req_body_sent;
-    int req_done;      /* head + whole body (+ terminator) written */
+    int req_done; /* head + whole body (+ terminator) written */
 
     /* response */
     llhttp_t parser;
     llhttp_settings_t *psettings;
-    int resp_any;      /* any byte came back */
+    int resp_any; /* any byte came back */
     int resp_head_done;
-    int status;        /* the status sent to the client (0 = none yet) */
-    char *rhb;         /* response header bytes */
+    int status; /* the status sent to the client (0 = none yet) */
+    char *rhb;  /* response header bytes */
     size_t rhblen, rhbcap;
     qx_resp_field_t rf[QX_MAX_HEADERS];
     size_t nrf;
@@ -129,7 +129,7 @@ struct qx_exchange {
     int resp_complete; /* llhttp saw the message end */
     int resp_eof;      /* no more body bytes will come */
     int resp_paused;
-    int resp_reset;    /* we reset the client stream */
+    int resp_reset; /* we reset the client stream */
     uint64_t resp_body;
     qx_ring_t resp;
     uint8_t *respbuf;

@@ -24,7 +24,10 @@ int qx_h1_is_hop_by_hop(const char *name, size_t len)
     return 0;
 }
 
-static int is_ows(char c) { return c == ' ' || c == '\t'; }
+static int is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
 
 int qx_h1_list_has_token(const char *list, size_t listlen, const char *name, size_t namelen)
 {
@@ -76,7 +79,10 @@ static void put(out_t *o, const char *s, size_t n)
     o->len += n;
 }
 
-static void puts_(out_t *o, const char *s) { put(o, s, strlen(s)); }
+static void puts_(out_t *o, const char *s)
+{
+    put(o, s, strlen(s));
+}
 
 static int method_is(const qx_h1_req_t *r, const char *m)
 {
@@ -159,8 +165,8 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
     *chunked = 0;
     if (req->content_length >= 0) {
         char num[32];
-        int n = snprintf(num, sizeof(num), "Content-Length: %lld\r\n",
-                         (long long)req->content_length);
+        int n =
+            snprintf(num, sizeof(num), "Content-Length: %lld\r\n", (long long)req->content_length);
         put(&o, num, (size_t)n);
     } else if (req->has_body) {
         puts_(&o, "Transfer-Encoding: chunked\r\n");
@@ -175,8 +181,7 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
     return (ssize_t)o.len;
 }
 
-int qx_h1_response_field_allowed(const char *name, size_t namelen, const char *conn,
-                                 size_t connlen)
+int qx_h1_response_field_allowed(const char *name, size_t namelen, const char *conn, size_t connlen)
 {
     if (qx_h1_is_hop_by_hop(name, namelen))
         return 0;

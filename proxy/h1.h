@@ -30,8 +30,8 @@ typedef struct qx_h1_req {
     size_t authoritylen;
     const qx_hdr_t *hdrs; /* regular fields, in arrival order */
     size_t nhdrs;
-    const char *client_ip; /* NUL-terminated textual address, for X-Forwarded-For */
-    int has_body;          /* a body follows the head (the front saw no end of stream) */
+    const char *client_ip;  /* NUL-terminated textual address, for X-Forwarded-For */
+    int has_body;           /* a body follows the head (the front saw no end of stream) */
     int64_t content_length; /* from the request, -1 when absent */
 } qx_h1_req_t;
 

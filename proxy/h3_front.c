@@ -8,8 +8,8 @@
  * H3_MESSAGE_ERROR through the stop_sending / reset_stream callbacks here.
  */
 #include "log.h"
-#include "qx.h"
 #include "quic_conn.h"
+#include "qx.h"
 #include "worker.h"
 
 #include <inttypes.h>
@@ -18,7 +18,10 @@
 
 /* ---- front ops ---------------------------------------------------------- */
 
-static qx_quic_conn_t *conn_of(qx_exchange_t *ex) { return ex->front; }
+static qx_quic_conn_t *conn_of(qx_exchange_t *ex)
+{
+    return ex->front;
+}
 
 static nghttp3_ssize read_data(nghttp3_conn *conn, int64_t stream_id, nghttp3_vec *vec,
                                size_t veccnt, uint32_t *pflags, void *conn_user_data,
@@ -68,8 +71,7 @@ static int h3_respond(qx_exchange_t *ex, int status, const qx_hdr_t *hdrs, size_
                                   hdrs[i].namelen, hdrs[i].valuelen, NGHTTP3_NV_FLAG_NONE};
     }
     /* nghttp3 copies the fields, so the exchange's buffers may go. */
-    int rv = nghttp3_conn_submit_response(qc->h3, ex->stream_id, nva, n + 1,
-                                          has_body ? &dr : NULL);
+    int rv = nghttp3_conn_submit_response(qc->h3, ex->stream_id, nva, n + 1, has_body ? &dr : NULL);
     if (rv != 0) {
         QX_DEBUG("h3: submit_response: %s", nghttp3_strerror(rv));
         return QX_ERR_PROTO;
@@ -218,9 +220,9 @@ static int h3_begin_headers(nghttp3_conn *conn, int64_t stream_id, void *user_da
     return 0;
 }
 
-static int h3_recv_header(nghttp3_conn *conn, int64_t stream_id, int32_t token,
-                          nghttp3_rcbuf *name, nghttp3_rcbuf *value, uint8_t flags,
-                          void *user_data, void *stream_user_data)
+static int h3_recv_header(nghttp3_conn *conn, int64_t stream_id, int32_t token, nghttp3_rcbuf *name,
+                          nghttp3_rcbuf *value, uint8_t flags, void *user_data,
+                          void *stream_user_data)
 {
     qx_exchange_t *ex = stream_user_data;
     (void)conn;
@@ -415,8 +417,7 @@ int qx_h3_stream_stop_sending(ngtcp2_conn *conn, int64_t stream_id, uint64_t app
     return qx_h3_stream_reset(conn, stream_id, 0, app_error_code, user_data, stream_user_data);
 }
 
-int qx_h3_extend_max_remote_streams_bidi(ngtcp2_conn *conn, uint64_t max_streams,
-                                         void *user_data)
+int qx_h3_extend_max_remote_streams_bidi(ngtcp2_conn *conn, uint64_t max_streams, void *user_data)
 {
     qx_quic_conn_t *qc = user_data;
     (void)conn;

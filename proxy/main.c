@@ -168,8 +168,8 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    QX_INFO("ready: udp %s workers=%u routes=%zu (qrux %s)", listen, nworkers,
-            snap->cfg->nroutes, QX_VERSION);
+    QX_INFO("ready: udp %s workers=%u routes=%zu (qrux %s)", listen, nworkers, snap->cfg->nroutes,
+            QX_VERSION);
 
     uv_run(m.loop, UV_RUN_DEFAULT);
 

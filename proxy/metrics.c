@@ -40,7 +40,10 @@ static int label_eq(const char *a, const char *b)
     return strcmp(a, b == NULL ? "" : b) == 0;
 }
 
-static void publish(size_t *n, size_t v) { __atomic_store_n(n, v, __ATOMIC_RELEASE); }
+static void publish(size_t *n, size_t v)
+{
+    __atomic_store_n(n, v, __ATOMIC_RELEASE);
+}
 
 void qx_metrics_request(qx_metrics_t *m, int method, int status, const char *upstream,
                         double seconds)

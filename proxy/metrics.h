@@ -49,11 +49,11 @@ typedef struct qx_metrics_hist_row {
 typedef struct qx_metrics_up_row {
     const char *upstream;
     uint64_t timeouts;
-    uint64_t connect_errors;   /* refused / unreachable */
-    uint64_t protocol_errors;  /* malformed response */
-    uint64_t body_over_limit;  /* response body over its cap */
-    uint64_t pool_idle;        /* gauge */
-    uint64_t pool_busy;        /* gauge */
+    uint64_t connect_errors;  /* refused / unreachable */
+    uint64_t protocol_errors; /* malformed response */
+    uint64_t body_over_limit; /* response body over its cap */
+    uint64_t pool_idle;       /* gauge */
+    uint64_t pool_busy;       /* gauge */
 } qx_metrics_up_row_t;
 
 typedef struct qx_metrics {

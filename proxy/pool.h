@@ -29,8 +29,8 @@ typedef struct qx_upconn qx_upconn_t;
 
 /* What an upstream connection reports to its current user. */
 typedef struct qx_upconn_cb {
-    void (*on_connect)(void *user, int status);              /* 0 or a UV_* error */
-    void (*on_write)(void *user, int status);                /* the pending write finished */
+    void (*on_connect)(void *user, int status);                  /* 0 or a UV_* error */
+    void (*on_write)(void *user, int status);                    /* the pending write finished */
     void (*on_read)(void *user, ssize_t nread, const char *buf); /* bytes, UV_EOF or an error */
 } qx_upconn_cb_t;
 
@@ -40,7 +40,7 @@ struct qx_upconn {
     uv_tcp_t tcp;
     uv_connect_t creq;
     uv_write_t wreq;
-    qx_pool_t *pool; /* NULL once the pool is gone */
+    qx_pool_t *pool;          /* NULL once the pool is gone */
     qx_upconn_t *prev, *next; /* idle list */
     void *user;
     const qx_upconn_cb_t *cb;
@@ -61,7 +61,7 @@ struct qx_pool {
     qx_upconn_t *idle_head; /* most recently used first */
     qx_upconn_t *idle_tail;
     unsigned nidle;
-    unsigned nbusy; /* connecting or busy */
+    unsigned nbusy;           /* connecting or busy */
     qx_metrics_up_row_t *row; /* gauges; may be NULL */
 };
 

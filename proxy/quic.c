@@ -2,8 +2,8 @@
 #include "quic.h"
 
 #include "log.h"
-#include "qx.h"
 #include "quic_conn.h"
+#include "qx.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -17,8 +17,8 @@
 #include <unistd.h>
 
 #define CID_BUCKETS 1024
-#define RX_BATCH 64       /* datagrams read per readiness event */
-#define TX_MAX_PKTS 64    /* packets written per flush before yielding */
+#define RX_BATCH 64    /* datagrams read per readiness event */
+#define TX_MAX_PKTS 64 /* packets written per flush before yielding */
 #define MAX_UDP_PAYLOAD NGTCP2_MAX_PMTUD_UDP_PAYLOAD_SIZE
 
 typedef struct cid_entry {
@@ -45,9 +45,15 @@ struct qx_quic_ep {
     uint8_t txbuf[MAX_UDP_PAYLOAD];
 };
 
-static ngtcp2_tstamp now_ns(void) { return uv_hrtime(); }
+static ngtcp2_tstamp now_ns(void)
+{
+    return uv_hrtime();
+}
 
-qx_worker_t *qx_quic_conn_worker(qx_quic_conn_t *qc) { return qc->ep->w; }
+qx_worker_t *qx_quic_conn_worker(qx_quic_conn_t *qc)
+{
+    return qc->ep->w;
+}
 
 /* ---- connection ID table ------------------------------------------------ */
 
@@ -288,9 +294,9 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
     size_t npkts = 0;
 
     if (qc->stash) {
-        int rv = send_pkt(ep, (const struct sockaddr *)&qc->local,
-                          (const struct sockaddr *)&qc->remote, qc->remotelen, qc->stash,
-                          qc->stashlen);
+        int rv =
+            send_pkt(ep, (const struct sockaddr *)&qc->local, (const struct sockaddr *)&qc->remote,
+                     qc->remotelen, qc->stash, qc->stashlen);
         if (rv == 1)
             return 0; /* still full; the writable event brings us back */
         free(qc->stash);
@@ -341,9 +347,9 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
             return NGTCP2_ERR_CALLBACK_FAILURE;
         if (n == 0)
             break;
-        int rv = send_pkt(ep, (const struct sockaddr *)&qc->local,
-                          (const struct sockaddr *)&qc->remote, qc->remotelen, ep->txbuf,
-                          (size_t)n);
+        int rv =
+            send_pkt(ep, (const struct sockaddr *)&qc->local, (const struct sockaddr *)&qc->remote,
+                     qc->remotelen, ep->txbuf, (size_t)n);
         if (rv == 1) {
             /* Keep the packet; ngtcp2 already counts it as sent. */
             qc->stash = malloc((size_t)n);
@@ -451,8 +457,7 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
     size_t len = sizeof(qc->sni) - 1;
     unsigned type;
     (void)conn;
-    if (gnutls_server_name_get(qc->tls, qc->sni, &len, &type, 0) == 0 &&
-        type == GNUTLS_NAME_DNS) {
+    if (gnutls_server_name_get(qc->tls, qc->sni, &len, &type, 0) == 0 && type == GNUTLS_NAME_DNS) {
         qc->sni[len] = '\0';
         for (size_t i = 0; i < len; i++)
             if (qc->sni[i] >= 'A' && qc->sni[i] <= 'Z')
@@ -594,9 +599,9 @@ static void send_version_negotiation(qx_quic_ep_t *ep, const ngtcp2_version_cid 
     uint8_t unused;
     const uint32_t sv[] = {NGTCP2_PROTO_VER_V1};
     gnutls_rnd(GNUTLS_RND_NONCE, &unused, 1);
-    ngtcp2_ssize n = ngtcp2_pkt_write_version_negotiation(buf, sizeof(buf), unused, vc->scid,
-                                                          vc->scidlen, vc->dcid, vc->dcidlen, sv,
-                                                          QX_ARRAY_LEN(sv));
+    ngtcp2_ssize n =
+        ngtcp2_pkt_write_version_negotiation(buf, sizeof(buf), unused, vc->scid, vc->scidlen,
+                                             vc->dcid, vc->dcidlen, sv, QX_ARRAY_LEN(sv));
     if (n > 0)
         send_pkt(ep, local, remote, remotelen, buf, (size_t)n);
 }
@@ -682,7 +687,8 @@ static void read_datagrams(qx_quic_ep_t *ep)
     for (int i = 0; i < RX_BATCH; i++) {
         struct sockaddr_storage remote, local;
         union {
-            char buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(struct in_pktinfo))];
+            char
+                buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(struct in_pktinfo))];
             struct cmsghdr align;
         } cm;
         struct iovec iov = {ep->rxbuf, sizeof(ep->rxbuf)};
@@ -845,7 +851,10 @@ void qx_quic_ep_drain(qx_quic_ep_t *ep)
     }
 }
 
-unsigned qx_quic_ep_nconns(const qx_quic_ep_t *ep) { return ep ? ep->nconns : 0; }
+unsigned qx_quic_ep_nconns(const qx_quic_ep_t *ep)
+{
+    return ep ? ep->nconns : 0;
+}
 
 static void ep_closed(uv_handle_t *h)
 {

@@ -33,17 +33,17 @@ struct qx_quic_conn {
     size_t ncids;
     uv_timer_t timer;
     char sni[256];
-    qx_exchange_t *exchanges; /* requests on this connection */
+    qx_exchange_t *exchanges;            /* requests on this connection */
     ngtcp2_connection_close_error ccerr; /* set by a failing callback */
     int handshake_done;
     int goaway;
-    int dirty;    /* on the endpoint's flush list */
-    int closing;  /* scheduled for deletion */
+    int dirty;         /* on the endpoint's flush list */
+    int closing;       /* scheduled for deletion */
     int close_quietly; /* no CONNECTION_CLOSE (idle timeout, draining) */
-    uint8_t *stash; /* a packet the socket refused with EAGAIN */
+    uint8_t *stash;    /* a packet the socket refused with EAGAIN */
     size_t stashlen;
-    qx_quic_conn_t *prev, *next;   /* all connections */
-    qx_quic_conn_t *dnext;         /* flush list */
+    qx_quic_conn_t *prev, *next; /* all connections */
+    qx_quic_conn_t *dnext;       /* flush list */
 };
 
 /* ---- quic.c, for h3.c ---- */
@@ -80,8 +80,7 @@ int qx_h3_stream_reset(ngtcp2_conn *conn, int64_t stream_id, uint64_t final_size
                        uint64_t app_error_code, void *user_data, void *stream_user_data);
 int qx_h3_stream_stop_sending(ngtcp2_conn *conn, int64_t stream_id, uint64_t app_error_code,
                               void *user_data, void *stream_user_data);
-int qx_h3_extend_max_remote_streams_bidi(ngtcp2_conn *conn, uint64_t max_streams,
-                                         void *user_data);
+int qx_h3_extend_max_remote_streams_bidi(ngtcp2_conn *conn, uint64_t max_streams, void *user_data);
 int qx_h3_extend_max_stream_data(ngtcp2_conn *conn, int64_t stream_id, uint64_t max_data,
                                  void *user_data, void *stream_user_data);
 

@@ -23,8 +23,7 @@
 
 #define QX_VERSION "0.1.0"
 
-#define qx_container_of(ptr, type, member)                                                         \
-    ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+#define qx_container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 #define QX_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 

@@ -24,9 +24,18 @@ typedef struct qx_ring {
     uint64_t ack, sent, fill;
 } qx_ring_t;
 
-static inline size_t qx_ring_free(const qx_ring_t *r) { return r->cap - (size_t)(r->fill - r->ack); }
-static inline size_t qx_ring_unsent(const qx_ring_t *r) { return (size_t)(r->fill - r->sent); }
-static inline size_t qx_ring_inflight(const qx_ring_t *r) { return (size_t)(r->sent - r->ack); }
+static inline size_t qx_ring_free(const qx_ring_t *r)
+{
+    return r->cap - (size_t)(r->fill - r->ack);
+}
+static inline size_t qx_ring_unsent(const qx_ring_t *r)
+{
+    return (size_t)(r->fill - r->sent);
+}
+static inline size_t qx_ring_inflight(const qx_ring_t *r)
+{
+    return (size_t)(r->sent - r->ack);
+}
 
 /* Copies len bytes in; the caller guarantees len <= qx_ring_free(). */
 static inline void qx_ring_write(qx_ring_t *r, const uint8_t *p, size_t len)
@@ -58,7 +67,13 @@ static inline int qx_ring_peek(const qx_ring_t *r, struct iovec *iov, size_t max
     return 2;
 }
 
-static inline void qx_ring_mark_sent(qx_ring_t *r, size_t n) { r->sent += n; }
-static inline void qx_ring_mark_acked(qx_ring_t *r, size_t n) { r->ack += n; }
+static inline void qx_ring_mark_sent(qx_ring_t *r, size_t n)
+{
+    r->sent += n;
+}
+static inline void qx_ring_mark_acked(qx_ring_t *r, size_t n)
+{
+    r->ack += n;
+}
 
 #endif

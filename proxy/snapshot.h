@@ -19,8 +19,8 @@ typedef struct qx_snapshot {
     uint64_t generation;
     qx_config_t *cfg;
     qx_router_t *router;
-    size_t nupstreams;   /* sum of every route's upstreams */
-    size_t *route_base;  /* route r's upstreams are [route_base[r], route_base[r] + n) */
+    size_t nupstreams;  /* sum of every route's upstreams */
+    size_t *route_base; /* route r's upstreams are [route_base[r], route_base[r] + n) */
 } qx_snapshot_t;
 
 /* Takes ownership of cfg (also on failure). Returns 0 or QX_ERR_NOMEM. */

@@ -63,8 +63,8 @@ int qx_tls_session_new(const qx_tls_t *t, void *conn_ref, gnutls_session_t *out)
     gnutls_session_t s;
     static const gnutls_datum_t alpn = {(unsigned char *)"h3", 2};
 
-    if (gnutls_init(&s, GNUTLS_SERVER | GNUTLS_NO_AUTO_SEND_TICKET |
-                            GNUTLS_NO_END_OF_EARLY_DATA) != 0)
+    if (gnutls_init(&s, GNUTLS_SERVER | GNUTLS_NO_AUTO_SEND_TICKET | GNUTLS_NO_END_OF_EARLY_DATA) !=
+        0)
         return QX_ERR_TLS;
     if (ngtcp2_crypto_gnutls_configure_server_session(s) != 0)
         goto fail;

@@ -2,8 +2,8 @@
 #include "worker.h"
 
 #include "log.h"
-#include "qx.h"
 #include "quic.h"
+#include "qx.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -89,8 +89,8 @@ int qx_worker_start(qx_worker_t *w)
 static void on_grace(uv_timer_t *t)
 {
     qx_worker_t *w = qx_container_of(t, qx_worker_t, grace);
-    QX_WARN("worker %u: graceful_shutdown_secs passed with %u requests in flight; closing",
-            w->id, w->nexchanges);
+    QX_WARN("worker %u: graceful_shutdown_secs passed with %u requests in flight; closing", w->id,
+            w->nexchanges);
     stop_now(w);
 }
 

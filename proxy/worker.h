@@ -22,7 +22,7 @@ typedef struct qx_worker qx_worker_t;
 /* Process-wide, read-only after start-up: shared by every worker. */
 typedef struct qx_shared {
     const qx_tls_t *tls;
-    uint8_t static_secret[32]; /* stateless reset tokens */
+    uint8_t static_secret[32];                         /* stateless reset tokens */
     void (*on_worker_exit)(qx_worker_t *w, void *arg); /* called on the worker thread */
     void *arg;
 } qx_shared_t;
@@ -42,8 +42,8 @@ struct qx_worker {
     uint32_t *rr;        /* round-robin cursor per route */
     qx_metrics_t metrics;
     qx_quic_ep_t *quic;
-    uv_timer_t tick;      /* pool sweep, liveness tick, drain checks */
-    uv_timer_t grace;     /* graceful_shutdown_secs deadline */
+    uv_timer_t tick;       /* pool sweep, liveness tick, drain checks */
+    uv_timer_t grace;      /* graceful_shutdown_secs deadline */
     uint64_t last_tick_ms; /* atomic; read by the admin thread (livez) */
     unsigned nexchanges;   /* requests in flight */
     int exit_code;
