@@ -40,9 +40,11 @@ sys.path.insert(0, E2E_DIR)
 import backend as _backend  # noqa: E402  (pattern helpers shared with the backend)
 
 pattern = _backend.pattern
+pattern_pieces = _backend.pattern_pieces
 pattern_sha256 = _backend.pattern_sha256
 
 H3_NO_ERROR = 0x100
+READY_RE = re.compile(r"\bready\b")  # "ready: udp [::]:PORT workers=N" (not "already")
 H3_MESSAGE_ERROR = 0x10E
 H3_REQUEST_CANCELLED = 0x10C
 
@@ -420,7 +422,7 @@ class Qrux:
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 with self.lock:
                     self.lines.append(line)
-                if "ready" in line:
+                if READY_RE.search(line):
                     self.ready.set()
 
     def wait_ready(self, timeout=15):
@@ -611,6 +613,58 @@ class GtlsResult:
                                   self.headers(sid)[:12], self.elapsed, tail[-6:]))
 
 
+class GtlsRun:
+    """A gtlsclient process running in the background."""
+
+    _seq = 0
+
+    def __init__(self, env, cmd, uris, ddir, timeout):
+        GtlsRun._seq += 1
+        self.uris = uris
+        self.ddir = ddir
+        self.timeout = timeout
+        self.t0 = time.monotonic()
+        self.logpath = os.path.join(env.dir, "gtls-%d.log" % GtlsRun._seq)
+        self.logf = open(self.logpath, "wb")
+        self.proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=self.logf)
+
+    def downloaded(self):
+        """Bytes saved so far (all files)."""
+        if not self.ddir:
+            return 0
+        total = 0
+        for fn in os.listdir(self.ddir):
+            try:
+                total += os.path.getsize(os.path.join(self.ddir, fn))
+            except OSError:
+                pass
+        return total
+
+    def finish(self):
+        """Waits (bounded by the timeout given at start) and parses."""
+        left = max(0.1, self.timeout - (time.monotonic() - self.t0))
+        try:
+            rc = self.proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            _kill_group(self.proc, grace=1.0)
+            rc = None
+        with _PROCS_LOCK:
+            if self.proc in _PROCS:
+                _PROCS.remove(self.proc)
+        elapsed = time.monotonic() - self.t0
+        self.logf.close()
+        with open(self.logpath, "rb") as f:
+            log = f.read().decode("utf-8", "replace")
+        os.unlink(self.logpath)
+        files = {}
+        if self.ddir:
+            for fn in os.listdir(self.ddir):
+                with open(os.path.join(self.ddir, fn), "rb") as f:
+                    files[fn] = f.read()
+            shutil.rmtree(self.ddir, ignore_errors=True)
+        return GtlsResult(self.uris, rc, log, files, elapsed)
+
+
 # ---------------------------------------------------------------------------
 # Chromium
 
@@ -722,11 +776,17 @@ class Env:
                                % (q.proc.poll(), q.log_tail(30)))
         return q
 
-    def gtls(self, q, paths, n=None, method=None, data=None, authority=None, host="127.0.0.1",
-             sni=None, timeout=60, download=True, extra=None):
+    def gtls(self, q, paths, timeout=60, **kw):
         """Runs gtlsclient against qrux |q| (or a port) for |paths| (one or a
-        list; each a path like "/x" or a full https URI). Waits for every
-        stream to close (--exit-on-all-streams-close); bounded by |timeout|."""
+        list; each a path like "/x" or a full https URI) and waits for every
+        stream to close (--exit-on-all-streams-close), at most |timeout| s.
+        Keywords: n, method, data (file to upload), authority, host (address
+        to connect to, default 127.0.0.1), sni, download, extra (argv)."""
+        return self.gtls_start(q, paths, timeout=timeout, **kw).finish()
+
+    def gtls_start(self, q, paths, n=None, method=None, data=None, authority=None,
+                   host="127.0.0.1", sni=None, timeout=60, download=True, extra=None):
+        """Starts gtlsclient in the background; returns a GtlsRun."""
         port = q if isinstance(q, int) else q.port
         if isinstance(paths, str):
             paths = [paths]
@@ -741,7 +801,7 @@ class Env:
             cmd += ["--download", ddir]
         if n:
             cmd += ["-n", str(n)]
-        if method:
+        if method is not None:
             cmd += ["-m", method]
         if data:
             cmd += ["-d", data]
@@ -749,21 +809,12 @@ class Env:
             cmd += ["--sni", sni]
         cmd += list(extra or [])
         cmd += [host, str(port)] + uris
-        t0 = time.monotonic()
-        logpath = os.path.join(self.dir, "gtls-%d.log" % int(t0 * 1000))
-        with open(logpath, "wb") as lf:
-            rc, _, _ = run(cmd, timeout=timeout, stdout=subprocess.DEVNULL, stderr=lf)
-        elapsed = time.monotonic() - t0
-        with open(logpath, "rb") as f:
-            log = f.read().decode("utf-8", "replace")
-        os.unlink(logpath)
-        files = {}
-        if ddir:
-            for fn in os.listdir(ddir):
-                with open(os.path.join(ddir, fn), "rb") as f:
-                    files[fn] = f.read()
-            shutil.rmtree(ddir, ignore_errors=True)
-        return GtlsResult(uris, rc, log, files, elapsed)
+        return GtlsRun(self, cmd, uris, ddir, timeout)
+
+    def wait_access(self, q, timeout=3, **match):
+        """Access-log lines of |q| matching |match|, waiting up to |timeout| s
+        for at least one (the line is written when the stream ends)."""
+        return wait_until(lambda: q.access(**match), timeout) or []
 
     def chromium(self, url, quic_origin, timeout=90, extra=None):
         return chromium_dump_dom(self, url, quic_origin, self.cert().spki_sha256_b64, timeout,
