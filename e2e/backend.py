@@ -35,8 +35,9 @@ Paths (query strings allowed everywhere):
   /drop-next       answers normally; the next request on the same connection
                    is read and the connection closed without an answer (the
                    keep-alive race a pool must retry)
-  /__stats         JSON counters (connections, requests, dropped, ...);
-                   not counted itself. /__stats/reset zeroes them.
+  /__stats         JSON counters (connections, requests, dropped, active
+                   connections, requests per path, requests being answered
+                   right now per path); not counted itself. /__stats/reset zeroes them.
   anything else    a file under --root when it exists, else 404
 HEAD on any path answers the GET head without a body.
 """
@@ -102,20 +103,24 @@ def chunk_slices(n):
 class Stats:
     def __init__(self):
         self.lock = threading.Lock()
+        self.generation = 0  # bumped by reset: connections count again after it
         self.reset()
 
     def reset(self):
+        self.generation += 1
         self.connections = 0   # connections that carried a counted request
         self.requests = 0
         self.dropped = 0       # connections closed by /drop-next's trap
         self.active = 0        # open connections right now (any)
         self.paths = {}
+        self.inflight = getattr(self, "inflight", {})  # path -> requests being answered now
 
     def snapshot(self):
         with self.lock:
             return {"connections": self.connections, "requests": self.requests,
                     "dropped": self.dropped, "active": self.active,
-                    "paths": dict(self.paths)}
+                    "paths": dict(self.paths),
+                    "inflight": {k: v for k, v in self.inflight.items() if v}}
 
 
 class ClientGone(Exception):
@@ -163,7 +168,7 @@ class Conn:
         self.seq = seq
         self.rfile = sock.makefile("rb", buffering=65536)
         self.nreq = 0
-        self.counted = False
+        self.counted = 0  # the stats generation this connection was counted in
         self.trap = False  # set by /drop-next
 
     # -- reading ---------------------------------------------------------
@@ -469,8 +474,8 @@ class Conn:
                         return
                     continue
                 with st.lock:
-                    if not self.counted:
-                        self.counted = True
+                    if self.counted != st.generation:
+                        self.counted = st.generation
                         st.connections += 1
                     st.requests += 1
                     p = urlsplit(req.target).path
@@ -483,7 +488,14 @@ class Conn:
                     self.read_body(req)
                     return
                 self.nreq += 1
-                if not self.handle(req):
+                with st.lock:
+                    st.inflight[p] = st.inflight.get(p, 0) + 1
+                try:
+                    keep = self.handle(req)
+                finally:
+                    with st.lock:
+                        st.inflight[p] -= 1
+                if not keep:
                     return
         except (ClientGone, ConnectionError):
             pass

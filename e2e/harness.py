@@ -726,7 +726,7 @@ class Env:
 
     def eq(self, name, got, want, detail=""):
         return self.check(name, got == want,
-                          "got %r, want %r%s" % (got, want, ("; " + detail) if detail else ""))
+                          "got %r, want %r%s" % (got, want, ("; " + str(detail)) if detail else ""))
 
     def case(self, name, fn, *args):
         """Runs fn(*args); an exception is one failed check named |name|."""
@@ -781,18 +781,24 @@ class Env:
         list; each a path like "/x" or a full https URI) and waits for every
         stream to close (--exit-on-all-streams-close), at most |timeout| s.
         Keywords: n, method, data (file to upload), authority, host (address
-        to connect to, default 127.0.0.1), sni, download, extra (argv)."""
+        to connect to, default 127.0.0.1: gtlsclient then sends SNI
+        "localhost"), sni (SNI name; connects to 127.0.0.1), download,
+        extra (argv)."""
         return self.gtls_start(q, paths, timeout=timeout, **kw).finish()
 
     def gtls_start(self, q, paths, n=None, method=None, data=None, authority=None,
-                   host="127.0.0.1", sni=None, timeout=60, download=True, extra=None):
-        """Starts gtlsclient in the background; returns a GtlsRun."""
+                   host="127.0.0.1", sni=None, timeout=60, download=True, extra=None,
+                   exit_on="all"):
+        """Starts gtlsclient in the background; returns a GtlsRun. exit_on:
+        "all" streams closed, or "first" (the client then closes the
+        connection with the other streams still open)."""
         port = q if isinstance(q, int) else q.port
         if isinstance(paths, str):
             paths = [paths]
         auth = authority or "localhost:%d" % port
         uris = [p if p.startswith("https://") else "https://%s%s" % (auth, p) for p in paths]
-        cmd = [need("gtlsclient"), "--exit-on-all-streams-close", "--no-quic-dump",
+        cmd = [need("gtlsclient"), "--exit-on-%s-stream%s-close"
+               % (exit_on, "s" if exit_on == "all" else ""), "--no-quic-dump",
                "--no-http-dump", "--timeout=%ds" % max(5, int(timeout)),
                "--handshake-timeout=5s"]
         ddir = None
@@ -805,9 +811,19 @@ class Env:
             cmd += ["-m", method]
         if data:
             cmd += ["-d", data]
-        if sni:
-            cmd += ["--sni", sni]
         cmd += list(extra or [])
+        if sni:
+            # gtlsclient (GnuTLS build) ignores --sni: it sends its HOST
+            # argument as SNI, or "localhost" when HOST is an IP literal. So
+            # HOST becomes the SNI name, resolved to loopback through a
+            # private /etc/hosts bind-mounted in a mount namespace of its own
+            # (the machine's /etc/hosts is untouched).
+            hosts = os.path.join(self.dir, "hosts-%s" % re.sub(r"[^A-Za-z0-9.-]", "_", sni))
+            with open(hosts, "w") as f:
+                f.write("127.0.0.1 %s localhost\n" % sni)
+            cmd = [need("unshare"), "-m", "sh", "-c",
+                   'mount --bind "$0" /etc/hosts && exec "$@"', hosts] + cmd
+            host = sni
         cmd += [host, str(port)] + uris
         return GtlsRun(self, cmd, uris, ddir, timeout)
 

@@ -54,7 +54,8 @@ async function run() {
   document.cookie = 'a=1; path=/';
   document.cookie = 'b=2; path=/';
   try {
-    var r = await fetch('/echo?from=chromium', {headers: {'X-Test': 'yes'}});
+    var r = await fetch('/echo?from=chromium',
+                          {headers: {'X-Test': 'yes', 'X-Forwarded-For': '203.0.113.7'}});
     res.echo_status = r.status;
     res.echo = await r.json();
   } catch (e) { res.echo_error = String(e); }
@@ -133,8 +134,9 @@ def app_page(env, q):
     env.eq("chromium /echo: upstream Host", vals("host"), ["localhost:%d" % q.port])
     env.eq("chromium /echo: upstream X-Forwarded-Proto", vals("x-forwarded-proto"), ["https"])
     xff = vals("x-forwarded-for")
-    env.check("chromium /echo: upstream X-Forwarded-For is loopback (%r)" % xff,
-              xff in (["::1"], ["127.0.0.1"]))
+    env.check("chromium /echo: the client's address is appended to the X-Forwarded-For it "
+              "sent, in one field (%r)" % xff,
+              xff in (["203.0.113.7, ::1"], ["203.0.113.7, 127.0.0.1"]))
     env.eq("chromium /echo: custom request header forwarded", vals("x-test"), ["yes"])
     cookies = vals("cookie")
     env.check("chromium /echo: cookies arrive as one Cookie field with both (%r)" % cookies,

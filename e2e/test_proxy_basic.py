@@ -224,7 +224,7 @@ def pool(env, q, be):
     be.reset()
     st, bodies = [], []
     for i in range(10):
-        r = env.gtls(q, "/drop-after", timeout=20)
+        r = env.gtls(q, "/drop-after", timeout=10)
         st.append(r.status())
         bodies.append(r.body())
     env.eq("eviction: backend closing after each response: all 200", st, [200] * 10)
@@ -233,7 +233,7 @@ def pool(env, q, be):
     be.reset()
     st, bodies = [], []
     for i in range(10):
-        r = env.gtls(q, "/drop-next", timeout=20)
+        r = env.gtls(q, "/drop-next", timeout=10)
         st.append(r.status())
         bodies.append(r.body())
     s = be.stats()
@@ -242,6 +242,17 @@ def pool(env, q, be):
     env.eq("retry: all bodies intact", bodies, [b"drop-next\n"] * 10)
     env.check("retry: the race really happened (backend dropped >= 1 reused connection)",
               s["dropped"] >= 1, s)
+
+
+def ipv6_upstream(env):
+    be6 = env.backend(host="::1")
+    q6 = env.qrux(routes=[("*", be6.addr)])
+    r = env.gtls(q6, "/chunked/12345")
+    env.eq("IPv6 upstream %s: status" % be6.addr, r.status(), 200, r.summary())
+    env.eq("IPv6 upstream: sha256", r.sha(), pattern_sha256(12345))
+    lines = env.wait_access(q6, status=200)
+    env.check("IPv6 upstream: access log names it", lines and lines[0].get("upstream")
+              == be6.addr, lines[:1])
 
 
 def main():
@@ -265,6 +276,7 @@ def main():
         env.case("headers over IPv6", upstream_headers, env, qb, "::1", "::1")
         env.case("HEAD, 204, 304, 1xx", bodiless, env, qb)
         env.case("upstream pool", pool, env, qb, be)
+        env.case("IPv6 upstream", ipv6_upstream, env)
         env.check("qrux (nginx) still running", qn.alive(), qn.log_tail())
         env.check("qrux (backend) still running", qb.alive(), qb.log_tail())
 

@@ -2,8 +2,9 @@
 """Streaming: large bodies in every framing (Content-Length, chunked,
 close-delimited) byte-exact, concurrent streams on one connection, a body
 that reaches the client while the upstream is still sending, a slow stream
-that does not hold up a fast one, a large upload, and flat memory (VmHWM)
-through a 100 MiB response.
+that does not hold up a fast one, a client that leaves mid-response (the
+upstream connection is closed, not pooled), a large upload, and flat memory
+(VmHWM) through a 100 MiB response and to a client with tiny windows.
 """
 
 import hashlib
@@ -67,6 +68,23 @@ def streams_as_it_arrives(env, q):
     env.eq("slow stream body intact", r.sha("50000?ms=250&chunk=10000"), pattern_sha256(50000))
 
 
+def client_goes_away(env, q, be):
+    slow = "/slow/100000?ms=200&chunk=1000"  # 20 s of body if nobody stops it
+    r = env.gtls(q, ["/delay/300", slow], timeout=20, exit_on="first")
+    env.eq("client leaves mid-response: the short stream was served", r.status(0), 200,
+           r.summary())
+    env.eq("client leaves mid-response: the slow response had started", r.status(4), 200,
+           r.summary(4))
+    env.check("client leaves mid-response: the slow body was not complete",
+              len(r.body(slow.rsplit("/", 1)[1])) < 100000, r.summary(4))
+    gone = wait_until(lambda: "/slow/100000" not in be.stats()["inflight"], 5)
+    env.check("client leaves mid-response: qrux closes the upstream connection (the backend "
+              "stops sending within 5 s, not after 20 s)", gone, be.stats())
+    shas = [env.gtls(q, "/bytes/5000", timeout=20).sha() for _ in range(4)]
+    env.eq("after the abandoned response, pooled connections are clean (4 x exact body)",
+           shas, [pattern_sha256(5000)] * 4)
+
+
 def big_upload(env, q):
     size = 8 * MiB + 1
     path = os.path.join(env.dir, "up8.bin")
@@ -97,6 +115,20 @@ def flat_memory(env, qn):
               % (hwm, time.monotonic() - t0), hwm < 64 * 1024)
 
 
+def slow_reader(env, qn):
+    # The client grants tiny flow-control windows while nginx sends as fast
+    # as it can: qrux must stop reading the upstream instead of buffering.
+    n = 30 * MiB
+    r = env.gtls(qn, "/mid.bin", timeout=120,
+                 extra=["--max-data=64K", "--max-stream-data-bidi-local=32K",
+                        "--max-window=64K", "--max-stream-window=32K"])
+    env.eq("30 MiB to a client with 32 KiB windows: status", r.status(), 200, r.summary())
+    env.eq("30 MiB to a client with 32 KiB windows: sha256", r.sha(), pattern_sha256(n))
+    hwm = qn.vmhwm_kib()
+    env.check("qrux VmHWM with a slow-window client < 64 MiB (got %d KiB, %.1fs)"
+              % (hwm, r.elapsed), hwm < 64 * 1024)
+
+
 def main():
     with Env("streaming") as env:
         be = env.backend()
@@ -105,14 +137,21 @@ def main():
         with open(os.path.join(www, "huge.bin"), "wb") as f:
             for p in pattern_pieces(100 * MiB):
                 f.write(p)
+        with open(os.path.join(www, "mid.bin"), "wb") as f:
+            for p in pattern_pieces(30 * MiB):
+                f.write(p)
         ng = env.nginx(www)
         qb = env.qrux(routes=[("*", be.addr)])
-        qn = env.qrux(routes=[("*", ng.addr)])
+        # The default response cap (50 MiB) would cut the 100 MiB body.
+        qn = env.qrux(routes=[("*", ng.addr)],
+                      limits={"max_upstream_response_body_bytes": 200 * MiB})
         env.case("large bodies in every framing", big_framings, env, qb)
         env.case("concurrent streams on one connection", concurrent, env, qb)
         env.case("bodies stream as they arrive", streams_as_it_arrives, env, qb)
+        env.case("client goes away mid-response", client_goes_away, env, qb, be)
         env.case("large upload", big_upload, env, qb)
         env.case("flat memory", flat_memory, env, qn)
+        env.case("flat memory with a slow-window client", slow_reader, env, qn)
         env.check("qrux still running", qb.alive() and qn.alive())
 
 
