@@ -34,7 +34,7 @@ void qx_arena_free(qx_arena_t *a)
 void *qx_arena_alloc(qx_arena_t *a, size_t len)
 {
     size_t need = (len + 7) & ~(size_t)7;
-    if (need < len || a->used + need > a->cap)
+    if (need < len || need > a->cap - a->used)
         return NULL;
     qx_arena_block_t *b = a->head;
     if (b == NULL || b->end - b->pos < need) {

@@ -95,7 +95,7 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
     out_t o = {buf, 0, cap, 0};
     const char *conn = NULL;
     size_t connlen = 0;
-    const qx_hdr_t *xff = NULL;
+    size_t nxff = 0;
     int ncookie = 0;
 
     if (has_ctl(req->method, req->methodlen) || has_ctl(req->path, req->pathlen) ||
@@ -126,7 +126,7 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
             (conn && qx_h1_list_has_token(conn, connlen, h->name, h->namelen)))
             continue;
         if (name_is(h, "x-forwarded-for")) {
-            xff = h; /* the last one wins; we append our peer to it */
+            nxff++; /* joined below, in order, with our peer appended */
             continue;
         }
         if (name_is(h, "cookie")) {
@@ -155,9 +155,12 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
     }
 
     puts_(&o, "X-Forwarded-For: ");
-    if (xff && xff->valuelen > 0) {
-        put(&o, xff->value, xff->valuelen);
-        puts_(&o, ", ");
+    for (size_t i = 0; nxff > 0 && i < req->nhdrs; i++) {
+        const qx_hdr_t *h = &req->hdrs[i];
+        if (name_is(h, "x-forwarded-for") && h->valuelen > 0) {
+            put(&o, h->value, h->valuelen);
+            puts_(&o, ", ");
+        }
     }
     puts_(&o, req->client_ip ? req->client_ip : "unknown");
     puts_(&o, "\r\nX-Forwarded-Proto: https\r\n");

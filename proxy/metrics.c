@@ -30,9 +30,8 @@ const char *qx_metrics_method_name(int idx)
  * named the upstream. Comparison is by content. */
 static const char *intern(const char *s)
 {
-    if (s == NULL)
-        return "";
-    return strdup(s);
+    /* Always a heap copy, so qx_metrics_free() can free every label. */
+    return strdup(s == NULL ? "" : s);
 }
 
 static int label_eq(const char *a, const char *b)

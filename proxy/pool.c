@@ -61,6 +61,28 @@ static void idle_push_front(qx_pool_t *p, qx_upconn_t *uc)
     p->nidle++;
 }
 
+static void busy_link(qx_pool_t *p, qx_upconn_t *uc)
+{
+    uc->prev = NULL;
+    uc->next = p->busy_head;
+    if (p->busy_head)
+        p->busy_head->prev = uc;
+    p->busy_head = uc;
+    p->nbusy++;
+}
+
+static void busy_unlink(qx_pool_t *p, qx_upconn_t *uc)
+{
+    if (uc->prev)
+        uc->prev->next = uc->next;
+    else
+        p->busy_head = uc->next;
+    if (uc->next)
+        uc->next->prev = uc->prev;
+    uc->prev = uc->next = NULL;
+    p->nbusy--;
+}
+
 /* ---- closing ------------------------------------------------------------ */
 
 static void on_close(uv_handle_t *h)
@@ -79,7 +101,7 @@ static void upconn_close(qx_upconn_t *uc)
         if (uc->state == QX_UC_IDLE)
             idle_unlink(p, uc);
         else
-            p->nbusy--;
+            busy_unlink(p, uc);
         gauges(p);
     }
     uc->state = QX_UC_CLOSING;
@@ -94,8 +116,14 @@ void qx_pool_del(qx_pool_t *p)
         return;
     while (p->idle_head)
         upconn_close(p->idle_head);
-    /* Busy connections are detached; their users release them later. Their
-     * p->nbusy accounting dies with the pool. */
+    /* Busy connections are detached; their users release (close) them
+     * later without touching the pool. */
+    while (p->busy_head) {
+        qx_upconn_t *uc = p->busy_head;
+        p->busy_head = uc->next;
+        uc->prev = uc->next = NULL;
+        uc->pool = NULL;
+    }
     p->row = NULL;
     free(p);
 }
@@ -145,6 +173,8 @@ static void on_connect(uv_connect_t *req, int status)
     uc->state = QX_UC_BUSY;
     if (status == 0)
         uv_tcp_nodelay(&uc->tcp, 1);
+    else
+        uc->connect_failed = 1; /* never reusable: see qx_pool_release */
     uc->cb->on_connect(uc->user, status);
 }
 
@@ -179,7 +209,7 @@ int qx_pool_checkout(qx_pool_t *p, void *user, const qx_upconn_cb_t *cb, int fre
         uc->state = QX_UC_BUSY;
         uc->user = user;
         uc->cb = cb;
-        p->nbusy++;
+        busy_link(p, uc);
         gauges(p);
         *out = uc;
         *reused = 1;
@@ -198,7 +228,7 @@ int qx_pool_checkout(qx_pool_t *p, void *user, const qx_upconn_cb_t *cb, int fre
         return QX_ERR_IO;
     }
     int rv = uv_tcp_connect(&uc->creq, &uc->tcp, (const struct sockaddr *)&p->addr, on_connect);
-    p->nbusy++;
+    busy_link(p, uc);
     gauges(p);
     if (rv != 0) {
         QX_DEBUG("pool: connect did not start: %s", uv_strerror(rv));
@@ -215,7 +245,7 @@ void qx_pool_release(qx_upconn_t *uc, int reusable)
     qx_pool_t *p = uc->pool;
     if (uc->state == QX_UC_CLOSING)
         return;
-    if (!reusable || p == NULL || uc->state != QX_UC_BUSY || uc->writing ||
+    if (!reusable || p == NULL || uc->state != QX_UC_BUSY || uc->writing || uc->connect_failed ||
         p->nidle >= p->max_idle) {
         upconn_close(uc);
         return;
@@ -224,7 +254,7 @@ void qx_pool_release(qx_upconn_t *uc, int reusable)
     uc->cb = NULL;
     uc->state = QX_UC_IDLE;
     uc->idle_since_ms = uv_now(p->loop);
-    p->nbusy--;
+    busy_unlink(p, uc);
     idle_push_front(p, uc);
     gauges(p);
     uc->reading = 1;

@@ -41,12 +41,13 @@ struct qx_upconn {
     uv_connect_t creq;
     uv_write_t wreq;
     qx_pool_t *pool;          /* NULL once the pool is gone */
-    qx_upconn_t *prev, *next; /* idle list */
+    qx_upconn_t *prev, *next; /* the pool's idle or busy list */
     void *user;
     const qx_upconn_cb_t *cb;
     qx_upconn_state_t state;
     int writing;
     int reading;
+    int connect_failed;
     unsigned nrequests; /* responses completed on this connection */
     uint64_t idle_since_ms;
     char rbuf[QX_UPCONN_RBUF];
@@ -61,7 +62,8 @@ struct qx_pool {
     qx_upconn_t *idle_head; /* most recently used first */
     qx_upconn_t *idle_tail;
     unsigned nidle;
-    unsigned nbusy;           /* connecting or busy */
+    qx_upconn_t *busy_head; /* connecting or busy; detached by qx_pool_del */
+    unsigned nbusy;
     qx_metrics_up_row_t *row; /* gauges; may be NULL */
 };
 
