@@ -35,6 +35,15 @@ typedef struct qx_route_cfg {
     int single;        /* 1 when written as `upstream:`, 0 for `upstreams:` */
 } qx_route_cfg_t;
 
+/* The admin server (issue 4). Absent `admin:` section: no admin server. */
+typedef struct qx_admin_cfg {
+    char *listen; /* as written; NULL when there is no admin section */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    char *token_file;          /* resolved path, or NULL; required when listen is not loopback */
+    int ready_requires_upstream; /* /readyz also waits for the upstreams to accept TCP */
+} qx_admin_cfg_t;
+
 typedef struct qx_config {
     char *path;   /* the file it was loaded from (NULL for a buffer) */
     char *listen; /* as written */
@@ -46,6 +55,7 @@ typedef struct qx_config {
     qx_limits_t limits;
     qx_route_cfg_t *routes;
     size_t nroutes; /* >= 1 */
+    qx_admin_cfg_t admin;
 } qx_config_t;
 
 /*

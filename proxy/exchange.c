@@ -240,7 +240,8 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
 
     double secs = (double)(uv_hrtime() - ex->start_ns) / 1e9;
     if (ex->method) {
-        qx_metrics_request(&w->metrics, ex->method_idx, status, ex->up_name, secs);
+        qx_metrics_request(&w->metrics, ex->fops->proto_idx, ex->method_idx, status, ex->up_name,
+                           secs);
         qx_cnt_add(&w->metrics.bytes_in, ex->req_body_in);
         qx_cnt_add(&w->metrics.bytes_out, ex->resp_body);
         QX_INFO("access proto=%s method=%s authority=%.*s path=%.*s status=%d upstream=%s "
@@ -436,10 +437,22 @@ static void start_upstream(qx_exchange_t *ex)
 
 static void dispatch(qx_exchange_t *ex, int fresh_only)
 {
-    qx_pool_t *pool = ex->w->pools[ex->up];
+    qx_worker_t *w = ex->w;
+    qx_pool_t *pool;
     int reused = 0;
+    int rv = QX_ERR_NOTFOUND;
+
+    /* Pools follow the worker's snapshot; a request that began under an
+     * older one finds its upstream's pool by address. */
+    if (ex->snap == w->snap) {
+        pool = w->pools[ex->up];
+    } else {
+        const qx_upstream_cfg_t *up = qx_snapshot_upstream(ex->snap, ex->up);
+        pool = qx_worker_pool_find(w, (const struct sockaddr *)&up->addr, up->addrlen);
+    }
     ex->state = QX_EX_CONNECTING;
-    int rv = qx_pool_checkout(pool, ex, &upconn_cb, fresh_only, &ex->uc, &reused);
+    if (pool)
+        rv = qx_pool_checkout(pool, ex, &upconn_cb, fresh_only, &ex->uc, &reused);
     if (rv != 0) {
         ex->uc = NULL;
         qx_cnt_add(&up_row(ex)->connect_errors, 1);

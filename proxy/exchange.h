@@ -39,7 +39,8 @@ typedef struct qx_exchange qx_exchange_t;
 
 /* What every front implements, so the exchange never asks which protocol. */
 typedef struct qx_front_ops {
-    const char *proto; /* "h3", "h2", "h1": access log and metrics label */
+    const char *proto; /* "h3", "h2", "h1": the access log's label */
+    int proto_idx;     /* QX_P_*: the metrics label */
     /* Sends the response head. has_body 0 ends the stream after it. Body
      * bytes are then pulled from ex->resp when resume() says so. */
     int (*respond)(qx_exchange_t *ex, int status, const qx_hdr_t *hdrs, size_t n, int has_body);

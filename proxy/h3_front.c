@@ -113,6 +113,7 @@ static void h3_abort(qx_exchange_t *ex)
 
 static const qx_front_ops_t h3_ops = {
     .proto = "h3",
+    .proto_idx = QX_P_H3,
     .respond = h3_respond,
     .resume = h3_resume,
     .consumed = h3_consumed,

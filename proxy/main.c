@@ -6,9 +6,11 @@
  * validated before any socket is bound, so a bad ConfigMap never leaves a
  * half-started pod (exit 2 names the field).
  */
+#include "admin.h"
 #include "config.h"
 #include "log.h"
 #include "qx.h"
+#include "runtime.h"
 #include "snapshot.h"
 #include "tls.h"
 #include "worker.h"
@@ -19,14 +21,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
-
 #define EXIT_CONFIG 2
 
 typedef struct qx_main {
     uv_loop_t *loop;
     uv_signal_t sigterm, sigint;
     uv_async_t exited;
+    uv_async_t drain; /* POST /drain, from the admin thread */
+    qx_runtime_t *rt;
     qx_worker_t *workers;
     unsigned nworkers;
     unsigned nexited; /* atomic */
@@ -66,16 +70,29 @@ static void on_exited(uv_async_t *h)
     uv_close((uv_handle_t *)&m->sigterm, NULL);
     uv_close((uv_handle_t *)&m->sigint, NULL);
     uv_close((uv_handle_t *)&m->exited, NULL);
+    uv_close((uv_handle_t *)&m->drain, NULL);
+}
+
+static void start_drain(qx_main_t *m, const char *why)
+{
+    if (m->signals++ != 0)
+        return;
+    qx_runtime_set_lifecycle(m->rt, QX_LC_DRAINING);
+    QX_INFO("%s: draining (up to graceful_shutdown_secs); signal again to stop now", why);
+    for (unsigned i = 0; i < m->nworkers; i++)
+        qx_worker_drain(&m->workers[i]);
+}
+
+static void on_drain(uv_async_t *h)
+{
+    start_drain(h->data, "POST /drain");
 }
 
 static void on_signal(uv_signal_t *h, int signum)
 {
     qx_main_t *m = h->data;
-    if (m->signals++ == 0) {
-        QX_INFO("%s: draining (up to graceful_shutdown_secs); signal again to stop now",
-                signum == SIGTERM ? "SIGTERM" : "SIGINT");
-        for (unsigned i = 0; i < m->nworkers; i++)
-            qx_worker_drain(&m->workers[i]);
+    if (m->signals == 0) {
+        start_drain(m, signum == SIGTERM ? "SIGTERM" : "SIGINT");
     } else {
         QX_INFO("second signal: stopping now");
         for (unsigned i = 0; i < m->nworkers; i++)
@@ -139,9 +156,14 @@ int main(int argc, char **argv)
         QX_ERROR("out of memory");
         return 1;
     }
-
+    qx_runtime_t rt;
+    if (qx_runtime_init(&rt, snap) != 0) {
+        QX_ERROR("out of memory");
+        return 1;
+    }
     qx_main_t m = {0};
-    qx_shared_t shared = {.tls = tls, .on_worker_exit = on_worker_exit, .arg = &m};
+    m.rt = &rt;
+    qx_shared_t shared = {.tls = tls, .rt = &rt, .on_worker_exit = on_worker_exit, .arg = &m};
     gnutls_rnd(GNUTLS_RND_KEY, shared.static_secret, sizeof(shared.static_secret));
 
     m.loop = uv_default_loop();
@@ -151,7 +173,11 @@ int main(int argc, char **argv)
         return 1;
     uv_async_init(m.loop, &m.exited, on_exited);
     m.exited.data = &m;
-
+    uv_async_init(m.loop, &m.drain, on_drain);
+    m.drain.data = &m;
+    rt.drain_async = &m.drain;
+    rt.workers = m.workers;
+    rt.nworkers = nworkers;
     for (unsigned i = 0; i < nworkers; i++) {
         if (qx_worker_init(&m.workers[i], i, &shared, snap) != 0)
             return 1; /* the reason is logged; nothing has run yet */
@@ -161,18 +187,30 @@ int main(int argc, char **argv)
     m.sigterm.data = m.sigint.data = &m;
     uv_signal_start(&m.sigterm, on_signal, SIGTERM);
     uv_signal_start(&m.sigint, on_signal, SIGINT);
-
+    qx_admin_t *admin = NULL;
+    if (qx_admin_start(&admin, &rt, err, sizeof(err)) != 0) {
+        QX_ERROR("config %s: %s", config_path, err);
+        return EXIT_CONFIG;
+    }
     for (unsigned i = 0; i < nworkers; i++) {
         if (qx_worker_start(&m.workers[i]) != 0) {
             QX_ERROR("cannot start worker thread %u", i);
             return 1;
         }
     }
+    /* LIVE (startupz/readyz 200) once every worker's loop runs. */
+    for (int tries = 0; tries < 5000; tries++) {
+        if (__atomic_load_n(&rt.workers_running, __ATOMIC_ACQUIRE) == (int)nworkers)
+            break;
+        usleep(1000);
+    }
+    qx_runtime_set_lifecycle(&rt, QX_LC_LIVE);
     QX_INFO("ready: udp %s workers=%u routes=%zu (qrux %s)", listen, nworkers, snap->cfg->nroutes,
             QX_VERSION);
 
     uv_run(m.loop, UV_RUN_DEFAULT);
-
+    qx_runtime_set_lifecycle(&rt, QX_LC_STOPPED);
+    qx_admin_stop(admin);
     int code = 0;
     for (unsigned i = 0; i < nworkers; i++) {
         uv_thread_join(&m.workers[i].thread);
@@ -181,7 +219,7 @@ int main(int argc, char **argv)
         qx_worker_free(&m.workers[i]);
     }
     free(m.workers);
-    qx_snapshot_unref(snap);
+    qx_runtime_free(&rt); /* drops the snapshot in force */
     qx_tls_del(tls);
     uv_loop_close(m.loop);
     QX_INFO("stopped");

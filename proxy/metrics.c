@@ -44,13 +44,20 @@ static void publish(size_t *n, size_t v)
     __atomic_store_n(n, v, __ATOMIC_RELEASE);
 }
 
-void qx_metrics_request(qx_metrics_t *m, int method, int status, const char *upstream,
+const char *qx_metrics_proto_name(int idx)
+{
+    static const char *const names[QX_P_COUNT] = {"h3", "h2", "http/1.1"};
+    return idx >= 0 && idx < QX_P_COUNT ? names[idx] : "h3";
+}
+
+void qx_metrics_request(qx_metrics_t *m, int proto, int method, int status, const char *upstream,
                         double seconds)
 {
     qx_metrics_req_row_t *row = NULL;
     for (size_t i = 0; i < m->nreq; i++) {
         qx_metrics_req_row_t *r = &m->req[i];
-        if (r->method == method && r->status == status && label_eq(r->upstream, upstream)) {
+        if (r->proto == proto && r->method == method && r->status == status &&
+            label_eq(r->upstream, upstream)) {
             row = r;
             break;
         }
@@ -59,6 +66,7 @@ void qx_metrics_request(qx_metrics_t *m, int method, int status, const char *ups
         if (m->nreq < QX_METRICS_ROWS) {
             row = &m->req[m->nreq];
             row->upstream = intern(upstream);
+            row->proto = (uint8_t)proto;
             row->method = (uint16_t)method;
             row->status = (uint16_t)status;
             publish(&m->nreq, m->nreq + 1);

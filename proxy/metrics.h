@@ -26,6 +26,10 @@ enum {
     QX_M_COUNT
 };
 
+/* Front protocols, the `protocol` label. */
+enum { QX_P_H3, QX_P_H2, QX_P_H1, QX_P_COUNT };
+const char *qx_metrics_proto_name(int idx);
+
 #define QX_HIST_NBUCKETS 12 /* the last is +Inf */
 extern const double qx_hist_bounds[QX_HIST_NBUCKETS - 1];
 
@@ -33,6 +37,7 @@ extern const double qx_hist_bounds[QX_HIST_NBUCKETS - 1];
 
 typedef struct qx_metrics_req_row {
     const char *upstream; /* interned label, "" when no upstream was chosen */
+    uint8_t proto;
     uint16_t method;
     uint16_t status;
     uint64_t count;
@@ -87,7 +92,7 @@ static inline void qx_cnt_sub(uint64_t *c, uint64_t n)
 }
 
 /* Records one finished request. upstream may be NULL. */
-void qx_metrics_request(qx_metrics_t *m, int method, int status, const char *upstream,
+void qx_metrics_request(qx_metrics_t *m, int proto, int method, int status, const char *upstream,
                         double seconds);
 
 /* The per-upstream row for |upstream| (created on first use); never NULL:

@@ -4,6 +4,7 @@
 #include "log.h"
 #include "quic.h"
 #include "qx.h"
+#include "runtime.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -55,8 +56,10 @@ static void on_tick(uv_timer_t *t)
     qx_worker_t *w = qx_container_of(t, qx_worker_t, tick);
     uint64_t now = uv_now(&w->loop);
     __atomic_store_n(&w->last_tick_ms, now, __ATOMIC_RELAXED);
-    for (size_t i = 0; i < w->snap->nupstreams; i++)
-        qx_pool_sweep(w->pools[i], now);
+    for (size_t i = 0; i < w->snap->nupstreams; i++) {
+        if (w->pools[i])
+            qx_pool_sweep(w->pools[i], now);
+    }
 }
 
 static void thread_main(void *arg)
@@ -69,6 +72,8 @@ static void thread_main(void *arg)
     } else {
         uv_timer_start(&w->tick, on_tick, TICK_MS, TICK_MS);
         w->state = QX_W_RUNNING;
+        __atomic_store_n(&w->last_tick_ms, uv_now(&w->loop), __ATOMIC_RELAXED);
+        __atomic_add_fetch(&w->shared->rt->workers_running, 1, __ATOMIC_ACQ_REL);
         /* A drain requested before the loop ran is picked up here. */
         on_wakeup(&w->wakeup);
     }
@@ -116,10 +121,79 @@ void qx_worker_maybe_done(qx_worker_t *w)
         stop_now(w);
 }
 
+qx_pool_t *qx_worker_pool_find(qx_worker_t *w, const struct sockaddr *addr, socklen_t len)
+{
+    for (size_t i = 0; i < w->snap->nupstreams; i++) {
+        qx_pool_t *p = w->pools[i];
+        if (p && p->addrlen == len && memcmp(&p->addr, addr, len) == 0)
+            return p;
+    }
+    return NULL;
+}
+
+/* Switches the worker to the snapshot in force. Pools of upstreams that
+ * stay keep their idle connections; the others are deleted (their busy
+ * connections finish with their requests). Requests in flight keep their
+ * own snapshot reference. */
+static void adopt_snapshot(qx_worker_t *w)
+{
+    qx_snapshot_t *snap = qx_runtime_snapshot(w->shared->rt);
+    if (snap->generation <= w->snap->generation) {
+        qx_snapshot_unref(snap);
+        return;
+    }
+    qx_snapshot_t *old = w->snap;
+    qx_pool_t **pools = calloc(snap->nupstreams ? snap->nupstreams : 1, sizeof(*pools));
+    uint32_t *rr = calloc(snap->cfg->nroutes, sizeof(*rr));
+    if (pools == NULL || rr == NULL) {
+        QX_ERROR("worker %u: out of memory adopting generation %llu; keeping %llu", w->id,
+                 (unsigned long long)snap->generation, (unsigned long long)old->generation);
+        free(pools);
+        free(rr);
+        qx_snapshot_unref(snap);
+        return;
+    }
+    for (size_t i = 0; i < snap->nupstreams; i++) {
+        const qx_upstream_cfg_t *up = qx_snapshot_upstream(snap, i);
+        for (size_t j = 0; j < old->nupstreams; j++) {
+            qx_pool_t *p = w->pools[j];
+            if (p && p->addrlen == up->addrlen && memcmp(&p->addr, &up->addr, up->addrlen) == 0) {
+                pools[i] = p;
+                w->pools[j] = NULL;
+                p->max_idle = snap->cfg->limits.max_idle_connections_per_upstream;
+                break;
+            }
+        }
+        if (pools[i] == NULL &&
+            qx_pool_new(&pools[i], &w->loop, (const struct sockaddr *)&up->addr, up->addrlen,
+                        snap->cfg->limits.max_idle_connections_per_upstream, POOL_IDLE_TIMEOUT_MS,
+                        qx_metrics_upstream(&w->metrics, up->name)) != 0)
+            pools[i] = NULL; /* dispatch answers 502 for a missing pool */
+    }
+    for (size_t j = 0; j < old->nupstreams; j++)
+        qx_pool_del(w->pools[j]);
+    for (size_t r = 0; r < snap->cfg->nroutes; r++)
+        rr[r] = w->id;
+    free(w->pools);
+    free(w->rr);
+    w->pools = pools;
+    w->rr = rr;
+    w->snap = snap;
+    qx_snapshot_unref(old);
+    QX_DEBUG("worker %u: generation %llu adopted", w->id, (unsigned long long)snap->generation);
+}
+
+void qx_worker_notify(qx_worker_t *w)
+{
+    uv_async_send(&w->wakeup);
+}
+
 static void on_wakeup(uv_async_t *h)
 {
     qx_worker_t *w = qx_container_of(h, qx_worker_t, wakeup);
     int cmd = __atomic_load_n(&w->cmd, __ATOMIC_ACQUIRE);
+    if (w->state == QX_W_RUNNING || w->state == QX_W_DRAINING)
+        adopt_snapshot(w);
     if (cmd == QX_W_STOPPED) {
         stop_now(w);
     } else if (cmd == QX_W_DRAINING && w->state == QX_W_RUNNING) {

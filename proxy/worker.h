@@ -16,12 +16,14 @@
 #include <uv.h>
 
 typedef struct qx_tls qx_tls_t;
+typedef struct qx_runtime qx_runtime_t;
 typedef struct qx_quic_ep qx_quic_ep_t;
 typedef struct qx_worker qx_worker_t;
 
 /* Process-wide, read-only after start-up: shared by every worker. */
 typedef struct qx_shared {
     const qx_tls_t *tls;
+    qx_runtime_t *rt;                                  /* the snapshot in force; lifecycle */
     uint8_t static_secret[32];                         /* stateless reset tokens */
     void (*on_worker_exit)(qx_worker_t *w, void *arg); /* called on the worker thread */
     void *arg;
@@ -63,6 +65,14 @@ int qx_worker_start(qx_worker_t *w);
  * in-flight requests up to graceful_shutdown_secs) or to stop now. */
 void qx_worker_drain(qx_worker_t *w);
 void qx_worker_stop(qx_worker_t *w);
+
+/* Thread-safe: tells the worker a new snapshot is in force; it adopts it
+ * between requests (pools of upstreams that stay are kept). */
+void qx_worker_notify(qx_worker_t *w);
+
+/* The pool for an upstream address in the worker's current set, or NULL
+ * when a newer snapshot dropped that upstream. */
+qx_pool_t *qx_worker_pool_find(qx_worker_t *w, const struct sockaddr *addr, socklen_t len);
 
 /* Joins the thread and frees what init built. Accepts a zeroed worker. */
 void qx_worker_free(qx_worker_t *w);

@@ -92,12 +92,12 @@ static void test_request_rows(void **state)
     char up[16];
     snprintf(up, sizeof(up), "%s", "10.0.0.1:80");
 
-    qx_metrics_request(m, QX_M_GET, 200, up, 0.002);
-    qx_metrics_request(m, QX_M_GET, 200, "10.0.0.1:80", 0.003); /* same row, other pointer */
-    qx_metrics_request(m, QX_M_GET, 200, "10.0.0.2:80", 0.002);
-    qx_metrics_request(m, QX_M_POST, 200, "10.0.0.1:80", 0.002);
-    qx_metrics_request(m, QX_M_GET, 502, "10.0.0.1:80", 0.002);
-    qx_metrics_request(m, QX_M_GET, 200, up, 0.002);
+    qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, up, 0.002);
+    qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, "10.0.0.1:80", 0.003); /* same row, other pointer */
+    qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, "10.0.0.2:80", 0.002);
+    qx_metrics_request(m, QX_P_H3, QX_M_POST, 200, "10.0.0.1:80", 0.002);
+    qx_metrics_request(m, QX_P_H3, QX_M_GET, 502, "10.0.0.1:80", 0.002);
+    qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, up, 0.002);
     assert_int_equal(m->nreq, 4);
 
     /* Labels are copies: the caller's buffer may change or go away. */
@@ -150,7 +150,7 @@ static void test_histogram(void **state)
     };
     uint64_t want[QX_HIST_NBUCKETS] = {0};
     for (size_t i = 0; i < QX_ARRAY_LEN(cases); i++) {
-        qx_metrics_request(m, QX_M_GET, 200, "u", cases[i].s);
+        qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, "u", cases[i].s);
         want[cases[i].bucket]++;
     }
     assert_int_equal(m->nhist, 1);
@@ -166,17 +166,17 @@ static void test_histogram(void **state)
     assert_int_equal(total, h->count);
 
     /* One sample each: the bucket of each single value, alone. */
-    qx_metrics_request(m, QX_M_HEAD, 200, "u", 0.0011);
+    qx_metrics_request(m, QX_P_H3, QX_M_HEAD, 200, "u", 0.0011);
     assert_int_equal(m->nhist, 2);
     assert_int_equal(m->hist[1].buckets[1], 1);
     assert_int_equal(m->hist[1].count, 1);
     assert_int_equal(m->hist[1].sum_us, 1100);
 
     /* The sum in microseconds, with values exact in binary. */
-    qx_metrics_request(m, QX_M_PUT, 201, "u", 0.5);
-    qx_metrics_request(m, QX_M_PUT, 201, "u", 0.25);
-    qx_metrics_request(m, QX_M_PUT, 204, "u", 2.0);
-    qx_metrics_request(m, QX_M_PUT, 201, "u", 0.125);
+    qx_metrics_request(m, QX_P_H3, QX_M_PUT, 201, "u", 0.5);
+    qx_metrics_request(m, QX_P_H3, QX_M_PUT, 201, "u", 0.25);
+    qx_metrics_request(m, QX_P_H3, QX_M_PUT, 204, "u", 2.0);
+    qx_metrics_request(m, QX_P_H3, QX_M_PUT, 201, "u", 0.125);
     assert_int_equal(m->nhist, 3);
     h = &m->hist[2];
     assert_int_equal(h->method, QX_M_PUT);
@@ -228,15 +228,15 @@ static void test_capacity(void **state)
     qx_metrics_t *m = *state;
     /* Fill every request row with distinct statuses on one upstream. */
     for (int i = 0; i < QX_METRICS_ROWS; i++)
-        qx_metrics_request(m, QX_M_GET, 100 + i, "u", 0.001);
+        qx_metrics_request(m, QX_P_H3, QX_M_GET, 100 + i, "u", 0.001);
     assert_int_equal(m->nreq, QX_METRICS_ROWS);
     /* Past capacity the table does not grow; the count lands in the last row. */
-    qx_metrics_request(m, QX_M_POST, 999, "v", 0.001);
+    qx_metrics_request(m, QX_P_H3, QX_M_POST, 999, "v", 0.001);
     assert_int_equal(m->nreq, QX_METRICS_ROWS);
     assert_int_equal(m->req[QX_METRICS_ROWS - 1].count, 2);
     assert_int_equal(m->req[0].count, 1);
     /* Existing rows are still found. */
-    qx_metrics_request(m, QX_M_GET, 100, "u", 0.001);
+    qx_metrics_request(m, QX_P_H3, QX_M_GET, 100, "u", 0.001);
     assert_int_equal(m->req[0].count, 2);
 
     /* Upstream rows: never NULL, past capacity the last one is shared. */
@@ -258,7 +258,7 @@ static void test_capacity(void **state)
     for (size_t i = 0; i < nhist + 3; i++) {
         char name[32];
         snprintf(name, sizeof(name), "h-%zu", i);
-        qx_metrics_request(m, QX_M_DELETE, 200, name, 0.001);
+        qx_metrics_request(m, QX_P_H3, QX_M_DELETE, 200, name, 0.001);
     }
     assert_int_equal(m->nhist, nhist);
 }
@@ -266,8 +266,8 @@ static void test_capacity(void **state)
 static void test_free_all(void **state)
 {
     qx_metrics_t *m = *state;
-    qx_metrics_request(m, QX_M_GET, 200, "a", 0.1);
-    qx_metrics_request(m, QX_M_POST, 500, "b", 0.2);
+    qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, "a", 0.1);
+    qx_metrics_request(m, QX_P_H3, QX_M_POST, 500, "b", 0.2);
     qx_metrics_upstream(m, "a");
     qx_metrics_upstream(m, "c");
     m->bytes_in = 7;
@@ -284,7 +284,7 @@ static void test_free_all(void **state)
     assert_int_equal(m->hist[0].count, 0);
 
     /* The table is usable again, and free accepts NULL and a second call. */
-    qx_metrics_request(m, QX_M_GET, 200, "a", 0.1);
+    qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, "a", 0.1);
     assert_int_equal(m->nreq, 1);
     assert_int_equal(m->req[0].count, 1);
     qx_metrics_free(m);
@@ -298,13 +298,13 @@ static void test_free_no_upstream(void **state)
 {
     qx_metrics_t *m = *state;
     /* A request answered before an upstream was picked (421, 413, ...). */
-    qx_metrics_request(m, QX_M_GET, 421, NULL, 0.001);
-    qx_metrics_request(m, QX_M_GET, 421, NULL, 0.001);
+    qx_metrics_request(m, QX_P_H3, QX_M_GET, 421, NULL, 0.001);
+    qx_metrics_request(m, QX_P_H3, QX_M_GET, 421, NULL, 0.001);
     assert_int_equal(m->nreq, 1);
     assert_string_equal(m->req[0].upstream, "");
     assert_int_equal(m->req[0].count, 2);
     /* "" and NULL are the same label. */
-    qx_metrics_request(m, QX_M_GET, 421, "", 0.001);
+    qx_metrics_request(m, QX_P_H3, QX_M_GET, 421, "", 0.001);
     assert_int_equal(m->nreq, 1);
     assert_int_equal(m->req[0].count, 3);
     qx_metrics_up_row_t *u = qx_metrics_upstream(m, NULL);

@@ -1,0 +1,28 @@
+/*
+ * admin.h - the embedded admin server (libmicrohttpd, its own thread):
+ * Kubernetes probes, Prometheus metrics, the JSON route API, /config and
+ * /drain. It reads the runtime (lifecycle, snapshot, workers' counters)
+ * and never blocks a worker; a worker never waits for it.
+ */
+#ifndef QX_ADMIN_H
+#define QX_ADMIN_H
+
+#include "runtime.h"
+
+#include <stddef.h>
+
+typedef struct qx_admin qx_admin_t;
+
+/*
+ * Starts the server described by the config in force (its `admin`
+ * section). With no admin section, *out is NULL and 0 is returned. Reads
+ * the token file when configured. Returns 0, QX_ERR_CONFIG (token file
+ * unreadable or empty: message names admin.token_file), or QX_ERR_IO (bind
+ * failed: message names admin.listen).
+ */
+int qx_admin_start(qx_admin_t **out, qx_runtime_t *rt, char *err, size_t errlen);
+
+/* Stops the server and joins its thread. Accepts NULL. */
+void qx_admin_stop(qx_admin_t *a);
+
+#endif

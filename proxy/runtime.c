@@ -1,0 +1,148 @@
+/* runtime.c - process-wide state and snapshot publication (see runtime.h). */
+#include "runtime.h"
+
+#include "log.h"
+#include "qx.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+
+int qx_runtime_init(qx_runtime_t *rt, qx_snapshot_t *snap)
+{
+    struct timeval tv;
+    memset(rt, 0, sizeof(*rt));
+    if (pthread_mutex_init(&rt->lock, NULL) != 0)
+        return QX_ERR_NOMEM;
+    rt->snap = snap;
+    rt->source = QX_SRC_FILE;
+    gettimeofday(&tv, NULL);
+    rt->start_time = (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+    return 0;
+}
+
+void qx_runtime_free(qx_runtime_t *rt)
+{
+    qx_snapshot_unref(rt->snap);
+    rt->snap = NULL;
+    pthread_mutex_destroy(&rt->lock);
+}
+
+qx_snapshot_t *qx_runtime_snapshot(qx_runtime_t *rt)
+{
+    pthread_mutex_lock(&rt->lock);
+    qx_snapshot_t *s = qx_snapshot_ref(rt->snap);
+    pthread_mutex_unlock(&rt->lock);
+    return s;
+}
+
+uint64_t qx_runtime_generation(qx_runtime_t *rt)
+{
+    pthread_mutex_lock(&rt->lock);
+    uint64_t g = rt->snap->generation;
+    pthread_mutex_unlock(&rt->lock);
+    return g;
+}
+
+static int str_eq(const char *a, const char *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    return strcmp(a, b) == 0;
+}
+
+/* Fields a running process cannot change: they are bound or loaded once. */
+static const char *restart_field(const qx_config_t *old, const qx_config_t *cfg)
+{
+    if (!str_eq(old->listen, cfg->listen))
+        return "server.listen";
+    if (old->workers != cfg->workers)
+        return "server.workers";
+    if (!str_eq(old->cert, cfg->cert))
+        return "server.cert";
+    if (!str_eq(old->key, cfg->key))
+        return "server.key";
+    return NULL;
+}
+
+static void count(qx_runtime_t *rt, int source, int result)
+{
+    __atomic_add_fetch(&rt->reloads[source][result], 1, __ATOMIC_RELAXED);
+}
+
+int qx_runtime_publish(qx_runtime_t *rt, qx_config_t *cfg, int source, uint64_t if_match,
+                       uint64_t *gen, char *err, size_t errlen)
+{
+    qx_snapshot_t *snap = NULL;
+
+    pthread_mutex_lock(&rt->lock);
+    qx_snapshot_t *old = rt->snap;
+    if (if_match != 0 && if_match != old->generation) {
+        snprintf(err, errlen, "generation %llu is not the current one (%llu)",
+                 (unsigned long long)if_match, (unsigned long long)old->generation);
+        pthread_mutex_unlock(&rt->lock);
+        qx_config_del(cfg);
+        return QX_ERR_STALE;
+    }
+    const char *field = restart_field(old->cfg, cfg);
+    if (field) {
+        snprintf(err, errlen, "%s: changing it needs a restart; the running config is kept", field);
+        snprintf(rt->last_error, sizeof(rt->last_error), "%s", err);
+        pthread_mutex_unlock(&rt->lock);
+        qx_config_del(cfg);
+        count(rt, source, QX_RELOAD_RESTART);
+        return QX_ERR_CONFIG;
+    }
+    int rv = qx_snapshot_new(&snap, cfg, old->generation + 1);
+    if (rv != 0) {
+        pthread_mutex_unlock(&rt->lock);
+        snprintf(err, errlen, "out of memory");
+        count(rt, source, QX_RELOAD_ERROR);
+        return rv;
+    }
+    rt->snap = snap;
+    rt->source = source;
+    rt->last_error[0] = '\0';
+    *gen = snap->generation;
+    pthread_mutex_unlock(&rt->lock);
+
+    count(rt, source, QX_RELOAD_OK);
+    QX_INFO("config: generation %llu in force (%zu routes, from %s)",
+            (unsigned long long)snap->generation, snap->cfg->nroutes,
+            source == QX_SRC_API ? "api" : "file");
+    for (unsigned i = 0; i < rt->nworkers; i++)
+        qx_worker_notify(&rt->workers[i]);
+    qx_snapshot_unref(old); /* workers and requests hold their own references */
+    return 0;
+}
+
+void qx_runtime_reject(qx_runtime_t *rt, int source, const char *err)
+{
+    pthread_mutex_lock(&rt->lock);
+    snprintf(rt->last_error, sizeof(rt->last_error), "%s", err);
+    pthread_mutex_unlock(&rt->lock);
+    count(rt, source, QX_RELOAD_ERROR);
+}
+
+qx_lifecycle_t qx_runtime_lifecycle(qx_runtime_t *rt)
+{
+    return (qx_lifecycle_t)__atomic_load_n(&rt->lifecycle, __ATOMIC_ACQUIRE);
+}
+
+/* The lifecycle only moves forward (STARTING -> LIVE -> DRAINING ->
+ * STOPPED); a late or repeated move is ignored. */
+void qx_runtime_set_lifecycle(qx_runtime_t *rt, qx_lifecycle_t lc)
+{
+    int cur = __atomic_load_n(&rt->lifecycle, __ATOMIC_ACQUIRE);
+    while ((int)lc > cur) {
+        if (__atomic_compare_exchange_n(&rt->lifecycle, &cur, (int)lc, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            break;
+    }
+}
+
+void qx_runtime_drain(qx_runtime_t *rt)
+{
+    if (rt->drain_async)
+        uv_async_send(rt->drain_async);
+}
