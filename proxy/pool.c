@@ -9,12 +9,17 @@
 #include <string.h>
 #include <sys/socket.h>
 
+/* The row may be shared by several pools of the worker (two routes naming
+ * one upstream, or an old and a new snapshot's pool): each pool adds what
+ * changed since it last published, and takes its share out when deleted. */
 static void gauges(qx_pool_t *p)
 {
     if (p->row == NULL)
         return;
-    __atomic_store_n(&p->row->pool_idle, (uint64_t)p->nidle, __ATOMIC_RELAXED);
-    __atomic_store_n(&p->row->pool_busy, (uint64_t)p->nbusy, __ATOMIC_RELAXED);
+    qx_cnt_add(&p->row->pool_idle, (uint64_t)p->nidle - p->pub_idle);
+    qx_cnt_add(&p->row->pool_busy, (uint64_t)p->nbusy - p->pub_busy);
+    p->pub_idle = p->nidle;
+    p->pub_busy = p->nbusy;
 }
 
 int qx_pool_new(qx_pool_t **out, uv_loop_t *loop, const struct sockaddr *addr, socklen_t addrlen,
@@ -116,6 +121,8 @@ void qx_pool_del(qx_pool_t *p)
         return;
     while (p->idle_head)
         upconn_close(p->idle_head);
+    p->nidle = p->nbusy = 0;
+    gauges(p);
     /* Busy connections are detached; their users release (close) them
      * later without touching the pool. */
     while (p->busy_head) {
