@@ -55,7 +55,7 @@ static void on_tick(uv_timer_t *t)
 {
     qx_worker_t *w = qx_container_of(t, qx_worker_t, tick);
     uint64_t now = uv_now(&w->loop);
-    __atomic_store_n(&w->last_tick_ms, now, __ATOMIC_RELAXED);
+    __atomic_store_n(&w->last_tick_ms, uv_hrtime() / 1000000, __ATOMIC_RELAXED);
     for (size_t i = 0; i < w->snap->nupstreams; i++) {
         if (w->pools[i])
             qx_pool_sweep(w->pools[i], now);
@@ -72,7 +72,7 @@ static void thread_main(void *arg)
     } else {
         uv_timer_start(&w->tick, on_tick, TICK_MS, TICK_MS);
         w->state = QX_W_RUNNING;
-        __atomic_store_n(&w->last_tick_ms, uv_now(&w->loop), __ATOMIC_RELAXED);
+        __atomic_store_n(&w->last_tick_ms, uv_hrtime() / 1000000, __ATOMIC_RELAXED);
         __atomic_add_fetch(&w->shared->rt->workers_running, 1, __ATOMIC_ACQ_REL);
         /* A drain requested before the loop ran is picked up here. */
         on_wakeup(&w->wakeup);

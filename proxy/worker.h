@@ -46,7 +46,7 @@ struct qx_worker {
     qx_quic_ep_t *quic;
     uv_timer_t tick;       /* pool sweep, liveness tick, drain checks */
     uv_timer_t grace;      /* graceful_shutdown_secs deadline */
-    uint64_t last_tick_ms; /* atomic; read by the admin thread (livez) */
+    uint64_t last_tick_ms; /* atomic, uv_hrtime() in ms; read by the admin thread (livez) */
     unsigned nexchanges;   /* requests in flight */
     int exit_code;
 };
