@@ -1,0 +1,775 @@
+/*
+ * h3probe.c - a raw HTTP/3 client for the e2e tests.
+ *
+ * Real clients refuse to build a malformed request, so they cannot test that
+ * qrux rejects one (RFC 9114 §4.1.2). h3probe sends the fields given with -H
+ * exactly as written, in order, pseudo-headers included: nothing is added,
+ * lowercased or validated. Optionally it sends a valid GET on the same
+ * connection once the first stream has closed, to show the connection
+ * survived. What comes back is printed one event per line on stdout:
+ *
+ *   request N                 a request is being sent (1, then 2 for --also-get)
+ *   status 200                a :status field arrived (interim ones too)
+ *   header name: value        each other response field; trailer name: value
+ *   body-sha256 HEX LEN       the response body, at the end of a response
+ *   stream-reset 0xC          the server reset the stream (RESET_STREAM)
+ *   stop-sending 0xC          the server sent STOP_SENDING
+ *   stream-close 0xC          the stream closed (0x100 = H3_NO_ERROR)
+ *   conn-close 0xC KIND       the server closed the connection (app|transport)
+ *   timeout                   --timeout ran out first
+ *
+ * Exit 0 when every request got an outcome, 1 on timeout or network failure,
+ * 2 on a usage error. It is a test tool: the certificate is not verified.
+ */
+#include <ngtcp2/ngtcp2.h>
+#include <ngtcp2/ngtcp2_crypto.h>
+#include <ngtcp2/ngtcp2_crypto_gnutls.h>
+
+#include <nghttp3/nghttp3.h>
+
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_FIELDS 128
+#define MAX_BODY (64 * 1024 * 1024)
+#define PKT_SIZE 1452
+
+typedef struct {
+    int index;            /* 1: the request as given; 2: the --also-get */
+    int64_t stream_id;    /* -1 until opened */
+    int got_status;       /* a :status arrived */
+    int outcome;          /* reset, stop-sending or close seen */
+    int closed;           /* nghttp3 or ngtcp2 closed the stream */
+    gnutls_hash_hd_t sha; /* over the response body */
+    uint64_t body_len;
+} req_t;
+
+typedef struct {
+    /* command line */
+    const char *host, *port, *sni, *also_get;
+    FILE *out; /* -o: request 1's response body goes here */
+    nghttp3_nv fields[MAX_FIELDS];
+    size_t nfields;
+    uint8_t *body; /* NULL: no body, the request ends with HEADERS */
+    size_t body_len;
+    uint8_t *body_buf; /* what -d allocated (--body points into argv) */
+    int timeout_secs;
+    char authority[512]; /* for --also-get: the request's own, or SNI:PORT */
+
+    /* connection */
+    int fd;
+    struct sockaddr_storage local, remote;
+    socklen_t local_len, remote_len;
+    gnutls_certificate_credentials_t cred;
+    gnutls_session_t tls;
+    ngtcp2_crypto_conn_ref conn_ref;
+    ngtcp2_conn *conn;
+    nghttp3_conn *h3;
+    ngtcp2_connection_close_error ccerr; /* what we send when we close */
+    int want_next; /* set in a callback, acted on outside (never nest calls) */
+    int done;      /* every request has an outcome */
+    req_t req[2];
+    int nreq;
+} probe_t;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * NGTCP2_SECONDS + (uint64_t)ts.tv_nsec;
+}
+
+static req_t *req_of(probe_t *p, int64_t stream_id)
+{
+    for (int i = 0; i < p->nreq; i++)
+        if (p->req[i].stream_id == stream_id)
+            return &p->req[i];
+    return NULL;
+}
+
+/* ---- request and response (nghttp3) --------------------------------------- */
+
+static nghttp3_ssize read_body(nghttp3_conn *conn, int64_t stream_id, nghttp3_vec *vec,
+                               size_t veccnt, uint32_t *pflags, void *user_data,
+                               void *stream_user_data)
+{
+    probe_t *p = user_data;
+    /* The whole body in one go: it lives as long as the process, which
+     * nghttp3 needs (it keeps pointing at it until the bytes are acked). */
+    *pflags |= NGHTTP3_DATA_FLAG_EOF;
+    if (p->body_len == 0)
+        return 0;
+    vec[0].base = p->body;
+    vec[0].len = p->body_len;
+    return 1;
+}
+
+static void finish_req(probe_t *p, req_t *r, uint64_t code)
+{
+    uint8_t digest[32];
+    if (r->closed)
+        return;
+    r->closed = 1;
+    if (r->got_status) {
+        gnutls_hash_output(r->sha, digest);
+        printf("body-sha256 ");
+        for (size_t i = 0; i < sizeof(digest); i++)
+            printf("%02x", digest[i]);
+        printf(" %" PRIu64 "\n", r->body_len);
+    }
+    printf("stream-close 0x%" PRIx64 "\n", code);
+    if (r->index == 1 && p->also_get)
+        p->want_next = 1;
+    else
+        p->done = 1;
+}
+
+static int h3_stream_close(nghttp3_conn *conn, int64_t stream_id, uint64_t app_error_code,
+                           void *user_data, void *stream_user_data)
+{
+    probe_t *p = user_data;
+    req_t *r = req_of(p, stream_id);
+    if (r)
+        finish_req(p, r, app_error_code);
+    return 0;
+}
+
+static void consumed(probe_t *p, int64_t stream_id, size_t n)
+{
+    ngtcp2_conn_extend_max_stream_offset(p->conn, stream_id, n);
+    ngtcp2_conn_extend_max_offset(p->conn, n);
+}
+
+static int h3_recv_data(nghttp3_conn *conn, int64_t stream_id, const uint8_t *data, size_t len,
+                        void *user_data, void *stream_user_data)
+{
+    probe_t *p = user_data;
+    req_t *r = req_of(p, stream_id);
+    if (r) {
+        gnutls_hash(r->sha, data, len);
+        r->body_len += len;
+        if (r->index == 1 && p->out && fwrite(data, 1, len, p->out) != len)
+            return NGHTTP3_ERR_CALLBACK_FAILURE;
+    }
+    consumed(p, stream_id, len);
+    return 0;
+}
+
+static int h3_deferred_consume(nghttp3_conn *conn, int64_t stream_id, size_t n, void *user_data,
+                               void *stream_user_data)
+{
+    consumed(user_data, stream_id, n);
+    return 0;
+}
+
+static void print_field(const char *kind, nghttp3_rcbuf *name, nghttp3_rcbuf *value)
+{
+    nghttp3_vec n = nghttp3_rcbuf_get_buf(name), v = nghttp3_rcbuf_get_buf(value);
+    printf("%s %.*s: %.*s\n", kind, (int)n.len, (const char *)n.base, (int)v.len,
+           (const char *)v.base);
+}
+
+static int h3_recv_header(nghttp3_conn *conn, int64_t stream_id, int32_t token, nghttp3_rcbuf *name,
+                          nghttp3_rcbuf *value, uint8_t flags, void *user_data,
+                          void *stream_user_data)
+{
+    req_t *r = req_of(user_data, stream_id);
+    if (token == NGHTTP3_QPACK_TOKEN__STATUS) {
+        nghttp3_vec v = nghttp3_rcbuf_get_buf(value);
+        printf("status %.*s\n", (int)v.len, (const char *)v.base);
+        if (r)
+            r->got_status = 1;
+        return 0;
+    }
+    print_field("header", name, value);
+    return 0;
+}
+
+static int h3_recv_trailer(nghttp3_conn *conn, int64_t stream_id, int32_t token,
+                           nghttp3_rcbuf *name, nghttp3_rcbuf *value, uint8_t flags,
+                           void *user_data, void *stream_user_data)
+{
+    print_field("trailer", name, value);
+    return 0;
+}
+
+static int h3_stop_sending(nghttp3_conn *conn, int64_t stream_id, uint64_t app_error_code,
+                           void *user_data, void *stream_user_data)
+{
+    probe_t *p = user_data;
+    return ngtcp2_conn_shutdown_stream_read(p->conn, stream_id, app_error_code) == 0
+               ? 0
+               : NGHTTP3_ERR_CALLBACK_FAILURE;
+}
+
+static int h3_reset_stream(nghttp3_conn *conn, int64_t stream_id, uint64_t app_error_code,
+                           void *user_data, void *stream_user_data)
+{
+    probe_t *p = user_data;
+    return ngtcp2_conn_shutdown_stream_write(p->conn, stream_id, app_error_code) == 0
+               ? 0
+               : NGHTTP3_ERR_CALLBACK_FAILURE;
+}
+
+static int submit(probe_t *p, const nghttp3_nv *nva, size_t n, int with_body)
+{
+    static const nghttp3_data_reader dr = {read_body};
+    req_t *r = &p->req[p->nreq];
+    int rv = ngtcp2_conn_open_bidi_stream(p->conn, &r->stream_id, NULL);
+    if (rv != 0) {
+        fprintf(stderr, "h3probe: open_bidi_stream: %s\n", ngtcp2_strerror(rv));
+        return -1;
+    }
+    r->index = ++p->nreq;
+    if (gnutls_hash_init(&r->sha, GNUTLS_DIG_SHA256) != 0)
+        return -1;
+    printf("request %d\n", r->index);
+    rv = nghttp3_conn_submit_request(p->h3, r->stream_id, nva, n, with_body ? &dr : NULL, NULL);
+    if (rv != 0) {
+        fprintf(stderr, "h3probe: submit_request: %s\n", nghttp3_strerror(rv));
+        return -1;
+    }
+    return 0;
+}
+
+/* A field that goes out byte for byte: nghttp3 lowercases the names it
+ * copies, so it must not copy them. Every name and value we send lives as
+ * long as the process (argv, literals, the probe). */
+static nghttp3_nv nv_of(const char *name, const char *value)
+{
+    return (nghttp3_nv){(uint8_t *)name, (uint8_t *)value, strlen(name), strlen(value),
+                        NGHTTP3_NV_FLAG_NO_COPY_NAME | NGHTTP3_NV_FLAG_NO_COPY_VALUE};
+}
+
+static int submit_also_get(probe_t *p)
+{
+    nghttp3_nv nva[] = {nv_of(":method", "GET"), nv_of(":scheme", "https"),
+                        nv_of(":authority", p->authority), nv_of(":path", p->also_get)};
+    return submit(p, nva, sizeof(nva) / sizeof(nva[0]), 0);
+}
+
+static int h3_setup(probe_t *p)
+{
+    nghttp3_callbacks cb = {
+        .stream_close = h3_stream_close,
+        .recv_data = h3_recv_data,
+        .deferred_consume = h3_deferred_consume,
+        .recv_header = h3_recv_header,
+        .recv_trailer = h3_recv_trailer,
+        .stop_sending = h3_stop_sending,
+        .reset_stream = h3_reset_stream,
+    };
+    nghttp3_settings settings;
+    int64_t ctrl, qenc, qdec;
+
+    nghttp3_settings_default(&settings);
+    settings.qpack_max_dtable_capacity = 4096;
+    settings.qpack_blocked_streams = 16;
+    if (nghttp3_conn_client_new(&p->h3, &cb, &settings, nghttp3_mem_default(), p) != 0)
+        return -1;
+    if (ngtcp2_conn_open_uni_stream(p->conn, &ctrl, NULL) != 0 ||
+        ngtcp2_conn_open_uni_stream(p->conn, &qenc, NULL) != 0 ||
+        ngtcp2_conn_open_uni_stream(p->conn, &qdec, NULL) != 0) {
+        fprintf(stderr, "h3probe: the server allows fewer than 3 uni streams\n");
+        return -1;
+    }
+    if (nghttp3_conn_bind_control_stream(p->h3, ctrl) != 0 ||
+        nghttp3_conn_bind_qpack_streams(p->h3, qenc, qdec) != 0)
+        return -1;
+    return submit(p, p->fields, p->nfields, p->body != NULL);
+}
+
+/* ---- QUIC (ngtcp2) callbacks ---------------------------------------------- */
+
+static void rand_cb(uint8_t *dest, size_t len, const ngtcp2_rand_ctx *ctx)
+{
+    gnutls_rnd(GNUTLS_RND_RANDOM, dest, len);
+}
+
+static int new_cid_cb(ngtcp2_conn *conn, ngtcp2_cid *cid, uint8_t *token, size_t cidlen,
+                      void *user_data)
+{
+    if (gnutls_rnd(GNUTLS_RND_RANDOM, cid->data, cidlen) != 0 ||
+        gnutls_rnd(GNUTLS_RND_RANDOM, token, NGTCP2_STATELESS_RESET_TOKENLEN) != 0)
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    cid->datalen = cidlen;
+    return 0;
+}
+
+static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
+{
+    return h3_setup(user_data) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
+}
+
+static int recv_stream_data_cb(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
+                               uint64_t offset, const uint8_t *data, size_t len, void *user_data,
+                               void *stream_user_data)
+{
+    probe_t *p = user_data;
+    nghttp3_ssize n =
+        nghttp3_conn_read_stream(p->h3, stream_id, data, len, flags & NGTCP2_STREAM_DATA_FLAG_FIN);
+    if (n < 0) {
+        fprintf(stderr, "h3probe: read_stream: %s\n", nghttp3_strerror((int)n));
+        ngtcp2_connection_close_error_set_application_error(
+            &p->ccerr, nghttp3_err_infer_quic_app_error_code((int)n), NULL, 0);
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    }
+    ngtcp2_conn_extend_max_stream_offset(conn, stream_id, (uint64_t)n);
+    ngtcp2_conn_extend_max_offset(conn, (uint64_t)n);
+    return 0;
+}
+
+static int acked_cb(ngtcp2_conn *conn, int64_t stream_id, uint64_t offset, uint64_t len,
+                    void *user_data, void *stream_user_data)
+{
+    probe_t *p = user_data;
+    return nghttp3_conn_add_ack_offset(p->h3, stream_id, len) == 0 ? 0
+                                                                   : NGTCP2_ERR_CALLBACK_FAILURE;
+}
+
+static int stream_close_cb(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id, uint64_t code,
+                           void *user_data, void *stream_user_data)
+{
+    probe_t *p = user_data;
+    if (!(flags & NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET))
+        code = NGHTTP3_H3_NO_ERROR;
+    int rv = p->h3 ? nghttp3_conn_close_stream(p->h3, stream_id, code) : 0;
+    if (rv == NGHTTP3_ERR_STREAM_NOT_FOUND) {
+        /* nghttp3 never saw a byte of it; still an outcome for our request. */
+        req_t *r = req_of(p, stream_id);
+        if (r)
+            finish_req(p, r, code);
+        if (!ngtcp2_is_bidi_stream(stream_id))
+            ngtcp2_conn_extend_max_streams_uni(conn, 1);
+        return 0;
+    }
+    return rv == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
+}
+
+static int stream_reset_cb(ngtcp2_conn *conn, int64_t stream_id, uint64_t final_size, uint64_t code,
+                           void *user_data, void *stream_user_data)
+{
+    probe_t *p = user_data;
+    if (req_of(p, stream_id))
+        printf("stream-reset 0x%" PRIx64 "\n", code);
+    return nghttp3_conn_shutdown_stream_read(p->h3, stream_id) == 0 ? 0
+                                                                    : NGTCP2_ERR_CALLBACK_FAILURE;
+}
+
+static int stop_sending_cb(ngtcp2_conn *conn, int64_t stream_id, uint64_t code, void *user_data,
+                           void *stream_user_data)
+{
+    probe_t *p = user_data;
+    if (req_of(p, stream_id))
+        printf("stop-sending 0x%" PRIx64 "\n", code);
+    /* ngtcp2 answers with RESET_STREAM itself; nghttp3 must stop writing. */
+    nghttp3_conn_shutdown_stream_write(p->h3, stream_id);
+    return 0;
+}
+
+static int extend_max_stream_data_cb(ngtcp2_conn *conn, int64_t stream_id, uint64_t max_data,
+                                     void *user_data, void *stream_user_data)
+{
+    probe_t *p = user_data;
+    return nghttp3_conn_unblock_stream(p->h3, stream_id) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
+}
+
+static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
+{
+    return ((probe_t *)ref->user_data)->conn;
+}
+
+/* ---- set-up ---------------------------------------------------------------- */
+
+static int tls_setup(probe_t *p, const char *sni)
+{
+    static const char prio[] = "%DISABLE_TLS13_COMPAT_MODE:NORMAL:-VERS-ALL:+VERS-TLS1.3";
+    gnutls_datum_t alpn = {(unsigned char *)"h3", 2};
+
+    if (gnutls_certificate_allocate_credentials(&p->cred) != 0 ||
+        gnutls_init(&p->tls, GNUTLS_CLIENT) != 0 ||
+        gnutls_priority_set_direct(p->tls, prio, NULL) != 0 ||
+        ngtcp2_crypto_gnutls_configure_client_session(p->tls) != 0 ||
+        gnutls_credentials_set(p->tls, GNUTLS_CRD_CERTIFICATE, p->cred) != 0 ||
+        gnutls_alpn_set_protocols(p->tls, &alpn, 1, GNUTLS_ALPN_MANDATORY) != 0 ||
+        gnutls_server_name_set(p->tls, GNUTLS_NAME_DNS, sni, strlen(sni)) != 0)
+        return -1;
+    /* No certificate check: nothing asks gnutls to verify the peer. */
+    p->conn_ref.get_conn = get_conn;
+    p->conn_ref.user_data = p;
+    gnutls_session_set_ptr(p->tls, &p->conn_ref);
+    return 0;
+}
+
+static int quic_setup(probe_t *p)
+{
+    static const ngtcp2_callbacks cb = {
+        .client_initial = ngtcp2_crypto_client_initial_cb,
+        .recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb,
+        .handshake_completed = handshake_completed_cb,
+        .encrypt = ngtcp2_crypto_encrypt_cb,
+        .decrypt = ngtcp2_crypto_decrypt_cb,
+        .hp_mask = ngtcp2_crypto_hp_mask_cb,
+        .recv_stream_data = recv_stream_data_cb,
+        .acked_stream_data_offset = acked_cb,
+        .stream_close = stream_close_cb,
+        .recv_retry = ngtcp2_crypto_recv_retry_cb,
+        .rand = rand_cb,
+        .get_new_connection_id = new_cid_cb,
+        .update_key = ngtcp2_crypto_update_key_cb,
+        .stream_reset = stream_reset_cb,
+        .extend_max_stream_data = extend_max_stream_data_cb,
+        .delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb,
+        .delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb,
+        .get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb,
+        .stream_stop_sending = stop_sending_cb,
+        .version_negotiation = ngtcp2_crypto_version_negotiation_cb,
+    };
+    ngtcp2_path path = {{(struct sockaddr *)&p->local, p->local_len},
+                        {(struct sockaddr *)&p->remote, p->remote_len},
+                        NULL};
+    ngtcp2_cid dcid = {.datalen = 18}, scid = {.datalen = 16};
+    ngtcp2_settings settings;
+    ngtcp2_transport_params params;
+
+    rand_cb(dcid.data, dcid.datalen, NULL);
+    rand_cb(scid.data, scid.datalen, NULL);
+    ngtcp2_settings_default(&settings);
+    settings.initial_ts = now_ns();
+    settings.max_tx_udp_payload_size = PKT_SIZE;
+    ngtcp2_transport_params_default(&params);
+    params.initial_max_stream_data_bidi_local = 1024 * 1024;
+    params.initial_max_stream_data_uni = 256 * 1024;
+    params.initial_max_data = 16 * 1024 * 1024;
+    params.initial_max_streams_uni = 3;
+    params.max_idle_timeout = 30 * NGTCP2_SECONDS;
+    int rv = ngtcp2_conn_client_new(&p->conn, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1, &cb,
+                                    &settings, &params, NULL, p);
+    if (rv != 0) {
+        fprintf(stderr, "h3probe: ngtcp2_conn_client_new: %s\n", ngtcp2_strerror(rv));
+        return -1;
+    }
+    ngtcp2_conn_set_tls_native_handle(p->conn, p->tls);
+    return 0;
+}
+
+static int sock_setup(probe_t *p)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_DGRAM}, *res;
+    int rv = getaddrinfo(p->host, p->port, &hints, &res);
+    if (rv != 0) {
+        fprintf(stderr, "h3probe: %s: %s\n", p->host, gai_strerror(rv));
+        return -1;
+    }
+    p->fd = socket(res->ai_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (p->fd != -1 && connect(p->fd, res->ai_addr, res->ai_addrlen) == -1) {
+        close(p->fd);
+        p->fd = -1;
+    }
+    if (p->fd != -1) {
+        memcpy(&p->remote, res->ai_addr, res->ai_addrlen);
+        p->remote_len = res->ai_addrlen;
+        p->local_len = sizeof(p->local);
+        if (getsockname(p->fd, (struct sockaddr *)&p->local, &p->local_len) == -1) {
+            close(p->fd);
+            p->fd = -1;
+        }
+    }
+    freeaddrinfo(res);
+    if (p->fd == -1)
+        perror("h3probe: socket");
+    return p->fd == -1 ? -1 : 0;
+}
+
+/* ---- I/O loop --------------------------------------------------------------- */
+
+/* Sends everything ngtcp2 and nghttp3 have to send. */
+static int flush(probe_t *p)
+{
+    uint8_t buf[PKT_SIZE];
+    nghttp3_vec vec[16];
+    ngtcp2_path_storage ps;
+    ngtcp2_pkt_info pi;
+
+    ngtcp2_path_storage_zero(&ps);
+    for (;;) {
+        int64_t sid = -1;
+        int fin = 0;
+        nghttp3_ssize nvec = 0;
+        if (p->h3 && ngtcp2_conn_get_max_data_left(p->conn)) {
+            nvec = nghttp3_conn_writev_stream(p->h3, &sid, &fin, vec, 16);
+            if (nvec < 0) {
+                fprintf(stderr, "h3probe: writev_stream: %s\n", nghttp3_strerror((int)nvec));
+                return -1;
+            }
+        }
+        uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_MORE | (fin ? NGTCP2_WRITE_STREAM_FLAG_FIN : 0);
+        ngtcp2_ssize ndata = -1;
+        ngtcp2_ssize n =
+            ngtcp2_conn_writev_stream(p->conn, &ps.path, &pi, buf, sizeof(buf), &ndata, flags, sid,
+                                      (const ngtcp2_vec *)vec, (size_t)nvec, now_ns());
+        if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
+            nghttp3_conn_block_stream(p->h3, sid);
+            continue;
+        }
+        if (n == NGTCP2_ERR_STREAM_SHUT_WR) {
+            nghttp3_conn_shutdown_stream_write(p->h3, sid);
+            continue;
+        }
+        if (ndata >= 0 && nghttp3_conn_add_write_offset(p->h3, sid, (size_t)ndata) != 0)
+            return -1;
+        if (n == NGTCP2_ERR_WRITE_MORE)
+            continue;
+        if (n < 0) {
+            fprintf(stderr, "h3probe: writev_stream: %s\n", ngtcp2_strerror((int)n));
+            return -1;
+        }
+        if (n == 0)
+            return 0;
+        if (send(p->fd, buf, (size_t)n, 0) == -1 && errno != EAGAIN) {
+            perror("h3probe: send");
+            return -1;
+        }
+    }
+}
+
+/* Reads every datagram waiting. Returns 0, 1 when the server closed the
+ * connection, -1 on failure. */
+static int drain(probe_t *p)
+{
+    uint8_t buf[65536];
+    ngtcp2_path path = {{(struct sockaddr *)&p->local, p->local_len},
+                        {(struct sockaddr *)&p->remote, p->remote_len},
+                        NULL};
+    ngtcp2_pkt_info pi = {0};
+
+    for (;;) {
+        ssize_t n = recv(p->fd, buf, sizeof(buf), 0);
+        if (n == -1) {
+            if (errno == EAGAIN || errno == EINTR)
+                return 0;
+            perror("h3probe: recv"); /* ECONNREFUSED: nobody listens */
+            return -1;
+        }
+        int rv = ngtcp2_conn_read_pkt(p->conn, &path, &pi, buf, (size_t)n, now_ns());
+        if (rv == NGTCP2_ERR_DRAINING) {
+            ngtcp2_connection_close_error cc;
+            ngtcp2_conn_get_connection_close_error(p->conn, &cc);
+            printf("conn-close 0x%" PRIx64 " %s\n", cc.error_code,
+                   cc.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION ? "app"
+                                                                                  : "transport");
+            return 1;
+        }
+        if (rv != 0) {
+            fprintf(stderr, "h3probe: read_pkt: %s\n", ngtcp2_strerror(rv));
+            /* Keep an H3 error a callback chose; else say what ngtcp2 saw. */
+            if (p->ccerr.error_code == NGHTTP3_H3_NO_ERROR)
+                ngtcp2_connection_close_error_set_transport_error_liberr(&p->ccerr, rv, NULL, 0);
+            return -1;
+        }
+    }
+}
+
+static void send_close(probe_t *p)
+{
+    uint8_t buf[PKT_SIZE];
+    ngtcp2_path_storage ps;
+    ngtcp2_pkt_info pi;
+
+    if (ngtcp2_conn_is_in_closing_period(p->conn) || ngtcp2_conn_is_in_draining_period(p->conn))
+        return;
+    ngtcp2_path_storage_zero(&ps);
+    ngtcp2_ssize n = ngtcp2_conn_write_connection_close(p->conn, &ps.path, &pi, buf, sizeof(buf),
+                                                        &p->ccerr, now_ns());
+    if (n > 0 && send(p->fd, buf, (size_t)n, 0) == -1)
+        perror("h3probe: send");
+}
+
+/* Runs until every request has an outcome. Returns the exit code. */
+static int run(probe_t *p)
+{
+    uint64_t deadline = now_ns() + (uint64_t)p->timeout_secs * NGTCP2_SECONDS;
+
+    if (flush(p) != 0)
+        return 1;
+    while (!p->done) {
+        uint64_t now = now_ns(), expiry = ngtcp2_conn_get_expiry(p->conn);
+        if (now >= deadline) {
+            printf("timeout\n");
+            send_close(p);
+            return 1;
+        }
+        uint64_t until = expiry < deadline ? expiry : deadline;
+        int ms = until <= now ? 0 : (int)((until - now + 999999) / 1000000);
+        struct pollfd pfd = {.fd = p->fd, .events = POLLIN};
+        if (poll(&pfd, 1, ms) == -1 && errno != EINTR) {
+            perror("h3probe: poll");
+            return 1;
+        }
+        int rv = pfd.revents ? drain(p) : 0;
+        if (rv == 1) /* closed by the server: an outcome if a request was sent */
+            return p->nreq > 0 ? 0 : 1;
+        if (rv < 0) {
+            send_close(p);
+            return 1;
+        }
+        if (now_ns() >= ngtcp2_conn_get_expiry(p->conn)) {
+            rv = ngtcp2_conn_handle_expiry(p->conn, now_ns());
+            if (rv != 0) {
+                fprintf(stderr, "h3probe: %s\n", ngtcp2_strerror(rv));
+                return 1;
+            }
+        }
+        if (p->want_next) {
+            p->want_next = 0;
+            if (submit_also_get(p) != 0)
+                return 1;
+        }
+        if (flush(p) != 0) {
+            send_close(p);
+            return 1;
+        }
+    }
+    send_close(p);
+    return 0;
+}
+
+/* ---- command line ------------------------------------------------------------ */
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: h3probe [--sni NAME] HOST PORT -H 'name: value' ... "
+                    "[-d FILE | --body STRING] [-o FILE] [--also-get PATH]\n"
+                    "               [--timeout SECS]\n"
+                    "  -H fields go out verbatim, in order; the separator is ': ' (or ':'"
+                    " when no space follows)\n");
+}
+
+/* Splits "name: value" at the first ':' after the first byte (so ":path: /"
+ * is the pseudo-header :path). */
+static int add_field(probe_t *p, char *arg)
+{
+    char *colon = arg[0] ? strchr(arg + 1, ':') : NULL;
+    if (colon == NULL || p->nfields == MAX_FIELDS)
+        return -1;
+    *colon = '\0';
+    char *value = colon[1] == ' ' ? colon + 2 : colon + 1;
+    p->fields[p->nfields++] = nv_of(arg, value);
+    if (strcmp(arg, ":authority") == 0 && p->authority[0] == '\0')
+        snprintf(p->authority, sizeof(p->authority), "%s", value);
+    return 0;
+}
+
+static int read_file(probe_t *p, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        perror(path);
+        return -1;
+    }
+    p->body = p->body_buf = malloc(MAX_BODY);
+    size_t n = p->body ? fread(p->body, 1, MAX_BODY, f) : 0;
+    int bad = p->body == NULL || ferror(f) || !feof(f);
+    fclose(f);
+    if (bad) {
+        fprintf(stderr, "h3probe: %s: unreadable or over %d bytes\n", path, MAX_BODY);
+        return -1;
+    }
+    p->body_len = n;
+    return 0;
+}
+
+static int parse_args(probe_t *p, int argc, char **argv)
+{
+    int npos = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int has_val = i + 1 < argc;
+        if (strcmp(a, "-H") == 0 && has_val) {
+            if (add_field(p, argv[++i]) != 0)
+                return -1;
+        } else if (strcmp(a, "-d") == 0 && has_val) {
+            if (read_file(p, argv[++i]) != 0)
+                return -1;
+        } else if (strcmp(a, "--body") == 0 && has_val) {
+            p->body = (uint8_t *)argv[++i];
+            p->body_len = strlen(argv[i]);
+        } else if (strcmp(a, "-o") == 0 && has_val) {
+            if ((p->out = fopen(argv[++i], "wb")) == NULL) {
+                perror(argv[i]);
+                return -1;
+            }
+        } else if (strcmp(a, "--sni") == 0 && has_val) {
+            p->sni = argv[++i];
+        } else if (strcmp(a, "--also-get") == 0 && has_val) {
+            p->also_get = argv[++i];
+        } else if (strcmp(a, "--timeout") == 0 && has_val) {
+            p->timeout_secs = atoi(argv[++i]);
+        } else if (a[0] == '-' && a[1] != '\0') {
+            return -1;
+        } else if (npos == 0) {
+            p->host = a, npos++;
+        } else if (npos == 1) {
+            p->port = a, npos++;
+        } else {
+            return -1;
+        }
+    }
+    return npos == 2 && p->timeout_secs > 0 ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    static probe_t probe = {.fd = -1, .timeout_secs = 10};
+    probe_t *p = &probe;
+    unsigned char addr[sizeof(struct in6_addr)];
+
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (parse_args(p, argc, argv) != 0) {
+        usage();
+        return 2;
+    }
+    /* An IP literal is no server name: send "localhost" like gtlsclient does. */
+    if (p->sni == NULL)
+        p->sni = inet_pton(AF_INET, p->host, addr) == 1 || inet_pton(AF_INET6, p->host, addr) == 1
+                     ? "localhost"
+                     : p->host;
+    if (p->authority[0] == '\0')
+        snprintf(p->authority, sizeof(p->authority), "%s:%s", p->sni, p->port);
+    ngtcp2_connection_close_error_default(&p->ccerr);
+    ngtcp2_connection_close_error_set_application_error(&p->ccerr, NGHTTP3_H3_NO_ERROR, NULL, 0);
+    p->req[0].stream_id = p->req[1].stream_id = -1;
+
+    int rc = 1;
+    if (sock_setup(p) == 0 && tls_setup(p, p->sni) == 0 && quic_setup(p) == 0)
+        rc = run(p);
+    else
+        fprintf(stderr, "h3probe: set-up failed\n");
+
+    for (int i = 0; i < p->nreq; i++)
+        gnutls_hash_deinit(p->req[i].sha, NULL);
+    nghttp3_conn_del(p->h3);
+    ngtcp2_conn_del(p->conn);
+    if (p->tls)
+        gnutls_deinit(p->tls);
+    if (p->cred)
+        gnutls_certificate_free_credentials(p->cred);
+    if (p->fd != -1)
+        close(p->fd);
+    free(p->body_buf);
+    if (p->out && fclose(p->out) != 0)
+        rc = 1;
+    return rc;
+}
