@@ -9,11 +9,16 @@
  * "<field path>: <reason>", including the ones libcyaml reports through its
  * log callback (unknown key, wrong YAML type, syntax error).
  *
+ * The route table is built by qx_config_build_routes(), which the JSON
+ * route API (config_json.c) calls too: a rule about routes lives there
+ * only, so the file and the API cannot disagree.
+ *
  * No global mutable state: the log capture buffer travels through
  * cyaml_config_t.log_ctx, so two threads may load configs at once.
  */
 #include "config.h"
 
+#include "config_internal.h"
 #include "qx.h"
 
 #include <arpa/inet.h>
@@ -69,10 +74,17 @@ typedef struct raw_route {
     unsigned nupstreams;
 } raw_route_t;
 
+typedef struct raw_admin {
+    char *listen;
+    char *token_file;
+    char *ready_requires_upstream;
+} raw_admin_t;
+
 typedef struct raw_doc {
     raw_server_t *server;
     raw_route_t *routes;
     unsigned nroutes;
+    raw_admin_t *admin;
 } raw_doc_t;
 
 /*
@@ -120,10 +132,18 @@ static const cyaml_schema_value_t route_entry = {
     CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, raw_route_t, route_fields),
 };
 
+static const cyaml_schema_field_t admin_fields[] = {
+    OPT_STR("listen", raw_admin_t, listen),
+    OPT_STR("token_file", raw_admin_t, token_file),
+    OPT_STR("ready_requires_upstream", raw_admin_t, ready_requires_upstream),
+    CYAML_FIELD_END,
+};
+
 static const cyaml_schema_field_t doc_fields[] = {
     CYAML_FIELD_MAPPING_PTR("server", CYAML_FLAG_OPTIONAL, raw_doc_t, server, server_fields),
     CYAML_FIELD_SEQUENCE_COUNT("routes", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, raw_doc_t,
                                routes, nroutes, &route_entry, 0, CYAML_UNLIMITED),
+    CYAML_FIELD_MAPPING_PTR("admin", CYAML_FLAG_OPTIONAL, raw_doc_t, admin, admin_fields),
     CYAML_FIELD_END,
 };
 
@@ -135,9 +155,18 @@ static const cyaml_schema_value_t doc_schema = {
 /* Error messages                                                           */
 /* ------------------------------------------------------------------------ */
 
-/* Writes "<fmt ...>" into err as one line and returns QX_ERR_CONFIG. Values
- * quoted from the document may hold control characters (a YAML "\n"
- * escape); they are replaced so the message stays one line. */
+/* Values quoted from the document may hold control characters (a YAML
+ * "\n" escape, a JSON "\u0007"); they are replaced so a message stays one
+ * line. */
+static void one_line(char *s)
+{
+    for (char *p = s; *p != '\0'; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+    }
+}
+
+/* Writes "<fmt ...>" into err as one line and returns QX_ERR_CONFIG. */
 static int fail(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -149,10 +178,28 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
-    for (char *p = err; *p != '\0'; p++) {
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = '?';
+    one_line(err);
+    return QX_ERR_CONFIG;
+}
+
+/* The route checks report the field on its own too, for the route API's
+ * {"error", "field"}; the message is the same "<field>: <reason>". */
+int qx_config_fail_at(char *err, size_t errlen, char *field, size_t fieldlen, const char *path,
+                      const char *fmt, ...)
+{
+    if (field != NULL && fieldlen > 0) {
+        snprintf(field, fieldlen, "%s", path);
+        one_line(field);
     }
+    if (err == NULL || errlen == 0)
+        return QX_ERR_CONFIG;
+    int n = snprintf(err, errlen, "%s: ", path);
+    size_t off = n < 0 ? 0 : QX_MIN((size_t)n, errlen - 1);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err + off, errlen - off, fmt, ap);
+    va_end(ap);
+    one_line(err);
     return QX_ERR_CONFIG;
 }
 
@@ -651,58 +698,102 @@ static char *resolve_path(const char *basedir, const char *p)
     return out;
 }
 
-static int upstream_init(qx_upstream_cfg_t *u, const char *s, const char *field, char *err,
-                         size_t errlen)
+/* ------------------------------------------------------------------------ */
+/* Routes: the one builder both loaders call                                */
+/* ------------------------------------------------------------------------ */
+
+static int upstream_init(qx_upstream_cfg_t *u, const char *s, const char *path, char *err,
+                         size_t errlen, char *field, size_t fieldlen)
 {
     if (qx_addr_parse(s, &u->addr, &u->addrlen) != 0)
-        return fail(err, errlen, "%s: \"%s\" is not an address " ADDR_FORMS, field, s);
+        return qx_config_fail_at(err, errlen, field, fieldlen, path,
+                                 "\"%s\" is not an address " ADDR_FORMS, s);
     u->name = strdup(s);
     return u->name != NULL ? 0 : QX_ERR_NOMEM;
 }
 
-static int build_route(qx_route_cfg_t *r, raw_route_t *raw, size_t i, char *err, size_t errlen)
+static int build_route(qx_route_cfg_t *r, const qx_route_spec_t *s, size_t i, char *err,
+                       size_t errlen, char *field, size_t fieldlen)
 {
-    char field[64];
+    char path[64];
     const char *why = NULL;
     int rv;
 
-    if (raw->match == NULL)
-        return fail(err, errlen, "routes[%zu].match: is required", i);
-    r->match = strdup(raw->match);
+    snprintf(path, sizeof(path), "routes[%zu].match", i);
+    if (s->match == NULL)
+        return qx_config_fail_at(err, errlen, field, fieldlen, path, "is required");
+    r->match = strdup(s->match);
     if (r->match == NULL)
         return QX_ERR_NOMEM;
     if (normalize_match(r->match, &why) != 0) {
         if (why != NULL)
-            return fail(err, errlen, "routes[%zu].match: %s", i, why);
-        return fail(err, errlen, "routes[%zu].match: \"%s\" is not a host, \"*.suffix\" or \"*\"",
-                    i, raw->match);
+            return qx_config_fail_at(err, errlen, field, fieldlen, path, "%s", why);
+        return qx_config_fail_at(err, errlen, field, fieldlen, path,
+                                 "\"%s\" is not a host, \"*.suffix\" or \"*\"", s->match);
     }
 
-    /* upstreams: [] loads as a NULL list; report it as missing */
-    bool has_list = raw->upstreams != NULL || raw->nupstreams > 0;
-    if (raw->upstream != NULL && has_list)
-        return fail(err, errlen, "routes[%zu]: has both upstream and upstreams", i);
-    if (raw->upstream == NULL && !has_list)
-        return fail(err, errlen, "routes[%zu]: needs upstream or upstreams", i);
+    snprintf(path, sizeof(path), "routes[%zu]", i);
+    if (s->upstream != NULL && s->has_upstreams)
+        return qx_config_fail_at(err, errlen, field, fieldlen, path,
+                                 "has both upstream and upstreams");
+    if (s->upstream == NULL && !s->has_upstreams)
+        return qx_config_fail_at(err, errlen, field, fieldlen, path, "needs upstream or upstreams");
+    r->single = s->upstream != NULL;
+    if (!r->single && s->nupstreams == 0) {
+        snprintf(path, sizeof(path), "routes[%zu].upstreams", i);
+        return qx_config_fail_at(err, errlen, field, fieldlen, path, "must not be empty");
+    }
 
-    r->single = raw->upstream != NULL;
-    size_t n = r->single ? 1 : raw->nupstreams;
+    size_t n = r->single ? 1 : s->nupstreams;
     r->upstreams = calloc(n, sizeof(*r->upstreams));
     if (r->upstreams == NULL)
         return QX_ERR_NOMEM;
     r->nupstreams = n;
     for (size_t j = 0; j < n; j++) {
         if (r->single)
-            snprintf(field, sizeof(field), "routes[%zu].upstream", i);
+            snprintf(path, sizeof(path), "routes[%zu].upstream", i);
         else
-            snprintf(field, sizeof(field), "routes[%zu].upstreams[%zu]", i, j);
-        rv = upstream_init(&r->upstreams[j], r->single ? raw->upstream : raw->upstreams[j], field,
-                           err, errlen);
+            snprintf(path, sizeof(path), "routes[%zu].upstreams[%zu]", i, j);
+        rv = upstream_init(&r->upstreams[j], r->single ? s->upstream : s->upstreams[j], path, err,
+                           errlen, field, fieldlen);
         if (rv != 0)
             return rv;
     }
     return 0;
 }
+
+int qx_config_build_routes(qx_config_t *cfg, const qx_route_spec_t *specs, size_t n, char *err,
+                           size_t errlen, char *field, size_t fieldlen)
+{
+    int rv;
+
+    if (n == 0)
+        return qx_config_fail_at(err, errlen, field, fieldlen, "routes",
+                                 "at least one route is required");
+    cfg->routes = calloc(n, sizeof(*cfg->routes));
+    if (cfg->routes == NULL)
+        return QX_ERR_NOMEM;
+    cfg->nroutes = n;
+    for (size_t i = 0; i < n; i++) {
+        if ((rv = build_route(&cfg->routes[i], &specs[i], i, err, errlen, field, fieldlen)) != 0)
+            return rv;
+        /* Quadratic, but route lists are short and this runs once per load. */
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(cfg->routes[i].match, cfg->routes[j].match) == 0) {
+                char path[64];
+                snprintf(path, sizeof(path), "routes[%zu].match", i);
+                return qx_config_fail_at(err, errlen, field, fieldlen, path,
+                                         "\"%s\" is already used by routes[%zu]",
+                                         cfg->routes[i].match, j);
+            }
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Server, limits, admin                                                    */
+/* ------------------------------------------------------------------------ */
 
 static int build_limits(qx_limits_t *l, const raw_limits_t *raw, char *err, size_t errlen)
 {
@@ -785,31 +876,115 @@ static int build_server(qx_config_t *cfg, const raw_server_t *s, const char *bas
     return build_limits(&cfg->limits, s->limits, err, errlen);
 }
 
+/* YAML 1.2 core schema booleans; "yes"/"on" (YAML 1.1) are refused rather
+ * than guessed. */
+static int bool_field(const char *section, const char *name, const char *s, bool def, bool *out,
+                      char *err, size_t errlen)
+{
+    static const char *const yes[] = {"true", "True", "TRUE"};
+    static const char *const no[] = {"false", "False", "FALSE"};
+
+    *out = def;
+    if (s == NULL)
+        return 0;
+    for (size_t i = 0; i < QX_ARRAY_LEN(yes); i++) {
+        if (strcmp(s, yes[i]) == 0) {
+            *out = true;
+            return 0;
+        }
+        if (strcmp(s, no[i]) == 0) {
+            *out = false;
+            return 0;
+        }
+    }
+    return fail(err, errlen, "%s.%s: \"%s\" is not true or false", section, name, s);
+}
+
+/* 127.0.0.0/8, ::1, and ::ffff:127.x.y.z (the IPv4 loopback seen through a
+ * dual-stack socket): nothing off this host can reach these. */
+static bool addr_is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        return (ntohl(sin->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+        if (IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr))
+            return true;
+        return IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr) && sin6->sin6_addr.s6_addr[12] == 127;
+    }
+    return false;
+}
+
+/* The default here and in config/examples/qrux.yaml change together. */
+#define QX_ADMIN_DEFAULT_LISTEN "127.0.0.1:9901"
+
+/* No `admin:` section leaves a->listen NULL: no admin server. */
+static int build_admin(qx_admin_cfg_t *a, const raw_admin_t *raw, const char *basedir, char *err,
+                       size_t errlen)
+{
+    bool b;
+    int rv;
+
+    if (raw == NULL)
+        return 0;
+    const char *listen = raw->listen != NULL ? raw->listen : QX_ADMIN_DEFAULT_LISTEN;
+    if (qx_addr_parse(listen, &a->addr, &a->addrlen) != 0)
+        return fail(err, errlen, "admin.listen: \"%s\" is not an address " ADDR_FORMS, listen);
+    if ((a->listen = strdup(listen)) == NULL)
+        return QX_ERR_NOMEM;
+
+    if (raw->token_file != NULL) {
+        if (raw->token_file[0] == '\0')
+            return fail(err, errlen, "admin.token_file: must not be empty");
+        if ((a->token_file = resolve_path(basedir, raw->token_file)) == NULL)
+            return QX_ERR_NOMEM;
+    }
+    if ((rv = bool_field("admin", "ready_requires_upstream", raw->ready_requires_upstream, false,
+                         &b, err, errlen)) != 0)
+        return rv;
+    a->ready_requires_upstream = b;
+
+    /* Route changes and /drain over an open port would let anyone who can
+     * reach the pod steer it: off loopback, a token is not optional. */
+    if (a->token_file == NULL && !addr_is_loopback(&a->addr))
+        return fail(err, errlen,
+                    "admin.token_file: required when admin.listen (%s) is not a loopback address",
+                    a->listen);
+    return 0;
+}
+
 static int build_config(qx_config_t *cfg, raw_doc_t *raw, const char *basedir, char *err,
                         size_t errlen)
 {
+    qx_route_spec_t *specs;
     int rv;
 
     if ((rv = build_server(cfg, raw->server, basedir, err, errlen)) != 0)
         return rv;
 
-    if (raw->nroutes == 0)
-        return fail(err, errlen, "routes: at least one route is required");
-    cfg->routes = calloc(raw->nroutes, sizeof(*cfg->routes));
-    if (cfg->routes == NULL)
+    /* calloc(0) may return NULL: keep one spare entry */
+    if ((specs = calloc(raw->nroutes + 1u, sizeof(*specs))) == NULL)
         return QX_ERR_NOMEM;
-    cfg->nroutes = raw->nroutes;
-    for (size_t i = 0; i < cfg->nroutes; i++) {
-        if ((rv = build_route(&cfg->routes[i], &raw->routes[i], i, err, errlen)) != 0)
-            return rv;
-        /* Quadratic, but route lists are short and this runs once per load. */
-        for (size_t j = 0; j < i; j++) {
-            if (strcmp(cfg->routes[i].match, cfg->routes[j].match) == 0)
-                return fail(err, errlen, "routes[%zu].match: \"%s\" is already used by routes[%zu]",
-                            i, cfg->routes[i].match, j);
-        }
+    for (size_t i = 0; i < raw->nroutes; i++) {
+        const raw_route_t *r = &raw->routes[i];
+        specs[i] = (qx_route_spec_t){
+            .match = r->match,
+            .upstream = r->upstream,
+            .upstreams = (const char *const *)r->upstreams,
+            .nupstreams = r->nupstreams,
+            /* `upstreams: []` loads as a NULL list, the same as no key:
+             * it is reported as missing */
+            .has_upstreams = r->upstreams != NULL || r->nupstreams > 0,
+        };
     }
-    return 0;
+    rv = qx_config_build_routes(cfg, specs, raw->nroutes, err, errlen, NULL, 0);
+    free(specs);
+    if (rv != 0)
+        return rv;
+
+    return build_admin(&cfg->admin, raw->admin, basedir, err, errlen);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -967,6 +1142,8 @@ void qx_config_del(qx_config_t *cfg)
         }
         free(cfg->routes);
     }
+    free(cfg->admin.listen);
+    free(cfg->admin.token_file);
     free(cfg->path);
     free(cfg->listen);
     free(cfg->cert);

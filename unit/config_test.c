@@ -250,8 +250,8 @@ static void test_load_file(void **state)
 static void test_examples_load(void **state)
 {
     /* ctest runs unit tests from the source root */
-    static const char *const files[] = {"config/examples/qrux.yaml",
-                                        "config/examples/minimal.yaml"};
+    static const char *const files[] = {"config/examples/qrux.yaml", "config/examples/minimal.yaml",
+                                        "config/examples/admin-public.yaml"};
     (void)state;
     for (size_t i = 0; i < QX_ARRAY_LEN(files); i++) {
         char err[512] = "";
@@ -338,7 +338,7 @@ static void test_reject_unknown_keys(void **state)
                   "server.limits.foo: unknown key (line 7)");
     expect_reject(SERVER "  https_listen: \"[::]:443\"\n" ROUTES,
                   "server.https_listen: unknown key (line 5)");
-    expect_reject("admin: {}\n" SERVER ROUTES, "admin: unknown key (line 1)");
+    expect_reject("xdp: {}\n" SERVER ROUTES, "xdp: unknown key (line 1)");
     expect_reject(SERVER ROUTES "  - match: a.example.com\n"
                                 "    upstream: \"127.0.0.1:1\"\n"
                                 "    weight: 3\n",
@@ -444,6 +444,135 @@ static void test_reject_routes(void **state)
                   "routes[2].match: \"api.example.com\" is already used by routes[0]");
     expect_reject(SERVER ROUTES "  - match: \"*\"\n    upstream: \"127.0.0.1:1\"\n",
                   "routes[1].match: \"*\" is already used by routes[0]");
+}
+
+/* ------------------------------------------------------------------------ */
+/* admin section                                                            */
+/* ------------------------------------------------------------------------ */
+
+static void test_admin_absent(void **state)
+{
+    (void)state;
+    qx_config_t *cfg = expect_ok(SERVER ROUTES, NULL);
+    assert_null(cfg->admin.listen);
+    assert_null(cfg->admin.token_file);
+    assert_int_equal(cfg->admin.addrlen, 0);
+    assert_int_equal(cfg->admin.ready_requires_upstream, 0);
+    qx_config_del(cfg);
+}
+
+static void test_admin_defaults(void **state)
+{
+    (void)state;
+    qx_config_t *cfg = expect_ok(SERVER ROUTES "admin: {}\n", NULL);
+    assert_string_equal(cfg->admin.listen, "127.0.0.1:9901");
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)&cfg->admin.addr;
+    assert_int_equal(sin->sin_family, AF_INET);
+    assert_int_equal(cfg->admin.addrlen, sizeof(struct sockaddr_in));
+    assert_int_equal(ntohl(sin->sin_addr.s_addr), INADDR_LOOPBACK);
+    assert_int_equal(ntohs(sin->sin_port), 9901);
+    assert_null(cfg->admin.token_file);
+    assert_int_equal(cfg->admin.ready_requires_upstream, 0);
+    qx_config_del(cfg);
+
+    /* the section may come first; the other loopback forms need no token */
+    static const char *const loopback[] = {"127.0.0.1:1", "127.10.20.30:9901", "localhost:9901",
+                                           "[::1]:9901", "[::ffff:127.0.0.1]:9901"};
+    char yaml[512];
+    for (size_t i = 0; i < QX_ARRAY_LEN(loopback); i++) {
+        snprintf(yaml, sizeof(yaml), "admin:\n  listen: \"%s\"\n" SERVER ROUTES, loopback[i]);
+        cfg = expect_ok(yaml, NULL);
+        assert_string_equal(cfg->admin.listen, loopback[i]);
+        assert_null(cfg->admin.token_file);
+        qx_config_del(cfg);
+    }
+
+    cfg = expect_ok(SERVER ROUTES "admin:\n  ready_requires_upstream: true\n", NULL);
+    assert_int_equal(cfg->admin.ready_requires_upstream, 1);
+    qx_config_del(cfg);
+    cfg = expect_ok(SERVER ROUTES "admin:\n  ready_requires_upstream: false\n", NULL);
+    assert_int_equal(cfg->admin.ready_requires_upstream, 0);
+    qx_config_del(cfg);
+}
+
+static void test_admin_token(void **state)
+{
+    (void)state;
+    /* public with a token: accepted, the path resolved like cert/key */
+    qx_config_t *cfg = expect_ok(SERVER ROUTES "admin:\n"
+                                               "  listen: \"0.0.0.0:9901\"\n"
+                                               "  token_file: secrets/token\n"
+                                               "  ready_requires_upstream: true\n",
+                                 "/etc/qrux");
+    assert_string_equal(cfg->admin.listen, "0.0.0.0:9901");
+    assert_int_equal(cfg->admin.addr.ss_family, AF_INET);
+    assert_string_equal(cfg->admin.token_file, "/etc/qrux/secrets/token");
+    assert_int_equal(cfg->admin.ready_requires_upstream, 1);
+    qx_config_del(cfg);
+
+    cfg = expect_ok(SERVER ROUTES "admin:\n"
+                                  "  listen: \"[::]:9901\"\n"
+                                  "  token_file: /run/secrets/admin-token\n",
+                    "/etc/qrux");
+    assert_string_equal(cfg->admin.token_file, "/run/secrets/admin-token");
+    assert_int_equal(cfg->admin.addr.ss_family, AF_INET6);
+    qx_config_del(cfg);
+
+    /* a token on loopback is allowed too */
+    cfg = expect_ok(SERVER ROUTES "admin:\n  token_file: t\n", NULL);
+    assert_string_equal(cfg->admin.token_file, "t");
+    qx_config_del(cfg);
+
+    /* public without a token: refused, naming both fields */
+    expect_reject(SERVER ROUTES "admin:\n  listen: \"0.0.0.0:9901\"\n",
+                  "admin.token_file: required when admin.listen (0.0.0.0:9901) is not a loopback "
+                  "address");
+    expect_reject(SERVER ROUTES "admin:\n  listen: \"[::]:9901\"\n",
+                  "admin.token_file: required when admin.listen ([::]:9901) is not a loopback "
+                  "address");
+    expect_reject(SERVER ROUTES "admin:\n  listen: \"10.1.2.3:9901\"\n",
+                  "admin.token_file: required when admin.listen (10.1.2.3:9901) is not a loopback "
+                  "address");
+    expect_reject(SERVER ROUTES "admin:\n  listen: \"128.0.0.1:9901\"\n",
+                  "admin.token_file: required when admin.listen (128.0.0.1:9901) is not a "
+                  "loopback address");
+    expect_reject(SERVER ROUTES "admin:\n  listen: \"[::2]:9901\"\n",
+                  "admin.token_file: required when admin.listen ([::2]:9901) is not a loopback "
+                  "address");
+    expect_reject(SERVER ROUTES "admin:\n  listen: \"[::ffff:10.0.0.1]:9901\"\n",
+                  "admin.token_file: required when admin.listen ([::ffff:10.0.0.1]:9901) is not "
+                  "a loopback address");
+    expect_reject(SERVER ROUTES "admin:\n  listen: \"0.0.0.0:9901\"\n  token_file: \"\"\n",
+                  "admin.token_file: must not be empty");
+}
+
+static void test_admin_reject(void **state)
+{
+    (void)state;
+    expect_reject(SERVER ROUTES "admin:\n  listen: \"127.0.0.1:9901\"\n  tokenfile: t\n",
+                  "admin.tokenfile: unknown key (line 10)");
+    expect_reject(SERVER ROUTES "admin:\n  https_listen: \"127.0.0.1:1\"\n",
+                  "admin.https_listen: unknown key (line 9)");
+    expect_reject(SERVER ROUTES "admin:\n  ready_requires_upstream: yes\n",
+                  "admin.ready_requires_upstream: \"yes\" is not true or false");
+    expect_reject(SERVER ROUTES "admin:\n  ready_requires_upstream: 1\n",
+                  "admin.ready_requires_upstream: \"1\" is not true or false");
+    expect_reject(SERVER ROUTES "admin: 9901\n", "admin: must be a mapping, not a scalar");
+    expect_reject(SERVER ROUTES "admin:\n  listen: [a]\n", "admin.listen: must be a scalar");
+    expect_reject(SERVER ROUTES "admin: {}\nadmin: {}\n", "admin: appears more than once");
+
+    static const char *const bad[] = {"9901",        "127.0.0.1",       ":9901",
+                                      "127.0.0.1:0", "localhost:65536", "admin:9901",
+                                      "[::1]",       "::1:9901",        ""};
+    char yaml[512], want[256];
+    for (size_t i = 0; i < QX_ARRAY_LEN(bad); i++) {
+        snprintf(yaml, sizeof(yaml), SERVER ROUTES "admin:\n  listen: \"%s\"\n", bad[i]);
+        snprintf(want, sizeof(want),
+                 "admin.listen: \"%s\" is not an address (host:port with an IPv4, [IPv6] or "
+                 "localhost)",
+                 bad[i]);
+        expect_reject(yaml, want);
+    }
 }
 
 static void test_message_truncation(void **state)
@@ -672,7 +801,9 @@ int main(void)
         cmocka_unit_test(test_reject_limits),       cmocka_unit_test(test_reject_workers),
         cmocka_unit_test(test_reject_unknown_keys), cmocka_unit_test(test_reject_yaml_errors),
         cmocka_unit_test(test_reject_required),     cmocka_unit_test(test_reject_listen),
-        cmocka_unit_test(test_reject_routes),       cmocka_unit_test(test_message_truncation),
+        cmocka_unit_test(test_reject_routes),       cmocka_unit_test(test_admin_absent),
+        cmocka_unit_test(test_admin_defaults),      cmocka_unit_test(test_admin_token),
+        cmocka_unit_test(test_admin_reject),        cmocka_unit_test(test_message_truncation),
         cmocka_unit_test(test_addr_parse),          cmocka_unit_test(test_cpu_max),
         cmocka_unit_test(test_cgroup_v2),           cmocka_unit_test(test_cgroup_v1),
         cmocka_unit_test(test_effective_workers),   cmocka_unit_test(test_del_half_built),
