@@ -493,6 +493,8 @@ static int try_retry(qx_exchange_t *ex)
     ex->writing = 0;
     ex->wpayload = 0;
     ex->head_sent = 0;
+    ex->req_done = 0; /* the head (and terminator) go again on the new connection */
+    ex->wterm = 0;
     ex->req.sent = ex->req.ack;
     qx_upconn_t *uc = ex->uc;
     ex->uc = NULL;
