@@ -50,7 +50,6 @@ typedef struct {
     int index;            /* 1: the request as given; 2: the --also-get */
     int64_t stream_id;    /* -1 until opened */
     int got_status;       /* a :status arrived */
-    int outcome;          /* reset, stop-sending or close seen */
     int closed;           /* nghttp3 or ngtcp2 closed the stream */
     gnutls_hash_hd_t sha; /* over the response body */
     uint64_t body_len;
@@ -209,18 +208,16 @@ static int h3_stop_sending(nghttp3_conn *conn, int64_t stream_id, uint64_t app_e
                            void *user_data, void *stream_user_data)
 {
     probe_t *p = user_data;
-    return ngtcp2_conn_shutdown_stream_read(p->conn, stream_id, app_error_code) == 0
-               ? 0
-               : NGHTTP3_ERR_CALLBACK_FAILURE;
+    int rv = ngtcp2_conn_shutdown_stream_read(p->conn, stream_id, app_error_code);
+    return rv == 0 ? 0 : NGHTTP3_ERR_CALLBACK_FAILURE;
 }
 
 static int h3_reset_stream(nghttp3_conn *conn, int64_t stream_id, uint64_t app_error_code,
                            void *user_data, void *stream_user_data)
 {
     probe_t *p = user_data;
-    return ngtcp2_conn_shutdown_stream_write(p->conn, stream_id, app_error_code) == 0
-               ? 0
-               : NGHTTP3_ERR_CALLBACK_FAILURE;
+    int rv = ngtcp2_conn_shutdown_stream_write(p->conn, stream_id, app_error_code);
+    return rv == 0 ? 0 : NGHTTP3_ERR_CALLBACK_FAILURE;
 }
 
 static int submit(probe_t *p, const nghttp3_nv *nva, size_t n, int with_body)
