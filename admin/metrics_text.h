@@ -1,0 +1,61 @@
+/*
+ * metrics_text.h - the Prometheus text exposition (format 0.0.4) of the
+ * workers' counters and the process-wide values, rendered when /metrics is
+ * scraped. Split out of admin.c so the unit test can feed hand-built
+ * counter tables and compare exact lines.
+ *
+ * Rows with the same label set from several workers are summed into one
+ * series; every series appears once, every family has HELP and TYPE lines.
+ */
+#ifndef QX_METRICS_TEXT_H
+#define QX_METRICS_TEXT_H
+
+#include "metrics.h"
+#include "runtime.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* A growing text buffer with a hard cap (the exposition is bounded by the
+ * fixed row capacity of the workers' tables; the cap only guards a bug). */
+typedef struct qx_metrics_text {
+    char *data; /* NUL-terminated */
+    size_t len;
+    size_t cap;
+    int failed; /* an allocation failed or the cap was reached */
+} qx_metrics_text_t;
+
+#define QX_METRICS_TEXT_MAX (64u << 20)
+
+/* Values that are not per-worker counters. */
+typedef struct qx_metrics_globals {
+    const char *version; /* qrux_build_info{version} */
+    uint64_t generation; /* qrux_config_generation */
+    uint64_t reloads[QX_SRC_COUNT][QX_RELOAD_COUNT];
+    int ready;            /* qrux_ready: what /readyz would answer */
+    int have_process;     /* the process_* families below are filled in */
+    double cpu_seconds;   /* process_cpu_seconds_total */
+    uint64_t rss_bytes;   /* process_resident_memory_bytes */
+    uint64_t vsize_bytes; /* process_virtual_memory_bytes */
+    uint64_t open_fds;    /* process_open_fds */
+    uint64_t max_fds;     /* process_max_fds */
+    double start_time;    /* process_start_time_seconds, unix time */
+} qx_metrics_globals_t;
+
+/*
+ * Renders every family into |out| (initialise it zeroed; free with
+ * qx_metrics_text_free). |workers| holds nworkers tables that their owning
+ * workers may be writing concurrently: rows are read up to their published
+ * counts and counters with relaxed loads. Returns 0 or QX_ERR_NOMEM.
+ */
+int qx_metrics_text_render(qx_metrics_text_t *out, const qx_metrics_t *const *workers,
+                           size_t nworkers, const qx_metrics_globals_t *g);
+
+/* Fills the process_* fields of |g| from /proc/self (and start_time from
+ * |start_time|). Returns 0, or QX_ERR_IO when /proc is unreadable
+ * (have_process stays 0 then). */
+int qx_metrics_process_read(qx_metrics_globals_t *g, double start_time);
+
+void qx_metrics_text_free(qx_metrics_text_t *t);
+
+#endif
