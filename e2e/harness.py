@@ -403,6 +403,7 @@ class Qrux:
         self.lines = []
         self.lock = threading.Lock()
         self.ready = threading.Event()
+        self.signalled = False  # did the test itself signal or stop it?
         self.logpath = os.path.join(env.dir, "qrux-%d.log" % port)
         e = dict(os.environ)
         e["QRUX_LOG"] = log_level
@@ -468,6 +469,7 @@ class Qrux:
         return self.proc.poll() is None
 
     def signal(self, sig):
+        self.signalled = True
         self.proc.send_signal(sig)
 
     def wait_exit(self, timeout):
@@ -477,8 +479,14 @@ class Qrux:
             return None
 
     def stop(self):
+        self.signalled = True
         _kill_group(self.proc)
         self.reader.join(2)
+
+    def foreign_signal(self):
+        """True when qrux logged a SIGTERM/SIGINT the test never sent
+        (another process on the machine killed it by name)."""
+        return not self.signalled and ("SIGTERM" in self.log_text() or "SIGINT" in self.log_text())
 
 
 def qrux_bin():
@@ -848,7 +856,12 @@ class Env:
                        "".join(traceback.format_exception(et, ev, tb)))
         elif et is not None and issubclass(et, SystemExit):
             self.check("%s: not interrupted" % self.name, False, "exit %s" % ev)
+        foreign = [q for q in self.qruxes if q.foreign_signal()]
         kill_all()
+        for q in foreign:
+            print("WARNING: qrux (port %d, pid %d) got a SIGTERM/SIGINT this test never sent: "
+                  "something else on the machine killed it (pkill/killall qrux?); failures "
+                  "after that are not qrux's" % (q.port, q.pid), flush=True)
         if self.failed:
             for q in self.qruxes:
                 print("--- qrux log tail (port %d):\n%s" % (q.port, q.log_tail(20)), flush=True)

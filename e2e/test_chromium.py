@@ -10,6 +10,9 @@
    and an echo of the request headers the application receives (cookies
    joined into one field). --virtual-time-budget makes --dump-dom wait for
    those fetches.
+3. Uploads over max_request_body_bytes (sized, and streamed without length)
+   from a page: the page must see the 413 (each in its own Chromium run, so
+   a fetch that never settles fails only its own check).
 """
 
 import base64
@@ -100,6 +103,62 @@ run();
 """ % json.dumps(STREAM_SIZES)
 
 
+TOO_BIG = """<!doctype html>
+<html><head><meta charset="utf-8"><title>qrux 413</title></head>
+<body><pre id="result">pending</pre>
+<script>
+function pat(off, n) {
+  var a = new Uint8Array(n);
+  for (var i = 0; i < n; i++) a[i] = (off + i) %% 251;
+  return a;
+}
+async function run() {
+  var out;
+  try {
+    var body;
+    if (%s) {  // streamed: no length, qrux sees it only as it crosses the limit
+      var left = 4 * 1024 * 1024, o = 0;
+      body = new ReadableStream({
+        pull: function (c) {
+          if (left <= 0) { c.close(); return; }
+          var n = Math.min(65536, left);
+          c.enqueue(pat(o, n)); o += n; left -= n;
+        }
+      });
+    } else {
+      body = pat(0, 2 * 1024 * 1024);
+    }
+    var opts = {method: 'POST', body: body};
+    if (%s) opts.duplex = 'half';
+    var r = await fetch('/upload', opts);
+    out = 'status=' + r.status;
+  } catch (e) { out = 'error=' + e; }
+  document.getElementById('result').textContent = 'OUT:' + out + ':END';
+}
+run();
+</script></body></html>
+"""
+
+
+def too_big(env, q, kind):
+    """A browser uploading more than max_request_body_bytes (1 MiB here)
+    must get the 413, not a request that never ends."""
+    url = "https://localhost:%d/big-%s.html" % (q.port, kind)
+    rc, dom, err = env.chromium(url, "localhost:%d" % q.port,
+                                extra=["--virtual-time-budget=10000"], timeout=20)
+    m = re.search(r"OUT:(.*?):END", dom)
+    env.eq("chromium %s upload over max_request_body_bytes: the page sees 413" % kind,
+           m.group(1) if m else "(no result: fetch never settled; chromium exit %s)" % rc,
+           "status=413")
+    lines = env.wait_access(q, path="/upload", status=413)
+    env.check("chromium %s upload over the limit: qrux answered 413 (access log)" % kind,
+              len(lines) >= 1, q.log_tail())
+    if kind == "streamed" and lines:
+        got = int(lines[-1].get("bytes_in", "-1"))
+        env.check("chromium streamed upload: 413 as soon as the limit was crossed (bytes_in %d "
+                  "<= 1 MiB + 256 KiB)" % got, 0 <= got <= 1024 * 1024 + 256 * 1024)
+
+
 def static_page(env, q):
     url = "https://localhost:%d/page.html" % q.port
     rc, dom, err = env.chromium(url, "localhost:%d" % q.port)
@@ -182,12 +241,18 @@ def main():
         os.makedirs(app)
         with open(os.path.join(app, "app.html"), "w") as f:
             f.write(APP)
+        for kind, streamed in (("sized", "false"), ("streamed", "true")):
+            with open(os.path.join(app, "big-%s.html" % kind), "w") as f:
+                f.write(TOO_BIG % (streamed, streamed))
         ng = env.nginx(www)
         be = env.backend(root=app)
         qn = env.qrux(routes=[("*", ng.addr)])
-        qb = env.qrux(routes=[("*", be.addr)])
+        qb = env.qrux(routes=[("*", be.addr)],
+                      limits={"max_request_body_bytes": 1024 * 1024})
         env.case("static page from nginx", static_page, env, qn)
         env.case("app page with fetch()", app_page, env, qb)
+        env.case("413 to a browser, sized body", too_big, env, qb, "sized")
+        env.case("413 to a browser, streamed body", too_big, env, qb, "streamed")
         env.check("qrux still running", qn.alive() and qb.alive())
 
 
