@@ -357,6 +357,18 @@ int qx_h3_recv_stream_data(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
         return NGTCP2_ERR_CALLBACK_FAILURE;
     nghttp3_ssize n = nghttp3_conn_read_stream(qc->h3, stream_id, data, datalen,
                                                flags & NGTCP2_STREAM_DATA_FLAG_FIN);
+    if (n == NGHTTP3_ERR_MALFORMED_HTTP_MESSAGING || n == NGHTTP3_ERR_MALFORMED_HTTP_HEADER) {
+        /* A malformed request (e.g. content-length disagreeing with the
+         * DATA) is a stream error, not a connection error (RFC 9114
+         * §4.1.2): reset this stream, keep the connection, and credit the
+         * bytes so flow control does not stall. */
+        QX_DEBUG("h3: stream %" PRId64 ": malformed request: %s", stream_id,
+                 nghttp3_strerror((int)n));
+        ngtcp2_conn_shutdown_stream(conn, stream_id, NGHTTP3_H3_MESSAGE_ERROR);
+        ngtcp2_conn_extend_max_stream_offset(conn, stream_id, datalen);
+        ngtcp2_conn_extend_max_offset(conn, datalen);
+        return 0;
+    }
     if (n < 0) {
         QX_DEBUG("h3: read_stream %" PRId64 ": %s", stream_id, nghttp3_strerror((int)n));
         ngtcp2_connection_close_error_set_application_error(

@@ -347,6 +347,13 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
             return NGTCP2_ERR_CALLBACK_FAILURE;
         if (n == 0)
             break;
+        /* Each packet goes on the path ngtcp2 chose for it: during path
+         * validation (migration, NAT rebinding) that is not always the
+         * last path a packet came from. */
+        memcpy(&qc->local, ps.path.local.addr, ps.path.local.addrlen);
+        qc->locallen = ps.path.local.addrlen;
+        memcpy(&qc->remote, ps.path.remote.addr, ps.path.remote.addrlen);
+        qc->remotelen = ps.path.remote.addrlen;
         int rv =
             send_pkt(ep, (const struct sockaddr *)&qc->local, (const struct sockaddr *)&qc->remote,
                      qc->remotelen, ep->txbuf, (size_t)n);
@@ -674,11 +681,6 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
         conn_fail(qc, rv);
         return;
     }
-    /* Replies go where the client is now (migration, NAT rebinding). */
-    memcpy(&qc->remote, remote, remotelen);
-    qc->remotelen = remotelen;
-    memcpy(&qc->local, local, locallen);
-    qc->locallen = locallen;
     qx_quic_conn_mark(qc);
 }
 
