@@ -20,6 +20,8 @@ typedef struct qx_limits {
     uint64_t max_upstream_response_body_bytes;  /* default 52428800 */
     uint32_t max_idle_connections_per_upstream; /* default 16 */
     uint32_t graceful_shutdown_secs;            /* default 30 */
+    uint32_t header_read_timeout_secs; /* default 10: HTTP/1.1 head must arrive (slowloris) */
+    uint32_t body_idle_timeout_secs;   /* default 30: no request body byte for this long (slow POST) */
 } qx_limits_t;
 
 typedef struct qx_upstream_cfg {
@@ -49,6 +51,11 @@ typedef struct qx_config {
     char *listen; /* as written */
     struct sockaddr_storage listen_addr;
     socklen_t listen_addrlen;
+    char *https_listen; /* TCP (issue 3); NULL when not configured */
+    struct sockaddr_storage https_addr;
+    socklen_t https_addrlen;
+    uint32_t alt_svc_max_age; /* default 86400 */
+    uint32_t drain_delay_secs; /* default 5: keep serving after SIGTERM (issue 5) */
     char *cert; /* resolved path */
     char *key;  /* resolved path */
     uint32_t workers; /* as configured; 0 = one per available CPU */

@@ -12,6 +12,7 @@
 #include "qx.h"
 #include "runtime.h"
 #include "snapshot.h"
+#include "tcp_front.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -148,6 +149,11 @@ int main(int argc, char **argv)
         return EXIT_CONFIG;
     }
 
+    qx_tls_tcp_t *tls_tcp = NULL;
+    if (cfg->https_listen && qx_tls_tcp_new(&tls_tcp, cfg->cert, cfg->key, err, sizeof(err)) != 0) {
+        QX_ERROR("config %s: %s", config_path, err);
+        return EXIT_CONFIG;
+    }
     qx_snapshot_t *snap = NULL;
     unsigned nworkers = qx_config_effective_workers(cfg);
     char listen[128];
@@ -163,7 +169,8 @@ int main(int argc, char **argv)
     }
     qx_main_t m = {0};
     m.rt = &rt;
-    qx_shared_t shared = {.tls = tls, .rt = &rt, .on_worker_exit = on_worker_exit, .arg = &m};
+    qx_shared_t shared = {
+        .tls = tls, .tls_tcp = tls_tcp, .rt = &rt, .on_worker_exit = on_worker_exit, .arg = &m};
     gnutls_rnd(GNUTLS_RND_KEY, shared.static_secret, sizeof(shared.static_secret));
 
     m.loop = uv_default_loop();
@@ -221,6 +228,7 @@ int main(int argc, char **argv)
     free(m.workers);
     qx_runtime_free(&rt); /* drops the snapshot in force */
     qx_tls_del(tls);
+    qx_tls_tcp_del(tls_tcp);
     uv_loop_close(m.loop);
     QX_INFO("stopped");
     return code;

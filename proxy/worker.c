@@ -5,6 +5,7 @@
 #include "quic.h"
 #include "qx.h"
 #include "runtime.h"
+#include "tcp_front.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,12 @@ int qx_worker_init(qx_worker_t *w, unsigned id, const qx_shared_t *shared, qx_sn
                         cfg->listen_addrlen);
     if (rv != 0)
         return rv;
+    if (cfg->https_listen) {
+        rv = qx_tcp_front_new(&w->tcp, w, (const struct sockaddr *)&cfg->https_addr,
+                              cfg->https_addrlen);
+        if (rv != 0)
+            return rv;
+    }
     uv_async_init(&w->loop, &w->wakeup, on_wakeup);
     uv_timer_init(&w->loop, &w->tick);
     uv_timer_init(&w->loop, &w->grace);
@@ -65,7 +72,7 @@ static void on_tick(uv_timer_t *t)
 static void thread_main(void *arg)
 {
     qx_worker_t *w = arg;
-    if (qx_quic_ep_start(w->quic) != 0) {
+    if (qx_quic_ep_start(w->quic) != 0 || (w->tcp && qx_tcp_front_start(w->tcp) != 0)) {
         QX_ERROR("worker %u: cannot start the UDP endpoint", w->id);
         w->exit_code = 1;
         stop_now(w);
@@ -106,6 +113,8 @@ static void stop_now(qx_worker_t *w)
     w->state = QX_W_STOPPED;
     qx_quic_ep_close(w->quic); /* ends every exchange, which frees upstream sockets */
     w->quic = NULL;
+    qx_tcp_front_close(w->tcp);
+    w->tcp = NULL;
     for (size_t i = 0; i < w->snap->nupstreams; i++) {
         qx_pool_del(w->pools[i]);
         w->pools[i] = NULL;
@@ -117,7 +126,8 @@ static void stop_now(qx_worker_t *w)
 
 void qx_worker_maybe_done(qx_worker_t *w)
 {
-    if (w->state == QX_W_DRAINING && w->nexchanges == 0 && qx_quic_ep_nconns(w->quic) == 0)
+    if (w->state == QX_W_DRAINING && w->nexchanges == 0 && qx_quic_ep_nconns(w->quic) == 0 &&
+        qx_tcp_front_nconns(w->tcp) == 0)
         stop_now(w);
 }
 
@@ -199,6 +209,7 @@ static void on_wakeup(uv_async_t *h)
     } else if (cmd == QX_W_DRAINING && w->state == QX_W_RUNNING) {
         w->state = QX_W_DRAINING;
         qx_quic_ep_drain(w->quic);
+        qx_tcp_front_drain(w->tcp);
         uv_timer_start(&w->grace, on_grace,
                        (uint64_t)w->snap->cfg->limits.graceful_shutdown_secs * 1000, 0);
         qx_worker_maybe_done(w);

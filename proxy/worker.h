@@ -17,14 +17,17 @@
 
 typedef struct qx_tls qx_tls_t;
 typedef struct qx_runtime qx_runtime_t;
+typedef struct qx_tls_tcp qx_tls_tcp_t;
+typedef struct qx_tcp_front qx_tcp_front_t;
 typedef struct qx_quic_ep qx_quic_ep_t;
 typedef struct qx_worker qx_worker_t;
 
 /* Process-wide, read-only after start-up: shared by every worker. */
 typedef struct qx_shared {
     const qx_tls_t *tls;
-    qx_runtime_t *rt;                                  /* the snapshot in force; lifecycle */
-    uint8_t static_secret[32];                         /* stateless reset tokens */
+    qx_runtime_t *rt;            /* the snapshot in force; lifecycle */
+    const qx_tls_tcp_t *tls_tcp; /* OpenSSL context for the HTTPS listener; NULL without one */
+    uint8_t static_secret[32];   /* stateless reset tokens */
     void (*on_worker_exit)(qx_worker_t *w, void *arg); /* called on the worker thread */
     void *arg;
 } qx_shared_t;
@@ -44,6 +47,7 @@ struct qx_worker {
     uint32_t *rr;        /* round-robin cursor per route */
     qx_metrics_t metrics;
     qx_quic_ep_t *quic;
+    qx_tcp_front_t *tcp;   /* HTTPS fallback listener; NULL when not configured */
     uv_timer_t tick;       /* pool sweep, liveness tick, drain checks */
     uv_timer_t grace;      /* graceful_shutdown_secs deadline */
     uint64_t last_tick_ms; /* atomic, uv_hrtime() in ms; read by the admin thread (livez) */
