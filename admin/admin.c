@@ -661,6 +661,12 @@ static int is_json(const char *ct)
            (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
 }
 
+static int expects_continue(struct MHD_Connection *c)
+{
+    const char *e = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+    return e != NULL && strcasecmp(e, "100-continue") == 0;
+}
+
 static enum MHD_Result reply_too_large(struct MHD_Connection *c)
 {
     char err[96];
@@ -713,16 +719,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return reply(c, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain; charset=utf-8",
                          "method not allowed\n", 19, MHD_HTTP_HEADER_ALLOW, endpoints[ep].allow);
         }
+        int keep = ep == EP_ROUTES && strcmp(method, MHD_HTTP_METHOD_PUT) == 0;
+        int over = 0;
         const char *cl =
             MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl) {
             errno = 0;
             unsigned long long v = strtoull(cl, NULL, 10);
-            if (errno == ERANGE || v > ADMIN_MAX_BODY)
+            int range = errno == ERANGE;
+            over = range || v > ADMIN_MAX_BODY;
+            /* Refused before the body when the client waits for 100
+             * Continue (curl does past 1 MiB) or the body is huge; a
+             * client that sends a modest excess at once gets its 413
+             * after the body is read and dropped, instead of a reset
+             * while it is still writing. */
+            if (over && (expects_continue(c) || range || v > DISCARD_BODY_MAX))
                 return reply_too_large(c);
         }
-        int keep = ep == EP_ROUTES && strcmp(method, MHD_HTTP_METHOD_PUT) == 0;
-        if (keep &&
+        if (keep && !over &&
             !is_json(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE)))
             return reply_error(c, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
                                "PUT /routes takes Content-Type: application/json", "");
@@ -731,6 +745,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return MHD_NO;
         r->ep = ep;
         r->keep = keep;
+        r->too_large = over;
         *con_cls = r;
         return MHD_YES;
     }
