@@ -57,10 +57,15 @@ typedef struct raw_limits {
     char *max_upstream_response_body_bytes;
     char *max_idle_connections_per_upstream;
     char *graceful_shutdown_secs;
+    char *header_read_timeout_secs;
+    char *body_idle_timeout_secs;
 } raw_limits_t;
 
 typedef struct raw_server {
     char *listen;
+    char *https_listen;
+    char *alt_svc_max_age;
+    char *drain_delay_secs;
     char *cert;
     char *key;
     char *workers;
@@ -104,11 +109,16 @@ static const cyaml_schema_field_t limits_fields[] = {
     OPT_STR("max_upstream_response_body_bytes", raw_limits_t, max_upstream_response_body_bytes),
     OPT_STR("max_idle_connections_per_upstream", raw_limits_t, max_idle_connections_per_upstream),
     OPT_STR("graceful_shutdown_secs", raw_limits_t, graceful_shutdown_secs),
+    OPT_STR("header_read_timeout_secs", raw_limits_t, header_read_timeout_secs),
+    OPT_STR("body_idle_timeout_secs", raw_limits_t, body_idle_timeout_secs),
     CYAML_FIELD_END,
 };
 
 static const cyaml_schema_field_t server_fields[] = {
     OPT_STR("listen", raw_server_t, listen),
+    OPT_STR("https_listen", raw_server_t, https_listen),
+    OPT_STR("alt_svc_max_age", raw_server_t, alt_svc_max_age),
+    OPT_STR("drain_delay_secs", raw_server_t, drain_delay_secs),
     OPT_STR("cert", raw_server_t, cert),
     OPT_STR("key", raw_server_t, key),
     OPT_STR("workers", raw_server_t, workers),
@@ -831,6 +841,16 @@ static int build_limits(qx_limits_t *l, const raw_limits_t *raw, char *err, size
                            UINT32_MAX, false, &v, err, errlen)) != 0)
         return rv;
     l->graceful_shutdown_secs = (uint32_t)v;
+    /* HTTP/1.1 on the HTTPS listener: 0 would mean "no timeout", which is
+     * exactly what slowloris and slow POST want. */
+    if ((rv = number_field(sec, "header_read_timeout_secs", raw->header_read_timeout_secs, 10,
+                           UINT32_MAX, false, &v, err, errlen)) != 0)
+        return rv;
+    l->header_read_timeout_secs = (uint32_t)v;
+    if ((rv = number_field(sec, "body_idle_timeout_secs", raw->body_idle_timeout_secs, 30,
+                           UINT32_MAX, false, &v, err, errlen)) != 0)
+        return rv;
+    l->body_idle_timeout_secs = (uint32_t)v;
 
     if (l->upstream_request_timeout_secs < l->upstream_connect_timeout_secs)
         return fail(err, errlen,
@@ -854,6 +874,26 @@ static int build_server(qx_config_t *cfg, const raw_server_t *s, const char *bas
         return fail(err, errlen, "server.listen: \"%s\" is not an address " ADDR_FORMS, s->listen);
     if ((cfg->listen = strdup(s->listen)) == NULL)
         return QX_ERR_NOMEM;
+
+    /* The HTTPS fallback is TCP, QUIC is UDP: the same port number on both
+     * is the usual choice (browsers look for HTTP/3 on the port Alt-Svc
+     * names, and h3=":port" may name the TCP one). */
+    if (s->https_listen != NULL) {
+        if (qx_addr_parse(s->https_listen, &cfg->https_addr, &cfg->https_addrlen) != 0)
+            return fail(err, errlen, "server.https_listen: \"%s\" is not an address " ADDR_FORMS,
+                        s->https_listen);
+        if ((cfg->https_listen = strdup(s->https_listen)) == NULL)
+            return QX_ERR_NOMEM;
+    }
+    /* defaults here and in config.h change together */
+    if ((rv = number_field("server", "alt_svc_max_age", s->alt_svc_max_age, 86400, UINT32_MAX, true,
+                           &v, err, errlen)) != 0)
+        return rv;
+    cfg->alt_svc_max_age = (uint32_t)v;
+    if ((rv = number_field("server", "drain_delay_secs", s->drain_delay_secs, 5, UINT32_MAX, true,
+                           &v, err, errlen)) != 0)
+        return rv;
+    cfg->drain_delay_secs = (uint32_t)v;
 
     if (s->cert == NULL)
         return fail(err, errlen, "server.cert: is required");
@@ -1146,6 +1186,7 @@ void qx_config_del(qx_config_t *cfg)
     free(cfg->admin.token_file);
     free(cfg->path);
     free(cfg->listen);
+    free(cfg->https_listen);
     free(cfg->cert);
     free(cfg->key);
     free(cfg);

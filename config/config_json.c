@@ -105,7 +105,9 @@ static json_t *limits_to_json(const qx_limits_t *l)
         set(o, "max_upstream_response_body_bytes", u64(l->max_upstream_response_body_bytes)) != 0 ||
         set(o, "max_idle_connections_per_upstream", u64(l->max_idle_connections_per_upstream)) !=
             0 ||
-        set(o, "graceful_shutdown_secs", u64(l->graceful_shutdown_secs)) != 0) {
+        set(o, "graceful_shutdown_secs", u64(l->graceful_shutdown_secs)) != 0 ||
+        set(o, "header_read_timeout_secs", u64(l->header_read_timeout_secs)) != 0 ||
+        set(o, "body_idle_timeout_secs", u64(l->body_idle_timeout_secs)) != 0) {
         json_decref(o);
         return NULL;
     }
@@ -140,6 +142,9 @@ json_t *qx_config_to_json(const qx_config_t *cfg)
         goto fail;
     /* workers as configured: 0 means one per available CPU */
     if (set(server, "listen", string_or_null(cfg->listen)) != 0 ||
+        set(server, "https_listen", string_or_null(cfg->https_listen)) != 0 ||
+        set(server, "alt_svc_max_age", u64(cfg->alt_svc_max_age)) != 0 ||
+        set(server, "drain_delay_secs", u64(cfg->drain_delay_secs)) != 0 ||
         set(server, "cert", string_or_null(cfg->cert)) != 0 ||
         set(server, "key", string_or_null(cfg->key)) != 0 ||
         set(server, "workers", u64(cfg->workers)) != 0 ||
@@ -184,6 +189,7 @@ static qx_config_t *dup_without_routes(const qx_config_t *cfg)
     d->nroutes = 0;
     d->path = dup_str(cfg->path, &ok);
     d->listen = dup_str(cfg->listen, &ok);
+    d->https_listen = dup_str(cfg->https_listen, &ok);
     d->cert = dup_str(cfg->cert, &ok);
     d->key = dup_str(cfg->key, &ok);
     d->admin.listen = dup_str(cfg->admin.listen, &ok);

@@ -34,6 +34,9 @@ static const char base_yaml[] = "server:\n"
                                 "  listen: \"0.0.0.0:443\"\n"
                                 "  cert: certs/cert.pem\n"
                                 "  key: /etc/tls/key.pem\n"
+                                "  https_listen: \"127.0.0.1:8443\"\n"
+                                "  alt_svc_max_age: 600\n"
+                                "  drain_delay_secs: 0\n"
                                 "  workers: 4\n"
                                 "  limits:\n"
                                 "    upstream_connect_timeout_secs: 3\n"
@@ -42,6 +45,8 @@ static const char base_yaml[] = "server:\n"
                                 "    max_upstream_response_body_bytes: 2000\n"
                                 "    max_idle_connections_per_upstream: 2\n"
                                 "    graceful_shutdown_secs: 5\n"
+                                "    header_read_timeout_secs: 3\n"
+                                "    body_idle_timeout_secs: 4\n"
                                 "routes:\n"
                                 "  - match: API.Example.com\n"
                                 "    upstream: \"127.0.0.1:8080\"\n"
@@ -141,9 +146,13 @@ static void test_config_to_json_defaults(void **state)
     assert_json(qx_config_to_json(cfg),
                 "{\"admin\":null,"
                 "\"routes\":[{\"match\":\"*\",\"upstream\":\"127.0.0.1:8080\"}],"
-                "\"server\":{\"cert\":\"/etc/qrux/certs/cert.pem\","
+                "\"server\":{\"alt_svc_max_age\":86400,"
+                "\"cert\":\"/etc/qrux/certs/cert.pem\","
+                "\"drain_delay_secs\":5,\"https_listen\":null,"
                 "\"key\":\"/etc/qrux/certs/key.pem\","
-                "\"limits\":{\"graceful_shutdown_secs\":30,"
+                "\"limits\":{\"body_idle_timeout_secs\":30,"
+                "\"graceful_shutdown_secs\":30,"
+                "\"header_read_timeout_secs\":10,"
                 "\"max_idle_connections_per_upstream\":16,"
                 "\"max_request_body_bytes\":10485760,"
                 "\"max_upstream_response_body_bytes\":52428800,"
@@ -170,8 +179,10 @@ static void test_config_to_json_defaults(void **state)
         "{\"admin\":{\"listen\":\"[::]:9901\",\"ready_requires_upstream\":true,"
         "\"token_file\":\"/etc/qrux/secrets/token\"},"
         "\"routes\":%s,"
-        "\"server\":{\"cert\":\"/etc/qrux/certs/cert.pem\",\"key\":\"/etc/tls/key.pem\","
-        "\"limits\":{\"graceful_shutdown_secs\":5,\"max_idle_connections_per_upstream\":2,"
+        "\"server\":{\"alt_svc_max_age\":600,\"cert\":\"/etc/qrux/certs/cert.pem\","
+        "\"drain_delay_secs\":0,\"https_listen\":\"127.0.0.1:8443\",\"key\":\"/etc/tls/key.pem\","
+        "\"limits\":{\"body_idle_timeout_secs\":4,\"graceful_shutdown_secs\":5,"
+        "\"header_read_timeout_secs\":3,\"max_idle_connections_per_upstream\":2,"
         "\"max_request_body_bytes\":1000,\"max_upstream_response_body_bytes\":2000,"
         "\"upstream_connect_timeout_secs\":3,\"upstream_request_timeout_secs\":60},"
         "\"listen\":\"0.0.0.0:443\",\"workers\":4}}";
@@ -268,6 +279,7 @@ static void test_dup_deep(void **state)
 
     /* every pointer is its own */
     assert_ptr_not_equal(d->listen, cfg->listen);
+    assert_ptr_not_equal(d->https_listen, cfg->https_listen);
     assert_ptr_not_equal(d->cert, cfg->cert);
     assert_ptr_not_equal(d->key, cfg->key);
     assert_ptr_not_equal(d->routes, cfg->routes);
@@ -290,6 +302,10 @@ static void test_dup_deep(void **state)
     /* the sockaddrs and numbers */
     assert_int_equal(d->listen_addrlen, cfg->listen_addrlen);
     assert_memory_equal(&d->listen_addr, &cfg->listen_addr, cfg->listen_addrlen);
+    assert_int_equal(d->https_addrlen, cfg->https_addrlen);
+    assert_memory_equal(&d->https_addr, &cfg->https_addr, cfg->https_addrlen);
+    assert_int_equal(d->alt_svc_max_age, 600);
+    assert_int_equal(d->drain_delay_secs, 0);
     assert_int_equal(d->admin.addrlen, cfg->admin.addrlen);
     assert_memory_equal(&d->admin.addr, &cfg->admin.addr, cfg->admin.addrlen);
     assert_memory_equal(&d->limits, &cfg->limits, sizeof(cfg->limits));
@@ -297,6 +313,7 @@ static void test_dup_deep(void **state)
 
     /* writing the copy leaves the original as it was */
     d->listen[0] = 'X';
+    d->https_listen[0] = 'X';
     d->cert[0] = 'X';
     d->key[0] = 'X';
     d->admin.listen[0] = 'X';
@@ -329,6 +346,7 @@ static void test_dup_deep(void **state)
     d = qx_config_dup(cfg);
     assert_null(d->admin.listen);
     assert_null(d->admin.token_file);
+    assert_null(d->https_listen);
     assert_null(d->path);
     qx_config_del(cfg);
     qx_config_del(d);

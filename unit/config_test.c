@@ -143,7 +143,13 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->limits.max_upstream_response_body_bytes, 52428800);
     assert_int_equal(cfg->limits.max_idle_connections_per_upstream, 16);
     assert_int_equal(cfg->limits.graceful_shutdown_secs, 30);
+    assert_int_equal(cfg->limits.header_read_timeout_secs, 10);
+    assert_int_equal(cfg->limits.body_idle_timeout_secs, 30);
     assert_int_equal(cfg->listen_addr.ss_family, AF_INET6);
+    assert_null(cfg->https_listen);
+    assert_int_equal(cfg->https_addrlen, 0);
+    assert_int_equal(cfg->alt_svc_max_age, 86400);
+    assert_int_equal(cfg->drain_delay_secs, 5);
     qx_config_del(cfg);
 
     /* limits present but partly set: the rest keep their defaults */
@@ -274,6 +280,8 @@ static const char *const limit_names[] = {
     "max_upstream_response_body_bytes",
     "max_idle_connections_per_upstream",
     "graceful_shutdown_secs",
+    "header_read_timeout_secs",
+    "body_idle_timeout_secs",
 };
 
 static void test_reject_limits(void **state)
@@ -316,6 +324,64 @@ static void test_reject_limits(void **state)
     expect_reject(SERVER "  limits: 3\n" ROUTES, "server.limits: must be a mapping, not a scalar");
 }
 
+/* The HTTPS fallback listener (issue 3) and the keys that go with it. */
+static void test_https_listen(void **state)
+{
+    (void)state;
+    qx_config_t *cfg = expect_ok(SERVER "  https_listen: \"[::]:8443\"\n"
+                                        "  alt_svc_max_age: 3600\n"
+                                        "  drain_delay_secs: 0\n"
+                                        "  limits:\n"
+                                        "    header_read_timeout_secs: 2\n"
+                                        "    body_idle_timeout_secs: 7\n" ROUTES,
+                                 NULL);
+    /* the same port number as the UDP listener is the usual choice */
+    assert_string_equal(cfg->https_listen, "[::]:8443");
+    assert_int_equal(cfg->https_addr.ss_family, AF_INET6);
+    assert_int_equal(cfg->https_addrlen, sizeof(struct sockaddr_in6));
+    assert_int_equal(ntohs(((struct sockaddr_in6 *)&cfg->https_addr)->sin6_port), 8443);
+    assert_int_equal(cfg->alt_svc_max_age, 3600);
+    assert_int_equal(cfg->drain_delay_secs, 0);
+    assert_int_equal(cfg->limits.header_read_timeout_secs, 2);
+    assert_int_equal(cfg->limits.body_idle_timeout_secs, 7);
+    qx_config_del(cfg);
+
+    cfg = expect_ok(SERVER "  https_listen: \"localhost:443\"\n"
+                           "  alt_svc_max_age: 0\n" ROUTES,
+                    NULL);
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)&cfg->https_addr;
+    assert_int_equal(cfg->https_addr.ss_family, AF_INET);
+    assert_int_equal(ntohl(sin->sin_addr.s_addr), INADDR_LOOPBACK);
+    assert_int_equal(ntohs(sin->sin_port), 443);
+    assert_int_equal(cfg->alt_svc_max_age, 0); /* ma=0: clients forget it at once */
+    qx_config_del(cfg);
+
+    static const char *const bad[] = {"8443", "[::]:0", "::1:8443", "example.com:443", ""};
+    char yaml[512], want[256];
+    for (size_t i = 0; i < QX_ARRAY_LEN(bad); i++) {
+        snprintf(yaml, sizeof(yaml), SERVER "  https_listen: \"%s\"\n" ROUTES, bad[i]);
+        snprintf(want, sizeof(want),
+                 "server.https_listen: \"%s\" is not an address (host:port with an IPv4, [IPv6] "
+                 "or localhost)",
+                 bad[i]);
+        expect_reject(yaml, want);
+    }
+    expect_reject(SERVER "  https_listen: [\"[::]:1\"]\n" ROUTES,
+                  "server.https_listen: must be a scalar, not a list");
+    expect_reject(SERVER "  alt_svc_max_age: -1\n" ROUTES,
+                  "server.alt_svc_max_age: must not be negative");
+    expect_reject(SERVER "  alt_svc_max_age: 1d\n" ROUTES,
+                  "server.alt_svc_max_age: \"1d\" is not a whole number");
+    expect_reject(SERVER "  alt_svc_max_age: 4294967296\n" ROUTES,
+                  "server.alt_svc_max_age: must be <= 4294967295");
+    expect_reject(SERVER "  drain_delay_secs: -5\n" ROUTES,
+                  "server.drain_delay_secs: must not be negative");
+    expect_reject(SERVER "  drain_delay_secs: 5s\n" ROUTES,
+                  "server.drain_delay_secs: \"5s\" is not a whole number");
+    expect_reject(SERVER "  https_listen: \"[::]:1\"\n  https_listen: \"[::]:2\"\n" ROUTES,
+                  "server.https_listen: appears more than once (line 6)");
+}
+
 static void test_reject_workers(void **state)
 {
     (void)state;
@@ -336,8 +402,8 @@ static void test_reject_unknown_keys(void **state)
                          "    upstream_connect_timeout_secs: 5\n"
                          "    foo: 1\n" ROUTES,
                   "server.limits.foo: unknown key (line 7)");
-    expect_reject(SERVER "  https_listen: \"[::]:443\"\n" ROUTES,
-                  "server.https_listen: unknown key (line 5)");
+    expect_reject(SERVER "  http_listen: \"[::]:443\"\n" ROUTES,
+                  "server.http_listen: unknown key (line 5)");
     expect_reject("xdp: {}\n" SERVER ROUTES, "xdp: unknown key (line 1)");
     expect_reject(SERVER ROUTES "  - match: a.example.com\n"
                                 "    upstream: \"127.0.0.1:1\"\n"
@@ -782,6 +848,7 @@ static void test_del_half_built(void **state)
     qx_config_t *cfg = calloc(1, sizeof(*cfg));
     assert_non_null(cfg);
     cfg->listen = strdup("[::]:1");
+    cfg->https_listen = strdup("[::]:1");
     cfg->routes = calloc(3, sizeof(*cfg->routes));
     cfg->nroutes = 3;
     cfg->routes[0].match = strdup("a");
@@ -807,6 +874,7 @@ int main(void)
         cmocka_unit_test(test_addr_parse),          cmocka_unit_test(test_cpu_max),
         cmocka_unit_test(test_cgroup_v2),           cmocka_unit_test(test_cgroup_v1),
         cmocka_unit_test(test_effective_workers),   cmocka_unit_test(test_del_half_built),
+        cmocka_unit_test(test_https_listen),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
