@@ -335,6 +335,13 @@ void qx_h3_teardown(qx_quic_conn_t *qc)
     }
 }
 
+void qx_h3_goaway_notice(qx_quic_conn_t *qc)
+{
+    if (qc->h3)
+        nghttp3_conn_submit_shutdown_notice(qc->h3);
+    qx_quic_conn_mark(qc);
+}
+
 void qx_h3_goaway(qx_quic_conn_t *qc)
 {
     qc->goaway = 1;

@@ -1,6 +1,7 @@
 /*
  * main.c - qrux's entry point: the command line, configuration, and the
- * main thread's loop (signals, worker supervision, lifecycle).
+ * main thread's loop (signals, config and certificate watching, worker
+ * supervision, lifecycle).
  *
  * Order matters for Kubernetes: the config and the TLS files are fully
  * validated before any socket is bound, so a bad ConfigMap never leaves a
@@ -14,6 +15,7 @@
 #include "snapshot.h"
 #include "tcp_front.h"
 #include "tls.h"
+#include "watch.h"
 #include "worker.h"
 
 #include <getopt.h>
@@ -24,23 +26,31 @@
 #include <string.h>
 #include <unistd.h>
 #include <uv.h>
+
 #define EXIT_CONFIG 2
+#define WATCH_DEBOUNCE_MS 100
 
 typedef struct qx_main {
     uv_loop_t *loop;
-    uv_signal_t sigterm, sigint;
+    const char *config_path;
+    uv_signal_t sigterm, sigint, sighup, sigusr1;
     uv_async_t exited;
-    uv_async_t drain; /* POST /drain, from the admin thread */
+    uv_async_t drain;       /* POST /drain, from the admin thread */
+    uv_timer_t drain_delay; /* readyz is 503 while traffic is still served */
     qx_runtime_t *rt;
+    qx_shared_t *shared;
     qx_worker_t *workers;
     unsigned nworkers;
     unsigned nexited; /* atomic */
     int signals;
+    qx_watch_t *cfg_watch;
+    qx_watch_t *tls_watch;
 } qx_main_t;
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: qrux --config FILE\n"
+    fprintf(f, "usage: qrux --config FILE          run the proxy\n"
+               "       qrux check --config FILE    validate FILE (and its cert/key) and exit\n"
                "       qrux --help | --version\n"
                "\n"
                "HTTP/3 (QUIC) terminating sidecar proxy: clients speak HTTP/3, the app\n"
@@ -50,10 +60,64 @@ static void usage(FILE *f)
                "  -h, --help         this text\n"
                "  -V, --version      print the version\n"
                "\n"
+               "Signals: SIGTERM/SIGINT drain then exit 0 (a second one stops at once),\n"
+               "SIGHUP reloads the config file, SIGUSR1 reloads the certificate and key.\n"
                "Environment: QRUX_LOG=error|warn|info|debug (default info).\n"
-               "Exit codes: 0 after a graceful shutdown, 1 on a runtime failure (e.g. the\n"
-               "listen address is taken), 2 on a configuration error.\n");
+               "Exit codes: 0 after a graceful shutdown (and for a valid `check`), 1 on a\n"
+               "runtime failure (e.g. the listen address is taken), 2 on a configuration\n"
+               "error.\n");
 }
+
+/* ---- reloads ------------------------------------------------------------ */
+
+/* Parses and validates the file again; a good one becomes the new snapshot,
+ * a bad one is logged and counted and the config in force stays. */
+static void reload_config(qx_main_t *m, const char *why)
+{
+    char err[512] = "";
+    qx_config_t *cfg = NULL;
+    uint64_t gen = 0;
+
+    if (qx_config_load_file(m->config_path, &cfg, err, sizeof(err)) != 0) {
+        QX_ERROR("config reload (%s) rejected: %s; generation %llu stays in force", why, err,
+                 (unsigned long long)qx_runtime_generation(m->rt));
+        qx_runtime_reject(m->rt, QX_SRC_FILE, err);
+        return;
+    }
+    int rv = qx_runtime_publish(m->rt, cfg, QX_SRC_FILE, 0, &gen, err, sizeof(err));
+    if (rv != 0)
+        QX_ERROR("config reload (%s) not applied: %s", why, err);
+    else
+        QX_INFO("config reload (%s): generation %llu", why, (unsigned long long)gen);
+}
+
+static void reload_tls(qx_main_t *m, const char *why)
+{
+    char err[512] = "";
+    qx_snapshot_t *snap = qx_runtime_snapshot(m->rt);
+    qx_tls_t *tls = NULL;
+    if (qx_tls_new(&tls, snap->cfg->cert, snap->cfg->key, err, sizeof(err)) != 0) {
+        QX_ERROR("certificate reload (%s) rejected: %s; the certificate in force stays", why, err);
+    } else {
+        qx_shared_tls_swap(m->shared, tls);
+        QX_INFO("certificate reload (%s): new handshakes use %s", why, snap->cfg->cert);
+    }
+    qx_snapshot_unref(snap);
+}
+
+static void on_config_changed(qx_watch_t *w, void *arg)
+{
+    (void)w;
+    reload_config(arg, "file changed");
+}
+
+static void on_tls_changed(qx_watch_t *w, void *arg)
+{
+    (void)w;
+    reload_tls(arg, "file changed");
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
 
 static void on_worker_exit(qx_worker_t *w, void *arg)
 {
@@ -68,20 +132,41 @@ static void on_exited(uv_async_t *h)
     qx_main_t *m = h->data;
     if (__atomic_load_n(&m->nexited, __ATOMIC_ACQUIRE) < m->nworkers)
         return;
+    qx_watch_del(m->cfg_watch);
+    qx_watch_del(m->tls_watch);
+    m->cfg_watch = m->tls_watch = NULL;
     uv_close((uv_handle_t *)&m->sigterm, NULL);
     uv_close((uv_handle_t *)&m->sigint, NULL);
+    uv_close((uv_handle_t *)&m->sighup, NULL);
+    uv_close((uv_handle_t *)&m->sigusr1, NULL);
     uv_close((uv_handle_t *)&m->exited, NULL);
     uv_close((uv_handle_t *)&m->drain, NULL);
+    uv_close((uv_handle_t *)&m->drain_delay, NULL);
 }
 
+static void on_drain_delay(uv_timer_t *t)
+{
+    qx_main_t *m = t->data;
+    QX_INFO("drain: GOAWAY to clients; in-flight requests get up to graceful_shutdown_secs");
+    for (unsigned i = 0; i < m->nworkers; i++)
+        qx_worker_drain(&m->workers[i]);
+}
+
+/* Readiness flips at once, so endpoint controllers stop sending new
+ * traffic; requests keep being served for drain_delay_secs (they may still
+ * arrive while the endpoint removal propagates), then the workers drain. */
 static void start_drain(qx_main_t *m, const char *why)
 {
     if (m->signals++ != 0)
         return;
     qx_runtime_set_lifecycle(m->rt, QX_LC_DRAINING);
-    QX_INFO("%s: draining (up to graceful_shutdown_secs); signal again to stop now", why);
-    for (unsigned i = 0; i < m->nworkers; i++)
-        qx_worker_drain(&m->workers[i]);
+    qx_snapshot_t *snap = qx_runtime_snapshot(m->rt);
+    uint32_t delay = snap->cfg->drain_delay_secs;
+    qx_snapshot_unref(snap);
+    QX_INFO("%s: draining: /readyz is 503; serving for drain_delay_secs=%u more, then "
+            "GOAWAY; signal again to stop now",
+            why, delay);
+    uv_timer_start(&m->drain_delay, on_drain_delay, (uint64_t)delay * 1000, 0);
 }
 
 static void on_drain(uv_async_t *h)
@@ -92,13 +177,77 @@ static void on_drain(uv_async_t *h)
 static void on_signal(uv_signal_t *h, int signum)
 {
     qx_main_t *m = h->data;
+    if (signum == SIGHUP) {
+        reload_config(m, "SIGHUP");
+        qx_watch_rebase(m->cfg_watch);
+        return;
+    }
+    if (signum == SIGUSR1) {
+        reload_tls(m, "SIGUSR1");
+        qx_watch_rebase(m->tls_watch);
+        return;
+    }
     if (m->signals == 0) {
         start_drain(m, signum == SIGTERM ? "SIGTERM" : "SIGINT");
     } else {
         QX_INFO("second signal: stopping now");
+        uv_timer_stop(&m->drain_delay);
         for (unsigned i = 0; i < m->nworkers; i++)
             qx_worker_stop(&m->workers[i]);
     }
+}
+
+/* ---- start-up ----------------------------------------------------------- */
+
+/* Loads and checks everything a start needs short of binding: the config
+ * and both TLS stacks' view of the certificate. Returns 0 or EXIT_CONFIG
+ * (logged). */
+static int load_all(const char *path, qx_config_t **cfg, qx_tls_t **tls, qx_tls_tcp_t **tls_tcp)
+{
+    char err[512] = "";
+    if (qx_config_load_file(path, cfg, err, sizeof(err)) != 0) {
+        QX_ERROR("config %s: %s", path, err);
+        return EXIT_CONFIG;
+    }
+    if (qx_tls_new(tls, (*cfg)->cert, (*cfg)->key, err, sizeof(err)) != 0 ||
+        ((*cfg)->https_listen &&
+         qx_tls_tcp_new(tls_tcp, (*cfg)->cert, (*cfg)->key, err, sizeof(err)) != 0)) {
+        QX_ERROR("config %s: %s", path, err);
+        return EXIT_CONFIG;
+    }
+    return 0;
+}
+
+static void start_watching(qx_main_t *m, const qx_config_t *cfg)
+{
+    const char *cfgpaths[] = {m->config_path};
+    const char *tlspaths[] = {cfg->cert, cfg->key};
+    if (qx_watch_is_subpath_mount(m->config_path))
+        QX_WARN("config %s is mounted on its own (a ConfigMap subPath mount?): Kubernetes never "
+                "updates such a file; mount the whole ConfigMap as a directory to get live "
+                "updates",
+                m->config_path);
+    if (qx_watch_new(&m->cfg_watch, m->loop, cfgpaths, 1, WATCH_DEBOUNCE_MS, on_config_changed,
+                     m) != 0)
+        QX_WARN("config %s: not watched; SIGHUP still reloads it", m->config_path);
+    if (qx_watch_new(&m->tls_watch, m->loop, tlspaths, 2, WATCH_DEBOUNCE_MS, on_tls_changed, m) !=
+        0)
+        QX_WARN("certificate files not watched; SIGUSR1 still reloads them");
+}
+
+/* `qrux check --config FILE`: what a CI job or a pre-apply hook runs. */
+static int run_check(const char *path)
+{
+    qx_config_t *cfg = NULL;
+    qx_tls_t *tls = NULL;
+    qx_tls_tcp_t *tls_tcp = NULL;
+    int rv = load_all(path, &cfg, &tls, &tls_tcp);
+    if (rv == 0)
+        printf("%s: ok (%zu routes, listen %s)\n", path, cfg->nroutes, cfg->listen);
+    qx_tls_del(tls);
+    qx_tls_tcp_del(tls_tcp);
+    qx_config_del(cfg);
+    return rv;
 }
 
 int main(int argc, char **argv)
@@ -111,8 +260,13 @@ int main(int argc, char **argv)
     };
     const char *config_path = NULL;
     char err[512];
-    int c;
+    int c, check = 0;
 
+    if (argc > 1 && strcmp(argv[1], "check") == 0) {
+        check = 1;
+        argv++;
+        argc--;
+    }
     while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
@@ -134,30 +288,18 @@ int main(int argc, char **argv)
         return EXIT_CONFIG;
     }
     qx_log_init();
+    if (check)
+        return run_check(config_path);
     signal(SIGPIPE, SIG_IGN);
 
     qx_config_t *cfg = NULL;
-    err[0] = '\0';
-    if (qx_config_load_file(config_path, &cfg, err, sizeof(err)) != 0) {
-        QX_ERROR("config %s: %s", config_path, err);
-        return EXIT_CONFIG;
-    }
     qx_tls_t *tls = NULL;
-    if (qx_tls_new(&tls, cfg->cert, cfg->key, err, sizeof(err)) != 0) {
-        QX_ERROR("config %s: %s", config_path, err);
-        qx_config_del(cfg);
-        return EXIT_CONFIG;
-    }
-
     qx_tls_tcp_t *tls_tcp = NULL;
-    if (cfg->https_listen && qx_tls_tcp_new(&tls_tcp, cfg->cert, cfg->key, err, sizeof(err)) != 0) {
-        QX_ERROR("config %s: %s", config_path, err);
+    if (load_all(config_path, &cfg, &tls, &tls_tcp) != 0)
         return EXIT_CONFIG;
-    }
+
     qx_snapshot_t *snap = NULL;
     unsigned nworkers = qx_config_effective_workers(cfg);
-    char listen[128];
-    snprintf(listen, sizeof(listen), "%s", cfg->listen);
     if (qx_snapshot_new(&snap, cfg, 1) != 0) {
         QX_ERROR("out of memory");
         return 1;
@@ -169,9 +311,12 @@ int main(int argc, char **argv)
     }
     qx_main_t m = {0};
     m.rt = &rt;
+    m.config_path = config_path;
     qx_shared_t shared = {
         .tls = tls, .tls_tcp = tls_tcp, .rt = &rt, .on_worker_exit = on_worker_exit, .arg = &m};
+    pthread_mutex_init(&shared.tls_lock, NULL);
     gnutls_rnd(GNUTLS_RND_KEY, shared.static_secret, sizeof(shared.static_secret));
+    m.shared = &shared;
 
     m.loop = uv_default_loop();
     m.nworkers = nworkers;
@@ -182,6 +327,8 @@ int main(int argc, char **argv)
     m.exited.data = &m;
     uv_async_init(m.loop, &m.drain, on_drain);
     m.drain.data = &m;
+    uv_timer_init(m.loop, &m.drain_delay);
+    m.drain_delay.data = &m;
     rt.drain_async = &m.drain;
     rt.workers = m.workers;
     rt.nworkers = nworkers;
@@ -189,11 +336,13 @@ int main(int argc, char **argv)
         if (qx_worker_init(&m.workers[i], i, &shared, snap) != 0)
             return 1; /* the reason is logged; nothing has run yet */
     }
-    uv_signal_init(m.loop, &m.sigterm);
-    uv_signal_init(m.loop, &m.sigint);
-    m.sigterm.data = m.sigint.data = &m;
-    uv_signal_start(&m.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&m.sigint, on_signal, SIGINT);
+    uv_signal_t *sigs[] = {&m.sigterm, &m.sigint, &m.sighup, &m.sigusr1};
+    int signums[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
+    for (size_t i = 0; i < QX_ARRAY_LEN(sigs); i++) {
+        uv_signal_init(m.loop, sigs[i]);
+        sigs[i]->data = &m;
+        uv_signal_start(sigs[i], on_signal, signums[i]);
+    }
     qx_admin_t *admin = NULL;
     if (qx_admin_start(&admin, &rt, err, sizeof(err)) != 0) {
         QX_ERROR("config %s: %s", config_path, err);
@@ -205,6 +354,7 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    start_watching(&m, snap->cfg);
     /* LIVE (startupz/readyz 200) once every worker's loop runs. */
     for (int tries = 0; tries < 5000; tries++) {
         if (__atomic_load_n(&rt.workers_running, __ATOMIC_ACQUIRE) == (int)nworkers)
@@ -212,7 +362,9 @@ int main(int argc, char **argv)
         usleep(1000);
     }
     qx_runtime_set_lifecycle(&rt, QX_LC_LIVE);
-    QX_INFO("ready: udp %s workers=%u routes=%zu (qrux %s)", listen, nworkers, snap->cfg->nroutes,
+    QX_INFO("ready: udp %s%s%s workers=%u routes=%zu (qrux %s)", snap->cfg->listen,
+            snap->cfg->https_listen ? " tcp " : "",
+            snap->cfg->https_listen ? snap->cfg->https_listen : "", nworkers, snap->cfg->nroutes,
             QX_VERSION);
 
     uv_run(m.loop, UV_RUN_DEFAULT);
@@ -227,8 +379,9 @@ int main(int argc, char **argv)
     }
     free(m.workers);
     qx_runtime_free(&rt); /* drops the snapshot in force */
-    qx_tls_del(tls);
+    qx_tls_del(shared.tls);
     qx_tls_tcp_del(tls_tcp);
+    uv_run(m.loop, UV_RUN_NOWAIT); /* close callbacks of the watchers */
     uv_loop_close(m.loop);
     QX_INFO("stopped");
     return code;

@@ -65,7 +65,7 @@ struct qx_pool {
     qx_upconn_t *busy_head; /* connecting or busy; detached by qx_pool_del */
     unsigned nbusy;
     uint64_t pub_idle, pub_busy; /* what gauges() last added to the row */
-    qx_metrics_up_row_t *row; /* gauges; may be NULL */
+    qx_metrics_up_row_t *row;    /* gauges; may be NULL */
 };
 
 /* Creates a pool for one upstream address. Returns 0 or QX_ERR_NOMEM. */

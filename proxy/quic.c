@@ -20,6 +20,7 @@
 #define RX_BATCH 64    /* datagrams read per readiness event */
 #define TX_MAX_PKTS 64 /* packets written per flush before yielding */
 #define MAX_UDP_PAYLOAD NGTCP2_MAX_PMTUD_UDP_PAYLOAD_SIZE
+#define GOAWAY_NOTICE_MS 500
 
 typedef struct cid_entry {
     struct cid_entry *next;
@@ -33,7 +34,8 @@ struct qx_quic_ep {
     int family;
     uv_poll_t poll;
     int poll_events;
-    uv_check_t flush; /* writes what this loop turn produced */
+    uv_check_t flush;  /* writes what this loop turn produced */
+    uv_timer_t goaway; /* drain: from the GOAWAY notice to the final GOAWAY */
     int closing;
     int accepting;
     unsigned nconns;
@@ -255,6 +257,7 @@ static void conn_del(qx_quic_conn_t *qc)
         ngtcp2_conn_del(qc->conn);
     if (qc->tls)
         gnutls_deinit(qc->tls);
+    qx_tls_unref(qc->creds); /* after the session that used them */
     uv_close((uv_handle_t *)&qc->timer, conn_timer_closed);
     qx_worker_maybe_done(w);
 }
@@ -582,7 +585,8 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
         QX_DEBUG("quic: ngtcp2_conn_server_new: %s", ngtcp2_strerror(rv));
         goto fail;
     }
-    if (qx_tls_session_new(w->shared->tls, &qc->conn_ref, &qc->tls) != 0)
+    qc->creds = qx_shared_tls_acquire(w->shared);
+    if (qx_tls_session_new(qc->creds, &qc->conn_ref, &qc->tls) != 0)
         goto fail;
     ngtcp2_conn_set_tls_native_handle(qc->conn, qc->tls);
     if (cid_add(qc, &hd->dcid) != 0 || cid_add(qc, &scid) != 0)
@@ -659,11 +663,20 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
             send_stateless_reset(ep, &vc, len, local, remote, remotelen);
             return;
         }
-        if (!ep->accepting)
-            return; /* draining: new connections are refused */
         ngtcp2_pkt_hd hd;
         if (ngtcp2_accept(&hd, data, len) != 0)
             return;
+        if (!ep->accepting) {
+            /* Draining: refuse at once (CONNECTION_REFUSED) instead of
+             * letting the client wait for its handshake timeout. */
+            uint8_t buf[256];
+            ngtcp2_ssize n =
+                ngtcp2_crypto_write_connection_close(buf, sizeof(buf), hd.version, &hd.scid,
+                                                     &hd.dcid, NGTCP2_CONNECTION_REFUSED, NULL, 0);
+            if (n > 0)
+                send_pkt(ep, local, remote, remotelen, buf, (size_t)n);
+            return;
+        }
         qc = conn_new(ep, &hd, local, locallen, remote, remotelen);
         if (qc == NULL)
             return;
@@ -835,22 +848,37 @@ int qx_quic_ep_start(qx_quic_ep_t *ep)
     if (uv_poll_init(&ep->w->loop, &ep->poll, ep->fd) != 0)
         return QX_ERR_IO;
     uv_check_init(&ep->w->loop, &ep->flush);
+    uv_timer_init(&ep->w->loop, &ep->goaway);
     uv_check_start(&ep->flush, on_flush);
     ep->poll_events = 0;
     ep_poll_update(ep);
     return 0;
 }
 
-void qx_quic_ep_drain(qx_quic_ep_t *ep)
+static void on_goaway_final(uv_timer_t *t)
 {
-    ep->accepting = 0;
+    qx_quic_ep_t *ep = qx_container_of(t, qx_quic_ep_t, goaway);
     for (qx_quic_conn_t *qc = ep->conns; qc; qc = qc->next) {
         qc->goaway = 1;
         if (qc->handshake_done)
             qx_h3_goaway(qc);
-        if (qc->exchanges == NULL && !qc->handshake_done)
+        else
             qx_quic_conn_close(qc, 0);
     }
+}
+
+/* Two steps, as RFC 9114 §5.2 suggests: a GOAWAY notice (clients stop
+ * opening requests; requests already on the wire are still accepted), and
+ * a moment later the final GOAWAY with the last request id; connections
+ * close as their requests end. */
+void qx_quic_ep_drain(qx_quic_ep_t *ep)
+{
+    ep->accepting = 0;
+    for (qx_quic_conn_t *qc = ep->conns; qc; qc = qc->next) {
+        if (qc->handshake_done)
+            qx_h3_goaway_notice(qc);
+    }
+    uv_timer_start(&ep->goaway, on_goaway_final, GOAWAY_NOTICE_MS, 0);
 }
 
 unsigned qx_quic_ep_nconns(const qx_quic_ep_t *ep)
@@ -881,9 +909,11 @@ void qx_quic_ep_close(qx_quic_ep_t *ep)
         conn_del(qc);
     }
     /* closing counts the handles still to close, plus one. */
-    ep->closing = 3;
+    ep->closing = 4;
     ep->poll.data = ep;
     ep->flush.data = ep;
+    ep->goaway.data = ep;
     uv_close((uv_handle_t *)&ep->poll, ep_closed);
     uv_close((uv_handle_t *)&ep->flush, ep_closed);
+    uv_close((uv_handle_t *)&ep->goaway, ep_closed);
 }

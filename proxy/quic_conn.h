@@ -8,6 +8,7 @@
 
 #include "exchange.h"
 #include "quic.h"
+#include "tls.h"
 
 #include <gnutls/gnutls.h>
 #include <nghttp3/nghttp3.h>
@@ -26,6 +27,7 @@ struct qx_quic_conn {
     ngtcp2_crypto_conn_ref conn_ref;
     ngtcp2_conn *conn;
     gnutls_session_t tls;
+    qx_tls_t *creds; /* the credentials this connection handshook with */
     nghttp3_conn *h3;
     struct sockaddr_storage local, remote;
     socklen_t locallen, remotelen;
@@ -65,7 +67,11 @@ int qx_h3_setup(qx_quic_conn_t *qc);
 /* Ends every exchange of a dying connection, then frees nghttp3. */
 void qx_h3_teardown(qx_quic_conn_t *qc);
 
-/* Sends the HTTP/3 GOAWAY (graceful drain). */
+/* Sends the HTTP/3 GOAWAY notice (drain, step one). */
+void qx_h3_goaway_notice(qx_quic_conn_t *qc);
+
+/* Sends the final HTTP/3 GOAWAY (drain, step two); the connection closes
+ * when its last request ends. */
 void qx_h3_goaway(qx_quic_conn_t *qc);
 
 /* The ngtcp2 callbacks that belong to HTTP/3. */

@@ -62,6 +62,14 @@ static const char *restart_field(const qx_config_t *old, const qx_config_t *cfg)
         return "server.cert";
     if (!str_eq(old->key, cfg->key))
         return "server.key";
+    if (!str_eq(old->https_listen, cfg->https_listen))
+        return "server.https_listen";
+    if (!str_eq(old->admin.listen, cfg->admin.listen))
+        return "admin.listen";
+    if (!str_eq(old->admin.token_file, cfg->admin.token_file))
+        return "admin.token_file";
+    if (old->admin.ready_requires_upstream != cfg->admin.ready_requires_upstream)
+        return "admin.ready_requires_upstream";
     return NULL;
 }
 

@@ -16,6 +16,7 @@ static const char priority[] =
     "-GROUP-ALL:+GROUP-X25519:+GROUP-SECP256R1:+GROUP-SECP384R1:%DISABLE_TLS13_COMPAT_MODE";
 
 struct qx_tls {
+    int refcnt; /* atomic */
     gnutls_certificate_credentials_t cred;
     gnutls_priority_t prio;
 };
@@ -26,6 +27,7 @@ int qx_tls_new(qx_tls_t **out, const char *cert, const char *key, char *err, siz
     qx_tls_t *t = calloc(1, sizeof(*t));
     if (t == NULL)
         return QX_ERR_NOMEM;
+    t->refcnt = 1;
     if (gnutls_certificate_allocate_credentials(&t->cred) != 0)
         goto fail;
     rv = gnutls_certificate_set_x509_key_file(t->cred, cert, key, GNUTLS_X509_FMT_PEM);
@@ -49,7 +51,18 @@ fail:
 
 void qx_tls_del(qx_tls_t *t)
 {
-    if (t == NULL)
+    qx_tls_unref(t);
+}
+
+qx_tls_t *qx_tls_ref(qx_tls_t *t)
+{
+    __atomic_add_fetch(&t->refcnt, 1, __ATOMIC_RELAXED);
+    return t;
+}
+
+void qx_tls_unref(qx_tls_t *t)
+{
+    if (t == NULL || __atomic_sub_fetch(&t->refcnt, 1, __ATOMIC_ACQ_REL) != 0)
         return;
     if (t->prio)
         gnutls_priority_deinit(t->prio);

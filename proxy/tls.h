@@ -15,8 +15,13 @@ typedef struct qx_tls qx_tls_t;
  * and writes "server.cert: <why>" style text into err. */
 int qx_tls_new(qx_tls_t **out, const char *cert, const char *key, char *err, size_t errlen);
 
-/* Accepts NULL. */
+/* Drops the loader's reference (qx_tls_unref). Accepts NULL. */
 void qx_tls_del(qx_tls_t *tls);
+
+/* Reference counting: a rotated certificate's credentials live until the
+ * last connection that handshook with them is gone. Thread-safe. */
+qx_tls_t *qx_tls_ref(qx_tls_t *tls);
+void qx_tls_unref(qx_tls_t *tls);
 
 /* A server session configured for QUIC; |conn_ref| is the
  * ngtcp2_crypto_conn_ref the crypto callbacks use to find the connection.

@@ -6,6 +6,7 @@
 #include "qx.h"
 #include "runtime.h"
 #include "tcp_front.h"
+#include "tls.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,24 @@
 static void on_wakeup(uv_async_t *h);
 static void stop_now(qx_worker_t *w);
 
-int qx_worker_init(qx_worker_t *w, unsigned id, const qx_shared_t *shared, qx_snapshot_t *snap)
+qx_tls_t *qx_shared_tls_acquire(qx_shared_t *s)
+{
+    pthread_mutex_lock(&s->tls_lock);
+    qx_tls_t *t = qx_tls_ref(s->tls);
+    pthread_mutex_unlock(&s->tls_lock);
+    return t;
+}
+
+void qx_shared_tls_swap(qx_shared_t *s, qx_tls_t *tls)
+{
+    pthread_mutex_lock(&s->tls_lock);
+    qx_tls_t *old = s->tls;
+    s->tls = tls;
+    pthread_mutex_unlock(&s->tls_lock);
+    qx_tls_unref(old);
+}
+
+int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot_t *snap)
 {
     const qx_config_t *cfg = snap->cfg;
     int rv;

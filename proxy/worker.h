@@ -12,6 +12,7 @@
 #include "pool.h"
 #include "snapshot.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -22,9 +23,11 @@ typedef struct qx_tcp_front qx_tcp_front_t;
 typedef struct qx_quic_ep qx_quic_ep_t;
 typedef struct qx_worker qx_worker_t;
 
-/* Process-wide, read-only after start-up: shared by every worker. */
+/* Process-wide, shared by every worker; read-only after start-up but for
+ * the TLS credentials, which certificate rotation swaps under tls_lock. */
 typedef struct qx_shared {
-    const qx_tls_t *tls;
+    pthread_mutex_t tls_lock;
+    qx_tls_t *tls;               /* read with qx_shared_tls_acquire() */
     qx_runtime_t *rt;            /* the snapshot in force; lifecycle */
     const qx_tls_tcp_t *tls_tcp; /* OpenSSL context for the HTTPS listener; NULL without one */
     uint8_t static_secret[32];   /* stateless reset tokens */
@@ -41,7 +44,7 @@ struct qx_worker {
     uv_async_t wakeup;
     int cmd; /* atomic: QX_W_DRAINING or QX_W_STOPPED requested by main */
     qx_worker_state_t state;
-    const qx_shared_t *shared;
+    qx_shared_t *shared;
     qx_snapshot_t *snap; /* the snapshot new requests use */
     qx_pool_t **pools;   /* [snap->nupstreams] */
     uint32_t *rr;        /* round-robin cursor per route */
@@ -60,7 +63,15 @@ struct qx_worker {
  * without starting its thread, so that a bind failure is reported before
  * anything runs. Returns 0, QX_ERR_IO (bind/socket, logged), QX_ERR_NOMEM.
  */
-int qx_worker_init(qx_worker_t *w, unsigned id, const qx_shared_t *shared, qx_snapshot_t *snap);
+int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot_t *snap);
+
+/* The QUIC TLS credentials in force, referenced (qx_tls_unref when the
+ * connection is gone). Taken once per new connection. Thread-safe. */
+qx_tls_t *qx_shared_tls_acquire(qx_shared_t *s);
+
+/* Puts new credentials in force for new handshakes (ownership taken);
+ * existing connections keep theirs. Thread-safe. */
+void qx_shared_tls_swap(qx_shared_t *s, qx_tls_t *tls);
 
 /* Starts the worker's thread. Returns 0 or QX_ERR_IO. */
 int qx_worker_start(qx_worker_t *w);
