@@ -382,26 +382,36 @@ static enum MHD_Result get_startupz(qx_admin_t *a, struct MHD_Connection *c)
     return reply_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "starting\n");
 }
 
-/* Each worker stores uv_hrtime() in ms at every tick (worker.c); the same
- * clock is read here. A worker that has not entered its loop yet (0) or
- * has finished its drain is not judged: liveness is about loops that
- * should be running and are stuck. */
-static enum MHD_Result get_livez(qx_admin_t *a, struct MHD_Connection *c)
+/* Each worker stores uv_hrtime() in ms at every tick (worker.c); the
+ * caller passes the same clock. A worker that has not entered its loop yet
+ * (0) or has finished its drain is not judged: liveness is about loops
+ * that should be running and are stuck. Returns 1 when live; otherwise 0
+ * and names the first wedged worker in why. */
+static int liveness(const qx_runtime_t *rt, uint64_t now_ms, char *why, size_t n)
 {
-    uint64_t now = uv_hrtime() / 1000000;
-    for (unsigned i = 0; i < a->rt->nworkers; i++) {
-        qx_worker_t *w = &a->rt->workers[i];
+    for (unsigned i = 0; i < rt->nworkers; i++) {
+        const qx_worker_t *w = &rt->workers[i];
         if (__atomic_load_n(&w->state, __ATOMIC_RELAXED) == QX_W_STOPPED)
             continue;
         uint64_t last = __atomic_load_n(&w->last_tick_ms, __ATOMIC_RELAXED);
-        if (last == 0 || now <= last || now - last <= LIVEZ_MAX_TICK_AGE_MS)
+        if (last == 0 || now_ms <= last || now_ms - last <= LIVEZ_MAX_TICK_AGE_MS)
             continue;
-        char msg[96];
-        snprintf(msg, sizeof(msg), "worker %u wedged (last tick %.1fs ago)\n", w->id,
-                 (double)(now - last) / 1000.0);
-        return reply_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
+        snprintf(why, n, "worker %u wedged (last tick %.1fs ago)", w->id,
+                 (double)(now_ms - last) / 1000.0);
+        return 0;
     }
-    return reply_text(c, MHD_HTTP_OK, "ok\n");
+    snprintf(why, n, "ok");
+    return 1;
+}
+
+static enum MHD_Result get_livez(qx_admin_t *a, struct MHD_Connection *c)
+{
+    char why[128];
+    int ok = liveness(a->rt, uv_hrtime() / 1000000, why, sizeof(why) - 1);
+    size_t n = strlen(why);
+    why[n] = '\n';
+    why[n + 1] = '\0';
+    return reply_text(c, ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, why);
 }
 
 /* ------------------------------------------------------------------------
@@ -518,9 +528,10 @@ static int parse_if_match(const char *v, uint64_t *gen)
         return -1;
     uint64_t g = 0;
     for (; *v >= '0' && *v <= '9'; v++) {
-        if (g > (UINT64_MAX - 9) / 10)
+        uint64_t d = (uint64_t)(*v - '0');
+        if (g > (UINT64_MAX - d) / 10)
             return -1;
-        g = g * 10 + (uint64_t)(*v - '0');
+        g = g * 10 + d;
     }
     if (quoted && *v++ != '"')
         return -1;

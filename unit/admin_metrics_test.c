@@ -3,8 +3,13 @@
  * (admin/metrics_text.c): rows from several workers summed into one series
  * per label set, cumulative histogram buckets with +Inf, _sum and _count,
  * label escaping, the empty upstream label, HELP/TYPE for every family, the
- * process-wide values, and /proc/self reading.
+ * process-wide values, and /proc/self reading. Also the admin server's
+ * decisions that need no HTTP (admin.c statics, reached by including it):
+ * liveness per worker tick, readiness by lifecycle and by upstream check
+ * (with its cache), If-Match parsing, the token file and its comparison.
  */
+#include "../admin/admin.c"
+
 #include "metrics.h"
 #include "metrics_text.h"
 #include "qx.h"
@@ -498,6 +503,230 @@ static void test_full_tables(void **state)
     assert_well_formed(t);
 }
 
+/* ------------------------------------------------------------------------
+ * admin.c: probes and helpers */
+
+static qx_runtime_t *runtime_new(const char *routes_yaml)
+{
+    char yaml[1024], err[512] = "";
+    snprintf(yaml, sizeof(yaml),
+             "server:\n  listen: \"[::]:8443\"\n  cert: c.pem\n  key: k.pem\nroutes:\n%s",
+             routes_yaml);
+    qx_config_t *cfg = NULL;
+    if (qx_config_load_buf(yaml, strlen(yaml), NULL, &cfg, err, sizeof(err)) != 0)
+        fail_msg("config: %s\n%s", err, yaml);
+    qx_snapshot_t *snap = NULL;
+    assert_int_equal(qx_snapshot_new(&snap, cfg, 1), 0);
+    qx_runtime_t *rt = calloc(1, sizeof(*rt));
+    assert_non_null(rt);
+    assert_int_equal(qx_runtime_init(rt, snap), 0);
+    return rt;
+}
+
+static void runtime_del(qx_runtime_t *rt)
+{
+    free(rt->workers);
+    qx_runtime_free(rt);
+    free(rt);
+}
+
+static void test_liveness(void **state)
+{
+    (void)state;
+    qx_runtime_t *rt = runtime_new("  - match: \"*\"\n    upstream: \"127.0.0.1:9\"\n");
+    rt->nworkers = 3;
+    rt->workers = calloc(3, sizeof(*rt->workers));
+    assert_non_null(rt->workers);
+    for (unsigned i = 0; i < 3; i++) {
+        rt->workers[i].id = i;
+        rt->workers[i].state = QX_W_RUNNING;
+    }
+    char why[128];
+    const uint64_t now = 1000000;
+
+    /* Not yet ticked (0): not judged. */
+    assert_int_equal(liveness(rt, now, why, sizeof(why)), 1);
+    assert_string_equal(why, "ok");
+
+    rt->workers[0].last_tick_ms = now - 900;
+    rt->workers[1].last_tick_ms = now - 5000; /* exactly at the limit: still live */
+    rt->workers[2].last_tick_ms = now;
+    assert_int_equal(liveness(rt, now, why, sizeof(why)), 1);
+
+    rt->workers[1].last_tick_ms = now - 7250;
+    assert_int_equal(liveness(rt, now, why, sizeof(why)), 0);
+    assert_string_equal(why, "worker 1 wedged (last tick 7.2s ago)");
+
+    /* A worker whose drain finished stops ticking; that is not a wedge. */
+    rt->workers[1].state = QX_W_STOPPED;
+    assert_int_equal(liveness(rt, now, why, sizeof(why)), 1);
+
+    /* A draining worker still ticks and is still judged. */
+    rt->workers[2].state = QX_W_DRAINING;
+    rt->workers[2].last_tick_ms = now - 60000;
+    assert_int_equal(liveness(rt, now, why, sizeof(why)), 0);
+    assert_string_equal(why, "worker 2 wedged (last tick 60.0s ago)");
+
+    /* A tick stamped after |now| (read races the store) is fine. */
+    rt->workers[2].last_tick_ms = now + 5;
+    assert_int_equal(liveness(rt, now, why, sizeof(why)), 1);
+    runtime_del(rt);
+}
+
+static void test_readiness_lifecycle(void **state)
+{
+    (void)state;
+    qx_runtime_t *rt = runtime_new("  - match: \"*\"\n    upstream: \"127.0.0.1:9\"\n");
+    qx_admin_t a = {.rt = rt};
+    char why[300];
+    assert_int_equal(readiness(&a, why, sizeof(why)), 0);
+    assert_string_equal(why, "starting");
+    qx_runtime_set_lifecycle(rt, QX_LC_LIVE);
+    assert_int_equal(readiness(&a, why, sizeof(why)), 1);
+    assert_string_equal(why, "ready");
+    qx_runtime_set_lifecycle(rt, QX_LC_DRAINING);
+    assert_int_equal(readiness(&a, why, sizeof(why)), 0);
+    assert_string_equal(why, "draining");
+    qx_runtime_set_lifecycle(rt, QX_LC_LIVE); /* the lifecycle never goes back */
+    assert_int_equal(readiness(&a, why, sizeof(why)), 0);
+    qx_runtime_set_lifecycle(rt, QX_LC_STOPPED);
+    assert_int_equal(readiness(&a, why, sizeof(why)), 0);
+    assert_string_equal(why, "stopping");
+    runtime_del(rt);
+}
+
+/* A loopback port bound but not listening: connects are refused. */
+static int bound_socket(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    socklen_t sl = sizeof(sin);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &sl), 0);
+    *port = ntohs(sin.sin_port);
+    return fd;
+}
+
+static void test_readiness_upstreams(void **state)
+{
+    (void)state;
+    int p1, p2;
+    int fd1 = bound_socket(&p1);
+    int fd2 = bound_socket(&p2);
+    assert_int_equal(listen(fd1, 8), 0); /* the first upstream is up */
+    char routes[256];
+    snprintf(routes, sizeof(routes),
+             "  - match: a.test\n    upstream: \"127.0.0.1:%d\"\n"
+             "  - match: \"*\"\n    upstreams: [\"127.0.0.1:%d\", \"127.0.0.1:%d\"]\n",
+             p1, p1, p2);
+    qx_runtime_t *rt = runtime_new(routes);
+    qx_runtime_set_lifecycle(rt, QX_LC_LIVE);
+    qx_admin_t a = {.rt = rt, .ready_requires_upstream = 1};
+    char why[300], want[128];
+
+    assert_int_equal(readiness(&a, why, sizeof(why)), 0);
+    snprintf(want, sizeof(want), "upstream 127.0.0.1:%d not accepting connections", p2);
+    assert_string_equal(why, want);
+
+    /* The app comes up; the cached answer holds for up to a second. */
+    assert_int_equal(listen(fd2, 8), 0);
+    assert_int_equal(readiness(&a, why, sizeof(why)), 0);
+    a.up_checked_ms -= UPSTREAM_CHECK_CACHE_MS; /* the cache expires */
+    assert_int_equal(readiness(&a, why, sizeof(why)), 1);
+    assert_string_equal(why, "ready");
+
+    /* Draining wins over healthy upstreams. */
+    qx_runtime_set_lifecycle(rt, QX_LC_DRAINING);
+    assert_int_equal(readiness(&a, why, sizeof(why)), 0);
+    assert_string_equal(why, "draining");
+    close(fd1);
+    close(fd2);
+    runtime_del(rt);
+}
+
+static void test_parse_if_match(void **state)
+{
+    (void)state;
+    uint64_t g = 99;
+    assert_int_equal(parse_if_match(NULL, &g), 0);
+    assert_int_equal(parse_if_match("*", &g), 0);
+    assert_int_equal(parse_if_match("7", &g), 1);
+    assert_int_equal(g, 7);
+    assert_int_equal(parse_if_match("\"12\"", &g), 1);
+    assert_int_equal(g, 12);
+    assert_int_equal(parse_if_match(" 3 ", &g), 1);
+    assert_int_equal(g, 3);
+    assert_int_equal(parse_if_match("0", &g), 1);
+    assert_int_equal(g, 0);
+    assert_int_equal(parse_if_match("18446744073709551615", &g), 1);
+    assert_int_equal(g, UINT64_MAX);
+    assert_int_equal(parse_if_match("18446744073709551616", &g), -1);
+    assert_int_equal(parse_if_match("", &g), -1);
+    assert_int_equal(parse_if_match("abc", &g), -1);
+    assert_int_equal(parse_if_match("7x", &g), -1);
+    assert_int_equal(parse_if_match("\"7", &g), -1);
+    assert_int_equal(parse_if_match("W/\"7\"", &g), -1);
+    assert_int_equal(parse_if_match("-1", &g), -1);
+    assert_int_equal(parse_if_match("1, 2", &g), -1);
+}
+
+static void test_token(void **state)
+{
+    (void)state;
+    assert_true(token_equal("secret", 6, "secret", 6));
+    assert_false(token_equal("secreT", 6, "secret", 6));
+    assert_false(token_equal("secre", 5, "secret", 6));
+    assert_false(token_equal("secretx", 7, "secret", 6));
+    assert_false(token_equal("", 0, "secret", 6));
+    /* A NUL inside the given bytes does not end the comparison. */
+    assert_false(token_equal("secret\0x", 8, "secret", 6));
+
+    char path[] = "/tmp/qx-admin-token-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "tok en\r\n \n", 10), 10);
+    close(fd);
+    qx_admin_t a = {0};
+    char err[256] = "";
+    assert_int_equal(read_token(&a, path, err, sizeof(err)), 0);
+    assert_string_equal(a.token, "tok en"); /* inner space kept, trailing whitespace not */
+    assert_int_equal(a.token_len, 6);
+    free(a.token);
+
+    fd = open(path, O_WRONLY | O_TRUNC);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, " \n", 2), 2);
+    close(fd);
+    qx_admin_t b = {0};
+    assert_int_equal(read_token(&b, path, err, sizeof(err)), QX_ERR_CONFIG);
+    assert_non_null(strstr(err, "admin.token_file"));
+    assert_non_null(strstr(err, "empty"));
+    assert_null(b.token);
+    unlink(path);
+
+    qx_admin_t c = {0};
+    assert_int_equal(read_token(&c, path, err, sizeof(err)), QX_ERR_CONFIG);
+    assert_non_null(strstr(err, "admin.token_file"));
+    assert_non_null(strstr(err, path));
+}
+
+static void test_method_allowed(void **state)
+{
+    (void)state;
+    assert_true(method_allowed("GET, HEAD, PUT", "GET"));
+    assert_true(method_allowed("GET, HEAD, PUT", "HEAD"));
+    assert_true(method_allowed("GET, HEAD, PUT", "PUT"));
+    assert_false(method_allowed("GET, HEAD, PUT", "POST"));
+    assert_false(method_allowed("GET, HEAD, PUT", "GE"));
+    assert_false(method_allowed("GET, HEAD, PUT", "get"));
+    assert_true(method_allowed("POST", "POST"));
+    assert_false(method_allowed("POST", "POSTX"));
+    assert_int_equal(find_endpoint("/metrics"), EP_METRICS);
+    assert_int_equal(find_endpoint("/metrics/"), -1);
+    assert_int_equal(find_endpoint("/"), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -514,6 +743,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_process_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rows_from_metrics_module, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_tables, setup, teardown),
+        cmocka_unit_test(test_liveness),
+        cmocka_unit_test(test_readiness_lifecycle),
+        cmocka_unit_test(test_readiness_upstreams),
+        cmocka_unit_test(test_parse_if_match),
+        cmocka_unit_test(test_token),
+        cmocka_unit_test(test_method_allowed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
