@@ -60,6 +60,8 @@ def migration(env, q1):
                  extra=["--change-local-addr=300ms", "--nat-rebinding"], timeout=15)
     env.eq("NAT rebinding mid-transfer: status", r.status(), 200, r.summary())
     env.eq("NAT rebinding mid-transfer: exact body", r.sha(), pattern_sha256(n))
+    r = env.gtls(q1, "/bytes/100", timeout=15)
+    env.eq("after address changes: a new connection is served", r.status(), 200, r.summary())
 
 
 def resumption(env, q):
