@@ -4,6 +4,7 @@
 #include "log.h"
 #include "quic_conn.h"
 #include "qx.h"
+#include "runtime.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -35,6 +36,7 @@ struct qx_quic_ep {
     uv_poll_t poll;
     int poll_events;
     uv_check_t flush;  /* writes what this loop turn produced */
+    uv_idle_t kick;    /* active while something is queued: poll without blocking */
     uv_timer_t goaway; /* drain: from the GOAWAY notice to the final GOAWAY */
     int closing;
     int accepting;
@@ -187,13 +189,30 @@ static int send_pkt(qx_quic_ep_t *ep, const struct sockaddr *local, const struct
 
 static void conn_timer_cb(uv_timer_t *t);
 
+static void on_kick(uv_idle_t *h)
+{
+    (void)h;
+}
+
+/* Queues qc for the flush. The check handle runs after the poll phase, but
+ * libuv only polls without blocking when an idle handle is active: without
+ * the kick, a mark made from a timer callback would wait for the next
+ * unrelated event. */
+static void enqueue(qx_quic_conn_t *qc)
+{
+    qx_quic_ep_t *ep = qc->ep;
+    if (ep->dirty == NULL && !ep->closing)
+        uv_idle_start(&ep->kick, on_kick);
+    qc->dirty = 1;
+    qc->dnext = ep->dirty;
+    ep->dirty = qc;
+}
+
 void qx_quic_conn_mark(qx_quic_conn_t *qc)
 {
     if (qc->dirty || qc->closing)
         return;
-    qc->dirty = 1;
-    qc->dnext = qc->ep->dirty;
-    qc->ep->dirty = qc;
+    enqueue(qc);
 }
 
 void qx_quic_conn_close(qx_quic_conn_t *qc, int quietly)
@@ -202,13 +221,10 @@ void qx_quic_conn_close(qx_quic_conn_t *qc, int quietly)
         return;
     qc->closing = 1;
     qc->close_quietly = quietly;
-    /* Force it onto the flush list even if already marked: the flush
-     * performs the deletion. */
-    if (!qc->dirty) {
-        qc->dirty = 1;
-        qc->dnext = qc->ep->dirty;
-        qc->ep->dirty = qc;
-    }
+    /* Onto the flush list (unless already there): the flush performs the
+     * deletion. */
+    if (!qc->dirty)
+        enqueue(qc);
 }
 
 static void conn_timer_closed(uv_handle_t *h)
@@ -420,6 +436,7 @@ static void on_flush(uv_check_t *h)
             conn_del(qc);
         }
     }
+    uv_idle_stop(&ep->kick);
 }
 
 /* ---- ngtcp2 callbacks that belong to the transport ---------------------- */
@@ -646,7 +663,7 @@ static void send_stateless_reset(qx_quic_ep_t *ep, const ngtcp2_version_cid *vc,
 
 static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_t locallen,
                         const struct sockaddr *remote, socklen_t remotelen, const uint8_t *data,
-                        size_t len)
+                        size_t len, int forwarded)
 {
     ngtcp2_version_cid vc;
     int rv = ngtcp2_pkt_decode_version_cid(&vc, data, len, QX_SCID_LEN);
@@ -658,6 +675,16 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
         return;
 
     qx_quic_conn_t *qc = cid_find(ep, vc.dcid, vc.dcidlen);
+    if (qc == NULL && vc.dcidlen == QX_SCID_LEN && vc.dcid[0] != ep->w->id &&
+        vc.dcid[0] < ep->w->shared->rt->nworkers && !forwarded) {
+        /* One of our CIDs, owned by another worker (migration, NAT
+         * rebinding): hand it over rather than resetting it. Initial
+         * packets carry the client's random DCID and never come here
+         * unless that happens to look like ours, which is harmless. */
+        qx_worker_forward(&ep->w->shared->rt->workers[vc.dcid[0]], local, locallen, remote,
+                          remotelen, data, len);
+        return;
+    }
     if (qc == NULL) {
         if (!(data[0] & 0x80)) {
             send_stateless_reset(ep, &vc, len, local, remote, remotelen);
@@ -764,8 +791,15 @@ static void read_datagrams(qx_quic_ep_t *ep)
         if (n == 0)
             continue;
         on_datagram(ep, (struct sockaddr *)&local, locallen, (struct sockaddr *)&remote,
-                    msg.msg_namelen, ep->rxbuf, (size_t)n);
+                    msg.msg_namelen, ep->rxbuf, (size_t)n, 0);
     }
+}
+
+void qx_quic_ep_input(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_t locallen,
+                      const struct sockaddr *remote, socklen_t remotelen, const uint8_t *data,
+                      size_t len)
+{
+    on_datagram(ep, local, locallen, remote, remotelen, data, len, 1);
 }
 
 static void on_poll(uv_poll_t *h, int status, int events)
@@ -848,6 +882,7 @@ int qx_quic_ep_start(qx_quic_ep_t *ep)
     if (uv_poll_init(&ep->w->loop, &ep->poll, ep->fd) != 0)
         return QX_ERR_IO;
     uv_check_init(&ep->w->loop, &ep->flush);
+    uv_idle_init(&ep->w->loop, &ep->kick);
     uv_timer_init(&ep->w->loop, &ep->goaway);
     uv_check_start(&ep->flush, on_flush);
     ep->poll_events = 0;
@@ -909,7 +944,9 @@ void qx_quic_ep_close(qx_quic_ep_t *ep)
         conn_del(qc);
     }
     /* closing counts the handles still to close, plus one. */
-    ep->closing = 4;
+    ep->closing = 5;
+    ep->kick.data = ep;
+    uv_close((uv_handle_t *)&ep->kick, ep_closed);
     ep->poll.data = ep;
     ep->flush.data = ep;
     ep->goaway.data = ep;

@@ -23,6 +23,12 @@ int qx_quic_ep_new(qx_quic_ep_t **out, qx_worker_t *w, const struct sockaddr *ad
 /* Starts reading packets on the worker's loop. Returns 0 or QX_ERR_IO. */
 int qx_quic_ep_start(qx_quic_ep_t *ep);
 
+/* Feeds one datagram (as if read from the socket): used for datagrams
+ * another worker forwarded to this one. */
+void qx_quic_ep_input(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_t locallen,
+                      const struct sockaddr *remote, socklen_t remotelen, const uint8_t *data,
+                      size_t len);
+
 /* Drain: no new connections; GOAWAY on every connection; connections close
  * once their requests are done. */
 void qx_quic_ep_drain(qx_quic_ep_t *ep);

@@ -15,6 +15,17 @@
 #define TICK_MS 1000
 
 static void on_wakeup(uv_async_t *h);
+static void on_inbox(uv_async_t *h);
+
+#define INBOX_MAX 1024
+
+struct qx_fwd_pkt {
+    struct qx_fwd_pkt *next;
+    struct sockaddr_storage local, remote;
+    socklen_t locallen, remotelen;
+    size_t len;
+    uint8_t data[];
+};
 static void stop_now(qx_worker_t *w);
 
 qx_tls_t *qx_shared_tls_acquire(qx_shared_t *s)
@@ -71,6 +82,8 @@ int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot
             return rv;
     }
     uv_async_init(&w->loop, &w->wakeup, on_wakeup);
+    uv_async_init(&w->loop, &w->inbox_async, on_inbox);
+    pthread_mutex_init(&w->inbox_lock, NULL);
     uv_timer_init(&w->loop, &w->tick);
     uv_timer_init(&w->loop, &w->grace);
     return 0;
@@ -140,6 +153,7 @@ static void stop_now(qx_worker_t *w)
     uv_close((uv_handle_t *)&w->tick, NULL);
     uv_close((uv_handle_t *)&w->grace, NULL);
     uv_close((uv_handle_t *)&w->wakeup, NULL);
+    uv_close((uv_handle_t *)&w->inbox_async, NULL);
 }
 
 void qx_worker_maybe_done(qx_worker_t *w)
@@ -211,6 +225,59 @@ static void adopt_snapshot(qx_worker_t *w)
     QX_DEBUG("worker %u: generation %llu adopted", w->id, (unsigned long long)snap->generation);
 }
 
+int qx_worker_forward(qx_worker_t *w, const struct sockaddr *local, socklen_t locallen,
+                      const struct sockaddr *remote, socklen_t remotelen, const uint8_t *data,
+                      size_t len)
+{
+    struct qx_fwd_pkt *p = malloc(sizeof(*p) + len);
+    if (p == NULL)
+        return QX_ERR_NOMEM;
+    memcpy(&p->local, local, locallen);
+    p->locallen = locallen;
+    memcpy(&p->remote, remote, remotelen);
+    p->remotelen = remotelen;
+    p->len = len;
+    memcpy(p->data, data, len);
+    pthread_mutex_lock(&w->inbox_lock);
+    if (w->ninbox >= INBOX_MAX || w->state == QX_W_STOPPED) {
+        pthread_mutex_unlock(&w->inbox_lock);
+        free(p);
+        return QX_ERR_LIMIT;
+    }
+    p->next = w->inbox;
+    w->inbox = p;
+    w->ninbox++;
+    pthread_mutex_unlock(&w->inbox_lock);
+    uv_async_send(&w->inbox_async);
+    return 0;
+}
+
+static void on_inbox(uv_async_t *h)
+{
+    qx_worker_t *w = qx_container_of(h, qx_worker_t, inbox_async);
+    pthread_mutex_lock(&w->inbox_lock);
+    struct qx_fwd_pkt *list = w->inbox;
+    w->inbox = NULL;
+    w->ninbox = 0;
+    pthread_mutex_unlock(&w->inbox_lock);
+    /* The list is newest first; deliver in arrival order. */
+    struct qx_fwd_pkt *rev = NULL;
+    while (list) {
+        struct qx_fwd_pkt *next = list->next;
+        list->next = rev;
+        rev = list;
+        list = next;
+    }
+    while (rev) {
+        struct qx_fwd_pkt *next = rev->next;
+        if (w->quic)
+            qx_quic_ep_input(w->quic, (struct sockaddr *)&rev->local, rev->locallen,
+                             (struct sockaddr *)&rev->remote, rev->remotelen, rev->data, rev->len);
+        free(rev);
+        rev = next;
+    }
+}
+
 void qx_worker_notify(qx_worker_t *w)
 {
     uv_async_send(&w->wakeup);
@@ -258,6 +325,12 @@ void qx_worker_free(qx_worker_t *w)
     }
     free(w->pools);
     free(w->rr);
+    while (w->inbox) {
+        struct qx_fwd_pkt *next = w->inbox->next;
+        free(w->inbox);
+        w->inbox = next;
+    }
+    pthread_mutex_destroy(&w->inbox_lock);
     qx_metrics_free(&w->metrics);
     qx_snapshot_unref(w->snap);
     w->snap = NULL;

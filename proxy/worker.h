@@ -42,6 +42,10 @@ struct qx_worker {
     uv_loop_t loop;
     uv_thread_t thread;
     uv_async_t wakeup;
+    uv_async_t inbox_async; /* datagrams other workers forward to us */
+    pthread_mutex_t inbox_lock;
+    struct qx_fwd_pkt *inbox; /* guarded by inbox_lock */
+    unsigned ninbox;
     int cmd; /* atomic: QX_W_DRAINING or QX_W_STOPPED requested by main */
     qx_worker_state_t state;
     qx_shared_t *shared;
@@ -80,6 +84,19 @@ int qx_worker_start(qx_worker_t *w);
  * in-flight requests up to graceful_shutdown_secs) or to stop now. */
 void qx_worker_drain(qx_worker_t *w);
 void qx_worker_stop(qx_worker_t *w);
+
+/*
+ * Thread-safe: hands a QUIC datagram to the worker that owns its
+ * connection (the worker id is the first byte of our connection IDs).
+ * The kernel's SO_REUSEPORT hash follows the 4-tuple, so after a client
+ * migrates or its NAT rebinds, its packets can reach another worker's
+ * socket; forwarding keeps the connection on the worker that has its state.
+ * Bounded: past a backlog the datagram is dropped (QUIC recovers). Returns
+ * 0 or QX_ERR_LIMIT / QX_ERR_NOMEM.
+ */
+int qx_worker_forward(qx_worker_t *w, const struct sockaddr *local, socklen_t locallen,
+                      const struct sockaddr *remote, socklen_t remotelen, const uint8_t *data,
+                      size_t len);
 
 /* Thread-safe: tells the worker a new snapshot is in force; it adopts it
  * between requests (pools of upstreams that stay are kept). */
