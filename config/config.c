@@ -29,6 +29,7 @@
 #include <sched.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +60,12 @@ typedef struct raw_limits {
     char *graceful_shutdown_secs;
     char *header_read_timeout_secs;
     char *body_idle_timeout_secs;
+    char *max_quic_connections;
+    char *max_quic_connections_per_ip;
+    char *quic_handshake_timeout_secs;
+    char *quic_idle_timeout_secs;
+    char *max_streams_per_connection;
+    char *retry_handshakes_threshold;
 } raw_limits_t;
 
 typedef struct raw_server {
@@ -66,6 +73,9 @@ typedef struct raw_server {
     char *https_listen;
     char *alt_svc_max_age;
     char *drain_delay_secs;
+    char *early_data;
+    char *retry;
+    char *ticket_key_file;
     char *cert;
     char *key;
     char *workers;
@@ -111,6 +121,12 @@ static const cyaml_schema_field_t limits_fields[] = {
     OPT_STR("graceful_shutdown_secs", raw_limits_t, graceful_shutdown_secs),
     OPT_STR("header_read_timeout_secs", raw_limits_t, header_read_timeout_secs),
     OPT_STR("body_idle_timeout_secs", raw_limits_t, body_idle_timeout_secs),
+    OPT_STR("max_quic_connections", raw_limits_t, max_quic_connections),
+    OPT_STR("max_quic_connections_per_ip", raw_limits_t, max_quic_connections_per_ip),
+    OPT_STR("quic_handshake_timeout_secs", raw_limits_t, quic_handshake_timeout_secs),
+    OPT_STR("quic_idle_timeout_secs", raw_limits_t, quic_idle_timeout_secs),
+    OPT_STR("max_streams_per_connection", raw_limits_t, max_streams_per_connection),
+    OPT_STR("retry_handshakes_threshold", raw_limits_t, retry_handshakes_threshold),
     CYAML_FIELD_END,
 };
 
@@ -119,6 +135,9 @@ static const cyaml_schema_field_t server_fields[] = {
     OPT_STR("https_listen", raw_server_t, https_listen),
     OPT_STR("alt_svc_max_age", raw_server_t, alt_svc_max_age),
     OPT_STR("drain_delay_secs", raw_server_t, drain_delay_secs),
+    OPT_STR("early_data", raw_server_t, early_data),
+    OPT_STR("retry", raw_server_t, retry),
+    OPT_STR("ticket_key_file", raw_server_t, ticket_key_file),
     OPT_STR("cert", raw_server_t, cert),
     OPT_STR("key", raw_server_t, key),
     OPT_STR("workers", raw_server_t, workers),
@@ -851,6 +870,32 @@ static int build_limits(qx_limits_t *l, const raw_limits_t *raw, char *err, size
                            UINT32_MAX, false, &v, err, errlen)) != 0)
         return rv;
     l->body_idle_timeout_secs = (uint32_t)v;
+    /* QUIC (issue 6): every one of these must be > 0. */
+    static const struct {
+        const char *name;
+        size_t raw_off, off;
+        uint64_t def, max;
+    } quic_limits[] = {
+        {"max_quic_connections", offsetof(raw_limits_t, max_quic_connections),
+         offsetof(qx_limits_t, max_quic_connections), 10000, 1000000},
+        {"max_quic_connections_per_ip", offsetof(raw_limits_t, max_quic_connections_per_ip),
+         offsetof(qx_limits_t, max_quic_connections_per_ip), 200, 1000000},
+        {"quic_handshake_timeout_secs", offsetof(raw_limits_t, quic_handshake_timeout_secs),
+         offsetof(qx_limits_t, quic_handshake_timeout_secs), 10, 3600},
+        {"quic_idle_timeout_secs", offsetof(raw_limits_t, quic_idle_timeout_secs),
+         offsetof(qx_limits_t, quic_idle_timeout_secs), 30, 3600},
+        {"max_streams_per_connection", offsetof(raw_limits_t, max_streams_per_connection),
+         offsetof(qx_limits_t, max_streams_per_connection), 100, 10000},
+        {"retry_handshakes_threshold", offsetof(raw_limits_t, retry_handshakes_threshold),
+         offsetof(qx_limits_t, retry_handshakes_threshold), 100, 1000000},
+    };
+    for (size_t i = 0; i < QX_ARRAY_LEN(quic_limits); i++) {
+        const char *s = *(char *const *)(const void *)((const char *)raw + quic_limits[i].raw_off);
+        if ((rv = number_field(sec, quic_limits[i].name, s, quic_limits[i].def, quic_limits[i].max,
+                               false, &v, err, errlen)) != 0)
+            return rv;
+        *(uint32_t *)(void *)((char *)l + quic_limits[i].off) = (uint32_t)v;
+    }
 
     if (l->upstream_request_timeout_secs < l->upstream_connect_timeout_secs)
         return fail(err, errlen,
@@ -894,6 +939,36 @@ static int build_server(qx_config_t *cfg, const raw_server_t *s, const char *bas
                            &v, err, errlen)) != 0)
         return rv;
     cfg->drain_delay_secs = (uint32_t)v;
+
+    /* 0-RTT and address validation (issue 6) */
+    static const char *const early_names[] = {"off", "safe", "all"};
+    static const char *const retry_names[] = {"auto", "always", "never"};
+    cfg->early_data = QX_EARLY_SAFE;
+    if (s->early_data != NULL) {
+        size_t i = 0;
+        while (i < QX_ARRAY_LEN(early_names) && strcmp(s->early_data, early_names[i]) != 0)
+            i++;
+        if (i == QX_ARRAY_LEN(early_names))
+            return fail(err, errlen, "server.early_data: \"%s\" is not one of off, safe, all",
+                        s->early_data);
+        cfg->early_data = (qx_early_data_t)i;
+    }
+    cfg->retry = QX_RETRY_AUTO;
+    if (s->retry != NULL) {
+        size_t i = 0;
+        while (i < QX_ARRAY_LEN(retry_names) && strcmp(s->retry, retry_names[i]) != 0)
+            i++;
+        if (i == QX_ARRAY_LEN(retry_names))
+            return fail(err, errlen, "server.retry: \"%s\" is not one of auto, always, never",
+                        s->retry);
+        cfg->retry = (qx_retry_t)i;
+    }
+    if (s->ticket_key_file != NULL) {
+        if (s->ticket_key_file[0] == '\0')
+            return fail(err, errlen, "server.ticket_key_file: must not be empty");
+        if ((cfg->ticket_key_file = resolve_path(basedir, s->ticket_key_file)) == NULL)
+            return QX_ERR_NOMEM;
+    }
 
     if (s->cert == NULL)
         return fail(err, errlen, "server.cert: is required");
@@ -1187,6 +1262,7 @@ void qx_config_del(qx_config_t *cfg)
     free(cfg->path);
     free(cfg->listen);
     free(cfg->https_listen);
+    free(cfg->ticket_key_file);
     free(cfg->cert);
     free(cfg->key);
     free(cfg);

@@ -21,7 +21,15 @@ typedef struct qx_limits {
     uint32_t max_idle_connections_per_upstream; /* default 16 */
     uint32_t graceful_shutdown_secs;            /* default 30 */
     uint32_t header_read_timeout_secs; /* default 10: HTTP/1.1 head must arrive (slowloris) */
-    uint32_t body_idle_timeout_secs;   /* default 30: no request body byte for this long (slow POST) */
+    uint32_t
+        body_idle_timeout_secs;    /* default 30: no request body byte for this long (slow POST) */
+    uint32_t max_quic_connections; /* default 10000 per process; more get CONNECTION_REFUSED */
+    uint32_t max_quic_connections_per_ip; /* default 200 from one client address */
+    uint32_t quic_handshake_timeout_secs; /* default 10 */
+    uint32_t quic_idle_timeout_secs;      /* default 30 */
+    uint32_t max_streams_per_connection;  /* default 100 concurrent requests */
+    uint32_t retry_handshakes_threshold;  /* default 100: retry=auto sends Retry past this many
+                                             handshakes in progress on a worker */
 } qx_limits_t;
 
 typedef struct qx_upstream_cfg {
@@ -42,9 +50,14 @@ typedef struct qx_admin_cfg {
     char *listen; /* as written; NULL when there is no admin section */
     struct sockaddr_storage addr;
     socklen_t addrlen;
-    char *token_file;          /* resolved path, or NULL; required when listen is not loopback */
+    char *token_file;            /* resolved path, or NULL; required when listen is not loopback */
     int ready_requires_upstream; /* /readyz also waits for the upstreams to accept TCP */
 } qx_admin_cfg_t;
+
+/* 0-RTT policy (issue 6): off, or safe methods only, or everything. */
+typedef enum { QX_EARLY_OFF = 0, QX_EARLY_SAFE, QX_EARLY_ALL } qx_early_data_t;
+/* Address validation with Retry (issue 6). */
+typedef enum { QX_RETRY_AUTO = 0, QX_RETRY_ALWAYS, QX_RETRY_NEVER } qx_retry_t;
 
 typedef struct qx_config {
     char *path;   /* the file it was loaded from (NULL for a buffer) */
@@ -54,11 +67,14 @@ typedef struct qx_config {
     char *https_listen; /* TCP (issue 3); NULL when not configured */
     struct sockaddr_storage https_addr;
     socklen_t https_addrlen;
-    uint32_t alt_svc_max_age; /* default 86400 */
-    uint32_t drain_delay_secs; /* default 5: keep serving after SIGTERM (issue 5) */
-    char *cert; /* resolved path */
-    char *key;  /* resolved path */
-    uint32_t workers; /* as configured; 0 = one per available CPU */
+    uint32_t alt_svc_max_age;   /* default 86400 */
+    uint32_t drain_delay_secs;  /* default 5: keep serving after SIGTERM (issue 5) */
+    qx_early_data_t early_data; /* default safe */
+    qx_retry_t retry;           /* default auto */
+    char *ticket_key_file;      /* resolved path, or NULL: shared session-ticket master key */
+    char *cert;                 /* resolved path */
+    char *key;                  /* resolved path */
+    uint32_t workers;           /* as configured; 0 = one per available CPU */
     qx_limits_t limits;
     qx_route_cfg_t *routes;
     size_t nroutes; /* >= 1 */

@@ -107,7 +107,13 @@ static json_t *limits_to_json(const qx_limits_t *l)
             0 ||
         set(o, "graceful_shutdown_secs", u64(l->graceful_shutdown_secs)) != 0 ||
         set(o, "header_read_timeout_secs", u64(l->header_read_timeout_secs)) != 0 ||
-        set(o, "body_idle_timeout_secs", u64(l->body_idle_timeout_secs)) != 0) {
+        set(o, "body_idle_timeout_secs", u64(l->body_idle_timeout_secs)) != 0 ||
+        set(o, "max_quic_connections", u64(l->max_quic_connections)) != 0 ||
+        set(o, "max_quic_connections_per_ip", u64(l->max_quic_connections_per_ip)) != 0 ||
+        set(o, "quic_handshake_timeout_secs", u64(l->quic_handshake_timeout_secs)) != 0 ||
+        set(o, "quic_idle_timeout_secs", u64(l->quic_idle_timeout_secs)) != 0 ||
+        set(o, "max_streams_per_connection", u64(l->max_streams_per_connection)) != 0 ||
+        set(o, "retry_handshakes_threshold", u64(l->retry_handshakes_threshold)) != 0) {
         json_decref(o);
         return NULL;
     }
@@ -145,6 +151,15 @@ json_t *qx_config_to_json(const qx_config_t *cfg)
         set(server, "https_listen", string_or_null(cfg->https_listen)) != 0 ||
         set(server, "alt_svc_max_age", u64(cfg->alt_svc_max_age)) != 0 ||
         set(server, "drain_delay_secs", u64(cfg->drain_delay_secs)) != 0 ||
+        set(server, "early_data",
+            json_string(cfg->early_data == QX_EARLY_OFF   ? "off"
+                        : cfg->early_data == QX_EARLY_ALL ? "all"
+                                                          : "safe")) != 0 ||
+        set(server, "retry",
+            json_string(cfg->retry == QX_RETRY_ALWAYS  ? "always"
+                        : cfg->retry == QX_RETRY_NEVER ? "never"
+                                                       : "auto")) != 0 ||
+        set(server, "ticket_key_file", string_or_null(cfg->ticket_key_file)) != 0 ||
         set(server, "cert", string_or_null(cfg->cert)) != 0 ||
         set(server, "key", string_or_null(cfg->key)) != 0 ||
         set(server, "workers", u64(cfg->workers)) != 0 ||
@@ -190,6 +205,7 @@ static qx_config_t *dup_without_routes(const qx_config_t *cfg)
     d->path = dup_str(cfg->path, &ok);
     d->listen = dup_str(cfg->listen, &ok);
     d->https_listen = dup_str(cfg->https_listen, &ok);
+    d->ticket_key_file = dup_str(cfg->ticket_key_file, &ok);
     d->cert = dup_str(cfg->cert, &ok);
     d->key = dup_str(cfg->key, &ok);
     d->admin.listen = dup_str(cfg->admin.listen, &ok);
