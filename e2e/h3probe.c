@@ -16,6 +16,8 @@
  *   stop-sending 0xC          the server sent STOP_SENDING
  *   stream-close 0xC          the stream closed (0x100 = H3_NO_ERROR)
  *   conn-close 0xC KIND       the server closed the connection (app|transport)
+ *   cert-sha256 HEX           --print-cert-sha256: SHA-256 of the server's leaf
+ *                             certificate (DER), once the handshake completes
  *   timeout                   --timeout ran out first
  *
  * Exit 0 when every request got an outcome, 1 on timeout or network failure,
@@ -65,6 +67,7 @@ typedef struct {
     size_t body_len;
     uint8_t *body_buf; /* what -d allocated (--body points into argv) */
     int timeout_secs;
+    int print_cert;      /* --print-cert-sha256 */
     char authority[512]; /* for --also-get: the request's own, or SNI:PORT */
 
     /* connection */
@@ -305,9 +308,33 @@ static int new_cid_cb(ngtcp2_conn *conn, ngtcp2_cid *cid, uint8_t *token, size_t
     return 0;
 }
 
+/* Prints the SHA-256 of the leaf certificate the server presented, so a
+ * test can tell which certificate a new handshake got (rotation). */
+static int print_cert_sha256(probe_t *p)
+{
+    unsigned int n = 0;
+    const gnutls_datum_t *certs = gnutls_certificate_get_peers(p->tls, &n);
+    uint8_t md[32];
+    if (certs == NULL || n == 0) {
+        fprintf(stderr, "h3probe: the server sent no certificate\n");
+        return -1;
+    }
+    if (gnutls_hash_fast(GNUTLS_DIG_SHA256, certs[0].data, certs[0].size, md) != 0)
+        return -1;
+    printf("cert-sha256 ");
+    for (size_t i = 0; i < sizeof(md); i++)
+        printf("%02x", md[i]);
+    printf("\n");
+    return 0;
+}
+
 static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
 {
-    return h3_setup(user_data) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
+    probe_t *p = user_data;
+    (void)conn;
+    if (p->print_cert && print_cert_sha256(p) != 0)
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    return h3_setup(p) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
 }
 
 static int recv_stream_data_cb(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
@@ -649,7 +676,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: h3probe [--sni NAME] HOST PORT -H 'name: value' ... "
                     "[-d FILE | --body STRING] [-o FILE] [--also-get PATH]\n"
-                    "               [--timeout SECS]\n"
+                    "               [--timeout SECS] [--print-cert-sha256]\n"
                     "  -H fields go out verbatim, in order; the separator is ': ' (or ':'"
                     " when no space follows)\n");
 }
@@ -712,6 +739,8 @@ static int parse_args(probe_t *p, int argc, char **argv)
             p->sni = argv[++i];
         } else if (strcmp(a, "--also-get") == 0 && has_val) {
             p->also_get = argv[++i];
+        } else if (strcmp(a, "--print-cert-sha256") == 0) {
+            p->print_cert = 1;
         } else if (strcmp(a, "--timeout") == 0 && has_val) {
             p->timeout_secs = atoi(argv[++i]);
         } else if (a[0] == '-' && a[1] != '\0') {
