@@ -78,16 +78,33 @@ def _kill_group(p, grace=3.0):
         pass
 
 
-def kill_all():
+def kill_all(grace=3.0):
+    """SIGTERM to every process group we started, at once; SIGKILL to what
+    is left after |grace| seconds (qrux may be draining)."""
     with _PROCS_LOCK:
         procs = list(_PROCS)
         _PROCS.clear()
-    for p in reversed(procs):
-        _kill_group(p)
-        # A group leader that exited may leave children in its group.
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+    end = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.01, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for p in procs:
+        # Also reaps leftovers in a group whose leader exited (Chromium).
         try:
             os.killpg(p.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
             pass
 
 
@@ -404,12 +421,12 @@ class Qrux:
         self.lock = threading.Lock()
         self.ready = threading.Event()
         self.signalled = False  # did the test itself signal or stop it?
-        self.logpath = os.path.join(env.dir, "qrux-%d.log" % port)
+        self.logpath = os.path.join(env.dir, "qx-%d.log" % port)
         e = dict(os.environ)
         e["QRUX_LOG"] = log_level
         if extra_env:
             e.update(extra_env)
-        self.proc = spawn([qrux_bin(), "--config", config_path], stdout=subprocess.DEVNULL,
+        self.proc = spawn([env.qrux_alias(), "--config", config_path], stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, env=e)
         self.pid = self.proc.pid
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -484,9 +501,18 @@ class Qrux:
         self.reader.join(2)
 
     def foreign_signal(self):
-        """True when qrux logged a SIGTERM/SIGINT the test never sent
-        (another process on the machine killed it by name)."""
-        return not self.signalled and ("SIGTERM" in self.log_text() or "SIGINT" in self.log_text())
+        """How qrux was stopped by something other than this test (another
+        process on the machine killing it), or None."""
+        if self.signalled:
+            return None
+        rc = self.proc.poll()
+        if rc is not None and rc < 0:
+            return "killed by signal %d" % -rc
+        if rc is not None:
+            return "exited with %d" % rc
+        if "SIGTERM" in self.log_text() or "SIGINT" in self.log_text():
+            return "logged a SIGTERM/SIGINT"
+        return None
 
 
 def qrux_bin():
@@ -717,7 +743,7 @@ class Env:
         self.backends = []
         self.qruxes = []
         self.started = time.monotonic()
-        self.dir = tempfile.mkdtemp(prefix="qrux-e2e-%s-" % name)
+        self.dir = tempfile.mkdtemp(prefix="qx-e2e-%s-" % name)  # no "qrux": see qrux_alias
         self._cert = None
 
     # -- checks ----------------------------------------------------------
@@ -747,6 +773,16 @@ class Env:
 
     # -- peers -----------------------------------------------------------
 
+    def qrux_alias(self):
+        """A symlink to QRUX_BIN named qx-under-test, so the process name is
+        not "qrux": on a shared development machine a `pkill qrux` or
+        `killall qrux` aimed at someone's `make run` must not kill the
+        processes under test. The binary is the same file."""
+        link = os.path.join(self.dir, "qx-under-test")
+        if not os.path.islink(link):
+            os.symlink(os.path.abspath(qrux_bin()), link)
+        return link
+
     def cert(self):
         if self._cert is None:
             self._cert = Cert(self.dir)
@@ -766,7 +802,7 @@ class Env:
         returns (path, port)."""
         port = port or free_port("udp")
         self.cert()
-        name = name or "qrux-%d.yaml" % port
+        name = name or "qx-%d.yaml" % port
         path = os.path.join(self.dir, name)
         if text is None:
             text = render_config(port, "cert.pem", "key.pem", routes, limits, workers,
@@ -856,12 +892,13 @@ class Env:
                        "".join(traceback.format_exception(et, ev, tb)))
         elif et is not None and issubclass(et, SystemExit):
             self.check("%s: not interrupted" % self.name, False, "exit %s" % ev)
-        foreign = [q for q in self.qruxes if q.foreign_signal()]
+        foreign = [(q, q.foreign_signal()) for q in self.qruxes]
         kill_all()
-        for q in foreign:
-            print("WARNING: qrux (port %d, pid %d) got a SIGTERM/SIGINT this test never sent: "
-                  "something else on the machine killed it (pkill/killall qrux?); failures "
-                  "after that are not qrux's" % (q.port, q.pid), flush=True)
+        for q, how in foreign:
+            if how:
+                print("WARNING: qrux (port %d, pid %d) %s although this test never stopped it: "
+                      "a crash, or something else on the machine killing it; see its log %s"
+                      % (q.port, q.pid, how, q.logpath), flush=True)
         if self.failed:
             for q in self.qruxes:
                 print("--- qrux log tail (port %d):\n%s" % (q.port, q.log_tail(20)), flush=True)
