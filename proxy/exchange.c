@@ -18,6 +18,7 @@ static const llhttp_settings_t parser_settings;
 static void ex_release_upstream(qx_exchange_t *ex, int reusable);
 static void pump_write(qx_exchange_t *ex);
 static void dispatch(qx_exchange_t *ex, int fresh_only);
+static void build_and_dispatch(qx_exchange_t *ex);
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -391,6 +392,34 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
         ex->req.cap = QX_STREAM_WINDOW;
     }
 
+    if (ex->early) {
+        /* RFC 8470: early data can be replayed by an attacker, so in
+         * `safe` only idempotent, bodiless requests go up before the
+         * handshake completes (marked Early-Data: 1 so the app can refuse
+         * with 425); others wait for the handshake. */
+        int safe_method = ex->method_idx == QX_M_GET || ex->method_idx == QX_M_HEAD ||
+                          ex->method_idx == QX_M_OPTIONS;
+        if (cfg->early_data == QX_EARLY_SAFE && (!safe_method || ex->has_body)) {
+            ex->held = 1;
+            qx_cnt_add(&ex->w->metrics.early_data_held, 1);
+            return;
+        }
+        qx_cnt_add(&ex->w->metrics.early_data_accepted, 1);
+    }
+    build_and_dispatch(ex);
+}
+
+void qx_exchange_release_held(qx_exchange_t *ex)
+{
+    if (!ex->held || ex->state != QX_EX_HEAD)
+        return;
+    ex->held = 0;
+    ex->early = 0; /* the handshake is done: no longer early data */
+    build_and_dispatch(ex);
+}
+
+static void build_and_dispatch(qx_exchange_t *ex)
+{
     qx_h1_req_t r = {
         .method = ex->method,
         .methodlen = ex->methodlen,
@@ -403,6 +432,7 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
         .client_ip = ex->client_ip,
         .has_body = ex->has_body,
         .content_length = ex->req_cl,
+        .early = ex->early,
     };
     size_t cap = 1024 + ex->arena.used;
     ex->head = qx_arena_alloc(&ex->arena, cap);

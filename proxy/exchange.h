@@ -90,6 +90,8 @@ struct qx_exchange {
     int method_idx;
     int is_head;
     int has_body;   /* the front has not seen the end of the stream */
+    int early;      /* the head arrived in 0-RTT early data (set by the front) */
+    int held;       /* unsafe early request waiting for the handshake */
     int64_t req_cl; /* content-length or -1 */
     uint64_t req_body_in;
     int req_fin;     /* the client's body is complete */
@@ -150,6 +152,10 @@ int qx_exchange_header(qx_exchange_t *ex, const char *name, size_t namelen, cons
 /* The head is complete; fin says the stream ended with it. Routes and
  * dispatches, or answers an error. */
 void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin);
+
+/* The connection's handshake completed: a request held back from early
+ * data is forwarded now (as an ordinary, non-early request). */
+void qx_exchange_release_held(qx_exchange_t *ex);
 
 /* Request body bytes. The front never delivers more than the window it
  * granted, so they always fit. */

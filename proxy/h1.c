@@ -122,7 +122,8 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
     for (size_t i = 0; i < req->nhdrs; i++) {
         const qx_hdr_t *h = &req->hdrs[i];
         if (qx_h1_is_hop_by_hop(h->name, h->namelen) || name_is(h, "host") ||
-            name_is(h, "content-length") || name_is(h, "x-forwarded-proto") ||
+            name_is(h, "early-data") || name_is(h, "content-length") ||
+            name_is(h, "x-forwarded-proto") ||
             (conn && qx_h1_list_has_token(conn, connlen, h->name, h->namelen)))
             continue;
         if (name_is(h, "x-forwarded-for")) {
@@ -164,6 +165,8 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
     }
     puts_(&o, req->client_ip ? req->client_ip : "unknown");
     puts_(&o, "\r\nX-Forwarded-Proto: https\r\n");
+    if (req->early)
+        puts_(&o, "Early-Data: 1\r\n");
 
     *chunked = 0;
     if (req->content_length >= 0) {

@@ -33,6 +33,7 @@ typedef struct qx_h1_req {
     const char *client_ip;  /* NUL-terminated textual address, for X-Forwarded-For */
     int has_body;           /* a body follows the head (the front saw no end of stream) */
     int64_t content_length; /* from the request, -1 when absent */
+    int early;              /* forwarded from 0-RTT: adds Early-Data: 1 (RFC 8470) */
 } qx_h1_req_t;
 
 /* Nonzero when name (any case) is a hop-by-hop field that a proxy must not

@@ -246,8 +246,12 @@ static int h3_end_headers(nghttp3_conn *conn, int64_t stream_id, int fin, void *
     qx_quic_conn_t *qc = user_data;
     (void)conn;
     (void)stream_id;
-    if (stream_user_data)
-        qx_exchange_headers_done(stream_user_data, qc->sni[0] ? qc->sni : NULL, fin);
+    if (stream_user_data) {
+        qx_exchange_t *ex = stream_user_data;
+        /* Headers completed in 0-RTT: the early-data policy applies. */
+        ex->early = qc->rx_early && !qc->handshake_done;
+        qx_exchange_headers_done(ex, qc->sni[0] ? qc->sni : NULL, fin);
+    }
     return 0;
 }
 
@@ -335,6 +339,16 @@ void qx_h3_teardown(qx_quic_conn_t *qc)
     }
 }
 
+void qx_h3_handshake_done(qx_quic_conn_t *qc)
+{
+    for (qx_exchange_t *ex = qc->exchanges, *next; ex; ex = next) {
+        next = ex->next; /* releasing may answer and end it */
+        if (ex->held)
+            qx_exchange_release_held(ex);
+    }
+    qx_quic_conn_mark(qc);
+}
+
 void qx_h3_goaway_notice(qx_quic_conn_t *qc)
 {
     if (qc->h3)
@@ -360,10 +374,18 @@ int qx_h3_recv_stream_data(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
     qx_quic_conn_t *qc = user_data;
     (void)offset;
     (void)stream_user_data;
-    if (qc->h3 == NULL)
-        return NGTCP2_ERR_CALLBACK_FAILURE;
+    /* 0-RTT stream data can come before the 1-RTT key (which is where
+     * HTTP/3 is normally set up); the client's transport parameters are
+     * known by then, so the control streams can open. */
+    if (qc->h3 == NULL) {
+        qx_quic_conn_read_sni(qc);
+        if (qx_h3_setup(qc) != 0)
+            return NGTCP2_ERR_CALLBACK_FAILURE;
+    }
+    qc->rx_early = (flags & NGTCP2_STREAM_DATA_FLAG_EARLY) != 0;
     nghttp3_ssize n = nghttp3_conn_read_stream(qc->h3, stream_id, data, datalen,
                                                flags & NGTCP2_STREAM_DATA_FLAG_FIN);
+    qc->rx_early = 0;
     if (n == NGHTTP3_ERR_MALFORMED_HTTP_MESSAGING || n == NGHTTP3_ERR_MALFORMED_HTTP_HEADER) {
         /* A malformed request (e.g. content-length disagreeing with the
          * DATA) is a stream error, not a connection error (RFC 9114

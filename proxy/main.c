@@ -18,6 +18,7 @@
 #include "watch.h"
 #include "worker.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <gnutls/crypto.h>
 #include <signal.h>
@@ -235,6 +236,54 @@ static void start_watching(qx_main_t *m, const qx_config_t *cfg)
         QX_WARN("certificate files not watched; SIGUSR1 still reloads them");
 }
 
+/*
+ * The process's secrets: the session-ticket master key, the stateless
+ * reset secret and the token secret. With server.ticket_key_file (a Secret
+ * shared by every replica) they are derived from it, so replicas resume
+ * each other's sessions and accept each other's tokens, and a restarted pod
+ * still resets connections it no longer knows; without it they are random.
+ * Returns 0 or EXIT_CONFIG (logged).
+ */
+static int load_secrets(const qx_config_t *cfg, qx_shared_t *sh, uint8_t ticket[64])
+{
+    uint8_t ikm[4096];
+    size_t n = 0;
+
+    if (cfg->ticket_key_file == NULL) {
+        gnutls_rnd(GNUTLS_RND_KEY, ticket, 64);
+        gnutls_rnd(GNUTLS_RND_KEY, sh->static_secret, sizeof(sh->static_secret));
+        gnutls_rnd(GNUTLS_RND_KEY, sh->token_secret, sizeof(sh->token_secret));
+        return 0;
+    }
+    FILE *f = fopen(cfg->ticket_key_file, "rb");
+    if (f == NULL) {
+        QX_ERROR("server.ticket_key_file: cannot read %s: %s", cfg->ticket_key_file,
+                 strerror(errno));
+        return EXIT_CONFIG;
+    }
+    n = fread(ikm, 1, sizeof(ikm), f);
+    fclose(f);
+    if (n < 32) {
+        QX_ERROR("server.ticket_key_file: %s holds %zu bytes; at least 32 bytes of secret are "
+                 "needed (e.g. head -c 64 /dev/urandom)",
+                 cfg->ticket_key_file, n);
+        return EXIT_CONFIG;
+    }
+    /* One key per purpose: HMAC-SHA256(file content, label). */
+    static const char *const labels[] = {"qrux ticket 1", "qrux ticket 2", "qrux reset",
+                                         "qrux token"};
+    uint8_t *outs[] = {ticket, ticket + 32, sh->static_secret, sh->token_secret};
+    for (size_t i = 0; i < QX_ARRAY_LEN(labels); i++) {
+        if (gnutls_hmac_fast(GNUTLS_MAC_SHA256, ikm, n, labels[i], strlen(labels[i]), outs[i]) !=
+            0) {
+            QX_ERROR("server.ticket_key_file: key derivation failed");
+            return EXIT_CONFIG;
+        }
+    }
+    memset(ikm, 0, sizeof(ikm));
+    return 0;
+}
+
 /* `qrux check --config FILE`: what a CI job or a pre-apply hook runs. */
 static int run_check(const char *path)
 {
@@ -315,8 +364,17 @@ int main(int argc, char **argv)
     qx_shared_t shared = {
         .tls = tls, .tls_tcp = tls_tcp, .rt = &rt, .on_worker_exit = on_worker_exit, .arg = &m};
     pthread_mutex_init(&shared.tls_lock, NULL);
-    gnutls_rnd(GNUTLS_RND_KEY, shared.static_secret, sizeof(shared.static_secret));
     m.shared = &shared;
+    uint8_t ticket[64];
+    static qx_tls_keys_t tls_keys; /* large (the anti-replay table): not on the stack */
+    if (load_secrets(snap->cfg, &shared, ticket) != 0)
+        return EXIT_CONFIG;
+    if (qx_tls_keys_init(&tls_keys, ticket, (int)snap->cfg->early_data) != 0) {
+        QX_ERROR("tls: cannot set up session tickets / anti-replay");
+        return 1;
+    }
+    memset(ticket, 0, sizeof(ticket));
+    shared.tls_keys = &tls_keys;
 
     m.loop = uv_default_loop();
     m.nworkers = nworkers;
@@ -381,6 +439,7 @@ int main(int argc, char **argv)
     qx_runtime_free(&rt); /* drops the snapshot in force */
     qx_tls_del(shared.tls);
     qx_tls_tcp_del(tls_tcp);
+    qx_tls_keys_free(&tls_keys);
     uv_run(m.loop, UV_RUN_NOWAIT); /* close callbacks of the watchers */
     uv_loop_close(m.loop);
     QX_INFO("stopped");

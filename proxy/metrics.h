@@ -71,8 +71,13 @@ typedef struct qx_metrics {
     uint64_t active_connections_h3;
     uint64_t quic_handshakes_ok;
     uint64_t quic_handshakes_failed;
-    uint64_t bytes_in;  /* request body bytes from clients */
-    uint64_t bytes_out; /* response body bytes to clients */
+    uint64_t quic_retry_sent;     /* Retry packets (address validation) */
+    uint64_t quic_invalid_tokens; /* Initial with a forged/expired Retry token */
+    uint64_t quic_refused;        /* CONNECTION_REFUSED: limits or draining */
+    uint64_t early_data_accepted; /* requests forwarded from 0-RTT with Early-Data: 1 */
+    uint64_t early_data_held;     /* unsafe 0-RTT requests held until the handshake */
+    uint64_t bytes_in;            /* request body bytes from clients */
+    uint64_t bytes_out;           /* response body bytes to clients */
     uint64_t request_body_rejected;
     uint64_t streams_reset_by_client;
 } qx_metrics_t;

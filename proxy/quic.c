@@ -29,8 +29,11 @@ typedef struct cid_entry {
     qx_quic_conn_t *qc;
 } cid_entry_t;
 
+#define IP_BUCKETS 4096
+
 struct qx_quic_ep {
     qx_worker_t *w;
+    uint16_t per_ip[IP_BUCKETS]; /* connections per source-address bucket */
     int fd;
     int family;
     uv_poll_t poll;
@@ -251,10 +254,17 @@ static void conn_del(qx_quic_conn_t *qc)
             send_pkt(ep, (const struct sockaddr *)&qc->local, (const struct sockaddr *)&qc->remote,
                      qc->remotelen, ep->txbuf, (size_t)n);
     }
-    if (!qc->handshake_done)
+    if (!qc->handshake_done) {
         qx_cnt_add(&w->metrics.quic_handshakes_failed, 1);
-    else
+        if (qc->counted)
+            w->handshakes--;
+    } else {
         qx_cnt_sub(&w->metrics.active_connections_h3, 1);
+    }
+    if (qc->counted) {
+        __atomic_sub_fetch(&w->shared->quic_conns, 1, __ATOMIC_RELAXED);
+        ep->per_ip[qc->ip_hash]--;
+    }
 
     qx_h3_teardown(qc);
     while (qc->ncids > 0)
@@ -477,13 +487,12 @@ static int remove_connection_id_cb(ngtcp2_conn *conn, const ngtcp2_cid *cid, voi
     return 0;
 }
 
-static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
+/* The SNI, lowercased, as soon as the ClientHello is processed: requests
+ * in 0-RTT are routed before the handshake completes. */
+void qx_quic_conn_read_sni(qx_quic_conn_t *qc)
 {
-    qx_quic_conn_t *qc = user_data;
-    qx_worker_t *w = qc->ep->w;
     size_t len = sizeof(qc->sni) - 1;
     unsigned type;
-    (void)conn;
     if (gnutls_server_name_get(qc->tls, qc->sni, &len, &type, 0) == 0 && type == GNUTLS_NAME_DNS) {
         qc->sni[len] = '\0';
         for (size_t i = 0; i < len; i++)
@@ -492,9 +501,31 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
     } else {
         qc->sni[0] = '\0';
     }
+}
+
+static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
+{
+    qx_quic_conn_t *qc = user_data;
+    qx_worker_t *w = qc->ep->w;
+    uint8_t token[NGTCP2_CRYPTO_MAX_REGULAR_TOKENLEN];
+
+    qx_quic_conn_read_sni(qc);
     qc->handshake_done = 1;
+    if (qc->counted)
+        w->handshakes--;
     qx_cnt_add(&w->metrics.quic_handshakes_ok, 1);
     qx_cnt_add(&w->metrics.active_connections_h3, 1);
+    /* A session ticket, for resumption and 0-RTT next time. */
+    if (gnutls_session_ticket_send(qc->tls, 1, 0) != 0)
+        QX_DEBUG("quic: could not send a session ticket");
+    /* A NEW_TOKEN, so the client's next connection skips the Retry. */
+    const ngtcp2_path *path = ngtcp2_conn_get_path(conn);
+    ngtcp2_ssize tlen = ngtcp2_crypto_generate_regular_token(
+        token, w->shared->token_secret, sizeof(w->shared->token_secret), path->remote.addr,
+        path->remote.addrlen, now_ns());
+    if (tlen > 0)
+        ngtcp2_conn_submit_new_token(conn, token, (size_t)tlen);
+    qx_h3_handshake_done(qc);
     if (qc->goaway || w->state == QX_W_DRAINING)
         qx_h3_goaway(qc);
     return 0;
@@ -505,6 +536,7 @@ static int recv_rx_key_cb(ngtcp2_conn *conn, ngtcp2_crypto_level level, void *us
     (void)conn;
     if (level != NGTCP2_CRYPTO_LEVEL_APPLICATION)
         return 0;
+    qx_quic_conn_read_sni(user_data);
     return qx_h3_setup(user_data);
 }
 
@@ -539,9 +571,28 @@ static const ngtcp2_callbacks callbacks = {
     .recv_rx_key = recv_rx_key_cb,
 };
 
+/* Bucket of a client address for the per-IP cap (the port is ignored). */
+static uint32_t ip_bucket(const struct sockaddr *sa)
+{
+    const uint8_t *p;
+    size_t n;
+    if (sa->sa_family == AF_INET6) {
+        p = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+        n = 16;
+    } else {
+        p = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+        n = 4;
+    }
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 16777619u;
+    return h % IP_BUCKETS;
+}
+
 static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
                                 const struct sockaddr *local, socklen_t locallen,
-                                const struct sockaddr *remote, socklen_t remotelen)
+                                const struct sockaddr *remote, socklen_t remotelen,
+                                const ngtcp2_cid *odcid)
 {
     qx_worker_t *w = ep->w;
     const qx_limits_t *lim = &w->snap->cfg->limits;
@@ -571,7 +622,12 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     ngtcp2_settings_default(&settings);
     settings.initial_ts = now_ns();
     settings.max_tx_udp_payload_size = MAX_UDP_PAYLOAD;
-    settings.handshake_timeout = 10 * NGTCP2_SECONDS;
+    settings.handshake_timeout = (ngtcp2_duration)lim->quic_handshake_timeout_secs * NGTCP2_SECONDS;
+    if (odcid) {
+        /* Validated by a Retry: ngtcp2 checks that every Initial carries it. */
+        settings.token.base = (uint8_t *)hd->token.base;
+        settings.token.len = hd->token.len;
+    }
     /* The stream window is the per-stream body bound (exchange.h): no
      * auto-tuning past it. */
     settings.max_stream_window = QX_STREAM_WINDOW;
@@ -582,11 +638,17 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     params.initial_max_stream_data_bidi_remote = QX_STREAM_WINDOW;
     params.initial_max_stream_data_uni = 256 * 1024;
     params.initial_max_data = 4 * 1024 * 1024;
-    params.initial_max_streams_bidi = QX_MAX_STREAMS_BIDI;
+    params.initial_max_streams_bidi = lim->max_streams_per_connection;
     params.initial_max_streams_uni = 3;
-    params.max_idle_timeout = 30 * NGTCP2_SECONDS;
+    params.max_idle_timeout = (ngtcp2_duration)lim->quic_idle_timeout_secs * NGTCP2_SECONDS;
     params.active_connection_id_limit = 7;
-    params.original_dcid = hd->dcid;
+    if (odcid) {
+        params.original_dcid = *odcid;
+        params.retry_scid = hd->dcid;
+        params.retry_scid_present = 1;
+    } else {
+        params.original_dcid = hd->dcid;
+    }
     params.stateless_reset_token_present = 1;
 
     if (new_cid(qc, &scid, params.stateless_reset_token, QX_SCID_LEN) != 0)
@@ -603,11 +665,16 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
         goto fail;
     }
     qc->creds = qx_shared_tls_acquire(w->shared);
-    if (qx_tls_session_new(qc->creds, &qc->conn_ref, &qc->tls) != 0)
+    if (qx_tls_session_new(qc->creds, w->shared->tls_keys, &qc->conn_ref, &qc->tls) != 0)
         goto fail;
     ngtcp2_conn_set_tls_native_handle(qc->conn, qc->tls);
     if (cid_add(qc, &hd->dcid) != 0 || cid_add(qc, &scid) != 0)
         goto fail;
+    qc->counted = 1;
+    qc->ip_hash = ip_bucket(remote);
+    ep->per_ip[qc->ip_hash]++;
+    __atomic_add_fetch(&w->shared->quic_conns, 1, __ATOMIC_RELAXED);
+    w->handshakes++;
     return qc;
 
 fail:
@@ -661,6 +728,93 @@ static void send_stateless_reset(qx_quic_ep_t *ep, const ngtcp2_version_cid *vc,
         send_pkt(ep, local, remote, remotelen, buf, (size_t)n);
 }
 
+/* ---- address validation and admission ----------------------------------- */
+
+#define RETRY_TOKEN_TIMEOUT (10 * NGTCP2_SECONDS)
+#define REGULAR_TOKEN_TIMEOUT (24 * 3600 * NGTCP2_SECONDS)
+
+enum { ADDR_VALID, ADDR_RETRIED, ADDR_SEND_RETRY, ADDR_BAD_TOKEN };
+
+static int may_accept(qx_quic_ep_t *ep, const struct sockaddr *remote)
+{
+    const qx_limits_t *lim = &ep->w->snap->cfg->limits;
+    if (!ep->accepting)
+        return 0;
+    if (__atomic_load_n(&ep->w->shared->quic_conns, __ATOMIC_RELAXED) >= lim->max_quic_connections)
+        return 0;
+    /* Per worker: the kernel spreads one client's ports over the workers,
+     * so the cap per source address is counted where the connections live. */
+    if (ep->per_ip[ip_bucket(remote)] >= lim->max_quic_connections_per_ip)
+        return 0;
+    return 1;
+}
+
+/* Decides what an Initial that would open a connection needs: a Retry
+ * token proves the address (stateless, RFC 9000 §8.1.2); a NEW_TOKEN from
+ * an earlier connection does too (so returning clients skip the round
+ * trip); without either, Retry is sent when the policy asks for it. */
+static int validate_address(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
+                            const struct sockaddr *remote, socklen_t remotelen, ngtcp2_cid *odcid)
+{
+    const qx_shared_t *sh = ep->w->shared;
+    const qx_config_t *cfg = ep->w->snap->cfg;
+    ngtcp2_tstamp now = now_ns();
+
+    if (hd->token.len > 0 && hd->token.base[0] == NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY) {
+        if (ngtcp2_crypto_verify_retry_token(odcid, hd->token.base, hd->token.len, sh->token_secret,
+                                             sizeof(sh->token_secret), hd->version,
+                                             (const ngtcp2_sockaddr *)remote, remotelen, &hd->dcid,
+                                             RETRY_TOKEN_TIMEOUT, now) != 0)
+            return ADDR_BAD_TOKEN;
+        return ADDR_RETRIED;
+    }
+    if (hd->token.len > 0 && hd->token.base[0] == NGTCP2_CRYPTO_TOKEN_MAGIC_REGULAR &&
+        ngtcp2_crypto_verify_regular_token(
+            hd->token.base, hd->token.len, sh->token_secret, sizeof(sh->token_secret),
+            (const ngtcp2_sockaddr *)remote, remotelen, REGULAR_TOKEN_TIMEOUT, now) == 0)
+        return ADDR_VALID;
+    if (cfg->retry == QX_RETRY_ALWAYS ||
+        (cfg->retry == QX_RETRY_AUTO &&
+         ep->w->handshakes >= cfg->limits.retry_handshakes_threshold))
+        return ADDR_SEND_RETRY;
+    return ADDR_VALID;
+}
+
+static void send_retry(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd, const struct sockaddr *local,
+                       const struct sockaddr *remote, socklen_t remotelen)
+{
+    const qx_shared_t *sh = ep->w->shared;
+    uint8_t token[NGTCP2_CRYPTO_MAX_RETRY_TOKENLEN];
+    uint8_t buf[1500];
+    ngtcp2_cid scid;
+
+    scid.datalen = QX_SCID_LEN;
+    gnutls_rnd(GNUTLS_RND_NONCE, scid.data, scid.datalen);
+    scid.data[0] = (uint8_t)ep->w->id; /* the client's next Initial comes back to us */
+    ngtcp2_ssize tlen = ngtcp2_crypto_generate_retry_token(
+        token, sh->token_secret, sizeof(sh->token_secret), hd->version,
+        (const ngtcp2_sockaddr *)remote, remotelen, &scid, &hd->dcid, now_ns());
+    if (tlen < 0)
+        return;
+    ngtcp2_ssize n = ngtcp2_crypto_write_retry(buf, sizeof(buf), hd->version, &hd->scid, &scid,
+                                               &hd->dcid, token, (size_t)tlen);
+    if (n > 0) {
+        send_pkt(ep, local, remote, remotelen, buf, (size_t)n);
+        qx_cnt_add(&ep->w->metrics.quic_retry_sent, 1);
+    }
+}
+
+static void close_initial(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd, uint64_t code,
+                          const struct sockaddr *local, const struct sockaddr *remote,
+                          socklen_t remotelen)
+{
+    uint8_t buf[256];
+    ngtcp2_ssize n = ngtcp2_crypto_write_connection_close(buf, sizeof(buf), hd->version, &hd->scid,
+                                                          &hd->dcid, code, NULL, 0);
+    if (n > 0)
+        send_pkt(ep, local, remote, remotelen, buf, (size_t)n);
+}
+
 static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_t locallen,
                         const struct sockaddr *remote, socklen_t remotelen, const uint8_t *data,
                         size_t len, int forwarded)
@@ -691,20 +845,32 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
             return;
         }
         ngtcp2_pkt_hd hd;
+        ngtcp2_cid odcid;
+        int retried = 0;
         if (ngtcp2_accept(&hd, data, len) != 0)
             return;
-        if (!ep->accepting) {
-            /* Draining: refuse at once (CONNECTION_REFUSED) instead of
-             * letting the client wait for its handshake timeout. */
-            uint8_t buf[256];
-            ngtcp2_ssize n =
-                ngtcp2_crypto_write_connection_close(buf, sizeof(buf), hd.version, &hd.scid,
-                                                     &hd.dcid, NGTCP2_CONNECTION_REFUSED, NULL, 0);
-            if (n > 0)
-                send_pkt(ep, local, remote, remotelen, buf, (size_t)n);
+        if (!may_accept(ep, remote)) {
+            /* Draining or over a limit: refuse at once (CONNECTION_REFUSED)
+             * instead of letting the client wait for its handshake timeout. */
+            close_initial(ep, &hd, NGTCP2_CONNECTION_REFUSED, local, remote, remotelen);
+            qx_cnt_add(&ep->w->metrics.quic_refused, 1);
             return;
         }
-        qc = conn_new(ep, &hd, local, locallen, remote, remotelen);
+        switch (validate_address(ep, &hd, remote, remotelen, &odcid)) {
+        case ADDR_RETRIED:
+            retried = 1;
+            break;
+        case ADDR_VALID:
+            break;
+        case ADDR_SEND_RETRY:
+            send_retry(ep, &hd, local, remote, remotelen);
+            return;
+        case ADDR_BAD_TOKEN:
+            close_initial(ep, &hd, NGTCP2_INVALID_TOKEN, local, remote, remotelen);
+            qx_cnt_add(&ep->w->metrics.quic_invalid_tokens, 1);
+            return;
+        }
+        qc = conn_new(ep, &hd, local, locallen, remote, remotelen, retried ? &odcid : NULL);
         if (qc == NULL)
             return;
     }

@@ -38,6 +38,9 @@ struct qx_quic_conn {
     qx_exchange_t *exchanges;            /* requests on this connection */
     ngtcp2_connection_close_error ccerr; /* set by a failing callback */
     int handshake_done;
+    int rx_early;     /* the stream data being read came in 0-RTT */
+    int counted;      /* counted in the process and per-IP connection totals */
+    uint32_t ip_hash; /* per-source-address bucket */
     int goaway;
     int dirty;         /* on the endpoint's flush list */
     int closing;       /* scheduled for deletion */
@@ -58,6 +61,10 @@ void qx_quic_conn_close(qx_quic_conn_t *qc, int quietly);
 
 qx_worker_t *qx_quic_conn_worker(qx_quic_conn_t *qc);
 
+/* Reads the TLS SNI (lowercased) into qc->sni; valid once the ClientHello
+ * is processed. */
+void qx_quic_conn_read_sni(qx_quic_conn_t *qc);
+
 /* ---- h3.c, for quic.c ---- */
 
 /* Creates the HTTP/3 session once 1-RTT keys exist. Returns 0 or an
@@ -66,6 +73,9 @@ int qx_h3_setup(qx_quic_conn_t *qc);
 
 /* Ends every exchange of a dying connection, then frees nghttp3. */
 void qx_h3_teardown(qx_quic_conn_t *qc);
+
+/* The handshake completed: requests held back from early data go on. */
+void qx_h3_handshake_done(qx_quic_conn_t *qc);
 
 /* Sends the HTTP/3 GOAWAY notice (drain, step one). */
 void qx_h3_goaway_notice(qx_quic_conn_t *qc);

@@ -3,11 +3,13 @@
 
 #include "qx.h"
 
+#include <gnutls/crypto.h>
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* TLS 1.3 only (QUIC requires it), AEADs QUIC defines, no middlebox
  * compatibility mode (RFC 9001 §8.4). */
@@ -71,14 +73,87 @@ void qx_tls_unref(qx_tls_t *t)
     free(t);
 }
 
-int qx_tls_session_new(const qx_tls_t *t, void *conn_ref, gnutls_session_t *out)
+/* ---- anti-replay ---------------------------------------------------------- */
+
+/* GnuTLS asks to remember a ClientHello that carried early data; an entry
+ * that is already there (and not expired) means a replay: its early data is
+ * refused and the client resends after the handshake. When the table is
+ * too full to remember, early data is refused too: safe, merely slower. */
+static int db_add(void *ptr, time_t exp_time, const gnutls_datum_t *key, const gnutls_datum_t *data)
+{
+    qx_tls_keys_t *k = ptr;
+    uint8_t d[32];
+    uint64_t h1, h2;
+    time_t now = time(NULL);
+    int rv = GNUTLS_E_DB_ENTRY_EXISTS;
+    (void)data;
+
+    if (gnutls_hash_fast(GNUTLS_DIG_SHA256, key->data, key->size, d) != 0)
+        return rv;
+    memcpy(&h1, d, 8);
+    memcpy(&h2, d + 8, 8);
+    pthread_mutex_lock(&k->db_lock);
+    for (size_t i = 0; i < 32; i++) {
+        size_t slot = (size_t)((h1 + i) % QX_TLS_DB_SLOTS);
+        if (k->db[slot].expires > now && k->db[slot].h1 == h1 && k->db[slot].h2 == h2)
+            break; /* seen: a replay */
+        if (k->db[slot].expires <= now) {
+            k->db[slot].h1 = h1;
+            k->db[slot].h2 = h2;
+            k->db[slot].expires = exp_time;
+            rv = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&k->db_lock);
+    if (rv != 0)
+        __atomic_add_fetch(&k->replays_refused, 1, __ATOMIC_RELAXED);
+    return rv;
+}
+
+int qx_tls_keys_init(qx_tls_keys_t *k, const uint8_t *ticket_key, int early_data)
+{
+    memset(k, 0, sizeof(*k));
+    memcpy(k->ticket_key, ticket_key, sizeof(k->ticket_key));
+    k->early_data = early_data;
+    pthread_mutex_init(&k->db_lock, NULL);
+    if (gnutls_anti_replay_init(&k->anti_replay) != 0)
+        return QX_ERR_TLS;
+    gnutls_anti_replay_set_add_function(k->anti_replay, db_add);
+    gnutls_anti_replay_set_ptr(k->anti_replay, k);
+    return 0;
+}
+
+void qx_tls_keys_free(qx_tls_keys_t *k)
+{
+    if (k->anti_replay)
+        gnutls_anti_replay_deinit(k->anti_replay);
+    k->anti_replay = NULL;
+    pthread_mutex_destroy(&k->db_lock);
+    memset(k->ticket_key, 0, sizeof(k->ticket_key));
+}
+
+/* ---- sessions ------------------------------------------------------------- */
+
+int qx_tls_session_new(const qx_tls_t *t, qx_tls_keys_t *keys, void *conn_ref,
+                       gnutls_session_t *out)
 {
     gnutls_session_t s;
     static const gnutls_datum_t alpn = {(unsigned char *)"h3", 2};
+    unsigned flags = GNUTLS_SERVER | GNUTLS_NO_AUTO_SEND_TICKET | GNUTLS_NO_END_OF_EARLY_DATA;
+    gnutls_datum_t tk = {keys->ticket_key, sizeof(keys->ticket_key)};
 
-    if (gnutls_init(&s, GNUTLS_SERVER | GNUTLS_NO_AUTO_SEND_TICKET | GNUTLS_NO_END_OF_EARLY_DATA) !=
-        0)
+    if (keys->early_data != 0)
+        flags |= GNUTLS_ENABLE_EARLY_DATA;
+    if (gnutls_init(&s, flags) != 0)
         return QX_ERR_TLS;
+    if (gnutls_session_ticket_enable_server(s, &tk) != 0)
+        goto fail;
+    if (keys->early_data != 0) {
+        gnutls_anti_replay_enable(s, keys->anti_replay);
+        /* QUIC carries early data itself; TLS must not cap it. */
+        gnutls_record_set_max_early_data_size(s, 0xffffffffu);
+    }
     if (ngtcp2_crypto_gnutls_configure_server_session(s) != 0)
         goto fail;
     if (gnutls_priority_set(s, t->prio) != 0)

@@ -7,9 +7,37 @@
 #define QX_TLS_H
 
 #include <gnutls/gnutls.h>
+#include <pthread.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <time.h>
 
 typedef struct qx_tls qx_tls_t;
+
+/*
+ * Process-wide TLS state that outlives certificate rotation: the session
+ * ticket master key (GnuTLS rotates the ticket encryption keys it derives
+ * from it on a schedule; replicas that share it resume each other's
+ * sessions), the 0-RTT policy, and the anti-replay database that refuses
+ * early data from a ClientHello seen before (RFC 8446 §8).
+ */
+#define QX_TLS_DB_SLOTS 16384
+typedef struct qx_tls_keys {
+    uint8_t ticket_key[64];
+    gnutls_anti_replay_t anti_replay;
+    int early_data; /* qx_early_data_t: QX_EARLY_OFF disables 0-RTT entirely */
+    pthread_mutex_t db_lock;
+    struct {
+        uint64_t h1, h2;
+        time_t expires;
+    } db[QX_TLS_DB_SLOTS];    /* ClientHellos whose early data was taken */
+    uint64_t replays_refused; /* atomic */
+} qx_tls_keys_t;
+
+/* ticket_key[64] comes from the caller (random, or derived from
+ * server.ticket_key_file). Returns 0 or QX_ERR_TLS. */
+int qx_tls_keys_init(qx_tls_keys_t *k, const uint8_t *ticket_key, int early_data);
+void qx_tls_keys_free(qx_tls_keys_t *k);
 
 /* Loads the PEM certificate chain and key. On failure returns QX_ERR_TLS
  * and writes "server.cert: <why>" style text into err. */
@@ -26,6 +54,7 @@ void qx_tls_unref(qx_tls_t *tls);
 /* A server session configured for QUIC; |conn_ref| is the
  * ngtcp2_crypto_conn_ref the crypto callbacks use to find the connection.
  * Returns 0 or QX_ERR_TLS. */
-int qx_tls_session_new(const qx_tls_t *tls, void *conn_ref, gnutls_session_t *out);
+int qx_tls_session_new(const qx_tls_t *tls, qx_tls_keys_t *keys, void *conn_ref,
+                       gnutls_session_t *out);
 
 #endif

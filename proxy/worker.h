@@ -17,6 +17,7 @@
 #include <uv.h>
 
 typedef struct qx_tls qx_tls_t;
+typedef struct qx_tls_keys qx_tls_keys_t;
 typedef struct qx_runtime qx_runtime_t;
 typedef struct qx_tls_tcp qx_tls_tcp_t;
 typedef struct qx_tcp_front qx_tcp_front_t;
@@ -31,6 +32,9 @@ typedef struct qx_shared {
     qx_runtime_t *rt;            /* the snapshot in force; lifecycle */
     const qx_tls_tcp_t *tls_tcp; /* OpenSSL context for the HTTPS listener; NULL without one */
     uint8_t static_secret[32];   /* stateless reset tokens */
+    uint8_t token_secret[32];    /* Retry and NEW_TOKEN tokens */
+    qx_tls_keys_t *tls_keys;     /* session tickets, 0-RTT policy, anti-replay */
+    unsigned quic_conns;         /* atomic: QUIC connections in the process */
     void (*on_worker_exit)(qx_worker_t *w, void *arg); /* called on the worker thread */
     void *arg;
 } qx_shared_t;
@@ -59,6 +63,7 @@ struct qx_worker {
     uv_timer_t grace;      /* graceful_shutdown_secs deadline */
     uint64_t last_tick_ms; /* atomic, uv_hrtime() in ms; read by the admin thread (livez) */
     unsigned nexchanges;   /* requests in flight */
+    unsigned handshakes;   /* QUIC handshakes in progress (retry: auto) */
     int exit_code;
 };
 
