@@ -353,15 +353,18 @@ int main(int argc, char **argv)
         QX_ERROR("out of memory");
         return 1;
     }
-    qx_runtime_t rt;
+    /* Static: the process's state lives as long as the process, and stays
+     * reachable when start-up fails half-way (leak checkers). */
+    static qx_runtime_t rt;
     if (qx_runtime_init(&rt, snap) != 0) {
         QX_ERROR("out of memory");
         return 1;
     }
-    qx_main_t m = {0};
+    static qx_main_t m;
     m.rt = &rt;
     m.config_path = config_path;
-    qx_shared_t shared = {
+    static qx_shared_t shared;
+    shared = (qx_shared_t){
         .tls = tls, .tls_tcp = tls_tcp, .rt = &rt, .on_worker_exit = on_worker_exit, .arg = &m};
     pthread_mutex_init(&shared.tls_lock, NULL);
     m.shared = &shared;
@@ -402,9 +405,10 @@ int main(int argc, char **argv)
         uv_signal_start(sigs[i], on_signal, signums[i]);
     }
     qx_admin_t *admin = NULL;
-    if (qx_admin_start(&admin, &rt, err, sizeof(err)) != 0) {
+    int arv = qx_admin_start(&admin, &rt, err, sizeof(err));
+    if (arv != 0) {
         QX_ERROR("config %s: %s", config_path, err);
-        return EXIT_CONFIG;
+        return arv == QX_ERR_CONFIG ? EXIT_CONFIG : 1; /* a taken port is not a config error */
     }
     for (unsigned i = 0; i < nworkers; i++) {
         if (qx_worker_start(&m.workers[i]) != 0) {

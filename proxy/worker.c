@@ -8,6 +8,7 @@
 #include "tcp_front.h"
 #include "tls.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,6 +16,14 @@
 #define TICK_MS 1000
 
 static void on_wakeup(uv_async_t *h);
+
+/* The worker's thread is the only writer; the admin thread (livez) and
+ * other workers (forwarding) read it. States only move forward. */
+static void set_state(qx_worker_t *w, qx_worker_state_t s)
+{
+    assert(s >= w->state);
+    __atomic_store_n(&w->state, s, __ATOMIC_RELEASE);
+}
 static void on_inbox(uv_async_t *h);
 
 #define INBOX_MAX 1024
@@ -53,7 +62,7 @@ int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot
     memset(w, 0, sizeof(*w));
     w->id = id;
     w->shared = shared;
-    w->state = QX_W_STARTING;
+    set_state(w, QX_W_STARTING);
     if (uv_loop_init(&w->loop) != 0)
         return QX_ERR_IO;
     w->snap = qx_snapshot_ref(snap);
@@ -109,7 +118,7 @@ static void thread_main(void *arg)
         stop_now(w);
     } else {
         uv_timer_start(&w->tick, on_tick, TICK_MS, TICK_MS);
-        w->state = QX_W_RUNNING;
+        set_state(w, QX_W_RUNNING);
         __atomic_store_n(&w->last_tick_ms, uv_hrtime() / 1000000, __ATOMIC_RELAXED);
         __atomic_add_fetch(&w->shared->rt->workers_running, 1, __ATOMIC_ACQ_REL);
         /* A drain requested before the loop ran is picked up here. */
@@ -141,7 +150,7 @@ static void stop_now(qx_worker_t *w)
 {
     if (w->state == QX_W_STOPPED)
         return;
-    w->state = QX_W_STOPPED;
+    set_state(w, QX_W_STOPPED);
     qx_quic_ep_close(w->quic); /* ends every exchange, which frees upstream sockets */
     w->quic = NULL;
     qx_tcp_front_close(w->tcp);
@@ -239,7 +248,7 @@ int qx_worker_forward(qx_worker_t *w, const struct sockaddr *local, socklen_t lo
     p->len = len;
     memcpy(p->data, data, len);
     pthread_mutex_lock(&w->inbox_lock);
-    if (w->ninbox >= INBOX_MAX || w->state == QX_W_STOPPED) {
+    if (w->ninbox >= INBOX_MAX || __atomic_load_n(&w->state, __ATOMIC_ACQUIRE) == QX_W_STOPPED) {
         pthread_mutex_unlock(&w->inbox_lock);
         free(p);
         return QX_ERR_LIMIT;
@@ -292,7 +301,7 @@ static void on_wakeup(uv_async_t *h)
     if (cmd == QX_W_STOPPED) {
         stop_now(w);
     } else if (cmd == QX_W_DRAINING && w->state == QX_W_RUNNING) {
-        w->state = QX_W_DRAINING;
+        set_state(w, QX_W_DRAINING);
         qx_quic_ep_drain(w->quic);
         qx_tcp_front_drain(w->tcp);
         uv_timer_start(&w->grace, on_grace,
