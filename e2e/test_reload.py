@@ -37,6 +37,8 @@ import re
 import shlex
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -131,6 +133,20 @@ def new_cert(env, name):
 def read(path):
     with open(path, "rb") as f:
         return f.read()
+
+
+def tls_cert_sha256(port, timeout=5):
+    """SHA-256 (hex) of the leaf certificate the HTTPS (TCP) listener on
+    |port| presents to a new handshake, or None when none completes."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            with ctx.wrap_socket(s, server_hostname="localhost") as t:
+                return hashlib.sha256(t.getpeercert(binary_form=True)).hexdigest()
+    except (OSError, ssl.SSLError):
+        return None
 
 
 def der_sha256(cert_pem):
@@ -775,21 +791,21 @@ def subpath_warning(env):
     target = os.path.join(target_dir, "qrux.yaml")
     with open(target, "w") as f:
         f.write("# replaced by the bind mount\n")
-    # A wrapper that Qrux runs as its binary: unshare execs sh, sh execs
-    # qrux, so the pid the harness signals is qrux's.
-    wrapper = os.path.join(env.dir, "qrux-subpath.sh")
+    # A wrapper the harness runs in place of the binary: unshare execs sh,
+    # sh execs qrux (under the harness's alias name), so the pid the harness
+    # signals is qrux's.
+    wrapper = os.path.join(env.dir, "qx-subpath.sh")
     with open(wrapper, "w") as f:
         f.write('#!/bin/sh\nexec %s -m --propagation private sh -c '
                 '\'mount --bind "$0" "$1" && exec "$2" "$3" "$1"\' %s %s %s "$1"\n'
                 % (harness.need("unshare"), shlex.quote(src), shlex.quote(target),
-                   shlex.quote(harness.qrux_bin())))
+                   shlex.quote(env.qrux_alias())))
     os.chmod(wrapper, 0o755)
-    saved = os.environ["QRUX_BIN"]
-    os.environ["QRUX_BIN"] = wrapper
+    env.qrux_alias = lambda: wrapper  # this one start only
     try:
         q = start_qrux_at(env, target, port, wait=False)
     finally:
-        os.environ["QRUX_BIN"] = saved
+        del env.qrux_alias
     ok = q.wait_ready(15)
     env.check("subPath: qrux starts in the private mount namespace", ok, q.log_tail())
     ln = next((l for l in q.log_text().splitlines() if "subPath" in l), None)
@@ -814,16 +830,19 @@ def cert_rotation(env):
     sec = AtomicDir(os.path.join(env.dir, "secret"),
                     {"tls.crt": read(a.cert), "tls.key": read(a.key)})
     port, aport = harness.free_port("udp"), harness.free_port("tcp")
+    tport = harness.free_port("tcp")
     cfg = os.path.join(env.dir, "qrux-rot.yaml")
     with open(cfg, "w") as f:
         f.write(config_text(port, sec.path("tls.crt"), sec.path("tls.key"), [("*", be.addr)],
-                            aport))
+                            aport, server={"https_listen": '"127.0.0.1:%d"' % tport}))
     q = start_qrux_at(env, cfg, port)
     adm = Admin(aport)
     r = probe(q, "/id", cert=True)
     env.eq("before rotation: a new connection gets certificate A", r.cert, fa, r)
+    env.eq("before rotation: HTTPS (TCP) handshakes get certificate A", tls_cert_sha256(tport),
+           fa)
 
-    n = 300000
+    n = 500000  # 5 s
     slow_path = "/slow/%d?ms=100&chunk=10000" % n
     slow = ProbeRun(env, q, slow_path, cert=True, also_get="/id", timeout=60)
     env.check("a long download is in flight on an open connection",
@@ -832,11 +851,14 @@ def cert_rotation(env):
     sec.update({"tls.crt": read(b.cert), "tls.key": read(b.key)})
     env.check("Secret swap: a new connection gets certificate B",
               wait_until(lambda: probe(q, "/id", cert=True).cert == fb, 15, 0.1), q.log_tail())
+    env.check("the download was still in flight during the swap",
+              slow.proc.poll() is None and be.stats()["inflight"].get("/slow/%d" % n))
+    env.check("Secret swap: a new HTTPS (TCP) handshake gets certificate B",
+              wait_until(lambda: tls_cert_sha256(tport) == fb, 5, 0.1),
+              "got %s (A=%s)" % (tls_cert_sha256(tport), fa))
     env.check("Secret swap: the certificate reload is logged",
               wait_log(q, r"certificate reload \(file changed\): new handshakes use", i, 5),
               q.log_tail())
-    env.check("the download was still in flight during the swap",
-              slow.proc.poll() is None and be.stats()["inflight"].get("/slow/%d" % n))
     r = slow.finish()
     env.eq("open connection: it had certificate A", r.cert, fa, r)
     env.check("open connection: the download completes (200, clean)", r.ok(0), r)
@@ -857,10 +879,11 @@ def cert_rotation(env):
     os.symlink(os.path.join(hid, "tls.crt"), os.path.join(vis, "tls.crt"))
     os.symlink(os.path.join(hid, "tls.key"), os.path.join(vis, "tls.key"))
     cfg2 = os.path.join(env.dir, "qrux-usr1.yaml")
-    port2 = harness.free_port("udp")
+    port2, tport2 = harness.free_port("udp"), harness.free_port("tcp")
     with open(cfg2, "w") as f:
         f.write(config_text(port2, os.path.join(vis, "tls.crt"), os.path.join(vis, "tls.key"),
-                            [("*", be.addr)]))
+                            [("*", be.addr)],
+                            server={"https_listen": '"127.0.0.1:%d"' % tport2}))
     q2 = start_qrux_at(env, cfg2, port2)
     env.eq("SIGUSR1 setup: certificate B", probe(q2, cert=True).cert, fb)
     shutil.copy(c.cert, os.path.join(hid, "tls.crt"))
@@ -869,12 +892,16 @@ def cert_rotation(env):
     q2.signal(signal.SIGUSR1)
     env.check("SIGUSR1: a new connection gets certificate C",
               wait_until(lambda: probe(q2, cert=True).cert == fc, 15, 0.1), q2.log_tail())
+    env.check("SIGUSR1: a new HTTPS (TCP) handshake gets certificate C",
+              wait_until(lambda: tls_cert_sha256(tport2) == fc, 5, 0.1),
+              "got %s (B=%s)" % (tls_cert_sha256(tport2), fb))
     env.check("SIGUSR1: logged as a SIGUSR1 reload",
               wait_log(q2, r"certificate reload \(SIGUSR1\)", i, 5), q2.log_tail())
     env.check("SIGUSR1: the process keeps serving", q2.alive() and served_by(q2) == be.port)
     stop(q2)
 
     # Broken rotations through the Secret: garbage PEM, then a mismatched pair.
+    https_before = tls_cert_sha256(tport)
     for name, files in [("garbage certificate", {"tls.crt": b"-----BEGIN CERTIFICATE-----\n"
                                                   b"bm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
                                                   "tls.key": read(c.key)}),
@@ -887,6 +914,8 @@ def cert_rotation(env):
         r = probe(q, "/id", cert=True)
         env.eq("%s: new connections still get certificate B" % name, r.cert, fb, r)
         env.check("%s: and are served" % name, r.ok() and r.backend_port() == be.port, r)
+        env.eq("%s: HTTPS handshakes keep the certificate they had" % name,
+               tls_cert_sha256(tport), https_before)
     sec.update({"tls.crt": read(c.cert), "tls.key": read(c.key)})
     env.check("a good pair after the broken ones: certificate C",
               wait_until(lambda: probe(q, "/id", cert=True).cert == fc, 15, 0.1), q.log_tail())
