@@ -88,8 +88,9 @@ static void discard_request_body(qx_exchange_t *ex)
     ex->req_discard = 1;
     if (ex->front_gone)
         return;
-    if (!ex->req_fin)
-        ex->fops->stop_reading(ex);
+    /* No STOP_SENDING yet: browsers (Chromium) keep a response waiting
+     * until their upload ends, so the rest of the body is read and dropped,
+     * up to QX_DISCARD_MAX; past that the client is asked to stop. */
     size_t buffered = (size_t)(ex->req.fill - ex->req.ack);
     if (ex->writing)
         buffered -= ex->wpayload; /* credited when that write completes */
@@ -827,12 +828,20 @@ static const llhttp_settings_t parser_settings = {
 void qx_exchange_body(qx_exchange_t *ex, const uint8_t *data, size_t len)
 {
     uint64_t max = ex->snap->cfg->limits.max_request_body_bytes;
-    ex->req_body_in += len;
     if (ex->req_discard || ex->state == QX_EX_DONE || ex->reqbuf == NULL) {
-        if (!ex->front_gone)
+        /* Dropped bytes are not the request's: bytes_in counts what was
+         * accepted for the upstream. */
+        ex->req_discarded += len;
+        if (!ex->front_gone) {
             ex->fops->consumed(ex, len);
+            if (ex->req_discarded > QX_DISCARD_MAX && !ex->req_stopped) {
+                ex->req_stopped = 1;
+                ex->fops->stop_reading(ex);
+            }
+        }
         return;
     }
+    ex->req_body_in += len;
     if (ex->req_body_in > max) {
         qx_cnt_add(&ex->w->metrics.request_body_rejected, 1);
         if (!ex->front_gone)

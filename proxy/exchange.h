@@ -33,6 +33,7 @@
 #define QX_STREAM_WINDOW (64 * 1024) /* body bytes held per direction per stream */
 #define QX_MAX_HEADER_BYTES (64 * 1024)
 #define QX_MAX_HEADERS 128
+#define QX_DISCARD_MAX (8 * 1024 * 1024) /* request body read and dropped after an early answer */
 
 typedef struct qx_worker qx_worker_t;
 typedef struct qx_exchange qx_exchange_t;
@@ -94,8 +95,10 @@ struct qx_exchange {
     int held;       /* unsafe early request waiting for the handshake */
     int64_t req_cl; /* content-length or -1 */
     uint64_t req_body_in;
-    int req_fin;     /* the client's body is complete */
-    int req_discard; /* request body is dropped (early answer) */
+    int req_fin;            /* the client's body is complete */
+    int req_discard;        /* request body is dropped (early answer) */
+    uint64_t req_discarded; /* bytes dropped so far */
+    int req_stopped;        /* STOP_SENDING sent */
     qx_ring_t req;
     uint8_t *reqbuf;
 
