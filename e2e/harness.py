@@ -78,34 +78,69 @@ def _kill_group(p, grace=3.0):
         pass
 
 
+def _group_alive(pgid):
+    """True when some process is still in process group |pgid|. While one is,
+    the kernel cannot hand that number out as a new pid, so killpg(pgid)
+    reaches only our leftovers. Once the group is empty and its leader
+    reaped, the number may belong to a new process (another test's qrux, as
+    pids wrap): never killpg a group without checking this first."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces, split after ')'
+        fields = st[st.rfind(")") + 2:].split()
+        if len(fields) > 2 and fields[2] == str(pgid):
+            return True
+    return False
+
+
+def _kill_leftovers(p):
+    """SIGKILL what is left in the group of |p| after its leader exited."""
+    if p.poll() is None:
+        _kill_group(p)
+    elif _group_alive(p.pid):
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def kill_all(grace=3.0):
-    """SIGTERM to every process group we started, at once; SIGKILL to what
-    is left after |grace| seconds (qrux may be draining)."""
+    """SIGTERM to every process group we started that still has its leader,
+    at once; SIGKILL to what is left after |grace| seconds (qrux may be
+    draining). Groups whose leader was already reaped are touched only when
+    they still have members (see _group_alive)."""
     with _PROCS_LOCK:
         procs = list(_PROCS)
         _PROCS.clear()
-    for p in procs:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
+    live = [p for p in procs if p.poll() is None]
+    for p in live:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
     end = time.monotonic() + grace
-    for p in procs:
+    for p in live:
         try:
             p.wait(timeout=max(0.01, end - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
     for p in procs:
-        # Also reaps leftovers in a group whose leader exited (Chromium).
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # leader alive: the group is ours
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        _kill_leftovers(p)
 
 
 def spawn(cmd, **kw):
@@ -135,10 +170,7 @@ def run(cmd, timeout, **kw):
         with _PROCS_LOCK:
             if p in _PROCS:
                 _PROCS.remove(p)
-        try:  # leftovers in its group (e.g. Chromium helpers)
-            os.killpg(p.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _kill_leftovers(p)  # e.g. Chromium helpers; safe against pid reuse
     return rc, out or b"", err or b""
 
 
