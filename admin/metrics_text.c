@@ -364,9 +364,17 @@ static void render_upstreams(qx_metrics_text_t *t, const up_ent_t *e, size_t n)
 
 static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *const *w, size_t nw)
 {
-    uint64_t h3 = 0, hs_ok = 0, hs_fail = 0, in = 0, out = 0, rejected = 0, resets = 0;
+    uint64_t h3 = 0, h2 = 0, h1 = 0, hs_ok = 0, hs_fail = 0, in = 0, out = 0, rejected = 0,
+             resets = 0, retry = 0, badtok = 0, refused = 0, early_ok = 0, early_held = 0;
     for (size_t i = 0; i < nw; i++) {
         h3 += ld(&w[i]->active_connections_h3);
+        h2 += ld(&w[i]->active_connections_h2);
+        h1 += ld(&w[i]->active_connections_h1);
+        retry += ld(&w[i]->quic_retry_sent);
+        badtok += ld(&w[i]->quic_invalid_tokens);
+        refused += ld(&w[i]->quic_refused);
+        early_ok += ld(&w[i]->early_data_accepted);
+        early_held += ld(&w[i]->early_data_held);
         hs_ok += ld(&w[i]->quic_handshakes_ok);
         hs_fail += ld(&w[i]->quic_handshakes_failed);
         in += ld(&w[i]->bytes_in);
@@ -374,11 +382,29 @@ static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *cons
         rejected += ld(&w[i]->request_body_rejected);
         resets += ld(&w[i]->streams_reset_by_client);
     }
-    /* Only the QUIC front keeps a connection gauge so far; the TCP fronts
-     * (h2, http/1.1) add their series here when their counters exist. */
     family(t, "qrux_active_connections", "gauge", "Client connections open, by protocol.");
     putf(t, "qrux_active_connections{protocol=\"%s\"} %llu\n", qx_metrics_proto_name(QX_P_H3),
          (unsigned long long)h3);
+    putf(t, "qrux_active_connections{protocol=\"%s\"} %llu\n", qx_metrics_proto_name(QX_P_H2),
+         (unsigned long long)h2);
+    putf(t, "qrux_active_connections{protocol=\"%s\"} %llu\n", qx_metrics_proto_name(QX_P_H1),
+         (unsigned long long)h1);
+    family(t, "qrux_quic_retry_total", "counter",
+           "Retry packets sent to validate a client address (server.retry).");
+    putf(t, "qrux_quic_retry_total %llu\n", (unsigned long long)retry);
+    family(t, "qrux_quic_invalid_tokens_total", "counter",
+           "Initial packets refused for a forged or expired Retry token.");
+    putf(t, "qrux_quic_invalid_tokens_total %llu\n", (unsigned long long)badtok);
+    family(t, "qrux_quic_refused_total", "counter",
+           "New QUIC connections refused (CONNECTION_REFUSED): connection limits or draining.");
+    putf(t, "qrux_quic_refused_total %llu\n", (unsigned long long)refused);
+    family(t, "qrux_early_data_requests_total", "counter",
+           "Requests that arrived in 0-RTT: accepted (forwarded with Early-Data: 1) or held "
+           "until the handshake completed (server.early_data: safe).");
+    putf(t, "qrux_early_data_requests_total{result=\"accepted\"} %llu\n",
+         (unsigned long long)early_ok);
+    putf(t, "qrux_early_data_requests_total{result=\"held\"} %llu\n",
+         (unsigned long long)early_held);
     family(t, "qrux_quic_handshakes_total", "counter", "QUIC handshakes, by result.");
     putf(t, "qrux_quic_handshakes_total{result=\"success\"} %llu\n", (unsigned long long)hs_ok);
     putf(t, "qrux_quic_handshakes_total{result=\"failure\"} %llu\n", (unsigned long long)hs_fail);

@@ -69,6 +69,8 @@ typedef struct qx_metrics {
     qx_metrics_up_row_t up[QX_METRICS_ROWS / 4];
     size_t nup;
     uint64_t active_connections_h3;
+    uint64_t active_connections_h2; /* HTTPS fallback connections that chose h2 */
+    uint64_t active_connections_h1; /* ... and http/1.1 (or no ALPN) */
     uint64_t quic_handshakes_ok;
     uint64_t quic_handshakes_failed;
     uint64_t quic_retry_sent;     /* Retry packets (address validation) */
