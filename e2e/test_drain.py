@@ -460,12 +460,38 @@ def second_sigterm(env, phase):
     env.check(tag + "the slow request was cut (it did not complete)", not sr.ok(), sr)
 
 
+def reload_while_draining(env):
+    """A config reload (SIGHUP; a ConfigMap update does the same) after the
+    GOAWAY, when the idle worker has already finished: the process carries
+    on, the request in flight completes, exit 0."""
+    tag = "[reload while draining] "
+    be = env.backend()
+    q, adm = start(env, be, graceful=60, delay=1)
+    n = 400000  # ~4 s
+    slow = ProbeRun(env, q, "/slow/%d?ms=100&chunk=10000" % n, timeout=60)
+    env.check(tag + "a slow request is in flight",
+              wait_until(lambda: be.stats()["inflight"].get("/slow/%d" % n), 10, 0.02))
+    i = nlines(q)
+    q.signal(signal.SIGTERM)
+    env.check(tag + "GOAWAY sent", wait_log(q, r"drain: GOAWAY", i, 10), q.log_tail())
+    time.sleep(0.5)  # the worker without a connection finishes meanwhile
+    q.signal(signal.SIGHUP)
+    env.check(tag + "the reload is done",
+              wait_log(q, r"config reload \(SIGHUP\)", i, 10), q.log_tail())
+    sr = slow.finish()
+    env.check(tag + "the request in flight completes (200, clean)", sr.ok(), sr)
+    env.eq(tag + "... with the exact body",
+           (sr.reqs[0]["sha"], sr.reqs[0]["len"]) if sr.reqs else None, (pattern_sha256(n), n))
+    env.eq(tag + "exit code 0", q.wait_exit(30), 0, q.log_tail())
+
+
 def main():
     with Env("drain") as env:
         env.case("SIGTERM under HTTP/3 load", drain_under_load, env, "SIGTERM")
         env.case("POST /drain under HTTP/3 load", drain_under_load, env, "POST /drain")
         env.case("second SIGTERM during the drain delay", second_sigterm, env, "delay")
         env.case("second SIGTERM while a request is in flight", second_sigterm, env, "grace")
+        env.case("config reload while draining", reload_while_draining, env)
 
 
 if __name__ == "__main__":
