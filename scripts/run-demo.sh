@@ -6,9 +6,12 @@
 #                      127.0.0.1 and ::1 (regenerated when missing or expiring)
 #   nginx/             the demo backend: nginx on 127.0.0.1:8080 serving
 #                      scripts/demo/index.html, configured by scripts/demo/nginx.conf
-#   qrux.yaml          listen "[::]:8443", one route "*" -> 127.0.0.1:8080
-# then prints the commands that fetch the page over HTTP/3 and runs qrux in
-# the foreground. Ctrl-C stops qrux and the backend.
+#   qrux.yaml          HTTP/3 on UDP "[::]:8443", the HTTPS fallback (HTTP/2,
+#                      HTTP/1.1) on TCP "[::]:8443", the admin server on
+#                      127.0.0.1:9901, drain_delay_secs 0 (Ctrl-C is quick),
+#                      one route "*" -> 127.0.0.1:8080
+# then prints the commands that fetch the page (HTTP/3, HTTPS, admin) and
+# runs qrux in the foreground. Ctrl-C stops qrux and the backend.
 #
 # QRUX_CONFIG=path runs qrux with that config instead, without the demo
 # backend or certificate.
@@ -21,6 +24,8 @@ run=$build/demo
 backend_host=127.0.0.1
 backend_port=8080
 quic_port=8443
+https_port=8443 # TCP: the same number as the QUIC port, as Alt-Svc suggests
+admin_port=9901
 
 die()
 {
@@ -82,6 +87,14 @@ if port_open "$backend_host" "$backend_port"; then
         "config with QRUX_CONFIG=path make run"
 fi
 
+# qrux would fail on these too (exit 1); say which port and why first.
+if port_open 127.0.0.1 "$https_port"; then
+    die "TCP port $https_port (the HTTPS listener) is taken; stop what listens there"
+fi
+if port_open 127.0.0.1 "$admin_port"; then
+    die "127.0.0.1:$admin_port (the admin server) is taken; stop what listens there"
+fi
+
 ngx=$run/nginx
 mkdir -p "$ngx/html" "$ngx/tmp"
 cp "$src/scripts/demo/index.html" "$ngx/html/index.html"
@@ -115,12 +128,16 @@ cat >"$cfg" <<EOF
 # Written by scripts/run-demo.sh on every \`make run\`: edit a copy and run it
 # with QRUX_CONFIG=path make run. cert/key are relative to this file's folder.
 server:
-  listen: "[::]:$quic_port"
+  listen: "[::]:$quic_port"              # HTTP/3, UDP
+  https_listen: "[::]:$https_port"       # HTTPS fallback (h2, http/1.1), TCP
   cert: "cert.pem"
   key: "key.pem"
+  drain_delay_secs: 0                    # demo: Ctrl-C stops at once (default 5)
 routes:
   - match: "*"
     upstream: "$backend_host:$backend_port"
+admin:
+  listen: "127.0.0.1:$admin_port"        # probes, /metrics, /routes
 EOF
 
 sandbox=""
@@ -147,6 +164,20 @@ or with Chromium (its own profile, so the flags apply even if Chromium is open;
 add --headless --dump-dom without a display):
 
   chromium$sandbox --user-data-dir=$run/chromium --origin-to-force-quic-on=localhost:$quic_port --ignore-certificate-errors-spki-list=$spki https://localhost:$quic_port/
+
+Over HTTPS (TCP) with curl; every answer carries Alt-Svc: h3=":$quic_port":
+
+  curl -k --http2 https://localhost:$https_port/
+  curl -k --http1.1 -i https://localhost:$https_port/headers
+
+The admin server (Prometheus metrics, probes, the route table):
+
+  curl http://127.0.0.1:$admin_port/metrics
+  curl http://127.0.0.1:$admin_port/readyz
+  curl http://127.0.0.1:$admin_port/routes
+
+Edit $cfg while qrux runs: a valid change is applied at
+once, an invalid one is logged and the running config stays.
 
 Ctrl-C stops qrux and the backend.
 
