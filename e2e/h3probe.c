@@ -18,7 +18,16 @@
  *   conn-close 0xC KIND       the server closed the connection (app|transport)
  *   cert-sha256 HEX           --print-cert-sha256: SHA-256 of the server's leaf
  *                             certificate (DER), once the handshake completes
+ *   retry                     --print-retry: a Retry packet arrived (RFC 9000
+ *                             §8.1.2); the next Initials carry its token
+ *   new-token LEN             --new-token-file: a NEW_TOKEN frame arrived; its
+ *                             token was written to the file as hex
  *   timeout                   --timeout ran out first
+ *
+ * Address validation (the transport tests): --token HEX sends HEX as the
+ * token of the first Initial (a NEW_TOKEN saved earlier, or a forged one);
+ * --retry-wait SECS holds the Initial that answers a Retry back for SECS
+ * seconds, so the Retry token has expired when it arrives.
  *
  * Exit 0 when every request got an outcome, 1 on timeout or network failure,
  * 2 on a usage error. It is a test tool: the certificate is not verified.
@@ -68,6 +77,11 @@ typedef struct {
     uint8_t *body_buf; /* what -d allocated (--body points into argv) */
     int timeout_secs;
     int print_cert;      /* --print-cert-sha256 */
+    int print_retry;     /* --print-retry */
+    int retry_wait_secs; /* --retry-wait: hold the post-Retry Initial this long */
+    const char *new_token_file; /* --new-token-file: NEW_TOKEN written here (hex) */
+    uint8_t token[512];         /* --token: sent in the first Initial */
+    size_t token_len;
     char authority[512]; /* for --also-get: the request's own, or SNI:PORT */
 
     /* connection */
@@ -81,6 +95,7 @@ typedef struct {
     nghttp3_conn *h3;
     ngtcp2_connection_close_error ccerr; /* what we send when we close */
     int want_next; /* set in a callback, acted on outside (never nest calls) */
+    int got_retry; /* a Retry arrived; with --retry-wait, not yet waited */
     int done;      /* every request has an outcome */
     req_t req[2];
     int nreq;
@@ -328,6 +343,39 @@ static int print_cert_sha256(probe_t *p)
     return 0;
 }
 
+/* Retry: ngtcp2 does the work; we only say so, and remember it for
+ * --retry-wait (the wait happens in run(), never inside a callback). */
+static int recv_retry_cb(ngtcp2_conn *conn, const ngtcp2_pkt_hd *hd, void *user_data)
+{
+    probe_t *p = user_data;
+    int rv = ngtcp2_crypto_recv_retry_cb(conn, hd, user_data);
+    if (rv == 0) {
+        if (p->print_retry)
+            printf("retry\n");
+        p->got_retry = 1;
+    }
+    return rv;
+}
+
+static int recv_new_token_cb(ngtcp2_conn *conn, const ngtcp2_vec *token, void *user_data)
+{
+    probe_t *p = user_data;
+    (void)conn;
+    if (p->new_token_file == NULL)
+        return 0;
+    FILE *f = fopen(p->new_token_file, "w");
+    if (f == NULL) {
+        perror(p->new_token_file);
+        return 0; /* the test sees no new-token line */
+    }
+    for (size_t i = 0; i < token->len; i++)
+        fprintf(f, "%02x", token->base[i]);
+    fputc('\n', f);
+    if (fclose(f) == 0)
+        printf("new-token %zu\n", token->len);
+    return 0;
+}
+
 static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
 {
     probe_t *p = user_data;
@@ -449,7 +497,8 @@ static int quic_setup(probe_t *p)
         .recv_stream_data = recv_stream_data_cb,
         .acked_stream_data_offset = acked_cb,
         .stream_close = stream_close_cb,
-        .recv_retry = ngtcp2_crypto_recv_retry_cb,
+        .recv_retry = recv_retry_cb,
+        .recv_new_token = recv_new_token_cb,
         .rand = rand_cb,
         .get_new_connection_id = new_cid_cb,
         .update_key = ngtcp2_crypto_update_key_cb,
@@ -473,6 +522,12 @@ static int quic_setup(probe_t *p)
     ngtcp2_settings_default(&settings);
     settings.initial_ts = now_ns();
     settings.max_tx_udp_payload_size = PKT_SIZE;
+    if (p->token_len > 0) {
+        settings.token.base = p->token;
+        settings.token.len = p->token_len;
+    }
+    if (p->retry_wait_secs > 0) /* the wait must not count as a handshake timeout */
+        settings.handshake_timeout = UINT64_MAX;
     ngtcp2_transport_params_default(&params);
     params.initial_max_stream_data_bidi_local = 1024 * 1024;
     params.initial_max_stream_data_uni = 256 * 1024;
@@ -661,6 +716,12 @@ static int run(probe_t *p)
             if (submit_also_get(p) != 0)
                 return 1;
         }
+        if (p->got_retry && p->retry_wait_secs > 0) {
+            /* Nothing has been sent since the Retry: the Initial carrying
+             * its token goes out only after the wait. */
+            p->got_retry = 0;
+            sleep((unsigned)p->retry_wait_secs);
+        }
         if (flush(p) != 0) {
             send_close(p);
             return 1;
@@ -677,6 +738,8 @@ static void usage(void)
     fprintf(stderr, "usage: h3probe [--sni NAME] HOST PORT -H 'name: value' ... "
                     "[-d FILE | --body STRING] [-o FILE] [--also-get PATH]\n"
                     "               [--timeout SECS] [--print-cert-sha256]\n"
+                    "               [--token HEX] [--new-token-file FILE] [--print-retry]"
+                    " [--retry-wait SECS]\n"
                     "  -H fields go out verbatim, in order; the separator is ': ' (or ':'"
                     " when no space follows)\n");
 }
@@ -715,6 +778,21 @@ static int read_file(probe_t *p, const char *path)
     return 0;
 }
 
+static int parse_hex(probe_t *p, const char *hex)
+{
+    size_t n = strlen(hex);
+    if (n == 0 || n % 2 != 0 || n / 2 > sizeof(p->token))
+        return -1;
+    for (size_t i = 0; i < n / 2; i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1)
+            return -1;
+        p->token[i] = (uint8_t)v;
+    }
+    p->token_len = n / 2;
+    return 0;
+}
+
 static int parse_args(probe_t *p, int argc, char **argv)
 {
     int npos = 0;
@@ -743,6 +821,15 @@ static int parse_args(probe_t *p, int argc, char **argv)
             p->print_cert = 1;
         } else if (strcmp(a, "--timeout") == 0 && has_val) {
             p->timeout_secs = atoi(argv[++i]);
+        } else if (strcmp(a, "--token") == 0 && has_val) {
+            if (parse_hex(p, argv[++i]) != 0)
+                return -1;
+        } else if (strcmp(a, "--new-token-file") == 0 && has_val) {
+            p->new_token_file = argv[++i];
+        } else if (strcmp(a, "--print-retry") == 0) {
+            p->print_retry = 1;
+        } else if (strcmp(a, "--retry-wait") == 0 && has_val) {
+            p->retry_wait_secs = atoi(argv[++i]);
         } else if (a[0] == '-' && a[1] != '\0') {
             return -1;
         } else if (npos == 0) {
