@@ -141,12 +141,31 @@ static void trim(const char **s, size_t *len)
         (*len)--;
 }
 
+/* RFC 9110 §5.1: a field name is a token. llhttp (built without its
+ * strict mode) lets a space through, and "Content-Length : 5" or "X A"
+ * must not reach an upstream that might read them differently. */
+static int is_token(const char *s, size_t len)
+{
+    if (len == 0)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
+            continue;
+        if (ch == '\0' || strchr("!#$%&'*+-.^_`|~", ch) == NULL)
+            return 0;
+    }
+    return 1;
+}
+
 static int p_header_value_complete(llhttp_t *p)
 {
     qx_h1_reqp_t *rp = rp_of(p);
     if (rp->nfields == 0)
         return 0;
     qx_h1_field_t *f = &rp->fields[rp->nfields - 1];
+    if (!is_token(rp->buf + f->name_off, f->name_len))
+        return refuse(rp, 400, "invalid header field name");
     if (rp->in_field != 2) { /* empty value: no value callback came */
         f->value_off = (uint32_t)rp->len;
         f->value_len = 0;
@@ -333,6 +352,21 @@ void qx_h1_reqp_free(qx_h1_reqp_t *rp)
     rp->len = rp->cap = 0;
 }
 
+/* llhttp 8 accepts obs-fold (a field line continued on a line that
+ * starts with a space or tab) and joins the pieces, which another parser
+ * on the path may not do the same way: RFC 9112 §5.2 lets a server refuse
+ * it, and so it is refused. Scans the head bytes llhttp just used; the
+ * state carries over between feeds. */
+static int saw_obs_fold(qx_h1_reqp_t *rp, const char *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (rp->prev_lf && (d[i] == ' ' || d[i] == '\t'))
+            return 1;
+        rp->prev_lf = d[i] == '\n';
+    }
+    return 0;
+}
+
 size_t qx_h1_reqp_feed(qx_h1_reqp_t *rp, const char *data, size_t len)
 {
     if (rp->phase == QX_H1P_DONE || rp->phase == QX_H1P_ERROR || len == 0)
@@ -341,11 +375,29 @@ size_t qx_h1_reqp_feed(qx_h1_reqp_t *rp, const char *data, size_t len)
         llhttp_resume(&rp->parser);
         rp->paused = 0;
     }
+    int in_head = rp->phase == QX_H1P_HEAD;
     llhttp_errno_t e = llhttp_execute(&rp->parser, data, len);
+    size_t used = len;
+    if (e != HPE_OK) {
+        const char *pos = llhttp_get_error_pos(&rp->parser);
+        if (pos != NULL && pos >= data && pos <= data + len)
+            used = (size_t)(pos - data);
+    }
+    /* The head ends where llhttp paused (at the head or the message end). */
+    if (in_head && e != HPE_OK && e != HPE_PAUSED && e != HPE_PAUSED_UPGRADE)
+        in_head = 0; /* already an error */
+    if (in_head && saw_obs_fold(rp, data, used)) {
+        if (rp->status == 0) {
+            rp->status = 400;
+            rp->why = "obs-fold in a header field";
+        }
+        rp->head_ready = 1;
+        rp->phase = QX_H1P_ERROR;
+        rp->paused = e == HPE_PAUSED;
+        return used;
+    }
     if (e == HPE_OK)
         return len;
-    const char *pos = llhttp_get_error_pos(&rp->parser);
-    size_t used = pos != NULL && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
     if (e == HPE_PAUSED) {
         rp->paused = 1;
         return used;
@@ -376,6 +428,7 @@ void qx_h1_reqp_next(qx_h1_reqp_t *rp)
     }
     rp->phase = QX_H1P_HEAD;
     rp->started = 0;
+    rp->prev_lf = 0;
     rp->head_ready = 0;
     rp->len = 0;
     rp->nfields = 0;
@@ -580,6 +633,8 @@ static void begin_exchange(qx_h1_conn_t *h)
         h->req_fin = 1;
         if (rp->method_known)
             header(h->ex, ":method", rp->method, strlen(rp->method));
+        if (rp->target_len > 0) /* for the access log */
+            header(h->ex, ":path", rp->buf + rp->target_off, rp->target_len);
         h->ex->bad_request = rp->status;
         qx_exchange_headers_done(h->ex, qx_tcp_conn_sni(c), 1);
         return;
@@ -679,11 +734,10 @@ static void peer_gone(qx_h1_conn_t *h, ssize_t why)
         qx_tcp_conn_close(c, QX_TC_CLOSE_GRACEFUL);
         return;
     }
-    if (h->rp.phase == QX_H1P_DONE || h->stop) {
-        h->close_after = 1; /* the request is whole: answer it, then close */
-        return;
-    }
-    qx_tcp_conn_close(c, QX_TC_CLOSE_ABORT); /* gone mid-request */
+    /* Gone while its request is in flight (a client that half-closes
+     * after a complete request is too rare to tell apart from one that
+     * left): the exchange ends, the upstream connection is dropped. */
+    qx_tcp_conn_close(c, QX_TC_CLOSE_ABORT);
 }
 
 static void h1_input(void *app)

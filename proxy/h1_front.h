@@ -40,6 +40,7 @@ typedef struct qx_h1_reqp {
     qx_h1p_phase_t phase;
     int paused;      /* llhttp returned HPE_PAUSED: resume before feeding */
     int started;     /* a byte of the current request was seen */
+    int prev_lf;     /* the last head byte scanned was LF (obs-fold check) */
     int head_ready;  /* a head (valid, or refused with .status) waits for the caller */
     int status;      /* 0, or the answer for a refused request: 400 or 431 */
     const char *why; /* the reason, for the debug log */
