@@ -528,6 +528,39 @@ def kubelet_writer_under_load(env):
     stop(q)
 
 
+def many_swaps_under_load(env):
+    """30 ConfigMap updates in a row, each flipping the route between two
+    backends, under HTTP/3 load: each is served, none fails a request (a
+    request that began under the old table finishes on its upstream)."""
+    b = [env.backend(), env.backend()]
+    cert = env.cert()
+    port, aport = harness.free_port("udp"), harness.free_port("tcp")
+    mk = lambda be: config_text(port, cert.cert, cert.key, [("*", be.addr)], aport)
+    cm = AtomicDir(os.path.join(env.dir, "cm-many"), {"qrux.yaml": mk(b[0])})
+    q = start_qrux_at(env, cm.path("qrux.yaml"), port)
+    adm = Admin(aport)
+    swaps = 30
+    load = Load(env, q, ns=(50, 50))
+    unserved = []
+    try:
+        env.check("the load runs", load.wait_more(200, 60))
+        for k in range(1, swaps + 1):
+            cm.update({"qrux.yaml": mk(b[k % 2])})
+            if not wait_served_by(q, b[k % 2].port, 15):
+                unserved.append(k)
+            time.sleep(0.2)
+    finally:
+        runs = load.stop()
+    env.eq("every one of %d updates was served" % swaps, unserved, [])
+    env.eq("generation %d" % (swaps + 1), generation(adm), swaps + 1)
+    env.eq("metrics: %d file reloads" % swaps, reloads(adm, "success"), float(swaps))
+    failed = load.failed_runs(runs)
+    env.eq("zero failed requests across %d updates (%d requests)"
+           % (swaps, sum(r["ok"] for r in runs)), len(failed), 0,
+           [(r.get("summary"), r["bad"][:5]) for r in failed[:3]])
+    stop(q)
+
+
 def restart_only(env):
     """server.listen and server.workers need a restart: refused, counted as
     restart_required, the running config kept whole (a route changed in the
@@ -925,6 +958,7 @@ def cert_rotation(env):
 def main():
     with Env("reload") as env:
         env.case("kubelet atomic writer under HTTP/3 load", kubelet_writer_under_load, env)
+        env.case("30 updates under HTTP/3 load", many_swaps_under_load, env)
         env.case("restart-only fields", restart_only, env)
         env.case("plain file: editor, in-place, delete-recreate, vim", plain_file_edits, env)
         env.case("identical rewrite does not reload", identical_rewrite, env)
