@@ -146,11 +146,24 @@ static void on_grace(uv_timer_t *t)
     stop_now(w);
 }
 
+/* Wakes the worker through one of its asyncs, unless it has stopped: once
+ * its loop is closed, uv_async_send would write to a closed fd (libuv
+ * aborts). The lock orders this against stop_now(). */
+static void wake(qx_worker_t *w, uv_async_t *a)
+{
+    pthread_mutex_lock(&w->inbox_lock);
+    if (__atomic_load_n(&w->state, __ATOMIC_ACQUIRE) != QX_W_STOPPED)
+        uv_async_send(a);
+    pthread_mutex_unlock(&w->inbox_lock);
+}
+
 static void stop_now(qx_worker_t *w)
 {
     if (w->state == QX_W_STOPPED)
         return;
-    set_state(w, QX_W_STOPPED);
+    pthread_mutex_lock(&w->inbox_lock);
+    set_state(w, QX_W_STOPPED); /* from here on nobody wakes us (wake()) */
+    pthread_mutex_unlock(&w->inbox_lock);
     qx_quic_ep_close(w->quic); /* ends every exchange, which frees upstream sockets */
     w->quic = NULL;
     qx_tcp_front_close(w->tcp);
@@ -256,8 +269,8 @@ int qx_worker_forward(qx_worker_t *w, const struct sockaddr *local, socklen_t lo
     p->next = w->inbox;
     w->inbox = p;
     w->ninbox++;
+    uv_async_send(&w->inbox_async); /* under the lock: see wake() */
     pthread_mutex_unlock(&w->inbox_lock);
-    uv_async_send(&w->inbox_async);
     return 0;
 }
 
@@ -289,7 +302,7 @@ static void on_inbox(uv_async_t *h)
 
 void qx_worker_notify(qx_worker_t *w)
 {
-    uv_async_send(&w->wakeup);
+    wake(w, &w->wakeup);
 }
 
 static void on_wakeup(uv_async_t *h)
@@ -315,13 +328,13 @@ void qx_worker_drain(qx_worker_t *w)
     int expect = 0;
     __atomic_compare_exchange_n(&w->cmd, &expect, QX_W_DRAINING, 0, __ATOMIC_RELEASE,
                                 __ATOMIC_RELAXED);
-    uv_async_send(&w->wakeup);
+    wake(w, &w->wakeup);
 }
 
 void qx_worker_stop(qx_worker_t *w)
 {
     __atomic_store_n(&w->cmd, QX_W_STOPPED, __ATOMIC_RELEASE);
-    uv_async_send(&w->wakeup);
+    wake(w, &w->wakeup);
 }
 
 void qx_worker_free(qx_worker_t *w)
