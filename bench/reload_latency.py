@@ -98,18 +98,23 @@ def main():
                       flush=True)
             time.sleep(0.5)  # apart from the watcher's 100 ms debounce
 
+        rate = None
         if load:
             runs = load.stop()
             failed = load.failed_runs(runs)
-            env.eq("load: zero failed requests (%d)" % sum(r["ok"] for r in runs),
-                   len(failed), 0, [r.get("summary") for r in failed[:2]])
+            nreq = sum(r["ok"] for r in runs)
+            if runs:
+                rate = nreq / max(1e-3, max(r["t1"] for r in runs) - min(r["t0"] for r in runs))
+            env.eq("load: zero failed requests (%d)" % nreq, len(failed), 0,
+                   [r.get("summary") for r in failed[:2]])
         if rows:
             sv = [r[0] for r in rows]
             lg = [r[1] for r in rows if r[1] is not None]
             pr = [r[2] for r in rows]
             print("RESULT %d swaps%s, %d workers: served median %.0f ms, p90 %.0f ms, max %.0f ms"
                   " | logged median %s ms | probe median %.0f ms"
-                  % (len(rows), " under HTTP/3 load" if load else "", args.workers,
+                  % (len(rows), " under HTTP/3 load (%.0f req/s)" % rate if rate else "",
+                     args.workers,
                      statistics.median(sv), p90(sv), max(sv),
                      "%.0f" % statistics.median(lg) if lg else "-", statistics.median(pr)),
                   flush=True)
