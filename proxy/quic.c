@@ -12,14 +12,20 @@
 #include <errno.h>
 #include <gnutls/crypto.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103 /* linux/udp.h */
+#endif
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #define CID_BUCKETS 1024
-#define RX_BATCH 64    /* datagrams read per readiness event */
-#define TX_MAX_PKTS 64 /* packets written per flush before yielding */
+#define RX_BATCH 64      /* datagrams read per readiness event */
+#define TX_MAX_PKTS 64   /* packets written per flush before yielding */
+#define TX_BATCH_PKTS 16 /* datagrams per GSO sendmsg */
+#define TX_BATCH_BYTES (TX_BATCH_PKTS * NGTCP2_MAX_PMTUD_UDP_PAYLOAD_SIZE)
 #define MAX_UDP_PAYLOAD NGTCP2_MAX_PMTUD_UDP_PAYLOAD_SIZE
 #define GOAWAY_NOTICE_MS 500
 
@@ -49,7 +55,8 @@ struct qx_quic_ep {
     qx_quic_conn_t *dirty;
     cid_entry_t *buckets[CID_BUCKETS];
     uint8_t rxbuf[65536];
-    uint8_t txbuf[MAX_UDP_PAYLOAD];
+    uint8_t txbuf[TX_BATCH_BYTES]; /* a GSO batch of same-size datagrams */
+    int no_gso;                    /* the kernel refused UDP_SEGMENT once */
 };
 
 static ngtcp2_tstamp now_ns(void)
@@ -125,12 +132,25 @@ static void ep_poll_update(qx_quic_ep_t *ep);
 /* Sends one datagram from the connection's local address (the one the
  * client wrote to: with a wildcard bind the kernel would otherwise pick).
  * Returns 0, 1 when the socket is full (EAGAIN), or -1 on a hard error. */
+static int send_pkts(qx_quic_ep_t *ep, const struct sockaddr *local, const struct sockaddr *remote,
+                     socklen_t remotelen, const uint8_t *data, size_t len, size_t gso);
+
 static int send_pkt(qx_quic_ep_t *ep, const struct sockaddr *local, const struct sockaddr *remote,
                     socklen_t remotelen, const uint8_t *data, size_t len)
 {
+    return send_pkts(ep, local, remote, remotelen, data, len, 0);
+}
+
+/* Sends len bytes as one datagram, or, with gso > 0, as datagrams of gso
+ * bytes each (the last may be shorter) in one syscall (UDP GSO). A kernel
+ * or device without GSO answers EIO: GSO is then turned off and the batch
+ * goes out one datagram at a time. Returns as send_pkt. */
+static int send_pkts(qx_quic_ep_t *ep, const struct sockaddr *local, const struct sockaddr *remote,
+                     socklen_t remotelen, const uint8_t *data, size_t len, size_t gso)
+{
     struct iovec iov = {(void *)data, len};
     union {
-        char buf[CMSG_SPACE(sizeof(struct in6_pktinfo))];
+        char buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(uint16_t))];
         struct cmsghdr align;
     } cm;
     struct msghdr msg = {0};
@@ -174,6 +194,17 @@ static int send_pkt(qx_quic_ep_t *ep, const struct sockaddr *local, const struct
         pi.ipi_spec_dst = ((const struct sockaddr_in *)local)->sin_addr;
         memcpy(CMSG_DATA(c), &pi, sizeof(pi));
     }
+    if (gso > 0 && len > gso) {
+        size_t used = msg.msg_controllen;
+        msg.msg_control = cm.buf;
+        msg.msg_controllen = used + CMSG_SPACE(sizeof(uint16_t));
+        struct cmsghdr *c = (struct cmsghdr *)(void *)(cm.buf + used);
+        c->cmsg_level = SOL_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t seg = (uint16_t)gso;
+        memcpy(CMSG_DATA(c), &seg, sizeof(seg));
+    }
 
     for (;;) {
         ssize_t n = sendmsg(ep->fd, &msg, 0);
@@ -183,6 +214,17 @@ static int send_pkt(qx_quic_ep_t *ep, const struct sockaddr *local, const struct
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
             return 1;
+        if (errno == EIO && gso > 0 && len > gso) {
+            QX_WARN("quic: UDP GSO refused by the kernel (EIO); sending datagrams one by one");
+            ep->no_gso = 1;
+            for (size_t off = 0; off < len; off += gso) {
+                int rv =
+                    send_pkts(ep, local, remote, remotelen, data + off, QX_MIN(gso, len - off), 0);
+                if (rv != 0)
+                    return rv;
+            }
+            return 0;
+        }
         QX_DEBUG("quic: sendmsg: %s", strerror(errno));
         return -1;
     }
@@ -314,6 +356,34 @@ static void conn_fail(qx_quic_conn_t *qc, int liberr)
     qx_quic_conn_close(qc, 0);
 }
 
+/* Sends the batch [0, len) of datagrams of gso bytes (the last may be
+ * shorter) on qc's current path; on EAGAIN keeps it for the writable event
+ * (ngtcp2 already counts it as sent). Returns 0, or 1 when stashed. */
+static int flush_batch(qx_quic_conn_t *qc, size_t len, size_t gso)
+{
+    qx_quic_ep_t *ep = qc->ep;
+    int rv = send_pkts(ep, (const struct sockaddr *)&qc->local,
+                       (const struct sockaddr *)&qc->remote, qc->remotelen, ep->txbuf, len, gso);
+    if (rv != 1)
+        return 0; /* sent, or lost like any datagram */
+    qc->stash = malloc(len);
+    if (qc->stash) {
+        memcpy(qc->stash, ep->txbuf, len);
+        qc->stashlen = len;
+        qc->stashgso = gso;
+        ep->nblocked++;
+        ep_poll_update(ep);
+    }
+    return 1;
+}
+
+static int same_path(const qx_quic_conn_t *qc, const ngtcp2_path *p)
+{
+    return p->local.addrlen == qc->locallen && p->remote.addrlen == qc->remotelen &&
+           memcmp(p->local.addr, &qc->local, qc->locallen) == 0 &&
+           memcmp(p->remote.addr, &qc->remote, qc->remotelen) == 0;
+}
+
 int qx_quic_conn_write(qx_quic_conn_t *qc)
 {
     qx_quic_ep_t *ep = qc->ep;
@@ -321,17 +391,22 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
     ngtcp2_pkt_info pi;
     ngtcp2_tstamp ts = now_ns();
     size_t npkts = 0;
+    size_t off = 0, gso = 0; /* the batch being built in ep->txbuf */
+    size_t maxpkt = ngtcp2_conn_get_max_tx_udp_payload_size(qc->conn);
+    size_t batch = ep->no_gso ? 1 : TX_BATCH_PKTS;
 
     if (qc->stash) {
         int rv =
-            send_pkt(ep, (const struct sockaddr *)&qc->local, (const struct sockaddr *)&qc->remote,
-                     qc->remotelen, qc->stash, qc->stashlen);
+            send_pkts(ep, (const struct sockaddr *)&qc->local, (const struct sockaddr *)&qc->remote,
+                      qc->remotelen, qc->stash, qc->stashlen, qc->stashgso);
         if (rv == 1)
             return 0; /* still full; the writable event brings us back */
         free(qc->stash);
         qc->stash = NULL;
         ep->nblocked--;
     }
+    if (maxpkt > NGTCP2_MAX_PMTUD_UDP_PAYLOAD_SIZE)
+        maxpkt = NGTCP2_MAX_PMTUD_UDP_PAYLOAD_SIZE;
 
     ngtcp2_path_storage_zero(&ps);
     for (;;) {
@@ -352,8 +427,8 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
         uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_MORE;
         if (fin)
             flags |= NGTCP2_WRITE_STREAM_FLAG_FIN;
-        ngtcp2_ssize n = ngtcp2_conn_writev_stream(qc->conn, &ps.path, &pi, ep->txbuf,
-                                                   sizeof(ep->txbuf), &ndatalen, flags, stream_id,
+        ngtcp2_ssize n = ngtcp2_conn_writev_stream(qc->conn, &ps.path, &pi, ep->txbuf + off, maxpkt,
+                                                   &ndatalen, flags, stream_id,
                                                    (const ngtcp2_vec *)vec, (size_t)sveccnt, ts);
         if (n < 0) {
             switch (n) {
@@ -378,31 +453,38 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
             break;
         /* Each packet goes on the path ngtcp2 chose for it: during path
          * validation (migration, NAT rebinding) that is not always the
-         * last path a packet came from. */
-        memcpy(&qc->local, ps.path.local.addr, ps.path.local.addrlen);
-        qc->locallen = ps.path.local.addrlen;
-        memcpy(&qc->remote, ps.path.remote.addr, ps.path.remote.addrlen);
-        qc->remotelen = ps.path.remote.addrlen;
-        int rv =
-            send_pkt(ep, (const struct sockaddr *)&qc->local, (const struct sockaddr *)&qc->remote,
-                     qc->remotelen, ep->txbuf, (size_t)n);
-        if (rv == 1) {
-            /* Keep the packet; ngtcp2 already counts it as sent. */
-            qc->stash = malloc((size_t)n);
-            if (qc->stash) {
-                memcpy(qc->stash, ep->txbuf, (size_t)n);
-                qc->stashlen = (size_t)n;
-                ep->nblocked++;
-                ep_poll_update(ep);
+         * last path a packet came from. A batch holds one path only. */
+        if (!same_path(qc, &ps.path)) {
+            if (off > 0) {
+                if (flush_batch(qc, off, gso))
+                    break; /* the new packet is lost like any datagram */
+                memmove(ep->txbuf, ep->txbuf + off, (size_t)n);
+                off = 0;
             }
-            break;
+            memcpy(&qc->local, ps.path.local.addr, ps.path.local.addrlen);
+            qc->locallen = ps.path.local.addrlen;
+            memcpy(&qc->remote, ps.path.remote.addr, ps.path.remote.addrlen);
+            qc->remotelen = ps.path.remote.addrlen;
         }
-        if (++npkts >= TX_MAX_PKTS) {
+        if (off == 0)
+            gso = (size_t)n;
+        off += (size_t)n;
+        ++npkts;
+        /* GSO segments all have the batch's size; a shorter one ends it. */
+        if ((size_t)n < gso || off / gso >= batch || off + maxpkt > sizeof(ep->txbuf)) {
+            size_t len = off;
+            off = 0;
+            if (flush_batch(qc, len, gso))
+                break;
+        }
+        if (npkts >= TX_MAX_PKTS) {
             /* Yield to other connections; the timer (pacing) resumes us. */
             qx_quic_conn_mark(qc);
             break;
         }
     }
+    if (off > 0)
+        flush_batch(qc, off, gso);
     ngtcp2_conn_update_pkt_tx_time(qc->conn, ts);
     schedule_timer(qc);
     return 0;

@@ -47,6 +47,7 @@ struct qx_quic_conn {
     int close_quietly; /* no CONNECTION_CLOSE (idle timeout, draining) */
     uint8_t *stash;    /* a packet the socket refused with EAGAIN */
     size_t stashlen;
+    size_t stashgso;             /* its GSO segment size (0: one datagram) */
     qx_quic_conn_t *prev, *next; /* all connections */
     qx_quic_conn_t *dnext;       /* flush list */
 };
