@@ -43,7 +43,8 @@ typedef struct qx_main {
     qx_worker_t *workers;
     unsigned nworkers;
     unsigned nexited; /* atomic */
-    int signals;
+    int signals;      /* SIGTERM/SIGINT received: the second one stops at once */
+    int draining;     /* the drain started (a signal or POST /drain) */
     qx_watch_t *cfg_watch;
     qx_watch_t *tls_watch;
 } qx_main_t;
@@ -158,8 +159,9 @@ static void on_drain_delay(uv_timer_t *t)
  * arrive while the endpoint removal propagates), then the workers drain. */
 static void start_drain(qx_main_t *m, const char *why)
 {
-    if (m->signals++ != 0)
+    if (m->draining)
         return;
+    m->draining = 1;
     qx_runtime_set_lifecycle(m->rt, QX_LC_DRAINING);
     qx_snapshot_t *snap = qx_runtime_snapshot(m->rt);
     uint32_t delay = snap->cfg->drain_delay_secs;
@@ -188,7 +190,9 @@ static void on_signal(uv_signal_t *h, int signum)
         qx_watch_rebase(m->tls_watch);
         return;
     }
-    if (m->signals == 0) {
+    /* Only OS signals count toward "the second one": a preStop hook's
+     * POST /drain followed by the kubelet's SIGTERM must keep draining. */
+    if (m->signals++ == 0) {
         start_drain(m, signum == SIGTERM ? "SIGTERM" : "SIGINT");
     } else {
         QX_INFO("second signal: stopping now");
@@ -291,6 +295,29 @@ static int run_check(const char *path)
     qx_tls_t *tls = NULL;
     qx_tls_tcp_t *tls_tcp = NULL;
     int rv = load_all(path, &cfg, &tls, &tls_tcp);
+    if (rv == 0) {
+        /* What start-up reads besides the config: the key file's secrets
+         * and the admin token. */
+        qx_shared_t sh;
+        uint8_t ticket[64];
+        rv = load_secrets(cfg, &sh, ticket);
+        memset(ticket, 0, sizeof(ticket));
+        if (rv == 0 && cfg->admin.token_file) {
+            char tok[64];
+            FILE *f = fopen(cfg->admin.token_file, "r");
+            size_t n = f ? fread(tok, 1, sizeof(tok), f) : 0;
+            int blank = 1;
+            for (size_t i = 0; i < n; i++)
+                blank &= tok[i] == ' ' || tok[i] == '\n' || tok[i] == '\r' || tok[i] == '\t';
+            if (f)
+                fclose(f);
+            if (f == NULL || blank) {
+                QX_ERROR("admin.token_file: %s is %s", cfg->admin.token_file,
+                         f == NULL ? "not readable" : "empty");
+                rv = EXIT_CONFIG;
+            }
+        }
+    }
     if (rv == 0)
         printf("%s: ok (%zu routes, listen %s)\n", path, cfg->nroutes, cfg->listen);
     qx_tls_del(tls);

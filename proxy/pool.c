@@ -268,6 +268,12 @@ void qx_pool_release(qx_upconn_t *uc, int reusable)
     uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_read);
 }
 
+void qx_pool_close_idle(qx_pool_t *p)
+{
+    while (p->idle_head)
+        upconn_close(p->idle_head);
+}
+
 void qx_pool_sweep(qx_pool_t *p, uint64_t now_ms)
 {
     /* The tail is the least recently used. */

@@ -65,7 +65,9 @@ struct qx_pool {
     qx_upconn_t *busy_head; /* connecting or busy; detached by qx_pool_del */
     unsigned nbusy;
     uint64_t pub_idle, pub_busy; /* what gauges() last added to the row */
-    qx_metrics_up_row_t *row;    /* gauges; may be NULL */
+    qx_pool_t *retired_next;     /* the worker's list of pools a new snapshot dropped */
+    uint64_t retired_at_ms;
+    qx_metrics_up_row_t *row; /* gauges; may be NULL */
 };
 
 /* Creates a pool for one upstream address. Returns 0 or QX_ERR_NOMEM. */
@@ -89,6 +91,9 @@ int qx_pool_checkout(qx_pool_t *p, void *user, const qx_upconn_cb_t *cb, int fre
 /* Ends the user's use: back to the idle list when reusable (and the pool
  * has room), otherwise closed. No callback reaches the user afterwards. */
 void qx_pool_release(qx_upconn_t *uc, int reusable);
+
+/* Closes every idle connection now (the pool stays usable). */
+void qx_pool_close_idle(qx_pool_t *p);
 
 /* Closes idle connections idle for longer than the timeout. */
 void qx_pool_sweep(qx_pool_t *p, uint64_t now_ms);

@@ -70,6 +70,11 @@ static const char *restart_field(const qx_config_t *old, const qx_config_t *cfg)
         return "admin.token_file";
     if (old->admin.ready_requires_upstream != cfg->admin.ready_requires_upstream)
         return "admin.ready_requires_upstream";
+    /* Set in every TLS session at start (0-RTT on/off, ticket keys). */
+    if (old->early_data != cfg->early_data)
+        return "server.early_data";
+    if (!str_eq(old->ticket_key_file, cfg->ticket_key_file))
+        return "server.ticket_key_file";
     return NULL;
 }
 

@@ -14,6 +14,7 @@
 
 #define POOL_IDLE_TIMEOUT_MS 60000
 #define TICK_MS 1000
+#define RETIRED_POOL_MS 30000 /* how long a dropped upstream's pool stays findable */
 
 static void on_wakeup(uv_async_t *h);
 
@@ -107,6 +108,24 @@ static void on_tick(uv_timer_t *t)
         if (w->pools[i])
             qx_pool_sweep(w->pools[i], now);
     }
+    for (qx_pool_t **pp = &w->retired; *pp;) {
+        qx_pool_t *p = *pp;
+        if (p->nbusy == 0 && now - p->retired_at_ms >= RETIRED_POOL_MS) {
+            *pp = p->retired_next;
+            qx_pool_del(p);
+        } else {
+            pp = &p->retired_next;
+        }
+    }
+}
+
+static void del_retired(qx_worker_t *w)
+{
+    while (w->retired) {
+        qx_pool_t *p = w->retired;
+        w->retired = p->retired_next;
+        qx_pool_del(p);
+    }
 }
 
 static void thread_main(void *arg)
@@ -172,6 +191,7 @@ static void stop_now(qx_worker_t *w)
         qx_pool_del(w->pools[i]);
         w->pools[i] = NULL;
     }
+    del_retired(w);
     uv_close((uv_handle_t *)&w->tick, NULL);
     uv_close((uv_handle_t *)&w->grace, NULL);
     uv_close((uv_handle_t *)&w->wakeup, NULL);
@@ -191,6 +211,12 @@ qx_pool_t *qx_worker_pool_find(qx_worker_t *w, const struct sockaddr *addr, sock
         qx_pool_t *p = w->pools[i];
         if (p && p->addrlen == len && memcmp(&p->addr, addr, len) == 0)
             return p;
+    }
+    for (qx_pool_t *p = w->retired; p; p = p->retired_next) {
+        if (p->addrlen == len && memcmp(&p->addr, addr, len) == 0) {
+            p->retired_at_ms = uv_now(&w->loop); /* in use: keep it a while longer */
+            return p;
+        }
     }
     return NULL;
 }
@@ -234,8 +260,19 @@ static void adopt_snapshot(qx_worker_t *w)
                         qx_metrics_upstream(&w->metrics, up->name)) != 0)
             pools[i] = NULL; /* dispatch answers 502 for a missing pool */
     }
-    for (size_t j = 0; j < old->nupstreams; j++)
-        qx_pool_del(w->pools[j]);
+    /* Pools the new snapshot dropped: requests that began under the old one
+     * may still need them (a retry), so they retire instead of dying; the
+     * tick deletes them once empty. They keep no idle connection. */
+    for (size_t j = 0; j < old->nupstreams; j++) {
+        qx_pool_t *p = w->pools[j];
+        if (p == NULL)
+            continue;
+        qx_pool_close_idle(p);
+        p->max_idle = 0;
+        p->retired_at_ms = uv_now(&w->loop);
+        p->retired_next = w->retired;
+        w->retired = p;
+    }
     for (size_t r = 0; r < snap->cfg->nroutes; r++)
         rr[r] = w->id;
     free(w->pools);
@@ -345,6 +382,7 @@ void qx_worker_free(qx_worker_t *w)
         for (size_t i = 0; i < w->snap->nupstreams; i++)
             qx_pool_del(w->pools[i]);
     }
+    del_retired(w);
     free(w->pools);
     free(w->rr);
     while (w->inbox) {
