@@ -251,8 +251,9 @@ def drain_under_load(env, how):
     tport = q.tport
     env.eq(tag + "before the drain: readyz 200", adm.code("/readyz"), 200)
 
-    # Slow download, ~6 s: it outlives the delay and the GOAWAY.
-    n = 600000
+    # Slow download, ~8 s: it outlives the delay, the GOAWAY and the checks
+    # after it (one of which may wait for a client's 5 s handshake timeout).
+    n = 800000
     slow = ProbeRun(env, q, "/slow/%d?ms=100&chunk=10000" % n, timeout=60)
     env.check(tag + "a slow request is in flight",
               wait_until(lambda: be.stats()["inflight"].get("/slow/%d" % n), 10, 0.02))
