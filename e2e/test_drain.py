@@ -461,6 +461,47 @@ def second_sigterm(env, phase):
     env.check(tag + "the slow request was cut (it did not complete)", not sr.ok(), sr)
 
 
+def prestop_then_sigterm(env):
+    """Kubernetes runs the preStop hook (POST /drain) and then sends
+    SIGTERM: that SIGTERM is the first signal, not a second one; the drain
+    goes on, the request in flight completes, exit 0. A SIGTERM after it
+    stops at once."""
+    tag = "[preStop then SIGTERM] "
+    be = env.backend()
+    q, adm = start(env, be, graceful=60, delay=1)
+    n = 400000  # ~4 s
+    slow = ProbeRun(env, q, "/slow/%d?ms=100&chunk=10000" % n, timeout=60)
+    env.check(tag + "a slow request is in flight",
+              wait_until(lambda: be.stats()["inflight"].get("/slow/%d" % n), 10, 0.02))
+    i = nlines(q)
+    q.signalled = True
+    r = adm.req("POST", "/drain")
+    env.eq(tag + "POST /drain -> 202", r.status, 202, r)
+    env.eq(tag + "readyz 503", adm.code("/readyz"), 503)
+    q.signal(signal.SIGTERM)
+    env.check(tag + "the SIGTERM does not stop qrux: the request in flight completes",
+              slow.finish().ok())
+    env.eq(tag + "exit code 0", q.wait_exit(30), 0, q.log_tail())
+    env.check(tag + "no second-signal stop was logged",
+              not any("second signal" in l for l in lines_since(q, i)), q.log_tail())
+
+    q, adm = start(env, be, graceful=60, delay=1)
+    slow = ProbeRun(env, q, "/slow/%d?ms=100&chunk=10000" % (5 * n), timeout=60)
+    env.check(tag + "(2) a slow request is in flight",
+              wait_until(lambda: be.stats()["inflight"].get("/slow/%d" % (5 * n)), 10, 0.02))
+    i = nlines(q)
+    q.signalled = True
+    env.eq(tag + "(2) POST /drain -> 202", adm.req("POST", "/drain").status, 202)
+    q.signal(signal.SIGTERM)
+    # qrux logs nothing for this SIGTERM; the pause only keeps the two
+    # signals from merging into one pending signal.
+    time.sleep(1.0)
+    env.check(tag + "(2) still running after the first SIGTERM", q.alive())
+    q.signal(signal.SIGTERM)
+    env.eq(tag + "(2) a second SIGTERM stops at once, exit 0", q.wait_exit(10), 0, q.log_tail())
+    env.check(tag + "(2) the request in flight was cut", not slow.finish().ok())
+
+
 def reload_while_draining(env):
     """A config reload (SIGHUP; a ConfigMap update does the same) after the
     GOAWAY, when the idle worker has already finished: the process carries
@@ -493,6 +534,7 @@ def main():
         env.case("second SIGTERM during the drain delay", second_sigterm, env, "delay")
         env.case("second SIGTERM while a request is in flight", second_sigterm, env, "grace")
         env.case("config reload while draining", reload_while_draining, env)
+        env.case("preStop POST /drain, then SIGTERM", prestop_then_sigterm, env)
 
 
 if __name__ == "__main__":
