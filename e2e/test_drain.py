@@ -12,7 +12,10 @@ load, started by SIGTERM and by POST /drain (a preStop hook), with
 - after the delay, new QUIC connections are refused (CONNECTION_REFUSED);
 - the process exits 0 once the in-flight request is done;
 - a second SIGTERM during the drain (in the delay, or while waiting for an
-  in-flight request) ends the process at once, exit 0.
+  in-flight request) ends the process at once, exit 0;
+- a config reload after the GOAWAY (one worker already done) is harmless;
+- a preStop `POST /drain` followed by the kubelet's SIGTERM keeps draining
+  (that SIGTERM is the first signal); one more SIGTERM stops at once.
 
 The HTTPS fallback listener (server.https_listen) drains alongside: HTTP/1.1
 (keep-alive loop) and HTTP/2 (h2load) load served through the delay; after

@@ -7,7 +7,8 @@ operator sees them:
   `..data`, old directory deleted) while HTTP/3 load runs: the new route is
   served, no request fails; an invalid update (unknown key) keeps the old
   routes, names the field in the log, is counted and shown in GET /config;
-  a valid one after it applies again;
+  a valid one after it applies again; 30 updates in a row under load fail
+  no request either;
 - changes that need a restart (server.listen, server.workers) are refused
   and counted as restart_required, never half-applied;
 - a plain file edited the three usual ways (editor rename, in-place write,
@@ -17,10 +18,11 @@ operator sees them:
 - `qrux check` exits 0 or 2 naming the field;
 - a ConfigMap mounted with subPath (a file bind-mounted on its own) is
   warned about at start-up;
-- certificate rotation through a Secret-style swap: new handshakes get the
-  new certificate (SHA-256 of the leaf, read by h3probe), an open
-  connection keeps working with the exact body; SIGUSR1 reloads; a garbage
-  or mismatched certificate is rejected and the one in force stays.
+- certificate rotation through a Secret-style swap: new handshakes on both
+  listeners get the new certificate (SHA-256 of the leaf: h3probe
+  --print-cert-sha256 for QUIC, Python's ssl for HTTPS), an open connection
+  keeps working with the exact body; SIGUSR1 reloads; a garbage or
+  mismatched certificate is rejected and the one in force stays.
 
 No wall-clock assertions: every wait is generous and bounded; the reload
 latency is measured by bench/reload_latency.py.
