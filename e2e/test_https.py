@@ -393,6 +393,19 @@ def expect_continue(env, h):
         env.check("Expect: 100-continue: body intact",
                   doc and doc["body_sha256"] == hashlib.sha256(body).hexdigest())
 
+    # HTTP/2: a 100 (Continue) HEADERS frame, then the answer
+    path = os.path.join(env.dir, "expect.bin")
+    with open(path, "wb") as f:
+        f.write(body)
+    rc, so, se = run([need("curl"), "-sk", "--http2", "-v", "-H", "Expect: 100-continue",
+                      "--data-binary", "@" + path, h.base + "/upload"], timeout=30)
+    err = se.decode(errors="replace")
+    env.check("h2 Expect: 100-continue: a 100 before the 200",
+              re.search(r"< HTTP/2 100.*< HTTP/2 200", err, re.S) is not None, err[-600:])
+    doc = echo_json(env, "h2 Expect upload", so)
+    env.check("h2 Expect: body intact",
+              doc and doc["body_sha256"] == hashlib.sha256(body).hexdigest())
+
     # too large: 413 at once, no 100, nothing of the body needed
     t = tls_conn(h)
     t.sendall(b"PUT /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n"

@@ -26,6 +26,7 @@
 #include <nghttp2/nghttp2.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define H2_IDLE_MS 120000       /* a connection without streams closes after this */
 #define H2_GOAWAY_DELAY_MS 1000 /* drain: shutdown notice, then the real GOAWAY */
@@ -41,6 +42,7 @@ typedef struct h2_stream {
     uint64_t unconsumed; /* request body bytes the exchange holds, not yet credited */
     int stop;       /* the exchange wants no more body: RST_STREAM(NO_ERROR) after the answer */
     int resp_ended; /* END_STREAM went out */
+    int expect_continue; /* `expect: 100-continue` on the request */
 } h2_stream_t;
 
 struct h2_conn {
@@ -276,6 +278,9 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
     h2_stream_t *st = stream_of(s, frame->hd.stream_id);
     if (st == NULL || st->ex == NULL)
         return 0;
+    if (namelen == 6 && memcmp(name, "expect", 6) == 0 && valuelen == 12 &&
+        strncasecmp((const char *)value, "100-continue", 12) == 0)
+        st->expect_continue = 1;
     /* Too many or too large: remembered, answered with 431 at the end. */
     qx_exchange_header(st->ex, (const char *)name, namelen, (const char *)value, valuelen);
     return 0;
@@ -292,10 +297,18 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
         st = stream_of(s, frame->hd.stream_id);
         if (st == NULL || st->ex == NULL)
             return 0;
-        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)
+        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
             qx_exchange_headers_done(st->ex, qx_tcp_conn_sni(h->c), fin);
-        else if (fin)
+            /* The request went on its way (not answered at once): a
+             * client waiting on 100-continue may send the body. */
+            if (!fin && st->expect_continue && st->ex && st->ex->status == 0) {
+                static const nghttp2_nv cont[] = {
+                    {(uint8_t *)":status", (uint8_t *)"100", 7, 3, NGHTTP2_NV_FLAG_NONE}};
+                nghttp2_submit_headers(s, NGHTTP2_FLAG_NONE, st->id, NULL, cont, 1, NULL);
+            }
+        } else if (fin) {
             qx_exchange_body_end(st->ex); /* trailers end the body */
+        }
         break;
     case NGHTTP2_DATA:
         st = stream_of(s, frame->hd.stream_id);
