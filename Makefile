@@ -6,6 +6,8 @@
 #   make build   deps and build only; CMAKE_ARGS="-DQRUX_WERROR=ON ..." passes through
 #   make clean   removes build/
 #   make format  clang-format -i on the C sources
+#   make bench   deps, build, then bench/run.py: qrux next to Caddy and nginx
+#                (a few minutes; not part of `make test`); BENCH_ARGS passes through
 #
 # .ci/run calls `make test`; keep the README, .ci/run and this file in step.
 
@@ -17,7 +19,7 @@ FORMAT_DIRS := proxy config admin unit bpf bench
 # without this it would print "Entering directory" around every step.
 FRESH := env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL
 
-.PHONY: all deps build run test clean format
+.PHONY: all deps build run test clean format bench
 
 all: build
 
@@ -36,6 +38,10 @@ run: build
 test: build
 	@echo "+ ctest --test-dir $(BUILD_DIR) --output-on-failure --no-tests=error -j$(JOBS)"
 	@$(FRESH) ctest --test-dir $(BUILD_DIR) --output-on-failure --no-tests=error -j$(JOBS)
+
+bench: build
+	@echo "+ bench/run.py --build $(BUILD_DIR) $(BENCH_ARGS)"
+	@python3 bench/run.py --build $(BUILD_DIR) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD_DIR)

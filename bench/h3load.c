@@ -33,6 +33,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,12 +89,31 @@ static atomic_int g_gso_ok = 1;           /* cleared when the kernel refuses UDP
 static atomic_int g_holding;              /* threads that reached the hold phase */
 static atomic_uint_fast64_t g_hold_until; /* set by the last thread to reach it */
 static atomic_int_fast64_t g_open_conns;
+static atomic_int_fast64_t g_handshakes_ok, g_conn_failures;
+static atomic_int g_abort; /* no handshake ever succeeded: stop retrying */
 
 static uint64_t now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * NGTCP2_SECONDS + (uint64_t)ts.tv_nsec;
+}
+
+/* Per-connection trouble is printed 10 times, then only counted: a dead
+ * server must not flood the terminal (every failed connection retries). */
+static atomic_int g_warned;
+
+static void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void warn(const char *fmt, ...)
+{
+    if (atomic_fetch_add(&g_warned, 1) >= 10)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("h3load: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
 }
 
 /* ---- per-thread state ---------------------------------------------------------- */
@@ -126,6 +146,8 @@ typedef struct worker {
     int nconns;
     int *pending; /* stack of connections waiting for a handshake slot */
     int npending;
+    int *retry; /* failed connections waiting for their retry_at */
+    int nretry;
     int handshaking, inflight, open;
     uint64_t timers_min;
     struct conn **dirty;
@@ -151,6 +173,7 @@ typedef struct conn {
     nghttp3_conn *h3;
     ngtcp2_connection_close_error ccerr;
     uint64_t expiry;
+    uint64_t retry_at;
     uint64_t nstarted; /* requests submitted on this connection */
     int inflight;
     req_t *reqs;
@@ -300,7 +323,7 @@ static int conn_issue(conn_t *c, uint64_t now)
             break;
         }
         if (rv != 0) {
-            fprintf(stderr, "h3load: open_bidi_stream: %s\n", ngtcp2_strerror(rv));
+            warn("open_bidi_stream: %s", ngtcp2_strerror(rv));
             return -1;
         }
         if (opt.body_size)
@@ -308,7 +331,7 @@ static int conn_issue(conn_t *c, uint64_t now)
         else
             rv = nghttp3_conn_submit_request(c->h3, r->stream_id, get, 5, NULL, r);
         if (rv != 0) {
-            fprintf(stderr, "h3load: submit_request: %s\n", nghttp3_strerror(rv));
+            warn("submit_request: %s", nghttp3_strerror(rv));
             return -1;
         }
         r->start_ns = now_ns();
@@ -432,7 +455,7 @@ static int h3_setup(conn_t *c)
     if (ngtcp2_conn_open_uni_stream(c->qc, &ctrl, NULL) != 0 ||
         ngtcp2_conn_open_uni_stream(c->qc, &qenc, NULL) != 0 ||
         ngtcp2_conn_open_uni_stream(c->qc, &qdec, NULL) != 0) {
-        fprintf(stderr, "h3load: the server allows fewer than 3 uni streams\n");
+        warn("the server allows fewer than 3 uni streams");
         return -1;
     }
     if (nghttp3_conn_bind_control_stream(c->h3, ctrl) != 0 ||
@@ -468,6 +491,7 @@ static int handshake_completed_cb(ngtcp2_conn *qc, void *user_data)
     c->w->handshaking--;
     c->w->open++;
     c->w->st.handshakes++;
+    atomic_fetch_add(&g_handshakes_ok, 1);
     atomic_fetch_add(&g_open_conns, 1);
     mark_dirty(c);
     return 0;
@@ -481,7 +505,7 @@ static int recv_stream_data_cb(ngtcp2_conn *qc, uint32_t flags, int64_t stream_i
     nghttp3_ssize n =
         nghttp3_conn_read_stream(c->h3, stream_id, data, len, flags & NGTCP2_STREAM_DATA_FLAG_FIN);
     if (n < 0) {
-        fprintf(stderr, "h3load: read_stream: %s\n", nghttp3_strerror((int)n));
+        warn("read_stream: %s", nghttp3_strerror((int)n));
         ngtcp2_connection_close_error_set_application_error(
             &c->ccerr, nghttp3_err_infer_quic_app_error_code((int)n), NULL, 0);
         return NGTCP2_ERR_CALLBACK_FAILURE;
@@ -589,7 +613,7 @@ static int conn_start(conn_t *c)
 
     c->fd = socket(g_remote.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd == -1) {
-        perror("h3load: socket");
+        warn("socket: %s", strerror(errno));
         return -1;
     }
     setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
@@ -597,7 +621,7 @@ static int conn_start(conn_t *c)
     c->local_len = sizeof(c->local);
     if (connect(c->fd, (struct sockaddr *)&g_remote, g_remote_len) == -1 ||
         getsockname(c->fd, (struct sockaddr *)&c->local, &c->local_len) == -1) {
-        perror("h3load: connect");
+        warn("connect: %s", strerror(errno));
         return -1;
     }
 
@@ -607,7 +631,7 @@ static int conn_start(conn_t *c)
         gnutls_credentials_set(c->tls, GNUTLS_CRD_CERTIFICATE, g_cred) != 0 ||
         gnutls_alpn_set_protocols(c->tls, &alpn, 1, GNUTLS_ALPN_MANDATORY) != 0 ||
         gnutls_server_name_set(c->tls, GNUTLS_NAME_DNS, opt.sni, strlen(opt.sni)) != 0) {
-        fprintf(stderr, "h3load: TLS set-up failed\n");
+        warn("TLS set-up failed");
         return -1;
     }
     c->ref.get_conn = get_conn;
@@ -635,7 +659,7 @@ static int conn_start(conn_t *c)
     int rv = ngtcp2_conn_client_new(&c->qc, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1, &quic_cb,
                                     &settings, &params, NULL, c);
     if (rv != 0) {
-        fprintf(stderr, "h3load: ngtcp2_conn_client_new: %s\n", ngtcp2_strerror(rv));
+        warn("ngtcp2_conn_client_new: %s", ngtcp2_strerror(rv));
         return -1;
     }
     ngtcp2_conn_set_tls_native_handle(c->qc, c->tls);
@@ -646,7 +670,7 @@ static int conn_start(conn_t *c)
 
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->fd, &ev) == -1) {
-        perror("h3load: epoll_ctl");
+        warn("epoll_ctl: %s", strerror(errno));
         return -1;
     }
     c->state = CS_HANDSHAKE;
@@ -696,8 +720,11 @@ static void conn_close(conn_t *c, int failed)
         w->open--;
         atomic_fetch_sub(&g_open_conns, 1);
     }
-    if (failed)
+    if (failed) {
         w->st.conns_failed++;
+        if (atomic_fetch_add(&g_conn_failures, 1) + 1 >= 20 && atomic_load(&g_handshakes_ok) == 0)
+            atomic_store(&g_abort, 1);
+    }
     if (c->fd != -1)
         close(c->fd); /* also leaves the epoll set */
     c->fd = -1;
@@ -711,9 +738,17 @@ static void conn_close(conn_t *c, int failed)
  * left (never during --hold, where every connection opens once). */
 static void conn_lost(conn_t *c, int failed)
 {
+    worker_t *w = c->w;
+    uint64_t now = now_ns();
     conn_close(c, failed);
-    if (opt.hold == 0 && work_left(now_ns()))
-        c->w->pending[c->w->npending++] = c->idx;
+    if (opt.hold > 0 || !work_left(now))
+        return;
+    if (failed) { /* a short pause, so a refusing server is not hammered */
+        c->retry_at = now + 100 * 1000000ULL;
+        w->retry[w->nretry++] = c->idx;
+    } else {
+        w->pending[w->npending++] = c->idx;
+    }
 }
 
 /* ---- I/O ---------------------------------------------------------------------------------- */
@@ -773,7 +808,7 @@ static int conn_flush(conn_t *c)
         if (c->h3 && ngtcp2_conn_get_max_data_left(c->qc)) {
             nvec = nghttp3_conn_writev_stream(c->h3, &sid, &fin, vec, 16);
             if (nvec < 0) {
-                fprintf(stderr, "h3load: writev_stream: %s\n", nghttp3_strerror((int)nvec));
+                warn("writev_stream: %s", nghttp3_strerror((int)nvec));
                 return -1;
             }
         }
@@ -795,7 +830,7 @@ static int conn_flush(conn_t *c)
         if (n == NGTCP2_ERR_WRITE_MORE)
             continue;
         if (n < 0) {
-            fprintf(stderr, "h3load: writev_stream: %s\n", ngtcp2_strerror((int)n));
+            warn("writev_stream: %s", ngtcp2_strerror((int)n));
             return -1;
         }
         if (n == 0)
@@ -838,8 +873,7 @@ static int conn_read(conn_t *c)
         if (n == -1) {
             if (errno == EAGAIN || errno == EINTR)
                 return 0;
-            if (!opt.json)
-                perror("h3load: recv"); /* ECONNREFUSED: nobody listens */
+            warn("recv: %s", strerror(errno)); /* ECONNREFUSED: nobody listens */
             return -1;
         }
         w->st.udp_rx += (uint64_t)n;
@@ -847,7 +881,7 @@ static int conn_read(conn_t *c)
         if (rv == NGTCP2_ERR_DRAINING)
             return 1;
         if (rv != 0) {
-            fprintf(stderr, "h3load: read_pkt: %s\n", ngtcp2_strerror(rv));
+            warn("read_pkt: %s", ngtcp2_strerror(rv));
             if (c->ccerr.error_code == NGHTTP3_H3_NO_ERROR)
                 ngtcp2_connection_close_error_set_transport_error_liberr(&c->ccerr, rv, NULL, 0);
             return -1;
@@ -883,6 +917,15 @@ static void conn_service(conn_t *c, uint64_t now)
 
 static void start_pending(worker_t *w, uint64_t now)
 {
+    for (int i = 0; i < w->nretry;) {
+        conn_t *c = &w->conns[w->retry[i]];
+        if (c->retry_at <= now) {
+            w->pending[w->npending++] = c->idx;
+            w->retry[i] = w->retry[--w->nretry];
+        } else {
+            i++;
+        }
+    }
     while (w->npending > 0 && w->handshaking < opt.max_handshakes) {
         conn_t *c = &w->conns[w->pending[w->npending - 1]];
         /* With --hold every connection opens once; otherwise only for work. */
@@ -907,7 +950,7 @@ static void run_timers(worker_t *w, uint64_t now)
             int rv = ngtcp2_conn_handle_expiry(c->qc, now);
             if (rv != 0) {
                 if (rv != NGTCP2_ERR_IDLE_CLOSE || c->inflight > 0)
-                    fprintf(stderr, "h3load: connection %d: %s\n", c->idx, ngtcp2_strerror(rv));
+                    warn("connection %d: %s", c->idx, ngtcp2_strerror(rv));
                 conn_lost(c, 1);
                 continue;
             }
@@ -943,6 +986,8 @@ static int finished(worker_t *w, uint64_t now)
     }
     if (!work_left(now))
         return 1;
+    if (w->nretry > 0)
+        return 0;
     /* Work is left, but nothing here can take it (every connection spent its
      * quota and stays open for --hold, or failed for good). */
     for (int i = 0; i < w->nconns; i++) {
@@ -996,9 +1041,10 @@ static void *worker_main(void *arg)
 {
     worker_t *w = arg;
     w->next_send_ns = g_start_ns;
+    start_pending(w, now_ns());
     for (;;) {
         uint64_t now = now_ns();
-        if (now >= g_deadline_ns)
+        if (now >= g_deadline_ns || atomic_load(&g_abort))
             break; /* --timeout: what is still in flight counts as errors */
         if (finished(w, now))
             break;
@@ -1012,7 +1058,7 @@ static void *worker_main(void *arg)
         }
         for (;;) {
             uint64_t until = atomic_load(&g_hold_until), now = now_ns();
-            if (until != 0 && now >= until)
+            if ((until != 0 && now >= until) || now >= g_deadline_ns)
                 break;
             loop_once(w, until ? until : now + 100000000ULL);
         }
@@ -1233,12 +1279,14 @@ int main(int argc, char **argv)
         w->nconns = opt.nconns / opt.nthreads + (t < opt.nconns % opt.nthreads);
         w->conns = calloc((size_t)w->nconns, sizeof(conn_t));
         w->pending = calloc((size_t)w->nconns, sizeof(int));
+        w->retry = calloc((size_t)w->nconns, sizeof(int));
         w->dirty = calloc((size_t)w->nconns, sizeof(conn_t *));
         w->epfd = epoll_create1(EPOLL_CLOEXEC);
         w->timers_min = UINT64_MAX;
         if (opt.rate > 0)
             w->interval_ns = 1e9 * opt.nthreads / opt.rate;
-        if (w->conns == NULL || w->pending == NULL || w->dirty == NULL || w->epfd == -1)
+        if (w->conns == NULL || w->pending == NULL || w->retry == NULL || w->dirty == NULL ||
+            w->epfd == -1)
             return 1;
         for (int i = 0; i < w->nconns; i++) {
             conn_t *c = &w->conns[i];
@@ -1268,6 +1316,11 @@ int main(int argc, char **argv)
     for (int t = 0; t < opt.nthreads; t++)
         pthread_join(ws[t].tid, NULL);
     uint64_t end_ns = now_ns();
+    if (atomic_load(&g_abort))
+        fprintf(stderr, "h3load: gave up: %" PRIdFAST64 " connection attempts, no handshake\n",
+                atomic_load(&g_conn_failures));
+    if (atomic_load(&g_warned) > 10)
+        fprintf(stderr, "h3load: %d more warnings not shown\n", atomic_load(&g_warned) - 10);
 
     stats_t tot = {0};
     for (int t = 0; t < opt.nthreads; t++) {
