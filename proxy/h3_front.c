@@ -314,7 +314,9 @@ int qx_h3_setup(qx_quic_conn_t *qc)
     settings.qpack_blocked_streams = 100;
     if (nghttp3_conn_server_new(&qc->h3, &h3_callbacks, &settings, NULL, qc) != 0)
         return NGTCP2_ERR_CALLBACK_FAILURE;
-    nghttp3_conn_set_max_client_streams_bidi(qc->h3, QX_MAX_STREAMS_BIDI);
+    /* What the transport parameters granted; ngtcp2 raises it as streams
+     * close (extend_max_remote_streams_bidi), never lowers it. */
+    nghttp3_conn_set_max_client_streams_bidi(qc->h3, qc->max_streams);
     if (ngtcp2_conn_open_uni_stream(qc->conn, &ctrl, NULL) != 0 ||
         nghttp3_conn_bind_control_stream(qc->h3, ctrl) != 0 ||
         ngtcp2_conn_open_uni_stream(qc->conn, &enc, NULL) != 0 ||

@@ -721,6 +721,7 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     params.initial_max_stream_data_uni = 256 * 1024;
     params.initial_max_data = 4 * 1024 * 1024;
     params.initial_max_streams_bidi = lim->max_streams_per_connection;
+    qc->max_streams = params.initial_max_streams_bidi;
     params.initial_max_streams_uni = 3;
     params.max_idle_timeout = (ngtcp2_duration)lim->quic_idle_timeout_secs * NGTCP2_SECONDS;
     params.active_connection_id_limit = 7;
@@ -911,7 +912,7 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
         return;
 
     qx_quic_conn_t *qc = cid_find(ep, vc.dcid, vc.dcidlen);
-    if (qc == NULL && vc.dcidlen == QX_SCID_LEN && vc.dcid[0] != ep->w->id &&
+    if (qc == NULL && !(data[0] & 0x80) && vc.dcidlen == QX_SCID_LEN && vc.dcid[0] != ep->w->id &&
         vc.dcid[0] < ep->w->shared->rt->nworkers && !forwarded) {
         /* One of our CIDs, owned by another worker (migration, NAT
          * rebinding): hand it over rather than resetting it. Initial

@@ -18,7 +18,6 @@
 
 #define QX_SCID_LEN 18
 #define QX_MAX_CIDS 10
-#define QX_MAX_STREAMS_BIDI 100 /* concurrent requests per connection */
 
 typedef struct qx_quic_conn qx_quic_conn_t;
 
@@ -37,6 +36,7 @@ struct qx_quic_conn {
     char sni[256];
     qx_exchange_t *exchanges;            /* requests on this connection */
     ngtcp2_connection_close_error ccerr; /* set by a failing callback */
+    uint64_t max_streams;                /* initial_max_streams_bidi granted to the client */
     int handshake_done;
     int rx_early;     /* the stream data being read came in 0-RTT */
     int counted;      /* counted in the process and per-IP connection totals */

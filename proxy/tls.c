@@ -119,6 +119,10 @@ int qx_tls_keys_init(qx_tls_keys_t *k, const uint8_t *ticket_key, int early_data
     pthread_mutex_init(&k->db_lock, NULL);
     if (gnutls_anti_replay_init(&k->anti_replay) != 0)
         return QX_ERR_TLS;
+    /* GnuTLS accepts early data only for tickets issued within the window
+     * (and after this process started): 10 minutes lets a returning
+     * visitor use 0-RTT; the table remembers ClientHellos that long. */
+    gnutls_anti_replay_set_window(k->anti_replay, QX_TLS_REPLAY_WINDOW_MS);
     gnutls_anti_replay_set_add_function(k->anti_replay, db_add);
     gnutls_anti_replay_set_ptr(k->anti_replay, k);
     return 0;

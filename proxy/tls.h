@@ -21,7 +21,8 @@ typedef struct qx_tls qx_tls_t;
  * sessions), the 0-RTT policy, and the anti-replay database that refuses
  * early data from a ClientHello seen before (RFC 8446 §8).
  */
-#define QX_TLS_DB_SLOTS 16384
+#define QX_TLS_DB_SLOTS 32768
+#define QX_TLS_REPLAY_WINDOW_MS (10 * 60 * 1000)
 typedef struct qx_tls_keys {
     uint8_t ticket_key[64];
     gnutls_anti_replay_t anti_replay;
