@@ -67,6 +67,8 @@ struct qx_tcp_front {
     int draining;
     uv_tcp_t lsn;
     uv_check_t flush;
+    uv_idle_t kick; /* active while the flush list is not empty */
+    int kicking;
     qx_tcp_conn_t *conns;
     qx_tcp_conn_t *dirty;
     unsigned nconns;
@@ -156,6 +158,15 @@ fail:
     return QX_ERR_TLS;
 }
 
+void qx_tls_tcp_swap(qx_shared_t *s, qx_tls_tcp_t *t)
+{
+    pthread_mutex_lock(&s->tls_lock);
+    qx_tls_tcp_t *old = s->tls_tcp;
+    s->tls_tcp = t;
+    pthread_mutex_unlock(&s->tls_lock);
+    qx_tls_tcp_del(old);
+}
+
 void qx_tls_tcp_del(qx_tls_tcp_t *t)
 {
     if (t == NULL)
@@ -182,6 +193,11 @@ size_t qx_tcp_conn_room(const qx_tcp_conn_t *c)
     return p >= OUT_MAX ? 0 : OUT_MAX - p;
 }
 
+static void on_kick(uv_idle_t *h)
+{
+    (void)h; /* only there to keep the poll from blocking */
+}
+
 void qx_tcp_conn_mark(qx_tcp_conn_t *c)
 {
     qx_tcp_front_t *f = c->f;
@@ -190,6 +206,14 @@ void qx_tcp_conn_mark(qx_tcp_conn_t *c)
     c->dirty = 1;
     c->dnext = f->dirty;
     f->dirty = c;
+    /* The flush is a check handle, which runs after the poll. A mark made
+     * before it (in a timer, or a write or close callback run from the
+     * pending queue) must not wait for the next I/O event: an active idle
+     * handle makes the poll return at once. */
+    if (!f->kicking && f->started) {
+        f->kicking = 1;
+        uv_idle_start(&f->kick, on_kick);
+    }
 }
 
 void qx_tcp_conn_want_input(qx_tcp_conn_t *c)
@@ -492,6 +516,12 @@ int qx_tcp_conn_draining(const qx_tcp_conn_t *c)
 const char *qx_tcp_conn_alt_svc(qx_tcp_conn_t *c, size_t *len)
 {
     qx_tcp_front_t *f = c->f;
+    if (f->draining) {
+        /* This instance is going away: clients should not come back to its
+         * HTTP/3 endpoint (RFC 7838 §3: "clear"). */
+        *len = 5;
+        return "clear";
+    }
     const qx_snapshot_t *snap = c->w->snap;
     if (f->altsvclen == 0 || f->altsvc_gen != snap->generation) {
         const struct sockaddr_storage *a = &snap->cfg->listen_addr;
@@ -640,6 +670,10 @@ static void on_flush(uv_check_t *h)
         /* conn_flush may have queued c again (a front asked for input):
          * it is simply handled once more in this loop. */
     }
+    if (f->kicking && !f->closing) {
+        f->kicking = 0;
+        uv_idle_stop(&f->kick);
+    }
     if (f->nconns < before && !f->closing)
         qx_worker_maybe_done(f->w);
 }
@@ -672,7 +706,11 @@ static void conn_accept(qx_tcp_front_t *f)
     uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->peer, &len);
     uv_tcp_nodelay(&c->tcp, 1);
 
+    /* Under the lock: certificate rotation swaps the context (the SSL
+     * keeps its own reference to the one it was made from). */
+    pthread_mutex_lock(&f->w->shared->tls_lock);
     c->ssl = SSL_new(f->w->shared->tls_tcp->ctx);
+    pthread_mutex_unlock(&f->w->shared->tls_lock);
     c->rbio = BIO_new(BIO_s_mem());
     c->wbio = BIO_new(BIO_s_mem());
     if (c->ssl == NULL || c->rbio == NULL || c->wbio == NULL) {
@@ -759,10 +797,12 @@ int qx_tcp_front_start(qx_tcp_front_t *f)
     }
     uv_tcp_init(&w->loop, &f->lsn);
     uv_check_init(&w->loop, &f->flush);
+    uv_idle_init(&w->loop, &f->kick);
     f->started = 1;
     f->lsn_open = 1;
     f->lsn.data = f;
     f->flush.data = f;
+    f->kick.data = f;
     int rv = uv_tcp_open(&f->lsn, f->fd);
     if (rv == 0) {
         f->fd = -1; /* the handle owns it now */
@@ -834,8 +874,9 @@ void qx_tcp_front_close(qx_tcp_front_t *f)
     /* Freed when the last handle has closed (a listener closed by a
      * drain may still be pending: it is counted too). */
     close_listener(f);
-    f->nhandles++;
+    f->nhandles += 2;
     uv_close((uv_handle_t *)&f->flush, on_front_handle_closed);
+    uv_close((uv_handle_t *)&f->kick, on_front_handle_closed);
 }
 
 unsigned qx_tcp_front_nconns(const qx_tcp_front_t *f)
