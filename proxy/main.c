@@ -101,7 +101,19 @@ static void reload_tls(qx_main_t *m, const char *why)
     if (qx_tls_new(&tls, snap->cfg->cert, snap->cfg->key, err, sizeof(err)) != 0) {
         QX_ERROR("certificate reload (%s) rejected: %s; the certificate in force stays", why, err);
     } else {
+        qx_tls_tcp_t *tcp = NULL;
+        if (snap->cfg->https_listen &&
+            qx_tls_tcp_new(&tcp, snap->cfg->cert, snap->cfg->key, err, sizeof(err)) != 0) {
+            /* Both listeners move together or not at all. */
+            QX_ERROR("certificate reload (%s) rejected: %s; the certificate in force stays", why,
+                     err);
+            qx_tls_del(tls);
+            qx_snapshot_unref(snap);
+            return;
+        }
         qx_shared_tls_swap(m->shared, tls);
+        if (tcp)
+            qx_tls_tcp_swap(m->shared, tcp);
         QX_INFO("certificate reload (%s): new handshakes use %s", why, snap->cfg->cert);
     }
     qx_snapshot_unref(snap);
@@ -469,7 +481,7 @@ int main(int argc, char **argv)
     free(m.workers);
     qx_runtime_free(&rt); /* drops the snapshot in force */
     qx_tls_del(shared.tls);
-    qx_tls_tcp_del(tls_tcp);
+    qx_tls_tcp_del(shared.tls_tcp);
     qx_tls_keys_free(&tls_keys);
     uv_run(m.loop, UV_RUN_NOWAIT); /* close callbacks of the watchers */
     uv_loop_close(m.loop);

@@ -22,6 +22,12 @@ typedef struct qx_tls_tcp qx_tls_tcp_t;
 int qx_tls_tcp_new(qx_tls_tcp_t **out, const char *cert, const char *key, char *err, size_t errlen);
 void qx_tls_tcp_del(qx_tls_tcp_t *t);
 
+/* Certificate rotation: puts t in force for new HTTPS handshakes
+ * (ownership taken); connections keep the context they started with.
+ * Thread-safe (shared->tls_lock). */
+typedef struct qx_shared qx_shared_t;
+void qx_tls_tcp_swap(qx_shared_t *s, qx_tls_tcp_t *t);
+
 /* Binds the listening socket (SO_REUSEPORT) on the calling thread before
  * the worker runs. Returns 0, QX_ERR_IO (logged, names server.https_listen)
  * or QX_ERR_NOMEM. */

@@ -28,13 +28,14 @@ typedef struct qx_worker qx_worker_t;
  * the TLS credentials, which certificate rotation swaps under tls_lock. */
 typedef struct qx_shared {
     pthread_mutex_t tls_lock;
-    qx_tls_t *tls;               /* read with qx_shared_tls_acquire() */
-    qx_runtime_t *rt;            /* the snapshot in force; lifecycle */
-    const qx_tls_tcp_t *tls_tcp; /* OpenSSL context for the HTTPS listener; NULL without one */
-    uint8_t static_secret[32];   /* stateless reset tokens */
-    uint8_t token_secret[32];    /* Retry and NEW_TOKEN tokens */
-    qx_tls_keys_t *tls_keys;     /* session tickets, 0-RTT policy, anti-replay */
-    unsigned quic_conns;         /* atomic: QUIC connections in the process */
+    qx_tls_t *tls;             /* read with qx_shared_tls_acquire() */
+    qx_runtime_t *rt;          /* the snapshot in force; lifecycle */
+    qx_tls_tcp_t *tls_tcp;     /* OpenSSL context for the HTTPS listener (NULL without one);
+                                  swapped under tls_lock */
+    uint8_t static_secret[32]; /* stateless reset tokens */
+    uint8_t token_secret[32];  /* Retry and NEW_TOKEN tokens */
+    qx_tls_keys_t *tls_keys;   /* session tickets, 0-RTT policy, anti-replay */
+    unsigned quic_conns;       /* atomic: QUIC connections in the process */
     void (*on_worker_exit)(qx_worker_t *w, void *arg); /* called on the worker thread */
     void *arg;
 } qx_shared_t;
