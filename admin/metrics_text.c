@@ -405,6 +405,7 @@ static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *cons
          (unsigned long long)early_ok);
     putf(t, "qrux_early_data_requests_total{result=\"held\"} %llu\n",
          (unsigned long long)early_held);
+    /* "refused" is process-wide (the anti-replay check): see render_globals */
     family(t, "qrux_quic_handshakes_total", "counter", "QUIC handshakes, by result.");
     putf(t, "qrux_quic_handshakes_total{result=\"success\"} %llu\n", (unsigned long long)hs_ok);
     putf(t, "qrux_quic_handshakes_total{result=\"failure\"} %llu\n", (unsigned long long)hs_fail);
@@ -422,6 +423,10 @@ static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *cons
 
 static void render_globals(qx_metrics_text_t *t, const qx_metrics_globals_t *g)
 {
+    family(t, "qrux_early_data_refused_total", "counter",
+           "0-RTT early data refused by the anti-replay check (a ClientHello seen before, or "
+           "one the table could not remember): the client resends after the handshake.");
+    putf(t, "qrux_early_data_refused_total %llu\n", (unsigned long long)g->early_refused);
     static const char *const src[QX_SRC_COUNT] = {"file", "api"};
     static const char *const res[QX_RELOAD_COUNT] = {"success", "error", "restart_required"};
 

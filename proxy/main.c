@@ -417,6 +417,7 @@ int main(int argc, char **argv)
     }
     memset(ticket, 0, sizeof(ticket));
     shared.tls_keys = &tls_keys;
+    rt.early_refused = &tls_keys.replays_refused;
 
     m.loop = uv_default_loop();
     m.nworkers = nworkers;

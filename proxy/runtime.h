@@ -43,6 +43,7 @@ typedef struct qx_runtime {
     double start_time;   /* unix seconds */
     uint64_t reloads[QX_SRC_COUNT][QX_RELOAD_COUNT]; /* atomic counters */
     uv_async_t *drain_async;                         /* the main loop's: starts the drain */
+    const uint64_t *early_refused;                   /* atomic: 0-RTT refused as replays (tls.h) */
 } qx_runtime_t;
 
 /* Takes ownership of the first snapshot. Returns 0 or QX_ERR_NOMEM. */
