@@ -945,9 +945,9 @@ static void h1_drain(void *app)
 static void h1_free(void *app, int error)
 {
     qx_h1_conn_t *h = app;
+    (void)error; /* an exchange still open at this point did not end cleanly */
     if (h->ex)
         end_exchange(h, 1);
-    (void)error;
     qx_h1_reqp_free(&h->rp);
     free(h->in);
     free(h);

@@ -56,6 +56,7 @@ struct h2_conn {
     int draining;    /* shutdown notice sent */
     int goaway_sent; /* the final GOAWAY is queued */
     int failed;      /* a fatal session error: flush what is queued, then close */
+    int input_held;  /* input stopped because output was backed up */
 };
 
 static const qx_front_ops_t h2_ops;
@@ -324,22 +325,21 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
 static int on_data_chunk_recv(nghttp2_session *s, uint8_t flags, int32_t stream_id,
                               const uint8_t *data, size_t len, void *user_data)
 {
-    h2_conn_t *h = user_data;
     h2_stream_t *st = stream_of(s, stream_id);
     (void)flags;
+    (void)user_data;
     if (st == NULL || st->ex == NULL) {
         nghttp2_session_consume(s, stream_id, len);
         return 0;
     }
     st->unconsumed += len;
     qx_exchange_body(st->ex, data, len);
-    (void)h;
     return 0;
 }
 
 static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *user_data)
 {
-    h2_conn_t *h = user_data;
+    (void)user_data;
     if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
         !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
         return 0;
@@ -350,7 +350,6 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *u
     /* Answered before the request body ended: stop the client sending. */
     if (st->stop && !nghttp2_session_get_stream_remote_close(s, st->id))
         nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
-    (void)h;
     return 0;
 }
 
@@ -396,8 +395,10 @@ static void h2_input(void *app)
     for (;;) {
         /* Frames we owe (SETTINGS and PING acks, RST_STREAM) pile up when
          * the client does not read: stop reading it too. */
-        if (qx_tcp_conn_room(h->c) == 0)
+        if (qx_tcp_conn_room(h->c) == 0) {
+            h->input_held = 1; /* h2_output resumes it */
             return;
+        }
         ssize_t n = qx_tcp_conn_read(h->c, buf, sizeof(buf));
         if (n == 0)
             return;
@@ -446,6 +447,10 @@ static void h2_output(void *app)
     }
     if (olen > 0)
         qx_tcp_conn_write(h->c, obuf, olen);
+    if (h->input_held && qx_tcp_conn_room(h->c) > 0) {
+        h->input_held = 0;
+        qx_tcp_conn_want_input(h->c);
+    }
     if (h->failed) {
         qx_tcp_conn_close(h->c, QX_TC_CLOSE_GRACEFUL);
         return;
