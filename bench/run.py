@@ -130,11 +130,15 @@ def tcp_accepting(port):
 # ---- /proc ------------------------------------------------------------------
 
 
-def cpu_us(pid):
-    """utime+stime of the whole process (every thread, live or gone), µs."""
+def cpu_split_us(pid):
+    """(utime, stime) of the whole process (every thread, live or gone), µs."""
     with open("/proc/%d/stat" % pid) as f:
         rest = f.read().rsplit(")", 1)[1].split()
-    return (int(rest[11]) + int(rest[12])) * 1e6 / TCK
+    return int(rest[11]) * 1e6 / TCK, int(rest[12]) * 1e6 / TCK
+
+
+def cpu_us(pid):
+    return sum(cpu_split_us(pid))
 
 
 def threads_cpu_us(pid):
@@ -284,7 +288,7 @@ class Proxy:
     its health (alive, log lines that say error)."""
 
     def __init__(self, env, kind, name, backend_port, workers=1, cpus=None, log_level="warn",
-                 https=False, valgrind=None):
+                 https=False, valgrind=None, pool=None):
         self.env, self.kind, self.name = env, kind, name
         self.port = free_port()
         self.base = "https://127.0.0.1:%d" % self.port
@@ -305,11 +309,12 @@ class Proxy:
     max_quic_connections: 30000
     max_quic_connections_per_ip: 30000
     graceful_shutdown_secs: 1
-routes:
+%(pool)sroutes:
   - match: "*"
     upstream: "127.0.0.1:%(bport)d"
 """ % {"port": self.port, "cert": env.cert, "key": env.key, "workers": workers,
                     "bport": backend_port,
+                    "pool": "    max_idle_connections_per_upstream: %d\n" % pool if pool else "",
                     "https": '  https_listen: "127.0.0.1:%d"\n' % self.port if https else ""})
             # A name of our own: other sessions on this machine may `pkill qrux`.
             exe = os.path.join(env.dir, "qx-bench")
@@ -386,11 +391,14 @@ def h3load(args, url, quiet=False, cpus=None, timeout=300):
 
 
 def measured(proxy, fn):
-    """Runs fn() and returns (its result, the proxy's CPU µs meanwhile)."""
-    c0 = cpu_us(proxy.pid)
+    """Runs fn() and returns (its result, the proxy's CPU µs meanwhile); the
+    share of it spent in the kernel goes into the result as sys_share."""
+    u0, s0 = cpu_split_us(proxy.pid)
     res = fn()
-    c1 = cpu_us(proxy.pid)
-    return res, c1 - c0
+    u1, s1 = cpu_split_us(proxy.pid)
+    cpu = (u1 - u0) + (s1 - s0)
+    res["sys_share"] = (s1 - s0) / cpu if cpu > 0 else None
+    return res, cpu
 
 
 def check(proxy, what, res, out):
@@ -592,12 +600,13 @@ def run_profile(env, out):
     vg = need("valgrind")
     be = backend(env)
     cg = os.path.join(env.dir, "callgrind.out")
-    px = Proxy(env, "qrux", "qrux-callgrind", be.port, workers=1,
+    px = Proxy(env, "qrux", "qrux-callgrind", be.port, workers=1, pool=ARGS.profile_pool,
                valgrind=[vg, "--tool=callgrind", "--callgrind-out-file=" + cg,
-                         "--collect-atstart=no", "--separate-threads=no"])
+                         "--instr-atstart=no"])
     small = px.base + "/small.bin"
     h3load(["-n", "500", "-c", "4", "-m", "16"], small, timeout=120)
-    # Collect only during the measured load (callgrind_control toggles it).
+    # Only the measured load: instrumentation goes on now (start-up and the
+    # warm-up are not counted); the 8 handshakes of the load are.
     subprocess.run([need("callgrind_control"), "-i", "on", str(px.pid)], capture_output=True)
     res = h3load(["-n", str(ARGS.profile_requests), "-c", "8", "-m", "32", "--timeout", "300"],
                  small, timeout=400)
@@ -619,8 +628,46 @@ def run_profile(env, out):
         f.write(ann)
     with open(os.path.join(ARGS.outdir, "callgrind-inclusive.txt"), "w") as f:
         f.write(inc)
-    return {"requests": res.get("requests"), "errors": res.get("errors"), "file": keep,
-            "self_top": ann.splitlines()[:60], "inclusive_top": inc.splitlines()[:70]}
+    r = {"requests": res.get("requests"), "errors": res.get("errors"), "file": keep,
+         "self_top": ann.splitlines()[:60], "inclusive_top": inc.splitlines()[:70]}
+    r["perf"] = run_perf(env)
+    return r
+
+
+def run_perf(env):
+    """Callgrind sees no kernel time, which is half of qrux's CPU here:
+    sample the whole process with perf (cpu-clock: no hardware counters in
+    this VM) under the same small-request load, without valgrind."""
+    perf = shutil.which("perf")
+    if not perf:
+        return {"skipped": "perf not installed (linux-perf)"}
+    be = backend(env)
+    px = Proxy(env, "qrux", "qrux-perf", be.port, workers=1, pool=ARGS.profile_pool)
+    small = px.base + "/small.bin"
+    h3load(["-n", "3000", "-c", "8", "-m", "32"], small)
+    data = os.path.join(env.dir, "perf.data")
+    load = spawn([ARGS.h3load, "--json", "-D", "6", "-c", "8", "-m", "32", small],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    r = subprocess.run([perf, "record", "-e", "cpu-clock", "-F", "2000", "-g", "-p",
+                        str(px.pid), "-o", data, "--", "sleep", "4"], capture_output=True,
+                       timeout=60)
+    load.wait(30)
+    PROCS.remove(load)
+    px.stop()
+    kill(be.proc)
+    if r.returncode != 0 or not os.path.exists(data):
+        return {"error": r.stderr.decode(errors="replace")[-300:]}
+    res = {}
+    for key, sort in (("by_dso", "dso"), ("by_symbol", "dso,sym")):
+        t = subprocess.run([perf, "report", "-i", data, "--no-children", "--sort", sort, "-g",
+                            "none", "--percent-limit", "0.4"], capture_output=True, timeout=120)
+        lines = [l for l in t.stdout.decode(errors="replace").splitlines()
+                 if l.strip() and not l.startswith("#")]
+        res[key] = lines[:50]
+        with open(os.path.join(ARGS.outdir, "perf-%s.txt" % sort.replace(",", "-")), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return res
 
 
 # ---- report -----------------------------------------------------------------------
@@ -636,7 +683,9 @@ def fmt(v, nd=0):
 
 def report(out):
     h3 = out.get("h3", {})
-    names = [n for n in ("qrux-w1", "qrux-w2", "caddy") if n in h3]
+    names = [n for n in ("qrux-w1", "qrux-w2", "qrux-w1-pool512", "caddy") if n in h3]
+    if not names:
+        return
     idle = out.get("idle", {})
 
     def g(n, *path):
@@ -650,6 +699,7 @@ def report(out):
     rows = [
         ("CPU us per small request (8 conns x 32 streams)", lambda n: g(n, "small", "cpu_us_per_req"), 1),
         ("  requests/s in that run", lambda n: g(n, "small", "rps"), 0),
+        ("  share of that CPU in the kernel (stime)", lambda n: g(n, "small", "sys_share"), 2),
         ("CPU us per MiB, 1 MiB downloads", lambda n: g(n, "down", "cpu_us_per_mib"), 0),
         ("CPU us per MiB, 1 MiB uploads", lambda n: g(n, "up", "cpu_us_per_mib"), 0),
         ("CPU us per new connection (handshake + 1 request)", lambda n: g(n, "conn", "cpu_us_per_conn"), 0),
@@ -668,7 +718,8 @@ def report(out):
         ("  CPU us per connection while opening them", lambda n: ((idle.get(n) or {}).get("cpu_us") or 0) /
          max((idle.get(n) or {}).get("handshakes") or 1, 1), 0),
     ]
-    head = "%-52s" % "HTTP/3 (h3load)" + "".join("%12s" % n for n in names)
+    short = {"qrux-w1-pool512": "w1-pool512"}
+    head = "%-52s" % "HTTP/3 (h3load)" + "".join("%12s" % short.get(n, n) for n in names)
     if "caddy" in names:
         head += "%14s%14s" % ("w1/caddy", "w2/caddy")
     print(head)
@@ -732,10 +783,15 @@ def main():
     ap.add_argument("--idle", type=int, default=10000,
                     help="idle connections for the RSS measure (default 10000; 0 = skip)")
     ap.add_argument("--h2-requests", type=int, default=40000, help="h2load -n (default 40000)")
-    ap.add_argument("--only", default="qrux-w1,qrux-w2,caddy,https,scaling",
-                    help="comma list of: qrux-w1, qrux-w2, caddy, https, scaling, profile")
+    ap.add_argument("--only", default="qrux-w1,qrux-w2,qrux-w1-pool512,caddy,https,scaling",
+                    help="comma list of: qrux-w1, qrux-w2, qrux-w1-pool512 (1 worker with "
+                    "max_idle_connections_per_upstream: 512), caddy, https, scaling, profile")
     ap.add_argument("--profile", action="store_true", help="also run qrux under callgrind")
-    ap.add_argument("--profile-requests", type=int, default=4000)
+    ap.add_argument("--profile-requests", type=int, default=4000,
+                    help="requests under callgrind (default 4000)")
+    ap.add_argument("--profile-pool", type=int, default=None,
+                    help="max_idle_connections_per_upstream for the profiled qrux "
+                    "(default: qrux's default)")
     ap.add_argument("--out", default=None, help="JSON results (default: OUTDIR/results.json)")
     ap.add_argument("--outdir", default=None, help="default: BUILD/bench")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
@@ -763,25 +819,27 @@ def main():
         out["setup"]["caddy"] = subprocess.run([need("caddy"), "version"], capture_output=True
                                                ).stdout.decode().strip()
 
-        # Cross-check: gtlsclient and h3load see the same body for one URL.
         def make(name):
             if name == "caddy":
                 return Proxy(env, "caddy", "caddy", be.port)
+            if name == "qrux-w1-pool512":
+                return Proxy(env, "qrux", name, be.port, workers=1, pool=512)
             w = int(name[-1])
             return Proxy(env, "qrux", name, be.port, workers=w, https=(w == 1))
 
         out["h3"] = {}
         out["idle"] = {}
-        for name in ("qrux-w1", "qrux-w2", "caddy"):
+        for name in ("qrux-w1", "qrux-w2", "qrux-w1-pool512", "caddy"):
             if name not in only:
                 continue
             log("%s: HTTP/3 loads" % name)
             px = make(name)
             if name == "qrux-w1":
+                # Cross-check: gtlsclient and h3load see the same body.
                 out["crosscheck"] = crosscheck(env, px)
             out["h3"][name] = run_h3_suite(env, px, out)
             px.stop()
-            if ARGS.idle > 0:
+            if ARGS.idle > 0 and name != "qrux-w1-pool512":
                 out["idle"][name] = run_idle(env, lambda: make(name), out)
 
         if "https" in only:
@@ -829,8 +887,15 @@ def main():
     prof = out.get("profile")
     if prof and prof.get("self_top"):
         print()
-        print("callgrind, qrux self cost (top):")
-        print("\n".join(prof["self_top"][:45]))
+        print("callgrind, qrux self cost (top; user space only):")
+        print("\n".join(l for l in prof["self_top"][:60] if "(" in l and "%" in l))
+        pf = prof.get("perf") or {}
+        if pf.get("by_dso"):
+            print()
+            print("perf (cpu-clock samples, kernel included), by object:")
+            print("\n".join(pf["by_dso"][:12]))
+            print("by symbol:")
+            print("\n".join(pf["by_symbol"][:40]))
     print()
     print("results: %s (%.0f s, load average %s -> %s)" % (
         path, out["setup"]["seconds"], " ".join(out["setup"]["loadavg_start"]),

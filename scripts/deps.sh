@@ -8,13 +8,13 @@ set -eu
 # Test peers: ngtcp2's gtlsclient, nginx as backend, Chromium, curl; for the HTTPS
 # listener h2load (nghttp2-client), slowhttptest (slowloris) and testssl.sh.
 # Demo (`make run`): openssl for the self-signed certificate, nginx-light.
-# Benchmark (`make bench`): Caddy (the peer proxy), valgrind (callgrind profile).
+# Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf (profiles).
 PKGS="build-essential cmake pkg-config git ca-certificates
 libngtcp2-dev libngtcp2-crypto-gnutls-dev libnghttp3-dev libnghttp2-dev
 libssl-dev libgnutls28-dev libuv1-dev libcyaml-dev node-llhttp
 libmicrohttpd-dev libjansson-dev libbpf-dev clang clang-format bpftool libcmocka-dev
 ngtcp2-client nginx-light chromium curl openssl python3 procps iproute2 prometheus
-nghttp2-client slowhttptest testssl.sh caddy valgrind"
+nghttp2-client slowhttptest testssl.sh caddy valgrind linux-perf"
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "deps: dpkg-query not found; qrux builds on Debian bookworm (install the packages listed in $0 by hand)" >&2
