@@ -40,8 +40,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Blackhole, Env, free_port, need, pattern, pattern_sha256,  # noqa: E402
-                     run, spawn, wait_until)
+from harness import (Blackhole, Env, free_port, http_get, need, pattern,  # noqa: E402
+                     pattern_sha256, run, spawn, wait_until)
 
 MiB = 1024 * 1024
 ALT_SVC_MA = 3600
@@ -60,9 +60,12 @@ LIMITS = {
 class Https:
     """qrux with an HTTPS listener: the UDP (QUIC) port and the TCP one."""
 
-    def __init__(self, env, routes, limits=None, workers=2, extra=""):
+    def __init__(self, env, routes, limits=None, workers=2, extra="", admin=False):
         self.tport = free_port("tcp")
+        self.aport = free_port("tcp") if admin else None
         text = '  https_listen: "[::]:%d"\n  alt_svc_max_age: %d\n' % (self.tport, ALT_SVC_MA)
+        if admin:  # a column-0 key: render_config writes it as a top-level section
+            extra += 'admin:\n  listen: "127.0.0.1:%d"\n' % self.aport
         self.q = env.qrux(routes=routes, limits=limits, workers=workers,
                           extra_server=text + extra)
         self.uport = self.q.port
@@ -267,6 +270,43 @@ def uploads(env, h, be):
                ["203.0.113.9, 127.0.0.1"])
         env.eq("%s: other fields pass" % proto, got.get("x-test"), ["yes"])
         env.eq("%s: target as sent" % proto, doc["target"], "/echo?x=1")
+
+
+def metrics_text(h):
+    st, _, body = http_get(h.aport, "/metrics")
+    return body.decode(errors="replace") if st == 200 else ""
+
+
+def gauge(text, proto):
+    m = re.search(r'^qrux_active_connections\{protocol="%s"\} (\d+)$' % re.escape(proto), text,
+                  re.M)
+    return int(m.group(1)) if m else None
+
+
+def metrics(env, h):
+    text = metrics_text(h)
+    for proto in ("h2", "http/1.1"):
+        env.check("/metrics: requests counted with protocol=\"%s\"" % proto,
+                  re.search(r'qrux_http_requests_total\{[^}]*status="200"[^}]*protocol="%s"\} '
+                            r'[1-9]' % re.escape(proto), text), text[:300])
+    # hold one connection of each kind open
+    t = tls_conn(h)
+    s2 = spawn([need("openssl"), "s_client", "-quiet", "-connect", "127.0.0.1:%d" % h.tport,
+                "-alpn", "h2"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+               stderr=subprocess.DEVNULL)
+    ok = wait_until(lambda: (gauge(metrics_text(h), "h2") or 0) >= 1 and
+                    (gauge(metrics_text(h), "http/1.1") or 0) >= 1, 1.5)
+    text = metrics_text(h)
+    env.check("/metrics: an open h2 and an open http/1.1 connection are counted (h2=%s h1=%s)"
+              % (gauge(text, "h2"), gauge(text, "http/1.1")), ok)
+    t.close()
+    s2.kill()
+    s2.wait(5)
+    ok = wait_until(lambda: gauge(metrics_text(h), "h2") == 0 and
+                    gauge(metrics_text(h), "http/1.1") == 0, 5)
+    text = metrics_text(h)
+    env.check("/metrics: back to 0 once they are closed (h2=%s h1=%s)"
+              % (gauge(text, "h2"), gauge(text, "http/1.1")), ok)
 
 
 # ---------------------------------------------------------------------------
@@ -627,6 +667,11 @@ def upstream_errors(env, h):
         r = curl(env, h, "/upload", proto, extra=["-T", big, "-X", "POST", "-H",
                                                   "Transfer-Encoding: chunked"])
         env.eq("%s: 20 MiB chunked over the limit -> 413" % proto, r["status"], 413, summary(r))
+        # the router sees the TLS SNI first: SNI refused.test with another Host
+        r = curl(env, h, "/x", proto, host="refused.test",
+                 extra=["-H", "Host: localhost:%d" % h.tport])
+        env.eq("%s: routed by SNI before the Host/:authority -> 502" % proto, r["status"], 502,
+               summary(r))
         r = curl(env, h, "/bytes/3000", proto)
         env.eq("%s: still serving after the errors" % proto, r["status"], 200, summary(r))
 
@@ -772,10 +817,11 @@ def main():
         bh = Blackhole()
         dead = "127.0.0.1:%d" % free_port("tcp")
         h = Https(env, [("refused.test", dead), ("blackhole.test", bh.addr), ("*", be.addr)],
-                  limits=LIMITS)
+                  limits=LIMITS, admin=True)
         h.be_port = be.port
         env.case("downloads", downloads, env, h)
         env.case("uploads", uploads, env, h, be)
+        env.case("metrics", metrics, env, h)
         env.case("h2load", h2load, env, h)
         env.case("pipelined", pipelined, env, h)
         env.case("expect-continue", expect_continue, env, h)

@@ -84,6 +84,7 @@ struct qx_tcp_conn {
     uint64_t discarded; /* bytes read and dropped while closing */
     const qx_tcp_app_ops_t *ops;
     void *app;
+    uint64_t *gauge; /* the active-connections gauge counting this one, or NULL */
     struct sockaddr_storage peer;
     char sni[256]; /* lowercased SNI host name, "" without one */
 };

@@ -385,10 +385,17 @@ static int conn_open(qx_tcp_conn_t *c)
     SSL_get0_alpn_selected(c->ssl, &alpn, &alpnlen);
     c->state = QX_TC_OPEN;
     qx_tcp_conn_timer(c, 0);
-    if (alpnlen == 2 && memcmp(alpn, "h2", 2) == 0)
+    if (alpnlen == 2 && memcmp(alpn, "h2", 2) == 0) {
         rv = qx_h2_front_new(c, &c->app, &c->ops);
-    else
+        c->gauge = &c->w->metrics.active_connections_h2;
+    } else {
         rv = qx_h1_front_new(c, &c->app, &c->ops);
+        c->gauge = &c->w->metrics.active_connections_h1;
+    }
+    if (rv != 0)
+        c->gauge = NULL;
+    else
+        qx_cnt_add(c->gauge, 1);
     QX_DEBUG("tcp: TLS %s %s, ALPN %.*s, SNI %s", SSL_get_version(c->ssl),
              SSL_get_cipher_name(c->ssl), (int)alpnlen, alpnlen ? (const char *)alpn : "-",
              c->sni[0] ? c->sni : "-");
@@ -564,6 +571,10 @@ static void conn_teardown(qx_tcp_conn_t *c)
     if (c->next)
         c->next->prev = c->prev;
     f->nconns--;
+    if (c->gauge) {
+        qx_cnt_sub(c->gauge, 1);
+        c->gauge = NULL;
+    }
     SSL_free(c->ssl); /* frees both BIOs */
     c->ssl = NULL;
     c->rbio = c->wbio = NULL;
