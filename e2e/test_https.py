@@ -47,10 +47,10 @@ MiB = 1024 * 1024
 ALT_SVC_MA = 3600
 LIMITS = {
     "upstream_connect_timeout_secs": 1,
-    "upstream_request_timeout_secs": 4,
+    "upstream_request_timeout_secs": 6,
     "max_request_body_bytes": 16 * MiB,
     "header_read_timeout_secs": 2,
-    "body_idle_timeout_secs": 1,
+    "body_idle_timeout_secs": 2,
 }
 
 # ---------------------------------------------------------------------------
@@ -573,18 +573,18 @@ def timeouts(env, h):
     data, closed = read_until_close(t, 10)
     dt = time.monotonic() - t0
     t.close()
-    env.check("a stalled body: 408 after body_idle_timeout_secs=1 (%.1fs)" % dt,
-              data.startswith(b"HTTP/1.1 408 ") and 0.8 <= dt <= 3.5, data[:200])
+    env.check("a stalled body: 408 after body_idle_timeout_secs=2 (%.1fs)" % dt,
+              data.startswith(b"HTTP/1.1 408 ") and 1.5 <= dt <= 5.0, data[:200])
 
     # a body that keeps trickling is not cut by the idle timeout
     t = tls_conn(h)
     t.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
     for ch in b"abcde":
-        time.sleep(0.5)
+        time.sleep(0.7)
         t.sendall(bytes([ch]))
     data, closed = read_until_close(t, 3)
     t.close()
-    env.check("a slow but steady body (a byte every 0.5 s, idle timeout 1 s) is served",
+    env.check("a slow but steady body (a byte every 0.7 s, idle timeout 2 s) is served",
               data.startswith(b"HTTP/1.1 200 "), data[:200])
 
 
@@ -606,7 +606,7 @@ def slowloris(env, h):
         dt = time.monotonic() - t0
         if r["status"] == 200:
             served += 1
-        if r["status"] != 200 or dt > 2.0:
+        if r["status"] != 200 or dt > 3.0:
             problems.append((r["status"], round(dt, 2)))
         time.sleep(0.3)
     try:
