@@ -878,8 +878,20 @@ static int conn_read(conn_t *c)
         }
         w->st.udp_rx += (uint64_t)n;
         int rv = ngtcp2_conn_read_pkt(c->qc, &path, &pi, w->recvbuf, (size_t)n, now_ns());
-        if (rv == NGTCP2_ERR_DRAINING)
+        if (rv == NGTCP2_ERR_DRAINING) {
+            ngtcp2_connection_close_error cc;
+            ngtcp2_conn_get_connection_close_error(c->qc, &cc);
+            if (c->state == CS_HANDSHAKE || c->inflight > 0 ||
+                cc.error_code != (cc.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION
+                                      ? NGHTTP3_H3_NO_ERROR
+                                      : NGTCP2_NO_ERROR))
+                warn("the server closed a connection%s: %s error 0x%" PRIx64 " %.*s",
+                     c->state == CS_HANDSHAKE ? " during the handshake" : "",
+                     cc.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION ? "application"
+                                                                                    : "transport",
+                     cc.error_code, (int)cc.reasonlen, cc.reasonlen ? (const char *)cc.reason : "");
             return 1;
+        }
         if (rv != 0) {
             warn("read_pkt: %s", ngtcp2_strerror(rv));
             if (c->ccerr.error_code == NGHTTP3_H3_NO_ERROR)

@@ -482,12 +482,14 @@ def run_idle(env, make_proxy, out):
     t0 = time.time()
     p = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     held = None
+    said = []  # h3load's warnings before the hold starts
     line = p.stderr.readline()  # "h3load: holding N connections idle ..."
     while line:
         m = re.search(rb"holding (\d+) connections", line)
         if m:
             held = int(m.group(1))
             break
+        said.append(line)
         line = p.stderr.readline()
     ramp = time.time() - t0
     rss = None
@@ -506,6 +508,7 @@ def run_idle(env, make_proxy, out):
         res = json.loads(stdout.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
         res = {"error": "no result"}
+    rest = b"".join(said) + rest
     if rest.strip():
         res["stderr"] = rest.decode(errors="replace")[-500:]
     check(proxy, "idle connections", res, out)
