@@ -611,6 +611,11 @@ static void uc_on_write(void *user, int status)
     }
     qx_ring_mark_acked(&ex->req, payload);
     ex->req_body_sent += payload;
+    /* upstream_request_timeout_secs is "no response within": while the body
+     * is still going up and moving, the clock starts again, so a slow but
+     * steady upload is not a 504; a stalled one still is. */
+    if (payload > 0 && ex->timer_phase == 2 && !ex->resp_head_done)
+        timer_arm(ex, 2, ex->snap->cfg->limits.upstream_request_timeout_secs);
     if (!ex->front_gone && payload > 0)
         ex->fops->consumed(ex, payload);
     if (ex->wterm)
