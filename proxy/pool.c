@@ -211,8 +211,8 @@ int qx_pool_checkout(qx_pool_t *p, void *user, const qx_upconn_cb_t *cb, int fre
             continue;
         }
         idle_unlink(p, uc);
-        uv_read_stop((uv_stream_t *)&uc->tcp);
-        uc->reading = 0;
+        /* Left reading: the new user wants the response anyway, and a
+         * stop/start pair is two epoll_ctl calls per request. */
         uc->state = QX_UC_BUSY;
         uc->user = user;
         uc->cb = cb;

@@ -485,7 +485,11 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
     }
     if (off > 0)
         flush_batch(qc, off, gso);
-    ngtcp2_conn_update_pkt_tx_time(qc->conn, ts);
+    /* Pacing starts once the handshake is done: before that ngtcp2 paces at
+     * its default 333 ms RTT estimate, which held the first response of
+     * every connection back by ~20 ms. */
+    if (ngtcp2_conn_get_handshake_completed(qc->conn))
+        ngtcp2_conn_update_pkt_tx_time(qc->conn, ts);
     schedule_timer(qc);
     return 0;
 }
