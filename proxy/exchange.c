@@ -225,6 +225,14 @@ static void on_timer_closed(uv_handle_t *h)
     qx_worker_maybe_done(w);
 }
 
+void qx_exchange_front_answered(qx_exchange_t *ex, int status)
+{
+    ex->status = status;
+    ex->resp_complete = 1;
+    ex->resp_eof = 1;
+    ex->state = QX_EX_DONE;
+}
+
 void qx_exchange_front_closed(qx_exchange_t *ex, int error)
 {
     qx_worker_t *w = ex->w;

@@ -171,6 +171,11 @@ void qx_exchange_body_end(qx_exchange_t *ex);
  * their space in the window is free again. */
 void qx_exchange_resp_acked(qx_exchange_t *ex, size_t n);
 
+/* The front answered the client itself (e.g. HTTP/1.1: 400 for a broken
+ * chunked body, 408 for a stalled one) before qx_exchange_front_closed():
+ * the access log and the metrics record that status. */
+void qx_exchange_front_answered(qx_exchange_t *ex, int status);
+
 /* The front stream is closed (done, reset, or its connection died).
  * |error| is nonzero when it did not end cleanly. Logs and counts the
  * request, releases the upstream connection and frees the exchange. */

@@ -678,6 +678,7 @@ static void body_error(qx_h1_conn_t *h)
     QX_DEBUG("h1: bad request body: %s", h->rp.why ? h->rp.why : "?");
     h->stop = 1;
     if (h->ex && h->ex->status == 0) {
+        qx_exchange_front_answered(h->ex, 400);
         end_exchange(h, 1);
         raw_error(h, 400);
         return;
@@ -925,6 +926,7 @@ static void h1_timeout(void *app)
         QX_DEBUG("h1: body idle timeout");
         h->stop = 1;
         if (h->ex->status == 0) {
+            qx_exchange_front_answered(h->ex, 408);
             end_exchange(h, 1);
             raw_error(h, 408);
         } else {
