@@ -1,14 +1,34 @@
 #!/usr/bin/env python3
-"""The QUIC transport features of issue 6 as a client and the app see them:
-0-RTT with the replay-safe policy (server.early_data: safe | all | off),
-GnuTLS anti-replay, session tickets shared through server.ticket_key_file,
-address validation (server.retry, NEW_TOKEN, forged / expired / stolen Retry
-tokens), stateless reset after a restart, connection limits
-(CONNECTION_REFUSED), handshake and idle timeouts, streams per connection,
-and a multi-MB transfer while the client changes its address under loss.
+"""The QUIC transport features of issue 6 as a client and the app see them.
 
-test_quic.py covers version negotiation, loss, key update, plain resumption
-and the 200 KB address-change cases; nothing here repeats them.
+Cases (each its own qrux; test_quic.py covers version negotiation, loss,
+key update, plain resumption and the 200 KB address changes):
+  0-RTT, early_data safe (the default): a resumed GET / OPTIONS reaches the
+    app with Early-Data: 1; POST with a body, GET with a body and DELETE
+    sent in 0-RTT are held until the handshake (no Early-Data, exact body);
+    Early-Data from a previous hop is kept (RFC 8470 5.1); a recorded
+    ClientHello + 0-RTT GET replayed from another socket reaches the app
+    once (anti-replay); /metrics early-data counters
+  early_data all: bodies and unsafe methods forwarded from 0-RTT with
+    Early-Data: 1; early_data off: resumption without any 0-RTT data
+  returning clients: three tickets used 12 s later all get 0-RTT
+  ticket_key_file: replicas resume each other's sessions with 0-RTT;
+    another key file means a full handshake
+  Retry: always / never / auto (threshold of handshakes in progress, made
+    with a replayed half-open handshake); NEW_TOKEN skips the Retry, also on
+    a replica; a NEW_TOKEN from another key gets a Retry, not an error;
+    forged, stolen (other address), foreign and expired Retry tokens get
+    INVALID_TOKEN
+  stateless reset: SIGKILL + restart with the same key file, the old
+    client is reset at once (without a key file it waits for its idle
+    timeout); resumption survives the restart, 0-RTT with an older ticket
+    is refused (RFC 8446 8.2)
+  limits: per-IP and process caps (CONNECTION_REFUSED), a half-open
+    handshake freed by quic_handshake_timeout_secs, quic_idle_timeout_secs,
+    max_streams_per_connection (5: -n 50; 150: -n 300)
+  address change: 8 MiB with NAT rebinding x3 (relay), 8 MiB twice and a
+    4 MiB upload with --change-local-addr under 5% loss both ways; every
+    datagram qrux sends must be one the client can read
 
 Peers: gtlsclient (ngtcp2-client 0.12, GnuTLS) for resumption and 0-RTT
 (--session-file/--tp-file: the first run stores a ticket and the transport
@@ -16,10 +36,10 @@ parameters, the next one resumes and sends its request in 0-RTT), and
 e2e/h3probe for tokens (--token, --new-token-file, --retry-wait): gtlsclient
 0.12's --token-file cannot read back the file it writes (util_gnutls.cc
 read_token takes the size from tellg() before seeking to the end), so it
-never sends a NEW_TOKEN. Replays and half-open handshakes come from a UDP
-relay in this file that records a real client's datagrams and sends them
-again from another socket. Which datagrams a server accepts is judged by
-what reaches the app (e2e/backend.py /echo shows the request head it got).
+never sends a NEW_TOKEN. Replays, half-open handshakes and NAT rebinding
+come from a UDP relay in this file. Which datagrams a server accepts is
+judged by what reaches the app (e2e/backend.py /echo shows the request head
+it got).
 
 Observations from the client's debug log (stderr):
   frm tx N 0RTT STREAM(..) id=0x0   the request went out in 0-RTT
@@ -30,6 +50,7 @@ Observations from the client's debug log (stderr):
   pkt rx .. type=Retry              address validation by Retry
   pkt rx 0 SR token=                a stateless reset the client recognised
   CONNECTION_CLOSE(0x1c) error_code=CONNECTION_REFUSED(0x2)
+  could not decode / decrypt        a datagram the client could not read
 """
 
 import hashlib
