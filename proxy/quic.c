@@ -466,6 +466,14 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
             memcpy(&qc->remote, ps.path.remote.addr, ps.path.remote.addrlen);
             qc->remotelen = ps.path.remote.addrlen;
         }
+        if (off > 0 && (size_t)n > gso) {
+            /* Larger than the batch's segments: the kernel would cut it.
+             * Send the batch, and start a new one with this packet. */
+            if (flush_batch(qc, off, gso))
+                break; /* the new packet is lost like any datagram */
+            memmove(ep->txbuf, ep->txbuf + off, (size_t)n);
+            off = 0;
+        }
         if (off == 0)
             gso = (size_t)n;
         off += (size_t)n;
