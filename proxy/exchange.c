@@ -22,32 +22,6 @@ static void build_and_dispatch(qx_exchange_t *ex);
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static const char *reason(int status)
-{
-    switch (status) {
-    case 400:
-        return "Bad Request";
-    case 404:
-        return "Not Found";
-    case 413:
-        return "Content Too Large";
-    case 421:
-        return "Misdirected Request";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 501:
-        return "Not Implemented";
-    case 502:
-        return "Bad Gateway";
-    case 503:
-        return "Service Unavailable";
-    case 504:
-        return "Gateway Timeout";
-    default:
-        return "Error";
-    }
-}
-
 static void timer_stop(qx_exchange_t *ex)
 {
     ex->timer_phase = 0;
@@ -107,7 +81,7 @@ static void local_response(qx_exchange_t *ex, int status)
 {
     char body[96];
     char clen[24];
-    int n = snprintf(body, sizeof(body), "%d %s\n", status, reason(status));
+    int n = snprintf(body, sizeof(body), "%d %s\n", status, qx_h1_reason(status));
 
     ex_release_upstream(ex, 0);
     timer_stop(ex);

@@ -68,4 +68,7 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
 int qx_h1_response_field_allowed(const char *name, size_t namelen, const char *conn,
                                  size_t connlen);
 
+/* The reason phrase of |status| ("Status" for one qrux does not send). */
+const char *qx_h1_reason(int status);
+
 #endif

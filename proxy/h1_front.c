@@ -470,72 +470,6 @@ static const qx_limits_t *limits(qx_h1_conn_t *h)
     return &h->w->snap->cfg->limits;
 }
 
-static const char *reason(int status)
-{
-    switch (status) {
-    case 200:
-        return "OK";
-    case 201:
-        return "Created";
-    case 202:
-        return "Accepted";
-    case 204:
-        return "No Content";
-    case 206:
-        return "Partial Content";
-    case 301:
-        return "Moved Permanently";
-    case 302:
-        return "Found";
-    case 303:
-        return "See Other";
-    case 304:
-        return "Not Modified";
-    case 307:
-        return "Temporary Redirect";
-    case 308:
-        return "Permanent Redirect";
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 403:
-        return "Forbidden";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 408:
-        return "Request Timeout";
-    case 409:
-        return "Conflict";
-    case 412:
-        return "Precondition Failed";
-    case 413:
-        return "Content Too Large";
-    case 415:
-        return "Unsupported Media Type";
-    case 421:
-        return "Misdirected Request";
-    case 429:
-        return "Too Many Requests";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 500:
-        return "Internal Server Error";
-    case 501:
-        return "Not Implemented";
-    case 502:
-        return "Bad Gateway";
-    case 503:
-        return "Service Unavailable";
-    case 504:
-        return "Gateway Timeout";
-    default:
-        return "Status";
-    }
-}
-
 static void put(qx_h1_conn_t *h, const char *s, size_t n)
 {
     qx_tcp_conn_write(h->c, s, n);
@@ -561,11 +495,11 @@ static void raw_error(qx_h1_conn_t *h, int status)
 {
     char line[160];
     char body[64];
-    int bn = snprintf(body, sizeof(body), "%d %s\n", status, reason(status));
+    int bn = snprintf(body, sizeof(body), "%d %s\n", status, qx_h1_reason(status));
     int n = snprintf(line, sizeof(line),
                      "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
                      "content-length: %d\r\nconnection: close\r\n",
-                     status, reason(status), bn);
+                     status, qx_h1_reason(status), bn);
     QX_DEBUG("h1: answering %d and closing", status);
     put(h, line, (size_t)n);
     put_alt_svc(h);
@@ -784,7 +718,7 @@ static int h1_respond(qx_exchange_t *ex, int status, const qx_hdr_t *hdrs, size_
     if (h->stop || qx_tcp_conn_draining(h->c))
         h->close_after = 1;
 
-    int len = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status, reason(status));
+    int len = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status, qx_h1_reason(status));
     put(h, line, (size_t)len);
     for (size_t i = 0; i < n; i++) {
         const qx_hdr_t *f = &hdrs[i];
