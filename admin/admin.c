@@ -160,7 +160,7 @@ static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, co
 /* Reads the bearer token: the file's bytes without trailing whitespace (a
  * Secret written by `kubectl create secret --from-file` often ends in a
  * newline). */
-static int read_token(qx_admin_t *a, const char *path, char *err, size_t errlen)
+int qx_admin_read_token(const char *path, char **token, size_t *len, char *err, size_t errlen)
 {
     char buf[ADMIN_TOKEN_MAX + 1];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -195,16 +195,21 @@ static int read_token(qx_admin_t *a, const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "admin.token_file: %s is empty", path);
         return QX_ERR_CONFIG;
     }
-    a->token = malloc(n + 1);
-    if (a->token == NULL) {
+    *token = malloc(n + 1);
+    if (*token == NULL) {
         snprintf(err, errlen, "out of memory");
         return QX_ERR_NOMEM;
     }
-    memcpy(a->token, buf, n);
-    a->token[n] = '\0';
-    a->token_len = n;
+    memcpy(*token, buf, n);
+    (*token)[n] = '\0';
+    *len = n;
     explicit_bzero(buf, sizeof(buf));
     return 0;
+}
+
+static int read_token(qx_admin_t *a, const char *path, char *err, size_t errlen)
+{
+    return qx_admin_read_token(path, &a->token, &a->token_len, err, errlen);
 }
 
 /* Compares every byte of the longer of the two strings, without an early

@@ -22,6 +22,12 @@ typedef struct qx_admin qx_admin_t;
  */
 int qx_admin_start(qx_admin_t **out, qx_runtime_t *rt, char *err, size_t errlen);
 
+/* Reads a bearer token file: its bytes without trailing whitespace, at
+ * most 4 KiB, not empty. On success *token is a heap string (the caller
+ * wipes and frees it). Returns 0, QX_ERR_CONFIG (message names
+ * admin.token_file) or QX_ERR_NOMEM. Used at start and by `qrux check`. */
+int qx_admin_read_token(const char *path, char **token, size_t *len, char *err, size_t errlen);
+
 /* Stops the server and joins its thread. Accepts NULL. */
 void qx_admin_stop(qx_admin_t *a);
 

@@ -315,18 +315,14 @@ static int run_check(const char *path)
         rv = load_secrets(cfg, &sh, ticket);
         memset(ticket, 0, sizeof(ticket));
         if (rv == 0 && cfg->admin.token_file) {
-            char tok[64];
-            FILE *f = fopen(cfg->admin.token_file, "r");
-            size_t n = f ? fread(tok, 1, sizeof(tok), f) : 0;
-            int blank = 1;
-            for (size_t i = 0; i < n; i++)
-                blank &= tok[i] == ' ' || tok[i] == '\n' || tok[i] == '\r' || tok[i] == '\t';
-            if (f)
-                fclose(f);
-            if (f == NULL || blank) {
-                QX_ERROR("admin.token_file: %s is %s", cfg->admin.token_file,
-                         f == NULL ? "not readable" : "empty");
+            char err[512], *tok = NULL;
+            size_t toklen = 0;
+            if (qx_admin_read_token(cfg->admin.token_file, &tok, &toklen, err, sizeof(err)) != 0) {
+                QX_ERROR("config %s: %s", path, err);
                 rv = EXIT_CONFIG;
+            } else {
+                explicit_bzero(tok, toklen);
+                free(tok);
             }
         }
     }

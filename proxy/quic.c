@@ -57,6 +57,8 @@ struct qx_quic_ep {
     uint8_t rxbuf[65536];
     uint8_t txbuf[TX_BATCH_BYTES]; /* a GSO batch of same-size datagrams */
     int no_gso;                    /* the kernel refused UDP_SEGMENT once */
+    struct sockaddr_storage bound; /* the socket's own address (read once, after bind) */
+    socklen_t boundlen;
 };
 
 static ngtcp2_tstamp now_ns(void)
@@ -1038,16 +1040,17 @@ static void read_datagrams(qx_quic_ep_t *ep)
                 }
             }
         }
-        struct sockaddr_storage bound;
-        socklen_t boundlen = sizeof(bound);
-        getsockname(ep->fd, (struct sockaddr *)&bound, &boundlen);
+        /* The pktinfo gives the address; the port is the socket's own. */
+        const struct sockaddr_storage *bound = &ep->bound;
         if (locallen == 0) {
-            memcpy(&local, &bound, boundlen);
-            locallen = boundlen;
+            memcpy(&local, bound, ep->boundlen);
+            locallen = ep->boundlen;
         } else if (local.ss_family == AF_INET6) {
-            ((struct sockaddr_in6 *)&local)->sin6_port = ((struct sockaddr_in6 *)&bound)->sin6_port;
+            ((struct sockaddr_in6 *)&local)->sin6_port =
+                ((const struct sockaddr_in6 *)bound)->sin6_port;
         } else {
-            ((struct sockaddr_in *)&local)->sin_port = ((struct sockaddr_in *)&bound)->sin_port;
+            ((struct sockaddr_in *)&local)->sin_port =
+                ((const struct sockaddr_in *)bound)->sin_port;
         }
         if (n == 0)
             continue;
@@ -1125,6 +1128,9 @@ int qx_quic_ep_new(qx_quic_ep_t **out, qx_worker_t *w, const struct sockaddr *ad
     setsockopt(ep->fd, SOL_SOCKET, SO_RCVBUF, &bufsz, sizeof(bufsz));
     setsockopt(ep->fd, SOL_SOCKET, SO_SNDBUF, &bufsz, sizeof(bufsz));
     if (bind(ep->fd, addr, addrlen) == -1)
+        goto fail;
+    ep->boundlen = sizeof(ep->bound);
+    if (getsockname(ep->fd, (struct sockaddr *)&ep->bound, &ep->boundlen) == -1)
         goto fail;
     *out = ep;
     return 0;
