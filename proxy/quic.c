@@ -695,7 +695,6 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     ngtcp2_settings settings;
     ngtcp2_transport_params params;
     ngtcp2_cid scid;
-    (void)lim;
 
     qx_quic_conn_t *qc = calloc(1, sizeof(*qc));
     if (qc == NULL)
