@@ -852,7 +852,7 @@ static int build_limits(qx_limits_t *l, const raw_limits_t *raw, char *err, size
         return rv;
     l->max_upstream_response_body_bytes = v;
     if ((rv = number_field(sec, "max_idle_connections_per_upstream",
-                           raw->max_idle_connections_per_upstream, 16, UINT32_MAX, false, &v, err,
+                           raw->max_idle_connections_per_upstream, 256, UINT32_MAX, false, &v, err,
                            errlen)) != 0)
         return rv;
     l->max_idle_connections_per_upstream = (uint32_t)v;

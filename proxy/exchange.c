@@ -17,6 +17,7 @@ static const llhttp_settings_t parser_settings;
 
 static void ex_release_upstream(qx_exchange_t *ex, int reusable);
 static void pump_write(qx_exchange_t *ex);
+static void uc_on_write(void *user, int status);
 static void dispatch(qx_exchange_t *ex, int fresh_only);
 static void build_and_dispatch(qx_exchange_t *ex);
 
@@ -563,7 +564,8 @@ static void pump_write(qx_exchange_t *ex)
     }
     if (n == 0)
         return;
-    if (qx_upconn_write(ex->uc, b, n) != 0) {
+    int rv = qx_upconn_write(ex->uc, b, n);
+    if (rv < 0) {
         upstream_broken(ex, "write failed");
         return;
     }
@@ -572,6 +574,8 @@ static void pump_write(qx_exchange_t *ex)
     ex->wpayload = payload;
     ex->wterm = term;
     qx_ring_mark_sent(&ex->req, payload);
+    if (rv == 1)
+        uc_on_write(ex, 0); /* all written at once: no callback follows */
 }
 
 static void uc_on_write(void *user, int status)

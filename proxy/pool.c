@@ -188,11 +188,17 @@ static void on_connect(uv_connect_t *req, int status)
 /* ---- public ------------------------------------------------------------- */
 
 /* A socket the peer closed while idle reads EOF at once; MSG_PEEK tells
- * without consuming anything. */
+ * without consuming anything. Idle connections are read, so a close that
+ * came before this loop iteration has already evicted the connection: only
+ * one idle for a while (QX_POOL_PEEK_AFTER_MS) is peeked, and a close that
+ * races a quick reuse is left to the exchange's retry. That saves a
+ * syscall on every request of a busy pool. */
 static int still_open(qx_upconn_t *uc)
 {
     uv_os_fd_t fd;
     char c;
+    if (uv_now(uc->pool->loop) - uc->idle_since_ms < QX_POOL_PEEK_AFTER_MS)
+        return 1;
     if (uv_fileno((uv_handle_t *)&uc->tcp, &fd) != 0)
         return 0;
     ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
@@ -285,7 +291,27 @@ int qx_upconn_write(qx_upconn_t *uc, const uv_buf_t *bufs, unsigned n)
 {
     if (uc->writing)
         return QX_ERR_INVAL;
-    int rv = uv_write(&uc->wreq, (uv_stream_t *)&uc->tcp, bufs, n, on_write);
+    /* Most requests fit the socket buffer: writing at once skips libuv's
+     * write queue and the POLLOUT arm/disarm (an epoll_ctl per request). */
+    int done = uv_try_write((uv_stream_t *)&uc->tcp, bufs, n);
+    if (done < 0 && done != UV_EAGAIN)
+        return QX_ERR_IO;
+    size_t skip = done > 0 ? (size_t)done : 0;
+    unsigned i = 0;
+    while (i < n && skip >= bufs[i].len)
+        skip -= bufs[i++].len;
+    if (i == n)
+        return 1;
+    /* The rest goes through uv_write, which copies the buffer array. */
+    uv_buf_t rest[QX_UPCONN_MAX_BUFS];
+    unsigned k = 0;
+    for (; i < n && k < QX_UPCONN_MAX_BUFS; i++, k++) {
+        rest[k] = uv_buf_init(bufs[i].base + skip, (unsigned)(bufs[i].len - skip));
+        skip = 0;
+    }
+    if (i < n)
+        return QX_ERR_INVAL;
+    int rv = uv_write(&uc->wreq, (uv_stream_t *)&uc->tcp, rest, k, on_write);
     if (rv != 0)
         return QX_ERR_IO;
     uc->writing = 1;

@@ -5,7 +5,8 @@
  * A qx_upconn_t is a thin TCP wrapper (connect, one write at a time, read
  * start/stop, close); the HTTP/1.1 logic lives in the exchange that uses
  * it. The pool hands out an idle connection checked alive (an idle socket
- * is watched for EOF, and peeked once more at checkout), or starts a new
+ * is watched for EOF, and one idle for QX_POOL_PEEK_AFTER_MS or more is
+ * peeked once more at checkout), or starts a new
  * connect. At most max_idle connections stay idle; idle ones older than
  * idle_timeout_ms are closed by qx_pool_sweep().
  *
@@ -23,6 +24,8 @@
 #include <uv.h>
 
 #define QX_UPCONN_RBUF 16384
+#define QX_UPCONN_MAX_BUFS 8      /* buffers in one qx_upconn_write */
+#define QX_POOL_PEEK_AFTER_MS 200 /* idle this long: checked with MSG_PEEK at checkout */
 
 typedef struct qx_pool qx_pool_t;
 typedef struct qx_upconn qx_upconn_t;
@@ -98,8 +101,10 @@ void qx_pool_close_idle(qx_pool_t *p);
 /* Closes idle connections idle for longer than the timeout. */
 void qx_pool_sweep(qx_pool_t *p, uint64_t now_ms);
 
-/* Starts one write of n buffers (one at a time: returns QX_ERR_INVAL when a
- * write is pending). cb->on_write follows. Returns 0 or QX_ERR_IO. */
+/* Writes n buffers (at most QX_UPCONN_MAX_BUFS; one write at a time:
+ * QX_ERR_INVAL when a write is pending). Returns 1 when every byte was
+ * written at once (no callback follows), 0 when the rest is queued
+ * (cb->on_write follows), or QX_ERR_IO. */
 int qx_upconn_write(qx_upconn_t *uc, const uv_buf_t *bufs, unsigned n);
 
 /* Starts / stops delivering cb->on_read. Idempotent. */

@@ -162,7 +162,7 @@ static void test_config_to_json_defaults(void **state)
                 "\"limits\":{\"body_idle_timeout_secs\":30,"
                 "\"graceful_shutdown_secs\":30,"
                 "\"header_read_timeout_secs\":10,"
-                "\"max_idle_connections_per_upstream\":16,"
+                "\"max_idle_connections_per_upstream\":256,"
                 "\"max_quic_connections\":10000,"
                 "\"max_quic_connections_per_ip\":200,"
                 "\"max_request_body_bytes\":10485760,"

@@ -141,7 +141,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->limits.upstream_request_timeout_secs, 120);
     assert_int_equal(cfg->limits.max_request_body_bytes, 10485760);
     assert_int_equal(cfg->limits.max_upstream_response_body_bytes, 52428800);
-    assert_int_equal(cfg->limits.max_idle_connections_per_upstream, 16);
+    assert_int_equal(cfg->limits.max_idle_connections_per_upstream, 256);
     assert_int_equal(cfg->limits.graceful_shutdown_secs, 30);
     assert_int_equal(cfg->limits.header_read_timeout_secs, 10);
     assert_int_equal(cfg->limits.body_idle_timeout_secs, 30);
@@ -156,7 +156,7 @@ static void test_defaults(void **state)
     cfg = expect_ok(SERVER "  limits:\n    graceful_shutdown_secs: 1\n" ROUTES, NULL);
     assert_int_equal(cfg->limits.graceful_shutdown_secs, 1);
     assert_int_equal(cfg->limits.upstream_connect_timeout_secs, 10);
-    assert_int_equal(cfg->limits.max_idle_connections_per_upstream, 16);
+    assert_int_equal(cfg->limits.max_idle_connections_per_upstream, 256);
     qx_config_del(cfg);
 
     /* an empty limits mapping is fine too */
