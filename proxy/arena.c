@@ -31,6 +31,27 @@ void qx_arena_free(qx_arena_t *a)
     a->used = 0;
 }
 
+void qx_arena_reset(qx_arena_t *a)
+{
+    qx_arena_block_t *keep = NULL;
+    qx_arena_block_t *b = a->head;
+    while (b) {
+        qx_arena_block_t *next = b->next;
+        if (keep == NULL && b->end == BLOCK_SIZE) {
+            keep = b;
+        } else {
+            free(b);
+        }
+        b = next;
+    }
+    if (keep) {
+        keep->next = NULL;
+        keep->pos = 0;
+    }
+    a->head = keep;
+    a->used = 0;
+}
+
 void *qx_arena_alloc(qx_arena_t *a, size_t len)
 {
     size_t need = (len + 7) & ~(size_t)7;

@@ -21,6 +21,10 @@ void qx_arena_init(qx_arena_t *a, size_t cap);
 /* Frees every block; the arena can be used again. Accepts a zeroed arena. */
 void qx_arena_free(qx_arena_t *a);
 
+/* Empties the arena for the next request but keeps one standard block, so
+ * a reused arena allocates nothing for a usual head. */
+void qx_arena_reset(qx_arena_t *a);
+
 /* Returns len bytes (8-byte aligned), or NULL when the cap would be passed
  * or memory is short. */
 void *qx_arena_alloc(qx_arena_t *a, size_t len);

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,9 @@ static void pump_write(qx_exchange_t *ex);
 static void uc_on_write(void *user, int status);
 static void dispatch(qx_exchange_t *ex, int fresh_only);
 static void build_and_dispatch(qx_exchange_t *ex);
+static void client_ip(qx_worker_t *w, const struct sockaddr *client, char *out);
+static void format_ip(const struct sockaddr *client, char *client_ip);
+static void exchange_free(qx_exchange_t *ex);
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -42,15 +46,44 @@ static qx_metrics_up_row_t *up_row(qx_exchange_t *ex)
     return qx_metrics_upstream(&ex->w->metrics, ex->up_name);
 }
 
-static int ensure_resp_buf(qx_exchange_t *ex)
+/* Sets up a body window for a body of |len| bytes (-1: not known): the
+ * exchange's own small buffer, one just large enough (a power of two), or
+ * the full QX_STREAM_WINDOW. Returns 1 when the whole body fits (the
+ * producer then never needs pausing), 0 when it may not, or
+ * QX_ERR_NOMEM. */
+static int ring_init(qx_ring_t *r, uint8_t **buf, uint8_t *inl, int64_t len)
+{
+    size_t cap = QX_STREAM_WINDOW;
+    if (len >= 0 && len <= QX_STREAM_WINDOW) {
+        cap = QX_EX_INLINE;
+        while (cap < (uint64_t)len)
+            cap *= 2;
+    }
+    if (cap == QX_EX_INLINE) {
+        *buf = inl;
+    } else if ((*buf = malloc(cap)) == NULL) {
+        return QX_ERR_NOMEM;
+    }
+    r->data = *buf;
+    r->cap = cap;
+    return len >= 0 && (uint64_t)len <= cap;
+}
+
+static void ring_buf_free(uint8_t **buf, uint8_t *inl)
+{
+    if (*buf != inl)
+        free(*buf);
+    *buf = NULL;
+}
+
+static int ensure_resp_buf(qx_exchange_t *ex, int64_t len)
 {
     if (ex->respbuf)
         return 0;
-    ex->respbuf = malloc(QX_STREAM_WINDOW);
-    if (ex->respbuf == NULL)
-        return QX_ERR_NOMEM;
-    ex->resp.data = ex->respbuf;
-    ex->resp.cap = QX_STREAM_WINDOW;
+    int rv = ring_init(&ex->resp, &ex->respbuf, ex->resp_inline, len);
+    if (rv < 0)
+        return rv;
+    ex->resp_sized = rv;
     return 0;
 }
 
@@ -92,7 +125,7 @@ static void local_response(qx_exchange_t *ex, int status)
         discard_request_body(ex);
     if (ex->front_gone)
         return;
-    if (ensure_resp_buf(ex) != 0) {
+    if (ensure_resp_buf(ex, n) != 0) {
         ex->fops->abort(ex);
         return;
     }
@@ -158,9 +191,22 @@ static void ex_release_upstream(qx_exchange_t *ex, int reusable)
 qx_exchange_t *qx_exchange_new(qx_worker_t *w, const qx_front_ops_t *fops, void *front,
                                int64_t stream_id, const struct sockaddr *client)
 {
-    qx_exchange_t *ex = calloc(1, sizeof(*ex));
-    if (ex == NULL)
-        return NULL;
+    qx_exchange_t *ex = w->ex_cache;
+    if (ex) {
+        w->ex_cache = ex->next;
+        w->nex_cache--;
+    } else {
+        ex = malloc(sizeof(*ex));
+        if (ex == NULL)
+            return NULL;
+        qx_arena_init(&ex->arena, QX_MAX_HEADER_BYTES);
+        ex->rhb = NULL;
+        ex->rhbcap = 0;
+    }
+    /* The header and field arrays and the inline buffers are written
+     * before they are read: only the fields before them are cleared. */
+    memset(ex, 0, offsetof(qx_exchange_t, timer));
+    ex->arena.cap = QX_MAX_HEADER_BYTES;
     ex->w = w;
     ex->fops = fops;
     ex->front = front;
@@ -169,35 +215,81 @@ qx_exchange_t *qx_exchange_new(qx_worker_t *w, const qx_front_ops_t *fops, void 
     ex->start_ns = uv_hrtime();
     ex->req_cl = -1;
     ex->route = -1;
-    qx_arena_init(&ex->arena, QX_MAX_HEADER_BYTES);
     uv_timer_init(&w->loop, &ex->timer);
+    client_ip(w, client, ex->client_ip);
+    w->nexchanges++;
+    return ex;
+}
 
+/* Formats the client address, once per address in a row: requests come in
+ * runs from one connection. */
+static void client_ip(qx_worker_t *w, const struct sockaddr *client, char *out)
+{
+    socklen_t len =
+        client->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (memcmp(&w->last_client, client, len) != 0 || w->last_client_ip[0] == '\0') {
+        format_ip(client, w->last_client_ip);
+        memcpy(&w->last_client, client, len);
+    }
+    memcpy(out, w->last_client_ip, INET6_ADDRSTRLEN);
+}
+
+static void format_ip(const struct sockaddr *client, char *client_ip)
+{
     if (client->sa_family == AF_INET6) {
         const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)client;
         if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
-            inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], ex->client_ip, sizeof(ex->client_ip));
+            inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], client_ip, INET6_ADDRSTRLEN);
         else
-            inet_ntop(AF_INET6, &s6->sin6_addr, ex->client_ip, sizeof(ex->client_ip));
+            inet_ntop(AF_INET6, &s6->sin6_addr, client_ip, INET6_ADDRSTRLEN);
     } else {
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)client)->sin_addr, ex->client_ip,
-                  sizeof(ex->client_ip));
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)client)->sin_addr, client_ip,
+                  INET6_ADDRSTRLEN);
     }
-    w->nexchanges++;
-    return ex;
 }
 
 static void on_timer_closed(uv_handle_t *h)
 {
     qx_exchange_t *ex = qx_container_of(h, qx_exchange_t, timer);
     qx_worker_t *w = ex->w;
-    qx_arena_free(&ex->arena);
     qx_snapshot_unref(ex->snap);
-    free(ex->reqbuf);
-    free(ex->respbuf);
-    free(ex->rhb);
-    free(ex);
+    ring_buf_free(&ex->reqbuf, ex->req_inline);
+    ring_buf_free(&ex->respbuf, ex->resp_inline);
+    /* Kept for the next request (the timer's close callback is a safe
+     * point: nothing up the stack still uses this exchange), unless the
+     * worker is stopping or enough are kept already. */
+    if (w->nex_cache < QX_EX_CACHE && w->state != QX_W_STOPPED) {
+        qx_arena_reset(&ex->arena);
+        if (ex->rhbcap > 4096) {
+            free(ex->rhb);
+            ex->rhb = NULL;
+            ex->rhbcap = 0;
+        }
+        ex->next = w->ex_cache;
+        w->ex_cache = ex;
+        w->nex_cache++;
+    } else {
+        exchange_free(ex);
+    }
     w->nexchanges--;
     qx_worker_maybe_done(w);
+}
+
+static void exchange_free(qx_exchange_t *ex)
+{
+    qx_arena_free(&ex->arena);
+    free(ex->rhb);
+    free(ex);
+}
+
+void qx_exchange_cache_free(qx_worker_t *w)
+{
+    while (w->ex_cache) {
+        qx_exchange_t *ex = w->ex_cache;
+        w->ex_cache = ex->next;
+        exchange_free(ex);
+    }
+    w->nex_cache = 0;
 }
 
 void qx_exchange_front_answered(qx_exchange_t *ex, int status)
@@ -366,14 +458,9 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
     uint32_t pick = ex->w->rr[ex->route]++ % (uint32_t)route->nupstreams;
     ex->up = ex->snap->route_base[ex->route] + pick;
     ex->up_name = route->upstreams[pick].name;
-    if (ex->has_body) {
-        ex->reqbuf = malloc(QX_STREAM_WINDOW);
-        if (ex->reqbuf == NULL) {
-            local_response(ex, 503);
-            return;
-        }
-        ex->req.data = ex->reqbuf;
-        ex->req.cap = QX_STREAM_WINDOW;
+    if (ex->has_body && ring_init(&ex->req, &ex->reqbuf, ex->req_inline, ex->req_cl) < 0) {
+        local_response(ex, 503);
+        return;
     }
 
     if (ex->early) {
@@ -654,7 +741,7 @@ static void uc_on_read(void *user, ssize_t nread, const char *buf)
         fail(ex, 502);
         return;
     }
-    if (qx_ring_free(&ex->resp) < QX_UPCONN_RBUF && ex->respbuf) {
+    if (!ex->resp_sized && ex->respbuf && qx_ring_free(&ex->resp) < QX_UPCONN_RBUF) {
         ex->resp_paused = 1;
         qx_upconn_read_stop(ex->uc);
     }
@@ -759,7 +846,8 @@ static int p_on_headers_complete(llhttp_t *p)
     }
     int has_body = !(ex->is_head || status == 204 || status == 304 ||
                      ((p->flags & F_CONTENT_LENGTH) && p->content_length == 0));
-    if (has_body && ensure_resp_buf(ex) != 0)
+    if (has_body &&
+        ensure_resp_buf(ex, (p->flags & F_CONTENT_LENGTH) ? (int64_t)p->content_length : -1) != 0)
         return -1;
     ex->status = status;
     if (ex->front_gone)
@@ -842,6 +930,10 @@ void qx_exchange_body(qx_exchange_t *ex, const uint8_t *data, size_t len)
         } else {
             fail(ex, 413);
         }
+        return;
+    }
+    if (ex->req_cl >= 0 && ex->req_body_in > (uint64_t)ex->req_cl) {
+        fail(ex, 400); /* more body than its content-length */
         return;
     }
     if (len > qx_ring_free(&ex->req)) {

@@ -34,6 +34,8 @@
 #define QX_MAX_HEADER_BYTES (64 * 1024)
 #define QX_MAX_HEADERS 128
 #define QX_DISCARD_MAX (8 * 1024 * 1024) /* request body read and dropped after an early answer */
+#define QX_EX_INLINE 1024                /* a body window this small lives in the exchange itself */
+#define QX_EX_CACHE 256                  /* finished exchanges a worker keeps for reuse */
 
 typedef struct qx_worker qx_worker_t;
 typedef struct qx_exchange qx_exchange_t;
@@ -76,16 +78,13 @@ struct qx_exchange {
     int front_gone;
     qx_snapshot_t *snap;
     uint64_t start_ns;
-    uv_timer_t timer; /* connect timeout, then request timeout */
-    int timer_phase;  /* 0 none, 1 connect, 2 request */
+    int timer_phase; /* 0 none, 1 connect, 2 request */
 
     /* request */
-    qx_arena_t arena;
     const char *sni; /* owned by the front connection; valid until headers done */
     char client_ip[INET6_ADDRSTRLEN];
     char *method, *path, *authority, *scheme;
     size_t methodlen, pathlen, authoritylen, schemelen;
-    qx_hdr_t hdrs[QX_MAX_HEADERS];
     size_t nhdrs;
     int bad_request; /* a header the exchange itself refuses (431/400) */
     int method_idx;
@@ -125,10 +124,8 @@ struct qx_exchange {
     llhttp_settings_t *psettings;
     int resp_any; /* any byte came back */
     int resp_head_done;
-    int status; /* the status sent to the client (0 = none yet) */
-    char *rhb;  /* response header bytes */
-    size_t rhblen, rhbcap;
-    qx_resp_field_t rf[QX_MAX_HEADERS];
+    int status;    /* the status sent to the client (0 = none yet) */
+    size_t rhblen; /* bytes used in rhb */
     size_t nrf;
     int rf_in_value;
     int resp_too_big_head;
@@ -136,10 +133,23 @@ struct qx_exchange {
     int resp_eof;      /* no more body bytes will come */
     int resp_paused;
     int resp_reset; /* we reset the client stream */
+    int resp_sized; /* the window holds the whole (content-length) body */
     uint64_t resp_body;
     qx_ring_t resp;
     uint8_t *respbuf;
     const char *local_body; /* our own error body */
+
+    /* Everything above is cleared for each request; what follows is kept
+     * while the exchange waits in its worker's cache (QX_EX_CACHE), or
+     * fully rewritten before use. */
+    uv_timer_t timer; /* connect timeout, then request timeout */
+    qx_arena_t arena;
+    char *rhb; /* response header bytes */
+    size_t rhbcap;
+    qx_hdr_t hdrs[QX_MAX_HEADERS];
+    qx_resp_field_t rf[QX_MAX_HEADERS];
+    uint8_t req_inline[QX_EX_INLINE];
+    uint8_t resp_inline[QX_EX_INLINE];
 };
 
 /* Creates an exchange for a new front stream. client is the peer address.
@@ -175,6 +185,9 @@ void qx_exchange_resp_acked(qx_exchange_t *ex, size_t n);
  * chunked body, 408 for a stalled one) before qx_exchange_front_closed():
  * the access log and the metrics record that status. */
 void qx_exchange_front_answered(qx_exchange_t *ex, int status);
+
+/* Frees the exchanges the worker keeps for reuse (its loop has ended). */
+void qx_exchange_cache_free(qx_worker_t *w);
 
 /* The front stream is closed (done, reset, or its connection died).
  * |error| is nonzero when it did not end cleanly. Logs and counts the

@@ -1,6 +1,7 @@
 /* worker.c - a worker thread and its loop (see worker.h). */
 #include "worker.h"
 
+#include "exchange.h"
 #include "log.h"
 #include "quic.h"
 #include "qx.h"
@@ -383,6 +384,7 @@ void qx_worker_free(qx_worker_t *w)
             qx_pool_del(w->pools[i]);
     }
     del_retired(w);
+    qx_exchange_cache_free(w);
     free(w->pools);
     free(w->rr);
     while (w->inbox) {

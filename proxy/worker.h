@@ -12,6 +12,7 @@
 #include "pool.h"
 #include "snapshot.h"
 
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <uv.h>
@@ -23,6 +24,7 @@ typedef struct qx_tls_tcp qx_tls_tcp_t;
 typedef struct qx_tcp_front qx_tcp_front_t;
 typedef struct qx_quic_ep qx_quic_ep_t;
 typedef struct qx_worker qx_worker_t;
+typedef struct qx_exchange qx_exchange_t;
 
 /* Process-wide, shared by every worker; read-only after start-up but for
  * the TLS credentials, which certificate rotation swaps under tls_lock. */
@@ -60,12 +62,16 @@ struct qx_worker {
     uint32_t *rr;        /* round-robin cursor per route */
     qx_metrics_t metrics;
     qx_quic_ep_t *quic;
-    qx_tcp_front_t *tcp;   /* HTTPS fallback listener; NULL when not configured */
-    uv_timer_t tick;       /* pool sweep, liveness tick, drain checks */
-    uv_timer_t grace;      /* graceful_shutdown_secs deadline */
-    uint64_t last_tick_ms; /* atomic, uv_hrtime() in ms; read by the admin thread (livez) */
-    unsigned nexchanges;   /* requests in flight */
-    unsigned handshakes;   /* QUIC handshakes in progress (retry: auto) */
+    qx_tcp_front_t *tcp;     /* HTTPS fallback listener; NULL when not configured */
+    uv_timer_t tick;         /* pool sweep, liveness tick, drain checks */
+    uv_timer_t grace;        /* graceful_shutdown_secs deadline */
+    uint64_t last_tick_ms;   /* atomic, uv_hrtime() in ms; read by the admin thread (livez) */
+    unsigned nexchanges;     /* requests in flight */
+    qx_exchange_t *ex_cache; /* finished exchanges kept for reuse (exchange.c) */
+    unsigned nex_cache;
+    struct sockaddr_storage last_client; /* the address client_ip was last formatted for */
+    char last_client_ip[INET6_ADDRSTRLEN];
+    unsigned handshakes; /* QUIC handshakes in progress (retry: auto) */
     int exit_code;
 };
 

@@ -189,12 +189,47 @@ static void test_free_then_reuse(void **state)
     assert_null(z.head);
 }
 
+static void test_reset_keeps_one_block(void **state)
+{
+    (void)state;
+    qx_arena_t a;
+    qx_arena_init(&a, 1 << 20);
+    assert_non_null(qx_arena_alloc(&a, 3000));
+    char *y = qx_arena_alloc(&a, 3000);         /* a second block */
+    assert_non_null(qx_arena_alloc(&a, 10000)); /* an oversized one */
+    assert_non_null(y);
+    qx_arena_reset(&a);
+    assert_int_equal(a.used, 0);
+    assert_int_equal(a.cap, 1 << 20);
+    /* One standard block is left (the newest), and the next allocation
+     * starts at its beginning; the whole cap is usable again. */
+    assert_non_null(a.head);
+    char *p = qx_arena_alloc(&a, 4096);
+    assert_ptr_equal(p, y);
+    memset(p, 'p', 4096);
+    char *q = qx_arena_alloc(&a, 100);
+    assert_non_null(q);
+    memset(q, 'q', 100);
+    assert_int_equal(p[4095], 'p');
+    assert_int_equal(a.used, 4096 + 104);
+    qx_arena_free(&a);
+
+    qx_arena_t z;
+    qx_arena_init(&z, 64);
+    qx_arena_reset(&z); /* an empty arena stays empty */
+    assert_null(z.head);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cap_enforced), cmocka_unit_test(test_cap_no_overflow),
-        cmocka_unit_test(test_alignment),    cmocka_unit_test(test_strndup),
-        cmocka_unit_test(test_blocks_spill), cmocka_unit_test(test_free_then_reuse),
+        cmocka_unit_test(test_cap_enforced),
+        cmocka_unit_test(test_cap_no_overflow),
+        cmocka_unit_test(test_alignment),
+        cmocka_unit_test(test_strndup),
+        cmocka_unit_test(test_blocks_spill),
+        cmocka_unit_test(test_free_then_reuse),
+        cmocka_unit_test(test_reset_keeps_one_block),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
