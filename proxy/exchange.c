@@ -835,6 +835,8 @@ static int p_on_headers_complete(llhttp_t *p)
             connlen = f->value_len;
         }
     }
+    if (conn && !qx_h1_conn_names_fields(conn, connlen))
+        conn = NULL; /* "keep-alive" or "close": no per-field check needed */
     for (size_t i = 0; i < ex->nrf; i++) {
         qx_resp_field_t *f = &ex->rf[i];
         char *name = ex->rhb + f->name_off;

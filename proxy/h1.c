@@ -47,6 +47,26 @@ int qx_h1_list_has_token(const char *list, size_t listlen, const char *name, siz
     return 0;
 }
 
+int qx_h1_conn_names_fields(const char *list, size_t listlen)
+{
+    size_t i = 0;
+    while (i < listlen) {
+        while (i < listlen && (is_ows(list[i]) || list[i] == ','))
+            i++;
+        size_t start = i;
+        while (i < listlen && list[i] != ',')
+            i++;
+        size_t end = i;
+        while (end > start && is_ows(list[end - 1]))
+            end--;
+        size_t n = end - start;
+        if (n > 0 && !(n == 5 && strncasecmp(list + start, "close", 5) == 0) &&
+            !qx_h1_is_hop_by_hop(list + start, n))
+            return 1;
+    }
+    return 0;
+}
+
 static int name_is(const qx_hdr_t *h, const char *lit)
 {
     size_t n = strlen(lit);
@@ -113,6 +133,8 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
             connlen = h->valuelen;
         }
     }
+    if (conn && !qx_h1_conn_names_fields(conn, connlen))
+        conn = NULL; /* nothing beyond the hop-by-hop fields: no per-field check */
 
     put(&o, req->method, req->methodlen);
     put(&o, " ", 1);

@@ -46,6 +46,11 @@ int qx_h1_is_hop_by_hop(const char *name, size_t len);
  * value) names |name|, case-insensitively. */
 int qx_h1_list_has_token(const char *list, size_t listlen, const char *name, size_t namelen);
 
+/* Nonzero when a Connection field value names any field beyond the usual
+ * "close" and "keep-alive" (which name hop-by-hop fields anyway): only then
+ * must every field be checked against the list. */
+int qx_h1_conn_names_fields(const char *list, size_t listlen);
+
 /*
  * Writes the HTTP/1.1 request head for |req| into buf[cap]:
  *   METHOD path HTTP/1.1, Host (from the authority), the fields minus

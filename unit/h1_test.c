@@ -487,6 +487,22 @@ static void test_response_field_allowed(void **state)
     assert_false(allowed("X-FOO", " x-foo\t"));
 }
 
+static void test_conn_names_fields(void **state)
+{
+    (void)state;
+    const char *plain[] = {"keep-alive", "close", "Keep-Alive", " close , keep-alive ",
+                           "",           ",,",    "upgrade",    "close, Transfer-Encoding"};
+    for (size_t i = 0; i < QX_ARRAY_LEN(plain); i++) {
+        if (qx_h1_conn_names_fields(plain[i], strlen(plain[i])))
+            fail_msg("\"%s\" names no end-to-end field", plain[i]);
+    }
+    const char *naming[] = {"x-foo", "close, x-foo", "keep-alive,x-foo", "closed", "keep"};
+    for (size_t i = 0; i < QX_ARRAY_LEN(naming); i++) {
+        if (!qx_h1_conn_names_fields(naming[i], strlen(naming[i])))
+            fail_msg("\"%s\" names a field", naming[i]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -506,6 +522,7 @@ int main(void)
         cmocka_unit_test(test_list_has_token),
         cmocka_unit_test(test_is_hop_by_hop),
         cmocka_unit_test(test_response_field_allowed),
+        cmocka_unit_test(test_conn_names_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
