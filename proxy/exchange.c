@@ -284,6 +284,8 @@ static void exchange_free(qx_exchange_t *ex)
 
 void qx_exchange_cache_free(qx_worker_t *w)
 {
+    free(w->up_scratch);
+    w->up_scratch = NULL;
     while (w->ex_cache) {
         qx_exchange_t *ex = w->ex_cache;
         w->ex_cache = ex->next;
@@ -741,13 +743,39 @@ static void uc_on_read(void *user, ssize_t nread, const char *buf)
         fail(ex, 502);
         return;
     }
-    if (!ex->resp_sized && ex->respbuf && qx_ring_free(&ex->resp) < QX_UPCONN_RBUF) {
+    if (!ex->resp_sized && ex->respbuf && qx_ring_free(&ex->resp) < QX_UP_READ_MIN) {
         ex->resp_paused = 1;
         qx_upconn_read_stop(ex->uc);
     }
 }
 
-static const qx_upconn_cb_t upconn_cb = {uc_on_connect, uc_on_write, uc_on_read};
+/* Once the response head is through, body bytes are read straight into the
+ * response window, where the front sends them from (p_on_body only moves
+ * them back over chunk framing). Heads, and windows with little contiguous
+ * room, use the worker's scratch buffer, never more than the window can
+ * take: a read's body always fits. */
+static void uc_read_buf(void *user, uv_buf_t *buf)
+{
+    qx_exchange_t *ex = user;
+    qx_worker_t *w = ex->w;
+    size_t room = QX_UP_READ;
+    if (ex->respbuf) {
+        qx_ring_t *r = &ex->resp;
+        size_t free = qx_ring_free(r);
+        size_t off = (size_t)(r->fill & (r->cap - 1));
+        size_t contig = QX_MIN(r->cap - off, free);
+        if (ex->resp_head_done && (contig >= QX_UP_READ_MIN || contig == free) && contig > 0) {
+            *buf = uv_buf_init((char *)r->data + off, (unsigned)contig);
+            return;
+        }
+        room = QX_MIN(room, free);
+    }
+    if (w->up_scratch == NULL && (w->up_scratch = malloc(QX_UP_READ)) == NULL)
+        return; /* the connection's own small buffer */
+    *buf = uv_buf_init((char *)w->up_scratch, (unsigned)room);
+}
+
+static const qx_upconn_cb_t upconn_cb = {uc_on_connect, uc_on_write, uc_on_read, uc_read_buf};
 
 static void on_timer(uv_timer_t *t)
 {
@@ -873,8 +901,23 @@ static int p_on_body(llhttp_t *p, const char *at, size_t len)
         fail(ex, 502);
         return HPE_USER;
     }
-    /* Reads are sized so a read's body always fits (see uc_on_read). */
-    qx_ring_write(&ex->resp, (const uint8_t *)at, len);
+    qx_ring_t *r = &ex->resp;
+    if (len > qx_ring_free(r)) { /* reads are sized so this cannot be (uc_read_buf) */
+        QX_ERROR("response window overflow on stream %" PRId64, ex->stream_id);
+        fail(ex, 502);
+        return HPE_USER;
+    }
+    const uint8_t *src = (const uint8_t *)at;
+    if (src >= r->data && src < r->data + r->cap) {
+        /* Read into the window already, at or after its fill point, in
+         * one contiguous run: at most a move back over chunk framing. */
+        uint8_t *dst = r->data + (r->fill & (r->cap - 1));
+        if (dst != src)
+            memmove(dst, src, len);
+        r->fill += len;
+    } else {
+        qx_ring_write(r, src, len);
+    }
     ex->resp_body += len;
     if (!ex->front_gone)
         ex->fops->resume(ex);
@@ -965,7 +1008,7 @@ void qx_exchange_body_end(qx_exchange_t *ex)
 void qx_exchange_resp_acked(qx_exchange_t *ex, size_t n)
 {
     qx_ring_mark_acked(&ex->resp, n);
-    if (ex->resp_paused && ex->uc && qx_ring_free(&ex->resp) >= QX_UPCONN_RBUF) {
+    if (ex->resp_paused && ex->uc && qx_ring_free(&ex->resp) >= QX_UP_READ_MIN) {
         ex->resp_paused = 0;
         qx_upconn_read_start(ex->uc);
     }

@@ -36,6 +36,8 @@
 #define QX_DISCARD_MAX (8 * 1024 * 1024) /* request body read and dropped after an early answer */
 #define QX_EX_INLINE 1024                /* a body window this small lives in the exchange itself */
 #define QX_EX_CACHE 256                  /* finished exchanges a worker keeps for reuse */
+#define QX_UP_READ (64 * 1024)           /* one upstream read, at most */
+#define QX_UP_READ_MIN 4096              /* a response window with less room pauses the upstream */
 
 typedef struct qx_worker qx_worker_t;
 typedef struct qx_exchange qx_exchange_t;

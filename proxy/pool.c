@@ -141,8 +141,13 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     qx_upconn_t *uc = qx_container_of(h, qx_upconn_t, tcp);
     (void)suggested;
-    buf->base = uc->rbuf;
-    buf->len = sizeof(uc->rbuf);
+    buf->len = 0;
+    if (uc->state == QX_UC_BUSY && uc->cb && uc->cb->read_buf)
+        uc->cb->read_buf(uc->user, buf);
+    if (buf->len == 0) {
+        buf->base = uc->rbuf;
+        buf->len = sizeof(uc->rbuf);
+    }
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)

@@ -23,8 +23,8 @@
 #include <sys/socket.h>
 #include <uv.h>
 
-#define QX_UPCONN_RBUF 16384
-#define QX_UPCONN_MAX_BUFS 8      /* buffers in one qx_upconn_write */
+#define QX_UPCONN_RBUF 512   /* the connection's own read buffer (idle reads; users bring theirs) */
+#define QX_UPCONN_MAX_BUFS 8 /* buffers in one qx_upconn_write */
 #define QX_POOL_PEEK_AFTER_MS 200 /* idle this long: checked with MSG_PEEK at checkout */
 
 typedef struct qx_pool qx_pool_t;
@@ -35,6 +35,9 @@ typedef struct qx_upconn_cb {
     void (*on_connect)(void *user, int status);                  /* 0 or a UV_* error */
     void (*on_write)(void *user, int status);                    /* the pending write finished */
     void (*on_read)(void *user, ssize_t nread, const char *buf); /* bytes, UV_EOF or an error */
+    /* Where the next read goes (may be NULL): the user's buffer, or len 0
+     * for the connection's own QX_UPCONN_RBUF bytes. */
+    void (*read_buf)(void *user, uv_buf_t *buf);
 } qx_upconn_cb_t;
 
 typedef enum { QX_UC_CONNECTING, QX_UC_BUSY, QX_UC_IDLE, QX_UC_CLOSING } qx_upconn_state_t;

@@ -69,6 +69,7 @@ struct qx_worker {
     unsigned nexchanges;     /* requests in flight */
     qx_exchange_t *ex_cache; /* finished exchanges kept for reuse (exchange.c) */
     unsigned nex_cache;
+    uint8_t *up_scratch; /* QX_UP_READ bytes: upstream reads that cannot go straight to a window */
     struct sockaddr_storage last_client; /* the address client_ip was last formatted for */
     char last_client_ip[INET6_ADDRSTRLEN];
     unsigned handshakes; /* QUIC handshakes in progress (retry: auto) */

@@ -199,7 +199,7 @@ static void u_read(void *user, ssize_t nread, const char *buf)
     u->rlen += n;
 }
 
-static const qx_upconn_cb_t ucb = {u_connect, u_write, u_read};
+static const qx_upconn_cb_t ucb = {u_connect, u_write, u_read, NULL};
 
 /* ---- fixture ------------------------------------------------------------ */
 
