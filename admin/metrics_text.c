@@ -365,7 +365,8 @@ static void render_upstreams(qx_metrics_text_t *t, const up_ent_t *e, size_t n)
 static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *const *w, size_t nw)
 {
     uint64_t h3 = 0, h2 = 0, h1 = 0, hs_ok = 0, hs_fail = 0, in = 0, out = 0, rejected = 0,
-             resets = 0, retry = 0, badtok = 0, refused = 0, early_ok = 0, early_held = 0;
+             resets = 0, retry = 0, badtok = 0, refused = 0, early_ok = 0, early_held = 0,
+             forwarded = 0;
     for (size_t i = 0; i < nw; i++) {
         h3 += ld(&w[i]->active_connections_h3);
         h2 += ld(&w[i]->active_connections_h2);
@@ -381,6 +382,7 @@ static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *cons
         out += ld(&w[i]->bytes_out);
         rejected += ld(&w[i]->request_body_rejected);
         resets += ld(&w[i]->streams_reset_by_client);
+        forwarded += ld(&w[i]->quic_forwarded);
     }
     family(t, "qrux_active_connections", "gauge", "Client connections open, by protocol.");
     putf(t, "qrux_active_connections{protocol=\"%s\"} %llu\n", qx_metrics_proto_name(QX_P_H3),
@@ -398,6 +400,10 @@ static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *cons
     family(t, "qrux_quic_refused_total", "counter",
            "New QUIC connections refused (CONNECTION_REFUSED): connection limits or draining.");
     putf(t, "qrux_quic_refused_total %llu\n", (unsigned long long)refused);
+    family(t, "qrux_quic_datagrams_forwarded_total", "counter",
+           "Datagrams one worker received for another worker's connection and handed over in "
+           "user space (connection-ID steering missed them, e.g. it could not be attached).");
+    putf(t, "qrux_quic_datagrams_forwarded_total %llu\n", (unsigned long long)forwarded);
     family(t, "qrux_early_data_requests_total", "counter",
            "Requests that arrived in 0-RTT: accepted (forwarded with Early-Data: 1) or held "
            "until the handshake completed (server.early_data: safe).");

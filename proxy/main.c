@@ -10,9 +10,11 @@
 #include "admin.h"
 #include "config.h"
 #include "log.h"
+#include "quic.h"
 #include "qx.h"
 #include "runtime.h"
 #include "snapshot.h"
+#include "steer.h"
 #include "tcp_front.h"
 #include "tls.h"
 #include "watch.h"
@@ -432,6 +434,16 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < nworkers; i++) {
         if (qx_worker_init(&m.workers[i], i, &shared, snap) != 0)
             return 1; /* the reason is logged; nothing has run yet */
+    }
+    if (nworkers > 1) {
+        /* The sockets were bound in worker order: index i is worker i. */
+        int serr = qx_steer_attach(qx_quic_ep_fd(m.workers[0].quic), nworkers);
+        if (serr != 0)
+            QX_WARN("quic: connection-ID steering not attached (%s): a datagram for another "
+                    "worker's connection is handed over in user space",
+                    strerror(serr));
+        else
+            QX_INFO("quic: connection-ID steering attached (%u workers)", nworkers);
     }
     uv_signal_t *sigs[] = {&m.sigterm, &m.sigint, &m.sighup, &m.sigusr1};
     int signums[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};

@@ -82,6 +82,7 @@ typedef struct qx_metrics {
     uint64_t bytes_out;           /* response body bytes to clients */
     uint64_t request_body_rejected;
     uint64_t streams_reset_by_client;
+    uint64_t quic_forwarded; /* datagrams another worker received for our connections */
 } qx_metrics_t;
 
 /* Index of a method name in the QX_M_* set; QX_M_OTHER for anything else. */

@@ -1187,6 +1187,11 @@ unsigned qx_quic_ep_nconns(const qx_quic_ep_t *ep)
     return ep ? ep->nconns : 0;
 }
 
+int qx_quic_ep_fd(const qx_quic_ep_t *ep)
+{
+    return ep->fd;
+}
+
 static void ep_closed(uv_handle_t *h)
 {
     qx_quic_ep_t *ep = h->data;

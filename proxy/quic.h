@@ -40,4 +40,7 @@ void qx_quic_ep_close(qx_quic_ep_t *ep);
 /* Connections open on this endpoint. */
 unsigned qx_quic_ep_nconns(const qx_quic_ep_t *ep);
 
+/* The endpoint's UDP socket (bound in qx_quic_ep_new). */
+int qx_quic_ep_fd(const qx_quic_ep_t *ep);
+
 #endif

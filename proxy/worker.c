@@ -330,6 +330,7 @@ static void on_inbox(uv_async_t *h)
     }
     while (rev) {
         struct qx_fwd_pkt *next = rev->next;
+        qx_cnt_add(&w->metrics.quic_forwarded, 1);
         if (w->quic)
             qx_quic_ep_input(w->quic, (struct sockaddr *)&rev->local, rev->locallen,
                              (struct sockaddr *)&rev->remote, rev->remotelen, rev->data, rev->len);

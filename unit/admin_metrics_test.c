@@ -382,12 +382,16 @@ static void test_worker_scalars(void **state)
     f->w[0]->bytes_out = 1;
     f->w[0]->request_body_rejected = 4;
     f->w[1]->streams_reset_by_client = 6;
+    f->w[0]->quic_forwarded = 2;
+    f->w[1]->quic_forwarded = 3;
     const char *t = render(f, 2);
     assert_line(t, "# TYPE qrux_active_connections gauge");
     assert_line(t, "qrux_active_connections{protocol=\"h3\"} 5");
     assert_line(t, "# TYPE qrux_quic_handshakes_total counter");
     assert_line(t, "qrux_quic_handshakes_total{result=\"success\"} 15");
     assert_line(t, "qrux_quic_handshakes_total{result=\"failure\"} 1");
+    assert_line(t, "# TYPE qrux_quic_datagrams_forwarded_total counter");
+    assert_line(t, "qrux_quic_datagrams_forwarded_total 5");
     assert_line(t, "qrux_bytes_total{direction=\"in\"} 100");
     assert_line(t, "qrux_bytes_total{direction=\"out\"} 2001");
     assert_line(t, "# TYPE qrux_request_body_rejected_total counter");
