@@ -19,6 +19,7 @@ static const llhttp_settings_t parser_settings;
 static void ex_release_upstream(qx_exchange_t *ex, int reusable);
 static void pump_write(qx_exchange_t *ex);
 static void uc_on_write(void *user, int status);
+static void pump_unqueue(qx_exchange_t *ex);
 static void dispatch(qx_exchange_t *ex, int fresh_only);
 static void build_and_dispatch(qx_exchange_t *ex);
 static void client_ip(qx_worker_t *w, const struct sockaddr *client, char *out);
@@ -311,6 +312,7 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
     int status = ex->status ? ex->status : 499; /* client went away before an answer */
 
     ex->front_gone = 1;
+    pump_unqueue(ex);
     /* A response cut short leaves the upstream connection mid-message. */
     ex_release_upstream(ex, 0);
     timer_stop(ex);
@@ -615,6 +617,51 @@ static void upstream_broken(qx_exchange_t *ex, const char *what)
     if (!ex->resp_head_done)
         qx_cnt_add(&up_row(ex)->protocol_errors, 1);
     fail(ex, 502);
+}
+
+/* Body bytes arrive a datagram (or a TLS record) at a time; writing each
+ * at once would be a write per ~1,200 bytes. They are written once the
+ * loop has handled this round's input (the worker's uv_check), together. */
+static void pump_later(qx_exchange_t *ex)
+{
+    qx_worker_t *w = ex->w;
+    if (ex->pump_queued)
+        return;
+    ex->pump_queued = 1;
+    ex->pump_prev = NULL;
+    ex->pump_next = w->pump_head;
+    if (w->pump_head)
+        w->pump_head->pump_prev = ex;
+    else
+        uv_check_start(&w->pump, qx_exchange_on_pump);
+    w->pump_head = ex;
+}
+
+static void pump_unqueue(qx_exchange_t *ex)
+{
+    qx_worker_t *w = ex->w;
+    if (!ex->pump_queued)
+        return;
+    if (ex->pump_prev)
+        ex->pump_prev->pump_next = ex->pump_next;
+    else
+        w->pump_head = ex->pump_next;
+    if (ex->pump_next)
+        ex->pump_next->pump_prev = ex->pump_prev;
+    ex->pump_queued = 0;
+    ex->pump_prev = ex->pump_next = NULL;
+    if (w->pump_head == NULL)
+        uv_check_stop(&w->pump);
+}
+
+void qx_exchange_on_pump(uv_check_t *h)
+{
+    qx_worker_t *w = qx_container_of(h, qx_worker_t, pump);
+    while (w->pump_head) {
+        qx_exchange_t *ex = w->pump_head;
+        pump_unqueue(ex);
+        pump_write(ex);
+    }
 }
 
 /* Writes what can go up now: the head once, then body bytes from the window
@@ -989,7 +1036,7 @@ void qx_exchange_body(qx_exchange_t *ex, const uint8_t *data, size_t len)
         return;
     }
     qx_ring_write(&ex->req, data, len);
-    pump_write(ex);
+    pump_later(ex);
 }
 
 void qx_exchange_body_end(qx_exchange_t *ex)
@@ -1002,7 +1049,7 @@ void qx_exchange_body_end(qx_exchange_t *ex)
         fail(ex, 400); /* content-length disagrees with the body */
         return;
     }
-    pump_write(ex);
+    pump_later(ex);
 }
 
 void qx_exchange_resp_acked(qx_exchange_t *ex, size_t n)

@@ -80,7 +80,9 @@ struct qx_exchange {
     int front_gone;
     qx_snapshot_t *snap;
     uint64_t start_ns;
-    int timer_phase; /* 0 none, 1 connect, 2 request */
+    int timer_phase;                      /* 0 none, 1 connect, 2 request */
+    qx_exchange_t *pump_prev, *pump_next; /* the worker's pump list */
+    int pump_queued;
 
     /* request */
     const char *sni; /* owned by the front connection; valid until headers done */
@@ -187,6 +189,10 @@ void qx_exchange_resp_acked(qx_exchange_t *ex, size_t n);
  * chunked body, 408 for a stalled one) before qx_exchange_front_closed():
  * the access log and the metrics record that status. */
 void qx_exchange_front_answered(qx_exchange_t *ex, int status);
+
+/* The worker's uv_check callback: writes the request bodies that came in
+ * during this loop iteration (see pump_later in exchange.c). */
+void qx_exchange_on_pump(uv_check_t *h);
 
 /* Frees the exchanges the worker keeps for reuse (its loop has ended). */
 void qx_exchange_cache_free(qx_worker_t *w);

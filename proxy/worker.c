@@ -97,6 +97,7 @@ int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot
     pthread_mutex_init(&w->inbox_lock, NULL);
     uv_timer_init(&w->loop, &w->tick);
     uv_timer_init(&w->loop, &w->grace);
+    uv_check_init(&w->loop, &w->pump);
     return 0;
 }
 
@@ -194,6 +195,7 @@ static void stop_now(qx_worker_t *w)
     }
     del_retired(w);
     uv_close((uv_handle_t *)&w->tick, NULL);
+    uv_close((uv_handle_t *)&w->pump, NULL);
     uv_close((uv_handle_t *)&w->grace, NULL);
     uv_close((uv_handle_t *)&w->wakeup, NULL);
     uv_close((uv_handle_t *)&w->inbox_async, NULL);

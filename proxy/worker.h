@@ -62,12 +62,14 @@ struct qx_worker {
     uint32_t *rr;        /* round-robin cursor per route */
     qx_metrics_t metrics;
     qx_quic_ep_t *quic;
-    qx_tcp_front_t *tcp;     /* HTTPS fallback listener; NULL when not configured */
-    uv_timer_t tick;         /* pool sweep, liveness tick, drain checks */
-    uv_timer_t grace;        /* graceful_shutdown_secs deadline */
-    uint64_t last_tick_ms;   /* atomic, uv_hrtime() in ms; read by the admin thread (livez) */
-    unsigned nexchanges;     /* requests in flight */
-    qx_exchange_t *ex_cache; /* finished exchanges kept for reuse (exchange.c) */
+    qx_tcp_front_t *tcp;      /* HTTPS fallback listener; NULL when not configured */
+    uv_timer_t tick;          /* pool sweep, liveness tick, drain checks */
+    uv_check_t pump;          /* after the loop's I/O: request bodies go upstream (exchange.c) */
+    qx_exchange_t *pump_head; /* exchanges with request body bytes to write */
+    uv_timer_t grace;         /* graceful_shutdown_secs deadline */
+    uint64_t last_tick_ms;    /* atomic, uv_hrtime() in ms; read by the admin thread (livez) */
+    unsigned nexchanges;      /* requests in flight */
+    qx_exchange_t *ex_cache;  /* finished exchanges kept for reuse (exchange.c) */
     unsigned nex_cache;
     uint8_t *up_scratch; /* QX_UP_READ bytes: upstream reads that cannot go straight to a window */
     struct sockaddr_storage last_client; /* the address client_ip was last formatted for */
