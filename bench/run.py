@@ -786,9 +786,10 @@ def main():
     ap.add_argument("--idle", type=int, default=10000,
                     help="idle connections for the RSS measure (default 10000; 0 = skip)")
     ap.add_argument("--h2-requests", type=int, default=40000, help="h2load -n (default 40000)")
-    ap.add_argument("--only", default="qrux-w1,qrux-w2,qrux-w1-pool512,caddy,https,scaling",
+    ap.add_argument("--only", default="qrux-w1,qrux-w2,caddy,https,scaling",
                     help="comma list of: qrux-w1, qrux-w2, qrux-w1-pool512 (1 worker with "
-                    "max_idle_connections_per_upstream: 512), caddy, https, scaling, profile")
+                    "max_idle_connections_per_upstream: 512; the default is 256), caddy, "
+                    "https, scaling, profile")
     ap.add_argument("--profile", action="store_true", help="also run qrux under callgrind")
     ap.add_argument("--profile-requests", type=int, default=4000,
                     help="requests under callgrind (default 4000)")
