@@ -14,7 +14,8 @@ Paths (query strings allowed everywhere):
   /echo            JSON: method, target, version, headers as received (case,
                    order and duplicates kept), body sha256 and length, whether
                    the body came chunked, trailers, our port, connection number
-  /upload          same as /echo (the name says what the test means)
+  /upload          same as /echo (the name says what the test means);
+                   ?sha256=HEX answers 422 when the body's hash differs
   /bytes/N         N pattern bytes (see pattern()), Content-Length
   /chunked/N       the same bytes, chunked, odd chunk sizes, some chunk
                    extensions; ?trailers=1 adds a trailer section
@@ -325,7 +326,9 @@ class Conn:
                 "port": self.server.port, "conn": self.seq, "req_on_conn": self.nreq,
             }
             body = (json.dumps(doc) + "\n").encode()
-            return self.respond(req, 200, [("Content-Type", "application/json")], body)
+            want = q.get("sha256")
+            status = 422 if want and want != doc["body_sha256"] else 200
+            return self.respond(req, status, [("Content-Type", "application/json")], body)
 
         if first == "bytes":
             n = num(1)

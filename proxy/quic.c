@@ -991,10 +991,11 @@ static void read_datagrams(qx_quic_ep_t *ep)
     for (int i = 0; i < RX_BATCH; i++) {
         struct sockaddr_storage remote, local;
         union {
-            char
-                buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(struct in_pktinfo))];
+            char buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) +
+                     CMSG_SPACE(sizeof(struct in_pktinfo)) + CMSG_SPACE(sizeof(int))];
             struct cmsghdr align;
         } cm;
+        size_t seg = 0; /* UDP GRO: the datagrams' size when several came as one */
         struct iovec iov = {ep->rxbuf, sizeof(ep->rxbuf)};
         struct msghdr msg = {0};
         msg.msg_name = &remote;
@@ -1014,7 +1015,11 @@ static void read_datagrams(qx_quic_ep_t *ep)
         socklen_t locallen = 0;
         memset(&local, 0, sizeof(local));
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-            if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+            if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+                int s;
+                memcpy(&s, CMSG_DATA(c), sizeof(s));
+                seg = s > 0 ? (size_t)s : 0;
+            } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
                 struct in6_pktinfo pi;
                 memcpy(&pi, CMSG_DATA(c), sizeof(pi));
                 struct sockaddr_in6 *l6 = (struct sockaddr_in6 *)&local;
@@ -1053,8 +1058,14 @@ static void read_datagrams(qx_quic_ep_t *ep)
         }
         if (n == 0)
             continue;
-        on_datagram(ep, (struct sockaddr *)&local, locallen, (struct sockaddr *)&remote,
-                    msg.msg_namelen, ep->rxbuf, (size_t)n, 0);
+        /* With UDP_GRO the kernel may hand over several datagrams of one
+         * flow at once, each seg bytes but the last: split them again. */
+        size_t len = (size_t)n;
+        size_t step = seg > 0 && seg < len ? seg : len;
+        for (size_t off = 0; off < len; off += step) {
+            on_datagram(ep, (struct sockaddr *)&local, locallen, (struct sockaddr *)&remote,
+                        msg.msg_namelen, ep->rxbuf + off, QX_MIN(step, len - off), 0);
+        }
     }
 }
 
@@ -1123,6 +1134,10 @@ int qx_quic_ep_new(qx_quic_ep_t **out, qx_worker_t *w, const struct sockaddr *ad
     }
     if (setsockopt(ep->fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one)) == -1)
         goto fail;
+    /* Receive coalesced datagrams (UDP GRO, Linux 5.0): one recvmsg for a
+     * run of a flow's datagrams, e.g. a client's GSO burst. Optional. */
+    if (setsockopt(ep->fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == -1)
+        QX_DEBUG("quic: UDP_GRO not available: %s", strerror(errno));
     int bufsz = 4 * 1024 * 1024;
     setsockopt(ep->fd, SOL_SOCKET, SO_RCVBUF, &bufsz, sizeof(bufsz));
     setsockopt(ep->fd, SOL_SOCKET, SO_SNDBUF, &bufsz, sizeof(bufsz));
