@@ -115,7 +115,6 @@ static void discard_request_body(qx_exchange_t *ex)
 static void local_response(qx_exchange_t *ex, int status)
 {
     char body[96];
-    char clen[24];
     int n = snprintf(body, sizeof(body), "%d %s\n", status, qx_h1_reason(status));
 
     ex_release_upstream(ex, 0);
@@ -137,10 +136,10 @@ static void local_response(qx_exchange_t *ex, int status)
     }
     ex->resp_eof = 1;
     ex->resp_complete = 1;
-    int cl = snprintf(clen, sizeof(clen), "%d", n);
+    int cl = snprintf(ex->local_clen, sizeof(ex->local_clen), "%d", n);
     qx_hdr_t hdrs[] = {
         {"content-type", 12, "text/plain; charset=utf-8", 25},
-        {"content-length", 14, clen, (size_t)cl},
+        {"content-length", 14, ex->local_clen, (size_t)cl},
     };
     if (ex->fops->respond(ex, status, hdrs, QX_ARRAY_LEN(hdrs), with_body) != 0)
         ex->fops->abort(ex);
@@ -858,6 +857,8 @@ static int rhb_append(qx_exchange_t *ex, const char *at, size_t len)
 static int p_on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     qx_exchange_t *ex = p->data;
+    if (ex->resp_head_done)
+        return 0; /* trailers are not forwarded; rhb must not move (respond) */
     if (ex->rf_in_value || ex->nrf == 0) {
         if (ex->nrf >= QX_MAX_HEADERS)
             return -1;
@@ -873,6 +874,8 @@ static int p_on_header_field(llhttp_t *p, const char *at, size_t len)
 static int p_on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     qx_exchange_t *ex = p->data;
+    if (ex->resp_head_done)
+        return 0;
     qx_resp_field_t *f = &ex->rf[ex->nrf - 1];
     if (!ex->rf_in_value) {
         ex->rf_in_value = 1;

@@ -47,7 +47,9 @@ typedef struct qx_front_ops {
     const char *proto; /* "h3", "h2", "h1": the access log's label */
     int proto_idx;     /* QX_P_*: the metrics label */
     /* Sends the response head. has_body 0 ends the stream after it. Body
-     * bytes are then pulled from ex->resp when resume() says so. */
+     * bytes are then pulled from ex->resp when resume() says so. The
+     * fields' strings stay valid until qx_exchange_front_closed(): a front
+     * may point at them rather than copy them. */
     int (*respond)(qx_exchange_t *ex, int status, const qx_hdr_t *hdrs, size_t n, int has_body);
     /* ex->resp has new bytes, or ex->resp_eof was set. */
     void (*resume)(qx_exchange_t *ex);
@@ -142,6 +144,8 @@ struct qx_exchange {
     qx_ring_t resp;
     uint8_t *respbuf;
     const char *local_body; /* our own error body */
+    char local_clen[24];    /* our own answer's content-length value */
+    char status_text[4];    /* the status as 3 digits, for fronts that point at it */
 
     /* Everything above is cleared for each request; what follows is kept
      * while the exchange waits in its worker's cache (QX_EX_CACHE), or

@@ -57,20 +57,21 @@ static int h3_respond(qx_exchange_t *ex, int status, const qx_hdr_t *hdrs, size_
 {
     qx_quic_conn_t *qc = conn_of(ex);
     nghttp3_nv nva[QX_MAX_HEADERS + 1];
-    char st[4];
+    char *st = ex->status_text;
     static const nghttp3_data_reader dr = {read_data};
+    /* The strings outlive the HEADERS frame (exchange.h, respond): no copy. */
+    const uint8_t nocopy = NGHTTP3_NV_FLAG_NO_COPY_NAME | NGHTTP3_NV_FLAG_NO_COPY_VALUE;
 
     if (status < 100 || status > 999 || n > QX_MAX_HEADERS)
         return QX_ERR_INVAL;
     st[0] = (char)('0' + status / 100);
     st[1] = (char)('0' + status / 10 % 10);
     st[2] = (char)('0' + status % 10);
-    nva[0] = (nghttp3_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3, NGHTTP3_NV_FLAG_NONE};
+    nva[0] = (nghttp3_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3, nocopy};
     for (size_t i = 0; i < n; i++) {
         nva[i + 1] = (nghttp3_nv){(uint8_t *)hdrs[i].name, (uint8_t *)hdrs[i].value,
-                                  hdrs[i].namelen, hdrs[i].valuelen, NGHTTP3_NV_FLAG_NONE};
+                                  hdrs[i].namelen, hdrs[i].valuelen, nocopy};
     }
-    /* nghttp3 copies the fields, so the exchange's buffers may go. */
     int rv = nghttp3_conn_submit_response(qc->h3, ex->stream_id, nva, n + 1, has_body ? &dr : NULL);
     if (rv != 0) {
         QX_DEBUG("h3: submit_response: %s", nghttp3_strerror(rv));
