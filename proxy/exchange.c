@@ -619,8 +619,11 @@ static void upstream_broken(qx_exchange_t *ex, const char *what)
 }
 
 /* Body bytes arrive a datagram (or a TLS record) at a time; writing each
- * at once would be a write per ~1,200 bytes. They are written once the
- * loop has handled this round's input (the worker's uv_check), together. */
+ * at once would be a write per ~1,200 bytes. They are written together
+ * once the loop has handled this round's input, before it polls again (the
+ * worker's uv_prepare). Not a uv_check: one queued from another check
+ * (the HTTPS front's flush) would wait for the next I/O event, while the
+ * front waits for the window this write frees. */
 static void pump_later(qx_exchange_t *ex)
 {
     qx_worker_t *w = ex->w;
@@ -632,7 +635,7 @@ static void pump_later(qx_exchange_t *ex)
     if (w->pump_head)
         w->pump_head->pump_prev = ex;
     else
-        uv_check_start(&w->pump, qx_exchange_on_pump);
+        uv_prepare_start(&w->pump, qx_exchange_on_pump);
     w->pump_head = ex;
 }
 
@@ -650,10 +653,10 @@ static void pump_unqueue(qx_exchange_t *ex)
     ex->pump_queued = 0;
     ex->pump_prev = ex->pump_next = NULL;
     if (w->pump_head == NULL)
-        uv_check_stop(&w->pump);
+        uv_prepare_stop(&w->pump);
 }
 
-void qx_exchange_on_pump(uv_check_t *h)
+void qx_exchange_on_pump(uv_prepare_t *h)
 {
     qx_worker_t *w = qx_container_of(h, qx_worker_t, pump);
     while (w->pump_head) {

@@ -194,9 +194,9 @@ void qx_exchange_resp_acked(qx_exchange_t *ex, size_t n);
  * the access log and the metrics record that status. */
 void qx_exchange_front_answered(qx_exchange_t *ex, int status);
 
-/* The worker's uv_check callback: writes the request bodies that came in
- * during this loop iteration (see pump_later in exchange.c). */
-void qx_exchange_on_pump(uv_check_t *h);
+/* The worker's uv_prepare callback: writes the request bodies that came in
+ * since the last poll (see pump_later in exchange.c). */
+void qx_exchange_on_pump(uv_prepare_t *h);
 
 /* Frees the exchanges the worker keeps for reuse (its loop has ended). */
 void qx_exchange_cache_free(qx_worker_t *w);

@@ -98,7 +98,7 @@ int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot
     pthread_mutex_init(&w->inbox_lock, NULL);
     uv_timer_init(&w->loop, &w->tick);
     uv_timer_init(&w->loop, &w->grace);
-    uv_check_init(&w->loop, &w->pump);
+    uv_prepare_init(&w->loop, &w->pump);
     return 0;
 }
 

@@ -65,7 +65,7 @@ struct qx_worker {
     qx_quic_ep_t *quic;
     qx_tcp_front_t *tcp;      /* HTTPS fallback listener; NULL when not configured */
     uv_timer_t tick;          /* pool sweep, liveness tick, drain checks */
-    uv_check_t pump;          /* after the loop's I/O: request bodies go upstream (exchange.c) */
+    uv_prepare_t pump;        /* before the next poll: request bodies go upstream (exchange.c) */
     qx_exchange_t *pump_head; /* exchanges with request body bytes to write */
     uv_timer_t grace;         /* graceful_shutdown_secs deadline */
     uint64_t last_tick_ms;    /* atomic, uv_hrtime() in ms; read by the admin thread (livez) */
