@@ -313,8 +313,7 @@ int qx_h3_setup(qx_quic_conn_t *qc)
     settings.max_field_section_size = QX_MAX_HEADER_BYTES;
     settings.qpack_max_dtable_capacity = 4096;
     settings.qpack_blocked_streams = 100;
-    if (nghttp3_conn_server_new(&qc->h3, &h3_callbacks, &settings,
-                                &qx_quic_conn_worker(qc)->qmem.nghttp3, qc) != 0)
+    if (nghttp3_conn_server_new(&qc->h3, &h3_callbacks, &settings, NULL, qc) != 0)
         return NGTCP2_ERR_CALLBACK_FAILURE;
     /* What the transport parameters granted; ngtcp2 raises it as streams
      * close (extend_max_remote_streams_bidi), never lowers it. */

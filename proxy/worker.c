@@ -62,7 +62,6 @@ int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot
     int rv;
 
     memset(w, 0, sizeof(*w));
-    qx_qmem_init(&w->qmem);
     w->id = id;
     w->shared = shared;
     set_state(w, QX_W_STARTING);
@@ -389,7 +388,6 @@ void qx_worker_free(qx_worker_t *w)
     }
     del_retired(w);
     qx_exchange_cache_free(w);
-    qx_qmem_trim(&w->qmem);
     free(w->pools);
     free(w->rr);
     while (w->inbox) {

@@ -10,7 +10,6 @@
 
 #include "metrics.h"
 #include "pool.h"
-#include "qmem.h"
 #include "snapshot.h"
 
 #include <netinet/in.h>
@@ -70,7 +69,6 @@ struct qx_worker {
     uv_timer_t grace;         /* graceful_shutdown_secs deadline */
     uint64_t last_tick_ms;    /* atomic, uv_hrtime() in ms; read by the admin thread (livez) */
     unsigned nexchanges;      /* requests in flight */
-    qx_qmem_t qmem;           /* ngtcp2's and nghttp3's allocations */
     qx_exchange_t *ex_cache;  /* finished exchanges kept for reuse (exchange.c) */
     unsigned nex_cache;
     uint8_t *up_scratch; /* QX_UP_READ bytes: upstream reads that cannot go straight to a window */

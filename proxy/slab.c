@@ -1,5 +1,5 @@
-/* qmem.c - per-worker size-class free lists (see qmem.h). */
-#include "qmem.h"
+/* slab.c - per-worker size-class free lists (see slab.h). */
+#include "slab.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -7,7 +7,7 @@
 
 #define BIG 0xffu /* the header's class for a block from plain malloc */
 
-static const size_t class_size[QX_QMEM_CLASSES] = {32,  48,  64,   96,   128,  192,  256, 384,
+static const size_t class_size[QX_SLAB_CLASSES] = {32,  48,  64,   96,   128,  192,  256, 384,
                                                    512, 768, 1024, 1536, 2048, 3072, 4096};
 
 /* Every block starts with a header of one max_align_t, so what the caller
@@ -23,14 +23,14 @@ typedef union hdr {
 
 static unsigned class_of(size_t size)
 {
-    for (unsigned c = 0; c < QX_QMEM_CLASSES; c++) {
+    for (unsigned c = 0; c < QX_SLAB_CLASSES; c++) {
         if (size <= class_size[c])
             return c;
     }
     return BIG;
 }
 
-void *qx_qmem_malloc(qx_qmem_t *m, size_t size)
+void *qx_slab_malloc(qx_slab_t *m, size_t size)
 {
     unsigned c = class_of(size);
     hdr_t *b;
@@ -50,23 +50,23 @@ void *qx_qmem_malloc(qx_qmem_t *m, size_t size)
     return b + 1;
 }
 
-void *qx_qmem_calloc(qx_qmem_t *m, size_t nmemb, size_t size)
+void *qx_slab_calloc(qx_slab_t *m, size_t nmemb, size_t size)
 {
     if (size != 0 && nmemb > SIZE_MAX / size)
         return NULL;
-    void *p = qx_qmem_malloc(m, nmemb * size);
+    void *p = qx_slab_malloc(m, nmemb * size);
     if (p)
         memset(p, 0, nmemb * size);
     return p;
 }
 
-void qx_qmem_free(qx_qmem_t *m, void *p)
+void qx_slab_free(qx_slab_t *m, void *p)
 {
     if (p == NULL)
         return;
     hdr_t *b = (hdr_t *)p - 1;
     unsigned c = b->h.cls;
-    if (c == BIG || m->nfree[c] * class_size[c] >= QX_QMEM_KEEP) {
+    if (c == BIG || m->nfree[c] * class_size[c] >= QX_SLAB_KEEP) {
         free(b);
         return;
     }
@@ -75,49 +75,25 @@ void qx_qmem_free(qx_qmem_t *m, void *p)
     m->nfree[c]++;
 }
 
-void *qx_qmem_realloc(qx_qmem_t *m, void *p, size_t size)
+void *qx_slab_realloc(qx_slab_t *m, void *p, size_t size)
 {
     if (p == NULL)
-        return qx_qmem_malloc(m, size);
+        return qx_slab_malloc(m, size);
     hdr_t *b = (hdr_t *)p - 1;
     size_t have = b->h.size;
     if (size <= have && b->h.cls != BIG)
         return p; /* the class's block has room */
-    void *n = qx_qmem_malloc(m, size);
+    void *n = qx_slab_malloc(m, size);
     if (n == NULL)
         return NULL;
     memcpy(n, p, have < size ? have : size);
-    qx_qmem_free(m, p);
+    qx_slab_free(m, p);
     return n;
 }
 
-static void *lib_malloc(size_t size, void *ud)
+void qx_slab_trim(qx_slab_t *m)
 {
-    return qx_qmem_malloc(ud, size);
-}
-static void lib_free(void *p, void *ud)
-{
-    qx_qmem_free(ud, p);
-}
-static void *lib_calloc(size_t nmemb, size_t size, void *ud)
-{
-    return qx_qmem_calloc(ud, nmemb, size);
-}
-static void *lib_realloc(void *p, size_t size, void *ud)
-{
-    return qx_qmem_realloc(ud, p, size);
-}
-
-void qx_qmem_init(qx_qmem_t *m)
-{
-    memset(m, 0, sizeof(*m));
-    m->ngtcp2 = (ngtcp2_mem){m, lib_malloc, lib_free, lib_calloc, lib_realloc};
-    m->nghttp3 = (nghttp3_mem){m, lib_malloc, lib_free, lib_calloc, lib_realloc};
-}
-
-void qx_qmem_trim(qx_qmem_t *m)
-{
-    for (unsigned c = 0; c < QX_QMEM_CLASSES; c++) {
+    for (unsigned c = 0; c < QX_SLAB_CLASSES; c++) {
         while (m->free[c]) {
             hdr_t *b = m->free[c];
             m->free[c] = b->next;
