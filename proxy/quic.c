@@ -280,6 +280,25 @@ static void conn_timer_closed(uv_handle_t *h)
     free(qc);
 }
 
+/* Frees the TLS session, and the credentials it used. Once the handshake
+ * is done a QUIC server has no TLS work left: the session ticket went out
+ * with the handshake (ngtcp2 holds a copy of it until it is acknowledged),
+ * packet protection and key updates use ngtcp2's own keys, and a client
+ * has no TLS message to send afterwards (recv_crypto_data_cb refuses
+ * one). Freeing the session then saves its ~10 KiB on every open
+ * connection. */
+static void release_tls(qx_quic_conn_t *qc)
+{
+    if (qc->tls) {
+        if (qc->conn)
+            ngtcp2_conn_set_tls_native_handle(qc->conn, NULL);
+        gnutls_deinit(qc->tls);
+        qc->tls = NULL;
+    }
+    qx_tls_unref(qc->creds); /* after the session that used them */
+    qc->creds = NULL;
+}
+
 /* Frees the connection now. Never called from inside an ngtcp2 or nghttp3
  * callback: only from the flush (uv_check) or endpoint shutdown. */
 static void conn_del(qx_quic_conn_t *qc)
@@ -325,9 +344,8 @@ static void conn_del(qx_quic_conn_t *qc)
     free(qc->stash);
     if (qc->conn)
         ngtcp2_conn_del(qc->conn);
-    if (qc->tls)
-        gnutls_deinit(qc->tls);
-    qx_tls_unref(qc->creds); /* after the session that used them */
+    qc->conn = NULL;
+    release_tls(qc);
     uv_close((uv_handle_t *)&qc->timer, conn_timer_closed);
     qx_worker_maybe_done(w);
 }
@@ -397,6 +415,8 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
     size_t maxpkt = ngtcp2_conn_get_max_tx_udp_payload_size(qc->conn);
     size_t batch = ep->no_gso ? 1 : TX_BATCH_PKTS;
 
+    if (qc->tls && qc->handshake_done)
+        release_tls(qc); /* not inside the callback: gnutls may be on the stack */
     if (qc->stash) {
         int rv =
             send_pkts(ep, (const struct sockaddr *)&qc->local, (const struct sockaddr *)&qc->remote,
@@ -589,6 +609,8 @@ void qx_quic_conn_read_sni(qx_quic_conn_t *qc)
 {
     size_t len = sizeof(qc->sni) - 1;
     unsigned type;
+    if (qc->tls == NULL)
+        return; /* read already, before the session was released */
     if (gnutls_server_name_get(qc->tls, qc->sni, &len, &type, 0) == 0 && type == GNUTLS_NAME_DNS) {
         qc->sni[len] = '\0';
         for (size_t i = 0; i < len; i++)
@@ -636,6 +658,22 @@ static int recv_rx_key_cb(ngtcp2_conn *conn, ngtcp2_crypto_level level, void *us
     return qx_h3_setup(user_data);
 }
 
+/* CRYPTO data goes to GnuTLS while the handshake runs. After it, with the
+ * session released (release_tls), none is legal from a client: TLS 1.3
+ * has no client message after Finished here (no post-handshake
+ * authentication is asked for) and QUIC forbids KeyUpdate (RFC 9001 §6). */
+static int recv_crypto_data_cb(ngtcp2_conn *conn, ngtcp2_crypto_level level, uint64_t offset,
+                               const uint8_t *data, size_t datalen, void *user_data)
+{
+    qx_quic_conn_t *qc = user_data;
+    if (qc->tls == NULL) {
+        ngtcp2_connection_close_error_set_transport_error_tls_alert(
+            &qc->ccerr, GNUTLS_A_UNEXPECTED_MESSAGE, NULL, 0);
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    }
+    return ngtcp2_crypto_recv_crypto_data_cb(conn, level, offset, data, datalen, user_data);
+}
+
 static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 {
     qx_quic_conn_t *qc = qx_container_of(ref, qx_quic_conn_t, conn_ref);
@@ -644,7 +682,7 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 
 static const ngtcp2_callbacks callbacks = {
     .recv_client_initial = ngtcp2_crypto_recv_client_initial_cb,
-    .recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb,
+    .recv_crypto_data = recv_crypto_data_cb,
     .handshake_completed = handshake_completed_cb,
     .encrypt = ngtcp2_crypto_encrypt_cb,
     .decrypt = ngtcp2_crypto_decrypt_cb,
