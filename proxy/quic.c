@@ -59,6 +59,7 @@ struct qx_quic_ep {
     int no_gso;                    /* the kernel refused UDP_SEGMENT once */
     struct sockaddr_storage bound; /* the socket's own address (read once, after bind) */
     socklen_t boundlen;
+    gnutls_hmac_hd_t reset_mac; /* keyed with the shared static secret (reset_token) */
 };
 
 static ngtcp2_tstamp now_ns(void)
@@ -573,6 +574,23 @@ static void rand_cb(uint8_t *dest, size_t len, const ngtcp2_rand_ctx *ctx)
     gnutls_rnd(GNUTLS_RND_RANDOM, dest, len);
 }
 
+/* The stateless reset token of a CID: HMAC-SHA256(static secret, CID),
+ * its first 16 bytes (RFC 9000 §10.3.2). Every worker keys its own handle
+ * with the same secret, so any of them (or a restarted process reading the
+ * same ticket_key_file) computes the same token. One MAC on a kept key
+ * costs ~3 k instructions, ngtcp2_crypto_generate_stateless_reset_token's
+ * HKDF through GnuTLS ~44 k: a client asks for up to 8 CIDs. Returns 0 or
+ * -1. */
+static int reset_token(qx_quic_ep_t *ep, uint8_t *token, const ngtcp2_cid *cid)
+{
+    uint8_t d[32];
+    if (gnutls_hmac(ep->reset_mac, cid->data, cid->datalen) != 0)
+        return -1;
+    gnutls_hmac_output(ep->reset_mac, d); /* and the handle is ready for the next */
+    memcpy(token, d, NGTCP2_STATELESS_RESET_TOKENLEN);
+    return 0;
+}
+
 static int new_cid(qx_quic_conn_t *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen)
 {
     qx_worker_t *w = qc->ep->w;
@@ -580,8 +598,7 @@ static int new_cid(qx_quic_conn_t *qc, ngtcp2_cid *cid, uint8_t *token, size_t c
         return -1;
     cid->data[0] = (uint8_t)w->id; /* the steering byte (issue 7) */
     cid->datalen = cidlen;
-    if (ngtcp2_crypto_generate_stateless_reset_token(token, w->shared->static_secret,
-                                                     sizeof(w->shared->static_secret), cid) != 0)
+    if (reset_token(qc->ep, token, cid) != 0)
         return -1;
     return 0;
 }
@@ -853,8 +870,7 @@ static void send_stateless_reset(qx_quic_ep_t *ep, const ngtcp2_version_cid *vc,
     if (randlen > sizeof(rnd))
         randlen = sizeof(rnd);
     ngtcp2_cid_init(&cid, vc->dcid, vc->dcidlen);
-    if (ngtcp2_crypto_generate_stateless_reset_token(
-            token, ep->w->shared->static_secret, sizeof(ep->w->shared->static_secret), &cid) != 0)
+    if (reset_token(ep, token, &cid) != 0)
         return;
     gnutls_rnd(GNUTLS_RND_NONCE, rnd, randlen);
     ngtcp2_ssize n = ngtcp2_pkt_write_stateless_reset(buf, sizeof(buf), token, rnd, randlen);
@@ -1143,6 +1159,11 @@ int qx_quic_ep_new(qx_quic_ep_t **out, qx_worker_t *w, const struct sockaddr *ad
     ep->w = w;
     ep->family = addr->sa_family;
     ep->accepting = 1;
+    if (gnutls_hmac_init(&ep->reset_mac, GNUTLS_MAC_SHA256, w->shared->static_secret,
+                         sizeof(w->shared->static_secret)) != 0) {
+        free(ep);
+        return QX_ERR_NOMEM;
+    }
     if (addr->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, name, sizeof(name));
     else
@@ -1177,6 +1198,7 @@ fail:
              ntohs(((const struct sockaddr_in *)addr)->sin_port), strerror(errno));
     if (ep->fd > 0)
         close(ep->fd);
+    gnutls_hmac_deinit(ep->reset_mac, NULL);
     free(ep);
     return QX_ERR_IO;
 }
@@ -1230,6 +1252,7 @@ static void ep_closed(uv_handle_t *h)
     qx_quic_ep_t *ep = h->data;
     if (--ep->closing == 1) {
         close(ep->fd);
+        gnutls_hmac_deinit(ep->reset_mac, NULL);
         free(ep);
     }
 }
