@@ -653,13 +653,16 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
     /* A session ticket, for resumption and 0-RTT next time. */
     if (gnutls_session_ticket_send(qc->tls, 1, 0) != 0)
         QX_DEBUG("quic: could not send a session ticket");
-    /* A NEW_TOKEN, so the client's next connection skips the Retry. */
-    const ngtcp2_path *path = ngtcp2_conn_get_path(conn);
-    ngtcp2_ssize tlen = ngtcp2_crypto_generate_regular_token(
-        token, w->shared->token_secret, sizeof(w->shared->token_secret), path->remote.addr,
-        path->remote.addrlen, now_ns());
-    if (tlen > 0)
-        ngtcp2_conn_submit_new_token(conn, token, (size_t)tlen);
+    /* A NEW_TOKEN, so the client's next connection skips the Retry (it
+     * has no other use here: ~70 k instructions saved with retry: never). */
+    if (w->snap->cfg->retry != QX_RETRY_NEVER) {
+        const ngtcp2_path *path = ngtcp2_conn_get_path(conn);
+        ngtcp2_ssize tlen = ngtcp2_crypto_generate_regular_token(
+            token, w->shared->token_secret, sizeof(w->shared->token_secret), path->remote.addr,
+            path->remote.addrlen, now_ns());
+        if (tlen > 0)
+            ngtcp2_conn_submit_new_token(conn, token, (size_t)tlen);
+    }
     qx_h3_handshake_done(qc);
     if (qc->goaway || w->state == QX_W_DRAINING)
         qx_h3_goaway(qc);
