@@ -3,6 +3,7 @@
 
 #include "log.h"
 #include "quic_conn.h"
+#include "quic_mem.h"
 #include "qx.h"
 #include "runtime.h"
 #include "tls.h"
@@ -63,6 +64,7 @@ struct qx_quic_ep {
     struct sockaddr_storage bound; /* the socket's own address (read once, after bind) */
     socklen_t boundlen;
     gnutls_hmac_hd_t reset_mac; /* keyed with the shared static secret (reset_token) */
+    qx_qmem_t *mem;             /* what ngtcp2 and nghttp3 allocate from */
 };
 
 static ngtcp2_tstamp now_ns(void)
@@ -73,6 +75,11 @@ static ngtcp2_tstamp now_ns(void)
 qx_worker_t *qx_quic_conn_worker(qx_quic_conn_t *qc)
 {
     return qc->ep->w;
+}
+
+const nghttp3_mem *qx_quic_conn_h3_mem(qx_quic_conn_t *qc)
+{
+    return qx_qmem_nghttp3(qc->ep->mem);
 }
 
 /* ---- connection ID table ------------------------------------------------ */
@@ -816,7 +823,7 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
         .remote = {(ngtcp2_sockaddr *)&qc->remote, qc->remotelen},
     };
     int rv = ngtcp2_conn_server_new(&qc->conn, &hd->scid, &scid, &path, hd->version, &callbacks,
-                                    &settings, &params, NULL, qc);
+                                    &settings, &params, qx_qmem_ngtcp2(ep->mem), qc);
     if (rv != 0) {
         QX_DEBUG("quic: ngtcp2_conn_server_new: %s", ngtcp2_strerror(rv));
         goto fail;
@@ -1177,6 +1184,12 @@ int qx_quic_ep_new(qx_quic_ep_t **out, qx_worker_t *w, const struct sockaddr *ad
         free(ep);
         return QX_ERR_NOMEM;
     }
+    if (qx_qmem_new(&ep->mem) != 0) {
+        gnutls_hmac_deinit(ep->reset_mac, NULL);
+        qx_qmem_del(ep->mem); /* after every connection's libraries */
+        free(ep);
+        return QX_ERR_NOMEM;
+    }
     if (addr->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, name, sizeof(name));
     else
@@ -1216,6 +1229,7 @@ fail:
     if (ep->fd > 0)
         close(ep->fd);
     gnutls_hmac_deinit(ep->reset_mac, NULL);
+    qx_qmem_del(ep->mem);
     free(ep);
     return QX_ERR_IO;
 }
@@ -1270,6 +1284,7 @@ static void ep_closed(uv_handle_t *h)
     if (--ep->closing == 1) {
         close(ep->fd);
         gnutls_hmac_deinit(ep->reset_mac, NULL);
+        qx_qmem_del(ep->mem); /* after every connection's libraries */
         free(ep);
     }
 }

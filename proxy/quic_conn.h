@@ -62,6 +62,9 @@ void qx_quic_conn_close(qx_quic_conn_t *qc, int quietly);
 
 qx_worker_t *qx_quic_conn_worker(qx_quic_conn_t *qc);
 
+/* The allocator nghttp3 uses on qc's worker (quic_mem.h). */
+const nghttp3_mem *qx_quic_conn_h3_mem(qx_quic_conn_t *qc);
+
 /* Reads the TLS SNI (lowercased) into qc->sni; valid once the ClientHello
  * is processed. */
 void qx_quic_conn_read_sni(qx_quic_conn_t *qc);
