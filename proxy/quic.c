@@ -528,9 +528,15 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
         flush_batch(qc, off, gso);
     /* Pacing starts once the handshake is done: before that ngtcp2 paces at
      * its default 333 ms RTT estimate, which held the first response of
-     * every connection back by ~20 ms. */
-    if (ngtcp2_conn_get_handshake_completed(qc->conn))
-        ngtcp2_conn_update_pkt_tx_time(qc->conn, ts);
+     * every connection back by ~20 ms. The first update also charges the
+     * handshake's own bytes (ngtcp2 counts every byte sent since the last
+     * update): they left a round trip ago, so they are charged from when
+     * the connection began; charged from now they held the first response
+     * back by a third of a round trip (~9 ms at a 50 ms RTT). */
+    if (ngtcp2_conn_get_handshake_completed(qc->conn)) {
+        ngtcp2_conn_update_pkt_tx_time(qc->conn, qc->paced ? ts : qc->created_ts);
+        qc->paced = 1;
+    }
     schedule_timer(qc);
     return 0;
 }
@@ -784,6 +790,7 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
 
     ngtcp2_settings_default(&settings);
     settings.initial_ts = now_ns();
+    qc->created_ts = settings.initial_ts;
     settings.max_tx_udp_payload_size = MAX_UDP_PAYLOAD;
     settings.handshake_timeout = (ngtcp2_duration)lim->quic_handshake_timeout_secs * NGTCP2_SECONDS;
     if (odcid) {
