@@ -313,7 +313,13 @@ int qx_h3_setup(qx_quic_conn_t *qc)
     settings.max_field_section_size = QX_MAX_HEADER_BYTES;
     settings.qpack_max_dtable_capacity = 4096;
     settings.qpack_blocked_streams = 100;
-    if (nghttp3_conn_server_new(&qc->h3, &h3_callbacks, &settings, NULL, qc) != 0)
+    /* Response fields are encoded from the static table and as literals:
+     * the encoder's dynamic table held ~5 KiB on every idle connection
+     * (entries, the blocked-streams list) and saved little on a proxy's
+     * varying responses. The decoder's table stays for the clients. */
+    settings.qpack_encoder_max_dtable_capacity = 0;
+    if (nghttp3_conn_server_new(&qc->h3, &h3_callbacks, &settings, qx_quic_conn_h3_mem(qc), qc) !=
+        0)
         return NGTCP2_ERR_CALLBACK_FAILURE;
     /* What the transport parameters granted; ngtcp2 raises it as streams
      * close (extend_max_remote_streams_bidi), never lowers it. */

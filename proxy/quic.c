@@ -3,6 +3,7 @@
 
 #include "log.h"
 #include "quic_conn.h"
+#include "quic_mem.h"
 #include "qx.h"
 #include "runtime.h"
 #include "tls.h"
@@ -15,6 +16,9 @@
 #include <netinet/udp.h>
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103 /* linux/udp.h */
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
 #endif
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 #include <stdlib.h>
@@ -59,6 +63,8 @@ struct qx_quic_ep {
     int no_gso;                    /* the kernel refused UDP_SEGMENT once */
     struct sockaddr_storage bound; /* the socket's own address (read once, after bind) */
     socklen_t boundlen;
+    gnutls_hmac_hd_t reset_mac; /* keyed with the shared static secret (reset_token) */
+    qx_qmem_t *mem;             /* what ngtcp2 and nghttp3 allocate from */
 };
 
 static ngtcp2_tstamp now_ns(void)
@@ -69,6 +75,11 @@ static ngtcp2_tstamp now_ns(void)
 qx_worker_t *qx_quic_conn_worker(qx_quic_conn_t *qc)
 {
     return qc->ep->w;
+}
+
+const nghttp3_mem *qx_quic_conn_h3_mem(qx_quic_conn_t *qc)
+{
+    return qx_qmem_nghttp3(qc->ep->mem);
 }
 
 /* ---- connection ID table ------------------------------------------------ */
@@ -280,6 +291,25 @@ static void conn_timer_closed(uv_handle_t *h)
     free(qc);
 }
 
+/* Frees the TLS session, and the credentials it used. Once the handshake
+ * is done a QUIC server has no TLS work left: the session ticket went out
+ * with the handshake (ngtcp2 holds a copy of it until it is acknowledged),
+ * packet protection and key updates use ngtcp2's own keys, and a client
+ * has no TLS message to send afterwards (recv_crypto_data_cb refuses
+ * one). Freeing the session then saves its ~10 KiB on every open
+ * connection. */
+static void release_tls(qx_quic_conn_t *qc)
+{
+    if (qc->tls) {
+        if (qc->conn)
+            ngtcp2_conn_set_tls_native_handle(qc->conn, NULL);
+        gnutls_deinit(qc->tls);
+        qc->tls = NULL;
+    }
+    qx_tls_unref(qc->creds); /* after the session that used them */
+    qc->creds = NULL;
+}
+
 /* Frees the connection now. Never called from inside an ngtcp2 or nghttp3
  * callback: only from the flush (uv_check) or endpoint shutdown. */
 static void conn_del(qx_quic_conn_t *qc)
@@ -325,9 +355,8 @@ static void conn_del(qx_quic_conn_t *qc)
     free(qc->stash);
     if (qc->conn)
         ngtcp2_conn_del(qc->conn);
-    if (qc->tls)
-        gnutls_deinit(qc->tls);
-    qx_tls_unref(qc->creds); /* after the session that used them */
+    qc->conn = NULL;
+    release_tls(qc);
     uv_close((uv_handle_t *)&qc->timer, conn_timer_closed);
     qx_worker_maybe_done(w);
 }
@@ -397,6 +426,8 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
     size_t maxpkt = ngtcp2_conn_get_max_tx_udp_payload_size(qc->conn);
     size_t batch = ep->no_gso ? 1 : TX_BATCH_PKTS;
 
+    if (qc->tls && qc->handshake_done)
+        release_tls(qc); /* not inside the callback: gnutls may be on the stack */
     if (qc->stash) {
         int rv =
             send_pkts(ep, (const struct sockaddr *)&qc->local, (const struct sockaddr *)&qc->remote,
@@ -497,9 +528,15 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
         flush_batch(qc, off, gso);
     /* Pacing starts once the handshake is done: before that ngtcp2 paces at
      * its default 333 ms RTT estimate, which held the first response of
-     * every connection back by ~20 ms. */
-    if (ngtcp2_conn_get_handshake_completed(qc->conn))
-        ngtcp2_conn_update_pkt_tx_time(qc->conn, ts);
+     * every connection back by ~20 ms. The first update also charges the
+     * handshake's own bytes (ngtcp2 counts every byte sent since the last
+     * update): they left a round trip ago, so they are charged from when
+     * the connection began; charged from now they held the first response
+     * back by a third of a round trip (~9 ms at a 50 ms RTT). */
+    if (ngtcp2_conn_get_handshake_completed(qc->conn)) {
+        ngtcp2_conn_update_pkt_tx_time(qc->conn, qc->paced ? ts : qc->created_ts);
+        qc->paced = 1;
+    }
     schedule_timer(qc);
     return 0;
 }
@@ -553,6 +590,23 @@ static void rand_cb(uint8_t *dest, size_t len, const ngtcp2_rand_ctx *ctx)
     gnutls_rnd(GNUTLS_RND_RANDOM, dest, len);
 }
 
+/* The stateless reset token of a CID: HMAC-SHA256(static secret, CID),
+ * its first 16 bytes (RFC 9000 §10.3.2). Every worker keys its own handle
+ * with the same secret, so any of them (or a restarted process reading the
+ * same ticket_key_file) computes the same token. One MAC on a kept key
+ * costs ~3 k instructions, ngtcp2_crypto_generate_stateless_reset_token's
+ * HKDF through GnuTLS ~44 k: a client asks for up to 8 CIDs. Returns 0 or
+ * -1. */
+static int reset_token(qx_quic_ep_t *ep, uint8_t *token, const ngtcp2_cid *cid)
+{
+    uint8_t d[32];
+    if (gnutls_hmac(ep->reset_mac, cid->data, cid->datalen) != 0)
+        return -1;
+    gnutls_hmac_output(ep->reset_mac, d); /* and the handle is ready for the next */
+    memcpy(token, d, NGTCP2_STATELESS_RESET_TOKENLEN);
+    return 0;
+}
+
 static int new_cid(qx_quic_conn_t *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen)
 {
     qx_worker_t *w = qc->ep->w;
@@ -560,8 +614,7 @@ static int new_cid(qx_quic_conn_t *qc, ngtcp2_cid *cid, uint8_t *token, size_t c
         return -1;
     cid->data[0] = (uint8_t)w->id; /* the steering byte (issue 7) */
     cid->datalen = cidlen;
-    if (ngtcp2_crypto_generate_stateless_reset_token(token, w->shared->static_secret,
-                                                     sizeof(w->shared->static_secret), cid) != 0)
+    if (reset_token(qc->ep, token, cid) != 0)
         return -1;
     return 0;
 }
@@ -589,6 +642,8 @@ void qx_quic_conn_read_sni(qx_quic_conn_t *qc)
 {
     size_t len = sizeof(qc->sni) - 1;
     unsigned type;
+    if (qc->tls == NULL)
+        return; /* read already, before the session was released */
     if (gnutls_server_name_get(qc->tls, qc->sni, &len, &type, 0) == 0 && type == GNUTLS_NAME_DNS) {
         qc->sni[len] = '\0';
         for (size_t i = 0; i < len; i++)
@@ -614,13 +669,16 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
     /* A session ticket, for resumption and 0-RTT next time. */
     if (gnutls_session_ticket_send(qc->tls, 1, 0) != 0)
         QX_DEBUG("quic: could not send a session ticket");
-    /* A NEW_TOKEN, so the client's next connection skips the Retry. */
-    const ngtcp2_path *path = ngtcp2_conn_get_path(conn);
-    ngtcp2_ssize tlen = ngtcp2_crypto_generate_regular_token(
-        token, w->shared->token_secret, sizeof(w->shared->token_secret), path->remote.addr,
-        path->remote.addrlen, now_ns());
-    if (tlen > 0)
-        ngtcp2_conn_submit_new_token(conn, token, (size_t)tlen);
+    /* A NEW_TOKEN, so the client's next connection skips the Retry (it
+     * has no other use here: ~70 k instructions saved with retry: never). */
+    if (w->snap->cfg->retry != QX_RETRY_NEVER) {
+        const ngtcp2_path *path = ngtcp2_conn_get_path(conn);
+        ngtcp2_ssize tlen = ngtcp2_crypto_generate_regular_token(
+            token, w->shared->token_secret, sizeof(w->shared->token_secret), path->remote.addr,
+            path->remote.addrlen, now_ns());
+        if (tlen > 0)
+            ngtcp2_conn_submit_new_token(conn, token, (size_t)tlen);
+    }
     qx_h3_handshake_done(qc);
     if (qc->goaway || w->state == QX_W_DRAINING)
         qx_h3_goaway(qc);
@@ -636,6 +694,22 @@ static int recv_rx_key_cb(ngtcp2_conn *conn, ngtcp2_crypto_level level, void *us
     return qx_h3_setup(user_data);
 }
 
+/* CRYPTO data goes to GnuTLS while the handshake runs. After it, with the
+ * session released (release_tls), none is legal from a client: TLS 1.3
+ * has no client message after Finished here (no post-handshake
+ * authentication is asked for) and QUIC forbids KeyUpdate (RFC 9001 §6). */
+static int recv_crypto_data_cb(ngtcp2_conn *conn, ngtcp2_crypto_level level, uint64_t offset,
+                               const uint8_t *data, size_t datalen, void *user_data)
+{
+    qx_quic_conn_t *qc = user_data;
+    if (qc->tls == NULL) {
+        ngtcp2_connection_close_error_set_transport_error_tls_alert(
+            &qc->ccerr, GNUTLS_A_UNEXPECTED_MESSAGE, NULL, 0);
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    }
+    return ngtcp2_crypto_recv_crypto_data_cb(conn, level, offset, data, datalen, user_data);
+}
+
 static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 {
     qx_quic_conn_t *qc = qx_container_of(ref, qx_quic_conn_t, conn_ref);
@@ -644,7 +718,7 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 
 static const ngtcp2_callbacks callbacks = {
     .recv_client_initial = ngtcp2_crypto_recv_client_initial_cb,
-    .recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb,
+    .recv_crypto_data = recv_crypto_data_cb,
     .handshake_completed = handshake_completed_cb,
     .encrypt = ngtcp2_crypto_encrypt_cb,
     .decrypt = ngtcp2_crypto_decrypt_cb,
@@ -716,6 +790,7 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
 
     ngtcp2_settings_default(&settings);
     settings.initial_ts = now_ns();
+    qc->created_ts = settings.initial_ts;
     settings.max_tx_udp_payload_size = MAX_UDP_PAYLOAD;
     settings.handshake_timeout = (ngtcp2_duration)lim->quic_handshake_timeout_secs * NGTCP2_SECONDS;
     if (odcid) {
@@ -755,7 +830,7 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
         .remote = {(ngtcp2_sockaddr *)&qc->remote, qc->remotelen},
     };
     int rv = ngtcp2_conn_server_new(&qc->conn, &hd->scid, &scid, &path, hd->version, &callbacks,
-                                    &settings, &params, NULL, qc);
+                                    &settings, &params, qx_qmem_ngtcp2(ep->mem), qc);
     if (rv != 0) {
         QX_DEBUG("quic: ngtcp2_conn_server_new: %s", ngtcp2_strerror(rv));
         goto fail;
@@ -815,8 +890,7 @@ static void send_stateless_reset(qx_quic_ep_t *ep, const ngtcp2_version_cid *vc,
     if (randlen > sizeof(rnd))
         randlen = sizeof(rnd);
     ngtcp2_cid_init(&cid, vc->dcid, vc->dcidlen);
-    if (ngtcp2_crypto_generate_stateless_reset_token(
-            token, ep->w->shared->static_secret, sizeof(ep->w->shared->static_secret), &cid) != 0)
+    if (reset_token(ep, token, &cid) != 0)
         return;
     gnutls_rnd(GNUTLS_RND_NONCE, rnd, randlen);
     ngtcp2_ssize n = ngtcp2_pkt_write_stateless_reset(buf, sizeof(buf), token, rnd, randlen);
@@ -995,7 +1069,6 @@ static void read_datagrams(qx_quic_ep_t *ep)
                      CMSG_SPACE(sizeof(struct in_pktinfo)) + CMSG_SPACE(sizeof(int))];
             struct cmsghdr align;
         } cm;
-        size_t seg = 0; /* UDP GRO: the datagrams' size when several came as one */
         struct iovec iov = {ep->rxbuf, sizeof(ep->rxbuf)};
         struct msghdr msg = {0};
         msg.msg_name = &remote;
@@ -1013,12 +1086,11 @@ static void read_datagrams(qx_quic_ep_t *ep)
         }
         /* The local address: what the client wrote to. */
         socklen_t locallen = 0;
+        int gro = 0; /* UDP GRO: datagrams of this size, coalesced (the last may be shorter) */
         memset(&local, 0, sizeof(local));
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
             if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
-                int s;
-                memcpy(&s, CMSG_DATA(c), sizeof(s));
-                seg = s > 0 ? (size_t)s : 0;
+                memcpy(&gro, CMSG_DATA(c), sizeof(gro));
             } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
                 struct in6_pktinfo pi;
                 memcpy(&pi, CMSG_DATA(c), sizeof(pi));
@@ -1058,14 +1130,12 @@ static void read_datagrams(qx_quic_ep_t *ep)
         }
         if (n == 0)
             continue;
-        /* With UDP_GRO the kernel may hand over several datagrams of one
-         * flow at once, each seg bytes but the last: split them again. */
-        size_t len = (size_t)n;
-        size_t step = seg > 0 && seg < len ? seg : len;
-        for (size_t off = 0; off < len; off += step) {
+        size_t seg = gro > 0 ? (size_t)gro : (size_t)n;
+        if ((msg.msg_flags & MSG_TRUNC) && gro > 0)
+            n -= n % gro; /* a cut datagram is lost like any other */
+        for (size_t off = 0; off < (size_t)n; off += seg)
             on_datagram(ep, (struct sockaddr *)&local, locallen, (struct sockaddr *)&remote,
-                        msg.msg_namelen, ep->rxbuf + off, QX_MIN(step, len - off), 0);
-        }
+                        msg.msg_namelen, ep->rxbuf + off, QX_MIN(seg, (size_t)n - off), 0);
     }
 }
 
@@ -1116,6 +1186,17 @@ int qx_quic_ep_new(qx_quic_ep_t **out, qx_worker_t *w, const struct sockaddr *ad
     ep->w = w;
     ep->family = addr->sa_family;
     ep->accepting = 1;
+    if (gnutls_hmac_init(&ep->reset_mac, GNUTLS_MAC_SHA256, w->shared->static_secret,
+                         sizeof(w->shared->static_secret)) != 0) {
+        free(ep);
+        return QX_ERR_NOMEM;
+    }
+    if (qx_qmem_new(&ep->mem) != 0) {
+        gnutls_hmac_deinit(ep->reset_mac, NULL);
+        qx_qmem_del(ep->mem); /* after every connection's libraries */
+        free(ep);
+        return QX_ERR_NOMEM;
+    }
     if (addr->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, name, sizeof(name));
     else
@@ -1134,10 +1215,10 @@ int qx_quic_ep_new(qx_quic_ep_t **out, qx_worker_t *w, const struct sockaddr *ad
     }
     if (setsockopt(ep->fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one)) == -1)
         goto fail;
-    /* Receive coalesced datagrams (UDP GRO, Linux 5.0): one recvmsg for a
-     * run of a flow's datagrams, e.g. a client's GSO burst. Optional. */
-    if (setsockopt(ep->fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == -1)
-        QX_DEBUG("quic: UDP_GRO not available: %s", strerror(errno));
+    /* UDP GRO: a burst of same-size datagrams from one client comes up in
+     * one recvmsg (split again in read_datagrams), and on loopback a GSO
+     * batch is not cut into datagrams at all. Older kernels refuse it. */
+    setsockopt(ep->fd, SOL_UDP, UDP_GRO, &one, sizeof(one));
     int bufsz = 4 * 1024 * 1024;
     setsockopt(ep->fd, SOL_SOCKET, SO_RCVBUF, &bufsz, sizeof(bufsz));
     setsockopt(ep->fd, SOL_SOCKET, SO_SNDBUF, &bufsz, sizeof(bufsz));
@@ -1154,6 +1235,8 @@ fail:
              ntohs(((const struct sockaddr_in *)addr)->sin_port), strerror(errno));
     if (ep->fd > 0)
         close(ep->fd);
+    gnutls_hmac_deinit(ep->reset_mac, NULL);
+    qx_qmem_del(ep->mem);
     free(ep);
     return QX_ERR_IO;
 }
@@ -1212,6 +1295,8 @@ static void ep_closed(uv_handle_t *h)
     qx_quic_ep_t *ep = h->data;
     if (--ep->closing == 1) {
         close(ep->fd);
+        gnutls_hmac_deinit(ep->reset_mac, NULL);
+        qx_qmem_del(ep->mem); /* after every connection's libraries */
         free(ep);
     }
 }

@@ -38,9 +38,11 @@ struct qx_quic_conn {
     ngtcp2_connection_close_error ccerr; /* set by a failing callback */
     uint64_t max_streams;                /* initial_max_streams_bidi granted to the client */
     int handshake_done;
-    int rx_early;     /* the stream data being read came in 0-RTT */
-    int counted;      /* counted in the process and per-IP connection totals */
-    uint32_t ip_hash; /* per-source-address bucket */
+    int paced;                /* pacing started (qx_quic_conn_write) */
+    ngtcp2_tstamp created_ts; /* when the first Initial came in */
+    int rx_early;             /* the stream data being read came in 0-RTT */
+    int counted;              /* counted in the process and per-IP connection totals */
+    uint32_t ip_hash;         /* per-source-address bucket */
     int goaway;
     int dirty;         /* on the endpoint's flush list */
     int closing;       /* scheduled for deletion */
@@ -61,6 +63,9 @@ void qx_quic_conn_mark(qx_quic_conn_t *qc);
 void qx_quic_conn_close(qx_quic_conn_t *qc, int quietly);
 
 qx_worker_t *qx_quic_conn_worker(qx_quic_conn_t *qc);
+
+/* The allocator nghttp3 uses on qc's worker (quic_mem.h). */
+const nghttp3_mem *qx_quic_conn_h3_mem(qx_quic_conn_t *qc);
 
 /* Reads the TLS SNI (lowercased) into qc->sni; valid once the ClientHello
  * is processed. */

@@ -91,6 +91,11 @@ void *qx_slab_realloc(qx_slab_t *m, void *p, size_t size)
     return n;
 }
 
+size_t qx_slab_usable(const void *p)
+{
+    return ((const hdr_t *)p - 1)->h.size;
+}
+
 void qx_slab_trim(qx_slab_t *m)
 {
     for (unsigned c = 0; c < QX_SLAB_CLASSES; c++) {

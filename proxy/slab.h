@@ -34,6 +34,9 @@ void *qx_slab_calloc(qx_slab_t *m, size_t nmemb, size_t size);
 void *qx_slab_realloc(qx_slab_t *m, void *p, size_t size);
 void qx_slab_free(qx_slab_t *m, void *p);
 
+/* The usable size of a block this slab gave out. */
+size_t qx_slab_usable(const void *p);
+
 /* Returns every kept block to the system. */
 void qx_slab_trim(qx_slab_t *m);
 

@@ -12,15 +12,28 @@
 #include <string.h>
 
 /* TLS 1.3 only (QUIC requires it), AEADs QUIC defines, no middlebox
- * compatibility mode (RFC 9001 §8.4). */
-static const char priority[] =
-    "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:+CHACHA20-POLY1305:"
-    "-GROUP-ALL:+GROUP-X25519:+GROUP-SECP256R1:+GROUP-SECP384R1:%DISABLE_TLS13_COMPAT_MODE";
+ * compatibility mode (RFC 9001 §8.4). The client's preferences decide. */
+#define PRIORITY_BASE                                                                              \
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:+CHACHA20-POLY1305:"      \
+    "-GROUP-ALL:+GROUP-X25519:+GROUP-SECP256R1:+GROUP-SECP384R1:%DISABLE_TLS13_COMPAT_MODE"
+static const char priority[] = PRIORITY_BASE;
+
+/* The same, with our order deciding: X25519 and AES-128-GCM/SHA-256. Used
+ * only when the ClientHello carries an X25519 key share (choose_priority):
+ * X25519 costs ~13 % fewer instructions per new connection than P-256 (the
+ * handshake is mostly ECDH and the signature), AES-128 a little less
+ * than AES-256, but a client that sent only a P-256 share while listing
+ * X25519 would be sent a HelloRetryRequest (a round trip) to get it. */
+static const char priority_x25519[] = PRIORITY_BASE ":%SERVER_PRECEDENCE";
+
+#define TLS_EXT_KEY_SHARE 51
+#define TLS_GROUP_X25519 0x001d
 
 struct qx_tls {
     int refcnt; /* atomic */
     gnutls_certificate_credentials_t cred;
     gnutls_priority_t prio;
+    gnutls_priority_t prio_x25519;
 };
 
 int qx_tls_new(qx_tls_t **out, const char *cert, const char *key, char *err, size_t errlen)
@@ -39,6 +52,8 @@ int qx_tls_new(qx_tls_t **out, const char *cert, const char *key, char *err, siz
         goto fail;
     }
     rv = gnutls_priority_init(&t->prio, priority, NULL);
+    if (rv >= 0)
+        rv = gnutls_priority_init(&t->prio_x25519, priority_x25519, NULL);
     if (rv < 0) {
         snprintf(err, errlen, "tls: priority string refused: %s", gnutls_strerror(rv));
         goto fail;
@@ -68,6 +83,8 @@ void qx_tls_unref(qx_tls_t *t)
         return;
     if (t->prio)
         gnutls_priority_deinit(t->prio);
+    if (t->prio_x25519)
+        gnutls_priority_deinit(t->prio_x25519);
     if (t->cred)
         gnutls_certificate_free_credentials(t->cred);
     free(t);
@@ -139,6 +156,42 @@ void qx_tls_keys_free(qx_tls_keys_t *k)
 
 /* ---- sessions ------------------------------------------------------------- */
 
+/* Does a key_share extension (RFC 8446 §4.2.8) hold an X25519 share? */
+static int find_x25519_share(void *ctx, unsigned tls_id, const unsigned char *data, unsigned len)
+{
+    int *found = ctx;
+    if (tls_id != TLS_EXT_KEY_SHARE || len < 2)
+        return 0;
+    size_t end = QX_MIN((size_t)len, 2 + (((size_t)data[0] << 8) | data[1]));
+    for (size_t off = 2; off + 4 <= end;) {
+        unsigned group = ((unsigned)data[off] << 8) | data[off + 1];
+        size_t klen = ((size_t)data[off + 2] << 8) | data[off + 3];
+        if (group == TLS_GROUP_X25519)
+            *found = 1;
+        off += 4 + klen;
+    }
+    return 0;
+}
+
+/* Before GnuTLS reads a ClientHello: our preferences decide when the
+ * client offered an X25519 share, the client's otherwise (see
+ * priority_x25519). QUIC carries the TLS records itself, so the session's
+ * transport pointer is free to hold the credentials. */
+static int choose_priority(gnutls_session_t s, unsigned htype, unsigned when, unsigned incoming,
+                           const gnutls_datum_t *msg)
+{
+    const qx_tls_t *t = gnutls_transport_get_ptr(s);
+    int found = 0;
+    (void)when;
+    if (!incoming || htype != GNUTLS_HANDSHAKE_CLIENT_HELLO || t == NULL)
+        return 0;
+    if (gnutls_ext_raw_parse(&found, find_x25519_share, msg, GNUTLS_EXT_RAW_FLAG_TLS_CLIENT_HELLO) <
+        0)
+        return 0; /* GnuTLS will refuse the message itself */
+    gnutls_priority_set(s, found ? t->prio_x25519 : t->prio);
+    return 0;
+}
+
 int qx_tls_session_new(const qx_tls_t *t, qx_tls_keys_t *keys, void *conn_ref,
                        gnutls_session_t *out)
 {
@@ -162,6 +215,9 @@ int qx_tls_session_new(const qx_tls_t *t, qx_tls_keys_t *keys, void *conn_ref,
         goto fail;
     if (gnutls_priority_set(s, t->prio) != 0)
         goto fail;
+    gnutls_transport_set_ptr(s, (gnutls_transport_ptr_t)(uintptr_t)t);
+    gnutls_handshake_set_hook_function(s, GNUTLS_HANDSHAKE_CLIENT_HELLO, GNUTLS_HOOK_PRE,
+                                       choose_priority);
     if (gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, t->cred) != 0)
         goto fail;
     if (gnutls_alpn_set_protocols(s, &alpn, 1, GNUTLS_ALPN_MANDATORY) != 0)
