@@ -31,6 +31,7 @@ Paths (query strings allowed everywhere):
                    carries a Content-Length of the representation as
                    RFC 9110 allows)
   /id              answers our port as the body
+  /fields/N        200 with N extra response fields X-F-1: v1 ... X-F-N: vN
   /100             sends `100 Continue` (?n=K: K interim responses), then 200
   /drop-after      answers with keep-alive advertised, then closes at once
   /drop-next       answers normally; the next request on the same connection
@@ -329,6 +330,10 @@ class Conn:
             want = q.get("sha256")
             status = 422 if want and want != doc["body_sha256"] else 200
             return self.respond(req, status, [("Content-Type", "application/json")], body)
+
+        if first == "fields":
+            hdrs = [("X-F-%d" % i, "v%d" % i) for i in range(1, num(1) + 1)]
+            return self.respond(req, 200, hdrs + [("Content-Type", "text/plain")], b"ok\n")
 
         if first == "bytes":
             n = num(1)

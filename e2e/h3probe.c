@@ -53,7 +53,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_FIELDS 128
+#define MAX_FIELDS 256
 #define MAX_BODY (64 * 1024 * 1024)
 #define PKT_SIZE 1452
 
@@ -76,9 +76,9 @@ typedef struct {
     size_t body_len;
     uint8_t *body_buf; /* what -d allocated (--body points into argv) */
     int timeout_secs;
-    int print_cert;      /* --print-cert-sha256 */
-    int print_retry;     /* --print-retry */
-    int retry_wait_secs; /* --retry-wait: hold the post-Retry Initial this long */
+    int print_cert;             /* --print-cert-sha256 */
+    int print_retry;            /* --print-retry */
+    int retry_wait_secs;        /* --retry-wait: hold the post-Retry Initial this long */
     const char *new_token_file; /* --new-token-file: NEW_TOKEN written here (hex) */
     uint8_t token[512];         /* --token: sent in the first Initial */
     size_t token_len;

@@ -289,6 +289,38 @@ def valid_requests(env, q):
     env.eq("host instead of :authority -> 200", r.req(1).status(), 200, r.summary())
 
 
+def field_counts(env, q):
+    """Up to 128 fields a request or a response carries go through whole (the
+    exchange holds 32 itself, more move to the request's arena); past 128 a
+    request gets 431 and a response 502."""
+    a = ":authority: localhost:%d" % q.port
+    base = [":method: GET", ":scheme: https", a]
+    for n in (31, 33, 100, 128):
+        out = os.path.join(env.dir, "fields.json")
+        extra = ["x-f-%d: v%d" % (i, i) for i in range(1, n + 1)]
+        r = h3probe(q, base + [":path: /echo/fields%d" % n] + extra, out=out, also_get=None)
+        first = r.req(1)
+        doc = {}
+        if first.status() == 200:
+            with open(out, "rb") as f:
+                doc = json.loads(f.read() or b"{}")
+        got = [(k, v) for k, v in doc.get("headers", []) if k.lower().startswith("x-f-")]
+        env.eq("%d request fields: 200, every one at the backend in order" % n,
+               (first.status(), got), (200, [("x-f-%d" % i, "v%d" % i) for i in range(1, n + 1)]),
+               r.summary())
+    r = h3probe(q, base + [":path: /echo/fields129"] +
+                ["x-f-%d: v%d" % (i, i) for i in range(1, 130)], also_get=None)
+    env.eq("129 request fields: 431", r.req(1).status(), 431, r.summary())
+    for n in (33, 110):
+        r = h3probe(q, base + [":path: /fields/%d" % n], also_get=None)
+        got = [(k, v) for k, v in r.req(1).headers if k.startswith("x-f-")]
+        env.eq("%d response fields: 200, every one to the client in order" % n,
+               (r.req(1).status(), got),
+               (200, [("x-f-%d" % i, "v%d" % i) for i in range(1, n + 1)]), r.summary())
+    r = h3probe(q, base + [":path: /fields/140"], also_get=None)
+    env.eq("140 response fields: 502", r.req(1).status(), 502, r.summary())
+
+
 def main():
     with Env("malformed") as env:
         be = env.backend()
@@ -301,6 +333,7 @@ def main():
         env.case("malformed fields", malformed_headers, env, q, be)
         env.case("content-length against DATA", malformed_bodies, env, q, be)
         env.case("invalid characters", invalid_characters, env, q, be)
+        env.case("field counts", field_counts, env, q)
         res = other.finish()
         env.eq("another client's download during all this -> 200", res.status(), 200,
                res.summary())

@@ -25,6 +25,7 @@ static void build_and_dispatch(qx_exchange_t *ex);
 static void client_ip(qx_worker_t *w, const struct sockaddr *client, char *out);
 static void format_ip(const struct sockaddr *client, char *client_ip);
 static void exchange_free(qx_exchange_t *ex);
+static void *grow_fields(qx_exchange_t *ex, const void *arr, size_t *cap, size_t elem, size_t used);
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -207,6 +208,10 @@ qx_exchange_t *qx_exchange_new(qx_worker_t *w, const qx_front_ops_t *fops, void 
      * before they are read: only the fields before them are cleared. */
     memset(ex, 0, offsetof(qx_exchange_t, timer));
     ex->arena.cap = QX_MAX_HEADER_BYTES;
+    ex->hdrs = ex->hdrs_inline;
+    ex->hdrcap = QX_EX_FIELDS;
+    ex->rf = ex->rf_inline;
+    ex->rfcap = QX_EX_FIELDS;
     ex->w = w;
     ex->fops = fops;
     ex->front = front;
@@ -367,8 +372,12 @@ int qx_exchange_header(qx_exchange_t *ex, const char *name, size_t namelen, cons
         *len = valuelen;
         return 0;
     }
-    if (ex->nhdrs >= QX_MAX_HEADERS)
-        goto too_big;
+    if (ex->nhdrs == ex->hdrcap) {
+        qx_hdr_t *more = grow_fields(ex, ex->hdrs, &ex->hdrcap, sizeof(qx_hdr_t), ex->nhdrs);
+        if (more == NULL)
+            goto too_big;
+        ex->hdrs = more;
+    }
     char *n = qx_arena_strndup(&ex->arena, name, namelen);
     v = qx_arena_strndup(&ex->arena, value, valuelen);
     if (n == NULL || v == NULL)
@@ -379,6 +388,22 @@ int qx_exchange_header(qx_exchange_t *ex, const char *name, size_t namelen, cons
 too_big:
     ex->bad_request = 431;
     return QX_ERR_LIMIT;
+}
+
+/* A field array is full: a copy with twice the room, in the arena
+ * (counted against the request's QX_MAX_HEADER_BYTES), up to
+ * QX_MAX_HEADERS fields. Returns it, or NULL at the limit. */
+static void *grow_fields(qx_exchange_t *ex, const void *arr, size_t *cap, size_t elem, size_t used)
+{
+    size_t ncap = *cap * 2 > QX_MAX_HEADERS ? QX_MAX_HEADERS : *cap * 2;
+    if (ncap <= *cap)
+        return NULL;
+    void *p = qx_arena_alloc(&ex->arena, ncap * elem);
+    if (p == NULL)
+        return NULL;
+    memcpy(p, arr, used * elem);
+    *cap = ncap;
+    return p;
 }
 
 static int parse_u64(const char *s, size_t len, uint64_t *out)
@@ -863,8 +888,13 @@ static int p_on_header_field(llhttp_t *p, const char *at, size_t len)
     if (ex->resp_head_done)
         return 0; /* trailers are not forwarded; rhb must not move (respond) */
     if (ex->rf_in_value || ex->nrf == 0) {
-        if (ex->nrf >= QX_MAX_HEADERS)
-            return -1;
+        if (ex->nrf == ex->rfcap) {
+            qx_resp_field_t *more =
+                grow_fields(ex, ex->rf, &ex->rfcap, sizeof(qx_resp_field_t), ex->nrf);
+            if (more == NULL)
+                return -1;
+            ex->rf = more;
+        }
         ex->rf[ex->nrf++] = (qx_resp_field_t){(uint32_t)ex->rhblen, 0, 0, 0};
         ex->rf_in_value = 0;
     }

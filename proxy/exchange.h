@@ -35,9 +35,10 @@
 #define QX_MAX_HEADERS 128
 #define QX_DISCARD_MAX (8 * 1024 * 1024) /* request body read and dropped after an early answer */
 #define QX_EX_INLINE 1024                /* a body window this small lives in the exchange itself */
-#define QX_EX_CACHE 256                  /* finished exchanges a worker keeps for reuse */
-#define QX_UP_READ (64 * 1024)           /* one upstream read, at most */
-#define QX_UP_READ_MIN 4096              /* a response window with less room pauses the upstream */
+#define QX_EX_FIELDS 32        /* header fields held in the exchange; more move to the arena */
+#define QX_EX_CACHE 256        /* finished exchanges a worker keeps for reuse */
+#define QX_UP_READ (64 * 1024) /* one upstream read, at most */
+#define QX_UP_READ_MIN 4096    /* a response window with less room pauses the upstream */
 
 typedef struct qx_worker qx_worker_t;
 typedef struct qx_exchange qx_exchange_t;
@@ -91,7 +92,8 @@ struct qx_exchange {
     char client_ip[INET6_ADDRSTRLEN];
     char *method, *path, *authority, *scheme;
     size_t methodlen, pathlen, authoritylen, schemelen;
-    size_t nhdrs;
+    qx_hdr_t *hdrs; /* hdrs_inline, or a larger array in the arena */
+    size_t nhdrs, hdrcap;
     int bad_request; /* a header the exchange itself refuses (431/400) */
     int method_idx;
     int is_head;
@@ -130,9 +132,10 @@ struct qx_exchange {
     llhttp_settings_t *psettings;
     int resp_any; /* any byte came back */
     int resp_head_done;
-    int status;    /* the status sent to the client (0 = none yet) */
-    size_t rhblen; /* bytes used in rhb */
-    size_t nrf;
+    int status;          /* the status sent to the client (0 = none yet) */
+    size_t rhblen;       /* bytes used in rhb */
+    qx_resp_field_t *rf; /* rf_inline, or a larger array in the arena */
+    size_t nrf, rfcap;
     int rf_in_value;
     int resp_too_big_head;
     int resp_complete; /* llhttp saw the message end */
@@ -154,8 +157,8 @@ struct qx_exchange {
     qx_arena_t arena;
     char *rhb; /* response header bytes */
     size_t rhbcap;
-    qx_hdr_t hdrs[QX_MAX_HEADERS];
-    qx_resp_field_t rf[QX_MAX_HEADERS];
+    qx_hdr_t hdrs_inline[QX_EX_FIELDS];
+    qx_resp_field_t rf_inline[QX_EX_FIELDS];
     uint8_t req_inline[QX_EX_INLINE];
     uint8_t resp_inline[QX_EX_INLINE];
 };
