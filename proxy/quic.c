@@ -6,6 +6,7 @@
 #include "quic_mem.h"
 #include "qx.h"
 #include "runtime.h"
+#include "sockbuf.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -26,9 +27,10 @@
 #include <unistd.h>
 
 #define CID_BUCKETS 1024
-#define RX_BATCH 64      /* datagrams read per readiness event */
-#define TX_MAX_PKTS 64   /* packets written per flush before yielding */
-#define TX_BATCH_PKTS 16 /* datagrams per GSO sendmsg */
+#define RX_BATCH 64                     /* datagrams read per readiness event */
+#define UDP_BUF_BYTES (4 * 1024 * 1024) /* each way, per worker socket (sockbuf.h) */
+#define TX_MAX_PKTS 64                  /* packets written per flush before yielding */
+#define TX_BATCH_PKTS 16                /* datagrams per GSO sendmsg */
 #define TX_BATCH_BYTES (TX_BATCH_PKTS * NGTCP2_MAX_PMTUD_UDP_PAYLOAD_SIZE)
 #define MAX_UDP_PAYLOAD NGTCP2_MAX_PMTUD_UDP_PAYLOAD_SIZE
 #define GOAWAY_NOTICE_MS 500
@@ -1219,9 +1221,13 @@ int qx_quic_ep_new(qx_quic_ep_t **out, qx_worker_t *w, const struct sockaddr *ad
      * one recvmsg (split again in read_datagrams), and on loopback a GSO
      * batch is not cut into datagrams at all. Older kernels refuse it. */
     setsockopt(ep->fd, SOL_UDP, UDP_GRO, &one, sizeof(one));
-    int bufsz = 4 * 1024 * 1024;
-    setsockopt(ep->fd, SOL_SOCKET, SO_RCVBUF, &bufsz, sizeof(bufsz));
-    setsockopt(ep->fd, SOL_SOCKET, SO_SNDBUF, &bufsz, sizeof(bufsz));
+    qx_sockbuf_t sb;
+    qx_sockbuf_set(ep->fd, UDP_BUF_BYTES, &sb);
+    if (sb.short_ && w->id == 0)
+        QX_WARN("quic: UDP socket buffers are %d KiB (receive) and %d KiB (send), not the "
+                "%d KiB asked for: bursts may be dropped. Raise net.core.rmem_max and "
+                "net.core.wmem_max, or grant CAP_NET_ADMIN",
+                sb.rcv / 2 / 1024, sb.snd / 2 / 1024, UDP_BUF_BYTES / 1024);
     if (bind(ep->fd, addr, addrlen) == -1)
         goto fail;
     ep->boundlen = sizeof(ep->bound);
