@@ -310,11 +310,19 @@ class Relay:
     nothing left to acknowledge never sends again and no server can find
     it)."""
 
-    def __init__(self, server_port, record=True, grace=0.5):
+    def __init__(self, server_port, record=True, grace=0.5, ecn=False):
+        # ecn: pass each datagram's ECN bits on (IP_RECVTOS in, IP_TOS out)
+        # and count them per direction in self.ecn_seen[("up"|"down", bits)].
+        self.ecn = ecn
+        self.ecn_seen = {}
         self.down = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.down.bind(("127.0.0.1", 0))
+        if ecn:
+            self.down.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
         self.port = self.down.getsockname()[1]
         self.up = self._new_up(server_port)
+        if ecn:
+            self.up.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
         self.server_port = server_port
         self.record = record
         self.client = None
@@ -346,6 +354,8 @@ class Relay:
             if self.want_rebind:  # swapped here, never under another thread's select
                 self.old.append((self.up, now + self.grace))
                 self.up = self._new_up(self.server_port)
+                if self.ecn:
+                    self.up.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
                 self.want_rebind = False
                 self.rebinds += 1
                 self.rx_since_rebind = 0
@@ -357,18 +367,44 @@ class Relay:
             for s in ready:
                 try:
                     if s is self.down:
-                        data, self.client = self.down.recvfrom(65536)
+                        data, bits, self.client = self._recv(self.down, "up")
                         if self.record:
                             self.sent.append(data)
-                        self.up.send(data)
+                        self._send(self.up, data, bits, None)
                     else:
-                        data = s.recv(65536)
+                        data, bits, _ = self._recv(s, "down")
                         if s is self.up:
                             self.rx_since_rebind += 1
                         if self.client:
-                            self.down.sendto(data, self.client)
+                            self._send(self.down, data, bits, self.client)
                 except OSError:
                     pass  # e.g. ICMP unreachable reported on the connected socket
+
+    def _recv(self, s, way):
+        if not self.ecn:
+            data, addr = s.recvfrom(65536)
+            return data, 0, addr
+        data, anc, _, addr = s.recvmsg(65536, socket.CMSG_SPACE(4))
+        bits = 0
+        for level, kind, val in anc:
+            if level == socket.IPPROTO_IP and kind == socket.IP_TOS and val:
+                bits = val[0] & 3
+        key = (way, bits)
+        self.ecn_seen[key] = self.ecn_seen.get(key, 0) + 1
+        return data, bits, addr
+
+    def _send(self, s, data, bits, addr):
+        if not self.ecn or not bits:
+            if addr:
+                s.sendto(data, addr)
+            else:
+                s.send(data)
+            return
+        anc = [(socket.IPPROTO_IP, socket.IP_TOS, bits.to_bytes(4, sys.byteorder))]
+        if addr:
+            s.sendmsg([data], anc, 0, addr)
+        else:
+            s.sendmsg([data], anc)
 
     def replay(self, idx=0):
         """Sends the client's datagram |idx| again, from a new socket."""
@@ -885,6 +921,33 @@ def streams_limit(env, be):
 # address change under loss
 
 
+def ecn(env, be):
+    """ECN (RFC 9000 §13.4) through a relay that passes the IP header's ECN
+    bits on and counts them. qrux reports the marks it receives in its ACKs,
+    so the client's ECN validation succeeds and it goes on marking its
+    packets ECT(0); and qrux marks its own once the client's ACKs show the
+    path keeps them. Without either half, marking stops after the first ten
+    packets of the validation."""
+    q = start(env, be, admin=False)
+    up, up_sha = data_file(env, "upload-ecn.bin", 2 * MiB)
+    rl = Relay(q.port, record=False, ecn=True)
+    try:
+        r = env.gtls(rl.port, "https://localhost:%d/upload" % q.port, method="POST", data=up,
+                     timeout=60)
+    finally:
+        rl.close()
+    doc = echo(r)
+    env.eq("2 MiB upload through the ECN relay: exact body at the app",
+           (r.status(), doc.get("body_len"), doc.get("body_sha256")), (200, 2 * MiB, up_sha),
+           short(r))
+    seen = rl.ecn_seen
+    for way, who in (("up", "client"), ("down", "qrux")):
+        total = sum(v for (w, _), v in seen.items() if w == way)
+        ect0 = seen.get((way, 2), 0)
+        env.check("%s's datagrams kept ECT(0) marks (%d of %d)" % (who, ect0, total),
+                  total > 20 and ect0 * 2 > total, seen)
+
+
 def migration_under_loss(env, be):
     q = start(env, be, workers=2)
     n = 8 * MiB
@@ -964,6 +1027,7 @@ def main():
         env.case("stateless reset after a restart", stateless_reset, env, be)
         env.case("connection limits and timeouts", limits, env, be)
         env.case("streams per connection", streams_limit, env, be)
+        env.case("ECN", ecn, env, be)
         env.case("address change under loss", migration_under_loss, env, be)
         if state:
             env.case("returning clients after the anti-replay window", returning_check, env,

@@ -148,26 +148,31 @@ static void ep_poll_update(qx_quic_ep_t *ep);
  * client wrote to: with a wildcard bind the kernel would otherwise pick).
  * Returns 0, 1 when the socket is full (EAGAIN), or -1 on a hard error. */
 static int send_pkts(qx_quic_ep_t *ep, const struct sockaddr *local, const struct sockaddr *remote,
-                     socklen_t remotelen, const uint8_t *data, size_t len, size_t gso);
+                     socklen_t remotelen, const uint8_t *data, size_t len, size_t gso, uint8_t ecn);
 
 static int send_pkt(qx_quic_ep_t *ep, const struct sockaddr *local, const struct sockaddr *remote,
                     socklen_t remotelen, const uint8_t *data, size_t len)
 {
-    return send_pkts(ep, local, remote, remotelen, data, len, 0);
+    return send_pkts(ep, local, remote, remotelen, data, len, 0, 0);
 }
 
 /* Sends len bytes as one datagram, or, with gso > 0, as datagrams of gso
  * bytes each (the last may be shorter) in one syscall (UDP GSO). A kernel
  * or device without GSO answers EIO: GSO is then turned off and the batch
- * goes out one datagram at a time. Returns as send_pkt. */
+ * goes out one datagram at a time. ecn is the ECN codepoint ngtcp2 asked
+ * for (0: not ECN-capable). Returns as send_pkt. */
 static int send_pkts(qx_quic_ep_t *ep, const struct sockaddr *local, const struct sockaddr *remote,
-                     socklen_t remotelen, const uint8_t *data, size_t len, size_t gso)
+                     socklen_t remotelen, const uint8_t *data, size_t len, size_t gso, uint8_t ecn)
 {
     struct iovec iov = {(void *)data, len};
     union {
-        char buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(uint16_t))];
+        char buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(uint16_t)) +
+                 CMSG_SPACE(sizeof(int))];
         struct cmsghdr align;
     } cm;
+    int v4 = remote->sa_family == AF_INET ||
+             (remote->sa_family == AF_INET6 &&
+              IN6_IS_ADDR_V4MAPPED(&((const struct sockaddr_in6 *)remote)->sin6_addr));
     struct msghdr msg = {0};
     msg.msg_name = (void *)remote;
     msg.msg_namelen = remotelen;
@@ -220,6 +225,18 @@ static int send_pkts(qx_quic_ep_t *ep, const struct sockaddr *local, const struc
         uint16_t seg = (uint16_t)gso;
         memcpy(CMSG_DATA(c), &seg, sizeof(seg));
     }
+    if (ecn) {
+        /* The codepoint goes in the IP header's TOS / traffic class. */
+        size_t used = msg.msg_controllen;
+        msg.msg_control = cm.buf;
+        msg.msg_controllen = used + CMSG_SPACE(sizeof(int));
+        struct cmsghdr *c = (struct cmsghdr *)(void *)(cm.buf + used);
+        c->cmsg_level = v4 ? IPPROTO_IP : IPPROTO_IPV6;
+        c->cmsg_type = v4 ? IP_TOS : IPV6_TCLASS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        int tos = ecn;
+        memcpy(CMSG_DATA(c), &tos, sizeof(tos));
+    }
 
     for (;;) {
         ssize_t n = sendmsg(ep->fd, &msg, 0);
@@ -233,8 +250,8 @@ static int send_pkts(qx_quic_ep_t *ep, const struct sockaddr *local, const struc
             QX_WARN("quic: UDP GSO refused by the kernel (EIO); sending datagrams one by one");
             ep->no_gso = 1;
             for (size_t off = 0; off < len; off += gso) {
-                int rv =
-                    send_pkts(ep, local, remote, remotelen, data + off, QX_MIN(gso, len - off), 0);
+                int rv = send_pkts(ep, local, remote, remotelen, data + off, QX_MIN(gso, len - off),
+                                   0, ecn);
                 if (rv != 0)
                     return rv;
             }
@@ -392,11 +409,12 @@ static void conn_fail(qx_quic_conn_t *qc, int liberr)
 /* Sends the batch [0, len) of datagrams of gso bytes (the last may be
  * shorter) on qc's current path; on EAGAIN keeps it for the writable event
  * (ngtcp2 already counts it as sent). Returns 0, or 1 when stashed. */
-static int flush_batch(qx_quic_conn_t *qc, size_t len, size_t gso)
+static int flush_batch(qx_quic_conn_t *qc, size_t len, size_t gso, uint8_t ecn)
 {
     qx_quic_ep_t *ep = qc->ep;
-    int rv = send_pkts(ep, (const struct sockaddr *)&qc->local,
-                       (const struct sockaddr *)&qc->remote, qc->remotelen, ep->txbuf, len, gso);
+    int rv =
+        send_pkts(ep, (const struct sockaddr *)&qc->local, (const struct sockaddr *)&qc->remote,
+                  qc->remotelen, ep->txbuf, len, gso, ecn);
     if (rv != 1)
         return 0; /* sent, or lost like any datagram */
     qc->stash = malloc(len);
@@ -404,6 +422,7 @@ static int flush_batch(qx_quic_conn_t *qc, size_t len, size_t gso)
         memcpy(qc->stash, ep->txbuf, len);
         qc->stashlen = len;
         qc->stashgso = gso;
+        qc->stashecn = ecn;
         ep->nblocked++;
         ep_poll_update(ep);
     }
@@ -425,6 +444,7 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
     ngtcp2_tstamp ts = now_ns();
     size_t npkts = 0;
     size_t off = 0, gso = 0; /* the batch being built in ep->txbuf */
+    uint8_t ecn = 0;         /* ... and its ECN codepoint (one per batch) */
     size_t maxpkt = ngtcp2_conn_get_max_tx_udp_payload_size(qc->conn);
     size_t batch = ep->no_gso ? 1 : TX_BATCH_PKTS;
 
@@ -433,7 +453,7 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
     if (qc->stash) {
         int rv =
             send_pkts(ep, (const struct sockaddr *)&qc->local, (const struct sockaddr *)&qc->remote,
-                      qc->remotelen, qc->stash, qc->stashlen, qc->stashgso);
+                      qc->remotelen, qc->stash, qc->stashlen, qc->stashgso, qc->stashecn);
         if (rv == 1)
             return 0; /* still full; the writable event brings us back */
         free(qc->stash);
@@ -491,7 +511,7 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
          * last path a packet came from. A batch holds one path only. */
         if (!same_path(qc, &ps.path)) {
             if (off > 0) {
-                if (flush_batch(qc, off, gso))
+                if (flush_batch(qc, off, gso, ecn))
                     break; /* the new packet is lost like any datagram */
                 memmove(ep->txbuf, ep->txbuf + off, (size_t)n);
                 off = 0;
@@ -501,23 +521,26 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
             memcpy(&qc->remote, ps.path.remote.addr, ps.path.remote.addrlen);
             qc->remotelen = ps.path.remote.addrlen;
         }
-        if (off > 0 && (size_t)n > gso) {
-            /* Larger than the batch's segments: the kernel would cut it.
-             * Send the batch, and start a new one with this packet. */
-            if (flush_batch(qc, off, gso))
+        if (off > 0 && ((size_t)n > gso || pi.ecn != ecn)) {
+            /* Larger than the batch's segments (the kernel would cut it),
+             * or another ECN codepoint: send the batch, and start a new
+             * one with this packet. */
+            if (flush_batch(qc, off, gso, ecn))
                 break; /* the new packet is lost like any datagram */
             memmove(ep->txbuf, ep->txbuf + off, (size_t)n);
             off = 0;
         }
-        if (off == 0)
+        if (off == 0) {
             gso = (size_t)n;
+            ecn = pi.ecn;
+        }
         off += (size_t)n;
         ++npkts;
         /* GSO segments all have the batch's size; a shorter one ends it. */
         if ((size_t)n < gso || off / gso >= batch || off + maxpkt > sizeof(ep->txbuf)) {
             size_t len = off;
             off = 0;
-            if (flush_batch(qc, len, gso))
+            if (flush_batch(qc, len, gso, ecn))
                 break;
         }
         if (npkts >= TX_MAX_PKTS) {
@@ -527,7 +550,7 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
         }
     }
     if (off > 0)
-        flush_batch(qc, off, gso);
+        flush_batch(qc, off, gso, ecn);
     /* Pacing starts once the handshake is done: before that ngtcp2 paces at
      * its default 333 ms RTT estimate, which held the first response of
      * every connection back by ~20 ms. The first update also charges the
@@ -989,7 +1012,7 @@ static void close_initial(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd, uint64_t co
 
 static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_t locallen,
                         const struct sockaddr *remote, socklen_t remotelen, const uint8_t *data,
-                        size_t len, int forwarded)
+                        size_t len, int forwarded, uint8_t ecn)
 {
     ngtcp2_version_cid vc;
     int rv = ngtcp2_pkt_decode_version_cid(&vc, data, len, QX_SCID_LEN);
@@ -1053,7 +1076,7 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
         .local = {(ngtcp2_sockaddr *)local, locallen},
         .remote = {(ngtcp2_sockaddr *)remote, remotelen},
     };
-    ngtcp2_pkt_info pi = {0};
+    ngtcp2_pkt_info pi = {.ecn = ecn}; /* ngtcp2 counts the marks for its ACKs */
     rv = ngtcp2_conn_read_pkt(qc->conn, &path, &pi, data, len, now_ns());
     if (rv != 0) {
         conn_fail(qc, rv);
@@ -1068,7 +1091,7 @@ static void read_datagrams(qx_quic_ep_t *ep)
         struct sockaddr_storage remote, local;
         union {
             char buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) +
-                     CMSG_SPACE(sizeof(struct in_pktinfo)) + CMSG_SPACE(sizeof(int))];
+                     CMSG_SPACE(sizeof(struct in_pktinfo)) + 3 * CMSG_SPACE(sizeof(int))];
             struct cmsghdr align;
         } cm;
         struct iovec iov = {ep->rxbuf, sizeof(ep->rxbuf)};
@@ -1088,11 +1111,18 @@ static void read_datagrams(qx_quic_ep_t *ep)
         }
         /* The local address: what the client wrote to. */
         socklen_t locallen = 0;
-        int gro = 0; /* UDP GRO: datagrams of this size, coalesced (the last may be shorter) */
+        int gro = 0;     /* UDP GRO: datagrams of this size, coalesced (the last may be shorter) */
+        uint8_t ecn = 0; /* the ECN bits of the IP header (IP_RECVTOS / IPV6_RECVTCLASS) */
         memset(&local, 0, sizeof(local));
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
             if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
                 memcpy(&gro, CMSG_DATA(c), sizeof(gro));
+            } else if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TOS) {
+                ecn = *(const uint8_t *)CMSG_DATA(c) & 0x3; /* one byte (IP_RECVTOS) */
+            } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_TCLASS) {
+                int tc;
+                memcpy(&tc, CMSG_DATA(c), sizeof(tc));
+                ecn = (uint8_t)(tc & 0x3);
             } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
                 struct in6_pktinfo pi;
                 memcpy(&pi, CMSG_DATA(c), sizeof(pi));
@@ -1137,7 +1167,7 @@ static void read_datagrams(qx_quic_ep_t *ep)
             n -= n % gro; /* a cut datagram is lost like any other */
         for (size_t off = 0; off < (size_t)n; off += seg)
             on_datagram(ep, (struct sockaddr *)&local, locallen, (struct sockaddr *)&remote,
-                        msg.msg_namelen, ep->rxbuf + off, QX_MIN(seg, (size_t)n - off), 0);
+                        msg.msg_namelen, ep->rxbuf + off, QX_MIN(seg, (size_t)n - off), 0, ecn);
     }
 }
 
@@ -1145,7 +1175,7 @@ void qx_quic_ep_input(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_t 
                       const struct sockaddr *remote, socklen_t remotelen, const uint8_t *data,
                       size_t len)
 {
-    on_datagram(ep, local, locallen, remote, remotelen, data, len, 1);
+    on_datagram(ep, local, locallen, remote, remotelen, data, len, 1, 0);
 }
 
 static void on_poll(uv_poll_t *h, int status, int events)
@@ -1217,6 +1247,12 @@ int qx_quic_ep_new(qx_quic_ep_t **out, qx_worker_t *w, const struct sockaddr *ad
     }
     if (setsockopt(ep->fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one)) == -1)
         goto fail;
+    /* ECN (RFC 9000 §13.4): the marks of what arrives are counted in ACKs,
+     * and ngtcp2 marks what it sends once the path has shown it keeps them.
+     * Optional: without these, ECN validation fails and nothing is marked. */
+    setsockopt(ep->fd, IPPROTO_IP, IP_RECVTOS, &one, sizeof(one));
+    if (addr->sa_family == AF_INET6)
+        setsockopt(ep->fd, IPPROTO_IPV6, IPV6_RECVTCLASS, &one, sizeof(one));
     /* UDP GRO: a burst of same-size datagrams from one client comes up in
      * one recvmsg (split again in read_datagrams), and on loopback a GSO
      * batch is not cut into datagrams at all. Older kernels refuse it. */

@@ -50,6 +50,7 @@ struct qx_quic_conn {
     uint8_t *stash;    /* a packet the socket refused with EAGAIN */
     size_t stashlen;
     size_t stashgso;             /* its GSO segment size (0: one datagram) */
+    uint8_t stashecn;            /* its ECN codepoint */
     qx_quic_conn_t *prev, *next; /* all connections */
     qx_quic_conn_t *dnext;       /* flush list */
 };
