@@ -29,19 +29,34 @@ static int is_ows(char c)
     return c == ' ' || c == '\t';
 }
 
+/* The next token of a comma-separated list from *pos: sets *tok and
+ * returns its length (OWS trimmed; 0 for an empty element), or -1 at the
+ * end of the list. */
+static ssize_t next_token(const char *list, size_t listlen, size_t *pos, const char **tok)
+{
+    size_t i = *pos;
+    while (i < listlen && (is_ows(list[i]) || list[i] == ','))
+        i++;
+    if (i >= listlen)
+        return -1;
+    size_t start = i;
+    while (i < listlen && list[i] != ',')
+        i++;
+    size_t end = i;
+    while (end > start && is_ows(list[end - 1]))
+        end--;
+    *pos = i;
+    *tok = list + start;
+    return (ssize_t)(end - start);
+}
+
 int qx_h1_list_has_token(const char *list, size_t listlen, const char *name, size_t namelen)
 {
-    size_t i = 0;
-    while (i < listlen) {
-        while (i < listlen && (is_ows(list[i]) || list[i] == ','))
-            i++;
-        size_t start = i;
-        while (i < listlen && list[i] != ',')
-            i++;
-        size_t end = i;
-        while (end > start && is_ows(list[end - 1]))
-            end--;
-        if (end - start == namelen && strncasecmp(list + start, name, namelen) == 0)
+    size_t pos = 0;
+    const char *t;
+    ssize_t n;
+    while ((n = next_token(list, listlen, &pos, &t)) >= 0) {
+        if ((size_t)n == namelen && strncasecmp(t, name, namelen) == 0)
             return 1;
     }
     return 0;
@@ -49,19 +64,12 @@ int qx_h1_list_has_token(const char *list, size_t listlen, const char *name, siz
 
 int qx_h1_conn_names_fields(const char *list, size_t listlen)
 {
-    size_t i = 0;
-    while (i < listlen) {
-        while (i < listlen && (is_ows(list[i]) || list[i] == ','))
-            i++;
-        size_t start = i;
-        while (i < listlen && list[i] != ',')
-            i++;
-        size_t end = i;
-        while (end > start && is_ows(list[end - 1]))
-            end--;
-        size_t n = end - start;
-        if (n > 0 && !(n == 5 && strncasecmp(list + start, "close", 5) == 0) &&
-            !qx_h1_is_hop_by_hop(list + start, n))
+    size_t pos = 0;
+    const char *t;
+    ssize_t n;
+    while ((n = next_token(list, listlen, &pos, &t)) >= 0) {
+        if (n > 0 && !(n == 5 && strncasecmp(t, "close", 5) == 0) &&
+            !qx_h1_is_hop_by_hop(t, (size_t)n))
             return 1;
     }
     return 0;
