@@ -201,7 +201,8 @@ void qx_exchange_front_answered(qx_exchange_t *ex, int status);
  * since the last poll (see pump_later in exchange.c). */
 void qx_exchange_on_pump(uv_prepare_t *h);
 
-/* Frees the exchanges the worker keeps for reuse (its loop has ended). */
+/* Frees what the exchanges keep per worker: the cached exchanges and the
+ * upstream read scratch buffer (its loop has ended). */
 void qx_exchange_cache_free(qx_worker_t *w);
 
 /* The front stream is closed (done, reset, or its connection died).

@@ -170,9 +170,6 @@ static int send_pkts(qx_quic_ep_t *ep, const struct sockaddr *local, const struc
                  CMSG_SPACE(sizeof(int))];
         struct cmsghdr align;
     } cm;
-    int v4 = remote->sa_family == AF_INET ||
-             (remote->sa_family == AF_INET6 &&
-              IN6_IS_ADDR_V4MAPPED(&((const struct sockaddr_in6 *)remote)->sin6_addr));
     struct msghdr msg = {0};
     msg.msg_name = (void *)remote;
     msg.msg_namelen = remotelen;
@@ -227,6 +224,9 @@ static int send_pkts(qx_quic_ep_t *ep, const struct sockaddr *local, const struc
     }
     if (ecn) {
         /* The codepoint goes in the IP header's TOS / traffic class. */
+        int v4 = remote->sa_family == AF_INET ||
+                 (remote->sa_family == AF_INET6 &&
+                  IN6_IS_ADDR_V4MAPPED(&((const struct sockaddr_in6 *)remote)->sin6_addr));
         size_t used = msg.msg_controllen;
         msg.msg_control = cm.buf;
         msg.msg_controllen = used + CMSG_SPACE(sizeof(int));
