@@ -21,10 +21,17 @@ FRESH := env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL
 
 .PHONY: all deps build run test clean format bench
 
+# Which dependency set scripts/deps.sh installs (build, run, test, bench): the
+# target's own; target-specific values reach the deps prerequisite.
+DEPS_SET ?= build
+run: DEPS_SET = run
+test: DEPS_SET = test
+bench: DEPS_SET = bench
+
 all: build
 
 deps:
-	@scripts/deps.sh
+	@scripts/deps.sh $(DEPS_SET)
 
 build: deps
 	@echo "+ cmake -S . -B $(BUILD_DIR) $(CMAKE_ARGS)"

@@ -1,30 +1,94 @@
 #!/bin/sh
-# Installs every build and test dependency of qrux from Debian bookworm packages.
+# Installs qrux's dependencies from Debian bookworm packages (and the few that
+# come from Debian's bookworm-backports suite). One source of truth for the
+# README's commands, CI and the Dockerfile:
+#
+#   scripts/deps.sh build   compiler, CMake, the libraries (the Dockerfile's build stage)
+#   scripts/deps.sh run     build + what `make run` needs (the demo backend, openssl, gtlsclient)
+#   scripts/deps.sh test    run + every test peer (`make test`, CI); the default
+#   scripts/deps.sh bench   test + the benchmark's peers and profilers (`make bench`)
+#   scripts/deps.sh --list SET   prints the packages of SET and exits
+#
 # Idempotent and fast: when everything is present it runs one dpkg-query and
-# exits, so `make run` and `make test` can call it every time.
+# exits, so the make targets can call it every time.
 set -eu
 
-# Build: compiler, CMake, the libraries of ARCHITECTURE.md ("Libraries").
-# Test peers: ngtcp2's gtlsclient, nginx as backend, Chromium, curl; for the HTTPS
-# listener h2load (nghttp2-client), slowhttptest (slowloris) and testssl.sh.
-# Demo (`make run`): openssl for the self-signed certificate, nginx-light.
-# Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf (profiles).
-PKGS="build-essential cmake pkg-config git ca-certificates
-libngtcp2-dev libngtcp2-crypto-gnutls-dev libnghttp3-dev libnghttp2-dev
-libssl-dev libgnutls28-dev libuv1-dev libcyaml-dev node-llhttp
-libmicrohttpd-dev libjansson-dev libbpf-dev clang clang-format bpftool libcmocka-dev
-ngtcp2-client nginx-light chromium curl openssl python3 procps iproute2 prometheus
-nghttp2-client slowhttptest testssl.sh caddy valgrind linux-perf"
+# Build: the libraries of docs/ARCHITECTURE.md ("Libraries"). libyaml-dev:
+# Debian's libcyaml-dev does not pull it in but libcyaml.pc links -lyaml.
+BUILD="build-essential cmake pkg-config git ca-certificates
+libngtcp2-dev libngtcp2-crypto-gnutls-dev libnghttp3-dev libnghttp2-dev libssl-dev libgnutls28-dev libuv1-dev libcyaml-dev libyaml-dev node-llhttp
+libmicrohttpd-dev libjansson-dev libbpf-dev clang bpftool libcmocka-dev"
+# Packages taken from bookworm-backports, each as NAME:MINIMUM_VERSION (an
+# older one installed from bookworm is upgraded).
+BUILD_BACKPORTS=""
+
+# Demo (`make run`): nginx-light as the backend, openssl for the self-signed
+# certificate, curl and ngtcp2's gtlsclient for the commands it prints.
+RUN="nginx-light openssl curl python3 ngtcp2-client"
+RUN_BACKPORTS=""
+
+# Test peers: Chromium, curl, h2load (nghttp2-client), slowhttptest
+# (slowloris), testssl.sh, promtool (prometheus), python3-h2/hpack (raw
+# HTTP/2), podman/buildah/runc/debootstrap (the container image, run for
+# real), iproute2 (network namespaces), clang-format.
+TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
+python3-h2 python3-hpack podman buildah runc debootstrap clang-format"
+TEST_BACKPORTS=""
+
+# Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf.
+BENCH="caddy valgrind linux-perf"
+BENCH_BACKPORTS=""
+
+set_name=${1:-test}
+list_only=0
+if [ "$set_name" = "--list" ]; then
+    list_only=1
+    set_name=${2:-test}
+fi
+
+case "$set_name" in
+build)
+    PKGS="$BUILD"
+    BP="$BUILD_BACKPORTS"
+    ;;
+run)
+    PKGS="$BUILD $RUN"
+    BP="$BUILD_BACKPORTS $RUN_BACKPORTS"
+    ;;
+test)
+    PKGS="$BUILD $RUN $TEST"
+    BP="$BUILD_BACKPORTS $RUN_BACKPORTS $TEST_BACKPORTS"
+    ;;
+bench)
+    PKGS="$BUILD $RUN $TEST $BENCH"
+    BP="$BUILD_BACKPORTS $RUN_BACKPORTS $TEST_BACKPORTS $BENCH_BACKPORTS"
+    ;;
+*)
+    echo "deps: unknown set '$set_name' (build, run, test or bench)" >&2
+    exit 2
+    ;;
+esac
+
+if [ "$list_only" = 1 ]; then
+    # shellcheck disable=SC2086
+    echo $PKGS
+    for e in $BP; do echo "${e%%:*}/bookworm-backports"; done
+    exit 0
+fi
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "deps: dpkg-query not found; qrux builds on Debian bookworm (install the packages listed in $0 by hand)" >&2
     exit 1
 fi
 
+bp_names=""
+for e in $BP; do bp_names="$bp_names ${e%%:*}"; done
+
 # One dpkg-query for all packages; unknown ones print nothing on stdout.
 # shellcheck disable=SC2086
-installed=$(dpkg-query -W -f='${Package} ${Status}\n' $PKGS 2>/dev/null |
-    awk '$NF == "installed" && $(NF-1) == "ok" { printf " %s ", $1 }' || true)
+status=$(dpkg-query -W -f='${Package} ${Version} ${Status}\n' $PKGS $bp_names 2>/dev/null |
+    awk '$NF == "installed" && $(NF-1) == "ok" { print $1, $2 }' || true)
+installed=$(echo "$status" | awk '{ printf " %s ", $1 }')
 
 missing=""
 for p in $PKGS; do
@@ -33,21 +97,65 @@ for p in $PKGS; do
     *) missing="$missing $p" ;;
     esac
 done
+missing_bp=""
+for e in $BP; do
+    name=${e%%:*}
+    min=${e#*:}
+    have=$(echo "$status" | awk -v p="$name" '$1 == p { print $2 }')
+    if [ -z "$have" ] || ! dpkg --compare-versions "$have" ge "$min"; then
+        missing_bp="$missing_bp $name"
+    fi
+done
 
-if [ -z "$missing" ]; then
+if [ -z "$missing" ] && [ -z "$missing_bp" ]; then
     exit 0
 fi
 
-echo "deps: installing:$missing" >&2
 SUDO=""
 if [ "$(id -u)" != 0 ]; then
     if ! command -v sudo >/dev/null 2>&1; then
-        echo "deps: not root and no sudo; as root run: apt-get install$missing" >&2
+        echo "deps: not root and no sudo; as root run: $0 $set_name" >&2
         exit 1
     fi
     SUDO="sudo"
 fi
 export DEBIAN_FRONTEND=noninteractive
+
+# bookworm-backports from the mirror this machine already uses: the first
+# Debian URI of its apt sources (deb822 or one-line format). Packages come
+# from it only when asked for with -t (its default priority is 100).
+BP_SOURCES=/etc/apt/sources.list.d/qrux-bookworm-backports.sources
+enable_backports()
+{
+    if [ -f "$BP_SOURCES" ] || grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        return 0
+    fi
+    mirror=$(
+        {
+            grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{ print $2 }'
+            grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list |
+                sed 's/\[[^]]*\]//' | awk '{ print $2 }'
+        } | grep -v -e security -e '^$' | head -n 1
+    )
+    if [ -z "$mirror" ]; then
+        echo "deps: no Debian mirror found in the apt sources to take bookworm-backports from" >&2
+        exit 1
+    fi
+    echo "deps: enabling bookworm-backports from $mirror ($BP_SOURCES)" >&2
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "$mirror" | $SUDO tee "$BP_SOURCES" >/dev/null
+}
+
+if [ -n "$missing_bp" ]; then
+    enable_backports
+fi
+echo "deps: installing:$missing${missing_bp:+ (bookworm-backports:$missing_bp)}" >&2
 $SUDO apt-get update -qq
-# shellcheck disable=SC2086
-$SUDO apt-get install -y -qq --no-install-recommends $missing >&2
+if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086
+    $SUDO apt-get install -y -qq --no-install-recommends $missing >&2
+fi
+if [ -n "$missing_bp" ]; then
+    # shellcheck disable=SC2086
+    $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports $missing_bp >&2
+fi
