@@ -192,24 +192,20 @@ static void on_connect(uv_connect_t *req, int status)
 
 /* ---- public ------------------------------------------------------------- */
 
-/* A socket the peer closed while idle reads EOF at once; MSG_PEEK tells
- * without consuming anything. Idle connections are read, so a close that
- * came before this loop iteration has already evicted the connection: only
- * one idle for a while (QX_POOL_PEEK_AFTER_MS) is peeked, and a close that
- * races a quick reuse is left to the exchange's retry. That saves a
- * syscall on every request of a busy pool. */
+/* An idle keep-alive connection must hold nothing: a byte waiting in the
+ * socket is a response nobody asked for (handing the connection out would
+ * deliver it to the next request), and EOF or an error means it is gone.
+ * The idle read watcher evicts such a connection only when the loop polls,
+ * which may be after this checkout in the same turn, so every checkout
+ * looks with a non-blocking MSG_PEEK: one syscall that consumes nothing. */
 static int still_open(qx_upconn_t *uc)
 {
     uv_os_fd_t fd;
     char c;
-    if (uv_now(uc->pool->loop) - uc->idle_since_ms < QX_POOL_PEEK_AFTER_MS)
-        return 1;
     if (uv_fileno((uv_handle_t *)&uc->tcp, &fd) != 0)
         return 0;
     ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
-        return 1;
-    return 0;
+    return n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 int qx_pool_checkout(qx_pool_t *p, void *user, const qx_upconn_cb_t *cb, int fresh_only,

@@ -5,8 +5,8 @@
  * A qx_upconn_t is a thin TCP wrapper (connect, one write at a time, read
  * start/stop, close); the HTTP/1.1 logic lives in the exchange that uses
  * it. The pool hands out an idle connection checked alive (an idle socket
- * is watched for EOF, and one idle for QX_POOL_PEEK_AFTER_MS or more is
- * peeked once more at checkout), or starts a new
+ * is watched for EOF and stray bytes, and peeked once more at checkout:
+ * one with anything to read is never handed out), or starts a new
  * connect. At most max_idle connections stay idle; idle ones older than
  * idle_timeout_ms are closed by qx_pool_sweep().
  *
@@ -25,7 +25,6 @@
 
 #define QX_UPCONN_RBUF 512   /* the connection's own read buffer (idle reads; users bring theirs) */
 #define QX_UPCONN_MAX_BUFS 8 /* buffers in one qx_upconn_write */
-#define QX_POOL_PEEK_AFTER_MS 200 /* idle this long: checked with MSG_PEEK at checkout */
 
 typedef struct qx_pool qx_pool_t;
 typedef struct qx_upconn qx_upconn_t;
