@@ -483,7 +483,7 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
         local_response(ex, 413);
         return;
     }
-    uint32_t pick = ex->w->rr[ex->route]++ % (uint32_t)route->nupstreams;
+    size_t pick = qx_snapshot_pick(ex->snap, ex->route);
     ex->up = ex->snap->route_base[ex->route] + pick;
     ex->up_name = route->upstreams[pick].name;
     if (ex->has_body && ring_init(&ex->req, &ex->reqbuf, ex->req_inline, ex->req_cl) < 0) {

@@ -14,7 +14,8 @@ int qx_snapshot_new(qx_snapshot_t **out, qx_config_t *cfg, uint64_t generation)
     s->generation = generation;
     s->refcnt = 1;
     s->route_base = calloc(cfg->nroutes, sizeof(size_t));
-    if (s->route_base == NULL)
+    s->rr = calloc(cfg->nroutes, sizeof(uint32_t));
+    if (s->route_base == NULL || s->rr == NULL)
         goto fail_base;
     for (size_t r = 0; r < cfg->nroutes; r++) {
         s->route_base[r] = s->nupstreams;
@@ -26,8 +27,9 @@ int qx_snapshot_new(qx_snapshot_t **out, qx_config_t *cfg, uint64_t generation)
     return 0;
 
 fail_router:
-    free(s->route_base);
 fail_base:
+    free(s->rr);
+    free(s->route_base);
     free(s);
 fail_alloc:
     qx_config_del(cfg);
@@ -49,7 +51,15 @@ void qx_snapshot_unref(qx_snapshot_t *s)
     qx_router_del(s->router);
     qx_config_del(s->cfg);
     free(s->route_base);
+    free(s->rr);
     free(s);
+}
+
+size_t qx_snapshot_pick(qx_snapshot_t *s, int route)
+{
+    uint32_t n = (uint32_t)s->cfg->routes[route].nupstreams;
+    uint32_t k = __atomic_fetch_add(&s->rr[route], 1, __ATOMIC_RELAXED);
+    return k % n;
 }
 
 const qx_upstream_cfg_t *qx_snapshot_upstream(const qx_snapshot_t *s, size_t i)

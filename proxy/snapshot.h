@@ -21,6 +21,7 @@ typedef struct qx_snapshot {
     qx_router_t *router;
     size_t nupstreams;  /* sum of every route's upstreams */
     size_t *route_base; /* route r's upstreams are [route_base[r], route_base[r] + n) */
+    uint32_t *rr;       /* atomic: round-robin cursor per route of this snapshot's cfg */
 } qx_snapshot_t;
 
 /* Takes ownership of cfg (also on failure). Returns 0 or QX_ERR_NOMEM. */
@@ -30,6 +31,12 @@ qx_snapshot_t *qx_snapshot_ref(qx_snapshot_t *s);
 
 /* Drops a reference; the last one frees. Accepts NULL. */
 void qx_snapshot_unref(qx_snapshot_t *s);
+
+/* The next upstream of route |route| (an index into this snapshot's
+ * cfg->routes) in round-robin order, shared by every worker. The cursor
+ * lives with the routes it counts, so a request that began under an older
+ * snapshot never indexes a newer one's table. Thread-safe. */
+size_t qx_snapshot_pick(qx_snapshot_t *s, int route);
 
 /* The upstream config at flat index i. */
 const qx_upstream_cfg_t *qx_snapshot_upstream(const qx_snapshot_t *s, size_t i);

@@ -69,11 +69,8 @@ int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot
         return QX_ERR_IO;
     w->snap = qx_snapshot_ref(snap);
     w->pools = calloc(snap->nupstreams, sizeof(*w->pools));
-    w->rr = calloc(cfg->nroutes, sizeof(*w->rr));
-    if (w->pools == NULL || w->rr == NULL)
+    if (w->pools == NULL)
         return QX_ERR_NOMEM;
-    for (size_t r = 0; r < cfg->nroutes; r++)
-        w->rr[r] = id; /* workers start their round-robin at different upstreams */
     for (size_t i = 0; i < snap->nupstreams; i++) {
         const qx_upstream_cfg_t *up = qx_snapshot_upstream(snap, i);
         rv = qx_pool_new(&w->pools[i], &w->loop, (const struct sockaddr *)&up->addr, up->addrlen,
@@ -237,12 +234,10 @@ static void adopt_snapshot(qx_worker_t *w)
     }
     qx_snapshot_t *old = w->snap;
     qx_pool_t **pools = calloc(snap->nupstreams ? snap->nupstreams : 1, sizeof(*pools));
-    uint32_t *rr = calloc(snap->cfg->nroutes, sizeof(*rr));
-    if (pools == NULL || rr == NULL) {
+    if (pools == NULL) {
         QX_ERROR("worker %u: out of memory adopting generation %llu; keeping %llu", w->id,
                  (unsigned long long)snap->generation, (unsigned long long)old->generation);
         free(pools);
-        free(rr);
         qx_snapshot_unref(snap);
         return;
     }
@@ -276,12 +271,8 @@ static void adopt_snapshot(qx_worker_t *w)
         p->retired_next = w->retired;
         w->retired = p;
     }
-    for (size_t r = 0; r < snap->cfg->nroutes; r++)
-        rr[r] = w->id;
     free(w->pools);
-    free(w->rr);
     w->pools = pools;
-    w->rr = rr;
     w->snap = snap;
     qx_snapshot_unref(old);
     QX_DEBUG("worker %u: generation %llu adopted", w->id, (unsigned long long)snap->generation);
@@ -389,7 +380,6 @@ void qx_worker_free(qx_worker_t *w)
     del_retired(w);
     qx_exchange_cache_free(w);
     free(w->pools);
-    free(w->rr);
     while (w->inbox) {
         struct qx_fwd_pkt *next = w->inbox->next;
         free(w->inbox);

@@ -59,7 +59,6 @@ struct qx_worker {
     qx_snapshot_t *snap; /* the snapshot new requests use */
     qx_pool_t **pools;   /* [snap->nupstreams] */
     qx_pool_t *retired;  /* pools a newer snapshot dropped, kept while requests need them */
-    uint32_t *rr;        /* round-robin cursor per route */
     qx_metrics_t metrics;
     qx_quic_ep_t *quic;
     qx_tcp_front_t *tcp;      /* HTTPS fallback listener; NULL when not configured */
