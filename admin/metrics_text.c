@@ -364,6 +364,7 @@ static void render_upstreams(qx_metrics_text_t *t, const up_ent_t *e, size_t n)
 
 static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *const *w, size_t nw)
 {
+    uint64_t defences[QX_D_COUNT] = {0};
     uint64_t h3 = 0, h2 = 0, h1 = 0, hs_ok = 0, hs_fail = 0, in = 0, out = 0, rejected = 0,
              resets = 0, retry = 0, badtok = 0, refused = 0, early_ok = 0, early_held = 0,
              forwarded = 0;
@@ -383,6 +384,8 @@ static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *cons
         rejected += ld(&w[i]->request_body_rejected);
         resets += ld(&w[i]->streams_reset_by_client);
         forwarded += ld(&w[i]->quic_forwarded);
+        for (int d = 0; d < QX_D_COUNT; d++)
+            defences[d] += ld(&w[i]->defences[d]);
     }
     family(t, "qrux_active_connections", "gauge", "Client connections open, by protocol.");
     putf(t, "qrux_active_connections{protocol=\"%s\"} %llu\n", qx_metrics_proto_name(QX_P_H3),
@@ -425,6 +428,12 @@ static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *cons
     family(t, "qrux_client_stream_resets_total", "counter",
            "Request streams the client reset or stopped before the response ended.");
     putf(t, "qrux_client_stream_resets_total %llu\n", (unsigned long long)resets);
+    family(t, "qrux_defence_total", "counter",
+           "Times a defence against a hostile client or upstream fired, by defence (see "
+           "SECURITY.md).");
+    for (int d = 0; d < QX_D_COUNT; d++)
+        putf(t, "qrux_defence_total{defence=\"%s\"} %llu\n", qx_metrics_defence_name(d),
+             (unsigned long long)defences[d]);
 }
 
 static void render_globals(qx_metrics_text_t *t, const qx_metrics_globals_t *g)

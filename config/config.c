@@ -66,6 +66,11 @@ typedef struct raw_limits {
     char *quic_idle_timeout_secs;
     char *max_streams_per_connection;
     char *retry_handshakes_threshold;
+    char *client_idle_timeout_secs;
+    char *upstream_idle_timeout_secs;
+    char *max_tcp_connections;
+    char *max_tcp_connections_per_ip;
+    char *max_connections_per_upstream;
 } raw_limits_t;
 
 typedef struct raw_server {
@@ -127,6 +132,11 @@ static const cyaml_schema_field_t limits_fields[] = {
     OPT_STR("quic_idle_timeout_secs", raw_limits_t, quic_idle_timeout_secs),
     OPT_STR("max_streams_per_connection", raw_limits_t, max_streams_per_connection),
     OPT_STR("retry_handshakes_threshold", raw_limits_t, retry_handshakes_threshold),
+    OPT_STR("client_idle_timeout_secs", raw_limits_t, client_idle_timeout_secs),
+    OPT_STR("upstream_idle_timeout_secs", raw_limits_t, upstream_idle_timeout_secs),
+    OPT_STR("max_tcp_connections", raw_limits_t, max_tcp_connections),
+    OPT_STR("max_tcp_connections_per_ip", raw_limits_t, max_tcp_connections_per_ip),
+    OPT_STR("max_connections_per_upstream", raw_limits_t, max_connections_per_upstream),
     CYAML_FIELD_END,
 };
 
@@ -888,6 +898,18 @@ static int build_limits(qx_limits_t *l, const raw_limits_t *raw, char *err, size
          offsetof(qx_limits_t, max_streams_per_connection), 100, 10000},
         {"retry_handshakes_threshold", offsetof(raw_limits_t, retry_handshakes_threshold),
          offsetof(qx_limits_t, retry_handshakes_threshold), 100, 1000000},
+        /* Hostile peers: a wait without a deadline or a resource without a
+         * cap is what they look for; 0 ("none") is refused. */
+        {"client_idle_timeout_secs", offsetof(raw_limits_t, client_idle_timeout_secs),
+         offsetof(qx_limits_t, client_idle_timeout_secs), 30, 3600},
+        {"upstream_idle_timeout_secs", offsetof(raw_limits_t, upstream_idle_timeout_secs),
+         offsetof(qx_limits_t, upstream_idle_timeout_secs), 60, 3600},
+        {"max_tcp_connections", offsetof(raw_limits_t, max_tcp_connections),
+         offsetof(qx_limits_t, max_tcp_connections), 10000, 1000000},
+        {"max_tcp_connections_per_ip", offsetof(raw_limits_t, max_tcp_connections_per_ip),
+         offsetof(qx_limits_t, max_tcp_connections_per_ip), 500, 1000000},
+        {"max_connections_per_upstream", offsetof(raw_limits_t, max_connections_per_upstream),
+         offsetof(qx_limits_t, max_connections_per_upstream), 1024, 1000000},
     };
     for (size_t i = 0; i < QX_ARRAY_LEN(quic_limits); i++) {
         const char *s = *(char *const *)(const void *)((const char *)raw + quic_limits[i].raw_off);

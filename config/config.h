@@ -24,12 +24,17 @@ typedef struct qx_limits {
     uint32_t
         body_idle_timeout_secs;    /* default 30: no request body byte for this long (slow POST) */
     uint32_t max_quic_connections; /* default 10000 per process; more get CONNECTION_REFUSED */
-    uint32_t max_quic_connections_per_ip; /* default 200 from one client address */
-    uint32_t quic_handshake_timeout_secs; /* default 10 */
-    uint32_t quic_idle_timeout_secs;      /* default 30 */
-    uint32_t max_streams_per_connection;  /* default 100 concurrent requests */
-    uint32_t retry_handshakes_threshold;  /* default 100: retry=auto sends Retry past this many
-                                             handshakes in progress on a worker */
+    uint32_t max_quic_connections_per_ip;  /* default 200 from one client address */
+    uint32_t quic_handshake_timeout_secs;  /* default 10 */
+    uint32_t quic_idle_timeout_secs;       /* default 30 */
+    uint32_t max_streams_per_connection;   /* default 100 concurrent requests */
+    uint32_t retry_handshakes_threshold;   /* default 100: retry=auto sends Retry past this many
+                                              handshakes in progress on a worker */
+    uint32_t client_idle_timeout_secs;     /* default 30: a response the client takes nothing of */
+    uint32_t upstream_idle_timeout_secs;   /* default 60: a response body the upstream stalls */
+    uint32_t max_tcp_connections;          /* default 10000 HTTPS connections per process */
+    uint32_t max_tcp_connections_per_ip;   /* default 500 from one client address, per worker */
+    uint32_t max_connections_per_upstream; /* default 1024 per worker; requests queue past it */
 } qx_limits_t;
 
 typedef struct qx_upstream_cfg {

@@ -113,7 +113,12 @@ static json_t *limits_to_json(const qx_limits_t *l)
         set(o, "quic_handshake_timeout_secs", u64(l->quic_handshake_timeout_secs)) != 0 ||
         set(o, "quic_idle_timeout_secs", u64(l->quic_idle_timeout_secs)) != 0 ||
         set(o, "max_streams_per_connection", u64(l->max_streams_per_connection)) != 0 ||
-        set(o, "retry_handshakes_threshold", u64(l->retry_handshakes_threshold)) != 0) {
+        set(o, "retry_handshakes_threshold", u64(l->retry_handshakes_threshold)) != 0 ||
+        set(o, "client_idle_timeout_secs", u64(l->client_idle_timeout_secs)) != 0 ||
+        set(o, "upstream_idle_timeout_secs", u64(l->upstream_idle_timeout_secs)) != 0 ||
+        set(o, "max_tcp_connections", u64(l->max_tcp_connections)) != 0 ||
+        set(o, "max_tcp_connections_per_ip", u64(l->max_tcp_connections_per_ip)) != 0 ||
+        set(o, "max_connections_per_upstream", u64(l->max_connections_per_upstream)) != 0) {
         json_decref(o);
         return NULL;
     }

@@ -20,6 +20,7 @@ static void ex_release_upstream(qx_exchange_t *ex, int reusable);
 static void pump_write(qx_exchange_t *ex);
 static void uc_on_write(void *user, int status);
 static void pump_unqueue(qx_exchange_t *ex);
+static void pump_later(qx_exchange_t *ex);
 static void dispatch(qx_exchange_t *ex, int fresh_only);
 static void build_and_dispatch(qx_exchange_t *ex);
 static void client_ip(qx_worker_t *w, const struct sockaddr *client, char *out);
@@ -41,6 +42,20 @@ static void timer_arm(qx_exchange_t *ex, int phase, uint32_t secs)
 {
     ex->timer_phase = phase;
     uv_timer_start(&ex->timer, on_timer, (uint64_t)secs * 1000, 0);
+}
+
+/* After the response head, one timer watches both ends of the body: the
+ * client must keep taking bytes (client_idle_timeout_secs) while the window
+ * holds some or the upstream has finished, and the upstream must keep
+ * sending (upstream_idle_timeout_secs) while the window has room. Progress
+ * only stamps the time; the timer checks the stamps when it fires and
+ * sleeps again for what is left, so no timer is re-armed per read. */
+static void body_timer_start(qx_exchange_t *ex)
+{
+    const qx_limits_t *l = &ex->snap->cfg->limits;
+    uint64_t now = uv_now(&ex->w->loop);
+    ex->up_progress_ms = ex->cl_progress_ms = now;
+    timer_arm(ex, 3, QX_MIN(l->client_idle_timeout_secs, l->upstream_idle_timeout_secs));
 }
 
 static qx_metrics_up_row_t *up_row(qx_exchange_t *ex)
@@ -142,8 +157,11 @@ static void local_response(qx_exchange_t *ex, int status)
         {"content-type", 12, "text/plain; charset=utf-8", 25},
         {"content-length", 14, ex->local_clen, (size_t)cl},
     };
-    if (ex->fops->respond(ex, status, hdrs, QX_ARRAY_LEN(hdrs), with_body) != 0)
+    if (ex->fops->respond(ex, status, hdrs, QX_ARRAY_LEN(hdrs), with_body) != 0) {
         ex->fops->abort(ex);
+        return;
+    }
+    body_timer_start(ex); /* a client that never takes our answer holds the stream too */
 }
 
 /* Something went wrong with the upstream or a limit: a status if nothing
@@ -316,6 +334,8 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
     int status = ex->status ? ex->status : 499; /* client went away before an answer */
 
     ex->front_gone = 1;
+    if (ex->dispatch_due)
+        qx_cnt_add(&w->metrics.defences[QX_D_RESET_BEFORE_UPSTREAM], 1);
     pump_unqueue(ex);
     /* A response cut short leaves the upstream connection mid-message. */
     ex_release_upstream(ex, 0);
@@ -545,7 +565,12 @@ static void build_and_dispatch(qx_exchange_t *ex)
         return;
     }
     ex->headlen = (size_t)n;
-    dispatch(ex, 0);
+    /* The upstream is asked for once this turn's input has been handled,
+     * not now: a client that opens a stream and resets it in the same
+     * read (HTTP/2 Rapid Reset) then costs no upstream connection, as the
+     * reset ends the exchange before the pump runs. */
+    ex->dispatch_due = 1;
+    pump_later(ex);
 }
 
 /* ---- upstream connection ------------------------------------------------ */
@@ -687,7 +712,13 @@ void qx_exchange_on_pump(uv_prepare_t *h)
     while (w->pump_head) {
         qx_exchange_t *ex = w->pump_head;
         pump_unqueue(ex);
-        pump_write(ex);
+        if (ex->dispatch_due) {
+            ex->dispatch_due = 0;
+            if (ex->state == QX_EX_HEAD) /* not answered meanwhile */
+                dispatch(ex, 0);
+        } else {
+            pump_write(ex);
+        }
     }
 }
 
@@ -796,6 +827,7 @@ static void uc_on_read(void *user, ssize_t nread, const char *buf)
         return;
     }
     ex->resp_any = 1;
+    ex->up_progress_ms = uv_now(&ex->w->loop);
     llhttp_errno_t err = llhttp_execute(&ex->parser, buf, (size_t)nread);
     if (ex->uc == NULL)
         return; /* a callback failed the exchange */
@@ -804,7 +836,8 @@ static void uc_on_read(void *user, ssize_t nread, const char *buf)
          * connection are a confused backend; never reuse that socket. */
         const char *pos = llhttp_get_error_pos(&ex->parser);
         int extra = pos != NULL && pos < buf + nread;
-        timer_stop(ex);
+        if (ex->timer_phase != 3)
+            timer_stop(ex); /* the body timer stays: the client still has to take it */
         /* Reusable only when the request went up whole, too. */
         ex_release_upstream(ex, ex->req_done && !extra && llhttp_should_keep_alive(&ex->parser));
         return;
@@ -851,11 +884,51 @@ static void uc_read_buf(void *user, uv_buf_t *buf)
 
 static const qx_upconn_cb_t upconn_cb = {uc_on_connect, uc_on_write, uc_on_read, uc_read_buf};
 
+/* The body timer fired: which end stalled, if any (see body_timer_start).
+ * Returns QX_D_CLIENT_STALLED or QX_D_UPSTREAM_STALLED, or -1 after
+ * sleeping again for the time that is left. */
+static int body_stalled(qx_exchange_t *ex)
+{
+    const qx_limits_t *l = &ex->snap->cfg->limits;
+    uint64_t now = uv_now(&ex->w->loop);
+    uint64_t cl = (uint64_t)l->client_idle_timeout_secs * 1000;
+    uint64_t up = (uint64_t)l->upstream_idle_timeout_secs * 1000;
+    uint64_t next = QX_MIN(cl, up);
+    int client_owes = ex->resp_eof || ex->resp.fill != ex->resp.ack;
+    int upstream_owes = !ex->resp_eof && !ex->resp_paused;
+
+    if (client_owes) {
+        if (now - ex->cl_progress_ms >= cl)
+            return QX_D_CLIENT_STALLED;
+        next = QX_MIN(next, ex->cl_progress_ms + cl - now);
+    }
+    if (upstream_owes) {
+        if (now - ex->up_progress_ms >= up)
+            return QX_D_UPSTREAM_STALLED;
+        next = QX_MIN(next, ex->up_progress_ms + up - now);
+    }
+    ex->timer_phase = 3;
+    uv_timer_start(&ex->timer, on_timer, next, 0);
+    return -1;
+}
+
 static void on_timer(uv_timer_t *t)
 {
     qx_exchange_t *ex = qx_container_of(t, qx_exchange_t, timer);
     int phase = ex->timer_phase;
     ex->timer_phase = 0;
+    if (phase == 3) {
+        int who = body_stalled(ex);
+        if (who < 0)
+            return;
+        qx_cnt_add(&ex->w->metrics.defences[who], 1);
+        if (who == QX_D_UPSTREAM_STALLED && ex->up_name)
+            qx_cnt_add(&up_row(ex)->timeouts, 1);
+        QX_DEBUG("stream %" PRId64 ": %s stalled the response; reset", ex->stream_id,
+                 who == QX_D_CLIENT_STALLED ? "the client" : "the upstream");
+        fail(ex, 504);
+        return;
+    }
     qx_cnt_add(&up_row(ex)->timeouts, 1);
     QX_DEBUG("upstream %s: %s timeout", ex->up_name, phase == 1 ? "connect" : "request");
     fail(ex, 504);
@@ -969,6 +1042,7 @@ static int p_on_headers_complete(llhttp_t *p)
         return -1;
     if (!has_body)
         ex->resp_eof = 1;
+    body_timer_start(ex);
     return ex->is_head ? 1 : 0;
 }
 
@@ -990,6 +1064,8 @@ static int p_on_body(llhttp_t *p, const char *at, size_t len)
         fail(ex, 502);
         return HPE_USER;
     }
+    if (r->fill == r->ack) /* the client's clock starts when it has something to take */
+        ex->cl_progress_ms = uv_now(&ex->w->loop);
     const uint8_t *src = (const uint8_t *)at;
     if (src >= r->data && src < r->data + r->cap) {
         /* Read into the window already, at or after its fill point, in
@@ -1091,8 +1167,11 @@ void qx_exchange_body_end(qx_exchange_t *ex)
 void qx_exchange_resp_acked(qx_exchange_t *ex, size_t n)
 {
     qx_ring_mark_acked(&ex->resp, n);
+    if (n > 0)
+        ex->cl_progress_ms = uv_now(&ex->w->loop);
     if (ex->resp_paused && ex->uc && qx_ring_free(&ex->resp) >= QX_UP_READ_MIN) {
         ex->resp_paused = 0;
+        ex->up_progress_ms = uv_now(&ex->w->loop); /* its clock ran not while paused */
         qx_upconn_read_start(ex->uc);
     }
 }

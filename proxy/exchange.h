@@ -83,9 +83,12 @@ struct qx_exchange {
     int front_gone;
     qx_snapshot_t *snap;
     uint64_t start_ns;
-    int timer_phase;                      /* 0 none, 1 connect, 2 request */
+    int timer_phase;                      /* 0 none, 1 connect, 2 request, 3 body (stall) */
+    uint64_t up_progress_ms;              /* loop time the upstream last sent body bytes */
+    uint64_t cl_progress_ms;              /* ... the client last took response bytes */
     qx_exchange_t *pump_prev, *pump_next; /* the worker's pump list */
     int pump_queued;
+    int dispatch_due; /* routed: the upstream is asked for at the next pump */
 
     /* request */
     const char *sni; /* owned by the front connection; valid until headers done */

@@ -50,6 +50,16 @@ const char *qx_metrics_proto_name(int idx)
     return idx >= 0 && idx < QX_P_COUNT ? names[idx] : "h3";
 }
 
+const char *qx_metrics_defence_name(int idx)
+{
+    static const char *const names[QX_D_COUNT] = {
+        "h2_reset_flood",   "reset_before_upstream", "h2_protocol_error",      "client_stalled",
+        "upstream_stalled", "tcp_connections",       "tcp_connections_per_ip", "fd_reserve",
+        "upstream_queued",  "upstream_queue_full",
+    };
+    return idx >= 0 && idx < QX_D_COUNT ? names[idx] : "other";
+}
+
 void qx_metrics_request(qx_metrics_t *m, int proto, int method, int status, const char *upstream,
                         double seconds)
 {

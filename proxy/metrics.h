@@ -30,6 +30,23 @@ enum {
 enum { QX_P_H3, QX_P_H2, QX_P_H1, QX_P_COUNT };
 const char *qx_metrics_proto_name(int idx);
 
+/* Defences against hostile clients and upstreams: each counts when it
+ * fires (the `defence` label of qrux_defence_total). */
+enum {
+    QX_D_H2_RESET_FLOOD,        /* HTTP/2 connection over its stream-reset budget: GOAWAY */
+    QX_D_RESET_BEFORE_UPSTREAM, /* a stream reset before its upstream was asked for */
+    QX_D_H2_PROTOCOL_ERROR,     /* HTTP/2 connection ended on a protocol error or a flood */
+    QX_D_CLIENT_STALLED,        /* response stream ended: the client read nothing for too long */
+    QX_D_UPSTREAM_STALLED,      /* response stream ended: the upstream sent nothing for too long */
+    QX_D_TCP_CONN_LIMIT,        /* HTTPS connection refused: max_tcp_connections */
+    QX_D_TCP_CONN_LIMIT_PER_IP, /* ... max_tcp_connections_per_ip */
+    QX_D_FD_RESERVE,            /* connection refused to keep descriptors in reserve */
+    QX_D_UPSTREAM_QUEUED,       /* request waited for max_connections_per_upstream */
+    QX_D_UPSTREAM_QUEUE_FULL,   /* 503: the wait queue for an upstream was full */
+    QX_D_COUNT
+};
+const char *qx_metrics_defence_name(int idx);
+
 #define QX_HIST_NBUCKETS 12 /* the last is +Inf */
 extern const double qx_hist_bounds[QX_HIST_NBUCKETS - 1];
 
@@ -83,6 +100,7 @@ typedef struct qx_metrics {
     uint64_t request_body_rejected;
     uint64_t streams_reset_by_client;
     uint64_t quic_forwarded; /* datagrams another worker received for our connections */
+    uint64_t defences[QX_D_COUNT];
 } qx_metrics_t;
 
 /* Index of a method name in the QX_M_* set; QX_M_OTHER for anything else. */

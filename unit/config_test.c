@@ -282,6 +282,11 @@ static const char *const limit_names[] = {
     "graceful_shutdown_secs",
     "header_read_timeout_secs",
     "body_idle_timeout_secs",
+    "client_idle_timeout_secs",
+    "upstream_idle_timeout_secs",
+    "max_tcp_connections",
+    "max_tcp_connections_per_ip",
+    "max_connections_per_upstream",
 };
 
 static void test_reject_limits(void **state)
