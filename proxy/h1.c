@@ -153,7 +153,7 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
         const qx_hdr_t *h = &req->hdrs[i];
         if (qx_h1_is_hop_by_hop(h->name, h->namelen) || name_is(h, "host") ||
             name_is(h, "content-length") || name_is(h, "x-forwarded-proto") ||
-            name_is(h, "early-data") ||
+            (name_is(h, "early-data") && (req->early || h->valuelen != 1 || h->value[0] != '1')) ||
             (conn && qx_h1_list_has_token(conn, connlen, h->name, h->namelen)))
             continue;
         if (name_is(h, "x-forwarded-for")) {
@@ -196,8 +196,10 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
     puts_(&o, req->client_ip ? req->client_ip : "unknown");
     puts_(&o, "\r\nX-Forwarded-Proto: https\r\n");
     /* RFC 8470 §5.1: forwarded before the handshake completed, the request
-     * says so. qrux is the first hop: a client's own Early-Data field was
-     * dropped above (it could hide a replayable request from the app). */
+     * says so, in the one field the app sees. A client's own Early-Data was
+     * dropped above unless it is the only defined value, "1" on a request
+     * that did not come early (an intermediary MUST NOT remove it): any
+     * other value (early-data: 0) could hide a replayable request. */
     if (req->early)
         puts_(&o, "Early-Data: 1\r\n");
 
