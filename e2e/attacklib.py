@@ -33,7 +33,7 @@ class Proxy:
         self.aport = free_port("tcp")
         text = '  https_listen: "[::]:%d"\n' % self.tport + extra
         text += 'admin:\n  listen: "127.0.0.1:%d"\n' % self.aport
-        self.q = env.qrux(routes=routes, limits=limits, workers=workers, extra_server=text)
+        self.q = env.qrux(routes=routes, limits=limits, workers=workers, extra_server=text, log_level=os.environ.get("QX_LOG", "info"))
         self.uport = self.q.port
         self.pid = self.q.pid
 
@@ -247,6 +247,30 @@ def livez(p):
     data, _ = read_all(s, 5)
     s.close()
     return h1_status(data)
+
+
+def stop_process(pid, timeout=5.0):
+    """SIGSTOP, then waits until every thread of |pid| is stopped (kill()
+    returns before a thread busy on another CPU has stopped)."""
+    os.kill(pid, 19)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        states = []
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                    st = f.read()
+                states.append(st[st.rfind(")") + 2])
+            except OSError:
+                pass
+        if states and all(s in "tT" for s in states):
+            return True
+        time.sleep(0.001)
+    return False
+
+
+def cont_process(pid):
+    os.kill(pid, 18)
 
 
 def open_fds(pid):

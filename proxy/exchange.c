@@ -635,11 +635,23 @@ static void uc_on_connect(void *user, int status)
 
 /* A reused keep-alive connection may have been closed by the backend just
  * as we picked it. Before any response byte and before any body byte went
- * out, the request can safely go again on a fresh connection, once. */
+ * out, an idempotent request can safely go again on a fresh connection,
+ * once. */
+static int idempotent(int method_idx)
+{
+    return method_idx == QX_M_GET || method_idx == QX_M_HEAD || method_idx == QX_M_OPTIONS ||
+           method_idx == QX_M_TRACE || method_idx == QX_M_PUT || method_idx == QX_M_DELETE;
+}
+
 static int try_retry(qx_exchange_t *ex)
 {
     if (!ex->reused || ex->retried || ex->resp_any || ex->req_body_sent > 0 ||
         (ex->writing && ex->wpayload > 0) || ex->front_gone)
+        return 0;
+    /* RFC 9110 §9.2.2: a request that is not idempotent is never sent
+     * twice once its head may have reached the upstream: the app may have
+     * acted on it before the connection died. */
+    if (ex->head_sent && !idempotent(ex->method_idx))
         return 0;
     QX_DEBUG("upstream %s: reused connection failed before the response; retrying once",
              ex->up_name);
@@ -993,6 +1005,23 @@ static int p_on_header_value(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* RFC 9110 §5.1: a field name is a token. llhttp lets some bytes through
+ * (a space inside or before the colon) that would reach the client as a
+ * different or broken field: such a response is refused. */
+static int is_token(const char *s, size_t len)
+{
+    static const char extra[] = "!#$%&'*+-.^_`|~";
+    if (len == 0)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              (c != '\0' && strchr(extra, c) != NULL)))
+            return 0;
+    }
+    return 1;
+}
+
 static int p_on_headers_complete(llhttp_t *p)
 {
     qx_exchange_t *ex = p->data;
@@ -1002,6 +1031,14 @@ static int p_on_headers_complete(llhttp_t *p)
     const char *conn = NULL;
     size_t connlen = 0;
 
+    /* llhttp takes "20" or "099" as a status; HTTP wants three digits,
+     * 100-599 (RFC 9110 §15): anything else is a broken upstream (502). */
+    if (status < 100 || status > 599)
+        return -1;
+    for (size_t i = 0; i < ex->nrf; i++) {
+        if (!is_token(ex->rhb + ex->rf[i].name_off, ex->rf[i].name_len))
+            return -1;
+    }
     if (status >= 100 && status < 200) {
         if (status == 101)
             return -1; /* no upgrades through the proxy */
@@ -1026,6 +1063,11 @@ static int p_on_headers_complete(llhttp_t *p)
         char *name = ex->rhb + f->name_off;
         if (f->name_len == 0 || !qx_h1_response_field_allowed(name, f->name_len, conn, connlen))
             continue;
+        /* 204 has no body, and says nothing of one (RFC 9110 §8.6): an
+         * upstream's Content-Length there would have the client wait for
+         * bytes that never come. */
+        if (status == 204 && f->name_len == 14 && strncasecmp(name, "content-length", 14) == 0)
+            continue;
         for (uint32_t k = 0; k < f->name_len; k++) /* HTTP/3 field names are lowercase */
             name[k] = (char)((name[k] >= 'A' && name[k] <= 'Z') ? name[k] + 32 : name[k]);
         hdrs[n++] = (qx_hdr_t){name, f->name_len, ex->rhb + f->value_off, f->value_len};
@@ -1043,7 +1085,9 @@ static int p_on_headers_complete(llhttp_t *p)
     if (!has_body)
         ex->resp_eof = 1;
     body_timer_start(ex);
-    return ex->is_head ? 1 : 0;
+    /* 1: no body follows whatever the fields say (HEAD, 204, 304): bytes an
+     * upstream sends anyway are then extra, and its socket is not reused. */
+    return has_body ? 0 : 1;
 }
 
 static int p_on_body(llhttp_t *p, const char *at, size_t len)
