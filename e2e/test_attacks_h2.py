@@ -20,6 +20,7 @@ moved. What each bounds:
                     the connection is closed, RSS growth < 32 MiB
   stream-ID misuse  even, decreasing and zero stream IDs: GOAWAY
                     PROTOCOL_ERROR
+  huge length       content-length above INT64_MAX: reset or 413
   zero window       20 streams of 1 MiB to a client that never opens its
                     window: each stream reset after client_idle_timeout_secs,
                     the upstream connections released
@@ -34,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from attacklib import (CANCEL, CONTINUATION, DATA, END_HEADERS, END_STREAM,  # noqa: E402
                        ENHANCE_YOUR_CALM, HEADERS, PING, PROTOCOL_ERROR, RST_STREAM,
                        SETTINGS, WINDOW_UPDATE, Proxy, defence, frame, goaway_code, h2_get,
-                       h2_open, metrics, open_fds, parse_frames, read_all, request_block,
+                       h2_open, hpack_str, metrics, open_fds, parse_frames, read_all, request_block,
                        rss_kib, serves_all, settings)
 from harness import Env, wait_until  # noqa: E402
 
@@ -244,6 +245,23 @@ def reload_mid_head(env, be):
     p.q.stop()
 
 
+def huge_content_length(env, p):
+    """Content-Length above INT64_MAX: nghttp2 refuses it itself (stream
+    reset) or qrux answers 413; never a request forwarded without a length."""
+    auth = "localhost:%d" % p.tport
+    for v in ("9223372036854775808", "99999999999999999999999"):
+        blk = request_block(auth, "/echo", "POST") + b"\x0f\x0d" + hpack_str(v)  # content-length
+        t = h2_open(p.tport)
+        t.sendall(frame(HEADERS, END_HEADERS, 1, blk))
+        data, _ = read_all(t, 10, until=lambda d: any(f[0] in (HEADERS, RST_STREAM) and f[2] == 1
+                                                      for f in parse_frames(d)))
+        t.close()
+        fr = [f for f in parse_frames(data) if f[2] == 1]
+        env.check("content-length %s: 413 or stream reset" % v, fr and (
+            (fr[0][0] == HEADERS and b"413" in fr[0][3]) or fr[0][0] == RST_STREAM),
+            [f[:3] for f in parse_frames(data)])
+
+
 def main():
     with Env("attacks_h2") as env:
         be = env.backend()
@@ -255,6 +273,7 @@ def main():
         env.case("SETTINGS/PING flood", settings_ping_flood, env, p)
         env.case("stream-ID misuse", stream_id_misuse, env, p)
         serves_all(env, p, "after the floods")
+        env.case("huge content-length", huge_content_length, env, p)
         env.case("zero window", zero_window, env, p, be)
         serves_all(env, p, "after the zero-window stall")
         env.check("qrux alive after every attack", p.q.alive(), p.q.log_tail())

@@ -186,6 +186,10 @@ static void fail(qx_exchange_t *ex, int status)
 
 static void ex_release_upstream(qx_exchange_t *ex, int reusable)
 {
+    if (ex->wait_pool) {
+        qx_pool_unwait(ex->wait_pool, &ex->wait);
+        ex->wait_pool = NULL;
+    }
     if (ex->uc == NULL)
         return;
     qx_upconn_t *uc = ex->uc;
@@ -426,17 +430,25 @@ static void *grow_fields(qx_exchange_t *ex, const void *arr, size_t *cap, size_t
     return p;
 }
 
-static int parse_u64(const char *s, size_t len, uint64_t *out)
+/* A Content-Length value: 0 and the number, -1 when it is not a number,
+ * -2 when it is one too large to hold (above INT64_MAX: 413, not 400). */
+static int parse_content_length(const char *s, size_t len, int64_t *out)
 {
     uint64_t v = 0;
-    if (len == 0 || len > 19)
+    int big = 0;
+    if (len == 0)
         return -1;
     for (size_t i = 0; i < len; i++) {
         if (s[i] < '0' || s[i] > '9')
             return -1;
-        v = v * 10 + (uint64_t)(s[i] - '0');
+        if (v > ((uint64_t)INT64_MAX - 9) / 10)
+            big = 1;
+        else
+            v = v * 10 + (uint64_t)(s[i] - '0');
     }
-    *out = v;
+    if (big)
+        return -2;
+    *out = (int64_t)v;
     return 0;
 }
 
@@ -475,13 +487,18 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
             ex->authority = (char *)h->value;
             ex->authoritylen = h->valuelen;
         } else if (h->namelen == 14 && strncasecmp(h->name, "content-length", 14) == 0) {
-            uint64_t cl;
-            if (parse_u64(h->value, h->valuelen, &cl) != 0 ||
-                (ex->req_cl >= 0 && (uint64_t)ex->req_cl != cl)) {
+            int64_t cl;
+            int rv = parse_content_length(h->value, h->valuelen, &cl);
+            if (rv == -2) {
+                qx_cnt_add(&ex->w->metrics.request_body_rejected, 1);
+                local_response(ex, 413); /* larger than any limit can be */
+                return;
+            }
+            if (rv != 0 || (ex->req_cl >= 0 && ex->req_cl != cl)) {
                 local_response(ex, 400);
                 return;
             }
-            ex->req_cl = (int64_t)cl;
+            ex->req_cl = cl;
         }
     }
     if (ex->authority == NULL || ex->authoritylen == 0) {
@@ -589,6 +606,15 @@ static void start_upstream(qx_exchange_t *ex)
     pump_write(ex);
 }
 
+/* The pool has room again: ask once more at the next pump. */
+static void on_pool_ready(qx_pool_wait_t *wt)
+{
+    qx_exchange_t *ex = qx_container_of(wt, qx_exchange_t, wait);
+    ex->wait_pool = NULL;
+    ex->dispatch_due = 1;
+    pump_later(ex);
+}
+
 static void dispatch(qx_exchange_t *ex, int fresh_only)
 {
     qx_worker_t *w = ex->w;
@@ -607,6 +633,23 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
     ex->state = QX_EX_CONNECTING;
     if (pool)
         rv = qx_pool_checkout(pool, ex, &upconn_cb, fresh_only, &ex->uc, &reused);
+    if (rv == QX_ERR_LIMIT) {
+        /* max_connections_per_upstream (or the fd budget): wait in the
+         * pool's bounded queue, at most the connect timeout; past the
+         * queue's length the answer is 503 at once. */
+        ex->uc = NULL;
+        ex->wait.ready = on_pool_ready;
+        if (qx_pool_wait(pool, &ex->wait) != 0) {
+            qx_cnt_add(&w->metrics.defences[QX_D_UPSTREAM_QUEUE_FULL], 1);
+            local_response(ex, 503);
+            return;
+        }
+        ex->wait_pool = pool;
+        qx_cnt_add(&w->metrics.defences[QX_D_UPSTREAM_QUEUED], 1);
+        if (ex->timer_phase != 1)
+            timer_arm(ex, 1, ex->snap->cfg->limits.upstream_connect_timeout_secs);
+        return;
+    }
     if (rv != 0) {
         ex->uc = NULL;
         qx_cnt_add(&up_row(ex)->connect_errors, 1);
@@ -726,7 +769,8 @@ void qx_exchange_on_pump(uv_prepare_t *h)
         pump_unqueue(ex);
         if (ex->dispatch_due) {
             ex->dispatch_due = 0;
-            if (ex->state == QX_EX_HEAD) /* not answered meanwhile */
+            /* Not answered meanwhile (or still waiting for a connection). */
+            if (ex->state == QX_EX_HEAD || (ex->state == QX_EX_CONNECTING && ex->uc == NULL))
                 dispatch(ex, 0);
         } else {
             pump_write(ex);

@@ -88,7 +88,9 @@ struct qx_exchange {
     uint64_t cl_progress_ms;              /* ... the client last took response bytes */
     qx_exchange_t *pump_prev, *pump_next; /* the worker's pump list */
     int pump_queued;
-    int dispatch_due; /* routed: the upstream is asked for at the next pump */
+    int dispatch_due;    /* routed: the upstream is asked for at the next pump */
+    qx_pool_wait_t wait; /* in wait_pool's queue for a connection (max_connections) */
+    qx_pool_t *wait_pool;
 
     /* request */
     const char *sni; /* owned by the front connection; valid until headers done */

@@ -20,6 +20,7 @@
 #include "watch.h"
 #include "worker.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <gnutls/crypto.h>
@@ -27,11 +28,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <uv.h>
 
 #define EXIT_CONFIG 2
 #define WATCH_DEBOUNCE_MS 100
+/* Descriptors never handed to client or upstream connections: the admin
+ * server (its 64 connections and libmicrohttpd's own), probes, config and
+ * certificate reloads, logs. */
+#define FD_RESERVE 256
 
 typedef struct qx_main {
     uv_loop_t *loop;
@@ -141,6 +147,36 @@ static void on_worker_exit(qx_worker_t *w, void *arg)
     (void)w;
     __atomic_add_fetch(&m->nexited, 1, __ATOMIC_ACQ_REL);
     uv_async_send(&m->exited);
+}
+
+/* Sets the budget of descriptors for client and upstream connections:
+ * the soft RLIMIT_NOFILE (raised to the hard one first) less what is open
+ * now (listeners, loops, the admin server) less FD_RESERVE. A flood of
+ * connections then fails its own accepts and connects, never /livez. */
+static void fd_budget(qx_fd_budget_t *b)
+{
+    struct rlimit rl;
+    unsigned open_now = 0;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit up = {rl.rlim_max, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            rl = up;
+    }
+    DIR *d = opendir("/proc/self/fd");
+    if (d != NULL) {
+        while (readdir(d) != NULL)
+            open_now++;
+        closedir(d);
+    }
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > UINT32_MAX)
+        rl.rlim_cur = UINT32_MAX;
+    uint64_t need = (uint64_t)open_now + FD_RESERVE;
+    b->limit = rl.rlim_cur > need + 16 ? (unsigned)(rl.rlim_cur - need) : 16;
+    QX_INFO("descriptors: %llu allowed, %u for client and upstream connections (%u kept in "
+            "reserve)",
+            (unsigned long long)rl.rlim_cur, b->limit, FD_RESERVE);
 }
 
 static void on_exited(uv_async_t *h)
@@ -458,6 +494,7 @@ int main(int argc, char **argv)
         QX_ERROR("config %s: %s", config_path, err);
         return arv == QX_ERR_CONFIG ? EXIT_CONFIG : 1; /* a taken port is not a config error */
     }
+    fd_budget(&shared.fds);
     for (unsigned i = 0; i < nworkers; i++) {
         if (qx_worker_start(&m.workers[i]) != 0) {
             QX_ERROR("cannot start worker thread %u", i);

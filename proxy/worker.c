@@ -56,6 +56,13 @@ void qx_shared_tls_swap(qx_shared_t *s, qx_tls_t *tls)
     qx_tls_unref(old);
 }
 
+/* What a pool takes from the config and the process besides its idle cap. */
+static void pool_limits(qx_worker_t *w, qx_pool_t *p, const qx_config_t *cfg)
+{
+    p->max_conns = cfg->limits.max_connections_per_upstream;
+    p->fds = &w->shared->fds;
+}
+
 int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot_t *snap)
 {
     const qx_config_t *cfg = snap->cfg;
@@ -78,6 +85,7 @@ int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot
                          qx_metrics_upstream(&w->metrics, up->name));
         if (rv != 0)
             return rv;
+        pool_limits(w, w->pools[i], cfg);
     }
     rv = qx_quic_ep_new(&w->quic, w, (const struct sockaddr *)&cfg->listen_addr,
                         cfg->listen_addrlen);
@@ -257,6 +265,8 @@ static void adopt_snapshot(qx_worker_t *w)
                         snap->cfg->limits.max_idle_connections_per_upstream, POOL_IDLE_TIMEOUT_MS,
                         qx_metrics_upstream(&w->metrics, up->name)) != 0)
             pools[i] = NULL; /* dispatch answers 502 for a missing pool */
+        if (pools[i])
+            pool_limits(w, pools[i], snap->cfg);
     }
     /* Pools the new snapshot dropped: requests that began under the old one
      * may still need them (a retry), so they retire instead of dying; the

@@ -38,6 +38,8 @@ typedef struct qx_shared {
     uint8_t token_secret[32];  /* Retry and NEW_TOKEN tokens */
     qx_tls_keys_t *tls_keys;   /* session tickets, 0-RTT policy, anti-replay */
     unsigned quic_conns;       /* atomic: QUIC connections in the process */
+    unsigned tcp_conns;        /* atomic: HTTPS connections in the process */
+    qx_fd_budget_t fds;        /* client and upstream connections' descriptors */
     void (*on_worker_exit)(qx_worker_t *w, void *arg); /* called on the worker thread */
     void *arg;
 } qx_shared_t;
