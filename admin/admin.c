@@ -862,8 +862,12 @@ int qx_admin_start(qx_admin_t **out, qx_runtime_t *rt, char *err, size_t errlen)
                                  MHD_OPTION_END);
     __atomic_store_n(&a->starting, 0, __ATOMIC_RELEASE);
     if (a->daemon == NULL) {
+        /* libmicrohttpd says "Failed to bind to port 0: <reason>" (it was
+         * given an address, not a port): keep only the reason. */
+        const char *why = a->start_err[0] ? a->start_err : "libmicrohttpd failed to start";
+        const char *colon = strncmp(why, "Failed to bind", 14) == 0 ? strstr(why, ": ") : NULL;
         snprintf(err, errlen, "admin.listen: cannot listen on %s: %s", a->listen,
-                 a->start_err[0] ? a->start_err : "libmicrohttpd failed to start");
+                 colon ? colon + 2 : why);
         rv = QX_ERR_IO;
         goto fail_daemon;
     }

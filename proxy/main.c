@@ -352,6 +352,9 @@ int main(int argc, char **argv)
         check = 1;
         argv++;
         argc--;
+    } else if (argc > 1 && argv[1][0] != '-') {
+        fprintf(stderr, "qrux: unknown command '%s' (qrux --help lists the commands)\n", argv[1]);
+        return EXIT_CONFIG;
     }
     while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
         switch (c) {
@@ -364,13 +367,21 @@ int main(int argc, char **argv)
         case 'V':
             printf("qrux %s\n", QX_VERSION);
             return 0;
-        default:
-            usage(stderr);
+        default: /* getopt said what was wrong */
+            fprintf(stderr, "qrux --help shows the usage\n");
             return EXIT_CONFIG;
         }
     }
-    if (config_path == NULL || optind != argc) {
-        usage(stderr);
+    if (optind != argc) {
+        fprintf(stderr, "qrux: unexpected argument '%s' (qrux --help shows the usage)\n",
+                argv[optind]);
+        return EXIT_CONFIG;
+    }
+    if (config_path == NULL) {
+        fprintf(stderr,
+                "qrux: --config is required: qrux %s--config FILE (qrux --help shows the "
+                "usage)\n",
+                check ? "check " : "");
         return EXIT_CONFIG;
     }
     qx_log_init();
@@ -455,8 +466,12 @@ int main(int argc, char **argv)
     qx_admin_t *admin = NULL;
     int arv = qx_admin_start(&admin, &rt, err, sizeof(err));
     if (arv != 0) {
-        QX_ERROR("config %s: %s", config_path, err);
-        return arv == QX_ERR_CONFIG ? EXIT_CONFIG : 1; /* a taken port is not a config error */
+        if (arv == QX_ERR_CONFIG) {
+            QX_ERROR("config %s: %s", config_path, err);
+            return EXIT_CONFIG;
+        }
+        QX_ERROR("%s", err); /* a taken port is a run-time failure, not a config error */
+        return 1;
     }
     for (unsigned i = 0; i < nworkers; i++) {
         if (qx_worker_start(&m.workers[i]) != 0) {
