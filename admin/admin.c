@@ -507,6 +507,11 @@ static enum MHD_Result get_config(qx_admin_t *a, struct MHD_Connection *c)
         json_object_set_new(o, "generation", json_integer((json_int_t)snap->generation));
         json_object_set_new(o, "source", json_string(source_name(source)));
         json_object_set_new(o, "last_error", last_error[0] ? json_string(last_error) : json_null());
+        /* The effective value: "workers: 0" means one per CPU, and what
+         * that came to is what an operator wants to see. */
+        json_t *server = json_object_get(cfg, "server");
+        if (server != NULL && snap->cfg->workers == 0)
+            json_object_set_new(server, "workers", json_integer((json_int_t)a->rt->nworkers));
         json_object_set_new(o, "config", cfg);
     } else {
         json_decref(o);

@@ -260,8 +260,34 @@ def restart_only_docs(env):
             f.write(base)
 
 
+def config_and_drain_words(env):
+    """GET /config shows the workers that run (not the configured 0), and
+    the drain log line after POST /drain says what a signal will do."""
+    import json
+    be = env.backend()
+    aport = free_port("tcp")
+    q = env.qrux(routes=[("*", be.addr)], workers=0,
+                 extra_server='admin:\n  listen: "127.0.0.1:%d"\n' % aport)
+    m = re.search(r"ready: .* workers=(\d+)", q.log_text())
+    env.check("config: the ready line names the workers", m, q.log_tail(3))
+    st, _, body = http_get(aport, "/config")
+    cfg = json.loads(body)
+    env.eq("config: GET /config server.workers is the number running",
+           cfg["config"]["server"]["workers"], int(m.group(1)) if m else None)
+    q.signalled = True  # the drain ends with qrux exiting 0: that is this test's doing
+    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
+                        "http://127.0.0.1:%d/drain" % aport], capture_output=True, timeout=10)
+    env.check("drain: POST /drain accepted", r.stdout.strip() in (b"200", b"202"), r.stdout)
+    env.check("drain: the log says SIGTERM continues the drain",
+              wait_until(lambda: "POST /drain: draining" in q.log_text() and
+                         "SIGTERM continues the drain" in q.log_text(), 5), q.log_tail(3))
+    env.check("drain: ... and not 'signal again to stop now'",
+              "signal again to stop now" not in q.log_text(), q.log_tail(3))
+
+
 def main():
     with Env("operator") as env:
+        env.case("config and drain words", config_and_drain_words, env)
         env.case("restart-only keys in the docs", restart_only_docs, env)
         env.case("examples", examples, env)
         env.case("errors", errors, env)

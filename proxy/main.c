@@ -180,9 +180,14 @@ static void start_drain(qx_main_t *m, const char *why)
     qx_snapshot_t *snap = qx_runtime_snapshot(m->rt);
     uint32_t delay = snap->cfg->drain_delay_secs;
     qx_snapshot_unref(snap);
+    /* What a signal does next differs: after a signal, a second one stops
+     * at once; after POST /drain (a preStop hook) the kubelet's SIGTERM is
+     * expected and only continues the drain. */
     QX_INFO("%s: draining: /readyz is 503; serving for drain_delay_secs=%u more, then "
-            "GOAWAY; signal again to stop now",
-            why, delay);
+            "GOAWAY; %s",
+            why, delay,
+            m->signals > 0 ? "signal again to stop now"
+                           : "SIGTERM continues the drain, a second signal stops at once");
     uv_timer_start(&m->drain_delay, on_drain_delay, (uint64_t)delay * 1000, 0);
 }
 
