@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Env, free_port, http_get, qrux_bin, run, spawn,  # noqa: E402
-                     tcp_accepting, wait_until)
+                     tcp_accepting, tcp_port_free, wait_until)
 
 SRC = os.environ.get("QRUX_SRC") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,6 +59,8 @@ class Demo:
         else:
             self.bport = free_port("tcp")
             self.port = free_port("udp")
+            while not tcp_port_free(self.port):  # the demo uses the number for UDP and TCP
+                self.port = free_port("udp")
             self.aport = free_port("tcp")
         e = dict(os.environ)
         e.update({"QRUX_BIN": qrux_bin(), "QRUX_DEMO_DIR": ddir,
@@ -74,7 +76,7 @@ class Demo:
         self.marker = ddir  # every process it starts carries the folder on its command line
 
     def ready(self, admin_port=None):
-        return wait_until(lambda: tcp_accepting(admin_port or self.aport), 20)
+        return wait_until(lambda: tcp_accepting(admin_port or self.aport), 40)
 
     def owned(self):
         """The script, qrux and nginx: processes whose command line names
@@ -285,8 +287,60 @@ def config_and_drain_words(env):
               "signal again to stop now" not in q.log_text(), q.log_tail(3))
 
 
+def second_instance(env):
+    """A second qrux on the same addresses refuses to start (exit 1, the
+    field and address named) instead of silently taking part of the
+    traffic; --takeover starts it on purpose. Something else holding only
+    the TCP port is refused too."""
+    be = env.backend()
+    tport = free_port("tcp")
+    extra = '  https_listen: "[::]:%d"\n' % tport
+    q = env.qrux(routes=[("*", be.addr)], extra_server=extra)
+    path = q.config_path
+    rc, so, se = run([qrux_bin(), "--config", path], 20)
+    env.eq("second instance: exit 1", rc, 1, se[-300:])
+    env.check("second instance: the message names the address and --takeover",
+              re.search(rb"server\.listen \[::\]:%d \(UDP\): another process already listens"
+                        % q.port, se) and b"--takeover" in se, se[-400:])
+    env.check("second instance: the first one still serves alone",
+              q.alive() and not q.access(status=599))
+    # --takeover: starts and logs that it joined.
+    p = spawn([qrux_bin(), "--takeover", "--config", path], stdout=subprocess.DEVNULL,
+              stderr=subprocess.PIPE)
+    lines = []
+    end = time.monotonic() + 15
+    while time.monotonic() < end:
+        ln = p.stderr.readline()
+        if not ln:
+            break
+        lines.append(ln)
+        if b"ready:" in ln:
+            break
+    text = b"".join(lines)
+    env.check("--takeover: starts (ready)", b"ready:" in text, text[-400:])
+    env.check("--takeover: says it joins another listener", b"--takeover: joining it" in text,
+              text[-400:])
+    p.send_signal(signal.SIGKILL)
+    p.wait(5)
+    # Only the TCP port held by someone else.
+    blocker = socket.socket(socket.AF_INET6)
+    blocker.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    blocker.bind(("::", 0))
+    blocker.listen(1)
+    bport = blocker.getsockname()[1]
+    path2, _ = env.write_config([("*", be.addr)], port=free_port("udp"),
+                                extra_server='  https_listen: "[::]:%d"\n' % bport,
+                                name="tcp-taken.yaml")
+    rc, so, se = run([qrux_bin(), "--config", path2], 20)
+    blocker.close()
+    env.eq("TCP port taken: exit 1", rc, 1, se[-300:])
+    env.check("TCP port taken: names server.https_listen",
+              ("server.https_listen [::]:%d (TCP)" % bport).encode() in se, se[-300:])
+
+
 def main():
     with Env("operator") as env:
+        env.case("second instance", second_instance, env)
         env.case("config and drain words", config_and_drain_words, env)
         env.case("restart-only keys in the docs", restart_only_docs, env)
         env.case("examples", examples, env)

@@ -23,10 +23,12 @@
 #include <errno.h>
 #include <getopt.h>
 #include <gnutls/crypto.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -51,6 +53,59 @@ typedef struct qx_main {
     qx_watch_t *tls_watch;
 } qx_main_t;
 
+/* Whether another process already listens on |ss| (UDP or TCP): a socket
+ * without SO_REUSEPORT cannot bind where any socket is bound. Ours are not
+ * bound yet, so a conflict is someone else's: with SO_REUSEPORT a second
+ * qrux of the same user would join the group and silently take part of the
+ * traffic. Returns 1 when taken, 0 when free (or when the probe itself
+ * fails: the real bind then reports it). */
+static int listener_taken(const struct sockaddr_storage *ss, socklen_t len, int type)
+{
+    int fd = socket(ss->ss_family, type | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return 0;
+    int one = 1, zero = 0;
+    if (ss->ss_family == AF_INET6) /* as the listeners: "[::]" is dual-stack */
+        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+    if (type == SOCK_STREAM) /* a TIME_WAIT socket is not a listener */
+        (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    int taken = bind(fd, (const struct sockaddr *)ss, len) == -1 && errno == EADDRINUSE;
+    close(fd);
+    return taken;
+}
+
+/* Refuses to start beside another listener of our addresses, unless the
+ * operator asked for a hand-over (--takeover). Returns 0 or 1 (exit code). */
+static int check_listeners(const qx_config_t *cfg, int takeover)
+{
+    struct {
+        const char *field, *addr, *proto;
+        const struct sockaddr_storage *ss;
+        socklen_t len;
+        int type;
+    } l[] = {
+        {"server.listen", cfg->listen, "UDP", &cfg->listen_addr, cfg->listen_addrlen, SOCK_DGRAM},
+        {"server.https_listen", cfg->https_listen, "TCP", &cfg->https_addr, cfg->https_addrlen,
+         SOCK_STREAM},
+    };
+    for (size_t i = 0; i < QX_ARRAY_LEN(l); i++) {
+        if (l[i].addr == NULL || !listener_taken(l[i].ss, l[i].len, l[i].type))
+            continue;
+        if (takeover) {
+            QX_WARN("%s %s (%s): another process listens there; --takeover: joining it (stop "
+                    "the other process once this one is ready)",
+                    l[i].field, l[i].addr, l[i].proto);
+            continue;
+        }
+        QX_ERROR("%s %s (%s): another process already listens there; refusing to start (a "
+                 "second proxy would silently take part of the traffic). Stop it, or start with "
+                 "--takeover for a deliberate hand-over",
+                 l[i].field, l[i].addr, l[i].proto);
+        return 1;
+    }
+    return 0;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: qrux --config FILE          run the proxy\n"
@@ -61,6 +116,8 @@ static void usage(FILE *f)
                "behind it gets HTTP/1.1 over pooled keep-alive connections.\n"
                "\n"
                "  -c, --config FILE  YAML configuration (see README.md)\n"
+               "      --takeover     start even if another process listens on our\n"
+               "                     addresses, sharing them (a side-by-side upgrade)\n"
                "  -h, --help         this text\n"
                "  -V, --version      print the version\n"
                "\n"
@@ -347,11 +404,12 @@ int main(int argc, char **argv)
         {"config", required_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
+        {"takeover", no_argument, NULL, 'T'},
         {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL;
     char err[512];
-    int c, check = 0;
+    int c, check = 0, takeover = 0;
 
     if (argc > 1 && strcmp(argv[1], "check") == 0) {
         check = 1;
@@ -372,6 +430,9 @@ int main(int argc, char **argv)
         case 'V':
             printf("qrux %s\n", QX_VERSION);
             return 0;
+        case 'T':
+            takeover = 1;
+            break;
         default: /* getopt said what was wrong */
             fprintf(stderr, "qrux --help shows the usage\n");
             return EXIT_CONFIG;
@@ -399,6 +460,8 @@ int main(int argc, char **argv)
     qx_tls_tcp_t *tls_tcp = NULL;
     if (load_all(config_path, &cfg, &tls, &tls_tcp) != 0)
         return EXIT_CONFIG;
+    if (check_listeners(cfg, takeover) != 0)
+        return 1;
 
     qx_snapshot_t *snap = NULL;
     unsigned nworkers = qx_config_effective_workers(cfg);
