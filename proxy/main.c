@@ -244,7 +244,7 @@ static void start_drain(qx_main_t *m, const char *why)
             "GOAWAY; %s",
             why, delay,
             m->signals > 0 ? "signal again to stop now"
-                           : "SIGTERM continues the drain, a second signal stops at once");
+                           : "SIGTERM continues the drain, the signal after it stops at once");
     uv_timer_start(&m->drain_delay, on_drain_delay, (uint64_t)delay * 1000, 0);
 }
 
