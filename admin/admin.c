@@ -442,6 +442,7 @@ static enum MHD_Result get_metrics(qx_admin_t *a, struct MHD_Connection *c)
     g.ready = readiness(a, why, sizeof(why));
     if (rt->early_refused)
         g.early_refused = __atomic_load_n(rt->early_refused, __ATOMIC_RELAXED);
+    g.log_suppressed = qx_log_rl_dropped();
     qx_metrics_process_read(&g, rt->start_time); /* without /proc: no process_* families */
 
     const qx_metrics_t **ws = calloc(rt->nworkers ? rt->nworkers : 1, sizeof(*ws));

@@ -14,6 +14,7 @@ real binary. Each prints the bound it measured ("BOUND ...").
 """
 
 import os
+import re
 import resource
 import socket
 import sys
@@ -21,7 +22,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Env, free_port, yaml_str  # noqa: E402
+from harness import Env, free_port, http_get, yaml_str  # noqa: E402
 
 
 def start(env, be):
@@ -198,6 +199,10 @@ def log_flood(env, be):
         ok = probe(q.admin_port)[0] == 200
         time.sleep(0.2)
     env.check("after the fd limit is restored /livez answers 200", ok)
+    st, _, body = http_get(q.admin_port, "/metrics")
+    m = re.search(rb"^qrux_log_lines_suppressed_total (\d+)$", body, re.M)
+    env.check("qrux_log_lines_suppressed_total counts the dropped lines (%s)"
+              % (m.group(1).decode() if m else None), m is not None and int(m.group(1)) > 0)
     env.check("qrux still running", q.alive(), q.log_tail(5))
 
 
