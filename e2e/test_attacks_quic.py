@@ -18,7 +18,16 @@ the bound it measured ("BOUND ...") for SECURITY.md.
   unkeyed FNV-1a hash is shared by an address found in a second; half-open
   handshakes from it, or forged from 127.0.0.1 itself, no longer lock
   127.0.0.1 out (the cap counts proven addresses, keyed with SipHash).
-Raw packets come from e2e/quicraw.py.
+- QPACK dynamic-table bomb: one 2,000-byte field sent 2,001 times through
+  the dynamic table (h3probe --repeat: a small HEADERS frame that decodes
+  to 4 MB). Bound: 431 from the field limits, RSS flat, the same
+  connection serves the next request.
+- HTTP/3 flow-control stall: a client that never opens its window again
+  (h3probe --stall, kept alive by PINGs) on a 50 MB response. Bound: qrux
+  sends at most the client's window plus its own 64 KiB stream window,
+  holds RSS flat, serves others meanwhile, and frees the request when the
+  client goes.
+Raw packets come from e2e/quicraw.py, raw HTTP/3 from h3probe.
 """
 
 import os
@@ -26,11 +35,24 @@ import random
 import socket
 import struct
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quicraw  # noqa: E402
-from harness import Env, free_port, http_get, yaml_str  # noqa: E402
+from harness import Env, free_port, http_get, run, wait_until, yaml_str  # noqa: E402
+
+KiB = 1024
+MiB = 1024 * 1024
+
+
+def h3probe(port, path, *extra, timeout=10):
+    """(exit code, stdout lines) of h3probe GET |path|."""
+    cmd = [os.environ["H3PROBE_BIN"], "127.0.0.1", str(port), "-H", ":method: GET", "-H",
+           ":scheme: https", "-H", ":authority: localhost", "-H", ":path: " + path]
+    cmd += list(extra) + ["--timeout", str(timeout)]
+    rc, out, err = run(cmd, timeout=timeout + 10)
+    return rc, out.decode("utf-8", "replace").splitlines(), err.decode("utf-8", "replace")
 
 
 def start(env, be, limits=None, **server):
@@ -264,6 +286,57 @@ def per_ip_collisions(env, be):
         s.close()
 
 
+def qpack_bomb(env, be):
+    q = start(env, be)
+    rss0 = vmrss_kib(q.pid)
+    copies = 2000
+    rc, out, err = h3probe(q.port, "/echo", "-H", "x-bomb: " + "a" * 2000, "--repeat",
+                           str(copies), "--also-get", "/bytes/10")
+    rss1 = vmrss_kib(q.pid)
+    statuses = [ln for ln in out if ln.startswith("status ")]
+    print("BOUND QPACK bomb: %d copies of a 2,000-byte field -> %s, RSS %+d KiB"
+          % (copies + 1, statuses[:1], rss1 - rss0), flush=True)
+    env.eq("QPACK bomb: the request is refused with 431, the next one on the same connection "
+           "served", statuses, ["status 431", "status 200"], "\n".join(out[-12:]) + err[-300:])
+    env.check("QPACK bomb: RSS grew by %d KiB (< 8 MiB)" % (rss1 - rss0), rss1 - rss0 < 8192)
+    served(env, q, "QPACK bomb")
+
+
+def flow_control_stall(env, be):
+    q = start(env, be)
+    rss0 = vmrss_kib(q.pid)
+    size = 50 * MiB
+    run_ = {}
+
+    def stall():
+        run_["r"] = h3probe(q.port, "/bytes/%d" % size, "--stall", timeout=8)
+
+    t = threading.Thread(target=stall)
+    t.start()
+    time.sleep(3)
+    r = env.gtls(q, "/bytes/1000", timeout=20)
+    env.eq("flow-control stall: another client is served meanwhile", (r.status(), len(r.body())),
+           (200, 1000), r.summary())
+    rss_mid = vmrss_kib(q.pid)
+    t.join(30)
+    rc, out, err = run_["r"]
+    got = [int(ln.split()[1]) for ln in out if ln.startswith("received ")]
+    env.check("flow-control stall: the client stalled as asked (%s)" % got,
+              len(got) == 1 and 0 < got[0] < size, "\n".join(out[-6:]) + err[-300:])
+    acc = wait_until(lambda: q.access(path="/bytes/%d" % size), 5)
+    sent = int(acc[0]["bytes_out"]) if acc else -1
+    env.check("flow-control stall: the request is freed once the client is gone", bool(acc),
+              q.log_tail(5))
+    # h3probe opens 1 MiB per stream; qrux holds one 64 KiB window more.
+    env.check("flow-control stall: qrux sent %d bytes of %d (<= the client's 1 MiB window + "
+              "64 KiB)" % (sent, size), 0 < sent <= MiB + 64 * KiB + 16 * KiB)
+    env.check("flow-control stall: RSS grew by %d KiB while stalled (< 8 MiB)"
+              % (rss_mid - rss0), rss_mid - rss0 < 8192)
+    print("BOUND HTTP/3 flow-control stall: %d of %d bytes sent, RSS %+d KiB, held until the "
+          "client left" % (sent, size, rss_mid - rss0), flush=True)
+    served(env, q, "flow-control stall")
+
+
 def main():
     with Env("attacks_quic") as env:
         be = env.backend()
@@ -271,6 +344,8 @@ def main():
         env.case("odd connection IDs", odd_cids, env, be)
         env.case("Initial flood", initial_flood, env, be)
         env.case("per-IP cap with colliding addresses", per_ip_collisions, env, be)
+        env.case("QPACK dynamic-table bomb", qpack_bomb, env, be)
+        env.case("HTTP/3 flow-control stall", flow_control_stall, env, be)
 
 
 if __name__ == "__main__":
