@@ -23,7 +23,7 @@ SAN_DIR := build-san
 # slower there): the protocol, error and attack paths. test_chromium and
 # test_quic (timing-heavy loss runs) and test_reload/test_drain/
 # test_lifecycle (process lifecycle, little parsing) run in the main tree only.
-SAN_E2E := test_proxy_basic;test_errors;test_malformed;test_https;test_routing;test_streaming;test_quic_transport;test_admin;test_attacks_quic;test_attacks_admin
+SAN_E2E := test_proxy_basic;test_errors;test_malformed;test_https;test_h2_conformance;test_routing;test_streaming;test_quic_transport;test_admin;test_attacks_quic;test_attacks_admin
 FUZZ_SECS ?= 30
 FUZZ_LONG_SECS ?= 600
 FUZZ_RUNS ?= 10000000
