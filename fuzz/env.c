@@ -2,6 +2,7 @@
 #include "env.h"
 
 #include "log.h"
+#include "quic.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -81,6 +82,10 @@ fuzz_env_t *fuzz_env_new(const char *yaml)
     e->rt.workers = &e->w;
     e->rt.nworkers = 1;
     if (qx_worker_init(&e->w, 0, &e->shared, snap) != 0)
+        abort();
+    /* What the worker's thread does before its loop: the endpoint's
+     * handles (its flush and kick) are set up, the socket polled. */
+    if (qx_quic_ep_start(e->w.quic) != 0)
         abort();
     e->w.state = QX_W_RUNNING;
     qx_runtime_set_lifecycle(&e->rt, QX_LC_LIVE);
