@@ -20,7 +20,7 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
        libngtcp2-9 libngtcp2-crypto-gnutls2 libnghttp3-3 libnghttp2-14 libgnutls30 libssl3 \
-       libuv1 libcyaml1 libyaml-0-2 libmicrohttpd12 libjansson4 libbpf1 ca-certificates \
+       libuv1 libcyaml1 libyaml-0-2 libmicrohttpd12 libjansson4 libbpf1 libc-ares2 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /build/qrux /usr/local/bin/qrux
 USER 65532:65532

@@ -39,6 +39,9 @@ typedef struct qx_limits {
 
 typedef struct qx_upstream_cfg {
     char *name; /* as written in the config, e.g. "127.0.0.1:8080"; the metrics label */
+    char *host; /* a DNS name to resolve ("api.shop.svc.cluster.local"), or NULL for an
+                   address literal (then addr holds it) */
+    uint16_t port;
     struct sockaddr_storage addr;
     socklen_t addrlen;
 } qx_upstream_cfg_t;
@@ -64,6 +67,17 @@ typedef enum { QX_EARLY_OFF = 0, QX_EARLY_SAFE, QX_EARLY_ALL } qx_early_data_t;
 /* Address validation with Retry (issue 6). */
 typedef enum { QX_RETRY_AUTO = 0, QX_RETRY_ALWAYS, QX_RETRY_NEVER } qx_retry_t;
 
+/* Resolution of upstream names (`dns:`). Empty lists and ndots -1 keep
+ * what /etc/resolv.conf says, as a pod sees it. */
+typedef struct qx_dns_cfg {
+    char *servers;         /* "ip:port,[ip6]:port" as c-ares takes them, or NULL */
+    char **search;         /* search domains, or NULL */
+    size_t nsearch;        /* 0: resolv.conf's */
+    int ndots;             /* -1: resolv.conf's */
+    uint32_t min_ttl_secs; /* default 5: a record's TTL is raised to this */
+    uint32_t max_ttl_secs; /* default 300: ... and lowered to this */
+} qx_dns_cfg_t;
+
 typedef struct qx_config {
     char *path;   /* the file it was loaded from (NULL for a buffer) */
     char *listen; /* as written */
@@ -84,6 +98,7 @@ typedef struct qx_config {
     qx_route_cfg_t *routes;
     size_t nroutes; /* >= 1 */
     qx_admin_cfg_t admin;
+    qx_dns_cfg_t dns;
 } qx_config_t;
 
 /*
@@ -109,6 +124,15 @@ void qx_config_del(qx_config_t *cfg);
  * Port 1..65535. Returns 0 or QX_ERR_INVAL.
  */
 int qx_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+
+/*
+ * Parses an upstream: an address qx_addr_parse takes, or "name:port" with
+ * a DNS name (letters, digits and '-' in dot-separated labels of 1..63,
+ * at most 253 in all, one trailing dot allowed, the last label not all
+ * digits). For a name, u->host is set (allocated) and u->addr left empty.
+ * Returns 0, QX_ERR_INVAL or QX_ERR_NOMEM; u->name is not touched.
+ */
+int qx_upstream_parse(const char *s, qx_upstream_cfg_t *u);
 
 /* Number of workers to start: cfg->workers, or when 0 the CPUs available to
  * this process (sched_getaffinity, capped by the cgroup v2 cpu.max / v1

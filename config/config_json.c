@@ -215,6 +215,17 @@ static qx_config_t *dup_without_routes(const qx_config_t *cfg)
     d->key = dup_str(cfg->key, &ok);
     d->admin.listen = dup_str(cfg->admin.listen, &ok);
     d->admin.token_file = dup_str(cfg->admin.token_file, &ok);
+    d->dns.servers = dup_str(cfg->dns.servers, &ok);
+    d->dns.search = NULL;
+    d->dns.nsearch = 0;
+    if (ok && cfg->dns.nsearch > 0) {
+        if ((d->dns.search = calloc(cfg->dns.nsearch, sizeof(char *))) == NULL)
+            ok = false;
+        for (size_t i = 0; ok && i < cfg->dns.nsearch; i++) {
+            d->dns.search[i] = dup_str(cfg->dns.search[i], &ok);
+            d->dns.nsearch = i + 1;
+        }
+    }
     if (!ok) {
         qx_config_del(d);
         return NULL;
@@ -236,7 +247,9 @@ static int dup_route(qx_route_cfg_t *d, const qx_route_cfg_t *r)
     d->nupstreams = r->nupstreams;
     for (size_t j = 0; j < r->nupstreams; j++) {
         d->upstreams[j] = r->upstreams[j];
+        d->upstreams[j].host = NULL; /* not the original's, if the name's copy fails */
         d->upstreams[j].name = dup_str(r->upstreams[j].name, &ok);
+        d->upstreams[j].host = dup_str(r->upstreams[j].host, &ok);
         if (!ok)
             return QX_ERR_NOMEM;
     }

@@ -1,12 +1,15 @@
 /* exchange.c - one proxied request, front <-> HTTP/1.1 upstream (see exchange.h). */
 #include "exchange.h"
 
+#include "dns.h"
 #include "log.h"
 #include "qx.h"
+#include "runtime.h"
 #include "worker.h"
 
 #include <arpa/inet.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +25,7 @@ static void uc_on_write(void *user, int status);
 static void pump_unqueue(qx_exchange_t *ex);
 static void pump_later(qx_exchange_t *ex);
 static void dispatch(qx_exchange_t *ex, int fresh_only);
+static int connect_failed(qx_exchange_t *ex, const char *why);
 static void build_and_dispatch(qx_exchange_t *ex);
 static void client_ip(qx_worker_t *w, const struct sockaddr *client, char *out);
 static void format_ip(const struct sockaddr *client, char *client_ip);
@@ -58,9 +62,36 @@ static void body_timer_start(qx_exchange_t *ex)
     timer_arm(ex, 3, QX_MIN(l->client_idle_timeout_secs, l->upstream_idle_timeout_secs));
 }
 
+static const qx_endpoint_t *up_ep(const qx_exchange_t *ex)
+{
+    return ex->up < ex->snap->neps ? &ex->snap->eps[ex->up] : NULL;
+}
+
 static qx_metrics_up_row_t *up_row(qx_exchange_t *ex)
 {
-    return qx_metrics_upstream(&ex->w->metrics, ex->up_name);
+    const qx_endpoint_t *e = up_ep(ex);
+    return qx_metrics_upstream(&ex->w->metrics, ex->up_name, e ? e->addrstr : "");
+}
+
+/* An upstream failure at warn, with the reason: an operator sees why a
+ * request got its 502/504 at the default level. Rate-limited per endpoint
+ * (a dead app under load fails every request), and per call site for an
+ * endpoint without a health entry. */
+__attribute__((format(printf, 2, 3))) static void up_warn(qx_exchange_t *ex, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    const qx_endpoint_t *e = up_ep(ex);
+    const char *name = ex->up_name ? ex->up_name : "-";
+    if (e && e->health && strcmp(e->name, e->addrstr) != 0)
+        qx_log_rl(&e->health->rl, QX_LOG_WARN, "upstream %s (%s): %s", name, e->addrstr, msg);
+    else if (e && e->health)
+        qx_log_rl(&e->health->rl, QX_LOG_WARN, "upstream %s: %s", name, msg);
+    else
+        QX_WARN_RL("upstream %s: %s", name, msg);
 }
 
 /* Sets up a body window for a body of |len| bytes (-1: not known): the
@@ -520,9 +551,19 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
         local_response(ex, 413);
         return;
     }
-    size_t pick = qx_snapshot_pick(ex->snap, ex->route);
-    ex->up = ex->snap->route_base[ex->route] + pick;
-    ex->up_name = route->upstreams[pick].name;
+    ex->up = qx_snapshot_pick(ex->snap, ex->route, SIZE_MAX, qx_health_now_ms());
+    ex->attempts = 1;
+    if (ex->up == SIZE_MAX) {
+        /* Every upstream of the route is a name that does not resolve (yet). */
+        ex->up_name = route->upstreams[0].name;
+        char why[160] = "not resolved yet";
+        if (ex->w->shared->rt->dns)
+            qx_dns_why(ex->w->shared->rt->dns, route->upstreams[0].host, why, sizeof(why));
+        up_warn(ex, "no address to connect to: the name %s", why);
+        local_response(ex, 502);
+        return;
+    }
+    ex->up_name = ex->snap->eps[ex->up].name;
     if (ex->has_body && ring_init(&ex->req, &ex->reqbuf, ex->req_inline, ex->req_cl) < 0) {
         local_response(ex, 503);
         return;
@@ -627,7 +668,7 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
     if (ex->snap == w->snap) {
         pool = w->pools[ex->up];
     } else {
-        const qx_upstream_cfg_t *up = qx_snapshot_upstream(ex->snap, ex->up);
+        const qx_endpoint_t *up = &ex->snap->eps[ex->up];
         pool = qx_worker_pool_find(w, (const struct sockaddr *)&up->addr, up->addrlen);
     }
     ex->state = QX_EX_CONNECTING;
@@ -652,7 +693,12 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
     }
     if (rv != 0) {
         ex->uc = NULL;
-        qx_cnt_add(&up_row(ex)->connect_errors, 1);
+        if (rv == QX_ERR_IO && connect_failed(ex, "connect did not start"))
+            return;
+        if (rv != QX_ERR_IO) {
+            qx_cnt_add(&up_row(ex)->connect_errors, 1);
+            up_warn(ex, "no connection: %s", rv == QX_ERR_NOMEM ? "out of memory" : "no pool");
+        }
         fail(ex, 502);
         return;
     }
@@ -664,15 +710,46 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
     timer_arm(ex, 1, ex->snap->cfg->limits.upstream_connect_timeout_secs);
 }
 
+/* A connect to the exchange's endpoint failed (refused, unreachable,
+ * timed out): nothing was sent, so any request may go to another endpoint
+ * of the route. Counts the failure (passive health may eject the
+ * endpoint), logs it, and starts the next attempt while the route has an
+ * endpoint not tried yet (at most QX_CONNECT_ATTEMPTS). Returns 1 when
+ * another attempt started, 0 when the caller answers. */
+static int connect_failed(qx_exchange_t *ex, const char *why)
+{
+    const qx_endpoint_t *e = up_ep(ex);
+    uint64_t now = qx_health_now_ms(), ms = 0;
+    qx_cnt_add(&up_row(ex)->connect_errors, 1);
+    size_t n = ex->snap->ep_count[ex->route];
+    int again = !ex->front_gone && (size_t)ex->attempts < QX_MIN(n, (size_t)QX_CONNECT_ATTEMPTS);
+    up_warn(ex, "connect failed: %s%s", why, again ? "; trying another address" : "");
+    if (e && qx_health_fail(e->health, now, &ms))
+        QX_WARN("upstream %s (%s): ejected for %llu s after %d connect failures in a row", e->name,
+                e->addrstr, (unsigned long long)(ms / 1000), QX_HEALTH_FAILS);
+    if (!again)
+        return 0;
+    ex_release_upstream(ex, 0);
+    timer_stop(ex);
+    ex->attempts++;
+    ex->up = qx_snapshot_pick(ex->snap, ex->route, ex->up, now);
+    ex->up_name = ex->snap->eps[ex->up].name;
+    dispatch(ex, 1);
+    return 1;
+}
+
 static void uc_on_connect(void *user, int status)
 {
     qx_exchange_t *ex = user;
     if (status != 0) {
-        QX_DEBUG("upstream %s: connect failed: %s", ex->up_name, uv_strerror(status));
-        qx_cnt_add(&up_row(ex)->connect_errors, 1);
-        fail(ex, 502);
+        if (!connect_failed(ex, uv_strerror(status)))
+            fail(ex, 502);
         return;
     }
+    const qx_endpoint_t *e = up_ep(ex);
+    if (e && qx_health_ok(e->health))
+        QX_WARN("upstream %s (%s): accepts connections again, back in rotation", e->name,
+                e->addrstr);
     start_upstream(ex);
 }
 
@@ -717,7 +794,7 @@ static void upstream_broken(qx_exchange_t *ex, const char *what)
 {
     if (try_retry(ex))
         return;
-    QX_DEBUG("upstream %s: %s", ex->up_name, what);
+    up_warn(ex, "%s", what);
     if (!ex->resp_head_done)
         qx_cnt_add(&up_row(ex)->protocol_errors, 1);
     fail(ex, 502);
@@ -982,11 +1059,27 @@ static void on_timer(uv_timer_t *t)
             qx_cnt_add(&up_row(ex)->timeouts, 1);
         QX_DEBUG("stream %" PRId64 ": %s stalled the response; reset", ex->stream_id,
                  who == QX_D_CLIENT_STALLED ? "the client" : "the upstream");
+        if (who == QX_D_UPSTREAM_STALLED && ex->up_name)
+            up_warn(ex, "sent no response byte for %u s; stream reset",
+                    (unsigned)ex->snap->cfg->limits.upstream_idle_timeout_secs);
+        fail(ex, 504);
+        return;
+    }
+    if (phase == 1 && ex->uc != NULL) {
+        /* The connect itself timed out (not a wait for a pooled slot). */
+        char why[64];
+        snprintf(why, sizeof(why), "timed out after %u s",
+                 (unsigned)ex->snap->cfg->limits.upstream_connect_timeout_secs);
+        qx_cnt_add(&up_row(ex)->timeouts, 1);
+        if (connect_failed(ex, why))
+            return;
         fail(ex, 504);
         return;
     }
     qx_cnt_add(&up_row(ex)->timeouts, 1);
-    QX_DEBUG("upstream %s: %s timeout", ex->up_name, phase == 1 ? "connect" : "request");
+    up_warn(ex, "%s timeout after %u s", phase == 1 ? "connect" : "request",
+            (unsigned)(phase == 1 ? ex->snap->cfg->limits.upstream_connect_timeout_secs
+                                  : ex->snap->cfg->limits.upstream_request_timeout_secs));
     fail(ex, 504);
 }
 

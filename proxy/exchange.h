@@ -39,6 +39,7 @@
 #define QX_EX_CACHE 256        /* finished exchanges a worker keeps for reuse */
 #define QX_UP_READ (64 * 1024) /* one upstream read, at most */
 #define QX_UP_READ_MIN 4096    /* a response window with less room pauses the upstream */
+#define QX_CONNECT_ATTEMPTS 3  /* endpoints a request tries when connects fail */
 
 typedef struct qx_worker qx_worker_t;
 typedef struct qx_exchange qx_exchange_t;
@@ -116,7 +117,8 @@ struct qx_exchange {
 
     /* upstream */
     int route;
-    size_t up; /* flat upstream index in snap */
+    size_t up;    /* flat endpoint index in snap (SIZE_MAX: none) */
+    int attempts; /* endpoints tried (connect failures move to the next) */
     const char *up_name;
     qx_upconn_t *uc;
     int reused;

@@ -113,15 +113,16 @@ void qx_metrics_request(qx_metrics_t *m, int proto, int method, int status, cons
     qx_cnt_add(&h->sum_us, (uint64_t)(seconds * 1e6));
 }
 
-qx_metrics_up_row_t *qx_metrics_upstream(qx_metrics_t *m, const char *upstream)
+qx_metrics_up_row_t *qx_metrics_upstream(qx_metrics_t *m, const char *upstream, const char *address)
 {
     for (size_t i = 0; i < m->nup; i++) {
-        if (label_eq(m->up[i].upstream, upstream))
+        if (label_eq(m->up[i].upstream, upstream) && label_eq(m->up[i].address, address))
             return &m->up[i];
     }
     if (m->nup < QX_ARRAY_LEN(m->up)) {
         qx_metrics_up_row_t *r = &m->up[m->nup];
         r->upstream = intern(upstream);
+        r->address = intern(address);
         publish(&m->nup, m->nup + 1);
         return r;
     }
@@ -136,7 +137,9 @@ void qx_metrics_free(qx_metrics_t *m)
         free((void *)m->req[i].upstream);
     for (size_t i = 0; i < m->nhist; i++)
         free((void *)m->hist[i].upstream);
-    for (size_t i = 0; i < m->nup; i++)
+    for (size_t i = 0; i < m->nup; i++) {
         free((void *)m->up[i].upstream);
+        free((void *)m->up[i].address);
+    }
     memset(m, 0, sizeof(*m));
 }

@@ -69,7 +69,8 @@ typedef struct qx_metrics_hist_row {
 } qx_metrics_hist_row_t;
 
 typedef struct qx_metrics_up_row {
-    const char *upstream;
+    const char *upstream; /* as configured (a name or an address) */
+    const char *address;  /* the endpoint's "ip:port" */
     uint64_t timeouts;
     uint64_t connect_errors;  /* refused / unreachable */
     uint64_t protocol_errors; /* malformed response */
@@ -121,9 +122,11 @@ static inline void qx_cnt_sub(uint64_t *c, uint64_t n)
 void qx_metrics_request(qx_metrics_t *m, int proto, int method, int status, const char *upstream,
                         double seconds);
 
-/* The per-upstream row for |upstream| (created on first use); never NULL:
- * past capacity the last row is shared. */
-qx_metrics_up_row_t *qx_metrics_upstream(qx_metrics_t *m, const char *upstream);
+/* The per-endpoint row for |upstream| at |address| (created on first use);
+ * never NULL: past capacity the last row is shared (the addresses of a
+ * name come and go, so the capacity is what bounds the label space). */
+qx_metrics_up_row_t *qx_metrics_upstream(qx_metrics_t *m, const char *upstream,
+                                         const char *address);
 
 /* Releases interned labels. */
 void qx_metrics_free(qx_metrics_t *m);

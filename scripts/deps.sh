@@ -17,7 +17,7 @@ set -eu
 # Debian's libcyaml-dev does not pull it in but libcyaml.pc links -lyaml.
 BUILD="build-essential cmake pkg-config git ca-certificates
 libngtcp2-dev libngtcp2-crypto-gnutls-dev libnghttp3-dev libnghttp2-dev libssl-dev libgnutls28-dev libuv1-dev libcyaml-dev libyaml-dev node-llhttp
-libmicrohttpd-dev libjansson-dev libbpf-dev clang bpftool libcmocka-dev"
+libmicrohttpd-dev libjansson-dev libbpf-dev clang bpftool libcmocka-dev libc-ares-dev"
 # Packages taken from bookworm-backports, each as NAME:MINIMUM_VERSION (an
 # older one installed from bookworm is upgraded).
 BUILD_BACKPORTS=""
@@ -35,7 +35,7 @@ RUN_BACKPORTS=""
 # python3-cryptography (raw QUIC Initials in e2e/quicraw.py).
 TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
 python3-h2 python3-hpack podman buildah runc debootstrap clang-format libclang-rt-14-dev
-python3-cryptography"
+python3-cryptography dnsmasq-base"
 TEST_BACKPORTS=""
 
 # Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf.

@@ -501,7 +501,7 @@ typedef struct reject_case {
     const char *field;
 } reject_case_t;
 
-#define ADDR_FORMS "(host:port with an IPv4, [IPv6] or localhost)"
+#define ADDR_FORMS "(host:port with an IPv4, [IPv6], localhost or a DNS name)"
 #define R(m, rest) "{\"match\":\"" m "\"," rest "}"
 #define UP(a) "\"upstream\":\"" a "\""
 
@@ -558,8 +558,8 @@ static const reject_case_t rejects[] = {
                                                            "\"10.0.0.x:80\"]") "]}",
      "routes[1].upstreams[1]: \"10.0.0.x:80\" is not an address " ADDR_FORMS,
      "routes[1].upstreams[1]"},
-    {"{\"routes\": [" R("*", UP("backend:80")) "]}",
-     "routes[0].upstream: \"backend:80\" is not an address " ADDR_FORMS, "routes[0].upstream"},
+    {"{\"routes\": [" R("*", UP("back_end:80")) "]}",
+     "routes[0].upstream: \"back_end:80\" is not an address " ADDR_FORMS, "routes[0].upstream"},
     {"{\"routes\": [" R("*", UP("127.0.0.1:0")) "]}",
      "routes[0].upstream: \"127.0.0.1:0\" is not an address " ADDR_FORMS, "routes[0].upstream"},
     {"{\"routes\": [" R("a*b", UP("127.0.0.1:1")) "]}",

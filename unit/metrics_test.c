@@ -93,7 +93,8 @@ static void test_request_rows(void **state)
     snprintf(up, sizeof(up), "%s", "10.0.0.1:80");
 
     qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, up, 0.002);
-    qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, "10.0.0.1:80", 0.003); /* same row, other pointer */
+    qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, "10.0.0.1:80",
+                       0.003); /* same row, other pointer */
     qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, "10.0.0.2:80", 0.002);
     qx_metrics_request(m, QX_P_H3, QX_M_POST, 200, "10.0.0.1:80", 0.002);
     qx_metrics_request(m, QX_P_H3, QX_M_GET, 502, "10.0.0.1:80", 0.002);
@@ -194,16 +195,16 @@ static void test_upstream_rows(void **state)
     char name[16];
     snprintf(name, sizeof(name), "%s", "10.0.0.1:80");
 
-    qx_metrics_up_row_t *a = qx_metrics_upstream(m, name);
+    qx_metrics_up_row_t *a = qx_metrics_upstream(m, name, "10.1.1.1:80");
     assert_non_null(a);
     assert_int_equal(m->nup, 1);
     assert_string_equal(a->upstream, "10.0.0.1:80");
     assert_ptr_not_equal(a->upstream, name);
-    qx_metrics_up_row_t *b = qx_metrics_upstream(m, "10.0.0.2:80");
+    qx_metrics_up_row_t *b = qx_metrics_upstream(m, "10.0.0.2:80", "10.1.1.1:80");
     assert_ptr_not_equal(a, b);
     assert_int_equal(m->nup, 2);
     /* Same content, other pointer: the same row. */
-    assert_ptr_equal(qx_metrics_upstream(m, "10.0.0.1:80"), a);
+    assert_ptr_equal(qx_metrics_upstream(m, "10.0.0.1:80", "10.1.1.1:80"), a);
     assert_int_equal(m->nup, 2);
 
     /* New rows start at zero; counters are per row. */
@@ -245,13 +246,13 @@ static void test_capacity(void **state)
     for (size_t i = 0; i < nup; i++) {
         char name[32];
         snprintf(name, sizeof(name), "up-%zu", i);
-        last = qx_metrics_upstream(m, name);
+        last = qx_metrics_upstream(m, name, "10.1.1.1:80");
         assert_non_null(last);
     }
     assert_int_equal(m->nup, nup);
-    assert_ptr_equal(qx_metrics_upstream(m, "one-too-many"), last);
+    assert_ptr_equal(qx_metrics_upstream(m, "one-too-many", "10.1.1.1:80"), last);
     assert_int_equal(m->nup, nup);
-    assert_ptr_equal(qx_metrics_upstream(m, "up-0"), &m->up[0]);
+    assert_ptr_equal(qx_metrics_upstream(m, "up-0", "10.1.1.1:80"), &m->up[0]);
 
     /* Histogram rows: distinct (method, upstream) pairs up to capacity. */
     const size_t nhist = QX_ARRAY_LEN(m->hist);
@@ -268,8 +269,8 @@ static void test_free_all(void **state)
     qx_metrics_t *m = *state;
     qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, "a", 0.1);
     qx_metrics_request(m, QX_P_H3, QX_M_POST, 500, "b", 0.2);
-    qx_metrics_upstream(m, "a");
-    qx_metrics_upstream(m, "c");
+    qx_metrics_upstream(m, "a", "10.1.1.1:80");
+    qx_metrics_upstream(m, "c", "10.1.1.1:80");
     m->bytes_in = 7;
     assert_int_equal(m->nreq, 2);
 
@@ -307,7 +308,7 @@ static void test_free_no_upstream(void **state)
     qx_metrics_request(m, QX_P_H3, QX_M_GET, 421, "", 0.001);
     assert_int_equal(m->nreq, 1);
     assert_int_equal(m->req[0].count, 3);
-    qx_metrics_up_row_t *u = qx_metrics_upstream(m, NULL);
+    qx_metrics_up_row_t *u = qx_metrics_upstream(m, NULL, "10.1.1.1:80");
     assert_non_null(u);
     assert_string_equal(u->upstream, "");
     /* Freeing must release only what was allocated. */
