@@ -155,7 +155,8 @@ def h1_get(p, path, limit=10.0):
 
 
 def protocol_errors(p, ev):
-    return metrics(p).get('qrux_upstream_errors_total{upstream="%s",kind="protocol"}' % ev.addr, 0)
+    return metrics(p).get('qrux_upstream_errors_total{upstream="%s",address="%s",kind="protocol"}' %
+                          (ev.addr, ev.addr), 0)
 
 
 def expect_502(env, p, ev, path, what):
