@@ -21,6 +21,8 @@ moved. What each bounds:
   stream-ID misuse  even, decreasing and zero stream IDs: GOAWAY
                     PROTOCOL_ERROR
   huge length       content-length above INT64_MAX: reset or 413
+  idle bodies       400 POST streams of unknown length that send nothing:
+                    < 16 KiB each (no 64 KiB window before the first byte)
   zero window       20 streams of 1 MiB to a client that never opens its
                     window: each stream reset after client_idle_timeout_secs,
                     the upstream connections released
@@ -36,8 +38,8 @@ from attacklib import (CANCEL, CONTINUATION, DATA, END_HEADERS, END_STREAM,  # n
                        ENHANCE_YOUR_CALM, HEADERS, PING, PROTOCOL_ERROR, RST_STREAM,
                        SETTINGS, WINDOW_UPDATE, Proxy, defence, frame, goaway_code, h2_get,
                        h2_open, hpack_str, metrics, open_fds, parse_frames, read_all, request_block,
-                       rss_kib, serves_all, settings)
-from harness import Env, wait_until  # noqa: E402
+                       rss_kib, serves_all, settings, status_kib)
+from harness import Blackhole, Env, wait_until  # noqa: E402
 
 LIMITS = {"client_idle_timeout_secs": 2, "upstream_request_timeout_secs": 10}
 
@@ -262,6 +264,29 @@ def huge_content_length(env, p):
             [f[:3] for f in parse_frames(data)])
 
 
+def idle_bodies(env, bh):
+    """400 request streams with a body of unknown length that never comes:
+    no body window each (it comes with the first byte)."""
+    p = Proxy(env, [("*", "127.0.0.1:%d" % bh.port)],
+              limits={"upstream_connect_timeout_secs": 30, "upstream_request_timeout_secs": 30})
+    auth = "localhost:%d" % p.tport
+    blk = request_block(auth, "/upload", "POST")
+    data0 = status_kib(p.pid, "VmData")
+    conns = []
+    for c in range(4):
+        t = h2_open(p.tport)
+        t.sendall(b"".join(frame(HEADERS, END_HEADERS, sid, blk) for sid in range(1, 200, 2)))
+        conns.append(t)
+    time.sleep(1.0)
+    grow = status_kib(p.pid, "VmData") - data0
+    print("idle bodies: VmData growth %d KiB for 400 streams" % grow)
+    env.check("idle bodies: < 16 KiB of memory per stream (was a 64 KiB window)",
+              grow < 400 * 16, "%d KiB" % grow)
+    for t in conns:
+        t.close()
+    p.q.stop()
+
+
 def main():
     with Env("attacks_h2") as env:
         be = env.backend()
@@ -278,6 +303,9 @@ def main():
         serves_all(env, p, "after the zero-window stall")
         env.check("qrux alive after every attack", p.q.alive(), p.q.log_tail())
         env.case("reload mid-head", reload_mid_head, env, be)
+        bh = Blackhole()
+        env.case("idle bodies", idle_bodies, env, bh)
+        bh.close()
 
 
 if __name__ == "__main__":

@@ -113,6 +113,7 @@ struct qx_exchange {
     int req_stopped;        /* STOP_SENDING sent */
     qx_ring_t req;
     uint8_t *reqbuf;
+    int req_window_due; /* body of unknown length: its window comes with its first byte */
 
     /* upstream */
     int route;
