@@ -23,6 +23,8 @@ moved. What each bounds:
   huge length       content-length above INT64_MAX: reset or 413
   idle bodies       400 POST streams of unknown length that send nothing:
                     < 16 KiB each (no 64 KiB window before the first byte)
+  HTTP/3 reset      a client cancels its upload (RESET_STREAM): the exchange
+                    ends at once (499), not at the request timeout
   zero window       20 streams of 1 MiB to a client that never opens its
                     window: each stream reset after client_idle_timeout_secs,
                     the upstream connections released
@@ -39,7 +41,7 @@ from attacklib import (CANCEL, CONTINUATION, DATA, END_HEADERS, END_STREAM,  # n
                        SETTINGS, WINDOW_UPDATE, Proxy, defence, frame, goaway_code, h2_get,
                        h2_open, hpack_str, metrics, open_fds, parse_frames, read_all, request_block,
                        rss_kib, serves_all, settings, status_kib)
-from harness import Blackhole, Env, wait_until  # noqa: E402
+from harness import Blackhole, Env, run, wait_until  # noqa: E402
 
 LIMITS = {"client_idle_timeout_secs": 2, "upstream_request_timeout_secs": 10}
 
@@ -287,6 +289,27 @@ def idle_bodies(env, bh):
     p.q.stop()
 
 
+def h3_client_reset(env, p, be):
+    """An HTTP/3 client cancels its upload with RESET_STREAM: the exchange
+    ends at once (499, the upstream connection closed), not at the request
+    timeout (10 s here)."""
+    probe = os.path.join(os.path.dirname(os.environ["QRUX_BIN"]), "h3probe")
+    be.reset()
+    t0 = time.monotonic()
+    cmd = [probe, "127.0.0.1", str(p.uport), "--timeout", "8", "--reset-ms", "500",
+           "-H", ":method: POST", "-H", ":scheme: https", "-H", ":authority: localhost",
+           "-H", ":path: /upload?h3reset", "--body", "abc"]
+    rc, out, err = run(cmd, timeout=20)
+    ended = wait_until(lambda: p.q.access(path="/upload?h3reset"), 5)
+    took = time.monotonic() - t0
+    log = p.q.access(path="/upload?h3reset")
+    env.check("HTTP/3 RESET_STREAM: the exchange ended (499) before the request timeout",
+              ended and log[0].get("status") == "499" and took < 6,
+              "%.1f s %r %s" % (took, log, out.decode(errors="replace")))
+    env.check("HTTP/3 RESET_STREAM: the upstream connection released",
+              wait_until(lambda: be.stats()["active"] <= 1, 5), be.stats())
+
+
 def main():
     with Env("attacks_h2") as env:
         be = env.backend()
@@ -299,6 +322,7 @@ def main():
         env.case("stream-ID misuse", stream_id_misuse, env, p)
         serves_all(env, p, "after the floods")
         env.case("huge content-length", huge_content_length, env, p)
+        env.case("HTTP/3 RESET_STREAM", h3_client_reset, env, p, be)
         env.case("zero window", zero_window, env, p, be)
         serves_all(env, p, "after the zero-window stall")
         env.check("qrux alive after every attack", p.q.alive(), p.q.log_tail())

@@ -41,6 +41,7 @@ struct qx_quic_conn {
     int paced;                /* pacing started (qx_quic_conn_write) */
     ngtcp2_tstamp created_ts; /* when the first Initial came in */
     int rx_early;             /* the stream data being read came in 0-RTT */
+    uint64_t rx_passed;       /* body bytes of the read in progress h3_recv_data took */
     int counted;              /* counted in the process and per-IP connection totals */
     uint32_t ip_hash;         /* per-source-address bucket */
     int goaway;
