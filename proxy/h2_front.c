@@ -4,7 +4,10 @@
  *
  * nghttp2 validates requests itself (RFC 9113 §8: pseudo-headers, field
  * names and values, connection-specific fields, content-length against
- * DATA) and keeps its flood and rapid-reset protections (their defaults).
+ * DATA) and keeps its flood protections (their defaults); the stream-reset
+ * budget is ours and tighter (reset_budget_take), and a stream is sent
+ * upstream only after the read it came in (exchange.c), so one reset in
+ * the same read costs no upstream connection.
  *
  * Flow control ties to the upstream: automatic WINDOW_UPDATE is off, the
  * stream window is QX_STREAM_WINDOW, and a stream's bytes are credited
