@@ -993,9 +993,18 @@ int qx_config_build_routes(qx_config_t *cfg, const qx_route_spec_t *specs, size_
     if (cfg->routes == NULL)
         return QX_ERR_NOMEM;
     cfg->nroutes = n;
+    size_t nup = 0;
     for (size_t i = 0; i < n; i++) {
         if ((rv = build_route(&cfg->routes[i], &specs[i], i, err, errlen, field, fieldlen)) != 0)
             return rv;
+        nup += cfg->routes[i].nupstreams;
+        if (nup > QX_CONFIG_MAX_UPSTREAMS) {
+            char path[64];
+            snprintf(path, sizeof(path), "routes[%zu]", i);
+            return qx_config_fail_at(err, errlen, field, fieldlen, path,
+                                     "more than %d upstreams in all routes together",
+                                     QX_CONFIG_MAX_UPSTREAMS);
+        }
         /* Quadratic, but route lists are short and this runs once per load. */
         for (size_t j = 0; j < i; j++) {
             if (strcmp(cfg->routes[i].match, cfg->routes[j].match) == 0) {

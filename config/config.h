@@ -13,6 +13,11 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+/* Upstreams in all routes together. Every one gets its own metrics row
+ * (QX_METRICS_UP_ROWS in metrics.h is twice this, for reloads: change
+ * them together). */
+#define QX_CONFIG_MAX_UPSTREAMS 1024
+
 typedef struct qx_limits {
     uint32_t upstream_connect_timeout_secs;     /* default 10 */
     uint32_t upstream_request_timeout_secs;     /* default 120, >= connect timeout */

@@ -277,9 +277,13 @@ def open_fds(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
 
-def rss_kib(pid):
+def status_kib(pid, key):
     with open("/proc/%d/status" % pid) as f:
         for ln in f:
-            if ln.startswith("VmRSS:"):
+            if ln.startswith(key + ":"):
                 return int(ln.split()[1])
     return 0
+
+
+def rss_kib(pid):
+    return status_kib(pid, "VmRSS")

@@ -564,10 +564,15 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
         return;
     }
     ex->up_name = ex->snap->eps[ex->up].name;
-    if (ex->has_body && ring_init(&ex->req, &ex->reqbuf, ex->req_inline, ex->req_cl) < 0) {
+    /* A body of known length gets its window now (at most its length); one
+     * of unknown length when its first byte comes: a client that opens
+     * streams and sends no body holds no QX_STREAM_WINDOW each. */
+    if (ex->has_body && ex->req_cl >= 0 &&
+        ring_init(&ex->req, &ex->reqbuf, ex->req_inline, ex->req_cl) < 0) {
         local_response(ex, 503);
         return;
     }
+    ex->req_window_due = ex->has_body && ex->req_cl < 0;
 
     if (ex->early) {
         /* RFC 8470: early data can be replayed by an attacker, so in
@@ -1292,6 +1297,13 @@ static const llhttp_settings_t parser_settings = {
 void qx_exchange_body(qx_exchange_t *ex, const uint8_t *data, size_t len)
 {
     uint64_t max = ex->snap->cfg->limits.max_request_body_bytes;
+    if (ex->req_window_due && len > 0 && !ex->req_discard && ex->state != QX_EX_DONE) {
+        ex->req_window_due = 0;
+        if (ring_init(&ex->req, &ex->reqbuf, ex->req_inline, -1) < 0) {
+            fail(ex, 503);
+            return;
+        }
+    }
     if (ex->req_discard || ex->state == QX_EX_DONE || ex->reqbuf == NULL) {
         /* Dropped bytes are not the request's: bytes_in counts what was
          * accepted for the upstream. */

@@ -114,6 +114,8 @@ struct qx_exchange {
     int req_stopped;        /* STOP_SENDING sent */
     qx_ring_t req;
     uint8_t *reqbuf;
+    int req_window_due;        /* body of unknown length: its window comes with its first byte */
+    uint64_t front_uncredited; /* the front's own: body bytes handed in, not yet credited */
 
     /* upstream */
     int route;

@@ -4,7 +4,10 @@
  *
  * nghttp2 validates requests itself (RFC 9113 §8: pseudo-headers, field
  * names and values, connection-specific fields, content-length against
- * DATA) and keeps its flood and rapid-reset protections (their defaults).
+ * DATA) and keeps its flood protections (their defaults); the stream-reset
+ * budget is ours and tighter (reset_budget_take), and a stream is sent
+ * upstream only after the read it came in (exchange.c), so one reset in
+ * the same read costs no upstream connection.
  *
  * Flow control ties to the upstream: automatic WINDOW_UPDATE is off, the
  * stream window is QX_STREAM_WINDOW, and a stream's bytes are credited
@@ -68,6 +71,7 @@ struct h2_conn {
     int perr;        /* counted as a protocol error (once per connection) */
     double reset_tokens;
     uint64_t reset_refill_ms;
+    uint64_t active_ms; /* loop time of the last byte read or body byte sent */
     /* Client stream IDs never opened: the next new one expected, and the
      * ranges a client skipped (the last H2_ID_GAPS of them, a ring). A
      * HEADERS frame below the newest stream is an error only for an ID in
@@ -137,11 +141,16 @@ static void stream_end(h2_conn_t *h, h2_stream_t *st, int error)
     st->unconsumed = 0;
 }
 
+/* The idle timer runs whether streams are open or not: streams that move
+ * no byte (a client holding every window at 0) do not keep a connection
+ * alive; h2_timeout looks at active_ms before it sends GOAWAY. */
 static void idle_timer(h2_conn_t *h)
 {
     if (h->draining && !h->goaway_sent)
         return; /* the GOAWAY step owns the timer */
-    qx_tcp_conn_timer(h->c, h->nstreams == 0 ? H2_IDLE_MS : 0);
+    if (h->goaway_sent)
+        return;
+    qx_tcp_conn_timer(h->c, H2_IDLE_MS);
 }
 
 /* ---- front ops ---------------------------------------------------------- */
@@ -161,6 +170,7 @@ static ssize_t read_data(nghttp2_session *session, int32_t stream_id, uint8_t *b
     }
     int k = qx_ring_peek(&ex->resp, iov, length);
     size_t total = 0;
+    st->h->active_ms = uv_now(&st->h->w->loop);
     for (int i = 0; i < k; i++) {
         memcpy(buf + total, iov[i].iov_base, iov[i].iov_len);
         total += iov[i].iov_len;
@@ -328,7 +338,6 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     nghttp2_session_set_stream_user_data(s, frame->hd.stream_id, st);
-    qx_tcp_conn_timer(c, 0);
     return 0;
 }
 
@@ -509,6 +518,7 @@ static void h2_input(void *app)
             qx_tcp_conn_close(h->c, n == QX_TCP_EOF ? QX_TC_CLOSE_GRACEFUL : QX_TC_CLOSE_ABORT);
             return;
         }
+        h->active_ms = uv_now(&h->w->loop);
         ssize_t rv = nghttp2_session_mem_recv(h->s, buf, (size_t)n);
         if (rv < 0) {
             count_protocol_error(h);
@@ -577,10 +587,16 @@ static void send_goaway(h2_conn_t *h)
 static void h2_timeout(void *app)
 {
     h2_conn_t *h = app;
-    /* Drain step two, or an idle connection: the final GOAWAY; the
-     * connection closes when its last stream ends. */
-    if (h->draining || h->nstreams == 0)
-        send_goaway(h);
+    uint64_t idle = uv_now(&h->w->loop) - h->active_ms;
+    /* Streams open and a byte moved lately: not idle yet. */
+    if (!h->draining && h->nstreams > 0 && idle < H2_IDLE_MS) {
+        qx_tcp_conn_timer(h->c, H2_IDLE_MS - idle);
+        return;
+    }
+    /* Drain step two, or an idle connection (with or without stalled
+     * streams): the final GOAWAY; the connection closes when its last
+     * stream ends (a stalled one at client_idle_timeout_secs). */
+    send_goaway(h);
     qx_tcp_conn_timer(h->c, 0);
 }
 
@@ -637,6 +653,7 @@ int qx_h2_front_new(qx_tcp_conn_t *c, void **app, const qx_tcp_app_ops_t **ops)
     h->w = c->w;
     h->reset_tokens = H2_RESET_BURST;
     h->reset_refill_ms = uv_now(&c->w->loop);
+    h->active_ms = h->reset_refill_ms;
     if (nghttp2_session_callbacks_new(&cbs) != 0 || nghttp2_option_new(&opt) != 0)
         goto fail;
     nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, on_begin_frame);

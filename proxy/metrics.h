@@ -51,6 +51,13 @@ const char *qx_metrics_defence_name(int idx);
 extern const double qx_hist_bounds[QX_HIST_NBUCKETS - 1];
 
 #define QX_METRICS_ROWS 512
+/* Per-upstream rows: twice QX_CONFIG_MAX_UPSTREAMS (config.h; change them
+ * together), so every upstream of a config, and of the one before a reload,
+ * has its own. */
+#define QX_METRICS_UP_ROWS 2048
+/* The label of the row that takes what no longer fits in a table: never
+ * another upstream's name (config names are host:port). */
+#define QX_METRICS_OTHER "_other"
 
 typedef struct qx_metrics_req_row {
     const char *upstream; /* interned label, "" when no upstream was chosen */
@@ -84,7 +91,7 @@ typedef struct qx_metrics {
     size_t nreq; /* published with release; rows below it are stable */
     qx_metrics_hist_row_t hist[QX_METRICS_ROWS / 4];
     size_t nhist;
-    qx_metrics_up_row_t up[QX_METRICS_ROWS / 4];
+    qx_metrics_up_row_t up[QX_METRICS_UP_ROWS];
     size_t nup;
     uint64_t active_connections_h3;
     uint64_t active_connections_h2; /* HTTPS fallback connections that chose h2 */
@@ -123,8 +130,9 @@ void qx_metrics_request(qx_metrics_t *m, int proto, int method, int status, cons
                         double seconds);
 
 /* The per-endpoint row for |upstream| at |address| (created on first use);
- * never NULL: past capacity the last row is shared (the addresses of a
- * name come and go, so the capacity is what bounds the label space). */
+ * never NULL: past capacity the last row, labelled QX_METRICS_OTHER (both
+ * labels), is shared (the addresses of a name come and go, so the capacity
+ * is what bounds the label space). */
 qx_metrics_up_row_t *qx_metrics_upstream(qx_metrics_t *m, const char *upstream,
                                          const char *address);
 

@@ -42,6 +42,7 @@ struct qx_quic_conn {
     ngtcp2_tstamp created_ts;          /* when the first Initial came in */
     int rx_early;                      /* the stream data being read came in 0-RTT */
     int counted;                       /* counted in the process and per-IP connection totals */
+    uint64_t rx_passed;                /* body bytes of the read in progress h3_recv_data took */
     struct qx_ipcount_entry *ip_entry; /* counted toward its address's cap (ipcount.h) */
     int goaway;
     int dirty;         /* on the endpoint's flush list */

@@ -33,6 +33,22 @@ static void ep_set(qx_endpoint_t *e, const qx_upstream_cfg_t *u, const struct so
     e->health = qx_health_get(ht, (const struct sockaddr *)a, len);
 }
 
+/* Room for n more endpoints (the array grows by doubling). */
+static int eps_reserve(qx_snapshot_t *s, size_t *cap, size_t n)
+{
+    if (s->neps + n <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : 8;
+    while (c < s->neps + n)
+        c *= 2;
+    qx_endpoint_t *e = realloc(s->eps, c * sizeof(*e));
+    if (e == NULL)
+        return QX_ERR_NOMEM;
+    s->eps = e;
+    *cap = c;
+    return 0;
+}
+
 /* Fills the endpoint arrays of s from its cfg (and dns for names). */
 static int build_endpoints(qx_snapshot_t *s, qx_dns_t *dns, qx_health_tab_t *ht)
 {
@@ -41,14 +57,7 @@ static int build_endpoints(qx_snapshot_t *s, qx_dns_t *dns, qx_health_tab_t *ht)
     s->ep_base = calloc(cfg->nroutes, sizeof(size_t));
     s->ep_count = calloc(cfg->nroutes, sizeof(size_t));
     s->rr = calloc(cfg->nroutes, sizeof(uint32_t));
-    if (s->ep_base == NULL || s->ep_count == NULL || s->rr == NULL)
-        return QX_ERR_NOMEM;
-    for (size_t r = 0; r < cfg->nroutes; r++) {
-        for (size_t j = 0; j < cfg->routes[r].nupstreams; j++)
-            cap += cfg->routes[r].upstreams[j].host ? QX_DNS_MAX_ADDRS : 1;
-    }
-    s->eps = calloc(cap ? cap : 1, sizeof(*s->eps));
-    if (s->eps == NULL)
+    if (s->ep_base == NULL || s->ep_count == NULL || s->rr == NULL || eps_reserve(s, &cap, 1) != 0)
         return QX_ERR_NOMEM;
     struct sockaddr_storage addrs[QX_DNS_MAX_ADDRS];
     socklen_t lens[QX_DNS_MAX_ADDRS];
@@ -57,10 +66,14 @@ static int build_endpoints(qx_snapshot_t *s, qx_dns_t *dns, qx_health_tab_t *ht)
         for (size_t j = 0; j < cfg->routes[r].nupstreams; j++) {
             const qx_upstream_cfg_t *u = &cfg->routes[r].upstreams[j];
             if (u->host == NULL) {
+                if (eps_reserve(s, &cap, 1) != 0)
+                    return QX_ERR_NOMEM;
                 ep_set(&s->eps[s->neps++], u, &u->addr, u->addrlen, ht);
                 continue;
             }
             size_t n = dns ? qx_dns_addrs(dns, u->host, u->port, addrs, lens, QX_DNS_MAX_ADDRS) : 0;
+            if (eps_reserve(s, &cap, n) != 0)
+                return QX_ERR_NOMEM;
             for (size_t k = 0; k < n; k++)
                 ep_set(&s->eps[s->neps++], u, &addrs[k], lens[k], ht);
         }

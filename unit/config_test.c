@@ -289,6 +289,25 @@ static const char *const limit_names[] = {
     "max_connections_per_upstream",
 };
 
+/* Every upstream gets its own metrics row: a config with more than
+ * QX_CONFIG_MAX_UPSTREAMS is refused, naming the route that goes over. */
+static void test_reject_too_many_upstreams(void **state)
+{
+    (void)state;
+    size_t cap = 256 + 80 * (QX_CONFIG_MAX_UPSTREAMS + 8);
+    char *yaml = malloc(cap);
+    assert_non_null(yaml);
+    size_t n = (size_t)snprintf(yaml, cap, SERVER "routes:\n");
+    for (int i = 0; i <= QX_CONFIG_MAX_UPSTREAMS; i++)
+        n += (size_t)snprintf(yaml + n, cap - n,
+                              "  - match: \"h%d\"\n    upstream: \"127.0.0.1:%d\"\n", i, 1000 + i);
+    char want[128];
+    snprintf(want, sizeof(want), "routes[%d]: more than %d upstreams in all routes together",
+             QX_CONFIG_MAX_UPSTREAMS, QX_CONFIG_MAX_UPSTREAMS);
+    expect_reject(yaml, want);
+    free(yaml);
+}
+
 static void test_reject_limits(void **state)
 {
     char yaml[1024], want[256];
@@ -993,19 +1012,33 @@ static void test_dns_section(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full_config),         cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_match_lowercased),    cmocka_unit_test(test_path_resolution),
-        cmocka_unit_test(test_load_file),           cmocka_unit_test(test_examples_load),
-        cmocka_unit_test(test_reject_limits),       cmocka_unit_test(test_reject_workers),
-        cmocka_unit_test(test_reject_unknown_keys), cmocka_unit_test(test_reject_yaml_errors),
-        cmocka_unit_test(test_reject_required),     cmocka_unit_test(test_reject_listen),
-        cmocka_unit_test(test_reject_routes),       cmocka_unit_test(test_upstream_parse),
-        cmocka_unit_test(test_dns_section),         cmocka_unit_test(test_admin_absent),
-        cmocka_unit_test(test_admin_defaults),      cmocka_unit_test(test_admin_token),
-        cmocka_unit_test(test_admin_reject),        cmocka_unit_test(test_message_truncation),
-        cmocka_unit_test(test_addr_parse),          cmocka_unit_test(test_cpu_max),
-        cmocka_unit_test(test_cgroup_v2),           cmocka_unit_test(test_cgroup_v1),
-        cmocka_unit_test(test_effective_workers),   cmocka_unit_test(test_del_half_built),
+        cmocka_unit_test(test_full_config),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_match_lowercased),
+        cmocka_unit_test(test_path_resolution),
+        cmocka_unit_test(test_load_file),
+        cmocka_unit_test(test_examples_load),
+        cmocka_unit_test(test_reject_too_many_upstreams),
+        cmocka_unit_test(test_reject_limits),
+        cmocka_unit_test(test_reject_workers),
+        cmocka_unit_test(test_reject_unknown_keys),
+        cmocka_unit_test(test_reject_yaml_errors),
+        cmocka_unit_test(test_reject_required),
+        cmocka_unit_test(test_reject_listen),
+        cmocka_unit_test(test_reject_routes),
+        cmocka_unit_test(test_upstream_parse),
+        cmocka_unit_test(test_dns_section),
+        cmocka_unit_test(test_admin_absent),
+        cmocka_unit_test(test_admin_defaults),
+        cmocka_unit_test(test_admin_token),
+        cmocka_unit_test(test_admin_reject),
+        cmocka_unit_test(test_message_truncation),
+        cmocka_unit_test(test_addr_parse),
+        cmocka_unit_test(test_cpu_max),
+        cmocka_unit_test(test_cgroup_v2),
+        cmocka_unit_test(test_cgroup_v1),
+        cmocka_unit_test(test_effective_workers),
+        cmocka_unit_test(test_del_half_built),
         cmocka_unit_test(test_https_listen),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -227,32 +227,45 @@ static void test_upstream_rows(void **state)
 static void test_capacity(void **state)
 {
     qx_metrics_t *m = *state;
-    /* Fill every request row with distinct statuses on one upstream. */
-    for (int i = 0; i < QX_METRICS_ROWS; i++)
+    /* Fill every request row but the last with distinct statuses. */
+    for (int i = 0; i < QX_METRICS_ROWS - 1; i++)
         qx_metrics_request(m, QX_P_H3, QX_M_GET, 100 + i, "u", 0.001);
-    assert_int_equal(m->nreq, QX_METRICS_ROWS);
-    /* Past capacity the table does not grow; the count lands in the last row. */
+    assert_int_equal(m->nreq, QX_METRICS_ROWS - 1);
+    /* Past capacity the table does not grow; the count lands in the last
+     * row, whose labels name no upstream, method or status of another. */
     qx_metrics_request(m, QX_P_H3, QX_M_POST, 999, "v", 0.001);
+    qx_metrics_request(m, QX_P_H2, QX_M_PUT, 201, "w", 0.001);
     assert_int_equal(m->nreq, QX_METRICS_ROWS);
-    assert_int_equal(m->req[QX_METRICS_ROWS - 1].count, 2);
-    assert_int_equal(m->req[0].count, 1);
+    qx_metrics_req_row_t *o = &m->req[QX_METRICS_ROWS - 1];
+    assert_int_equal(o->count, 2);
+    assert_string_equal(o->upstream, QX_METRICS_OTHER);
+    assert_int_equal(o->status, 0);
+    assert_int_equal(o->method, QX_M_OTHER);
+    assert_int_equal(m->req[QX_METRICS_ROWS - 2].count, 1);
+    assert_string_equal(m->req[QX_METRICS_ROWS - 2].upstream, "u");
     /* Existing rows are still found. */
     qx_metrics_request(m, QX_P_H3, QX_M_GET, 100, "u", 0.001);
     assert_int_equal(m->req[0].count, 2);
 
-    /* Upstream rows: never NULL, past capacity the last one is shared. */
+    /* Upstream rows: one per upstream up to twice the config's maximum;
+     * past that the shared last row is _other, never a real upstream. */
     const size_t nup = QX_ARRAY_LEN(m->up);
-    qx_metrics_up_row_t *last = NULL;
-    for (size_t i = 0; i < nup; i++) {
+    assert_true(nup >= 2 * 1024);
+    for (size_t i = 0; i < nup - 1; i++) {
         char name[32];
         snprintf(name, sizeof(name), "up-%zu", i);
-        last = qx_metrics_upstream(m, name, "10.1.1.1:80");
-        assert_non_null(last);
+        qx_metrics_up_row_t *r = qx_metrics_upstream(m, name, "10.1.1.1:80");
+        assert_non_null(r);
+        assert_string_equal(r->upstream, name);
     }
-    assert_int_equal(m->nup, nup);
-    assert_ptr_equal(qx_metrics_upstream(m, "one-too-many", "10.1.1.1:80"), last);
+    assert_int_equal(m->nup, nup - 1);
+    qx_metrics_up_row_t *other = qx_metrics_upstream(m, "one-too-many", "10.1.1.1:80");
+    assert_ptr_equal(other, &m->up[nup - 1]);
+    assert_string_equal(other->upstream, QX_METRICS_OTHER);
+    assert_ptr_equal(qx_metrics_upstream(m, "two-too-many", "10.1.1.1:80"), other);
     assert_int_equal(m->nup, nup);
     assert_ptr_equal(qx_metrics_upstream(m, "up-0", "10.1.1.1:80"), &m->up[0]);
+    assert_ptr_equal(qx_metrics_upstream(m, "up-600", "10.1.1.1:80"), &m->up[600]);
 
     /* Histogram rows: distinct (method, upstream) pairs up to capacity. */
     const size_t nhist = QX_ARRAY_LEN(m->hist);
@@ -262,6 +275,8 @@ static void test_capacity(void **state)
         qx_metrics_request(m, QX_P_H3, QX_M_DELETE, 200, name, 0.001);
     }
     assert_int_equal(m->nhist, nhist);
+    assert_string_equal(m->hist[nhist - 1].upstream, QX_METRICS_OTHER);
+    assert_int_equal(m->hist[nhist - 1].count, 7); /* 3 rows were taken above */
 }
 
 static void test_free_all(void **state)
