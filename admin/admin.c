@@ -475,52 +475,75 @@ static enum MHD_Result get_livez(qx_admin_t *a, struct MHD_Connection *c)
 /* The endpoints of the snapshot in force (their passive health) and the
  * names the resolver follows: families whose series come and go with the
  * endpoints, so the label space is what is configured and resolved now. */
+static const qx_snapshot_t *sort_snap; /* qsort has no context argument; under sort_lock */
+static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int ep_cmp(const void *pa, const void *pb)
+{
+    const qx_endpoint_t *a = &sort_snap->eps[*(const size_t *)pa];
+    const qx_endpoint_t *b = &sort_snap->eps[*(const size_t *)pb];
+    int c = strcmp(a->name, b->name);
+    return c ? c : strcmp(a->addrstr, b->addrstr);
+}
+
 static char *endpoint_metrics(qx_runtime_t *rt, size_t *len)
 {
     qx_snapshot_t *snap = qx_runtime_snapshot(rt);
-    size_t cap = 4096 + snap->neps * 2 * 200 + 64 * 1024;
+    size_t cap = 4096 + snap->neps * 2 * 200 + QX_CONFIG_MAX_UPSTREAMS * 600;
     char *buf = malloc(cap);
+    size_t *idx = calloc(snap->neps ? snap->neps : 1, sizeof(size_t));
     size_t used = 0;
-    if (buf == NULL) {
+    *len = 0;
+    if (buf == NULL || idx == NULL) {
+        free(buf);
+        free(idx);
         qx_snapshot_unref(snap);
-        *len = 0;
         return NULL;
     }
+    /* One series per (upstream, address): two routes may name the same. */
+    for (size_t i = 0; i < snap->neps; i++)
+        idx[i] = i;
+    pthread_mutex_lock(&sort_lock);
+    sort_snap = snap;
+    qsort(idx, snap->neps, sizeof(size_t), ep_cmp);
+    pthread_mutex_unlock(&sort_lock);
 #define OUT(...)                                                                                   \
     do {                                                                                           \
         int w_ = snprintf(buf + used, cap - used, __VA_ARGS__);                                    \
         if (w_ > 0 && (size_t)w_ < cap - used)                                                     \
             used += (size_t)w_;                                                                    \
     } while (0)
-    OUT("# HELP qrux_upstream_healthy 1 unless the endpoint's last %d connects failed (passive "
-        "health: it is ejected for a back-off, then tried again).\n"
-        "# TYPE qrux_upstream_healthy gauge\n",
-        QX_HEALTH_FAILS);
-    for (size_t i = 0; i < snap->neps; i++) {
-        const qx_endpoint_t *e = &snap->eps[i];
-        int dup = 0;
-        for (size_t j = 0; j < i && !dup; j++)
-            dup = snap->eps[j].health == e->health && strcmp(snap->eps[j].name, e->name) == 0;
-        if (!dup)
-            OUT("qrux_upstream_healthy{upstream=\"%s\",address=\"%s\"} %d\n", e->name, e->addrstr,
-                qx_health_healthy(e->health));
-    }
-    OUT("# HELP qrux_upstream_ejections_total Times an endpoint was taken out of rotation after "
-        "%d connect failures in a row.\n# TYPE qrux_upstream_ejections_total counter\n",
-        QX_HEALTH_FAILS);
-    for (size_t i = 0; i < snap->neps; i++) {
-        const qx_endpoint_t *e = &snap->eps[i];
-        int dup = 0;
-        for (size_t j = 0; j < i && !dup; j++)
-            dup = snap->eps[j].health == e->health && strcmp(snap->eps[j].name, e->name) == 0;
-        if (!dup)
-            OUT("qrux_upstream_ejections_total{upstream=\"%s\",address=\"%s\"} %llu\n", e->name,
-                e->addrstr,
-                (unsigned long long)(e->health
-                                         ? __atomic_load_n(&e->health->ejections, __ATOMIC_RELAXED)
-                                         : 0));
+    for (int fam = 0; fam < 2; fam++) {
+        if (fam == 0)
+            OUT("# HELP qrux_upstream_healthy 1 unless the endpoint's last %d connects failed "
+                "(passive health: it is ejected for a back-off, then tried again).\n"
+                "# TYPE qrux_upstream_healthy gauge\n",
+                QX_HEALTH_FAILS);
+        else
+            OUT("# HELP qrux_upstream_ejections_total Times an endpoint was taken out of rotation "
+                "after %d connect failures in a row.\n"
+                "# TYPE qrux_upstream_ejections_total counter\n",
+                QX_HEALTH_FAILS);
+        for (size_t k = 0; k < snap->neps; k++) {
+            const qx_endpoint_t *e = &snap->eps[idx[k]];
+            if (k > 0) {
+                const qx_endpoint_t *p = &snap->eps[idx[k - 1]];
+                if (strcmp(p->name, e->name) == 0 && strcmp(p->addrstr, e->addrstr) == 0)
+                    continue;
+            }
+            if (fam == 0)
+                OUT("qrux_upstream_healthy{upstream=\"%s\",address=\"%s\"} %d\n", e->name,
+                    e->addrstr, qx_health_healthy(e->health));
+            else
+                OUT("qrux_upstream_ejections_total{upstream=\"%s\",address=\"%s\"} %llu\n", e->name,
+                    e->addrstr,
+                    (unsigned long long)(e->health ? __atomic_load_n(&e->health->ejections,
+                                                                     __ATOMIC_RELAXED)
+                                                   : 0));
+        }
     }
 #undef OUT
+    free(idx);
     qx_snapshot_unref(snap);
     if (rt->dns)
         used += qx_dns_metrics(rt->dns, buf + used, cap - used);

@@ -383,8 +383,8 @@ static void on_exited(uv_async_t *h)
     uv_close((uv_handle_t *)&m->started, NULL);
     uv_close((uv_handle_t *)&m->start_watchdog, NULL);
     uv_close((uv_handle_t *)&m->ready_timer, NULL);
+    __atomic_store_n(&m->rt->names_async, NULL, __ATOMIC_RELEASE);
     uv_close((uv_handle_t *)&m->names, NULL);
-    m->rt->names_async = NULL;
     qx_dns_del(m->dns);
     m->dns = NULL;
     uv_close((uv_handle_t *)&m->drain, NULL);

@@ -131,8 +131,9 @@ int qx_runtime_publish(qx_runtime_t *rt, qx_config_t *cfg, int source, uint64_t 
     for (unsigned i = 0; i < rt->nworkers; i++)
         qx_worker_notify(&rt->workers[i]);
     qx_snapshot_unref(old); /* workers and requests hold their own references */
-    if (rt->names_async)
-        uv_async_send(rt->names_async);
+    uv_async_t *names = __atomic_load_n(&rt->names_async, __ATOMIC_ACQUIRE);
+    if (names)
+        uv_async_send(names);
     return 0;
 }
 
