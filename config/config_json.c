@@ -143,6 +143,33 @@ static json_t *admin_to_json(const qx_admin_cfg_t *a)
     return o;
 }
 
+/* Resolver settings as configured: null where /etc/resolv.conf decides. */
+static json_t *dns_to_json(const qx_dns_cfg_t *d)
+{
+    json_t *o = json_object();
+    json_t *search = d->nsearch > 0 ? json_array() : json_null();
+    if (o == NULL || search == NULL) {
+        json_decref(o);
+        json_decref(search);
+        return NULL;
+    }
+    for (size_t i = 0; i < d->nsearch; i++) {
+        if (json_array_append_new(search, json_string(d->search[i])) != 0) {
+            json_decref(o);
+            json_decref(search);
+            return NULL;
+        }
+    }
+    if (set(o, "servers", string_or_null(d->servers)) != 0 || set(o, "search", search) != 0 ||
+        set(o, "ndots", d->ndots >= 0 ? u64((uint64_t)d->ndots) : json_null()) != 0 ||
+        set(o, "min_ttl_secs", u64(d->min_ttl_secs)) != 0 ||
+        set(o, "max_ttl_secs", u64(d->max_ttl_secs)) != 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
 json_t *qx_config_to_json(const qx_config_t *cfg)
 {
     if (cfg == NULL)
@@ -173,6 +200,8 @@ json_t *qx_config_to_json(const qx_config_t *cfg)
     if (set(root, "routes", qx_config_routes_to_json(cfg)) != 0)
         goto fail;
     if (set(root, "admin", admin_to_json(&cfg->admin)) != 0)
+        goto fail;
+    if (set(root, "dns", dns_to_json(&cfg->dns)) != 0)
         goto fail;
     return root;
 

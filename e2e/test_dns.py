@@ -208,6 +208,10 @@ def main():
                       wait_until(lambda: "upstream never.qxtest:%d: no address to connect to: the "
                                  "name does not resolve" % port in q.log_text(), 3),
                       q.log_tail())
+            c = adm.get("/config").json()["config"]
+            env.eq("GET /config shows the dns section", c.get("dns"),
+                   {"servers": "127.0.0.1:%d" % dport, "search": ["ns.svc.qxtest"], "ndots": 5,
+                    "min_ttl_secs": TTL_MIN, "max_ttl_secs": TTL_MAX})
             ms, _, _ = scrape(adm)
             v = dns_metric(ms, "qrux_dns_resolutions_total", name="never.qxtest", result="not_found")
             env.check("qrux_dns_resolutions_total{never.qxtest,not_found} >= 1 (%s)" % v,

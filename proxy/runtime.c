@@ -79,6 +79,16 @@ static const char *restart_field(const qx_config_t *old, const qx_config_t *cfg)
         return "server.early_data";
     if (!str_eq(old->ticket_key_file, cfg->ticket_key_file))
         return "server.ticket_key_file";
+    /* The resolver is set up once (main.c); its TTL bounds follow reloads. */
+    if (!str_eq(old->dns.servers, cfg->dns.servers))
+        return "dns.servers";
+    if (old->dns.ndots != cfg->dns.ndots)
+        return "dns.ndots";
+    int same = old->dns.nsearch == cfg->dns.nsearch;
+    for (size_t i = 0; same && i < cfg->dns.nsearch; i++)
+        same = str_eq(old->dns.search[i], cfg->dns.search[i]);
+    if (!same)
+        return "dns.search";
     return NULL;
 }
 

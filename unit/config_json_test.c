@@ -67,7 +67,13 @@ static const char base_yaml[] = "server:\n"
                                 "admin:\n"
                                 "  listen: \"[::]:9901\"\n"
                                 "  token_file: secrets/token\n"
-                                "  ready_requires_upstream: true\n";
+                                "  ready_requires_upstream: true\n"
+                                "dns:\n"
+                                "  servers: [\"10.96.0.10\"]\n"
+                                "  search: [ns.svc.cluster.local]\n"
+                                "  ndots: 5\n"
+                                "  min_ttl_secs: 2\n"
+                                "  max_ttl_secs: 30\n";
 
 /* base_yaml's routes, as JSON_SORT_KEYS | JSON_COMPACT writes them */
 static const char base_routes_json[] =
@@ -154,6 +160,8 @@ static void test_config_to_json_defaults(void **state)
         load(SERVER "routes:\n  - match: \"*\"\n    upstream: \"127.0.0.1:8080\"\n", "/etc/qrux");
     assert_json(qx_config_to_json(cfg),
                 "{\"admin\":null,"
+                "\"dns\":{\"max_ttl_secs\":300,\"min_ttl_secs\":5,\"ndots\":null,"
+                "\"search\":null,\"servers\":null},"
                 "\"routes\":[{\"match\":\"*\",\"upstream\":\"127.0.0.1:8080\"}],"
                 "\"server\":{\"alt_svc_max_age\":86400,"
                 "\"cert\":\"/etc/qrux/certs/cert.pem\","
@@ -199,6 +207,8 @@ static void test_config_to_json_defaults(void **state)
     const char fmt[] =
         "{\"admin\":{\"listen\":\"[::]:9901\",\"ready_requires_upstream\":true,"
         "\"token_file\":\"/etc/qrux/secrets/token\"},"
+        "\"dns\":{\"max_ttl_secs\":30,\"min_ttl_secs\":2,\"ndots\":5,"
+        "\"search\":[\"ns.svc.cluster.local\"],\"servers\":\"10.96.0.10:53\"},"
         "\"routes\":%s,"
         "\"server\":{\"alt_svc_max_age\":600,\"cert\":\"/etc/qrux/certs/cert.pem\","
         "\"drain_delay_secs\":0,\"early_data\":\"all\",\"https_listen\":\"127.0.0.1:8443\","
