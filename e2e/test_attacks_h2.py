@@ -38,8 +38,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from attacklib import (CANCEL, CONTINUATION, DATA, END_HEADERS, END_STREAM,  # noqa: E402
                        ENHANCE_YOUR_CALM, HEADERS, PING, PROTOCOL_ERROR, RST_STREAM,
-                       SETTINGS, WINDOW_UPDATE, Proxy, defence, frame, goaway_code, h2_get,
-                       h2_open, hpack_str, metrics, open_fds, parse_frames, read_all, request_block,
+                       WINDOW_UPDATE, Proxy, defence, frame, goaway_code, h2_get,
+                       h2_open, hpack_str, open_fds, parse_frames, read_all, request_block,
                        rss_kib, serves_all, settings, status_kib)
 from harness import Blackhole, Env, run, wait_until  # noqa: E402
 
