@@ -929,6 +929,10 @@ static int p_on_headers_complete(llhttp_t *p)
     const char *conn = NULL;
     size_t connlen = 0;
 
+    /* llhttp takes "20" or "099" as a status; HTTP wants three digits,
+     * 100-599 (RFC 9110 §15): anything else is a broken upstream (502). */
+    if (status < 100 || status > 599)
+        return -1;
     if (status >= 100 && status < 200) {
         if (status == 101)
             return -1; /* no upgrades through the proxy */
