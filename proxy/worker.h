@@ -40,7 +40,8 @@ typedef struct qx_shared {
     unsigned quic_conns;       /* atomic: QUIC connections in the process */
     unsigned tcp_conns;        /* atomic: HTTPS connections in the process */
     qx_fd_budget_t fds;        /* client and upstream connections' descriptors */
-    void (*on_worker_exit)(qx_worker_t *w, void *arg); /* called on the worker thread */
+    void (*on_worker_exit)(qx_worker_t *w, void *arg);  /* called on the worker thread */
+    void (*on_worker_start)(qx_worker_t *w, void *arg); /* its loop is about to run; ditto */
     void *arg;
 } qx_shared_t;
 
