@@ -29,11 +29,20 @@ class Proxy:
     """qrux on a UDP (QUIC) port, a TCP (HTTPS) port and an admin port."""
 
     def __init__(self, env, routes, limits=None, workers=1, extra=""):
-        self.tport = free_port("tcp")
-        self.aport = free_port("tcp")
-        text = '  https_listen: "[::]:%d"\n' % self.tport + extra
-        text += 'admin:\n  listen: "127.0.0.1:%d"\n' % self.aport
-        self.q = env.qrux(routes=routes, limits=limits, workers=workers, extra_server=text, log_level=os.environ.get("QX_LOG", "info"))
+        for attempt in range(3):
+            # A free port may be taken by another test before qrux binds it
+            # (qrux then refuses to start): pick new ones and start again.
+            self.tport = free_port("tcp")
+            self.aport = free_port("tcp")
+            text = '  https_listen: "[::]:%d"\n' % self.tport + extra
+            text += 'admin:\n  listen: "127.0.0.1:%d"\n' % self.aport
+            try:
+                self.q = env.qrux(routes=routes, limits=limits, workers=workers,
+                                  extra_server=text, log_level=os.environ.get("QX_LOG", "info"))
+                break
+            except RuntimeError as e:
+                if attempt == 2 or "listen" not in str(e):
+                    raise
         self.uport = self.q.port
         self.pid = self.q.pid
 

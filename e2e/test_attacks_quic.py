@@ -40,7 +40,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quicraw  # noqa: E402
-from harness import Env, free_port, http_get, run, wait_until, yaml_str  # noqa: E402
+from harness import (RSS_FACTOR, Env, free_port, http_get, run, wait_until,  # noqa: E402
+                     yaml_str)
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -165,7 +166,8 @@ def garbage(env, be):
     env.check("garbage: short-header packets for unknown connections get stateless resets (%d)"
               % resets, resets > 30)
     env.eq("garbage: no stateless reset as long as what provoked it", resets_too_big, 0)
-    env.check("garbage: RSS grew by %d KiB (< 16 MiB)" % (rss1 - rss0), rss1 - rss0 < 16384)
+    env.check("garbage: RSS grew by %d KiB (< %d MiB)" % (rss1 - rss0, 16 * RSS_FACTOR),
+              rss1 - rss0 < 16384 * RSS_FACTOR)
     env.check("garbage: the log did not grow with the flood (%d lines)" % (lines1 - lines0),
               lines1 - lines0 < 50, q.log_tail(10))
     served(env, q, "garbage")
@@ -298,7 +300,8 @@ def qpack_bomb(env, be):
           % (copies + 1, statuses[:1], rss1 - rss0), flush=True)
     env.eq("QPACK bomb: the request is refused with 431, the next one on the same connection "
            "served", statuses, ["status 431", "status 200"], "\n".join(out[-12:]) + err[-300:])
-    env.check("QPACK bomb: RSS grew by %d KiB (< 8 MiB)" % (rss1 - rss0), rss1 - rss0 < 8192)
+    env.check("QPACK bomb: RSS grew by %d KiB (< %d MiB)" % (rss1 - rss0, 8 * RSS_FACTOR),
+              rss1 - rss0 < 8192 * RSS_FACTOR)
     served(env, q, "QPACK bomb")
 
 
@@ -330,8 +333,8 @@ def flow_control_stall(env, be):
     # h3probe opens 1 MiB per stream; qrux holds one 64 KiB window more.
     env.check("flow-control stall: qrux sent %d bytes of %d (<= the client's 1 MiB window + "
               "64 KiB)" % (sent, size), 0 < sent <= MiB + 64 * KiB + 16 * KiB)
-    env.check("flow-control stall: RSS grew by %d KiB while stalled (< 8 MiB)"
-              % (rss_mid - rss0), rss_mid - rss0 < 8192)
+    env.check("flow-control stall: RSS grew by %d KiB while stalled (< %d MiB)"
+              % (rss_mid - rss0, 8 * RSS_FACTOR), rss_mid - rss0 < 8192 * RSS_FACTOR)
     print("BOUND HTTP/3 flow-control stall: %d of %d bytes sent, RSS %+d KiB, held until the "
           "client left" % (sent, size, rss_mid - rss0), flush=True)
     served(env, q, "flow-control stall")

@@ -31,7 +31,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from attacklib import (Proxy, cont_process, defence, stop_process, h1_request, h1_status, h2_get, metrics,  # noqa: E402
                        read_all, serves_all, tls)
-from harness import Env, wait_until  # noqa: E402
+from harness import Env  # noqa: E402
 
 LIMITS = {"upstream_idle_timeout_secs": 2, "upstream_request_timeout_secs": 5,
           "upstream_connect_timeout_secs": 2,
