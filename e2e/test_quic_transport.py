@@ -814,7 +814,7 @@ def stateless_reset(env, be):
 
 
 def limits(env, be):
-    n = 300000
+    n = 600000  # ~2 s each: the third attempt (a Retry, then refused) falls within them
     slow = "/slow/%d?ms=100&chunk=30000" % n
     q = start(env, be, workers=1, limits={"max_quic_connections_per_ip": 2,
                                           "quic_idle_timeout_secs": 7,
@@ -840,9 +840,12 @@ def limits(env, be):
               "remote transport_parameters max_idle_timeout=7000" in r.log and
               "remote transport_parameters initial_max_streams_bidi=20" in r.log, short(r))
 
-    # Process-wide cap, over two workers.
+    # Process-wide cap, over two workers. The open download lasts ~5 s: the
+    # four refused attempts must all fall within it on a busy machine.
+    n = 1500000
+    slow = "/slow/%d?ms=100&chunk=30000" % n
     q = start(env, be, workers=2, admin=False, limits={"max_quic_connections": 1})
-    a = env.gtls_start(q, slow, timeout=20)
+    a = env.gtls_start(q, slow, timeout=30)
     wait_until(lambda: a.downloaded() > 0, 5)
     refusals = [refused(env.gtls(q, "/bytes/100", timeout=10)) for _ in range(4)]
     ra = a.finish()
