@@ -13,7 +13,7 @@
 # exits, so the make targets can call it every time.
 set -eu
 
-# Build: the libraries of docs/ARCHITECTURE.md ("Libraries"). libyaml-dev:
+# Build: the libraries the README names (Set-up, Layout). libyaml-dev:
 # Debian's libcyaml-dev does not pull it in but libcyaml.pc links -lyaml.
 BUILD="build-essential cmake pkg-config git ca-certificates
 libnghttp2-dev libssl-dev libgnutls28-dev libuv1-dev libcyaml-dev libyaml-dev node-llhttp
