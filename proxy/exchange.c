@@ -1092,6 +1092,8 @@ static void on_timer(uv_timer_t *t)
 
 static int rhb_append(qx_exchange_t *ex, const char *at, size_t len)
 {
+    if (len == 0)
+        return 0; /* llhttp may hand over an empty span; rhb may not exist yet */
     if (ex->rhblen + len > QX_MAX_HEADER_BYTES)
         return -1;
     if (ex->rhblen + len > ex->rhbcap) {
