@@ -621,6 +621,8 @@ int qx_inject_review(const qx_inject_opts_t *o, const char *body, size_t len, in
     json_t *patch = NULL;
     pod_plan_t plan = {0};
 
+    err[0] = '\0';
+
     *out = NULL;
     *http_status = 200;
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -691,7 +693,7 @@ int qx_inject_review(const qx_inject_opts_t *o, const char *body, size_t len, in
     if (plan_pod(o, json_object_get(pod, "metadata"), &plan, err, sizeof(err)) != 0 ||
         (patch = json_array()) == NULL ||
         build_patch(o, pod, &plan, patch, err, sizeof(err)) != 0) {
-        if (patch == NULL)
+        if (patch == NULL && *err == '\0')
             snprintf(err, sizeof(err), "out of memory");
         *why = "denied";
         result = QX_REVIEW_DENIED;
