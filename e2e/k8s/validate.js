@@ -157,6 +157,17 @@ const extra = {
     }),
 };
 
+// One line per schema error: where, and what (the generated validators
+// carry no messages, only the keyword and its parameters).
+function describe(e) {
+    const at = e.instancePath || "/";
+    const p = e.params || {};
+    if (e.keyword === "required") return `${at}: missing required field '${p.missingProperty}'`;
+    if (e.keyword === "enum") return `${at}: must be one of ${JSON.stringify(p.allowedValues)}`;
+    if (e.keyword === "type") return `${at}: must be ${p.type}`;
+    return `${at}: ${e.message || e.keyword} ${JSON.stringify(p)}`;
+}
+
 function check(obj, where) {
     if (obj === null || typeof obj !== "object" || Array.isArray(obj))
         return [`${where}: not an object`];
@@ -168,13 +179,11 @@ function check(obj, where) {
     const errs = [];
     const x = extra[`${obj.apiVersion}/${obj.kind}`];
     if (x) {
-        if (!x(obj)) for (const e of x.errors) errs.push(`${e.instancePath || "/"} ${e.message}`);
+        if (!x(obj)) for (const e of x.errors) errs.push(describe(e));
     } else {
         const validate = validatorFor(obj.apiVersion, obj.kind);
         if (!validate) return [`${where} ${name}: unknown apiVersion/kind ${obj.apiVersion}/${obj.kind}`];
-        if (!validate(obj))
-            for (const e of validate.errors)
-                errs.push(`${e.instancePath || "/"} ${e.message || e.keyword}${e.params && e.params.allowedValues ? " " + JSON.stringify(e.params.allowedValues) : ""}`);
+        if (!validate(obj)) for (const e of validate.errors) errs.push(describe(e));
         for (const u of unknownFields(validate, obj)) errs.push(`${u}: unknown field`);
     }
     if (errs.length === 0) {
