@@ -200,9 +200,9 @@ cmd_build()
         tail -n 40 "$root/build.log" >&2
         die "buildah bud failed; see $root/build.log"
     }
-    # Intermediate images of replaced builds are dangling now: drop them
-    # (the cache of the current build stays, it is referenced).
-    podman image prune -f >/dev/null 2>&1 || true
+    # No `podman image prune` here: the build stage's cached layers are
+    # untagged images no tag refers to, and pruning them would make every
+    # build a cold one. `clean` removes everything.
     podman image inspect --format '{{.Id}} {{.Size}}' "$IMAGE" |
         awk -v i="$IMAGE" '{ printf "image: built %s (%s, %.1f MB)\n", i, substr($1, 1, 12), $2 / 1e6 }' >&2
 }
@@ -223,12 +223,12 @@ clean_cgroups()
             /sys/fs/cgroup/libpod_parent/libpod-"$id" \
             /sys/fs/cgroup/*/libpod_parent/conmon/libpod-"$id" \
             /sys/fs/cgroup/libpod_parent/conmon/libpod-"$id"; do
-            [ -d "$d" ] && rmdir "$d" 2>/dev/null || true
+            if [ -d "$d" ]; then rmdir "$d" 2>/dev/null || true; fi
         done
     done
     for d in /sys/fs/cgroup/*/libpod_parent/conmon /sys/fs/cgroup/libpod_parent/conmon \
         /sys/fs/cgroup/*/libpod_parent /sys/fs/cgroup/libpod_parent; do
-        [ -d "$d" ] && rmdir "$d" 2>/dev/null || true
+        if [ -d "$d" ]; then rmdir "$d" 2>/dev/null || true; fi
     done
 }
 
