@@ -41,10 +41,13 @@ RUN_BACKPORTS=""
 # (slowloris), testssl.sh, promtool (prometheus), python3-h2/hpack (raw
 # HTTP/2), podman/buildah/runc/debootstrap (the container image, run for
 # real; catatonit: the pause process of `podman kube play`), iproute2 (network
-# namespaces), clang-format, nodejs and unzip (the Kubernetes test tools:
+# namespaces), clang-format, libclang-rt-14-dev (libFuzzer and the sanitizer
+# runtimes of clang 14: the build-san tree), python3-cryptography (raw QUIC
+# Initials in e2e/quicraw.py), nodejs and unzip (the Kubernetes test tools:
 # scripts/k8s-tools.sh).
 TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
-python3-h2 python3-hpack podman buildah runc debootstrap catatonit clang-format nodejs unzip"
+python3-h2 python3-hpack podman buildah runc debootstrap catatonit clang-format libclang-rt-14-dev
+python3-cryptography nodejs unzip"
 TEST_BACKPORTS=""
 
 # Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf.
