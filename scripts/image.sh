@@ -214,16 +214,21 @@ cmd_env()
     echo "export CONTAINERS_STORAGE_CONF=$root/storage.conf"
 }
 
-# rmdir the cgroups podman (cgroupfs manager) made for container ID $1 in
-# every controller hierarchy, then libpod_parent itself when it is empty.
+# rmdir the cgroups podman (cgroupfs manager) made for the containers and
+# pods whose IDs are given, in every controller hierarchy: libpod-ID for a
+# container, ID (with its containers inside) for a pod, children first. Then
+# libpod_parent/conmon and libpod_parent themselves when they are empty (they
+# are shared with any other podman storage on the machine: rmdir fails while
+# another user's container runs, which is fine).
 clean_cgroups()
 {
     for id in "$@"; do
-        for d in /sys/fs/cgroup/*/libpod_parent/libpod-"$id" \
-            /sys/fs/cgroup/libpod_parent/libpod-"$id" \
-            /sys/fs/cgroup/*/libpod_parent/conmon/libpod-"$id" \
-            /sys/fs/cgroup/libpod_parent/conmon/libpod-"$id"; do
-            if [ -d "$d" ]; then rmdir "$d" 2>/dev/null || true; fi
+        for p in /sys/fs/cgroup/*/libpod_parent /sys/fs/cgroup/libpod_parent; do
+            [ -d "$p" ] || continue
+            find "$p" -mindepth 1 -type d \( -name "$id" -o -name "libpod-$id" \) -prune -print |
+                while read -r d; do
+                    find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+                done
         done
     done
     for d in /sys/fs/cgroup/*/libpod_parent/conmon /sys/fs/cgroup/libpod_parent/conmon \
@@ -239,7 +244,7 @@ cmd_clean()
         return 0
     fi
     use_confs
-    ids=$(podman ps -aq --no-trunc 2>/dev/null || true)
+    ids="$(podman ps -aq --no-trunc 2>/dev/null || true) $(podman pod ps -q --no-trunc 2>/dev/null || true)"
     podman pod rm -af -t 5 >/dev/null 2>&1 || true
     podman rm -af -t 5 >/dev/null 2>&1 || true
     buildah rm --all >/dev/null 2>&1 || true
