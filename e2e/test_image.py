@@ -9,17 +9,18 @@ Dockerfile with buildah (storage in QRUX_IMAGE_ROOT, the build tree). Then:
 - the image: user 65532:65532, the three exposed ports, the OCI labels, no
   HEALTHCHECK, at most 90 MB uncompressed, every library `ldd` needs present,
   `qrux --help` / `--version` (and the `xdp` / `inject` roles when the binary
-  lists them) in the same image;
-- one container run the way the README says (host network, read-only root,
-  all capabilities dropped, no-new-privileges, memory and pids limits, the
-  config directory and the key mounted read-only, the key 0400 owned by
-  65532) with e2e/backend.py on the host's loopback behind it:
-  the process runs as uid 65532 with no capabilities and NoNewPrivs (read
-  from /proc), its root is read-only, /readyz is 200, HTTP/3 with gtlsclient
-  and HTTPS h2 with curl (Alt-Svc advertising h3) return the exact bytes, a
-  config change in the mounted directory (written the way the kubelet writes
-  a ConfigMap) is applied, `podman stop` drains (/readyz 503, an in-flight
-  download completes) and the container exits 0;
+  has them) in the same image;
+- one container run the way the README says (host network, read-only root
+  without podman's tmpfs mounts on /tmp and /run, all capabilities dropped,
+  no-new-privileges, memory and pids limits, the config directory and the key
+  mounted read-only, the key 0400 owned by 65532) with e2e/backend.py on the
+  host's loopback behind it: the process runs as uid 65532 with no
+  capabilities and NoNewPrivs (read from /proc), its root is read-only,
+  /readyz is 200, HTTP/3 with gtlsclient and HTTPS h2 with curl (Alt-Svc
+  advertising h3) return the exact bytes, a config change in the mounted
+  directory (written the way the kubelet writes a ConfigMap) is applied,
+  `podman stop` drains (/readyz 503, an in-flight download completes) and the
+  container exits 0;
 - afterwards nothing of it runs, nothing is mounted under the state
   directory, and its cgroups are gone.
 
@@ -30,7 +31,6 @@ seconds); `scripts/image.sh clean` removes them.
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
