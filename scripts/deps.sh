@@ -143,7 +143,7 @@ export DEBIAN_FRONTEND=noninteractive
 # bookworm-backports from the mirror this machine already uses: the first
 # Debian URI of its apt sources (deb822 or one-line format). Packages come
 # from it only when asked for with -t (its default priority is 100).
-# scripts/image.sh reads the mirror the same way: change both together.
+# scripts/image.sh finds the mirror for its base images in the same files.
 BP_SOURCES=/etc/apt/sources.list.d/qrux-bookworm-backports.sources
 enable_backports()
 {
