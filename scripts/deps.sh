@@ -43,10 +43,10 @@ RUN_BACKPORTS="ngtcp2-client:1.11.0"
 # namespaces), clang-format, libclang-rt-14-dev (libFuzzer and the sanitizer
 # runtimes of clang 14: the build-san tree), python3-cryptography (raw QUIC
 # Initials in e2e/quicraw.py), nodejs and unzip (the Kubernetes test tools:
-# scripts/k8s-tools.sh).
+# scripts/k8s-tools.sh), python3-yaml (the chart tests read rendered YAML).
 TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
 python3-h2 python3-hpack podman buildah runc debootstrap catatonit clang-format libclang-rt-14-dev
-python3-cryptography nodejs unzip"
+python3-cryptography nodejs unzip python3-yaml"
 TEST_BACKPORTS=""
 
 # Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf.
