@@ -10,6 +10,7 @@
 #include "admin.h"
 #include "config.h"
 #include "dns.h"
+#include "inject.h"
 #include "log.h"
 #include "quic.h"
 #include "qx.h"
@@ -123,6 +124,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: qrux --config FILE          run the proxy\n"
                "       qrux check --config FILE    validate FILE (and its cert/key) and exit\n"
+               "       qrux inject ...              the sidecar injection webhook (inject --help)\n"
                "       qrux --help | --version\n"
                "\n"
                "HTTP/3 (QUIC) terminating sidecar proxy: clients speak HTTP/3, the app\n"
@@ -606,6 +608,8 @@ int main(int argc, char **argv)
     char err[512];
     int c, check = 0, takeover = 0;
 
+    if (argc > 1 && strcmp(argv[1], "inject") == 0)
+        return qx_inject_main(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "check") == 0) {
         check = 1;
         argv++;
