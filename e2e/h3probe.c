@@ -36,6 +36,20 @@
  * --retry-wait SECS holds the Initial that answers a Retry back for SECS
  * seconds, so the Retry token has expired when it arrives.
  *
+ * Raw mode (--uni / --bidi, the HTTP/3 conformance tests): nghttp3 is not
+ * used at all; once the handshake completes, h3probe opens one stream per
+ * option, in order, and writes the bytes given (hex) on it: a control
+ * stream, QPACK streams, request streams exactly as a broken client would
+ * write them. --uni HEX ends the stream only when HEX ends in '!', --bidi
+ * HEX always ends it unless HEX ends in '-'. It prints
+ *   raw-open N ID             the N-th raw stream (1-based) has stream ID ID
+ *   bidi-data ID HEX          data on a request stream (each read, hex)
+ *   raw-reset ID 0xC          RESET_STREAM on a raw stream
+ *   raw-stop ID 0xC           STOP_SENDING on a raw stream
+ *   bidi-close ID 0xC         a raw request stream closed
+ * and conn-close as above; it ends once every raw request stream closed or
+ * the server closed the connection.
+ *
  * Exit 0 when every request got an outcome, 1 on timeout or network failure,
  * 2 on a usage error. It is a test tool: the certificate is not verified.
  */
@@ -63,6 +77,18 @@
 #define MAX_FIELDS 8192
 #define MAX_BODY (64 * 1024 * 1024)
 #define PKT_SIZE 1452
+#define MAX_RAW 16
+
+typedef struct {
+    int bidi;
+    uint8_t *data;
+    size_t len, off;
+    int fin;      /* end the stream after the data */
+    int fin_sent; /* the FIN went out */
+    int blocked;  /* flow control: wait for extend_max_stream_data */
+    int closed;
+    int64_t sid; /* -1 until opened */
+} raw_t;
 
 typedef struct {
     int index;            /* 1: the request as given; 2: the --also-get */
@@ -102,9 +128,12 @@ typedef struct {
     ngtcp2_conn *conn;
     nghttp3_conn *h3;
     ngtcp2_ccerr ccerr; /* what we send when we close */
-    int want_next;      /* set in a callback, acted on outside (never nest calls) */
-    int got_retry;      /* a Retry arrived; with --retry-wait, not yet waited */
-    int done;           /* every request has an outcome */
+    raw_t raw[MAX_RAW]; /* --uni / --bidi: raw mode, no nghttp3 */
+    int nraw;
+    int raw_bidi_open; /* raw request streams not closed yet */
+    int want_next;     /* set in a callback, acted on outside (never nest calls) */
+    int got_retry;     /* a Retry arrived; with --retry-wait, not yet waited */
+    int done;          /* every request has an outcome */
     req_t req[2];
     int nreq;
 } probe_t;
@@ -387,12 +416,40 @@ static int recv_new_token_cb(ngtcp2_conn *conn, const uint8_t *token, size_t tok
     return 0;
 }
 
+static raw_t *raw_of(probe_t *p, int64_t sid)
+{
+    for (int i = 0; i < p->nraw; i++)
+        if (p->raw[i].sid == sid)
+            return &p->raw[i];
+    return NULL;
+}
+
+/* Raw mode: one stream per --uni / --bidi, in the order given. */
+static int raw_setup(probe_t *p)
+{
+    for (int i = 0; i < p->nraw; i++) {
+        raw_t *r = &p->raw[i];
+        int rv = r->bidi ? ngtcp2_conn_open_bidi_stream(p->conn, &r->sid, NULL)
+                         : ngtcp2_conn_open_uni_stream(p->conn, &r->sid, NULL);
+        if (rv != 0) {
+            fprintf(stderr, "h3probe: cannot open raw stream %d: %s\n", i + 1, ngtcp2_strerror(rv));
+            return -1;
+        }
+        if (r->bidi)
+            p->raw_bidi_open++;
+        printf("raw-open %d %" PRId64 "\n", i + 1, r->sid);
+    }
+    return 0;
+}
+
 static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
 {
     probe_t *p = user_data;
     (void)conn;
     if (p->print_cert && print_cert_sha256(p) != 0)
         return NGTCP2_ERR_CALLBACK_FAILURE;
+    if (p->nraw > 0)
+        return raw_setup(p) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
     return h3_setup(p) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
 }
 
@@ -401,6 +458,17 @@ static int recv_stream_data_cb(ngtcp2_conn *conn, uint32_t flags, int64_t stream
                                void *stream_user_data)
 {
     probe_t *p = user_data;
+    if (p->nraw > 0) { /* raw mode: show what a request stream got, consume all */
+        if (ngtcp2_is_bidi_stream(stream_id) && len > 0) {
+            printf("bidi-data %" PRId64 " ", stream_id);
+            for (size_t i = 0; i < len; i++)
+                printf("%02x", data[i]);
+            printf("\n");
+        }
+        ngtcp2_conn_extend_max_stream_offset(conn, stream_id, len);
+        ngtcp2_conn_extend_max_offset(conn, len);
+        return 0;
+    }
     nghttp3_ssize n =
         nghttp3_conn_read_stream(p->h3, stream_id, data, len, flags & NGTCP2_STREAM_DATA_FLAG_FIN);
     if (n < 0) {
@@ -418,6 +486,8 @@ static int acked_cb(ngtcp2_conn *conn, int64_t stream_id, uint64_t offset, uint6
                     void *user_data, void *stream_user_data)
 {
     probe_t *p = user_data;
+    if (p->h3 == NULL)
+        return 0;
     return nghttp3_conn_add_ack_offset(p->h3, stream_id, len) == 0 ? 0
                                                                    : NGTCP2_ERR_CALLBACK_FAILURE;
 }
@@ -428,6 +498,18 @@ static int stream_close_cb(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
     probe_t *p = user_data;
     if (!(flags & NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET))
         code = NGHTTP3_H3_NO_ERROR;
+    if (p->nraw > 0) {
+        raw_t *r = raw_of(p, stream_id);
+        if (r != NULL && r->bidi && !r->closed) {
+            r->closed = 1;
+            printf("bidi-close %" PRId64 " 0x%" PRIx64 "\n", stream_id, code);
+            if (--p->raw_bidi_open == 0)
+                p->done = 1;
+        }
+        if (!ngtcp2_is_bidi_stream(stream_id) && r == NULL)
+            ngtcp2_conn_extend_max_streams_uni(conn, 1);
+        return 0;
+    }
     int rv = p->h3 ? nghttp3_conn_close_stream(p->h3, stream_id, code) : 0;
     if (rv == NGHTTP3_ERR_STREAM_NOT_FOUND) {
         /* nghttp3 never saw a byte of it; still an outcome for our request. */
@@ -445,6 +527,10 @@ static int stream_reset_cb(ngtcp2_conn *conn, int64_t stream_id, uint64_t final_
                            void *user_data, void *stream_user_data)
 {
     probe_t *p = user_data;
+    if (p->nraw > 0) {
+        printf("raw-reset %" PRId64 " 0x%" PRIx64 "\n", stream_id, code);
+        return 0;
+    }
     if (req_of(p, stream_id))
         printf("stream-reset 0x%" PRIx64 "\n", code);
     return nghttp3_conn_shutdown_stream_read(p->h3, stream_id) == 0 ? 0
@@ -455,6 +541,13 @@ static int stop_sending_cb(ngtcp2_conn *conn, int64_t stream_id, uint64_t code, 
                            void *stream_user_data)
 {
     probe_t *p = user_data;
+    if (p->nraw > 0) {
+        printf("raw-stop %" PRId64 " 0x%" PRIx64 "\n", stream_id, code);
+        raw_t *r = raw_of(p, stream_id);
+        if (r != NULL)
+            r->fin_sent = 1, r->off = r->len; /* ngtcp2 resets it: nothing more to write */
+        return 0;
+    }
     if (req_of(p, stream_id))
         printf("stop-sending 0x%" PRIx64 "\n", code);
     /* ngtcp2 answers with RESET_STREAM itself; nghttp3 must stop writing. */
@@ -466,6 +559,12 @@ static int extend_max_stream_data_cb(ngtcp2_conn *conn, int64_t stream_id, uint6
                                      void *user_data, void *stream_user_data)
 {
     probe_t *p = user_data;
+    if (p->nraw > 0) {
+        raw_t *r = raw_of(p, stream_id);
+        if (r != NULL)
+            r->blocked = 0;
+        return 0;
+    }
     return nghttp3_conn_unblock_stream(p->h3, stream_id) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
 }
 
@@ -600,6 +699,7 @@ static int flush(probe_t *p)
         int64_t sid = -1;
         int fin = 0;
         nghttp3_ssize nvec = 0;
+        raw_t *r = NULL;
         if (p->h3 && ngtcp2_conn_get_max_data_left(p->conn)) {
             nvec = nghttp3_conn_writev_stream(p->h3, &sid, &fin, vec, 16);
             if (nvec < 0) {
@@ -607,21 +707,50 @@ static int flush(probe_t *p)
                 return -1;
             }
         }
+        for (int i = 0; i < p->nraw && r == NULL; i++) {
+            raw_t *c = &p->raw[i];
+            if (c->sid >= 0 && !c->blocked && !c->fin_sent && (c->off < c->len || c->fin))
+                r = c;
+        }
+        if (r != NULL) {
+            sid = r->sid;
+            fin = r->fin;
+            nvec = r->off < r->len ? 1 : 0;
+            vec[0].base = r->data + r->off;
+            vec[0].len = r->len - r->off;
+        }
         uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_MORE | (fin ? NGTCP2_WRITE_STREAM_FLAG_FIN : 0);
         ngtcp2_ssize ndata = -1;
         ngtcp2_ssize n =
             ngtcp2_conn_writev_stream(p->conn, &ps.path, &pi, buf, sizeof(buf), &ndata, flags, sid,
                                       (const ngtcp2_vec *)vec, (size_t)nvec, now_ns());
-        if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
-            nghttp3_conn_block_stream(p->h3, sid);
-            continue;
+        if (r != NULL) {
+            if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
+                r->blocked = 1;
+                continue;
+            }
+            if (n == NGTCP2_ERR_STREAM_SHUT_WR || n == NGTCP2_ERR_STREAM_NOT_FOUND) {
+                r->fin_sent = 1, r->off = r->len;
+                continue;
+            }
+            if (ndata >= 0) {
+                r->off += (size_t)ndata;
+                if (r->off == r->len) /* all of it (and the FIN when asked) went out */
+                    r->fin_sent = 1;
+            }
+        } else {
+            if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
+                nghttp3_conn_block_stream(p->h3, sid);
+                continue;
+            }
+            if (n == NGTCP2_ERR_STREAM_SHUT_WR) {
+                nghttp3_conn_shutdown_stream_write(p->h3, sid);
+                continue;
+            }
+            if (ndata >= 0 && p->h3 &&
+                nghttp3_conn_add_write_offset(p->h3, sid, (size_t)ndata) != 0)
+                return -1;
         }
-        if (n == NGTCP2_ERR_STREAM_SHUT_WR) {
-            nghttp3_conn_shutdown_stream_write(p->h3, sid);
-            continue;
-        }
-        if (ndata >= 0 && nghttp3_conn_add_write_offset(p->h3, sid, (size_t)ndata) != 0)
-            return -1;
         if (n == NGTCP2_ERR_WRITE_MORE)
             continue;
         if (n < 0) {
@@ -714,7 +843,7 @@ static int run(probe_t *p)
         }
         int rv = pfd.revents ? drain(p) : 0;
         if (rv == 1) /* closed by the server: an outcome if a request was sent */
-            return p->nreq > 0 ? 0 : 1;
+            return p->nreq > 0 || p->nraw > 0 ? 0 : 1;
         if (rv < 0) {
             send_close(p);
             return 1;
@@ -756,6 +885,7 @@ static void usage(void)
                     "               [--token HEX] [--new-token-file FILE] [--print-retry]"
                     " [--retry-wait SECS]\n"
                     "               [--repeat N] [--stall]\n"
+                    "       h3probe HOST PORT (--uni HEX[!] | --bidi HEX[-]) ...   raw streams\n"
                     "  -H fields go out verbatim, in order; the separator is ': ' (or ':'"
                     " when no space follows)\n");
 }
@@ -809,6 +939,33 @@ static int parse_hex(probe_t *p, const char *hex)
     return 0;
 }
 
+/* --uni HEX[!] / --bidi HEX[-]: a raw stream and its bytes. */
+static int add_raw(probe_t *p, int bidi, const char *spec)
+{
+    size_t n = strlen(spec);
+    if (p->nraw == MAX_RAW)
+        return -1;
+    raw_t *r = &p->raw[p->nraw];
+    r->bidi = bidi;
+    r->fin = bidi;
+    r->sid = -1;
+    if (n > 0 && spec[n - 1] == (bidi ? '-' : '!')) {
+        r->fin = !bidi;
+        n--;
+    }
+    if (n % 2 != 0 || (r->data = malloc(n / 2 + 1)) == NULL)
+        return -1;
+    for (size_t i = 0; i < n / 2; i++) {
+        unsigned v;
+        if (sscanf(spec + 2 * i, "%2x", &v) != 1)
+            return -1;
+        r->data[i] = (uint8_t)v;
+    }
+    r->len = n / 2;
+    p->nraw++;
+    return 0;
+}
+
 static int parse_args(probe_t *p, int argc, char **argv)
 {
     int npos = 0;
@@ -854,6 +1011,9 @@ static int parse_args(probe_t *p, int argc, char **argv)
             p->print_retry = 1;
         } else if (strcmp(a, "--retry-wait") == 0 && has_val) {
             p->retry_wait_secs = atoi(argv[++i]);
+        } else if ((strcmp(a, "--uni") == 0 || strcmp(a, "--bidi") == 0) && has_val) {
+            if (add_raw(p, strcmp(a, "--bidi") == 0, argv[++i]) != 0)
+                return -1;
         } else if (a[0] == '-' && a[1] != '\0') {
             return -1;
         } else if (npos == 0) {

@@ -380,7 +380,6 @@ int qx_h3_recv_stream_data(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
                            void *stream_user_data)
 {
     qx_quic_conn_t *qc = user_data;
-    (void)offset;
     (void)stream_user_data;
     /* 0-RTT stream data can come before the 1-RTT key (which is where
      * HTTP/3 is normally set up); the client's transport parameters are
@@ -389,6 +388,14 @@ int qx_h3_recv_stream_data(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
         qx_quic_conn_read_sni(qc);
         if (qx_h3_setup(qc) != 0)
             return NGTCP2_ERR_CALLBACK_FAILURE;
+    }
+    if (ngtcp2_is_bidi_stream(stream_id) == 0) {
+        uint64_t h3err = qx_h3_ctrl_feed(&qc->h3ctrl, stream_id, offset, data, datalen);
+        if (h3err != 0) {
+            QX_DEBUG("h3: control stream %" PRId64 ": MAX_PUSH_ID lowered", stream_id);
+            ngtcp2_ccerr_set_application_error(&qc->ccerr, h3err, NULL, 0);
+            return NGTCP2_ERR_CALLBACK_FAILURE;
+        }
     }
     qc->rx_early = (flags & NGTCP2_STREAM_DATA_FLAG_0RTT) != 0;
     nghttp3_ssize n = nghttp3_conn_read_stream(qc->h3, stream_id, data, datalen,

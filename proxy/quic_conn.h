@@ -7,6 +7,7 @@
 #define QX_QUIC_CONN_H
 
 #include "exchange.h"
+#include "h3_ctrl.h"
 #include "quic.h"
 #include "tls.h"
 
@@ -42,6 +43,7 @@ struct qx_quic_conn {
     int rx_early; /* the stream data being read came in 0-RTT */
     int counted;  /* counted in the process and per-IP connection totals */
     struct qx_ipcount_entry *ip_entry; /* counted toward its address's cap (ipcount.h) */
+    qx_h3_ctrl_t h3ctrl;               /* the client control stream's MAX_PUSH_ID rule */
     int goaway;
     int dirty;         /* on the endpoint's flush list */
     int closing;       /* scheduled for deletion */

@@ -15,7 +15,7 @@
 # exits, so the make targets can call it every time.
 set -eu
 
-# Build: the libraries of docs/ARCHITECTURE.md ("Libraries"). libyaml-dev:
+# Build: the libraries the README names (Set-up, Layout). libyaml-dev:
 # Debian's libcyaml-dev does not pull it in but libcyaml.pc links -lyaml.
 # python3: CMakeLists.txt finds it (the e2e tests) to configure at all.
 BUILD="build-essential cmake pkg-config git ca-certificates python3
