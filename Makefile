@@ -25,7 +25,7 @@ SAN_DIR := build-san
 # alone takes minutes), test_streaming and test_quic (large and lossy
 # transfers), test_quic_transport (timing-heavy), test_chromium,
 # test_reload, test_drain and test_lifecycle (process lifecycle).
-SAN_E2E := test_proxy_basic;test_errors;test_malformed;test_h2_conformance;test_routing;test_admin;test_attacks_quic;test_attacks_admin
+SAN_E2E := test_proxy_basic;test_errors;test_malformed;test_h2_conformance;test_attacks_h2;test_routing;test_admin;test_attacks_quic;test_attacks_admin
 FUZZ_SECS ?= 30
 FUZZ_LONG_SECS ?= 600
 FUZZ_RUNS ?= 10000000

@@ -13,6 +13,7 @@
 #include "admin.h"
 
 #include "config_json.h"
+#include "dns.h"
 #include "log.h"
 #include "metrics_text.h"
 #include "qx.h"
@@ -56,10 +57,11 @@ struct qx_admin {
     int ready_requires_upstream;
     char listen[128];
 
-    /* The last upstream check for /readyz; MHD thread only. */
+    /* The last upstream check for /readyz; under check_lock. */
     uint64_t up_checked_ms;
-    uint64_t up_generation;
+    uint64_t up_epoch;
     int up_ok;
+    pthread_mutex_t check_lock; /* the check is also asked for by the main thread */
     char up_reason[256];
 
     /* MHD's last log line while starting, for the start error message. */
@@ -265,41 +267,44 @@ static enum MHD_Result reply_unauthorized(struct MHD_Connection *c)
 /* ------------------------------------------------------------------------
  * probes */
 
-/* Starts a non-blocking connect to every distinct upstream of the snapshot
- * in force and waits for all of them together, at most
+/* Starts a non-blocking connect to every distinct endpoint of the
+ * snapshot in force and waits for all of them together, at most
  * UPSTREAM_CHECK_TIMEOUT_MS: one slow upstream costs 200 ms, not 200 ms
- * each. Fills a->up_ok / up_reason (the first failing upstream in config
+ * each. A route is ready when one of its endpoints accepts (failover
+ * serves it); a route whose names resolve to nothing is not. Fills
+ * a->up_ok / up_reason (the first route that is not ready, in config
  * order). */
 static void check_upstreams(qx_admin_t *a)
 {
     qx_snapshot_t *snap = qx_runtime_snapshot(a->rt);
-    size_t n = QX_MIN(snap->nupstreams, (size_t)UPSTREAM_CHECK_MAX);
+    size_t n = QX_MIN(snap->neps, (size_t)UPSTREAM_CHECK_MAX);
     struct pollfd pfd[UPSTREAM_CHECK_MAX];
-    size_t which[UPSTREAM_CHECK_MAX]; /* pfd[k] checks upstream which[k] */
+    size_t which[UPSTREAM_CHECK_MAX]; /* pfd[k] checks endpoint which[k] */
+    size_t same[UPSTREAM_CHECK_MAX];  /* endpoint i has the address of endpoint same[i] */
+    int ok[UPSTREAM_CHECK_MAX];       /* endpoint i accepted */
     size_t np = 0;
-    size_t failed = SIZE_MAX;
 
     for (size_t i = 0; i < n; i++) {
-        const qx_upstream_cfg_t *up = qx_snapshot_upstream(snap, i);
-        int dup = 0;
-        for (size_t k = 0; k < np && !dup; k++) {
-            const qx_upstream_cfg_t *o = qx_snapshot_upstream(snap, which[k]);
-            dup = o->addrlen == up->addrlen && memcmp(&o->addr, &up->addr, up->addrlen) == 0;
+        const qx_endpoint_t *up = &snap->eps[i];
+        ok[i] = 0;
+        same[i] = i;
+        for (size_t j = 0; j < i && same[i] == i; j++) {
+            const qx_endpoint_t *o = &snap->eps[j];
+            if (o->addrlen == up->addrlen && memcmp(&o->addr, &up->addr, up->addrlen) == 0)
+                same[i] = same[j];
         }
-        if (dup)
+        if (same[i] != i)
             continue;
         int fd = socket(up->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd == -1) {
-            failed = QX_MIN(failed, i);
+        if (fd == -1)
             continue;
-        }
         if (connect(fd, (const struct sockaddr *)&up->addr, up->addrlen) == 0) {
             close(fd);
+            ok[i] = 1;
             continue;
         }
         if (errno != EINPROGRESS) {
             close(fd);
-            failed = QX_MIN(failed, i);
             continue;
         }
         pfd[np] = (struct pollfd){.fd = fd, .events = POLLOUT};
@@ -322,26 +327,53 @@ static void check_upstreams(qx_admin_t *a)
                 continue;
             int soerr = 0;
             socklen_t sl = sizeof(soerr);
-            if (getsockopt(pfd[k].fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == -1 || soerr != 0)
-                failed = QX_MIN(failed, which[k]);
+            if (getsockopt(pfd[k].fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0)
+                ok[which[k]] = 1;
             close(pfd[k].fd);
             pfd[k].fd = -1;
             pending--;
         }
     }
     for (size_t k = 0; k < np; k++) {
-        if (pfd[k].fd >= 0) { /* still connecting at the deadline */
+        if (pfd[k].fd >= 0) /* still connecting at the deadline */
             close(pfd[k].fd);
-            failed = QX_MIN(failed, which[k]);
-        }
     }
 
-    a->up_ok = failed == SIZE_MAX;
+    a->up_ok = 1;
     a->up_reason[0] = '\0';
-    if (!a->up_ok)
-        snprintf(a->up_reason, sizeof(a->up_reason), "upstream %s not accepting connections",
-                 qx_snapshot_upstream(snap, failed)->name);
-    a->up_generation = snap->generation;
+    for (size_t r = 0; r < snap->cfg->nroutes && a->up_ok; r++) {
+        const qx_route_cfg_t *route = &snap->cfg->routes[r];
+        size_t base = snap->ep_base[r], cnt = snap->ep_count[r];
+        if (cnt == 0) {
+            /* Every name of the route fails to resolve (an address literal
+             * is always an endpoint, so the route has only names). */
+            const char *name = route->upstreams[0].name;
+            char why[160] = "not resolved yet";
+            if (a->rt->dns)
+                qx_dns_why(a->rt->dns, route->upstreams[0].host, why, sizeof(why));
+            a->up_ok = 0;
+            snprintf(a->up_reason, sizeof(a->up_reason), "upstream %s %s", name, why);
+            break;
+        }
+        int any = 0;
+        for (size_t i = base; i < base + cnt && !any; i++)
+            any = i < n && ok[same[i]];
+        if (any)
+            continue;
+        const qx_endpoint_t *e = &snap->eps[base];
+        a->up_ok = 0;
+        if (cnt > 1)
+            snprintf(a->up_reason, sizeof(a->up_reason),
+                     "no upstream of route %s accepting connections (%zu tried)", route->match,
+                     cnt);
+        else if (strcmp(e->name, e->addrstr) != 0)
+            snprintf(a->up_reason, sizeof(a->up_reason),
+                     "upstream %s (%s) not accepting connections", e->name, e->addrstr);
+        else
+            snprintf(a->up_reason, sizeof(a->up_reason), "upstream %s not accepting connections",
+                     e->name);
+    }
+    a->up_epoch = snap->epoch;
     a->up_checked_ms = mono_ms();
     qx_snapshot_unref(snap);
 }
@@ -363,17 +395,29 @@ static int readiness(qx_admin_t *a, char *why, size_t n)
         break;
     }
     if (a->ready_requires_upstream) {
+        pthread_mutex_lock(&a->check_lock);
         uint64_t now = mono_ms();
         if (a->up_checked_ms == 0 || now - a->up_checked_ms >= UPSTREAM_CHECK_CACHE_MS ||
-            a->up_generation != qx_runtime_generation(a->rt))
+            a->up_epoch != qx_runtime_epoch(a->rt))
             check_upstreams(a);
-        if (!a->up_ok) {
+        int up_ok = a->up_ok;
+        if (!up_ok)
             snprintf(why, n, "%s", a->up_reason);
+        pthread_mutex_unlock(&a->check_lock);
+        if (!up_ok)
             return 0;
-        }
     }
     snprintf(why, n, "ready");
     return 1;
+}
+
+int qx_admin_ready(qx_admin_t *a, char *why, size_t n)
+{
+    if (a == NULL) {
+        snprintf(why, n, "ready");
+        return 1;
+    }
+    return readiness(a, why, n);
 }
 
 static enum MHD_Result get_readyz(qx_admin_t *a, struct MHD_Connection *c)
@@ -428,6 +472,85 @@ static enum MHD_Result get_livez(qx_admin_t *a, struct MHD_Connection *c)
 /* ------------------------------------------------------------------------
  * /metrics */
 
+/* The endpoints of the snapshot in force (their passive health) and the
+ * names the resolver follows: families whose series come and go with the
+ * endpoints, so the label space is what is configured and resolved now. */
+static const qx_snapshot_t *sort_snap; /* qsort has no context argument; under sort_lock */
+static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int ep_cmp(const void *pa, const void *pb)
+{
+    const qx_endpoint_t *a = &sort_snap->eps[*(const size_t *)pa];
+    const qx_endpoint_t *b = &sort_snap->eps[*(const size_t *)pb];
+    int c = strcmp(a->name, b->name);
+    return c ? c : strcmp(a->addrstr, b->addrstr);
+}
+
+static char *endpoint_metrics(qx_runtime_t *rt, size_t *len)
+{
+    qx_snapshot_t *snap = qx_runtime_snapshot(rt);
+    size_t cap = 4096 + snap->neps * 2 * 200 + QX_CONFIG_MAX_UPSTREAMS * 600;
+    char *buf = malloc(cap);
+    size_t *idx = calloc(snap->neps ? snap->neps : 1, sizeof(size_t));
+    size_t used = 0;
+    *len = 0;
+    if (buf == NULL || idx == NULL) {
+        free(buf);
+        free(idx);
+        qx_snapshot_unref(snap);
+        return NULL;
+    }
+    /* One series per (upstream, address): two routes may name the same. */
+    for (size_t i = 0; i < snap->neps; i++)
+        idx[i] = i;
+    pthread_mutex_lock(&sort_lock);
+    sort_snap = snap;
+    qsort(idx, snap->neps, sizeof(size_t), ep_cmp);
+    pthread_mutex_unlock(&sort_lock);
+#define OUT(...)                                                                                   \
+    do {                                                                                           \
+        int w_ = snprintf(buf + used, cap - used, __VA_ARGS__);                                    \
+        if (w_ > 0 && (size_t)w_ < cap - used)                                                     \
+            used += (size_t)w_;                                                                    \
+    } while (0)
+    for (int fam = 0; fam < 2; fam++) {
+        if (fam == 0)
+            OUT("# HELP qrux_upstream_healthy 1 unless the endpoint's last %d connects failed "
+                "(passive health: it is ejected for a back-off, then tried again).\n"
+                "# TYPE qrux_upstream_healthy gauge\n",
+                QX_HEALTH_FAILS);
+        else
+            OUT("# HELP qrux_upstream_ejections_total Times an endpoint was taken out of rotation "
+                "after %d connect failures in a row.\n"
+                "# TYPE qrux_upstream_ejections_total counter\n",
+                QX_HEALTH_FAILS);
+        for (size_t k = 0; k < snap->neps; k++) {
+            const qx_endpoint_t *e = &snap->eps[idx[k]];
+            if (k > 0) {
+                const qx_endpoint_t *p = &snap->eps[idx[k - 1]];
+                if (strcmp(p->name, e->name) == 0 && strcmp(p->addrstr, e->addrstr) == 0)
+                    continue;
+            }
+            if (fam == 0)
+                OUT("qrux_upstream_healthy{upstream=\"%s\",address=\"%s\"} %d\n", e->name,
+                    e->addrstr, qx_health_healthy(e->health));
+            else
+                OUT("qrux_upstream_ejections_total{upstream=\"%s\",address=\"%s\"} %llu\n", e->name,
+                    e->addrstr,
+                    (unsigned long long)(e->health ? __atomic_load_n(&e->health->ejections,
+                                                                     __ATOMIC_RELAXED)
+                                                   : 0));
+        }
+    }
+#undef OUT
+    free(idx);
+    qx_snapshot_unref(snap);
+    if (rt->dns)
+        used += qx_dns_metrics(rt->dns, buf + used, cap - used);
+    *len = used;
+    return buf;
+}
+
 static enum MHD_Result get_metrics(qx_admin_t *a, struct MHD_Connection *c)
 {
     qx_runtime_t *rt = a->rt;
@@ -443,6 +566,8 @@ static enum MHD_Result get_metrics(qx_admin_t *a, struct MHD_Connection *c)
     if (rt->early_refused)
         g.early_refused = __atomic_load_n(rt->early_refused, __ATOMIC_RELAXED);
     g.log_suppressed = qx_log_rl_dropped();
+    char *extra = endpoint_metrics(rt, &g.extralen);
+    g.extra = extra;
     qx_metrics_process_read(&g, rt->start_time); /* without /proc: no process_* families */
 
     const qx_metrics_t **ws = calloc(rt->nworkers ? rt->nworkers : 1, sizeof(*ws));
@@ -453,6 +578,7 @@ static enum MHD_Result get_metrics(qx_admin_t *a, struct MHD_Connection *c)
     qx_metrics_text_t t = {0};
     int rv = qx_metrics_text_render(&t, ws, rt->nworkers, &g);
     free(ws);
+    free(extra);
     enum MHD_Result res;
     if (rv != 0)
         res = reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
@@ -855,6 +981,7 @@ int qx_admin_start(qx_admin_t **out, qx_runtime_t *rt, char *err, size_t errlen)
     }
     a->rt = rt;
     a->ready_requires_upstream = ac->ready_requires_upstream;
+    pthread_mutex_init(&a->check_lock, NULL);
     snprintf(a->listen, sizeof(a->listen), "%s", ac->listen);
     if (ac->token_file) {
         rv = read_token(a, ac->token_file, err, errlen);

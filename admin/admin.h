@@ -28,6 +28,11 @@ int qx_admin_start(qx_admin_t **out, qx_runtime_t *rt, char *err, size_t errlen)
  * admin.token_file) or QX_ERR_NOMEM. Used at start and by `qrux check`. */
 int qx_admin_read_token(const char *path, char **token, size_t *len, char *err, size_t errlen);
 
+/* What /readyz answers now: 1 when ready; otherwise 0 and the reason in
+ * why (the same words). a may be NULL (no admin server: ready). Thread-safe;
+ * may take up to 200 ms (the upstream check). */
+int qx_admin_ready(qx_admin_t *a, char *why, size_t n);
+
 /* Stops the server and joins its thread. Accepts NULL. */
 void qx_admin_stop(qx_admin_t *a);
 

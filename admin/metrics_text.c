@@ -138,7 +138,7 @@ typedef struct hist_ent {
 } hist_ent_t;
 
 typedef struct up_ent {
-    const char *up;
+    const char *up, *addr;
     uint64_t timeouts, connect, protocol, body, idle, busy;
 } up_ent_t;
 
@@ -170,7 +170,8 @@ static int hist_cmp(const void *pa, const void *pb)
 static int up_cmp(const void *pa, const void *pb)
 {
     const up_ent_t *a = pa, *b = pb;
-    return strcmp(a->up, b->up);
+    int c = strcmp(a->up, b->up);
+    return c ? c : strcmp(a->addr, b->addr);
 }
 
 static size_t gather_req(req_ent_t **out, const qx_metrics_t *const *w, size_t nw)
@@ -250,10 +251,10 @@ static size_t gather_up(up_ent_t **out, const qx_metrics_t *const *w, size_t nw)
         size_t rows = QX_MIN(ld_count(&w[i]->nup), cap);
         for (size_t r = 0; r < rows && n < total; r++) {
             const qx_metrics_up_row_t *row = &w[i]->up[r];
-            e[n++] = (up_ent_t){lbl(row->upstream),        ld(&row->timeouts),
-                                ld(&row->connect_errors),  ld(&row->protocol_errors),
-                                ld(&row->body_over_limit), ld(&row->pool_idle),
-                                ld(&row->pool_busy)};
+            e[n++] = (up_ent_t){lbl(row->upstream),        lbl(row->address),
+                                ld(&row->timeouts),        ld(&row->connect_errors),
+                                ld(&row->protocol_errors), ld(&row->body_over_limit),
+                                ld(&row->pool_idle),       ld(&row->pool_busy)};
         }
     }
     qsort(e, n, sizeof(*e), up_cmp);
@@ -328,24 +329,30 @@ static void render_histogram(qx_metrics_text_t *t, const hist_ent_t *e, size_t n
     }
 }
 
+static void up_labels(qx_metrics_text_t *t, const char *family_name, const up_ent_t *e)
+{
+    puts_(t, family_name);
+    put(t, "{", 1);
+    put_label(t, "upstream", e->up);
+    put(t, ",", 1);
+    put_label(t, "address", e->addr);
+}
+
 static void render_upstreams(qx_metrics_text_t *t, const up_ent_t *e, size_t n)
 {
     family(t, "qrux_upstream_pool_connections", "gauge",
            "Upstream connections held by the pools: idle (kept alive) or busy (connecting or "
            "carrying a request).");
     for (size_t i = 0; i < n; i++) {
-        puts_(t, "qrux_upstream_pool_connections{");
-        put_label(t, "upstream", e[i].up);
+        up_labels(t, "qrux_upstream_pool_connections", &e[i]);
         putf(t, ",state=\"idle\"} %llu\n", (unsigned long long)e[i].idle);
-        puts_(t, "qrux_upstream_pool_connections{");
-        put_label(t, "upstream", e[i].up);
+        up_labels(t, "qrux_upstream_pool_connections", &e[i]);
         putf(t, ",state=\"busy\"} %llu\n", (unsigned long long)e[i].busy);
     }
     family(t, "qrux_upstream_timeouts_total", "counter",
            "Upstream connects or requests that ran out of time.");
     for (size_t i = 0; i < n; i++) {
-        puts_(t, "qrux_upstream_timeouts_total{");
-        put_label(t, "upstream", e[i].up);
+        up_labels(t, "qrux_upstream_timeouts_total", &e[i]);
         putf(t, "} %llu\n", (unsigned long long)e[i].timeouts);
     }
     family(t, "qrux_upstream_errors_total", "counter",
@@ -355,8 +362,7 @@ static void render_upstreams(qx_metrics_text_t *t, const up_ent_t *e, size_t n)
         static const char *const kinds[3] = {"connect", "protocol", "body_too_large"};
         uint64_t v[3] = {e[i].connect, e[i].protocol, e[i].body};
         for (size_t k = 0; k < 3; k++) {
-            puts_(t, "qrux_upstream_errors_total{");
-            put_label(t, "upstream", e[i].up);
+            up_labels(t, "qrux_upstream_errors_total", &e[i]);
             putf(t, ",kind=\"%s\"} %llu\n", kinds[k], (unsigned long long)v[k]);
         }
     }
@@ -364,6 +370,7 @@ static void render_upstreams(qx_metrics_text_t *t, const up_ent_t *e, size_t n)
 
 static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *const *w, size_t nw)
 {
+    uint64_t defences[QX_D_COUNT] = {0};
     uint64_t h3 = 0, h2 = 0, h1 = 0, hs_ok = 0, hs_fail = 0, in = 0, out = 0, rejected = 0,
              resets = 0, retry = 0, badtok = 0, refused = 0, early_ok = 0, early_held = 0,
              forwarded = 0;
@@ -383,6 +390,8 @@ static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *cons
         rejected += ld(&w[i]->request_body_rejected);
         resets += ld(&w[i]->streams_reset_by_client);
         forwarded += ld(&w[i]->quic_forwarded);
+        for (int d = 0; d < QX_D_COUNT; d++)
+            defences[d] += ld(&w[i]->defences[d]);
     }
     family(t, "qrux_active_connections", "gauge", "Client connections open, by protocol.");
     putf(t, "qrux_active_connections{protocol=\"%s\"} %llu\n", qx_metrics_proto_name(QX_P_H3),
@@ -425,6 +434,12 @@ static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *cons
     family(t, "qrux_client_stream_resets_total", "counter",
            "Request streams the client reset or stopped before the response ended.");
     putf(t, "qrux_client_stream_resets_total %llu\n", (unsigned long long)resets);
+    family(t, "qrux_defence_total", "counter",
+           "Times a defence against a hostile client or upstream fired, by defence (see "
+           "SECURITY.md).");
+    for (int d = 0; d < QX_D_COUNT; d++)
+        putf(t, "qrux_defence_total{defence=\"%s\"} %llu\n", qx_metrics_defence_name(d),
+             (unsigned long long)defences[d]);
 }
 
 static void render_globals(qx_metrics_text_t *t, const qx_metrics_globals_t *g)
@@ -437,6 +452,8 @@ static void render_globals(qx_metrics_text_t *t, const qx_metrics_globals_t *g)
            "Log lines a peer could trigger that were dropped: each call site writes at most 10 "
            "a second, then says how many it dropped.");
     putf(t, "qrux_log_lines_suppressed_total %llu\n", (unsigned long long)g->log_suppressed);
+    if (g->extra != NULL)
+        put(t, g->extra, g->extralen);
     static const char *const src[QX_SRC_COUNT] = {"file", "api"};
     static const char *const res[QX_RELOAD_COUNT] = {"success", "error", "restart_required"};
 

@@ -42,6 +42,8 @@ typedef struct qx_metrics_globals {
     double start_time;       /* process_start_time_seconds, unix time */
     uint64_t early_refused;  /* 0-RTT refused by the anti-replay check (replays) */
     uint64_t log_suppressed; /* log lines dropped by the rate limits (log.h) */
+    const char *extra;       /* whole families rendered elsewhere (endpoints, DNS), or NULL */
+    size_t extralen;
 } qx_metrics_globals_t;
 
 /*

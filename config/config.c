@@ -66,6 +66,11 @@ typedef struct raw_limits {
     char *quic_idle_timeout_secs;
     char *max_streams_per_connection;
     char *retry_handshakes_threshold;
+    char *client_idle_timeout_secs;
+    char *upstream_idle_timeout_secs;
+    char *max_tcp_connections;
+    char *max_tcp_connections_per_ip;
+    char *max_connections_per_upstream;
 } raw_limits_t;
 
 typedef struct raw_server {
@@ -95,11 +100,22 @@ typedef struct raw_admin {
     char *ready_requires_upstream;
 } raw_admin_t;
 
+typedef struct raw_dns {
+    char **servers;
+    unsigned nservers;
+    char **search;
+    unsigned nsearch;
+    char *ndots;
+    char *min_ttl_secs;
+    char *max_ttl_secs;
+} raw_dns_t;
+
 typedef struct raw_doc {
     raw_server_t *server;
     raw_route_t *routes;
     unsigned nroutes;
     raw_admin_t *admin;
+    raw_dns_t *dns;
 } raw_doc_t;
 
 /*
@@ -127,6 +143,11 @@ static const cyaml_schema_field_t limits_fields[] = {
     OPT_STR("quic_idle_timeout_secs", raw_limits_t, quic_idle_timeout_secs),
     OPT_STR("max_streams_per_connection", raw_limits_t, max_streams_per_connection),
     OPT_STR("retry_handshakes_threshold", raw_limits_t, retry_handshakes_threshold),
+    OPT_STR("client_idle_timeout_secs", raw_limits_t, client_idle_timeout_secs),
+    OPT_STR("upstream_idle_timeout_secs", raw_limits_t, upstream_idle_timeout_secs),
+    OPT_STR("max_tcp_connections", raw_limits_t, max_tcp_connections),
+    OPT_STR("max_tcp_connections_per_ip", raw_limits_t, max_tcp_connections_per_ip),
+    OPT_STR("max_connections_per_upstream", raw_limits_t, max_connections_per_upstream),
     CYAML_FIELD_END,
 };
 
@@ -168,11 +189,27 @@ static const cyaml_schema_field_t admin_fields[] = {
     CYAML_FIELD_END,
 };
 
+static const cyaml_schema_value_t dns_string = {
+    CYAML_VALUE_STRING(CYAML_FLAG_POINTER, char, 0, CYAML_UNLIMITED),
+};
+
+static const cyaml_schema_field_t dns_fields[] = {
+    CYAML_FIELD_SEQUENCE_COUNT("servers", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, raw_dns_t,
+                               servers, nservers, &dns_string, 0, 16),
+    CYAML_FIELD_SEQUENCE_COUNT("search", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, raw_dns_t,
+                               search, nsearch, &dns_string, 0, 16),
+    OPT_STR("ndots", raw_dns_t, ndots),
+    OPT_STR("min_ttl_secs", raw_dns_t, min_ttl_secs),
+    OPT_STR("max_ttl_secs", raw_dns_t, max_ttl_secs),
+    CYAML_FIELD_END,
+};
+
 static const cyaml_schema_field_t doc_fields[] = {
     CYAML_FIELD_MAPPING_PTR("server", CYAML_FLAG_OPTIONAL, raw_doc_t, server, server_fields),
     CYAML_FIELD_SEQUENCE_COUNT("routes", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, raw_doc_t,
                                routes, nroutes, &route_entry, 0, CYAML_UNLIMITED),
     CYAML_FIELD_MAPPING_PTR("admin", CYAML_FLAG_OPTIONAL, raw_doc_t, admin, admin_fields),
+    CYAML_FIELD_MAPPING_PTR("dns", CYAML_FLAG_OPTIONAL, raw_doc_t, dns, dns_fields),
     CYAML_FIELD_END,
 };
 
@@ -718,6 +755,77 @@ int qx_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len)
 }
 
 #define ADDR_FORMS "(host:port with an IPv4, [IPv6] or localhost)"
+#define UPSTREAM_FORMS "(host:port with an IPv4, [IPv6], localhost or a DNS name)"
+
+/* RFC 1123 host names: labels of letters, digits and '-' (not first or
+ * last), 1..63 long, 253 in all; one trailing dot (a fully qualified name
+ * that skips the search list). The last label is not all digits and the
+ * first three are not all numbers, so a mistyped IPv4 address
+ * ("10.0.0.256", "10.0.0.x") is not taken for a name. */
+static bool dns_name_ok(const char *h, size_t len)
+{
+    if (len > 0 && h[len - 1] == '.')
+        len--;
+    if (len == 0 || len > 253)
+        return false;
+    size_t start = 0;
+    bool all_digits = true;
+    for (size_t i = 0; i <= len; i++) {
+        if (i == len || h[i] == '.') {
+            size_t l = i - start;
+            if (l == 0 || l > 63 || h[start] == '-' || h[i - 1] == '-')
+                return false;
+            if (i < len)
+                all_digits = true;
+            start = i + 1;
+            continue;
+        }
+        char c = h[i];
+        if (!isalnum((unsigned char)c) && c != '-')
+            return false;
+        if (!isdigit((unsigned char)c))
+            all_digits = false;
+    }
+    if (all_digits)
+        return false;
+    /* "10.0.0.x" is a mistyped address more likely than a name. */
+    const char *p = h;
+    for (int i = 0; i < 3; i++) {
+        if (!isdigit((unsigned char)*p))
+            return true;
+        while (isdigit((unsigned char)*p))
+            p++;
+        if (*p != '.')
+            return true;
+        p++;
+    }
+    return false;
+}
+
+int qx_upstream_parse(const char *s, qx_upstream_cfg_t *u)
+{
+    if (s == NULL || u == NULL)
+        return QX_ERR_INVAL;
+    u->host = NULL;
+    if (qx_addr_parse(s, &u->addr, &u->addrlen) == 0) {
+        u->port = ntohs(((const struct sockaddr_in *)&u->addr)->sin_port);
+        return 0;
+    }
+    const char *colon = strrchr(s, ':');
+    if (colon == NULL || s[0] == '[' || !dns_name_ok(s, (size_t)(colon - s)))
+        return QX_ERR_INVAL;
+    uint16_t port;
+    if (parse_port(colon + 1, &port) != 0)
+        return QX_ERR_INVAL;
+    if ((u->host = strndup(s, (size_t)(colon - s))) == NULL)
+        return QX_ERR_NOMEM;
+    for (char *p = u->host; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    memset(&u->addr, 0, sizeof(u->addr));
+    u->addrlen = 0;
+    u->port = port;
+    return 0;
+}
 
 static bool host_char(char c)
 {
@@ -813,9 +921,12 @@ static char *resolve_path(const char *basedir, const char *p)
 static int upstream_init(qx_upstream_cfg_t *u, const char *s, const char *path, char *err,
                          size_t errlen, char *field, size_t fieldlen)
 {
-    if (qx_addr_parse(s, &u->addr, &u->addrlen) != 0)
+    int rv = qx_upstream_parse(s, u);
+    if (rv == QX_ERR_NOMEM)
+        return rv;
+    if (rv != 0)
         return qx_config_fail_at(err, errlen, field, fieldlen, path,
-                                 "\"%s\" is not an address " ADDR_FORMS, s);
+                                 "\"%s\" is not an address " UPSTREAM_FORMS, s);
     u->name = strdup(s);
     return u->name != NULL ? 0 : QX_ERR_NOMEM;
 }
@@ -882,9 +993,18 @@ int qx_config_build_routes(qx_config_t *cfg, const qx_route_spec_t *specs, size_
     if (cfg->routes == NULL)
         return QX_ERR_NOMEM;
     cfg->nroutes = n;
+    size_t nup = 0;
     for (size_t i = 0; i < n; i++) {
         if ((rv = build_route(&cfg->routes[i], &specs[i], i, err, errlen, field, fieldlen)) != 0)
             return rv;
+        nup += cfg->routes[i].nupstreams;
+        if (nup > QX_CONFIG_MAX_UPSTREAMS) {
+            char path[64];
+            snprintf(path, sizeof(path), "routes[%zu]", i);
+            return qx_config_fail_at(err, errlen, field, fieldlen, path,
+                                     "more than %d upstreams in all routes together",
+                                     QX_CONFIG_MAX_UPSTREAMS);
+        }
         /* Quadratic, but route lists are short and this runs once per load. */
         for (size_t j = 0; j < i; j++) {
             if (strcmp(cfg->routes[i].match, cfg->routes[j].match) == 0) {
@@ -967,6 +1087,18 @@ static int build_limits(qx_limits_t *l, const raw_limits_t *raw, char *err, size
          offsetof(qx_limits_t, max_streams_per_connection), 100, 10000},
         {"retry_handshakes_threshold", offsetof(raw_limits_t, retry_handshakes_threshold),
          offsetof(qx_limits_t, retry_handshakes_threshold), 100, 1000000},
+        /* Hostile peers: a wait without a deadline or a resource without a
+         * cap is what they look for; 0 ("none") is refused. */
+        {"client_idle_timeout_secs", offsetof(raw_limits_t, client_idle_timeout_secs),
+         offsetof(qx_limits_t, client_idle_timeout_secs), 30, 3600},
+        {"upstream_idle_timeout_secs", offsetof(raw_limits_t, upstream_idle_timeout_secs),
+         offsetof(qx_limits_t, upstream_idle_timeout_secs), 60, 3600},
+        {"max_tcp_connections", offsetof(raw_limits_t, max_tcp_connections),
+         offsetof(qx_limits_t, max_tcp_connections), 10000, 1000000},
+        {"max_tcp_connections_per_ip", offsetof(raw_limits_t, max_tcp_connections_per_ip),
+         offsetof(qx_limits_t, max_tcp_connections_per_ip), 500, 1000000},
+        {"max_connections_per_upstream", offsetof(raw_limits_t, max_connections_per_upstream),
+         offsetof(qx_limits_t, max_connections_per_upstream), 1024, 1000000},
     };
     for (size_t i = 0; i < QX_ARRAY_LEN(quic_limits); i++) {
         const char *s = *(char *const *)(const void *)((const char *)raw + quic_limits[i].raw_off);
@@ -1149,6 +1281,79 @@ static int build_admin(qx_admin_cfg_t *a, const raw_admin_t *raw, const char *ba
     return 0;
 }
 
+/* dns.servers entries: "ip", "ip:port" or "[ip6]:port" (53 when no port
+ * is written), joined as c-ares takes them. */
+static int build_dns(qx_dns_cfg_t *d, const raw_dns_t *raw, char *err, size_t errlen)
+{
+    uint64_t v;
+    int rv;
+
+    d->ndots = -1;
+    d->min_ttl_secs = 5; /* defaults here, in config.h and README change together */
+    d->max_ttl_secs = 300;
+    if (raw == NULL)
+        return 0;
+    size_t cap = 1;
+    for (unsigned i = 0; i < raw->nservers; i++)
+        cap += strlen(raw->servers[i]) + 8;
+    if (raw->nservers > 0) {
+        if ((d->servers = calloc(1, cap)) == NULL)
+            return QX_ERR_NOMEM;
+        size_t used = 0;
+        for (unsigned i = 0; i < raw->nservers; i++) {
+            const char *sv = raw->servers[i];
+            struct sockaddr_storage ss;
+            socklen_t sl;
+            struct in_addr a4;
+            struct in6_addr a6;
+            const char *pre = "", *post = "";
+            if (qx_addr_parse(sv, &ss, &sl) == 0 && strncmp(sv, "localhost", 9) != 0)
+                ;
+            else if (inet_pton(AF_INET, sv, &a4) == 1)
+                post = ":53";
+            else if (inet_pton(AF_INET6, sv, &a6) == 1) {
+                pre = "[";
+                post = "]:53";
+            } else
+                return fail(err, errlen,
+                            "dns.servers[%u]: \"%s\" is not an IP address (ip, ip:port or "
+                            "[ipv6]:port)",
+                            i, sv);
+            used += (size_t)snprintf(d->servers + used, cap - used, "%s%s%s%s", i ? "," : "", pre,
+                                     sv, post);
+        }
+    }
+    if (raw->nsearch > 0) {
+        if ((d->search = calloc(raw->nsearch, sizeof(char *))) == NULL)
+            return QX_ERR_NOMEM;
+        for (unsigned i = 0; i < raw->nsearch; i++) {
+            const char *dom = raw->search[i];
+            if (!dns_name_ok(dom, strlen(dom)))
+                return fail(err, errlen, "dns.search[%u]: \"%s\" is not a DNS name", i, dom);
+            if ((d->search[i] = strdup(dom)) == NULL)
+                return QX_ERR_NOMEM;
+            d->nsearch++;
+        }
+    }
+    if (raw->ndots != NULL) {
+        if ((rv = number_field("dns", "ndots", raw->ndots, 1, 15, true, &v, err, errlen)) != 0)
+            return rv;
+        d->ndots = (int)v;
+    }
+    if ((rv = number_field("dns", "min_ttl_secs", raw->min_ttl_secs, 5, 86400, false, &v, err,
+                           errlen)) != 0)
+        return rv;
+    d->min_ttl_secs = (uint32_t)v;
+    if ((rv = number_field("dns", "max_ttl_secs", raw->max_ttl_secs, 300, 86400, false, &v, err,
+                           errlen)) != 0)
+        return rv;
+    d->max_ttl_secs = (uint32_t)v;
+    if (d->max_ttl_secs < d->min_ttl_secs)
+        return fail(err, errlen, "dns.max_ttl_secs: must be >= min_ttl_secs (%u)",
+                    (unsigned)d->min_ttl_secs);
+    return 0;
+}
+
 static int build_config(qx_config_t *cfg, raw_doc_t *raw, const char *basedir, const char *yaml,
                         size_t len, char *err, size_t errlen)
 {
@@ -1182,7 +1387,9 @@ static int build_config(qx_config_t *cfg, raw_doc_t *raw, const char *basedir, c
     if (rv != 0)
         return rv;
 
-    return build_admin(&cfg->admin, raw->admin, basedir, err, errlen);
+    if ((rv = build_admin(&cfg->admin, raw->admin, basedir, err, errlen)) != 0)
+        return rv;
+    return build_dns(&cfg->dns, raw->dns, err, errlen);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1332,8 +1539,10 @@ void qx_config_del(qx_config_t *cfg)
         for (size_t i = 0; i < cfg->nroutes; i++) {
             qx_route_cfg_t *r = &cfg->routes[i];
             if (r->upstreams != NULL) {
-                for (size_t j = 0; j < r->nupstreams; j++)
+                for (size_t j = 0; j < r->nupstreams; j++) {
                     free(r->upstreams[j].name);
+                    free(r->upstreams[j].host);
+                }
                 free(r->upstreams);
             }
             free(r->match);
@@ -1342,6 +1551,10 @@ void qx_config_del(qx_config_t *cfg)
     }
     free(cfg->admin.listen);
     free(cfg->admin.token_file);
+    free(cfg->dns.servers);
+    for (size_t i = 0; i < cfg->dns.nsearch; i++)
+        free(cfg->dns.search[i]);
+    free(cfg->dns.search);
     free(cfg->path);
     free(cfg->listen);
     free(cfg->https_listen);

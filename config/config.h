@@ -13,6 +13,11 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+/* Upstreams in all routes together. Every one gets its own metrics row
+ * (QX_METRICS_UP_ROWS in metrics.h is twice this, for reloads: change
+ * them together). */
+#define QX_CONFIG_MAX_UPSTREAMS 1024
+
 typedef struct qx_limits {
     uint32_t upstream_connect_timeout_secs;     /* default 10 */
     uint32_t upstream_request_timeout_secs;     /* default 120, >= connect timeout */
@@ -24,16 +29,24 @@ typedef struct qx_limits {
     uint32_t
         body_idle_timeout_secs;    /* default 30: no request body byte for this long (slow POST) */
     uint32_t max_quic_connections; /* default 10000 per process; more get CONNECTION_REFUSED */
-    uint32_t max_quic_connections_per_ip; /* default 200 from one client address */
-    uint32_t quic_handshake_timeout_secs; /* default 10 */
-    uint32_t quic_idle_timeout_secs;      /* default 30 */
-    uint32_t max_streams_per_connection;  /* default 100 concurrent requests */
-    uint32_t retry_handshakes_threshold;  /* default 100: retry=auto sends Retry past this many
-                                             handshakes in progress on a worker */
+    uint32_t max_quic_connections_per_ip;  /* default 200 from one client address */
+    uint32_t quic_handshake_timeout_secs;  /* default 10 */
+    uint32_t quic_idle_timeout_secs;       /* default 30 */
+    uint32_t max_streams_per_connection;   /* default 100 concurrent requests */
+    uint32_t retry_handshakes_threshold;   /* default 100: retry=auto sends Retry past this many
+                                              handshakes in progress on a worker */
+    uint32_t client_idle_timeout_secs;     /* default 30: a response the client takes nothing of */
+    uint32_t upstream_idle_timeout_secs;   /* default 60: a response body the upstream stalls */
+    uint32_t max_tcp_connections;          /* default 10000 HTTPS connections per process */
+    uint32_t max_tcp_connections_per_ip;   /* default 500 from one client address, per worker */
+    uint32_t max_connections_per_upstream; /* default 1024 per worker; requests queue past it */
 } qx_limits_t;
 
 typedef struct qx_upstream_cfg {
     char *name; /* as written in the config, e.g. "127.0.0.1:8080"; the metrics label */
+    char *host; /* a DNS name to resolve ("api.shop.svc.cluster.local"), or NULL for an
+                   address literal (then addr holds it) */
+    uint16_t port;
     struct sockaddr_storage addr;
     socklen_t addrlen;
 } qx_upstream_cfg_t;
@@ -59,6 +72,17 @@ typedef enum { QX_EARLY_OFF = 0, QX_EARLY_SAFE, QX_EARLY_ALL } qx_early_data_t;
 /* Address validation with Retry (issue 6). */
 typedef enum { QX_RETRY_AUTO = 0, QX_RETRY_ALWAYS, QX_RETRY_NEVER } qx_retry_t;
 
+/* Resolution of upstream names (`dns:`). Empty lists and ndots -1 keep
+ * what /etc/resolv.conf says, as a pod sees it. */
+typedef struct qx_dns_cfg {
+    char *servers;         /* "ip:port,[ip6]:port" as c-ares takes them, or NULL */
+    char **search;         /* search domains, or NULL */
+    size_t nsearch;        /* 0: resolv.conf's */
+    int ndots;             /* -1: resolv.conf's */
+    uint32_t min_ttl_secs; /* default 5: a record's TTL is raised to this */
+    uint32_t max_ttl_secs; /* default 300: ... and lowered to this */
+} qx_dns_cfg_t;
+
 typedef struct qx_config {
     char *path;   /* the file it was loaded from (NULL for a buffer) */
     char *listen; /* as written */
@@ -79,6 +103,7 @@ typedef struct qx_config {
     qx_route_cfg_t *routes;
     size_t nroutes; /* >= 1 */
     qx_admin_cfg_t admin;
+    qx_dns_cfg_t dns;
 } qx_config_t;
 
 /*
@@ -104,6 +129,15 @@ void qx_config_del(qx_config_t *cfg);
  * Port 1..65535. Returns 0 or QX_ERR_INVAL.
  */
 int qx_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+
+/*
+ * Parses an upstream: an address qx_addr_parse takes, or "name:port" with
+ * a DNS name (letters, digits and '-' in dot-separated labels of 1..63,
+ * at most 253 in all, one trailing dot allowed, the last label not all
+ * digits). For a name, u->host is set (allocated) and u->addr left empty.
+ * Returns 0, QX_ERR_INVAL or QX_ERR_NOMEM; u->name is not touched.
+ */
+int qx_upstream_parse(const char *s, qx_upstream_cfg_t *u);
 
 /* Number of workers to start: cfg->workers, or when 0 the CPUs available to
  * this process (sched_getaffinity, capped by the cgroup v2 cpu.max / v1

@@ -113,7 +113,12 @@ static json_t *limits_to_json(const qx_limits_t *l)
         set(o, "quic_handshake_timeout_secs", u64(l->quic_handshake_timeout_secs)) != 0 ||
         set(o, "quic_idle_timeout_secs", u64(l->quic_idle_timeout_secs)) != 0 ||
         set(o, "max_streams_per_connection", u64(l->max_streams_per_connection)) != 0 ||
-        set(o, "retry_handshakes_threshold", u64(l->retry_handshakes_threshold)) != 0) {
+        set(o, "retry_handshakes_threshold", u64(l->retry_handshakes_threshold)) != 0 ||
+        set(o, "client_idle_timeout_secs", u64(l->client_idle_timeout_secs)) != 0 ||
+        set(o, "upstream_idle_timeout_secs", u64(l->upstream_idle_timeout_secs)) != 0 ||
+        set(o, "max_tcp_connections", u64(l->max_tcp_connections)) != 0 ||
+        set(o, "max_tcp_connections_per_ip", u64(l->max_tcp_connections_per_ip)) != 0 ||
+        set(o, "max_connections_per_upstream", u64(l->max_connections_per_upstream)) != 0) {
         json_decref(o);
         return NULL;
     }
@@ -132,6 +137,33 @@ static json_t *admin_to_json(const qx_admin_cfg_t *a)
     if (set(o, "listen", json_string(a->listen)) != 0 ||
         set(o, "token_file", string_or_null(a->token_file)) != 0 ||
         set(o, "ready_requires_upstream", json_boolean(a->ready_requires_upstream)) != 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* Resolver settings as configured: null where /etc/resolv.conf decides. */
+static json_t *dns_to_json(const qx_dns_cfg_t *d)
+{
+    json_t *o = json_object();
+    json_t *search = d->nsearch > 0 ? json_array() : json_null();
+    if (o == NULL || search == NULL) {
+        json_decref(o);
+        json_decref(search);
+        return NULL;
+    }
+    for (size_t i = 0; i < d->nsearch; i++) {
+        if (json_array_append_new(search, json_string(d->search[i])) != 0) {
+            json_decref(o);
+            json_decref(search);
+            return NULL;
+        }
+    }
+    if (set(o, "servers", string_or_null(d->servers)) != 0 || set(o, "search", search) != 0 ||
+        set(o, "ndots", d->ndots >= 0 ? u64((uint64_t)d->ndots) : json_null()) != 0 ||
+        set(o, "min_ttl_secs", u64(d->min_ttl_secs)) != 0 ||
+        set(o, "max_ttl_secs", u64(d->max_ttl_secs)) != 0) {
         json_decref(o);
         return NULL;
     }
@@ -168,6 +200,8 @@ json_t *qx_config_to_json(const qx_config_t *cfg)
     if (set(root, "routes", qx_config_routes_to_json(cfg)) != 0)
         goto fail;
     if (set(root, "admin", admin_to_json(&cfg->admin)) != 0)
+        goto fail;
+    if (set(root, "dns", dns_to_json(&cfg->dns)) != 0)
         goto fail;
     return root;
 
@@ -210,6 +244,17 @@ static qx_config_t *dup_without_routes(const qx_config_t *cfg)
     d->key = dup_str(cfg->key, &ok);
     d->admin.listen = dup_str(cfg->admin.listen, &ok);
     d->admin.token_file = dup_str(cfg->admin.token_file, &ok);
+    d->dns.servers = dup_str(cfg->dns.servers, &ok);
+    d->dns.search = NULL;
+    d->dns.nsearch = 0;
+    if (ok && cfg->dns.nsearch > 0) {
+        if ((d->dns.search = calloc(cfg->dns.nsearch, sizeof(char *))) == NULL)
+            ok = false;
+        for (size_t i = 0; ok && i < cfg->dns.nsearch; i++) {
+            d->dns.search[i] = dup_str(cfg->dns.search[i], &ok);
+            d->dns.nsearch = i + 1;
+        }
+    }
     if (!ok) {
         qx_config_del(d);
         return NULL;
@@ -231,7 +276,9 @@ static int dup_route(qx_route_cfg_t *d, const qx_route_cfg_t *r)
     d->nupstreams = r->nupstreams;
     for (size_t j = 0; j < r->nupstreams; j++) {
         d->upstreams[j] = r->upstreams[j];
+        d->upstreams[j].host = NULL; /* not the original's, if the name's copy fails */
         d->upstreams[j].name = dup_str(r->upstreams[j].name, &ok);
+        d->upstreams[j].host = dup_str(r->upstreams[j].host, &ok);
         if (!ok)
             return QX_ERR_NOMEM;
     }

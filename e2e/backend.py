@@ -38,8 +38,9 @@ Paths (query strings allowed everywhere):
                    is read and the connection closed without an answer (the
                    keep-alive race a pool must retry)
   /__stats         JSON counters (connections, requests, dropped, active
-                   connections, requests per path, requests being answered
-                   right now per path); not counted itself. /__stats/reset zeroes them.
+                   connections, accepted connections (the /__stats one too),
+                   requests per path, requests being answered right now
+                   per path); not counted itself. /__stats/reset zeroes them.
   anything else    a file under --root when it exists, else 404
 HEAD on any path answers the GET head without a body.
 """
@@ -114,6 +115,7 @@ class Stats:
         self.requests = 0
         self.dropped = 0       # connections closed by /drop-next's trap
         self.active = 0        # open connections right now (any)
+        self.accepted = 0      # connections accepted (any, /__stats ones too)
         self.paths = {}
         self.inflight = getattr(self, "inflight", {})  # path -> requests being answered now
 
@@ -121,6 +123,7 @@ class Stats:
         with self.lock:
             return {"connections": self.connections, "requests": self.requests,
                     "dropped": self.dropped, "active": self.active,
+                    "accepted": self.accepted,
                     "paths": dict(self.paths),
                     "inflight": {k: v for k, v in self.inflight.items() if v}}
 
@@ -538,6 +541,7 @@ class Server:
             self.seq += 1
             with self.stats.lock:
                 self.stats.active += 1
+                self.stats.accepted += 1
             c = Conn(self, sock, self.seq)
             threading.Thread(target=c.run, daemon=True).start()
 

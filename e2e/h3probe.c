@@ -22,6 +22,8 @@
  *                             §8.1.2); the next Initials carry its token
  *   new-token LEN             --new-token-file: a NEW_TOKEN frame arrived; its
  *                             token was written to the file as hex
+ *   client-reset              --reset-ms: the request body was held open that long,
+ *                             then cancelled with RESET_STREAM(H3_REQUEST_CANCELLED)
  *   timeout                   --timeout ran out first
  *
  * Attacks (test_attacks_quic.py): --repeat N sends the last -H field N more
@@ -112,6 +114,8 @@ typedef struct {
     int print_cert;             /* --print-cert-sha256 */
     int print_retry;            /* --print-retry */
     int retry_wait_secs;        /* --retry-wait: hold the post-Retry Initial this long */
+    int reset_ms;               /* --reset-ms: body held open, then RESET_STREAM (cancel) */
+    uint64_t reset_at;          /* when (ns), 0 once sent */
     int stall;                  /* --stall: response bodies get no flow control */
     const char *new_token_file; /* --new-token-file: NEW_TOKEN written here (hex) */
     uint8_t token[512];         /* --token: sent in the first Initial */
@@ -160,6 +164,8 @@ static nghttp3_ssize read_body(nghttp3_conn *conn, int64_t stream_id, nghttp3_ve
                                void *stream_user_data)
 {
     probe_t *p = user_data;
+    if (p->reset_ms > 0)
+        return NGHTTP3_ERR_WOULDBLOCK; /* the body never ends: --reset-ms cancels it */
     /* The whole body in one go: it lives as long as the process, which
      * nghttp3 needs (it keeps pointing at it until the bytes are acked). */
     *pflags |= NGHTTP3_DATA_FLAG_EOF;
@@ -820,6 +826,8 @@ static void send_close(probe_t *p)
 static int run(probe_t *p)
 {
     uint64_t deadline = now_ns() + (uint64_t)p->timeout_secs * NGTCP2_SECONDS;
+    if (p->reset_ms > 0)
+        p->reset_at = now_ns() + (uint64_t)p->reset_ms * 1000000;
 
     if (flush(p) != 0)
         return 1;
@@ -835,6 +843,8 @@ static int run(probe_t *p)
             return 1;
         }
         uint64_t until = expiry < deadline ? expiry : deadline;
+        if (p->reset_at && p->reset_at < until)
+            until = p->reset_at;
         int ms = until <= now ? 0 : (int)((until - now + 999999) / 1000000);
         struct pollfd pfd = {.fd = p->fd, .events = POLLIN};
         if (poll(&pfd, 1, ms) == -1 && errno != EINTR) {
@@ -854,6 +864,16 @@ static int run(probe_t *p)
                 fprintf(stderr, "h3probe: %s\n", ngtcp2_strerror(rv));
                 return 1;
             }
+        }
+        if (p->reset_at && now_ns() >= p->reset_at && p->req[0].stream_id >= 0) {
+            /* The client gives up on its request (RFC 9114 §4.1.2). */
+            p->reset_at = 0;
+            printf("client-reset\n");
+#if NGTCP2_VERSION_NUM >= 0x010000
+            ngtcp2_conn_shutdown_stream_write(p->conn, 0, p->req[0].stream_id, 0x10c);
+#else
+            ngtcp2_conn_shutdown_stream_write(p->conn, p->req[0].stream_id, 0x10c);
+#endif
         }
         if (p->want_next) {
             p->want_next = 0;
@@ -883,7 +903,7 @@ static void usage(void)
                     "[-d FILE | --body STRING] [-o FILE] [--also-get PATH]\n"
                     "               [--timeout SECS] [--print-cert-sha256]\n"
                     "               [--token HEX] [--new-token-file FILE] [--print-retry]"
-                    " [--retry-wait SECS]\n"
+                    " [--retry-wait SECS] [--reset-ms MS]\n"
                     "               [--repeat N] [--stall]\n"
                     "       h3probe HOST PORT (--uni HEX[!] | --bidi HEX[-]) ...   raw streams\n"
                     "  -H fields go out verbatim, in order; the separator is ': ' (or ':'"
@@ -999,6 +1019,8 @@ static int parse_args(probe_t *p, int argc, char **argv)
                 return -1;
         } else if (strcmp(a, "--new-token-file") == 0 && has_val) {
             p->new_token_file = argv[++i];
+        } else if (strcmp(a, "--reset-ms") == 0 && has_val) {
+            p->reset_ms = atoi(argv[++i]);
         } else if (strcmp(a, "--repeat") == 0 && has_val) {
             int n = atoi(argv[++i]);
             if (p->nfields == 0 || n < 0 || p->nfields + (size_t)n > MAX_FIELDS)

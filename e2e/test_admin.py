@@ -273,8 +273,13 @@ def ready_requires_upstream(env):
     up_port = closed_port()
     up = "127.0.0.1:%d" % up_port
     aport = free_port("tcp")
-    q = start_qrux(env, [("*", up)], aport, {"ready_requires_upstream": True})
+    q = start_qrux(env, [("*", up)], aport, {"ready_requires_upstream": True}, wait=False)
     adm = Admin(aport)
+    started = wait_until(lambda: "started: udp" in q.log_text(), 15)
+    env.check("ready_requires_upstream, app down: the start-up line says started, not ready",
+              started and not q.ready.is_set(), q.log_tail())
+    env.check("... and names why /readyz is 503",
+              "upstream %s not accepting connections" % up in q.log_text(), q.log_tail())
     r = adm.get("/readyz")
     env.eq("ready_requires_upstream, app down: readyz 503", r.status, 503, r)
     env.eq("ready_requires_upstream, app down: reason names the upstream", r.text,
@@ -299,6 +304,7 @@ def ready_requires_upstream(env):
         dt = time.monotonic() - t0
         env.check("app comes up: readyz turns 200 within ~1 s of cache (%.2fs)" % dt,
                   ok and dt < 2.5, adm.get("/readyz"))
+        env.check("app comes up: the 'ready' line follows", q.wait_ready(5), q.log_tail())
         ms, _, _ = scrape(adm)
         env.eq("app up: qrux_ready 1", metric(ms, "qrux_ready"), 1.0)
     finally:
@@ -310,7 +316,9 @@ def ready_requires_upstream(env):
     bh = Blackhole()
     try:
         aport = free_port("tcp")
-        q = start_qrux(env, [("*", bh.addr)], aport, {"ready_requires_upstream": True})
+        q = start_qrux(env, [("*", bh.addr)], aport, {"ready_requires_upstream": True},
+                       wait=False)
+        wait_until(lambda: "started: udp" in q.log_text(), 15)
         adm = Admin(aport)
         t0 = time.monotonic()
         r = adm.get("/readyz")
@@ -467,18 +475,18 @@ def metrics_values(env, be):
            metric(ms, "qrux_quic_handshakes_total", result="failure"), 0.0)
     env.eq("active_connections{h3} back to 0 after the clients left",
            metric(ms, "qrux_active_connections", protocol="h3"), 0.0)
-    idle = metric(ms, "qrux_upstream_pool_connections", upstream=be.addr, state="idle")
+    idle = metric(ms, "qrux_upstream_pool_connections", upstream=be.addr, address=be.addr, state="idle")
     env.check("pool idle gauge for the app > 0 after traffic (%s)" % idle, idle and idle > 0)
     env.eq("pool busy gauge for the app == 0 at rest",
-           metric(ms, "qrux_upstream_pool_connections", upstream=be.addr, state="busy"), 0.0)
+           metric(ms, "qrux_upstream_pool_connections", upstream=be.addr, address=be.addr, state="busy"), 0.0)
     env.eq("pool idle gauge for the dead upstream == 0",
-           metric(ms, "qrux_upstream_pool_connections", upstream=dead, state="idle"), 0.0)
+           metric(ms, "qrux_upstream_pool_connections", upstream=dead, address=dead, state="idle"), 0.0)
     env.eq("upstream_errors_total{dead,connect} == 2",
-           metric(ms, "qrux_upstream_errors_total", upstream=dead, kind="connect"), 2.0)
+           metric(ms, "qrux_upstream_errors_total", upstream=dead, address=dead, kind="connect"), 2.0)
     env.eq("upstream_errors_total{app,connect} == 0",
-           metric(ms, "qrux_upstream_errors_total", upstream=be.addr, kind="connect"), 0.0)
+           metric(ms, "qrux_upstream_errors_total", upstream=be.addr, address=be.addr, kind="connect"), 0.0)
     env.eq("upstream_timeouts_total{app} == 0",
-           metric(ms, "qrux_upstream_timeouts_total", upstream=be.addr), 0.0)
+           metric(ms, "qrux_upstream_timeouts_total", upstream=be.addr, address=be.addr), 0.0)
     out_b = metric(ms, "qrux_bytes_total", direction="out")
     env.check("bytes_total{out} >= the 5000 body bytes sent (%s)" % out_b,
               out_b is not None and out_b >= 5000)

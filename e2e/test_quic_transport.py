@@ -815,7 +815,7 @@ def stateless_reset(env, be):
 
 
 def limits(env, be):
-    n = 300000
+    n = 600000  # ~2 s each: the third attempt (a Retry, then refused) falls within them
     slow = "/slow/%d?ms=100&chunk=30000" % n
     q = start(env, be, workers=1, limits={"max_quic_connections_per_ip": 2,
                                           "quic_idle_timeout_secs": 7,
@@ -841,7 +841,7 @@ def limits(env, be):
               "remote transport_parameters max_idle_timeout=7000" in r.log and
               "remote transport_parameters initial_max_streams_bidi=20" in r.log, short(r))
 
-    # Process-wide cap, over two workers. The open download lasts ~3 s, so
+    # Process-wide cap, over two workers. The open download lasts ~6 s, so
     # it outlasts the four refused clients (0.1-0.3 s each) on a busy machine.
     q = start(env, be, workers=2, admin=False, limits={"max_quic_connections": 1})
     a = env.gtls_start(q, "/slow/%d?ms=100&chunk=10000" % n, timeout=20)

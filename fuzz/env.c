@@ -67,7 +67,7 @@ fuzz_env_t *fuzz_env_new(const char *yaml)
         abort();
     }
     qx_snapshot_t *snap = NULL;
-    if (qx_snapshot_new(&snap, cfg, 1) != 0 || qx_runtime_init(&e->rt, snap) != 0)
+    if (qx_snapshot_new(&snap, cfg, 1, NULL, NULL) != 0 || qx_runtime_init(&e->rt, snap) != 0)
         abort();
     e->shared.tls = tls;
     e->shared.rt = &e->rt;

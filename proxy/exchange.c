@@ -1,12 +1,15 @@
 /* exchange.c - one proxied request, front <-> HTTP/1.1 upstream (see exchange.h). */
 #include "exchange.h"
 
+#include "dns.h"
 #include "log.h"
 #include "qx.h"
+#include "runtime.h"
 #include "worker.h"
 
 #include <arpa/inet.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +23,9 @@ static void ex_release_upstream(qx_exchange_t *ex, int reusable);
 static void pump_write(qx_exchange_t *ex);
 static void uc_on_write(void *user, int status);
 static void pump_unqueue(qx_exchange_t *ex);
+static void pump_later(qx_exchange_t *ex);
 static void dispatch(qx_exchange_t *ex, int fresh_only);
+static int connect_failed(qx_exchange_t *ex, const char *why);
 static void build_and_dispatch(qx_exchange_t *ex);
 static void client_ip(qx_worker_t *w, const struct sockaddr *client, char *out);
 static void format_ip(const struct sockaddr *client, char *client_ip);
@@ -43,9 +48,50 @@ static void timer_arm(qx_exchange_t *ex, int phase, uint32_t secs)
     uv_timer_start(&ex->timer, on_timer, (uint64_t)secs * 1000, 0);
 }
 
+/* After the response head, one timer watches both ends of the body: the
+ * client must keep taking bytes (client_idle_timeout_secs) while the window
+ * holds some or the upstream has finished, and the upstream must keep
+ * sending (upstream_idle_timeout_secs) while the window has room. Progress
+ * only stamps the time; the timer checks the stamps when it fires and
+ * sleeps again for what is left, so no timer is re-armed per read. */
+static void body_timer_start(qx_exchange_t *ex)
+{
+    const qx_limits_t *l = &ex->snap->cfg->limits;
+    uint64_t now = uv_now(&ex->w->loop);
+    ex->up_progress_ms = ex->cl_progress_ms = now;
+    timer_arm(ex, 3, QX_MIN(l->client_idle_timeout_secs, l->upstream_idle_timeout_secs));
+}
+
+static const qx_endpoint_t *up_ep(const qx_exchange_t *ex)
+{
+    return ex->up < ex->snap->neps ? &ex->snap->eps[ex->up] : NULL;
+}
+
 static qx_metrics_up_row_t *up_row(qx_exchange_t *ex)
 {
-    return qx_metrics_upstream(&ex->w->metrics, ex->up_name);
+    const qx_endpoint_t *e = up_ep(ex);
+    return qx_metrics_upstream(&ex->w->metrics, ex->up_name, e ? e->addrstr : "");
+}
+
+/* An upstream failure at warn, with the reason: an operator sees why a
+ * request got its 502/504 at the default level. Rate-limited per endpoint
+ * (a dead app under load fails every request), and per call site for an
+ * endpoint without a health entry. */
+__attribute__((format(printf, 2, 3))) static void up_warn(qx_exchange_t *ex, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    const qx_endpoint_t *e = up_ep(ex);
+    const char *name = ex->up_name ? ex->up_name : "-";
+    if (e && e->health && strcmp(e->name, e->addrstr) != 0)
+        qx_log_rl(&e->health->rl, QX_LOG_WARN, "upstream %s (%s): %s", name, e->addrstr, msg);
+    else if (e && e->health)
+        qx_log_rl(&e->health->rl, QX_LOG_WARN, "upstream %s: %s", name, msg);
+    else
+        QX_WARN_RL("upstream %s: %s", name, msg);
 }
 
 /* Sets up a body window for a body of |len| bytes (-1: not known): the
@@ -142,8 +188,11 @@ static void local_response(qx_exchange_t *ex, int status)
         {"content-type", 12, "text/plain; charset=utf-8", 25},
         {"content-length", 14, ex->local_clen, (size_t)cl},
     };
-    if (ex->fops->respond(ex, status, hdrs, QX_ARRAY_LEN(hdrs), with_body) != 0)
+    if (ex->fops->respond(ex, status, hdrs, QX_ARRAY_LEN(hdrs), with_body) != 0) {
         ex->fops->abort(ex);
+        return;
+    }
+    body_timer_start(ex); /* a client that never takes our answer holds the stream too */
 }
 
 /* Something went wrong with the upstream or a limit: a status if nothing
@@ -168,6 +217,10 @@ static void fail(qx_exchange_t *ex, int status)
 
 static void ex_release_upstream(qx_exchange_t *ex, int reusable)
 {
+    if (ex->wait_pool) {
+        qx_pool_unwait(ex->wait_pool, &ex->wait);
+        ex->wait_pool = NULL;
+    }
     if (ex->uc == NULL)
         return;
     qx_upconn_t *uc = ex->uc;
@@ -316,6 +369,8 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
     int status = ex->status ? ex->status : 499; /* client went away before an answer */
 
     ex->front_gone = 1;
+    if (ex->dispatch_due)
+        qx_cnt_add(&w->metrics.defences[QX_D_RESET_BEFORE_UPSTREAM], 1);
     pump_unqueue(ex);
     /* A response cut short leaves the upstream connection mid-message. */
     ex_release_upstream(ex, 0);
@@ -406,17 +461,25 @@ static void *grow_fields(qx_exchange_t *ex, const void *arr, size_t *cap, size_t
     return p;
 }
 
-static int parse_u64(const char *s, size_t len, uint64_t *out)
+/* A Content-Length value: 0 and the number, -1 when it is not a number,
+ * -2 when it is one too large to hold (above INT64_MAX: 413, not 400). */
+static int parse_content_length(const char *s, size_t len, int64_t *out)
 {
     uint64_t v = 0;
-    if (len == 0 || len > 19)
+    int big = 0;
+    if (len == 0)
         return -1;
     for (size_t i = 0; i < len; i++) {
         if (s[i] < '0' || s[i] > '9')
             return -1;
-        v = v * 10 + (uint64_t)(s[i] - '0');
+        if (v > ((uint64_t)INT64_MAX - 9) / 10)
+            big = 1;
+        else
+            v = v * 10 + (uint64_t)(s[i] - '0');
     }
-    *out = v;
+    if (big)
+        return -2;
+    *out = (int64_t)v;
     return 0;
 }
 
@@ -455,13 +518,18 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
             ex->authority = (char *)h->value;
             ex->authoritylen = h->valuelen;
         } else if (h->namelen == 14 && strncasecmp(h->name, "content-length", 14) == 0) {
-            uint64_t cl;
-            if (parse_u64(h->value, h->valuelen, &cl) != 0 ||
-                (ex->req_cl >= 0 && (uint64_t)ex->req_cl != cl)) {
+            int64_t cl;
+            int rv = parse_content_length(h->value, h->valuelen, &cl);
+            if (rv == -2) {
+                qx_cnt_add(&ex->w->metrics.request_body_rejected, 1);
+                local_response(ex, 413); /* larger than any limit can be */
+                return;
+            }
+            if (rv != 0 || (ex->req_cl >= 0 && ex->req_cl != cl)) {
                 local_response(ex, 400);
                 return;
             }
-            ex->req_cl = (int64_t)cl;
+            ex->req_cl = cl;
         }
     }
     if (ex->authority == NULL || ex->authoritylen == 0) {
@@ -483,13 +551,28 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
         local_response(ex, 413);
         return;
     }
-    uint32_t pick = ex->w->rr[ex->route]++ % (uint32_t)route->nupstreams;
-    ex->up = ex->snap->route_base[ex->route] + pick;
-    ex->up_name = route->upstreams[pick].name;
-    if (ex->has_body && ring_init(&ex->req, &ex->reqbuf, ex->req_inline, ex->req_cl) < 0) {
+    ex->up = qx_snapshot_pick(ex->snap, ex->route, SIZE_MAX, qx_health_now_ms());
+    ex->attempts = 1;
+    if (ex->up == SIZE_MAX) {
+        /* Every upstream of the route is a name that does not resolve (yet). */
+        ex->up_name = route->upstreams[0].name;
+        char why[160] = "not resolved yet";
+        if (ex->w->shared->rt->dns)
+            qx_dns_why(ex->w->shared->rt->dns, route->upstreams[0].host, why, sizeof(why));
+        up_warn(ex, "no address to connect to: the name %s", why);
+        local_response(ex, 502);
+        return;
+    }
+    ex->up_name = ex->snap->eps[ex->up].name;
+    /* A body of known length gets its window now (at most its length); one
+     * of unknown length when its first byte comes: a client that opens
+     * streams and sends no body holds no QX_STREAM_WINDOW each. */
+    if (ex->has_body && ex->req_cl >= 0 &&
+        ring_init(&ex->req, &ex->reqbuf, ex->req_inline, ex->req_cl) < 0) {
         local_response(ex, 503);
         return;
     }
+    ex->req_window_due = ex->has_body && ex->req_cl < 0;
 
     if (ex->early) {
         /* RFC 8470: early data can be replayed by an attacker, so in
@@ -545,7 +628,12 @@ static void build_and_dispatch(qx_exchange_t *ex)
         return;
     }
     ex->headlen = (size_t)n;
-    dispatch(ex, 0);
+    /* The upstream is asked for once this turn's input has been handled,
+     * not now: a client that opens a stream and resets it in the same
+     * read (HTTP/2 Rapid Reset) then costs no upstream connection, as the
+     * reset ends the exchange before the pump runs. */
+    ex->dispatch_due = 1;
+    pump_later(ex);
 }
 
 /* ---- upstream connection ------------------------------------------------ */
@@ -564,6 +652,15 @@ static void start_upstream(qx_exchange_t *ex)
     pump_write(ex);
 }
 
+/* The pool has room again: ask once more at the next pump. */
+static void on_pool_ready(qx_pool_wait_t *wt)
+{
+    qx_exchange_t *ex = qx_container_of(wt, qx_exchange_t, wait);
+    ex->wait_pool = NULL;
+    ex->dispatch_due = 1;
+    pump_later(ex);
+}
+
 static void dispatch(qx_exchange_t *ex, int fresh_only)
 {
     qx_worker_t *w = ex->w;
@@ -576,15 +673,37 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
     if (ex->snap == w->snap) {
         pool = w->pools[ex->up];
     } else {
-        const qx_upstream_cfg_t *up = qx_snapshot_upstream(ex->snap, ex->up);
+        const qx_endpoint_t *up = &ex->snap->eps[ex->up];
         pool = qx_worker_pool_find(w, (const struct sockaddr *)&up->addr, up->addrlen);
     }
     ex->state = QX_EX_CONNECTING;
     if (pool)
         rv = qx_pool_checkout(pool, ex, &upconn_cb, fresh_only, &ex->uc, &reused);
+    if (rv == QX_ERR_LIMIT) {
+        /* max_connections_per_upstream (or the fd budget): wait in the
+         * pool's bounded queue, at most the connect timeout; past the
+         * queue's length the answer is 503 at once. */
+        ex->uc = NULL;
+        ex->wait.ready = on_pool_ready;
+        if (qx_pool_wait(pool, &ex->wait) != 0) {
+            qx_cnt_add(&w->metrics.defences[QX_D_UPSTREAM_QUEUE_FULL], 1);
+            local_response(ex, 503);
+            return;
+        }
+        ex->wait_pool = pool;
+        qx_cnt_add(&w->metrics.defences[QX_D_UPSTREAM_QUEUED], 1);
+        if (ex->timer_phase != 1)
+            timer_arm(ex, 1, ex->snap->cfg->limits.upstream_connect_timeout_secs);
+        return;
+    }
     if (rv != 0) {
         ex->uc = NULL;
-        qx_cnt_add(&up_row(ex)->connect_errors, 1);
+        if (rv == QX_ERR_IO && connect_failed(ex, "connect did not start"))
+            return;
+        if (rv != QX_ERR_IO) {
+            qx_cnt_add(&up_row(ex)->connect_errors, 1);
+            up_warn(ex, "no connection: %s", rv == QX_ERR_NOMEM ? "out of memory" : "no pool");
+        }
         fail(ex, 502);
         return;
     }
@@ -596,25 +715,68 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
     timer_arm(ex, 1, ex->snap->cfg->limits.upstream_connect_timeout_secs);
 }
 
+/* A connect to the exchange's endpoint failed (refused, unreachable,
+ * timed out): nothing was sent, so any request may go to another endpoint
+ * of the route. Counts the failure (passive health may eject the
+ * endpoint), logs it, and starts the next attempt while the route has an
+ * endpoint not tried yet (at most QX_CONNECT_ATTEMPTS). Returns 1 when
+ * another attempt started, 0 when the caller answers. */
+static int connect_failed(qx_exchange_t *ex, const char *why)
+{
+    const qx_endpoint_t *e = up_ep(ex);
+    uint64_t now = qx_health_now_ms(), ms = 0;
+    qx_cnt_add(&up_row(ex)->connect_errors, 1);
+    size_t n = ex->snap->ep_count[ex->route];
+    int again = !ex->front_gone && (size_t)ex->attempts < QX_MIN(n, (size_t)QX_CONNECT_ATTEMPTS);
+    up_warn(ex, "connect failed: %s%s", why, again ? "; trying another address" : "");
+    if (e && qx_health_fail(e->health, now, &ms))
+        QX_WARN("upstream %s (%s): ejected for %llu s after %d connect failures in a row", e->name,
+                e->addrstr, (unsigned long long)(ms / 1000), QX_HEALTH_FAILS);
+    if (!again)
+        return 0;
+    ex_release_upstream(ex, 0);
+    timer_stop(ex);
+    ex->attempts++;
+    ex->up = qx_snapshot_pick(ex->snap, ex->route, ex->up, now);
+    ex->up_name = ex->snap->eps[ex->up].name;
+    dispatch(ex, 1);
+    return 1;
+}
+
 static void uc_on_connect(void *user, int status)
 {
     qx_exchange_t *ex = user;
     if (status != 0) {
-        QX_DEBUG("upstream %s: connect failed: %s", ex->up_name, uv_strerror(status));
-        qx_cnt_add(&up_row(ex)->connect_errors, 1);
-        fail(ex, 502);
+        if (!connect_failed(ex, uv_strerror(status)))
+            fail(ex, 502);
         return;
     }
+    const qx_endpoint_t *e = up_ep(ex);
+    if (e && qx_health_ok(e->health))
+        QX_WARN("upstream %s (%s): accepts connections again, back in rotation", e->name,
+                e->addrstr);
     start_upstream(ex);
 }
 
 /* A reused keep-alive connection may have been closed by the backend just
  * as we picked it. Before any response byte and before any body byte went
- * out, the request can safely go again on a fresh connection, once. */
+ * out, an idempotent request can safely go again on a fresh connection,
+ * once. */
+static int idempotent(int method_idx)
+{
+    return method_idx == QX_M_GET || method_idx == QX_M_HEAD || method_idx == QX_M_OPTIONS ||
+           method_idx == QX_M_TRACE || method_idx == QX_M_PUT || method_idx == QX_M_DELETE;
+}
+
 static int try_retry(qx_exchange_t *ex)
 {
     if (!ex->reused || ex->retried || ex->resp_any || ex->req_body_sent > 0 ||
         (ex->writing && ex->wpayload > 0) || ex->front_gone)
+        return 0;
+    /* RFC 9110 §9.2.2: a request that is not idempotent is never sent
+     * twice once its head may have reached the upstream: the app may have
+     * acted on it before the connection died. */
+    if (ex->head_sent && !idempotent(ex->method_idx))
         return 0;
     QX_DEBUG("upstream %s: reused connection failed before the response; retrying once",
              ex->up_name);
@@ -637,7 +799,7 @@ static void upstream_broken(qx_exchange_t *ex, const char *what)
 {
     if (try_retry(ex))
         return;
-    QX_DEBUG("upstream %s: %s", ex->up_name, what);
+    up_warn(ex, "%s", what);
     if (!ex->resp_head_done)
         qx_cnt_add(&up_row(ex)->protocol_errors, 1);
     fail(ex, 502);
@@ -687,7 +849,14 @@ void qx_exchange_on_pump(uv_prepare_t *h)
     while (w->pump_head) {
         qx_exchange_t *ex = w->pump_head;
         pump_unqueue(ex);
-        pump_write(ex);
+        if (ex->dispatch_due) {
+            ex->dispatch_due = 0;
+            /* Not answered meanwhile (or still waiting for a connection). */
+            if (ex->state == QX_EX_HEAD || (ex->state == QX_EX_CONNECTING && ex->uc == NULL))
+                dispatch(ex, 0);
+        } else {
+            pump_write(ex);
+        }
     }
 }
 
@@ -796,6 +965,7 @@ static void uc_on_read(void *user, ssize_t nread, const char *buf)
         return;
     }
     ex->resp_any = 1;
+    ex->up_progress_ms = uv_now(&ex->w->loop);
     llhttp_errno_t err = llhttp_execute(&ex->parser, buf, (size_t)nread);
     if (ex->uc == NULL)
         return; /* a callback failed the exchange */
@@ -804,7 +974,8 @@ static void uc_on_read(void *user, ssize_t nread, const char *buf)
          * connection are a confused backend; never reuse that socket. */
         const char *pos = llhttp_get_error_pos(&ex->parser);
         int extra = pos != NULL && pos < buf + nread;
-        timer_stop(ex);
+        if (ex->timer_phase != 3)
+            timer_stop(ex); /* the body timer stays: the client still has to take it */
         /* Reusable only when the request went up whole, too. */
         ex_release_upstream(ex, ex->req_done && !extra && llhttp_should_keep_alive(&ex->parser));
         return;
@@ -851,13 +1022,69 @@ static void uc_read_buf(void *user, uv_buf_t *buf)
 
 static const qx_upconn_cb_t upconn_cb = {uc_on_connect, uc_on_write, uc_on_read, uc_read_buf};
 
+/* The body timer fired: which end stalled, if any (see body_timer_start).
+ * Returns QX_D_CLIENT_STALLED or QX_D_UPSTREAM_STALLED, or -1 after
+ * sleeping again for the time that is left. */
+static int body_stalled(qx_exchange_t *ex)
+{
+    const qx_limits_t *l = &ex->snap->cfg->limits;
+    uint64_t now = uv_now(&ex->w->loop);
+    uint64_t cl = (uint64_t)l->client_idle_timeout_secs * 1000;
+    uint64_t up = (uint64_t)l->upstream_idle_timeout_secs * 1000;
+    uint64_t next = QX_MIN(cl, up);
+    int client_owes = ex->resp_eof || ex->resp.fill != ex->resp.ack;
+    int upstream_owes = !ex->resp_eof && !ex->resp_paused;
+
+    if (client_owes) {
+        if (now - ex->cl_progress_ms >= cl)
+            return QX_D_CLIENT_STALLED;
+        next = QX_MIN(next, ex->cl_progress_ms + cl - now);
+    }
+    if (upstream_owes) {
+        if (now - ex->up_progress_ms >= up)
+            return QX_D_UPSTREAM_STALLED;
+        next = QX_MIN(next, ex->up_progress_ms + up - now);
+    }
+    ex->timer_phase = 3;
+    uv_timer_start(&ex->timer, on_timer, next, 0);
+    return -1;
+}
+
 static void on_timer(uv_timer_t *t)
 {
     qx_exchange_t *ex = qx_container_of(t, qx_exchange_t, timer);
     int phase = ex->timer_phase;
     ex->timer_phase = 0;
+    if (phase == 3) {
+        int who = body_stalled(ex);
+        if (who < 0)
+            return;
+        qx_cnt_add(&ex->w->metrics.defences[who], 1);
+        if (who == QX_D_UPSTREAM_STALLED && ex->up_name)
+            qx_cnt_add(&up_row(ex)->timeouts, 1);
+        QX_DEBUG("stream %" PRId64 ": %s stalled the response; reset", ex->stream_id,
+                 who == QX_D_CLIENT_STALLED ? "the client" : "the upstream");
+        if (who == QX_D_UPSTREAM_STALLED && ex->up_name)
+            up_warn(ex, "sent no response byte for %u s; stream reset",
+                    (unsigned)ex->snap->cfg->limits.upstream_idle_timeout_secs);
+        fail(ex, 504);
+        return;
+    }
+    if (phase == 1 && ex->uc != NULL) {
+        /* The connect itself timed out (not a wait for a pooled slot). */
+        char why[64];
+        snprintf(why, sizeof(why), "timed out after %u s",
+                 (unsigned)ex->snap->cfg->limits.upstream_connect_timeout_secs);
+        qx_cnt_add(&up_row(ex)->timeouts, 1);
+        if (connect_failed(ex, why))
+            return;
+        fail(ex, 504);
+        return;
+    }
     qx_cnt_add(&up_row(ex)->timeouts, 1);
-    QX_DEBUG("upstream %s: %s timeout", ex->up_name, phase == 1 ? "connect" : "request");
+    up_warn(ex, "%s timeout after %u s", phase == 1 ? "connect" : "request",
+            (unsigned)(phase == 1 ? ex->snap->cfg->limits.upstream_connect_timeout_secs
+                                  : ex->snap->cfg->limits.upstream_request_timeout_secs));
     fail(ex, 504);
 }
 
@@ -865,6 +1092,8 @@ static void on_timer(uv_timer_t *t)
 
 static int rhb_append(qx_exchange_t *ex, const char *at, size_t len)
 {
+    if (len == 0)
+        return 0; /* llhttp may hand over an empty span; rhb may not exist yet */
     if (ex->rhblen + len > QX_MAX_HEADER_BYTES)
         return -1;
     if (ex->rhblen + len > ex->rhbcap) {
@@ -920,6 +1149,23 @@ static int p_on_header_value(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* RFC 9110 §5.1: a field name is a token. llhttp lets some bytes through
+ * (a space inside or before the colon) that would reach the client as a
+ * different or broken field: such a response is refused. */
+static int is_token(const char *s, size_t len)
+{
+    static const char extra[] = "!#$%&'*+-.^_`|~";
+    if (len == 0)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              (c != '\0' && strchr(extra, c) != NULL)))
+            return 0;
+    }
+    return 1;
+}
+
 static int p_on_headers_complete(llhttp_t *p)
 {
     qx_exchange_t *ex = p->data;
@@ -933,6 +1179,10 @@ static int p_on_headers_complete(llhttp_t *p)
      * 100-599 (RFC 9110 §15): anything else is a broken upstream (502). */
     if (status < 100 || status > 599)
         return -1;
+    for (size_t i = 0; i < ex->nrf; i++) {
+        if (!is_token(ex->rhb + ex->rf[i].name_off, ex->rf[i].name_len))
+            return -1;
+    }
     if (status >= 100 && status < 200) {
         if (status == 101)
             return -1; /* no upgrades through the proxy */
@@ -957,6 +1207,11 @@ static int p_on_headers_complete(llhttp_t *p)
         char *name = ex->rhb + f->name_off;
         if (f->name_len == 0 || !qx_h1_response_field_allowed(name, f->name_len, conn, connlen))
             continue;
+        /* 204 has no body, and says nothing of one (RFC 9110 §8.6): an
+         * upstream's Content-Length there would have the client wait for
+         * bytes that never come. */
+        if (status == 204 && f->name_len == 14 && strncasecmp(name, "content-length", 14) == 0)
+            continue;
         for (uint32_t k = 0; k < f->name_len; k++) /* HTTP/3 field names are lowercase */
             name[k] = (char)((name[k] >= 'A' && name[k] <= 'Z') ? name[k] + 32 : name[k]);
         hdrs[n++] = (qx_hdr_t){name, f->name_len, ex->rhb + f->value_off, f->value_len};
@@ -973,7 +1228,10 @@ static int p_on_headers_complete(llhttp_t *p)
         return -1;
     if (!has_body)
         ex->resp_eof = 1;
-    return ex->is_head ? 1 : 0;
+    body_timer_start(ex);
+    /* 1: no body follows whatever the fields say (HEAD, 204, 304): bytes an
+     * upstream sends anyway are then extra, and its socket is not reused. */
+    return has_body ? 0 : 1;
 }
 
 static int p_on_body(llhttp_t *p, const char *at, size_t len)
@@ -994,6 +1252,8 @@ static int p_on_body(llhttp_t *p, const char *at, size_t len)
         fail(ex, 502);
         return HPE_USER;
     }
+    if (r->fill == r->ack) /* the client's clock starts when it has something to take */
+        ex->cl_progress_ms = uv_now(&ex->w->loop);
     const uint8_t *src = (const uint8_t *)at;
     if (src >= r->data && src < r->data + r->cap) {
         /* Read into the window already, at or after its fill point, in
@@ -1039,6 +1299,13 @@ static const llhttp_settings_t parser_settings = {
 void qx_exchange_body(qx_exchange_t *ex, const uint8_t *data, size_t len)
 {
     uint64_t max = ex->snap->cfg->limits.max_request_body_bytes;
+    if (ex->req_window_due && len > 0 && !ex->req_discard && ex->state != QX_EX_DONE) {
+        ex->req_window_due = 0;
+        if (ring_init(&ex->req, &ex->reqbuf, ex->req_inline, -1) < 0) {
+            fail(ex, 503);
+            return;
+        }
+    }
     if (ex->req_discard || ex->state == QX_EX_DONE || ex->reqbuf == NULL) {
         /* Dropped bytes are not the request's: bytes_in counts what was
          * accepted for the upstream. */
@@ -1095,8 +1362,11 @@ void qx_exchange_body_end(qx_exchange_t *ex)
 void qx_exchange_resp_acked(qx_exchange_t *ex, size_t n)
 {
     qx_ring_mark_acked(&ex->resp, n);
+    if (n > 0)
+        ex->cl_progress_ms = uv_now(&ex->w->loop);
     if (ex->resp_paused && ex->uc && qx_ring_free(&ex->resp) >= QX_UP_READ_MIN) {
         ex->resp_paused = 0;
+        ex->up_progress_ms = uv_now(&ex->w->loop); /* its clock ran not while paused */
         qx_upconn_read_start(ex->uc);
     }
 }

@@ -39,6 +39,7 @@
 #define QX_EX_CACHE 256        /* finished exchanges a worker keeps for reuse */
 #define QX_UP_READ (64 * 1024) /* one upstream read, at most */
 #define QX_UP_READ_MIN 4096    /* a response window with less room pauses the upstream */
+#define QX_CONNECT_ATTEMPTS 3  /* endpoints a request tries when connects fail */
 
 typedef struct qx_worker qx_worker_t;
 typedef struct qx_exchange qx_exchange_t;
@@ -83,9 +84,14 @@ struct qx_exchange {
     int front_gone;
     qx_snapshot_t *snap;
     uint64_t start_ns;
-    int timer_phase;                      /* 0 none, 1 connect, 2 request */
+    int timer_phase;                      /* 0 none, 1 connect, 2 request, 3 body (stall) */
+    uint64_t up_progress_ms;              /* loop time the upstream last sent body bytes */
+    uint64_t cl_progress_ms;              /* ... the client last took response bytes */
     qx_exchange_t *pump_prev, *pump_next; /* the worker's pump list */
     int pump_queued;
+    int dispatch_due;    /* routed: the upstream is asked for at the next pump */
+    qx_pool_wait_t wait; /* in wait_pool's queue for a connection (max_connections) */
+    qx_pool_t *wait_pool;
 
     /* request */
     const char *sni; /* owned by the front connection; valid until headers done */
@@ -108,10 +114,13 @@ struct qx_exchange {
     int req_stopped;        /* STOP_SENDING sent */
     qx_ring_t req;
     uint8_t *reqbuf;
+    int req_window_due;        /* body of unknown length: its window comes with its first byte */
+    uint64_t front_uncredited; /* the front's own: body bytes handed in, not yet credited */
 
     /* upstream */
     int route;
-    size_t up; /* flat upstream index in snap */
+    size_t up;    /* flat endpoint index in snap (SIZE_MAX: none) */
+    int attempts; /* endpoints tried (connect failures move to the next) */
     const char *up_name;
     qx_upconn_t *uc;
     int reused;

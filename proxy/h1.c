@@ -124,7 +124,6 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
     const char *conn = NULL;
     size_t connlen = 0;
     size_t nxff = 0;
-    int has_early = 0;
     int ncookie = 0;
 
     if (has_ctl(req->method, req->methodlen) || has_ctl(req->path, req->pathlen) ||
@@ -134,8 +133,6 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
         const qx_hdr_t *h = &req->hdrs[i];
         if (has_ctl(h->name, h->namelen) || has_ctl(h->value, h->valuelen))
             return QX_ERR_PROTO;
-        if (name_is(h, "early-data"))
-            has_early = 1;
         if (name_is(h, "connection")) {
             conn = h->value;
             connlen = h->valuelen;
@@ -156,6 +153,7 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
         const qx_hdr_t *h = &req->hdrs[i];
         if (qx_h1_is_hop_by_hop(h->name, h->namelen) || name_is(h, "host") ||
             name_is(h, "content-length") || name_is(h, "x-forwarded-proto") ||
+            (name_is(h, "early-data") && (req->early || h->valuelen != 1 || h->value[0] != '1')) ||
             (conn && qx_h1_list_has_token(conn, connlen, h->name, h->namelen)))
             continue;
         if (name_is(h, "x-forwarded-for")) {
@@ -198,8 +196,11 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
     puts_(&o, req->client_ip ? req->client_ip : "unknown");
     puts_(&o, "\r\nX-Forwarded-Proto: https\r\n");
     /* RFC 8470 §5.1: forwarded before the handshake completed, the request
-     * says so; an Early-Data field from a previous hop is kept as it is. */
-    if (req->early && !has_early)
+     * says so, in the one field the app sees. A client's own Early-Data was
+     * dropped above unless it is the only defined value, "1" on a request
+     * that did not come early (an intermediary MUST NOT remove it): any
+     * other value (early-data: 0) could hide a replayable request. */
+    if (req->early)
         puts_(&o, "Early-Data: 1\r\n");
 
     *chunked = 0;

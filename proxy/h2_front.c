@@ -4,7 +4,10 @@
  *
  * nghttp2 validates requests itself (RFC 9113 §8: pseudo-headers, field
  * names and values, connection-specific fields, content-length against
- * DATA) and keeps its flood and rapid-reset protections (their defaults).
+ * DATA) and keeps its flood protections (their defaults); the stream-reset
+ * budget is ours and tighter (reset_budget_take), and a stream is sent
+ * upstream only after the read it came in (exchange.c), so one reset in
+ * the same read costs no upstream connection.
  *
  * Flow control ties to the upstream: automatic WINDOW_UPDATE is off, the
  * stream window is QX_STREAM_WINDOW, and a stream's bytes are credited
@@ -31,6 +34,12 @@
 #define H2_IDLE_MS 120000       /* a connection without streams closes after this */
 #define H2_GOAWAY_DELAY_MS 1000 /* drain: shutdown notice, then the real GOAWAY */
 #define H2_OBUF 16384
+/* Stream resets a client may cause, as a token bucket per connection (as
+ * nghttp2's own): a burst, refilled at a rate per second. Past it the
+ * connection gets GOAWAY(ENHANCE_YOUR_CALM) and no more of its input is
+ * read. Below nghttp2's defaults (1000, 33/s), which stay as a backstop. */
+#define H2_RESET_BURST 200
+#define H2_RESET_RATE 33
 #define H2_ID_GAPS 8 /* skipped stream-ID ranges remembered per connection */
 
 typedef struct h2_conn h2_conn_t;
@@ -58,6 +67,11 @@ struct h2_conn {
     int goaway_sent; /* the final GOAWAY is queued */
     int failed;      /* a fatal session error: flush what is queued, then close */
     int input_held;  /* input stopped because output was backed up */
+    int calm;        /* over the reset budget: GOAWAY queued, input ignored */
+    int perr;        /* counted as a protocol error (once per connection) */
+    double reset_tokens;
+    uint64_t reset_refill_ms;
+    uint64_t active_ms; /* loop time of the last byte read or body byte sent */
     /* Client stream IDs never opened: the next new one expected, and the
      * ranges a client skipped (the last H2_ID_GAPS of them, a ring). A
      * HEADERS frame below the newest stream is an error only for an ID in
@@ -127,11 +141,16 @@ static void stream_end(h2_conn_t *h, h2_stream_t *st, int error)
     st->unconsumed = 0;
 }
 
+/* The idle timer runs whether streams are open or not: streams that move
+ * no byte (a client holding every window at 0) do not keep a connection
+ * alive; h2_timeout looks at active_ms before it sends GOAWAY. */
 static void idle_timer(h2_conn_t *h)
 {
     if (h->draining && !h->goaway_sent)
         return; /* the GOAWAY step owns the timer */
-    qx_tcp_conn_timer(h->c, h->nstreams == 0 ? H2_IDLE_MS : 0);
+    if (h->goaway_sent)
+        return;
+    qx_tcp_conn_timer(h->c, H2_IDLE_MS);
 }
 
 /* ---- front ops ---------------------------------------------------------- */
@@ -151,6 +170,7 @@ static ssize_t read_data(nghttp2_session *session, int32_t stream_id, uint8_t *b
     }
     int k = qx_ring_peek(&ex->resp, iov, length);
     size_t total = 0;
+    st->h->active_ms = uv_now(&st->h->w->loop);
     for (int i = 0; i < k; i++) {
         memcpy(buf + total, iov[i].iov_base, iov[i].iov_len);
         total += iov[i].iov_len;
@@ -305,6 +325,8 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
 {
     h2_conn_t *h = user_data;
     qx_tcp_conn_t *c = h->c;
+    if (h->calm)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
     h2_stream_t *st = stream_new(h, frame->hd.stream_id);
@@ -317,7 +339,6 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     nghttp2_session_set_stream_user_data(s, frame->hd.stream_id, st);
-    qx_tcp_conn_timer(c, 0);
     return 0;
 }
 
@@ -340,13 +361,43 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
     return 0;
 }
 
+/* One RST_STREAM from the client: takes a token from the connection's
+ * budget. Returns 0, or -1 when the budget is spent (GOAWAY queued). */
+static int reset_budget_take(h2_conn_t *h)
+{
+    uint64_t now = uv_now(&h->w->loop);
+    h->reset_tokens += (double)(now - h->reset_refill_ms) * H2_RESET_RATE / 1000.0;
+    if (h->reset_tokens > H2_RESET_BURST)
+        h->reset_tokens = H2_RESET_BURST;
+    h->reset_refill_ms = now;
+    if (h->reset_tokens >= 1) {
+        h->reset_tokens -= 1;
+        return 0;
+    }
+    h->calm = 1;
+    qx_cnt_add(&h->w->metrics.defences[QX_D_H2_RESET_FLOOD], 1);
+    QX_DEBUG("h2: stream reset budget spent: GOAWAY");
+    nghttp2_session_terminate_session2(h->s, nghttp2_session_get_last_proc_stream_id(h->s),
+                                       NGHTTP2_ENHANCE_YOUR_CALM);
+    qx_tcp_conn_mark(h->c);
+    return -1;
+}
+
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *user_data)
 {
     h2_conn_t *h = user_data;
     int fin = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     h2_stream_t *st;
 
+    if (h->calm)
+        return NGHTTP2_ERR_CALLBACK_FAILURE; /* nothing more is processed */
     switch (frame->hd.type) {
+    case NGHTTP2_RST_STREAM:
+        /* Stop at once: the rest of this read is not processed either
+         * (mem_recv returns the failure; the GOAWAY still goes out). */
+        if (reset_budget_take(h) != 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        break;
     case NGHTTP2_HEADERS:
         st = stream_of(s, frame->hd.stream_id);
         if (st == NULL || st->ex == NULL)
@@ -390,9 +441,18 @@ static int on_data_chunk_recv(nghttp2_session *s, uint8_t flags, int32_t stream_
     return 0;
 }
 
+static void count_protocol_error(h2_conn_t *h)
+{
+    if (h->perr || h->calm)
+        return;
+    h->perr = 1;
+    qx_cnt_add(&h->w->metrics.defences[QX_D_H2_PROTOCOL_ERROR], 1);
+}
+
 static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *user_data)
 {
-    (void)user_data;
+    if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR)
+        count_protocol_error(user_data); /* nghttp2 ended the connection on a violation */
     if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
         !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
         return 0;
@@ -459,9 +519,11 @@ static void h2_input(void *app)
             qx_tcp_conn_close(h->c, n == QX_TCP_EOF ? QX_TC_CLOSE_GRACEFUL : QX_TC_CLOSE_ABORT);
             return;
         }
+        h->active_ms = uv_now(&h->w->loop);
         ssize_t rv = nghttp2_session_mem_recv(h->s, buf, (size_t)n);
         if (rv < 0) {
-            fail(h, (int)rv, "mem_recv");
+            count_protocol_error(h);
+            fail(h, (int)rv, h->calm ? "reset budget" : "mem_recv");
             return;
         }
         qx_tcp_conn_mark(h->c);
@@ -526,10 +588,16 @@ static void send_goaway(h2_conn_t *h)
 static void h2_timeout(void *app)
 {
     h2_conn_t *h = app;
-    /* Drain step two, or an idle connection: the final GOAWAY; the
-     * connection closes when its last stream ends. */
-    if (h->draining || h->nstreams == 0)
-        send_goaway(h);
+    uint64_t idle = uv_now(&h->w->loop) - h->active_ms;
+    /* Streams open and a byte moved lately: not idle yet. */
+    if (!h->draining && h->nstreams > 0 && idle < H2_IDLE_MS) {
+        qx_tcp_conn_timer(h->c, H2_IDLE_MS - idle);
+        return;
+    }
+    /* Drain step two, or an idle connection (with or without stalled
+     * streams): the final GOAWAY; the connection closes when its last
+     * stream ends (a stalled one at client_idle_timeout_secs). */
+    send_goaway(h);
     qx_tcp_conn_timer(h->c, 0);
 }
 
@@ -584,6 +652,9 @@ int qx_h2_front_new(qx_tcp_conn_t *c, void **app, const qx_tcp_app_ops_t **ops)
         return QX_ERR_NOMEM;
     h->c = c;
     h->w = c->w;
+    h->reset_tokens = H2_RESET_BURST;
+    h->reset_refill_ms = uv_now(&c->w->loop);
+    h->active_ms = h->reset_refill_ms;
     if (nghttp2_session_callbacks_new(&cbs) != 0 || nghttp2_option_new(&opt) != 0)
         goto fail;
     nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, on_begin_frame);
@@ -595,8 +666,10 @@ int qx_h2_front_new(qx_tcp_conn_t *c, void **app, const qx_tcp_app_ops_t **ops)
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_error_callback2(cbs, on_error);
     /* Flow control follows the upstream (see the top of this file). The
-     * flood, rapid-reset and CONTINUATION limits keep their defaults. */
+     * flood and CONTINUATION limits keep their defaults; the reset budget
+     * is ours (reset_budget_take), nghttp2's a looser backstop. */
     nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_stream_reset_rate_limit(opt, 2 * H2_RESET_BURST, 2 * H2_RESET_RATE);
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
     if (nghttp2_session_server_new2(&h->s, cbs, h, opt) != 0)
         goto fail;

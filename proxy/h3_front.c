@@ -91,6 +91,7 @@ static void h3_resume(qx_exchange_t *ex)
 static void h3_consumed(qx_exchange_t *ex, size_t n)
 {
     qx_quic_conn_t *qc = conn_of(ex);
+    ex->front_uncredited -= QX_MIN((uint64_t)n, ex->front_uncredited);
     ngtcp2_conn_extend_max_stream_offset(qc->conn, ex->stream_id, n);
     ngtcp2_conn_extend_max_offset(qc->conn, n);
     qx_quic_conn_mark(qc);
@@ -173,6 +174,10 @@ static int h3_stream_close_cb(nghttp3_conn *conn, int64_t stream_id, uint64_t ap
     qx_exchange_t *ex = stream_user_data;
     (void)conn;
     if (ex) {
+        /* Bytes the exchange held and will never credit: back to the
+         * connection window (the stream's own is gone with it). */
+        if (ex->front_uncredited > 0)
+            ngtcp2_conn_extend_max_offset(qc->conn, ex->front_uncredited);
         ex_unlink(qc, ex);
         qx_exchange_front_closed(ex, app_error_code != NGHTTP3_H3_NO_ERROR);
     }
@@ -187,12 +192,15 @@ static int h3_recv_data(nghttp3_conn *conn, int64_t stream_id, const uint8_t *da
 {
     qx_quic_conn_t *qc = user_data;
     (void)conn;
+    qc->rx_passed += datalen; /* credited here or by the exchange, not by the caller */
     if (stream_user_data == NULL) {
         ngtcp2_conn_extend_max_stream_offset(qc->conn, stream_id, datalen);
         ngtcp2_conn_extend_max_offset(qc->conn, datalen);
         return 0;
     }
-    qx_exchange_body(stream_user_data, data, datalen);
+    qx_exchange_t *ex = stream_user_data;
+    ex->front_uncredited += datalen;
+    qx_exchange_body(ex, data, datalen);
     return 0;
 }
 
@@ -398,6 +406,7 @@ int qx_h3_recv_stream_data(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
         }
     }
     qc->rx_early = (flags & NGTCP2_STREAM_DATA_FLAG_0RTT) != 0;
+    qc->rx_passed = 0;
     nghttp3_ssize n = nghttp3_conn_read_stream(qc->h3, stream_id, data, datalen,
                                                flags & NGTCP2_STREAM_DATA_FLAG_FIN);
     qc->rx_early = 0;
@@ -405,12 +414,17 @@ int qx_h3_recv_stream_data(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
         /* A malformed request (e.g. content-length disagreeing with the
          * DATA) is a stream error, not a connection error (RFC 9114
          * §4.1.2): reset this stream, keep the connection, and credit the
-         * bytes so flow control does not stall. */
+         * bytes so flow control does not stall; but only those nobody else
+         * credits: body bytes h3_recv_data took in this read are credited
+         * there, by the exchange, or when the stream closes, and crediting
+         * them twice would let the client send past the connection window,
+         * a little more with every malformed stream. */
         QX_DEBUG("h3: stream %" PRId64 ": malformed request: %s", stream_id,
                  nghttp3_strerror((int)n));
+        uint64_t rest = datalen > qc->rx_passed ? datalen - qc->rx_passed : 0;
         ngtcp2_conn_shutdown_stream(conn, 0, stream_id, NGHTTP3_H3_MESSAGE_ERROR);
-        ngtcp2_conn_extend_max_stream_offset(conn, stream_id, datalen);
-        ngtcp2_conn_extend_max_offset(conn, datalen);
+        ngtcp2_conn_extend_max_stream_offset(conn, stream_id, rest);
+        ngtcp2_conn_extend_max_offset(conn, rest);
         return 0;
     }
     if (n < 0) {
@@ -455,23 +469,37 @@ int qx_h3_stream_close(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
     return 0;
 }
 
+static int shutdown_read(qx_quic_conn_t *qc, int64_t stream_id)
+{
+    if (qc->h3 && nghttp3_conn_shutdown_stream_read(qc->h3, stream_id) != 0)
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    return 0;
+}
+
+/* The client cancelled its request (RESET_STREAM): the request can never
+ * complete, so the whole stream ends now (and with it the exchange and its
+ * upstream connection) instead of waiting for the request timeout. */
 int qx_h3_stream_reset(ngtcp2_conn *conn, int64_t stream_id, uint64_t final_size,
                        uint64_t app_error_code, void *user_data, void *stream_user_data)
 {
     qx_quic_conn_t *qc = user_data;
-    (void)conn;
     (void)final_size;
     (void)app_error_code;
     (void)stream_user_data;
-    if (qc->h3 && nghttp3_conn_shutdown_stream_read(qc->h3, stream_id) != 0)
+    if (shutdown_read(qc, stream_id) != 0)
         return NGTCP2_ERR_CALLBACK_FAILURE;
+    if (ngtcp2_is_bidi_stream(stream_id))
+        ngtcp2_conn_shutdown_stream(conn, 0, stream_id, NGHTTP3_H3_REQUEST_CANCELLED);
     return 0;
 }
 
 int qx_h3_stream_stop_sending(ngtcp2_conn *conn, int64_t stream_id, uint64_t app_error_code,
                               void *user_data, void *stream_user_data)
 {
-    return qx_h3_stream_reset(conn, stream_id, 0, app_error_code, user_data, stream_user_data);
+    (void)conn;
+    (void)app_error_code;
+    (void)stream_user_data;
+    return shutdown_read(user_data, stream_id);
 }
 
 int qx_h3_extend_max_remote_streams_bidi(ngtcp2_conn *conn, uint64_t max_streams, void *user_data)

@@ -9,6 +9,7 @@
  */
 #include "admin.h"
 #include "config.h"
+#include "dns.h"
 #include "log.h"
 #include "quic.h"
 #include "qx.h"
@@ -20,6 +21,7 @@
 #include "watch.h"
 #include "worker.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <gnutls/crypto.h>
@@ -28,12 +30,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
 #define EXIT_CONFIG 2
 #define WATCH_DEBOUNCE_MS 100
+/* Descriptors never handed to client or upstream connections: the admin
+ * server (its 64 connections and libmicrohttpd's own), probes, config and
+ * certificate reloads, logs. */
+#define FD_RESERVE 256
 
 typedef struct qx_main {
     uv_loop_t *loop;
@@ -53,6 +60,10 @@ typedef struct qx_main {
     int draining;     /* the drain started (a signal or POST /drain) */
     qx_watch_t *cfg_watch;
     qx_watch_t *tls_watch;
+    qx_dns_t *dns;          /* upstream names, resolved on this loop; NULL when none */
+    uv_async_t names;       /* a published config may name other hosts */
+    uv_timer_t ready_timer; /* "ready" is logged once /readyz says so */
+    qx_admin_t *admin;
 } qx_main_t;
 
 /* Whether another process already listens on |ss| (UDP or TCP): a socket
@@ -202,6 +213,120 @@ static void on_worker_exit(qx_worker_t *w, void *arg)
     uv_async_send(&m->exited);
 }
 
+/* Sets the budget of descriptors for client and upstream connections:
+ * the soft RLIMIT_NOFILE (raised to the hard one first) less what is open
+ * now (listeners, loops, the admin server) less FD_RESERVE. A flood of
+ * connections then fails its own accepts and connects, never /livez. */
+static void fd_budget(qx_fd_budget_t *b)
+{
+    struct rlimit rl;
+    unsigned open_now = 0;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit up = {rl.rlim_max, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            rl = up;
+    }
+    DIR *d = opendir("/proc/self/fd");
+    if (d != NULL) {
+        while (readdir(d) != NULL)
+            open_now++;
+        closedir(d);
+    }
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > UINT32_MAX)
+        rl.rlim_cur = UINT32_MAX;
+    uint64_t need = (uint64_t)open_now + FD_RESERVE;
+    b->limit = rl.rlim_cur > need + 16 ? (unsigned)(rl.rlim_cur - need) : 16;
+    QX_INFO("descriptors: %llu allowed, %u for client and upstream connections (%u kept in "
+            "reserve)",
+            (unsigned long long)rl.rlim_cur, b->limit, FD_RESERVE);
+}
+
+/* ---- upstream names ------------------------------------------------------ */
+
+/* A name's addresses changed: new endpoints for the workers, same config
+ * generation. */
+static void on_dns_change(void *arg)
+{
+    qx_main_t *m = arg;
+    qx_runtime_refresh(m->rt);
+}
+
+static void on_names(uv_async_t *h)
+{
+    qx_main_t *m = h->data;
+    if (m->dns == NULL)
+        return;
+    qx_snapshot_t *snap = qx_runtime_snapshot(m->rt);
+    qx_dns_sync(m->dns, snap->cfg);
+    qx_snapshot_unref(snap);
+}
+
+static void on_dns_wait(uv_timer_t *t)
+{
+    (void)t; /* only wakes the loop */
+}
+
+/* Resolves the names of cfg once, waiting at most |ms| for the answers
+ * (run before anything else is on the loop). Returns the names that
+ * resolve to nothing, and logs each. */
+static size_t resolve_now(qx_dns_t *dns, uv_loop_t *loop, const qx_config_t *cfg, uint64_t ms)
+{
+    uv_timer_t t;
+    uv_timer_init(loop, &t);
+    uv_timer_start(&t, on_dns_wait, ms, 0);
+    if (qx_dns_sync(dns, cfg) > 0) {
+        while (qx_dns_pending(dns) > 0 && uv_is_active((uv_handle_t *)&t))
+            uv_run(loop, UV_RUN_ONCE);
+    }
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    size_t bad = 0;
+    for (size_t r = 0; r < cfg->nroutes; r++) {
+        for (size_t j = 0; j < cfg->routes[r].nupstreams; j++) {
+            const qx_upstream_cfg_t *u = &cfg->routes[r].upstreams[j];
+            struct sockaddr_storage a[1];
+            socklen_t l[1];
+            if (u->host == NULL || qx_dns_addrs(dns, u->host, u->port, a, l, 1) > 0)
+                continue;
+            char why[160];
+            qx_dns_why(dns, u->host, why, sizeof(why));
+            QX_WARN("routes[%zu] (%s): upstream %s %s", r, cfg->routes[r].match, u->name, why);
+            bad++;
+        }
+    }
+    return bad;
+}
+
+/* ---- readiness line ------------------------------------------------------ */
+
+static void log_ready(qx_main_t *m)
+{
+    qx_snapshot_t *snap = qx_runtime_snapshot(m->rt);
+    QX_INFO("ready: udp %s%s%s workers=%u routes=%zu (qrux %s)", snap->cfg->listen,
+            snap->cfg->https_listen ? " tcp " : "",
+            snap->cfg->https_listen ? snap->cfg->https_listen : "", m->nworkers, snap->cfg->nroutes,
+            QX_VERSION);
+    qx_snapshot_unref(snap);
+}
+
+/* With ready_requires_upstream the start-up line says "ready" only when
+ * /readyz does: until then it is checked every second. */
+static void on_ready_timer(uv_timer_t *t)
+{
+    qx_main_t *m = t->data;
+    char why[300];
+    if (qx_runtime_lifecycle(m->rt) != QX_LC_LIVE) {
+        uv_timer_stop(t);
+        return;
+    }
+    if (!qx_admin_ready(m->admin, why, sizeof(why)))
+        return;
+    uv_timer_stop(t);
+    log_ready(m);
+}
+
 static void on_worker_start(qx_worker_t *w, void *arg)
 {
     qx_main_t *m = arg;
@@ -220,12 +345,17 @@ static void on_started(uv_async_t *h)
         return;
     uv_timer_stop(&m->start_watchdog);
     qx_runtime_set_lifecycle(m->rt, QX_LC_LIVE);
-    qx_snapshot_t *snap = qx_runtime_snapshot(m->rt);
-    QX_INFO("ready: udp %s%s%s workers=%u routes=%zu (qrux %s)", snap->cfg->listen,
-            snap->cfg->https_listen ? " tcp " : "",
-            snap->cfg->https_listen ? snap->cfg->https_listen : "", m->nworkers, snap->cfg->nroutes,
-            QX_VERSION);
-    qx_snapshot_unref(snap);
+    char why[300];
+    if (m->admin != NULL && !qx_admin_ready(m->admin, why, sizeof(why))) {
+        qx_snapshot_t *snap = qx_runtime_snapshot(m->rt);
+        QX_WARN("started: udp %s workers=%u routes=%zu (qrux %s), but /readyz answers 503 until "
+                "an upstream of every route accepts connections: %s",
+                snap->cfg->listen, m->nworkers, snap->cfg->nroutes, QX_VERSION, why);
+        qx_snapshot_unref(snap);
+        uv_timer_start(&m->ready_timer, on_ready_timer, 1000, 1000);
+        return;
+    }
+    log_ready(m);
 }
 
 static void on_start_watchdog(uv_timer_t *t)
@@ -252,6 +382,11 @@ static void on_exited(uv_async_t *h)
     uv_close((uv_handle_t *)&m->exited, NULL);
     uv_close((uv_handle_t *)&m->started, NULL);
     uv_close((uv_handle_t *)&m->start_watchdog, NULL);
+    uv_close((uv_handle_t *)&m->ready_timer, NULL);
+    __atomic_store_n(&m->rt->names_async, NULL, __ATOMIC_RELEASE);
+    uv_close((uv_handle_t *)&m->names, NULL);
+    qx_dns_del(m->dns);
+    m->dns = NULL;
     uv_close((uv_handle_t *)&m->drain, NULL);
     uv_close((uv_handle_t *)&m->drain_delay, NULL);
 }
@@ -429,6 +564,27 @@ static int run_check(const char *path)
             }
         }
     }
+    if (rv == 0) {
+        /* Names that do not resolve are warnings: the Service may come
+         * later, and the route is then served once it does. */
+        qx_dns_t *dns = NULL;
+        char err[512];
+        uv_loop_t loop;
+        uv_loop_init(&loop);
+        if (qx_dns_new(&dns, &loop, cfg, NULL, NULL, err, sizeof(err)) != 0) {
+            QX_ERROR("config %s: %s", path, err);
+            rv = EXIT_CONFIG;
+        } else {
+            qx_dns_set_once(dns);
+            size_t bad = resolve_now(dns, &loop, cfg, 5000);
+            if (bad > 0)
+                fprintf(stderr, "%s: warning: %zu upstream name%s did not resolve (see above)\n",
+                        path, bad, bad == 1 ? "" : "s");
+            qx_dns_del(dns);
+            uv_run(&loop, UV_RUN_DEFAULT);
+        }
+        uv_loop_close(&loop);
+    }
     if (rv == 0)
         printf("%s: ok (%zu routes, listen %s)\n", path, cfg->nroutes, cfg->listen);
     qx_tls_del(tls);
@@ -504,7 +660,7 @@ int main(int argc, char **argv)
 
     qx_snapshot_t *snap = NULL;
     unsigned nworkers = qx_config_effective_workers(cfg);
-    if (qx_snapshot_new(&snap, cfg, 1) != 0) {
+    if (qx_snapshot_new(&snap, cfg, 1, NULL, NULL) != 0) {
         QX_ERROR("out of memory");
         return 1;
     }
@@ -544,6 +700,22 @@ int main(int argc, char **argv)
     m.workers = calloc(nworkers, sizeof(*m.workers));
     if (m.workers == NULL)
         return 1;
+    /* Upstream names: resolved before the workers start (up to 2 s), so
+     * the first requests find their endpoints; one that does not resolve
+     * is no config error (the Service may not exist yet): its route has
+     * no endpoint until it does. */
+    if (qx_dns_new(&m.dns, m.loop, snap->cfg, on_dns_change, &m, err, sizeof(err)) != 0) {
+        QX_ERROR("config %s: %s", config_path, err);
+        return EXIT_CONFIG;
+    }
+    rt.dns = m.dns;
+    resolve_now(m.dns, m.loop, snap->cfg, 2000);
+    qx_runtime_refresh(&rt);
+    uv_async_init(m.loop, &m.names, on_names);
+    m.names.data = &m;
+    rt.names_async = &m.names;
+    uv_timer_init(m.loop, &m.ready_timer);
+    m.ready_timer.data = &m;
     uv_async_init(m.loop, &m.exited, on_exited);
     m.exited.data = &m;
     uv_async_init(m.loop, &m.started, on_started);
@@ -557,10 +729,12 @@ int main(int argc, char **argv)
     rt.drain_async = &m.drain;
     rt.workers = m.workers;
     rt.nworkers = nworkers;
+    qx_snapshot_t *cur = qx_runtime_snapshot(&rt); /* with the endpoints resolved above */
     for (unsigned i = 0; i < nworkers; i++) {
-        if (qx_worker_init(&m.workers[i], i, &shared, snap) != 0)
+        if (qx_worker_init(&m.workers[i], i, &shared, cur) != 0)
             return 1; /* the reason is logged; nothing has run yet */
     }
+    qx_snapshot_unref(cur);
     if (nworkers > 1) {
         /* The sockets were bound in worker order: index i is worker i. */
         int serr = qx_steer_attach(qx_quic_ep_fd(m.workers[0].quic), nworkers);
@@ -588,6 +762,8 @@ int main(int argc, char **argv)
         QX_ERROR("%s", err); /* a taken port is a run-time failure, not a config error */
         return 1;
     }
+    m.admin = admin;
+    fd_budget(&shared.fds);
     for (unsigned i = 0; i < nworkers; i++) {
         if (qx_worker_start(&m.workers[i]) != 0) {
             QX_ERROR("cannot start worker thread %u", i);

@@ -50,6 +50,16 @@ const char *qx_metrics_proto_name(int idx)
     return idx >= 0 && idx < QX_P_COUNT ? names[idx] : "h3";
 }
 
+const char *qx_metrics_defence_name(int idx)
+{
+    static const char *const names[QX_D_COUNT] = {
+        "h2_reset_flood",   "reset_before_upstream", "h2_protocol_error",      "client_stalled",
+        "upstream_stalled", "tcp_connections",       "tcp_connections_per_ip", "fd_reserve",
+        "upstream_queued",  "upstream_queue_full",
+    };
+    return idx >= 0 && idx < QX_D_COUNT ? names[idx] : "other";
+}
+
 void qx_metrics_request(qx_metrics_t *m, int proto, int method, int status, const char *upstream,
                         double seconds)
 {
@@ -63,7 +73,7 @@ void qx_metrics_request(qx_metrics_t *m, int proto, int method, int status, cons
         }
     }
     if (row == NULL) {
-        if (m->nreq < QX_METRICS_ROWS) {
+        if (m->nreq < QX_METRICS_ROWS - 1) {
             row = &m->req[m->nreq];
             row->upstream = intern(upstream);
             row->proto = (uint8_t)proto;
@@ -71,7 +81,17 @@ void qx_metrics_request(qx_metrics_t *m, int proto, int method, int status, cons
             row->status = (uint16_t)status;
             publish(&m->nreq, m->nreq + 1);
         } else {
+            /* The last row takes the rest, under labels that name no one
+             * (status 0, method OTHER, upstream _other), never another
+             * row's upstream. */
             row = &m->req[QX_METRICS_ROWS - 1];
+            if (m->nreq < QX_METRICS_ROWS) {
+                row->upstream = intern(QX_METRICS_OTHER);
+                row->proto = (uint8_t)proto;
+                row->method = QX_M_OTHER;
+                row->status = 0;
+                publish(&m->nreq, QX_METRICS_ROWS);
+            }
         }
     }
     qx_cnt_add(&row->count, 1);
@@ -84,13 +104,19 @@ void qx_metrics_request(qx_metrics_t *m, int proto, int method, int status, cons
         }
     }
     if (h == NULL) {
-        if (m->nhist < QX_ARRAY_LEN(m->hist)) {
+        size_t cap = QX_ARRAY_LEN(m->hist);
+        if (m->nhist < cap - 1) {
             h = &m->hist[m->nhist];
             h->upstream = intern(upstream);
             h->method = (uint16_t)method;
             publish(&m->nhist, m->nhist + 1);
         } else {
-            h = &m->hist[QX_ARRAY_LEN(m->hist) - 1];
+            h = &m->hist[cap - 1];
+            if (m->nhist < cap) {
+                h->upstream = intern(QX_METRICS_OTHER);
+                h->method = QX_M_OTHER;
+                publish(&m->nhist, cap);
+            }
         }
     }
     size_t b = 0;
@@ -103,19 +129,27 @@ void qx_metrics_request(qx_metrics_t *m, int proto, int method, int status, cons
     qx_cnt_add(&h->sum_us, (uint64_t)(seconds * 1e6));
 }
 
-qx_metrics_up_row_t *qx_metrics_upstream(qx_metrics_t *m, const char *upstream)
+qx_metrics_up_row_t *qx_metrics_upstream(qx_metrics_t *m, const char *upstream, const char *address)
 {
     for (size_t i = 0; i < m->nup; i++) {
-        if (label_eq(m->up[i].upstream, upstream))
+        if (label_eq(m->up[i].upstream, upstream) && label_eq(m->up[i].address, address))
             return &m->up[i];
     }
-    if (m->nup < QX_ARRAY_LEN(m->up)) {
+    size_t cap = QX_ARRAY_LEN(m->up);
+    if (m->nup < cap - 1) {
         qx_metrics_up_row_t *r = &m->up[m->nup];
         r->upstream = intern(upstream);
+        r->address = intern(address);
         publish(&m->nup, m->nup + 1);
         return r;
     }
-    return &m->up[QX_ARRAY_LEN(m->up) - 1];
+    qx_metrics_up_row_t *r = &m->up[cap - 1];
+    if (m->nup < cap) {
+        r->upstream = intern(QX_METRICS_OTHER);
+        r->address = intern(QX_METRICS_OTHER);
+        publish(&m->nup, cap);
+    }
+    return r;
 }
 
 void qx_metrics_free(qx_metrics_t *m)
@@ -126,7 +160,9 @@ void qx_metrics_free(qx_metrics_t *m)
         free((void *)m->req[i].upstream);
     for (size_t i = 0; i < m->nhist; i++)
         free((void *)m->hist[i].upstream);
-    for (size_t i = 0; i < m->nup; i++)
+    for (size_t i = 0; i < m->nup; i++) {
         free((void *)m->up[i].upstream);
+        free((void *)m->up[i].address);
+    }
     memset(m, 0, sizeof(*m));
 }

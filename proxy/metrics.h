@@ -30,10 +30,34 @@ enum {
 enum { QX_P_H3, QX_P_H2, QX_P_H1, QX_P_COUNT };
 const char *qx_metrics_proto_name(int idx);
 
+/* Defences against hostile clients and upstreams: each counts when it
+ * fires (the `defence` label of qrux_defence_total). */
+enum {
+    QX_D_H2_RESET_FLOOD,        /* HTTP/2 connection over its stream-reset budget: GOAWAY */
+    QX_D_RESET_BEFORE_UPSTREAM, /* a stream reset before its upstream was asked for */
+    QX_D_H2_PROTOCOL_ERROR,     /* HTTP/2 connection ended on a protocol error or a flood */
+    QX_D_CLIENT_STALLED,        /* response stream ended: the client read nothing for too long */
+    QX_D_UPSTREAM_STALLED,      /* response stream ended: the upstream sent nothing for too long */
+    QX_D_TCP_CONN_LIMIT,        /* HTTPS connection refused: max_tcp_connections */
+    QX_D_TCP_CONN_LIMIT_PER_IP, /* ... max_tcp_connections_per_ip */
+    QX_D_FD_RESERVE,            /* connection refused to keep descriptors in reserve */
+    QX_D_UPSTREAM_QUEUED,       /* request waited for max_connections_per_upstream */
+    QX_D_UPSTREAM_QUEUE_FULL,   /* 503: the wait queue for an upstream was full */
+    QX_D_COUNT
+};
+const char *qx_metrics_defence_name(int idx);
+
 #define QX_HIST_NBUCKETS 12 /* the last is +Inf */
 extern const double qx_hist_bounds[QX_HIST_NBUCKETS - 1];
 
 #define QX_METRICS_ROWS 512
+/* Per-upstream rows: twice QX_CONFIG_MAX_UPSTREAMS (config.h; change them
+ * together), so every upstream of a config, and of the one before a reload,
+ * has its own. */
+#define QX_METRICS_UP_ROWS 2048
+/* The label of the row that takes what no longer fits in a table: never
+ * another upstream's name (config names are host:port). */
+#define QX_METRICS_OTHER "_other"
 
 typedef struct qx_metrics_req_row {
     const char *upstream; /* interned label, "" when no upstream was chosen */
@@ -52,7 +76,8 @@ typedef struct qx_metrics_hist_row {
 } qx_metrics_hist_row_t;
 
 typedef struct qx_metrics_up_row {
-    const char *upstream;
+    const char *upstream; /* as configured (a name or an address) */
+    const char *address;  /* the endpoint's "ip:port" */
     uint64_t timeouts;
     uint64_t connect_errors;  /* refused / unreachable */
     uint64_t protocol_errors; /* malformed response */
@@ -66,7 +91,7 @@ typedef struct qx_metrics {
     size_t nreq; /* published with release; rows below it are stable */
     qx_metrics_hist_row_t hist[QX_METRICS_ROWS / 4];
     size_t nhist;
-    qx_metrics_up_row_t up[QX_METRICS_ROWS / 4];
+    qx_metrics_up_row_t up[QX_METRICS_UP_ROWS];
     size_t nup;
     uint64_t active_connections_h3;
     uint64_t active_connections_h2; /* HTTPS fallback connections that chose h2 */
@@ -83,6 +108,7 @@ typedef struct qx_metrics {
     uint64_t request_body_rejected;
     uint64_t streams_reset_by_client;
     uint64_t quic_forwarded; /* datagrams another worker received for our connections */
+    uint64_t defences[QX_D_COUNT];
 } qx_metrics_t;
 
 /* Index of a method name in the QX_M_* set; QX_M_OTHER for anything else. */
@@ -103,9 +129,12 @@ static inline void qx_cnt_sub(uint64_t *c, uint64_t n)
 void qx_metrics_request(qx_metrics_t *m, int proto, int method, int status, const char *upstream,
                         double seconds);
 
-/* The per-upstream row for |upstream| (created on first use); never NULL:
- * past capacity the last row is shared. */
-qx_metrics_up_row_t *qx_metrics_upstream(qx_metrics_t *m, const char *upstream);
+/* The per-endpoint row for |upstream| at |address| (created on first use);
+ * never NULL: past capacity the last row, labelled QX_METRICS_OTHER (both
+ * labels), is shared (the addresses of a name come and go, so the capacity
+ * is what bounds the label space). */
+qx_metrics_up_row_t *qx_metrics_upstream(qx_metrics_t *m, const char *upstream,
+                                         const char *address);
 
 /* Releases interned labels. */
 void qx_metrics_free(qx_metrics_t *m);

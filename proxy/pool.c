@@ -38,6 +38,67 @@ int qx_pool_new(qx_pool_t **out, uv_loop_t *loop, const struct sockaddr *addr, s
     return 0;
 }
 
+/* ---- descriptors and waiters -------------------------------------------- */
+
+int qx_fd_take(qx_fd_budget_t *b)
+{
+    if (b == NULL)
+        return 0;
+    unsigned n = __atomic_add_fetch(&b->used, 1, __ATOMIC_RELAXED);
+    if (b->limit > 0 && n > b->limit) {
+        __atomic_sub_fetch(&b->used, 1, __ATOMIC_RELAXED);
+        return QX_ERR_LIMIT;
+    }
+    return 0;
+}
+
+void qx_fd_give(qx_fd_budget_t *b)
+{
+    if (b != NULL)
+        __atomic_sub_fetch(&b->used, 1, __ATOMIC_RELAXED);
+}
+
+int qx_pool_wait(qx_pool_t *p, qx_pool_wait_t *wt)
+{
+    if (p->nwaiters >= QX_MAX(p->max_conns, 1u))
+        return QX_ERR_LIMIT;
+    wt->next = NULL;
+    wt->prev = p->waiters_tail;
+    if (p->waiters_tail)
+        p->waiters_tail->next = wt;
+    else
+        p->waiters = wt;
+    p->waiters_tail = wt;
+    p->nwaiters++;
+    return 0;
+}
+
+void qx_pool_unwait(qx_pool_t *p, qx_pool_wait_t *wt)
+{
+    if (wt->prev == NULL && p->waiters != wt)
+        return; /* not queued */
+    if (wt->prev)
+        wt->prev->next = wt->next;
+    else
+        p->waiters = wt->next;
+    if (wt->next)
+        wt->next->prev = wt->prev;
+    else
+        p->waiters_tail = wt->prev;
+    wt->prev = wt->next = NULL;
+    p->nwaiters--;
+}
+
+/* A connection closed or went idle: the oldest waiter may try again. */
+static void kick_waiter(qx_pool_t *p)
+{
+    qx_pool_wait_t *wt = p->waiters;
+    if (wt == NULL)
+        return;
+    qx_pool_unwait(p, wt);
+    wt->ready(wt);
+}
+
 /* ---- idle list ---------------------------------------------------------- */
 
 static void idle_unlink(qx_pool_t *p, qx_upconn_t *uc)
@@ -93,6 +154,8 @@ static void busy_unlink(qx_pool_t *p, qx_upconn_t *uc)
 static void on_close(uv_handle_t *h)
 {
     qx_upconn_t *uc = qx_container_of(h, qx_upconn_t, tcp);
+    if (uc->fd_taken)
+        qx_fd_give(uc->fds);
     free(uc);
 }
 
@@ -113,6 +176,8 @@ static void upconn_close(qx_upconn_t *uc)
     uc->user = NULL;
     uc->cb = NULL;
     uv_close((uv_handle_t *)&uc->tcp, on_close);
+    if (p)
+        kick_waiter(p);
 }
 
 void qx_pool_del(qx_pool_t *p)
@@ -132,6 +197,9 @@ void qx_pool_del(qx_pool_t *p)
         uc->pool = NULL;
     }
     p->row = NULL;
+    /* Waiters try again and find no pool (a 502): none may point here. */
+    while (p->waiters)
+        kick_waiter(p);
     free(p);
 }
 
@@ -192,24 +260,20 @@ static void on_connect(uv_connect_t *req, int status)
 
 /* ---- public ------------------------------------------------------------- */
 
-/* A socket the peer closed while idle reads EOF at once; MSG_PEEK tells
- * without consuming anything. Idle connections are read, so a close that
- * came before this loop iteration has already evicted the connection: only
- * one idle for a while (QX_POOL_PEEK_AFTER_MS) is peeked, and a close that
- * races a quick reuse is left to the exchange's retry. That saves a
- * syscall on every request of a busy pool. */
+/* An idle keep-alive connection must hold nothing: a byte waiting in the
+ * socket is a response nobody asked for (handing the connection out would
+ * deliver it to the next request), and EOF or an error means it is gone.
+ * The idle read watcher evicts such a connection only when the loop polls,
+ * which may be after this checkout in the same turn, so every checkout
+ * looks with a non-blocking MSG_PEEK: one syscall that consumes nothing. */
 static int still_open(qx_upconn_t *uc)
 {
     uv_os_fd_t fd;
     char c;
-    if (uv_now(uc->pool->loop) - uc->idle_since_ms < QX_POOL_PEEK_AFTER_MS)
-        return 1;
     if (uv_fileno((uv_handle_t *)&uc->tcp, &fd) != 0)
         return 0;
     ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
-        return 1;
-    return 0;
+    return n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 int qx_pool_checkout(qx_pool_t *p, void *user, const qx_upconn_cb_t *cb, int fresh_only,
@@ -234,14 +298,23 @@ int qx_pool_checkout(qx_pool_t *p, void *user, const qx_upconn_cb_t *cb, int fre
         return 0;
     }
 
+    if (p->max_conns > 0 && p->nidle + p->nbusy >= p->max_conns)
+        return QX_ERR_LIMIT;
     qx_upconn_t *uc = calloc(1, sizeof(*uc));
     if (uc == NULL)
         return QX_ERR_NOMEM;
+    if (qx_fd_take(p->fds) != 0) {
+        free(uc);
+        return QX_ERR_LIMIT;
+    }
+    uc->fds = p->fds;
+    uc->fd_taken = 1;
     uc->pool = p;
     uc->user = user;
     uc->cb = cb;
     uc->state = QX_UC_CONNECTING;
     if (uv_tcp_init(p->loop, &uc->tcp) != 0) {
+        qx_fd_give(uc->fds);
         free(uc);
         return QX_ERR_IO;
     }
@@ -277,6 +350,7 @@ void qx_pool_release(qx_upconn_t *uc, int reusable)
     gauges(p);
     uc->reading = 1;
     uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_read);
+    kick_waiter(p);
 }
 
 void qx_pool_close_idle(qx_pool_t *p)

@@ -5,8 +5,8 @@
  * A qx_upconn_t is a thin TCP wrapper (connect, one write at a time, read
  * start/stop, close); the HTTP/1.1 logic lives in the exchange that uses
  * it. The pool hands out an idle connection checked alive (an idle socket
- * is watched for EOF, and one idle for QX_POOL_PEEK_AFTER_MS or more is
- * peeked once more at checkout), or starts a new
+ * is watched for EOF and stray bytes, and peeked once more at checkout:
+ * one with anything to read is never handed out), or starts a new
  * connect. At most max_idle connections stay idle; idle ones older than
  * idle_timeout_ms are closed by qx_pool_sweep().
  *
@@ -25,10 +25,32 @@
 
 #define QX_UPCONN_RBUF 512   /* the connection's own read buffer (idle reads; users bring theirs) */
 #define QX_UPCONN_MAX_BUFS 8 /* buffers in one qx_upconn_write */
-#define QX_POOL_PEEK_AFTER_MS 200 /* idle this long: checked with MSG_PEEK at checkout */
 
 typedef struct qx_pool qx_pool_t;
 typedef struct qx_upconn qx_upconn_t;
+
+/* Descriptors the process may still open for client and upstream
+ * connections: the soft RLIMIT_NOFILE less what was open at start and a
+ * reserve kept for the admin server, probes, config reloads and logs, so
+ * that a flood of connections never starves them. Shared by every worker;
+ * |used| is atomic. */
+typedef struct qx_fd_budget {
+    unsigned used;
+    unsigned limit;
+} qx_fd_budget_t;
+
+/* Takes one descriptor from the budget (NULL: no budget). Returns 0, or
+ * QX_ERR_LIMIT when the reserve would be touched. */
+int qx_fd_take(qx_fd_budget_t *b);
+void qx_fd_give(qx_fd_budget_t *b);
+
+/* A request waiting for a connection to an upstream at its
+ * max_connections: ready() is called (from the pool, once) when one may be
+ * had; the waiter then asks again with qx_pool_checkout. */
+typedef struct qx_pool_wait {
+    struct qx_pool_wait *prev, *next;
+    void (*ready)(struct qx_pool_wait *wt);
+} qx_pool_wait_t;
 
 /* What an upstream connection reports to its current user. */
 typedef struct qx_upconn_cb {
@@ -54,7 +76,9 @@ struct qx_upconn {
     int writing;
     int reading;
     int connect_failed;
-    unsigned nrequests; /* responses completed on this connection */
+    int fd_taken;        /* counted in fds */
+    qx_fd_budget_t *fds; /* the pool's, kept: the pool may be gone at close */
+    unsigned nrequests;  /* responses completed on this connection */
     uint64_t idle_since_ms;
     char rbuf[QX_UPCONN_RBUF];
 };
@@ -64,6 +88,11 @@ struct qx_pool {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     unsigned max_idle;
+    unsigned max_conns;      /* idle + busy at most (0: no cap) */
+    qx_fd_budget_t *fds;     /* may be NULL */
+    qx_pool_wait_t *waiters; /* oldest first; at most max_conns of them */
+    qx_pool_wait_t *waiters_tail;
+    unsigned nwaiters;
     uint64_t idle_timeout_ms;
     qx_upconn_t *idle_head; /* most recently used first */
     qx_upconn_t *idle_tail;
@@ -87,12 +116,21 @@ void qx_pool_del(qx_pool_t *p);
 /*
  * Gives |user| a connection: an idle one that is still open (*reused = 1,
  * usable at once), or a new one whose connect has started (*reused = 0;
- * cb->on_connect follows). Returns 0, QX_ERR_NOMEM, or QX_ERR_IO when the
- * connect could not even start (cb is not called then).
+ * cb->on_connect follows). Returns 0, QX_ERR_NOMEM, QX_ERR_IO when the
+ * connect could not even start (cb is not called then), or QX_ERR_LIMIT
+ * when the pool holds max_conns connections or the fd budget is spent
+ * (wait with qx_pool_wait).
  * |fresh_only| skips idle connections (the retry after a failed reuse).
  */
 int qx_pool_checkout(qx_pool_t *p, void *user, const qx_upconn_cb_t *cb, int fresh_only,
                      qx_upconn_t **out, int *reused);
+
+/* Queues |wt| until a connection may be had. Returns 0, or QX_ERR_LIMIT
+ * when max_conns requests wait already (answer 503). */
+int qx_pool_wait(qx_pool_t *p, qx_pool_wait_t *wt);
+
+/* Leaves the queue (the request ended first). Accepts a waiter not queued. */
+void qx_pool_unwait(qx_pool_t *p, qx_pool_wait_t *wt);
 
 /* Ends the user's use: back to the idle list when reusable (and the pool
  * has room), otherwise closed. No callback reaches the user afterwards. */

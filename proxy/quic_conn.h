@@ -41,7 +41,8 @@ struct qx_quic_conn {
     int handshake_done;
     int paced;    /* the flight that completed the handshake was written (qx_quic_conn_write) */
     int rx_early; /* the stream data being read came in 0-RTT */
-    int counted;  /* counted in the process and per-IP connection totals */
+    uint64_t rx_passed;                /* body bytes of the read in progress h3_recv_data took */
+    int counted;                       /* counted in the process and per-IP connection totals */
     struct qx_ipcount_entry *ip_entry; /* counted toward its address's cap (ipcount.h) */
     qx_h3_ctrl_t h3ctrl;               /* the client control stream's MAX_PUSH_ID rule */
     int goaway;

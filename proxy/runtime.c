@@ -15,6 +15,9 @@ int qx_runtime_init(qx_runtime_t *rt, qx_snapshot_t *snap)
     if (pthread_mutex_init(&rt->lock, NULL) != 0)
         return QX_ERR_NOMEM;
     rt->snap = snap;
+    rt->epoch = 1;
+    snap->epoch = 1;
+    qx_health_tab_init(&rt->health);
     rt->source = QX_SRC_FILE;
     gettimeofday(&tv, NULL);
     rt->start_time = (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
@@ -25,6 +28,7 @@ void qx_runtime_free(qx_runtime_t *rt)
 {
     qx_snapshot_unref(rt->snap);
     rt->snap = NULL;
+    qx_health_tab_free(&rt->health);
     pthread_mutex_destroy(&rt->lock);
 }
 
@@ -75,6 +79,16 @@ static const char *restart_field(const qx_config_t *old, const qx_config_t *cfg)
         return "server.early_data";
     if (!str_eq(old->ticket_key_file, cfg->ticket_key_file))
         return "server.ticket_key_file";
+    /* The resolver is set up once (main.c); its TTL bounds follow reloads. */
+    if (!str_eq(old->dns.servers, cfg->dns.servers))
+        return "dns.servers";
+    if (old->dns.ndots != cfg->dns.ndots)
+        return "dns.ndots";
+    int same = old->dns.nsearch == cfg->dns.nsearch;
+    for (size_t i = 0; same && i < cfg->dns.nsearch; i++)
+        same = str_eq(old->dns.search[i], cfg->dns.search[i]);
+    if (!same)
+        return "dns.search";
     return NULL;
 }
 
@@ -106,13 +120,14 @@ int qx_runtime_publish(qx_runtime_t *rt, qx_config_t *cfg, int source, uint64_t 
         count(rt, source, QX_RELOAD_RESTART);
         return QX_ERR_CONFIG;
     }
-    int rv = qx_snapshot_new(&snap, cfg, old->generation + 1);
+    int rv = qx_snapshot_new(&snap, cfg, old->generation + 1, rt->dns, &rt->health);
     if (rv != 0) {
         pthread_mutex_unlock(&rt->lock);
         snprintf(err, errlen, "out of memory");
         count(rt, source, QX_RELOAD_ERROR);
         return rv;
     }
+    snap->epoch = ++rt->epoch;
     rt->snap = snap;
     rt->source = source;
     rt->last_error[0] = '\0';
@@ -126,7 +141,40 @@ int qx_runtime_publish(qx_runtime_t *rt, qx_config_t *cfg, int source, uint64_t 
     for (unsigned i = 0; i < rt->nworkers; i++)
         qx_worker_notify(&rt->workers[i]);
     qx_snapshot_unref(old); /* workers and requests hold their own references */
+    uv_async_t *names = __atomic_load_n(&rt->names_async, __ATOMIC_ACQUIRE);
+    if (names)
+        uv_async_send(names);
     return 0;
+}
+
+int qx_runtime_refresh(qx_runtime_t *rt)
+{
+    qx_snapshot_t *snap = NULL;
+    pthread_mutex_lock(&rt->lock);
+    qx_snapshot_t *old = rt->snap;
+    int rv = qx_snapshot_derive(&snap, old, rt->dns, &rt->health);
+    if (rv != 0) {
+        pthread_mutex_unlock(&rt->lock);
+        QX_ERROR("dns: out of memory: new addresses not in force");
+        return rv;
+    }
+    snap->epoch = ++rt->epoch;
+    rt->snap = snap;
+    pthread_mutex_unlock(&rt->lock);
+    QX_DEBUG("endpoints: epoch %llu in force (%zu endpoints, generation %llu)",
+             (unsigned long long)snap->epoch, snap->neps, (unsigned long long)snap->generation);
+    for (unsigned i = 0; i < rt->nworkers; i++)
+        qx_worker_notify(&rt->workers[i]);
+    qx_snapshot_unref(old);
+    return 0;
+}
+
+uint64_t qx_runtime_epoch(qx_runtime_t *rt)
+{
+    pthread_mutex_lock(&rt->lock);
+    uint64_t e = rt->snap->epoch;
+    pthread_mutex_unlock(&rt->lock);
+    return e;
 }
 
 void qx_runtime_reject(qx_runtime_t *rt, int source, const char *err)

@@ -12,6 +12,7 @@
 #ifndef QX_RUNTIME_H
 #define QX_RUNTIME_H
 
+#include "health.h"
 #include "snapshot.h"
 #include "worker.h"
 
@@ -44,6 +45,10 @@ typedef struct qx_runtime {
     uint64_t reloads[QX_SRC_COUNT][QX_RELOAD_COUNT]; /* atomic counters */
     uv_async_t *drain_async;                         /* the main loop's: starts the drain */
     const uint64_t *early_refused;                   /* atomic: 0-RTT refused as replays (tls.h) */
+    uint64_t epoch;          /* under lock: the last snapshot's epoch (snapshot.h) */
+    qx_dns_t *dns;           /* set once before the workers start; NULL: no resolver */
+    uv_async_t *names_async; /* the main loop's: a new config may name other hosts */
+    qx_health_tab_t health;  /* passive health of every endpoint */
 } qx_runtime_t;
 
 /* Takes ownership of the first snapshot. Returns 0 or QX_ERR_NOMEM. */
@@ -68,6 +73,15 @@ uint64_t qx_runtime_generation(qx_runtime_t *rt);
  */
 int qx_runtime_publish(qx_runtime_t *rt, qx_config_t *cfg, int source, uint64_t if_match,
                        uint64_t *gen, char *err, size_t errlen);
+
+/* Publishes a snapshot derived from the one in force with the endpoints
+ * the resolver knows now: same config and generation, new epoch, every
+ * worker told (the user-visible generation stays). Returns 0 or
+ * QX_ERR_NOMEM. Thread-safe. */
+int qx_runtime_refresh(qx_runtime_t *rt);
+
+/* The epoch in force (changes with every snapshot, DNS ones too). */
+uint64_t qx_runtime_epoch(qx_runtime_t *rt);
 
 /* Records a rejected update (bad file or body) for GET /config and the
  * counters, without touching the snapshot. Thread-safe. */

@@ -85,6 +85,8 @@ struct qx_tcp_conn {
     const qx_tcp_app_ops_t *ops;
     void *app;
     uint64_t *gauge; /* the active-connections gauge counting this one, or NULL */
+    int counted;     /* in the process's tcp_conns and fd budget, and its IP's count */
+    struct qx_tcp_ip *ip;
     struct sockaddr_storage peer;
     char sni[256]; /* lowercased SNI host name, "" without one */
 };

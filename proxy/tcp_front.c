@@ -25,6 +25,7 @@
 #include "h2_front.h"
 #include "log.h"
 #include "qx.h"
+#include "siphash.h"
 #include "tcp_conn.h"
 #include "worker.h"
 
@@ -35,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #define RBIO_MAX (64 * 1024)   /* ciphertext waiting for the front before reads stop */
@@ -44,6 +46,14 @@
 #define LINGER_MS 2000         /* reading to discard after our FIN, at most */
 #define LINGER_BYTES (1 << 20) /* ... and at most this much */
 #define LISTEN_BACKLOG 511
+#define IP_BUCKETS 1024 /* per-IP connection counts: hash buckets per worker */
+
+/* Open connections from one client address (IPv4 as IPv4-mapped IPv6). */
+typedef struct qx_tcp_ip {
+    struct qx_tcp_ip *next;
+    uint8_t addr[16];
+    unsigned n;
+} qx_tcp_ip_t;
 
 /* TLS 1.2: ECDHE key exchange and AEAD ciphers only (forward secrecy, no
  * CBC, no RSA key transport). TLS 1.3 keeps OpenSSL's default suites. */
@@ -72,7 +82,9 @@ struct qx_tcp_front {
     qx_tcp_conn_t *conns;
     qx_tcp_conn_t *dirty;
     unsigned nconns;
-    uint64_t altsvc_gen; /* snapshot generation altsvc was built from */
+    uint64_t altsvc_gen;          /* snapshot generation altsvc was built from */
+    qx_tcp_ip_t *ips[IP_BUCKETS]; /* keyed with ip_key: a peer cannot pick its bucket */
+    uint8_t ip_key[16];
     char altsvc[64];
     size_t altsvclen;
     char rbuf[64 * 1024]; /* uv_read lands here; copied into a BIO at once */
@@ -551,6 +563,56 @@ static void on_conn_handle_closed(uv_handle_t *h)
         free(c);
 }
 
+/* ---- per-IP counts ------------------------------------------------------- */
+
+static void ip_bytes(const struct sockaddr_storage *ss, uint8_t out[16])
+{
+    memset(out, 0, 16);
+    if (ss->ss_family == AF_INET6) {
+        memcpy(out, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    } else {
+        out[10] = out[11] = 0xff;
+        memcpy(out + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    }
+}
+
+/* Counts a connection from |ss|. Returns its entry, or NULL when the
+ * address has max connections already (or memory is short). */
+static qx_tcp_ip_t *ip_take(qx_tcp_front_t *f, const struct sockaddr_storage *ss, unsigned max)
+{
+    uint8_t a[16];
+    ip_bytes(ss, a);
+    size_t b = (size_t)(qx_siphash24(f->ip_key, a, 16) % IP_BUCKETS);
+    qx_tcp_ip_t *e = f->ips[b];
+    while (e && memcmp(e->addr, a, 16) != 0)
+        e = e->next;
+    if (e == NULL) {
+        if ((e = calloc(1, sizeof(*e))) == NULL)
+            return NULL;
+        memcpy(e->addr, a, 16);
+        e->next = f->ips[b];
+        f->ips[b] = e;
+    }
+    if (e->n >= max)
+        return NULL;
+    e->n++;
+    return e;
+}
+
+static void ip_give(qx_tcp_front_t *f, qx_tcp_ip_t *e)
+{
+    if (--e->n > 0)
+        return;
+    size_t b = (size_t)(qx_siphash24(f->ip_key, e->addr, 16) % IP_BUCKETS);
+    for (qx_tcp_ip_t **pp = &f->ips[b]; *pp; pp = &(*pp)->next) {
+        if (*pp == e) {
+            *pp = e->next;
+            free(e);
+            return;
+        }
+    }
+}
+
 /* Frees everything now; the struct goes once both handles have closed.
  * Never called from inside a front or exchange callback. */
 static void conn_teardown(qx_tcp_conn_t *c)
@@ -571,6 +633,15 @@ static void conn_teardown(qx_tcp_conn_t *c)
     if (c->next)
         c->next->prev = c->prev;
     f->nconns--;
+    if (c->counted) {
+        c->counted = 0;
+        __atomic_sub_fetch(&c->w->shared->tcp_conns, 1, __ATOMIC_RELAXED);
+        qx_fd_give(&c->w->shared->fds);
+    }
+    if (c->ip) {
+        ip_give(f, c->ip);
+        c->ip = NULL;
+    }
     if (c->gauge) {
         qx_cnt_sub(c->gauge, 1);
         c->gauge = NULL;
@@ -693,6 +764,30 @@ static void on_flush(uv_check_t *h)
 /* Accepting                                                                */
 /* ------------------------------------------------------------------------ */
 
+/* The caps a new connection must pass: descriptors kept in reserve, the
+ * process's max_tcp_connections, its address's max_tcp_connections_per_ip.
+ * Returns 0, or QX_ERR_LIMIT (counted) when it is to be closed. */
+static int admit(qx_tcp_front_t *f, qx_tcp_conn_t *c)
+{
+    qx_worker_t *w = f->w;
+    const qx_limits_t *l = &w->snap->cfg->limits;
+    qx_shared_t *sh = w->shared;
+    if (qx_fd_take(&sh->fds) != 0) {
+        qx_cnt_add(&w->metrics.defences[QX_D_FD_RESERVE], 1);
+        return QX_ERR_LIMIT;
+    }
+    c->counted = 1;
+    if (__atomic_add_fetch(&sh->tcp_conns, 1, __ATOMIC_RELAXED) > l->max_tcp_connections) {
+        qx_cnt_add(&w->metrics.defences[QX_D_TCP_CONN_LIMIT], 1);
+        return QX_ERR_LIMIT;
+    }
+    if ((c->ip = ip_take(f, &c->peer, l->max_tcp_connections_per_ip)) == NULL) {
+        qx_cnt_add(&w->metrics.defences[QX_D_TCP_CONN_LIMIT_PER_IP], 1);
+        return QX_ERR_LIMIT;
+    }
+    return 0;
+}
+
 static void conn_accept(qx_tcp_front_t *f)
 {
     qx_worker_t *w = f->w;
@@ -715,6 +810,10 @@ static void conn_accept(qx_tcp_front_t *f)
     }
     int len = sizeof(c->peer);
     uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->peer, &len);
+    if (admit(f, c) != 0) {
+        conn_teardown(c); /* closed at once: no TLS, no timer, no byte read */
+        return;
+    }
     uv_tcp_nodelay(&c->tcp, 1);
 
     /* Under the lock: certificate rotation swaps the context (the SSL
@@ -788,6 +887,12 @@ int qx_tcp_front_new(qx_tcp_front_t **out, qx_worker_t *w, const struct sockaddr
         goto fail;
     if (bind(f->fd, addr, addrlen) == -1)
         goto fail;
+    if (getrandom(f->ip_key, sizeof(f->ip_key), 0) != (ssize_t)sizeof(f->ip_key)) {
+        QX_ERROR("tcp: getrandom: %s", strerror(errno));
+        close(f->fd);
+        free(f);
+        return QX_ERR_IO;
+    }
     *out = f;
     return 0;
 

@@ -56,6 +56,13 @@ void qx_shared_tls_swap(qx_shared_t *s, qx_tls_t *tls)
     qx_tls_unref(old);
 }
 
+/* What a pool takes from the config and the process besides its idle cap. */
+static void pool_limits(qx_worker_t *w, qx_pool_t *p, const qx_config_t *cfg)
+{
+    p->max_conns = cfg->limits.max_connections_per_upstream;
+    p->fds = &w->shared->fds;
+}
+
 int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot_t *snap)
 {
     const qx_config_t *cfg = snap->cfg;
@@ -68,19 +75,17 @@ int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot
     if (uv_loop_init(&w->loop) != 0)
         return QX_ERR_IO;
     w->snap = qx_snapshot_ref(snap);
-    w->pools = calloc(snap->nupstreams, sizeof(*w->pools));
-    w->rr = calloc(cfg->nroutes, sizeof(*w->rr));
-    if (w->pools == NULL || w->rr == NULL)
+    w->pools = calloc(snap->neps ? snap->neps : 1, sizeof(*w->pools));
+    if (w->pools == NULL)
         return QX_ERR_NOMEM;
-    for (size_t r = 0; r < cfg->nroutes; r++)
-        w->rr[r] = id; /* workers start their round-robin at different upstreams */
-    for (size_t i = 0; i < snap->nupstreams; i++) {
-        const qx_upstream_cfg_t *up = qx_snapshot_upstream(snap, i);
+    for (size_t i = 0; i < snap->neps; i++) {
+        const qx_endpoint_t *up = &snap->eps[i];
         rv = qx_pool_new(&w->pools[i], &w->loop, (const struct sockaddr *)&up->addr, up->addrlen,
                          cfg->limits.max_idle_connections_per_upstream, POOL_IDLE_TIMEOUT_MS,
-                         qx_metrics_upstream(&w->metrics, up->name));
+                         qx_metrics_upstream(&w->metrics, up->name, up->addrstr));
         if (rv != 0)
             return rv;
+        pool_limits(w, w->pools[i], cfg);
     }
     rv = qx_quic_ep_new(&w->quic, w, (const struct sockaddr *)&cfg->listen_addr,
                         cfg->listen_addrlen);
@@ -106,7 +111,7 @@ static void on_tick(uv_timer_t *t)
     qx_worker_t *w = qx_container_of(t, qx_worker_t, tick);
     uint64_t now = uv_now(&w->loop);
     __atomic_store_n(&w->last_tick_ms, uv_hrtime() / 1000000, __ATOMIC_RELAXED);
-    for (size_t i = 0; i < w->snap->nupstreams; i++) {
+    for (size_t i = 0; i < w->snap->neps; i++) {
         if (w->pools[i])
             qx_pool_sweep(w->pools[i], now);
     }
@@ -191,7 +196,7 @@ static void stop_now(qx_worker_t *w)
     w->quic = NULL;
     qx_tcp_front_close(w->tcp);
     w->tcp = NULL;
-    for (size_t i = 0; i < w->snap->nupstreams; i++) {
+    for (size_t i = 0; i < w->snap->neps; i++) {
         qx_pool_del(w->pools[i]);
         w->pools[i] = NULL;
     }
@@ -212,7 +217,7 @@ void qx_worker_maybe_done(qx_worker_t *w)
 
 qx_pool_t *qx_worker_pool_find(qx_worker_t *w, const struct sockaddr *addr, socklen_t len)
 {
-    for (size_t i = 0; i < w->snap->nupstreams; i++) {
+    for (size_t i = 0; i < w->snap->neps; i++) {
         qx_pool_t *p = w->pools[i];
         if (p && p->addrlen == len && memcmp(&p->addr, addr, len) == 0)
             return p;
@@ -233,24 +238,22 @@ qx_pool_t *qx_worker_pool_find(qx_worker_t *w, const struct sockaddr *addr, sock
 static void adopt_snapshot(qx_worker_t *w)
 {
     qx_snapshot_t *snap = qx_runtime_snapshot(w->shared->rt);
-    if (snap->generation <= w->snap->generation) {
+    if (snap->epoch == w->snap->epoch) {
         qx_snapshot_unref(snap);
         return;
     }
     qx_snapshot_t *old = w->snap;
-    qx_pool_t **pools = calloc(snap->nupstreams ? snap->nupstreams : 1, sizeof(*pools));
-    uint32_t *rr = calloc(snap->cfg->nroutes, sizeof(*rr));
-    if (pools == NULL || rr == NULL) {
+    qx_pool_t **pools = calloc(snap->neps ? snap->neps : 1, sizeof(*pools));
+    if (pools == NULL) {
         QX_ERROR("worker %u: out of memory adopting generation %llu; keeping %llu", w->id,
                  (unsigned long long)snap->generation, (unsigned long long)old->generation);
         free(pools);
-        free(rr);
         qx_snapshot_unref(snap);
         return;
     }
-    for (size_t i = 0; i < snap->nupstreams; i++) {
-        const qx_upstream_cfg_t *up = qx_snapshot_upstream(snap, i);
-        for (size_t j = 0; j < old->nupstreams; j++) {
+    for (size_t i = 0; i < snap->neps; i++) {
+        const qx_endpoint_t *up = &snap->eps[i];
+        for (size_t j = 0; j < old->neps; j++) {
             qx_pool_t *p = w->pools[j];
             if (p && p->addrlen == up->addrlen && memcmp(&p->addr, &up->addr, up->addrlen) == 0) {
                 pools[i] = p;
@@ -262,13 +265,15 @@ static void adopt_snapshot(qx_worker_t *w)
         if (pools[i] == NULL &&
             qx_pool_new(&pools[i], &w->loop, (const struct sockaddr *)&up->addr, up->addrlen,
                         snap->cfg->limits.max_idle_connections_per_upstream, POOL_IDLE_TIMEOUT_MS,
-                        qx_metrics_upstream(&w->metrics, up->name)) != 0)
+                        qx_metrics_upstream(&w->metrics, up->name, up->addrstr)) != 0)
             pools[i] = NULL; /* dispatch answers 502 for a missing pool */
+        if (pools[i])
+            pool_limits(w, pools[i], snap->cfg);
     }
     /* Pools the new snapshot dropped: requests that began under the old one
      * may still need them (a retry), so they retire instead of dying; the
      * tick deletes them once empty. They keep no idle connection. */
-    for (size_t j = 0; j < old->nupstreams; j++) {
+    for (size_t j = 0; j < old->neps; j++) {
         qx_pool_t *p = w->pools[j];
         if (p == NULL)
             continue;
@@ -278,15 +283,12 @@ static void adopt_snapshot(qx_worker_t *w)
         p->retired_next = w->retired;
         w->retired = p;
     }
-    for (size_t r = 0; r < snap->cfg->nroutes; r++)
-        rr[r] = w->id;
     free(w->pools);
-    free(w->rr);
     w->pools = pools;
-    w->rr = rr;
     w->snap = snap;
     qx_snapshot_unref(old);
-    QX_DEBUG("worker %u: generation %llu adopted", w->id, (unsigned long long)snap->generation);
+    QX_DEBUG("worker %u: generation %llu epoch %llu adopted (%zu endpoints)", w->id,
+             (unsigned long long)snap->generation, (unsigned long long)snap->epoch, snap->neps);
 }
 
 int qx_worker_forward(qx_worker_t *w, const struct sockaddr *local, socklen_t locallen,
@@ -385,13 +387,12 @@ void qx_worker_free(qx_worker_t *w)
     if (w->snap == NULL)
         return;
     if (w->pools) {
-        for (size_t i = 0; i < w->snap->nupstreams; i++)
+        for (size_t i = 0; i < w->snap->neps; i++)
             qx_pool_del(w->pools[i]);
     }
     del_retired(w);
     qx_exchange_cache_free(w);
     free(w->pools);
-    free(w->rr);
     while (w->inbox) {
         struct qx_fwd_pkt *next = w->inbox->next;
         free(w->inbox);

@@ -38,6 +38,8 @@ typedef struct qx_shared {
     uint8_t token_secret[32];  /* Retry and NEW_TOKEN tokens */
     qx_tls_keys_t *tls_keys;   /* session tickets, 0-RTT policy, anti-replay */
     unsigned quic_conns;       /* atomic: QUIC connections in the process */
+    unsigned tcp_conns;        /* atomic: HTTPS connections in the process */
+    qx_fd_budget_t fds;        /* client and upstream connections' descriptors */
     void (*on_worker_exit)(qx_worker_t *w, void *arg);  /* called on the worker thread */
     void (*on_worker_start)(qx_worker_t *w, void *arg); /* its loop is about to run; ditto */
     void *arg;
@@ -60,7 +62,6 @@ struct qx_worker {
     qx_snapshot_t *snap; /* the snapshot new requests use */
     qx_pool_t **pools;   /* [snap->nupstreams] */
     qx_pool_t *retired;  /* pools a newer snapshot dropped, kept while requests need them */
-    uint32_t *rr;        /* round-robin cursor per route */
     qx_metrics_t metrics;
     qx_quic_ep_t *quic;
     qx_tcp_front_t *tcp;      /* HTTPS fallback listener; NULL when not configured */

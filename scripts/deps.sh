@@ -20,7 +20,7 @@ set -eu
 # python3: CMakeLists.txt finds it (the e2e tests) to configure at all.
 BUILD="build-essential cmake pkg-config git ca-certificates python3
 libnghttp2-dev libssl-dev libgnutls28-dev libuv1-dev libcyaml-dev libyaml-dev node-llhttp
-libmicrohttpd-dev libjansson-dev libbpf-dev clang bpftool libcmocka-dev"
+libmicrohttpd-dev libjansson-dev libbpf-dev clang bpftool libcmocka-dev libc-ares-dev"
 # Packages taken from bookworm-backports, each as NAME:MINIMUM_VERSION (an
 # older one installed from bookworm is upgraded).
 BUILD_BACKPORTS="libngtcp2-dev:1.11.0 libngtcp2-crypto-gnutls-dev:1.11.0 libnghttp3-dev:1.8.0"
@@ -28,7 +28,8 @@ BUILD_BACKPORTS="libngtcp2-dev:1.11.0 libngtcp2-crypto-gnutls-dev:1.11.0 libnght
 # Runtime: the libraries `ldd qrux` shows beyond what debian:bookworm-slim has
 # (libgnutls30 is there; named anyway). Keep in step with BUILD's -dev
 # packages: a -dev moved to bookworm-backports moves its library here too.
-RUNTIME="libnghttp2-14 libgnutls30 libssl3 libuv1 libcyaml1 libyaml-0-2 libmicrohttpd12 libjansson4"
+RUNTIME="libnghttp2-14 libgnutls30 libssl3 libuv1 libcyaml1 libyaml-0-2 libmicrohttpd12 libjansson4
+libc-ares2"
 RUNTIME_BACKPORTS="libngtcp2-16:1.11.0 libngtcp2-crypto-gnutls8:1.11.0 libnghttp3-9:1.8.0"
 
 # Demo (`make run`): nginx-light as the backend, openssl for the self-signed
@@ -44,7 +45,7 @@ RUN_BACKPORTS="ngtcp2-client:1.11.0"
 # python3-cryptography (raw QUIC Initials in e2e/quicraw.py).
 TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
 python3-h2 python3-hpack podman buildah runc debootstrap clang-format libclang-rt-14-dev
-python3-cryptography"
+python3-cryptography dnsmasq-base"
 TEST_BACKPORTS=""
 
 # Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf.

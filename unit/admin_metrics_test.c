@@ -83,6 +83,7 @@ static qx_metrics_up_row_t *add_up(qx_metrics_t *m, const char *up)
 {
     qx_metrics_up_row_t *r = &m->up[m->nup++];
     r->upstream = up;
+    r->address = "10.9.9.9:80";
     return r;
 }
 
@@ -330,7 +331,7 @@ static void test_label_escaping(void **state)
     assert_line(t, "qrux_http_requests_total{method=\"GET\",status=\"200\",upstream="
                    "\"we\\\"ird\\\\name\\nx\",protocol=\"h3\"} 1");
     assert_line(t, "qrux_upstream_pool_connections{upstream=\"we\\\"ird\\\\name\\nx\","
-                   "state=\"idle\"} 2");
+                   "address=\"10.9.9.9:80\",state=\"idle\"} 2");
     assert_line(t, "qrux_build_info{version=\"v\\\"1\\\\\"} 1");
     assert_well_formed(t);
 }
@@ -353,19 +354,28 @@ static void test_upstream_rows(void **state)
 
     const char *t = render(f, 2);
     assert_line(t, "# TYPE qrux_upstream_pool_connections gauge");
-    assert_line(t, "qrux_upstream_pool_connections{upstream=\"10.0.0.1:80\",state=\"idle\"} 7");
-    assert_line(t, "qrux_upstream_pool_connections{upstream=\"10.0.0.1:80\",state=\"busy\"} 1");
-    assert_line(t, "qrux_upstream_pool_connections{upstream=\"10.0.0.2:80\",state=\"idle\"} 0");
-    assert_line(t, "qrux_upstream_pool_connections{upstream=\"10.0.0.2:80\",state=\"busy\"} 7");
+    assert_line(t, "qrux_upstream_pool_connections{upstream=\"10.0.0.1:80\",address=\"10.9.9.9:"
+                   "80\",state=\"idle\"} 7");
+    assert_line(t, "qrux_upstream_pool_connections{upstream=\"10.0.0.1:80\",address=\"10.9.9.9:"
+                   "80\",state=\"busy\"} 1");
+    assert_line(t, "qrux_upstream_pool_connections{upstream=\"10.0.0.2:80\",address=\"10.9.9.9:"
+                   "80\",state=\"idle\"} 0");
+    assert_line(t, "qrux_upstream_pool_connections{upstream=\"10.0.0.2:80\",address=\"10.9.9.9:"
+                   "80\",state=\"busy\"} 7");
     assert_line(t, "# TYPE qrux_upstream_timeouts_total counter");
-    assert_line(t, "qrux_upstream_timeouts_total{upstream=\"10.0.0.1:80\"} 3");
-    assert_line(t, "qrux_upstream_timeouts_total{upstream=\"10.0.0.2:80\"} 0");
-    assert_line(t, "# TYPE qrux_upstream_errors_total counter");
-    assert_line(t, "qrux_upstream_errors_total{upstream=\"10.0.0.1:80\",kind=\"connect\"} 1");
-    assert_line(t, "qrux_upstream_errors_total{upstream=\"10.0.0.1:80\",kind=\"protocol\"} 5");
     assert_line(t,
-                "qrux_upstream_errors_total{upstream=\"10.0.0.1:80\",kind=\"body_too_large\"} 6");
-    assert_line(t, "qrux_upstream_errors_total{upstream=\"10.0.0.2:80\",kind=\"connect\"} 0");
+                "qrux_upstream_timeouts_total{upstream=\"10.0.0.1:80\",address=\"10.9.9.9:80\"} 3");
+    assert_line(t,
+                "qrux_upstream_timeouts_total{upstream=\"10.0.0.2:80\",address=\"10.9.9.9:80\"} 0");
+    assert_line(t, "# TYPE qrux_upstream_errors_total counter");
+    assert_line(t, "qrux_upstream_errors_total{upstream=\"10.0.0.1:80\",address=\"10.9.9.9:80\","
+                   "kind=\"connect\"} 1");
+    assert_line(t, "qrux_upstream_errors_total{upstream=\"10.0.0.1:80\",address=\"10.9.9.9:80\","
+                   "kind=\"protocol\"} 5");
+    assert_line(t, "qrux_upstream_errors_total{upstream=\"10.0.0.1:80\",address=\"10.9.9.9:80\","
+                   "kind=\"body_too_large\"} 6");
+    assert_line(t, "qrux_upstream_errors_total{upstream=\"10.0.0.2:80\",address=\"10.9.9.9:80\","
+                   "kind=\"connect\"} 0");
     assert_well_formed(t);
 }
 
@@ -467,8 +477,8 @@ static void test_rows_from_metrics_module(void **state)
     qx_metrics_request(f->w[0], QX_P_H3, QX_M_GET, 200, "127.0.0.1:8080", 0.2);
     qx_metrics_request(f->w[1], QX_P_H3, QX_M_GET, 200, "127.0.0.1:8080", 0.0005);
     qx_metrics_request(f->w[1], QX_P_H3, QX_M_GET, 502, NULL, 0.001);
-    qx_metrics_upstream(f->w[0], "127.0.0.1:8080")->pool_idle = 1;
-    qx_metrics_upstream(f->w[1], "127.0.0.1:8080")->pool_idle = 2;
+    qx_metrics_upstream(f->w[0], "127.0.0.1:8080", "127.0.0.1:8080")->pool_idle = 1;
+    qx_metrics_upstream(f->w[1], "127.0.0.1:8080", "127.0.0.1:8080")->pool_idle = 2;
 
     const char *t = render(f, 2);
     assert_line(t, "qrux_http_requests_total{method=\"GET\",status=\"200\",upstream="
@@ -483,7 +493,8 @@ static void test_rows_from_metrics_module(void **state)
                    "\"127.0.0.1:8080\",le=\"0.25\"} 3");
     assert_line(t, "qrux_http_request_duration_seconds_sum{method=\"GET\",upstream="
                    "\"127.0.0.1:8080\"} 0.203500");
-    assert_line(t, "qrux_upstream_pool_connections{upstream=\"127.0.0.1:8080\",state=\"idle\"} 3");
+    assert_line(t, "qrux_upstream_pool_connections{upstream=\"127.0.0.1:8080\",address=\"127.0.0.1:"
+                   "8080\",state=\"idle\"} 3");
     assert_well_formed(t);
     qx_metrics_free(f->w[0]);
     qx_metrics_free(f->w[1]);
@@ -520,7 +531,7 @@ static qx_runtime_t *runtime_new(const char *routes_yaml)
     if (qx_config_load_buf(yaml, strlen(yaml), NULL, &cfg, err, sizeof(err)) != 0)
         fail_msg("config: %s\n%s", err, yaml);
     qx_snapshot_t *snap = NULL;
-    assert_int_equal(qx_snapshot_new(&snap, cfg, 1), 0);
+    assert_int_equal(qx_snapshot_new(&snap, cfg, 1, NULL, NULL), 0);
     qx_runtime_t *rt = calloc(1, sizeof(*rt));
     assert_non_null(rt);
     assert_int_equal(qx_runtime_init(rt, snap), 0);
@@ -615,15 +626,17 @@ static int bound_socket(int *port)
 static void test_readiness_upstreams(void **state)
 {
     (void)state;
-    int p1, p2;
+    int p1, p2, p3;
     int fd1 = bound_socket(&p1);
     int fd2 = bound_socket(&p2);
+    int fd3 = bound_socket(&p3);
     assert_int_equal(listen(fd1, 8), 0); /* the first upstream is up */
     char routes[256];
     snprintf(routes, sizeof(routes),
              "  - match: a.test\n    upstream: \"127.0.0.1:%d\"\n"
+             "  - match: b.test\n    upstream: \"127.0.0.1:%d\"\n"
              "  - match: \"*\"\n    upstreams: [\"127.0.0.1:%d\", \"127.0.0.1:%d\"]\n",
-             p1, p1, p2);
+             p1, p2, p2, p3);
     qx_runtime_t *rt = runtime_new(routes);
     qx_runtime_set_lifecycle(rt, QX_LC_LIVE);
     qx_admin_t a = {.rt = rt, .ready_requires_upstream = 1};
@@ -633,10 +646,34 @@ static void test_readiness_upstreams(void **state)
     snprintf(want, sizeof(want), "upstream 127.0.0.1:%d not accepting connections", p2);
     assert_string_equal(why, want);
 
-    /* The app comes up; the cached answer holds for up to a second. */
+    /* The app behind b.test comes up; the cached answer holds for up to a
+     * second. Route "*" is ready with one of its two upstreams (failover
+     * serves it). */
     assert_int_equal(listen(fd2, 8), 0);
     assert_int_equal(readiness(&a, why, sizeof(why)), 0);
     a.up_checked_ms -= UPSTREAM_CHECK_CACHE_MS; /* the cache expires */
+    assert_int_equal(readiness(&a, why, sizeof(why)), 1);
+    assert_string_equal(why, "ready");
+    close(fd1);
+    close(fd2);
+    close(fd3);
+    runtime_del(rt);
+
+    /* Two upstreams of one route, both down: the route is named. */
+    int q1, q2, q3;
+    int g1 = bound_socket(&q1), g2 = bound_socket(&q2), g3 = bound_socket(&q3);
+    assert_int_equal(listen(g1, 8), 0);
+    snprintf(routes, sizeof(routes),
+             "  - match: a.test\n    upstream: \"127.0.0.1:%d\"\n"
+             "  - match: \"*\"\n    upstreams: [\"127.0.0.1:%d\", \"127.0.0.1:%d\"]\n",
+             q1, q2, q3);
+    rt = runtime_new(routes);
+    qx_runtime_set_lifecycle(rt, QX_LC_LIVE);
+    a = (qx_admin_t){.rt = rt, .ready_requires_upstream = 1};
+    assert_int_equal(readiness(&a, why, sizeof(why)), 0);
+    assert_string_equal(why, "no upstream of route * accepting connections (2 tried)");
+    assert_int_equal(listen(g3, 8), 0);
+    a.up_checked_ms -= UPSTREAM_CHECK_CACHE_MS;
     assert_int_equal(readiness(&a, why, sizeof(why)), 1);
     assert_string_equal(why, "ready");
 
@@ -644,8 +681,9 @@ static void test_readiness_upstreams(void **state)
     qx_runtime_set_lifecycle(rt, QX_LC_DRAINING);
     assert_int_equal(readiness(&a, why, sizeof(why)), 0);
     assert_string_equal(why, "draining");
-    close(fd1);
-    close(fd2);
+    close(g1);
+    close(g2);
+    close(g3);
     runtime_del(rt);
 }
 

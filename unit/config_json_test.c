@@ -67,7 +67,13 @@ static const char base_yaml[] = "server:\n"
                                 "admin:\n"
                                 "  listen: \"[::]:9901\"\n"
                                 "  token_file: secrets/token\n"
-                                "  ready_requires_upstream: true\n";
+                                "  ready_requires_upstream: true\n"
+                                "dns:\n"
+                                "  servers: [\"10.96.0.10\"]\n"
+                                "  search: [ns.svc.cluster.local]\n"
+                                "  ndots: 5\n"
+                                "  min_ttl_secs: 2\n"
+                                "  max_ttl_secs: 30\n";
 
 /* base_yaml's routes, as JSON_SORT_KEYS | JSON_COMPACT writes them */
 static const char base_routes_json[] =
@@ -154,24 +160,31 @@ static void test_config_to_json_defaults(void **state)
         load(SERVER "routes:\n  - match: \"*\"\n    upstream: \"127.0.0.1:8080\"\n", "/etc/qrux");
     assert_json(qx_config_to_json(cfg),
                 "{\"admin\":null,"
+                "\"dns\":{\"max_ttl_secs\":300,\"min_ttl_secs\":5,\"ndots\":null,"
+                "\"search\":null,\"servers\":null},"
                 "\"routes\":[{\"match\":\"*\",\"upstream\":\"127.0.0.1:8080\"}],"
                 "\"server\":{\"alt_svc_max_age\":86400,"
                 "\"cert\":\"/etc/qrux/certs/cert.pem\","
                 "\"drain_delay_secs\":5,\"early_data\":\"safe\",\"https_listen\":null,"
                 "\"key\":\"/etc/qrux/certs/key.pem\","
                 "\"limits\":{\"body_idle_timeout_secs\":30,"
+                "\"client_idle_timeout_secs\":30,"
                 "\"graceful_shutdown_secs\":30,"
                 "\"header_read_timeout_secs\":10,"
+                "\"max_connections_per_upstream\":1024,"
                 "\"max_idle_connections_per_upstream\":256,"
                 "\"max_quic_connections\":10000,"
                 "\"max_quic_connections_per_ip\":200,"
                 "\"max_request_body_bytes\":10485760,"
                 "\"max_streams_per_connection\":100,"
+                "\"max_tcp_connections\":10000,"
+                "\"max_tcp_connections_per_ip\":500,"
                 "\"max_upstream_response_body_bytes\":52428800,"
                 "\"quic_handshake_timeout_secs\":10,"
                 "\"quic_idle_timeout_secs\":30,"
                 "\"retry_handshakes_threshold\":100,"
                 "\"upstream_connect_timeout_secs\":10,"
+                "\"upstream_idle_timeout_secs\":60,"
                 "\"upstream_request_timeout_secs\":120},"
                 "\"listen\":\"[::]:8443\",\"retry\":\"auto\",\"ticket_key_file\":null,"
                 "\"workers\":0}}");
@@ -194,17 +207,23 @@ static void test_config_to_json_defaults(void **state)
     const char fmt[] =
         "{\"admin\":{\"listen\":\"[::]:9901\",\"ready_requires_upstream\":true,"
         "\"token_file\":\"/etc/qrux/secrets/token\"},"
+        "\"dns\":{\"max_ttl_secs\":30,\"min_ttl_secs\":2,\"ndots\":5,"
+        "\"search\":[\"ns.svc.cluster.local\"],\"servers\":\"10.96.0.10:53\"},"
         "\"routes\":%s,"
         "\"server\":{\"alt_svc_max_age\":600,\"cert\":\"/etc/qrux/certs/cert.pem\","
         "\"drain_delay_secs\":0,\"early_data\":\"all\",\"https_listen\":\"127.0.0.1:8443\","
         "\"key\":\"/etc/tls/key.pem\","
-        "\"limits\":{\"body_idle_timeout_secs\":4,\"graceful_shutdown_secs\":5,"
-        "\"header_read_timeout_secs\":3,\"max_idle_connections_per_upstream\":2,"
+        "\"limits\":{\"body_idle_timeout_secs\":4,\"client_idle_timeout_secs\":30,"
+        "\"graceful_shutdown_secs\":5,"
+        "\"header_read_timeout_secs\":3,\"max_connections_per_upstream\":1024,"
+        "\"max_idle_connections_per_upstream\":2,"
         "\"max_quic_connections\":50,\"max_quic_connections_per_ip\":5,"
         "\"max_request_body_bytes\":1000,\"max_streams_per_connection\":8,"
+        "\"max_tcp_connections\":10000,\"max_tcp_connections_per_ip\":500,"
         "\"max_upstream_response_body_bytes\":2000,\"quic_handshake_timeout_secs\":6,"
         "\"quic_idle_timeout_secs\":7,\"retry_handshakes_threshold\":9,"
-        "\"upstream_connect_timeout_secs\":3,\"upstream_request_timeout_secs\":60},"
+        "\"upstream_connect_timeout_secs\":3,\"upstream_idle_timeout_secs\":60,"
+        "\"upstream_request_timeout_secs\":60},"
         "\"listen\":\"0.0.0.0:443\",\"retry\":\"never\","
         "\"ticket_key_file\":\"/etc/qrux/secrets/ticket.key\",\"workers\":4}}";
     size_t wlen = sizeof(fmt) + sizeof(base_routes_json);
@@ -492,7 +511,7 @@ typedef struct reject_case {
     const char *field;
 } reject_case_t;
 
-#define ADDR_FORMS "(host:port with an IPv4, [IPv6] or localhost)"
+#define ADDR_FORMS "(host:port with an IPv4, [IPv6], localhost or a DNS name)"
 #define R(m, rest) "{\"match\":\"" m "\"," rest "}"
 #define UP(a) "\"upstream\":\"" a "\""
 
@@ -549,8 +568,8 @@ static const reject_case_t rejects[] = {
                                                            "\"10.0.0.x:80\"]") "]}",
      "routes[1].upstreams[1]: \"10.0.0.x:80\" is not an address " ADDR_FORMS,
      "routes[1].upstreams[1]"},
-    {"{\"routes\": [" R("*", UP("backend:80")) "]}",
-     "routes[0].upstream: \"backend:80\" is not an address " ADDR_FORMS, "routes[0].upstream"},
+    {"{\"routes\": [" R("*", UP("back_end:80")) "]}",
+     "routes[0].upstream: \"back_end:80\" is not an address " ADDR_FORMS, "routes[0].upstream"},
     {"{\"routes\": [" R("*", UP("127.0.0.1:0")) "]}",
      "routes[0].upstream: \"127.0.0.1:0\" is not an address " ADDR_FORMS, "routes[0].upstream"},
     {"{\"routes\": [" R("a*b", UP("127.0.0.1:1")) "]}",

@@ -282,7 +282,31 @@ static const char *const limit_names[] = {
     "graceful_shutdown_secs",
     "header_read_timeout_secs",
     "body_idle_timeout_secs",
+    "client_idle_timeout_secs",
+    "upstream_idle_timeout_secs",
+    "max_tcp_connections",
+    "max_tcp_connections_per_ip",
+    "max_connections_per_upstream",
 };
+
+/* Every upstream gets its own metrics row: a config with more than
+ * QX_CONFIG_MAX_UPSTREAMS is refused, naming the route that goes over. */
+static void test_reject_too_many_upstreams(void **state)
+{
+    (void)state;
+    size_t cap = 256 + 80 * (QX_CONFIG_MAX_UPSTREAMS + 8);
+    char *yaml = malloc(cap);
+    assert_non_null(yaml);
+    size_t n = (size_t)snprintf(yaml, cap, SERVER "routes:\n");
+    for (int i = 0; i <= QX_CONFIG_MAX_UPSTREAMS; i++)
+        n += (size_t)snprintf(yaml + n, cap - n,
+                              "  - match: \"h%d\"\n    upstream: \"127.0.0.1:%d\"\n", i, 1000 + i);
+    char want[128];
+    snprintf(want, sizeof(want), "routes[%d]: more than %d upstreams in all routes together",
+             QX_CONFIG_MAX_UPSTREAMS, QX_CONFIG_MAX_UPSTREAMS);
+    expect_reject(yaml, want);
+    free(yaml);
+}
 
 static void test_reject_limits(void **state)
 {
@@ -493,9 +517,13 @@ static void test_reject_routes(void **state)
                                 "  - match: b\n"
                                 "    upstreams: [\"10.0.0.1:80\", \"10.0.0.x:80\"]\n",
                   "routes[2].upstreams[1]: \"10.0.0.x:80\" is not an address (host:port with an "
-                  "IPv4, [IPv6] or localhost)");
-    expect_reject(SERVER "routes:\n  - match: a\n    upstream: \"backend:80\"\n",
-                  "routes[0].upstream: \"backend:80\" is not an address");
+                  "IPv4, [IPv6], localhost or a DNS name)");
+    expect_reject(SERVER "routes:\n  - match: a\n    upstream: \"back_end:80\"\n",
+                  "routes[0].upstream: \"back_end:80\" is not an address");
+    expect_reject(SERVER "routes:\n  - match: a\n    upstream: \"api.svc\"\n",
+                  "routes[0].upstream: \"api.svc\" is not an address");
+    expect_reject(SERVER "routes:\n  - match: a\n    upstreams: [\"127.0.0.1:1\", \"-a.svc:80\"]\n",
+                  "routes[0].upstreams[1]: \"-a.svc:80\" is not an address");
     expect_reject(SERVER "routes:\n  - match: a\n    upstream: \"127.0.0.1\"\n",
                   "routes[0].upstream: \"127.0.0.1\" is not an address");
 
@@ -872,21 +900,145 @@ static void test_del_half_built(void **state)
     qx_config_del(cfg);
 }
 
+/* Upstreams by name: "name:port" with a DNS name; the parser alone. */
+static void test_upstream_parse(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        const char *host; /* NULL: an address literal */
+        uint16_t port;
+    } ok[] = {
+        {"api.shop.svc.cluster.local:8080", "api.shop.svc.cluster.local", 8080},
+        {"API.Example.COM:80", "api.example.com", 80},
+        {"backend:1", "backend", 1},
+        {"my-svc.ns.svc.cluster.local.:65535", "my-svc.ns.svc.cluster.local.", 65535},
+        {"1password.example:443", "1password.example", 443},
+        {"x.y-z.0a:9", "x.y-z.0a", 9},
+        {"127.0.0.1:8080", NULL, 8080},
+        {"[::1]:8081", NULL, 8081},
+        {"localhost:8082", NULL, 8082},
+    };
+    for (size_t i = 0; i < QX_ARRAY_LEN(ok); i++) {
+        qx_upstream_cfg_t u;
+        memset(&u, 0, sizeof(u));
+        if (qx_upstream_parse(ok[i].in, &u) != 0)
+            fail_msg("refused: %s", ok[i].in);
+        if (ok[i].host == NULL)
+            assert_null(u.host);
+        else
+            assert_string_equal(u.host, ok[i].host);
+        assert_int_equal(u.port, ok[i].port);
+        if (ok[i].host == NULL)
+            assert_int_not_equal(u.addrlen, 0);
+        free(u.host);
+    }
+    char long_label[80], long_name[300];
+    memset(long_label, 'a', 64);
+    snprintf(long_label + 64, sizeof(long_label) - 64, ".svc:80");
+    size_t n = 0;
+    while (n < 250) {
+        memcpy(long_name + n, "abcdefg.", 8);
+        n += 8;
+    }
+    snprintf(long_name + n, sizeof(long_name) - n, "x:80"); /* 254 characters of name */
+    const char *bad[] = {
+        "api.svc",       /* no port */
+        "api.svc:",      /* empty port */
+        "api.svc:0",     /* port 0 */
+        "api.svc:65536", /* port too large */
+        "api.svc:8o",    /* not a number */
+        ":80",           /* no host */
+        "-api.svc:80",   /* a label starting with '-' */
+        "api-.svc:80",   /* ... ending with '-' */
+        "api..svc:80",   /* an empty label */
+        "api_svc:80",    /* '_' is not in a host name */
+        "api svc:80",    /* nor a blank */
+        "10.0.0.256:80", /* all digits: a bad address, not a name */
+        "10.0.0.x:80",   /* a mistyped address */
+        "api.svc..:80",  /* two trailing dots */
+        "[api.svc]:80",  /* brackets are for IPv6 */
+        "::1:80",        /* unbracketed IPv6 */
+        long_label,      /* a label of 64 */
+        long_name,       /* a name of 254 */
+    };
+    for (size_t i = 0; i < QX_ARRAY_LEN(bad); i++) {
+        qx_upstream_cfg_t u;
+        memset(&u, 0, sizeof(u));
+        if (qx_upstream_parse(bad[i], &u) != QX_ERR_INVAL)
+            fail_msg("accepted: %s", bad[i]);
+        assert_null(u.host);
+    }
+}
+
+/* The dns section: defaults, overrides and the field-named errors. */
+static void test_dns_section(void **state)
+{
+    (void)state;
+    qx_config_t *cfg = expect_ok(SERVER ROUTES, NULL);
+    assert_null(cfg->dns.servers);
+    assert_int_equal(cfg->dns.nsearch, 0);
+    assert_int_equal(cfg->dns.ndots, -1);
+    assert_int_equal(cfg->dns.min_ttl_secs, 5);
+    assert_int_equal(cfg->dns.max_ttl_secs, 300);
+    qx_config_del(cfg);
+    cfg = expect_ok(SERVER "routes:\n  - match: \"*\"\n    upstreams: [\"api.ns.svc:8080\", "
+                           "\"10.0.0.1:80\"]\n"
+                           "dns:\n  servers: [\"127.0.0.1:5353\", \"10.0.0.10\", \"[::1]:53\", "
+                           "\"fd00::10\"]\n  search: [ns.svc.cluster.local, svc.cluster.local]\n"
+                           "  ndots: 5\n  min_ttl_secs: 1\n  max_ttl_secs: 60\n",
+                    NULL);
+    assert_string_equal(cfg->dns.servers, "127.0.0.1:5353,10.0.0.10:53,[::1]:53,[fd00::10]:53");
+    assert_int_equal(cfg->dns.nsearch, 2);
+    assert_string_equal(cfg->dns.search[1], "svc.cluster.local");
+    assert_int_equal(cfg->dns.ndots, 5);
+    assert_int_equal(cfg->dns.min_ttl_secs, 1);
+    assert_int_equal(cfg->dns.max_ttl_secs, 60);
+    assert_string_equal(cfg->routes[0].upstreams[0].host, "api.ns.svc");
+    assert_int_equal(cfg->routes[0].upstreams[0].port, 8080);
+    assert_null(cfg->routes[0].upstreams[1].host);
+    qx_config_del(cfg);
+    expect_reject(SERVER ROUTES "dns:\n  servers: [\"dns.local\"]\n",
+                  "dns.servers[0]: \"dns.local\" is not an IP address");
+    expect_reject(SERVER ROUTES "dns:\n  search: [\"a..b\"]\n",
+                  "dns.search[0]: \"a..b\" is not a DNS name");
+    expect_reject(SERVER ROUTES "dns:\n  ndots: 16\n", "dns.ndots: must be <= 15");
+    expect_reject(SERVER ROUTES "dns:\n  min_ttl_secs: 0\n", "dns.min_ttl_secs: must be > 0");
+    expect_reject(SERVER ROUTES "dns:\n  min_ttl_secs: 10\n  max_ttl_secs: 5\n",
+                  "dns.max_ttl_secs: must be >= min_ttl_secs (10)");
+    expect_reject(SERVER ROUTES "dns:\n  servres: []\n", "dns.servres");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full_config),         cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_match_lowercased),    cmocka_unit_test(test_path_resolution),
-        cmocka_unit_test(test_load_file),           cmocka_unit_test(test_examples_load),
-        cmocka_unit_test(test_reject_limits),       cmocka_unit_test(test_reject_workers),
-        cmocka_unit_test(test_reject_unknown_keys), cmocka_unit_test(test_reject_yaml_errors),
-        cmocka_unit_test(test_reject_required),     cmocka_unit_test(test_reject_listen),
-        cmocka_unit_test(test_reject_routes),       cmocka_unit_test(test_admin_absent),
-        cmocka_unit_test(test_admin_defaults),      cmocka_unit_test(test_admin_token),
-        cmocka_unit_test(test_admin_reject),        cmocka_unit_test(test_message_truncation),
-        cmocka_unit_test(test_addr_parse),          cmocka_unit_test(test_cpu_max),
-        cmocka_unit_test(test_cgroup_v2),           cmocka_unit_test(test_cgroup_v1),
-        cmocka_unit_test(test_effective_workers),   cmocka_unit_test(test_del_half_built),
+        cmocka_unit_test(test_full_config),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_match_lowercased),
+        cmocka_unit_test(test_path_resolution),
+        cmocka_unit_test(test_load_file),
+        cmocka_unit_test(test_examples_load),
+        cmocka_unit_test(test_reject_too_many_upstreams),
+        cmocka_unit_test(test_reject_limits),
+        cmocka_unit_test(test_reject_workers),
+        cmocka_unit_test(test_reject_unknown_keys),
+        cmocka_unit_test(test_reject_yaml_errors),
+        cmocka_unit_test(test_reject_required),
+        cmocka_unit_test(test_reject_listen),
+        cmocka_unit_test(test_reject_routes),
+        cmocka_unit_test(test_upstream_parse),
+        cmocka_unit_test(test_dns_section),
+        cmocka_unit_test(test_admin_absent),
+        cmocka_unit_test(test_admin_defaults),
+        cmocka_unit_test(test_admin_token),
+        cmocka_unit_test(test_admin_reject),
+        cmocka_unit_test(test_message_truncation),
+        cmocka_unit_test(test_addr_parse),
+        cmocka_unit_test(test_cpu_max),
+        cmocka_unit_test(test_cgroup_v2),
+        cmocka_unit_test(test_cgroup_v1),
+        cmocka_unit_test(test_effective_workers),
+        cmocka_unit_test(test_del_half_built),
         cmocka_unit_test(test_https_listen),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -167,6 +167,29 @@ static void test_host_and_xfp_dropped(void **state)
     expect_head(&r, "GET /a?b=1 HTTP/1.1\r\nHost: example.com:8443\r\naccept: x\r\n" TAIL "\r\n");
 }
 
+/* Early-Data says a request may be a replay (RFC 8470). A client's own
+ * field must never hide that qrux forwarded it from 0-RTT (early-data: 0
+ * on a real 0-RTT request): only "1" from an earlier hop passes, and on an
+ * early request only qrux's own field goes up. */
+static void test_client_early_data(void **state)
+{
+    (void)state;
+    const qx_hdr_t h[] = {
+        HDR("early-data", "0"),
+        HDR("accept", "x"),
+        HDR("Early-Data", "1"),
+    };
+    qx_h1_req_t r = req_base("GET", h, QX_ARRAY_LEN(h));
+    expect_head(&r, "GET /a?b=1 HTTP/1.1\r\nHost: example.com:8443\r\naccept: x\r\n"
+                    "Early-Data: 1\r\n" TAIL "\r\n");
+    r.early = 1;
+    expect_head(&r, "GET /a?b=1 HTTP/1.1\r\nHost: example.com:8443\r\naccept: x\r\n" TAIL
+                    "Early-Data: 1\r\n\r\n");
+    r.nhdrs = 2; /* early-data: 0 alone, on an early request */
+    expect_head(&r, "GET /a?b=1 HTTP/1.1\r\nHost: example.com:8443\r\naccept: x\r\n" TAIL
+                    "Early-Data: 1\r\n\r\n");
+}
+
 static void test_null_authority(void **state)
 {
     (void)state;
@@ -512,6 +535,7 @@ int main(void)
         cmocka_unit_test(test_hop_by_hop_dropped),
         cmocka_unit_test(test_connection_listed_after_field),
         cmocka_unit_test(test_host_and_xfp_dropped),
+        cmocka_unit_test(test_client_early_data),
         cmocka_unit_test(test_null_authority),
         cmocka_unit_test(test_xff_appended),
         cmocka_unit_test(test_xff_several_fields),

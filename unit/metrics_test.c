@@ -93,7 +93,8 @@ static void test_request_rows(void **state)
     snprintf(up, sizeof(up), "%s", "10.0.0.1:80");
 
     qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, up, 0.002);
-    qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, "10.0.0.1:80", 0.003); /* same row, other pointer */
+    qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, "10.0.0.1:80",
+                       0.003); /* same row, other pointer */
     qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, "10.0.0.2:80", 0.002);
     qx_metrics_request(m, QX_P_H3, QX_M_POST, 200, "10.0.0.1:80", 0.002);
     qx_metrics_request(m, QX_P_H3, QX_M_GET, 502, "10.0.0.1:80", 0.002);
@@ -194,16 +195,16 @@ static void test_upstream_rows(void **state)
     char name[16];
     snprintf(name, sizeof(name), "%s", "10.0.0.1:80");
 
-    qx_metrics_up_row_t *a = qx_metrics_upstream(m, name);
+    qx_metrics_up_row_t *a = qx_metrics_upstream(m, name, "10.1.1.1:80");
     assert_non_null(a);
     assert_int_equal(m->nup, 1);
     assert_string_equal(a->upstream, "10.0.0.1:80");
     assert_ptr_not_equal(a->upstream, name);
-    qx_metrics_up_row_t *b = qx_metrics_upstream(m, "10.0.0.2:80");
+    qx_metrics_up_row_t *b = qx_metrics_upstream(m, "10.0.0.2:80", "10.1.1.1:80");
     assert_ptr_not_equal(a, b);
     assert_int_equal(m->nup, 2);
     /* Same content, other pointer: the same row. */
-    assert_ptr_equal(qx_metrics_upstream(m, "10.0.0.1:80"), a);
+    assert_ptr_equal(qx_metrics_upstream(m, "10.0.0.1:80", "10.1.1.1:80"), a);
     assert_int_equal(m->nup, 2);
 
     /* New rows start at zero; counters are per row. */
@@ -226,32 +227,45 @@ static void test_upstream_rows(void **state)
 static void test_capacity(void **state)
 {
     qx_metrics_t *m = *state;
-    /* Fill every request row with distinct statuses on one upstream. */
-    for (int i = 0; i < QX_METRICS_ROWS; i++)
+    /* Fill every request row but the last with distinct statuses. */
+    for (int i = 0; i < QX_METRICS_ROWS - 1; i++)
         qx_metrics_request(m, QX_P_H3, QX_M_GET, 100 + i, "u", 0.001);
-    assert_int_equal(m->nreq, QX_METRICS_ROWS);
-    /* Past capacity the table does not grow; the count lands in the last row. */
+    assert_int_equal(m->nreq, QX_METRICS_ROWS - 1);
+    /* Past capacity the table does not grow; the count lands in the last
+     * row, whose labels name no upstream, method or status of another. */
     qx_metrics_request(m, QX_P_H3, QX_M_POST, 999, "v", 0.001);
+    qx_metrics_request(m, QX_P_H2, QX_M_PUT, 201, "w", 0.001);
     assert_int_equal(m->nreq, QX_METRICS_ROWS);
-    assert_int_equal(m->req[QX_METRICS_ROWS - 1].count, 2);
-    assert_int_equal(m->req[0].count, 1);
+    qx_metrics_req_row_t *o = &m->req[QX_METRICS_ROWS - 1];
+    assert_int_equal(o->count, 2);
+    assert_string_equal(o->upstream, QX_METRICS_OTHER);
+    assert_int_equal(o->status, 0);
+    assert_int_equal(o->method, QX_M_OTHER);
+    assert_int_equal(m->req[QX_METRICS_ROWS - 2].count, 1);
+    assert_string_equal(m->req[QX_METRICS_ROWS - 2].upstream, "u");
     /* Existing rows are still found. */
     qx_metrics_request(m, QX_P_H3, QX_M_GET, 100, "u", 0.001);
     assert_int_equal(m->req[0].count, 2);
 
-    /* Upstream rows: never NULL, past capacity the last one is shared. */
+    /* Upstream rows: one per upstream up to twice the config's maximum;
+     * past that the shared last row is _other, never a real upstream. */
     const size_t nup = QX_ARRAY_LEN(m->up);
-    qx_metrics_up_row_t *last = NULL;
-    for (size_t i = 0; i < nup; i++) {
+    assert_true(nup >= 2 * 1024);
+    for (size_t i = 0; i < nup - 1; i++) {
         char name[32];
         snprintf(name, sizeof(name), "up-%zu", i);
-        last = qx_metrics_upstream(m, name);
-        assert_non_null(last);
+        qx_metrics_up_row_t *r = qx_metrics_upstream(m, name, "10.1.1.1:80");
+        assert_non_null(r);
+        assert_string_equal(r->upstream, name);
     }
+    assert_int_equal(m->nup, nup - 1);
+    qx_metrics_up_row_t *other = qx_metrics_upstream(m, "one-too-many", "10.1.1.1:80");
+    assert_ptr_equal(other, &m->up[nup - 1]);
+    assert_string_equal(other->upstream, QX_METRICS_OTHER);
+    assert_ptr_equal(qx_metrics_upstream(m, "two-too-many", "10.1.1.1:80"), other);
     assert_int_equal(m->nup, nup);
-    assert_ptr_equal(qx_metrics_upstream(m, "one-too-many"), last);
-    assert_int_equal(m->nup, nup);
-    assert_ptr_equal(qx_metrics_upstream(m, "up-0"), &m->up[0]);
+    assert_ptr_equal(qx_metrics_upstream(m, "up-0", "10.1.1.1:80"), &m->up[0]);
+    assert_ptr_equal(qx_metrics_upstream(m, "up-600", "10.1.1.1:80"), &m->up[600]);
 
     /* Histogram rows: distinct (method, upstream) pairs up to capacity. */
     const size_t nhist = QX_ARRAY_LEN(m->hist);
@@ -261,6 +275,8 @@ static void test_capacity(void **state)
         qx_metrics_request(m, QX_P_H3, QX_M_DELETE, 200, name, 0.001);
     }
     assert_int_equal(m->nhist, nhist);
+    assert_string_equal(m->hist[nhist - 1].upstream, QX_METRICS_OTHER);
+    assert_int_equal(m->hist[nhist - 1].count, 7); /* 3 rows were taken above */
 }
 
 static void test_free_all(void **state)
@@ -268,8 +284,8 @@ static void test_free_all(void **state)
     qx_metrics_t *m = *state;
     qx_metrics_request(m, QX_P_H3, QX_M_GET, 200, "a", 0.1);
     qx_metrics_request(m, QX_P_H3, QX_M_POST, 500, "b", 0.2);
-    qx_metrics_upstream(m, "a");
-    qx_metrics_upstream(m, "c");
+    qx_metrics_upstream(m, "a", "10.1.1.1:80");
+    qx_metrics_upstream(m, "c", "10.1.1.1:80");
     m->bytes_in = 7;
     assert_int_equal(m->nreq, 2);
 
@@ -307,7 +323,7 @@ static void test_free_no_upstream(void **state)
     qx_metrics_request(m, QX_P_H3, QX_M_GET, 421, "", 0.001);
     assert_int_equal(m->nreq, 1);
     assert_int_equal(m->req[0].count, 3);
-    qx_metrics_up_row_t *u = qx_metrics_upstream(m, NULL);
+    qx_metrics_up_row_t *u = qx_metrics_upstream(m, NULL, "10.1.1.1:80");
     assert_non_null(u);
     assert_string_equal(u->upstream, "");
     /* Freeing must release only what was allocated. */

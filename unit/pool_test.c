@@ -479,14 +479,12 @@ static void test_peer_close_caught_at_checkout(void **state)
     expect_pool(f, 1, 0);
 
     /* The backend closes, and a checkout comes before the loop has read the
-     * EOF: the check at checkout must catch it for a connection that has
-     * been idle for a while (one reused at once is left to the exchange's
-     * retry). The FIN crosses loopback without our loop; give the kernel a
-     * moment, and age the connection past QX_POOL_PEEK_AFTER_MS. */
+     * EOF: the check at checkout must catch it, however briefly the
+     * connection was idle. The FIN crosses loopback without our loop;
+     * give the kernel a moment. */
     uv_close((uv_handle_t *)&sa->tcp, NULL);
     usleep(20000);
     assert_int_equal(f->pool->nidle, 1);
-    a->idle_since_ms -= QX_POOL_PEEK_AFTER_MS;
 
     qx_upconn_t *b = NULL;
     int reused = -1;
@@ -522,6 +520,40 @@ static void test_idle_bytes_evict(void **state)
     expect_pool(f, 0, 0);
     RUN_UNTIL(f, sa->eof);
     assert_int_equal(u.nreadcb, 0); /* nobody was using it */
+
+    assert_int_equal(cleanup(f), 0);
+}
+
+static void test_idle_bytes_caught_at_checkout(void **state)
+{
+    fixture_t *f = *state;
+    user_t u = {0};
+    pool_new(f, &f->addr, 4, 60000);
+
+    qx_upconn_t *a = connect_new(f, &u, 0);
+    srvconn_t *sa = srv_for(f, a);
+    qx_pool_release(a, 1);
+    expect_pool(f, 1, 0);
+
+    /* The backend sends a response nobody asked for, and a checkout comes
+     * in the same loop turn, before the idle watcher has read it (a few
+     * milliseconds after the release): the connection must not be handed
+     * out, or that response would answer the next request. */
+    static char junk_bytes[] = "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npoisoned";
+    uv_buf_t junk = uv_buf_init(junk_bytes, (unsigned)strlen(junk_bytes));
+    assert_int_equal(uv_try_write((uv_stream_t *)&sa->tcp, &junk, 1), (int)strlen(junk_bytes));
+    usleep(20000);
+    assert_int_equal(f->pool->nidle, 1);
+
+    qx_upconn_t *b = NULL;
+    int reused = -1;
+    assert_int_equal(qx_pool_checkout(f->pool, &u, &ucb, 0, &b, &reused), 0);
+    assert_int_equal(reused, 0);
+    assert_ptr_not_equal(b, a);
+    RUN_UNTIL(f, u.nconnect == 2 && f->nsrv == 2);
+    assert_int_equal(u.nreadcb, 0);
+    qx_pool_release(b, 0);
+    expect_pool(f, 0, 0);
 
     assert_int_equal(cleanup(f), 0);
 }
@@ -719,6 +751,7 @@ int main(void)
         T(test_peer_close_evicts_idle),
         T(test_peer_close_caught_at_checkout),
         T(test_idle_bytes_evict),
+        T(test_idle_bytes_caught_at_checkout),
         T(test_sweep),
         T(test_connect_refused),
         T(test_fresh_only),
