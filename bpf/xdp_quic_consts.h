@@ -21,6 +21,10 @@
 #define QX_XDP_BUCKETS 65536 /* sources tracked by the Initial token bucket (LRU) */
 #define QX_XDP_DENY_MAX 16384 /* prefixes per address family in the deny list */
 #define QX_XDP_NS 1000000000ull /* one token, in the bucket's fixed point */
+/* Initial packets per second per source and burst, unless configured
+ * (`qrux xdp attach --rate/--burst`, the proxy's xdp.initial_rate/_burst). */
+#define QX_XDP_DEFAULT_RATE 50
+#define QX_XDP_DEFAULT_BURST 100
 
 /* Why a packet got its verdict. The counters map is indexed by this; every
  * reason below QX_XDP_FIRST_DROP means XDP_PASS, the others XDP_DROP. */

@@ -19,6 +19,7 @@
 #include "tls.h"
 #include "watch.h"
 #include "worker.h"
+#include "xdp.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -55,6 +56,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: qrux --config FILE          run the proxy\n"
                "       qrux check --config FILE    validate FILE (and its cert/key) and exit\n"
+               "       qrux xdp attach|detach|status ...  the XDP filter (qrux xdp --help)\n"
                "       qrux --help | --version\n"
                "\n"
                "HTTP/3 (QUIC) terminating sidecar proxy: clients speak HTTP/3, the app\n"
@@ -348,6 +350,8 @@ int main(int argc, char **argv)
     char err[512];
     int c, check = 0;
 
+    if (argc > 1 && strcmp(argv[1], "xdp") == 0)
+        return qx_xdp_main(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "check") == 0) {
         check = 1;
         argv++;
