@@ -55,8 +55,6 @@ static __always_inline int take_token(const struct qx_xdp_config *cfg, const str
 {
     struct qx_xdp_src key = {};
     __u64 now = bpf_ktime_get_ns();
-    __u64 max = (__u64)(cfg->burst ? cfg->burst : 1) * QX_XDP_NS;
-
     if (cfg->rate == 0)
         return 1;
     if (p->v6) {
@@ -68,26 +66,12 @@ static __always_inline int take_token(const struct qx_xdp_config *cfg, const str
     }
     struct qx_xdp_bucket *b = bpf_map_lookup_elem(&qx_buckets, &key);
     if (b == 0) {
-        struct qx_xdp_bucket nb = {.tokens = max - QX_XDP_NS, .last_ns = now};
+        struct qx_xdp_bucket nb = {};
+        qx_xdp_take(&nb, now, cfg->rate, cfg->burst); /* a new source starts full */
         bpf_map_update_elem(&qx_buckets, &key, &nb, BPF_ANY);
         return 1;
     }
-    __u64 tokens = b->tokens;
-    __u64 elapsed = now > b->last_ns ? now - b->last_ns : 0;
-    /* elapsed * rate overflows only past the time a full refill takes. */
-    if (elapsed >= max / cfg->rate)
-        tokens = max;
-    else
-        tokens += elapsed * cfg->rate;
-    if (tokens > max)
-        tokens = max;
-    b->last_ns = now;
-    if (tokens < QX_XDP_NS) {
-        b->tokens = tokens;
-        return 0;
-    }
-    b->tokens = tokens - QX_XDP_NS;
-    return 1;
+    return qx_xdp_take(b, now, cfg->rate, cfg->burst);
 }
 
 /* A short-header DCID is one of qrux's when it carries the MAC of the key

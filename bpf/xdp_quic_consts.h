@@ -84,6 +84,35 @@ struct qx_xdp_lpm6 {
     __u8 addr[16];
 };
 
+/* The Initial token bucket's refill, shared by the XDP program and qrux's
+ * own Retry decision (proxy/src_rate.c) so that both count alike: the
+ * tokens (in 1/QX_XDP_NS of a packet) after |elapsed_ns| at |rate| per
+ * second, capped at |burst| packets. elapsed * rate would overflow only
+ * past the time a full refill takes, which is tested first. */
+static inline __u64 qx_xdp_refill(__u64 tokens, __u64 elapsed_ns, __u32 rate, __u32 burst)
+{
+    __u64 max = (__u64)(burst ? burst : 1) * QX_XDP_NS;
+    if (rate == 0 || elapsed_ns >= max / rate)
+        return max;
+    tokens += elapsed_ns * rate;
+    return tokens > max ? max : tokens;
+}
+
+/* Takes one token from |b| at |now_ns|: 1, or 0 when the bucket is empty.
+ * A zeroed bucket is full. */
+static inline int qx_xdp_take(struct qx_xdp_bucket *b, __u64 now_ns, __u32 rate, __u32 burst)
+{
+    __u64 elapsed = b->last_ns == 0 ? ~0ull : now_ns > b->last_ns ? now_ns - b->last_ns : 0;
+    __u64 t = qx_xdp_refill(b->tokens, elapsed, rate, burst);
+    b->last_ns = now_ns;
+    if (t < QX_XDP_NS) {
+        b->tokens = t;
+        return 0;
+    }
+    b->tokens = t - QX_XDP_NS;
+    return 1;
+}
+
 /* Pinned map names (the files under the pin directory). */
 #define QX_XDP_MAP_CONFIG "qx_config"
 #define QX_XDP_MAP_KEYS "qx_keys"

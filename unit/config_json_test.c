@@ -67,7 +67,12 @@ static const char base_yaml[] = "server:\n"
                                 "admin:\n"
                                 "  listen: \"[::]:9901\"\n"
                                 "  token_file: secrets/token\n"
-                                "  ready_requires_upstream: true\n";
+                                "  ready_requires_upstream: true\n"
+                                "xdp:\n"
+                                "  pin: /sys/fs/bpf/q1\n"
+                                "  initial_rate: 5\n"
+                                "  initial_burst: 6\n"
+                                "  cid_key_rotate_secs: 7\n";
 
 /* base_yaml's routes, as JSON_SORT_KEYS | JSON_COMPACT writes them */
 static const char base_routes_json[] =
@@ -174,7 +179,7 @@ static void test_config_to_json_defaults(void **state)
                 "\"upstream_connect_timeout_secs\":10,"
                 "\"upstream_request_timeout_secs\":120},"
                 "\"listen\":\"[::]:8443\",\"retry\":\"auto\",\"ticket_key_file\":null,"
-                "\"workers\":0}}");
+                "\"workers\":0},\"xdp\":null}");
     qx_config_del(cfg);
 
     /* `admin: {}`: the admin defaults */
@@ -206,7 +211,9 @@ static void test_config_to_json_defaults(void **state)
         "\"quic_idle_timeout_secs\":7,\"retry_handshakes_threshold\":9,"
         "\"upstream_connect_timeout_secs\":3,\"upstream_request_timeout_secs\":60},"
         "\"listen\":\"0.0.0.0:443\",\"retry\":\"never\","
-        "\"ticket_key_file\":\"/etc/qrux/secrets/ticket.key\",\"workers\":4}}";
+        "\"ticket_key_file\":\"/etc/qrux/secrets/ticket.key\",\"workers\":4},"
+        "\"xdp\":{\"cid_key_rotate_secs\":7,\"initial_burst\":6,\"initial_rate\":5,"
+        "\"pin\":\"/sys/fs/bpf/q1\"}}";
     size_t wlen = sizeof(fmt) + sizeof(base_routes_json);
     assert_non_null(want = malloc(wlen));
     snprintf(want, wlen, fmt, base_routes_json);
@@ -339,6 +346,7 @@ static void test_dup_deep(void **state)
     d->key[0] = 'X';
     d->admin.listen[0] = 'X';
     d->admin.token_file[0] = 'X';
+    d->xdp.pin[0] = 'X';
     d->routes[0].match[0] = 'X';
     d->routes[1].upstreams[1].name[0] = 'X';
     d->routes[1].upstreams[1].addr.ss_family = AF_UNSPEC;
