@@ -27,13 +27,21 @@ int qx_cid_keys_init(qx_cid_keys_t *keys, uint32_t gen)
     return fill_random(keys->key[gen & 1], QX_CID_KEY_LEN);
 }
 
-int qx_cid_keys_rotate(qx_cid_keys_t *keys)
+void qx_cid_keys_advance(qx_cid_keys_t *keys, const uint8_t *key)
 {
     uint32_t next = __atomic_load_n(&keys->gen, __ATOMIC_ACQUIRE) + 1;
-    if (fill_random(keys->key[next & 1], QX_CID_KEY_LEN) != 0)
-        return QX_ERR_IO;
+    /* The slot of gen - 1, which no worker reads: workers read gen's. */
+    memcpy(keys->key[next & 1], key, QX_CID_KEY_LEN);
     keys->has_prev = 1;
     __atomic_store_n(&keys->gen, next, __ATOMIC_RELEASE);
+}
+
+int qx_cid_keys_rotate(qx_cid_keys_t *keys)
+{
+    uint8_t key[QX_CID_KEY_LEN];
+    if (fill_random(key, sizeof(key)) != 0)
+        return QX_ERR_IO;
+    qx_cid_keys_advance(keys, key);
     return 0;
 }
 

@@ -57,6 +57,10 @@ int qx_cid_keys_init(qx_cid_keys_t *keys, uint32_t gen);
  * QX_ERR_IO. */
 int qx_cid_keys_rotate(qx_cid_keys_t *keys);
 
+/* The same with |key| as the new key: for a caller that must hand the key
+ * to the XDP filter before the first CID carries it. */
+void qx_cid_keys_advance(qx_cid_keys_t *keys, const uint8_t *key);
+
 /* Writes a QX_CID_LEN-byte CID for |worker| into |cid|: random bytes, the
  * worker id, the current generation and its MAC. Returns 0 or QX_ERR_IO. */
 int qx_cid_make(const qx_cid_keys_t *keys, unsigned worker, uint8_t *cid);

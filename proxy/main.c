@@ -14,12 +14,14 @@
 #include "qx.h"
 #include "runtime.h"
 #include "snapshot.h"
+#include "src_rate.h"
 #include "steer.h"
 #include "tcp_front.h"
 #include "tls.h"
 #include "watch.h"
 #include "worker.h"
 #include "xdp.h"
+#include "xdp_proxy.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -160,6 +162,7 @@ static void on_exited(uv_async_t *h)
     uv_close((uv_handle_t *)&m->exited, NULL);
     uv_close((uv_handle_t *)&m->drain, NULL);
     uv_close((uv_handle_t *)&m->drain_delay, NULL);
+    qx_xdp_proxy_close(m->rt->xdp);
 }
 
 static void on_drain_delay(uv_timer_t *t)
@@ -422,6 +425,15 @@ int main(int argc, char **argv)
     rt.early_refused = &tls_keys.replays_refused;
 
     m.loop = uv_default_loop();
+    /* The CID key before any worker makes a CID; with xdp: the filter's
+     * maps and the Initial rate per source. */
+    if (qx_cid_keys_init(&shared.cid_keys, 0) != 0 ||
+        (snap->cfg->xdp.pin != NULL &&
+         (qx_src_rate_new(&shared.initial_rate, 65536) != 0 ||
+          qx_xdp_proxy_new(&rt.xdp, &snap->cfg->xdp, &shared.cid_keys, m.loop) != 0))) {
+        QX_ERROR("cannot set up the connection-ID key / xdp state");
+        return 1;
+    }
     m.nworkers = nworkers;
     m.workers = calloc(nworkers, sizeof(*m.workers));
     if (m.workers == NULL)
@@ -484,6 +496,8 @@ int main(int argc, char **argv)
     uv_run(m.loop, UV_RUN_DEFAULT);
     qx_runtime_set_lifecycle(&rt, QX_LC_STOPPED);
     qx_admin_stop(admin);
+    qx_xdp_proxy_del(rt.xdp);
+    qx_src_rate_del(shared.initial_rate);
     int code = 0;
     for (unsigned i = 0; i < nworkers; i++) {
         uv_thread_join(&m.workers[i].thread);

@@ -125,6 +125,16 @@ int qx_xdp_maps_publish_keys(const qx_xdp_maps_t *m, const qx_cid_keys_t *keys)
     return 0;
 }
 
+int qx_xdp_maps_publish_slot(const qx_xdp_maps_t *m, uint32_t gen, const uint8_t *key)
+{
+    struct qx_xdp_cid_key k = {.gen = gen, .valid = 1};
+    uint32_t slot = gen & 1;
+    if (m->keys < 0)
+        return 0;
+    memcpy(k.key, key, sizeof(k.key));
+    return bpf_map_update_elem(m->keys, &slot, &k, BPF_ANY) == 0 ? 0 : QX_ERR_IO;
+}
+
 int qx_xdp_maps_set_rate(const qx_xdp_maps_t *m, uint32_t rate, uint32_t burst)
 {
     struct qx_xdp_config cfg;

@@ -43,6 +43,10 @@ void qx_xdp_maps_counters(const qx_xdp_maps_t *m, uint64_t *out);
  * the older slot is marked invalid otherwise. Returns 0 or QX_ERR_IO. */
 int qx_xdp_maps_publish_keys(const qx_xdp_maps_t *m, const qx_cid_keys_t *keys);
 
+/* Loads |key| as generation |gen| into its slot (gen & 1), replacing the
+ * generation two before it. Returns 0 or QX_ERR_IO (0 when closed). */
+int qx_xdp_maps_publish_slot(const qx_xdp_maps_t *m, uint32_t gen, const uint8_t *key);
+
 /* Sets the Initial token bucket (packets per second per source, burst). */
 int qx_xdp_maps_set_rate(const qx_xdp_maps_t *m, uint32_t rate, uint32_t burst);
 
