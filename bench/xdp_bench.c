@@ -19,8 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int run(struct xdp_quic *skel, const uint8_t *f, size_t len, unsigned repeat,
-               uint32_t *ret, uint32_t *ns)
+static int run(struct xdp_quic *skel, const uint8_t *f, size_t len, unsigned repeat, uint32_t *ret,
+               uint32_t *ns)
 {
     LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = f, .data_size_in = (uint32_t)len,
                 .repeat = repeat);
@@ -61,8 +61,8 @@ int main(int argc, char **argv)
     char body[64 * 2000 + 16], *p = body, err[128];
     p += sprintf(p, "[");
     for (int i = 0; i < 1000; i++)
-        p += sprintf(p, "%s\"100.%d.%d.0/24\",\"2001:db9:%x::/48\"", i ? "," : "", i / 256,
-                     i % 256, i);
+        p += sprintf(p, "%s\"100.%d.%d.0/24\",\"2001:db9:%x::/48\"", i ? "," : "", i / 256, i % 256,
+                     i);
     p += sprintf(p, "]");
     if (qx_xdp_deny_set(&m, body, (size_t)(p - body), err, sizeof(err)) != 0) {
         fprintf(stderr, "xdp_bench: deny list: %s\n", err);

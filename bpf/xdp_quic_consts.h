@@ -12,14 +12,14 @@
 
 #define QX_QUIC_V1 0x00000001u
 #define QX_QUIC_V2 0x6b3343cfu
-#define QX_QUIC_MAX_CID 20        /* RFC 9000 §17.2 */
+#define QX_QUIC_MAX_CID 20         /* RFC 9000 §17.2 */
 #define QX_QUIC_MIN_INITIAL_DCID 8 /* RFC 9000 §7.2: a client's first DCID */
-#define QX_QUIC_MIN_INITIAL 1200  /* RFC 9000 §14.1: datagrams carrying an Initial */
-#define QX_QUIC_MIN_LONG 7        /* RFC 8999 §5.1: flags, version, two CID lengths */
+#define QX_QUIC_MIN_INITIAL 1200   /* RFC 9000 §14.1: datagrams carrying an Initial */
+#define QX_QUIC_MIN_LONG 7         /* RFC 8999 §5.1: flags, version, two CID lengths */
 
 #define QX_XDP_MAX_PORTS 4
-#define QX_XDP_BUCKETS 65536 /* sources tracked by the Initial token bucket (LRU) */
-#define QX_XDP_DENY_MAX 16384 /* prefixes per address family in the deny list */
+#define QX_XDP_BUCKETS 65536    /* sources tracked by the Initial token bucket (LRU) */
+#define QX_XDP_DENY_MAX 16384   /* prefixes per address family in the deny list */
 #define QX_XDP_NS 1000000000ull /* one token, in the bucket's fixed point */
 /* Initial packets per second per source and burst, unless configured
  * (`qrux xdp attach --rate/--burst`, the proxy's xdp.initial_rate/_burst). */
@@ -29,19 +29,19 @@
 /* Why a packet got its verdict. The counters map is indexed by this; every
  * reason below QX_XDP_FIRST_DROP means XDP_PASS, the others XDP_DROP. */
 enum qx_xdp_reason {
-    QX_XDP_PASS_OTHER = 0,   /* not UDP to a QUIC port (TCP, ARP, fragments...) */
-    QX_XDP_PASS_INITIAL,     /* an Initial that passed every check */
-    QX_XDP_PASS_LONG,        /* Handshake, 0-RTT, Retry of a known version */
-    QX_XDP_PASS_SHORT,       /* short header whose DCID carries a valid MAC */
-    QX_XDP_PASS_VERSION,     /* unknown version: qrux answers Version Negotiation */
-    QX_XDP_PASS_NO_KEY,      /* short header while no CID key is loaded */
-    QX_XDP_DROP_TOO_SHORT,   /* too short for the QUIC header it announces */
+    QX_XDP_PASS_OTHER = 0,     /* not UDP to a QUIC port (TCP, ARP, fragments...) */
+    QX_XDP_PASS_INITIAL,       /* an Initial that passed every check */
+    QX_XDP_PASS_LONG,          /* Handshake, 0-RTT, Retry of a known version */
+    QX_XDP_PASS_SHORT,         /* short header whose DCID carries a valid MAC */
+    QX_XDP_PASS_VERSION,       /* unknown version: qrux answers Version Negotiation */
+    QX_XDP_PASS_NO_KEY,        /* short header while no CID key is loaded */
+    QX_XDP_DROP_TOO_SHORT,     /* too short for the QUIC header it announces */
     QX_XDP_DROP_INITIAL_SMALL, /* Initial in a datagram under 1200 bytes */
-    QX_XDP_DROP_CID_LONG,    /* a connection ID over 20 bytes */
-    QX_XDP_DROP_DCID_SHORT,  /* client Initial with a DCID under 8 bytes */
-    QX_XDP_DROP_BAD_CID,     /* short-header DCID that qrux cannot have made */
-    QX_XDP_DROP_RATE,        /* Initial over the source's token bucket */
-    QX_XDP_DROP_DENY,        /* source in the deny list */
+    QX_XDP_DROP_CID_LONG,      /* a connection ID over 20 bytes */
+    QX_XDP_DROP_DCID_SHORT,    /* client Initial with a DCID under 8 bytes */
+    QX_XDP_DROP_BAD_CID,       /* short-header DCID that qrux cannot have made */
+    QX_XDP_DROP_RATE,          /* Initial over the source's token bucket */
+    QX_XDP_DROP_DENY,          /* source in the deny list */
     QX_XDP_NREASONS
 };
 #define QX_XDP_FIRST_DROP QX_XDP_DROP_TOO_SHORT

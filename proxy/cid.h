@@ -21,8 +21,8 @@
 #include "siphash.h"
 
 #define QX_CID_LEN 18
-#define QX_CID_WORKER 0  /* offset of the worker id */
-#define QX_CID_GEN 1     /* offset of the key generation byte */
+#define QX_CID_WORKER 0   /* offset of the worker id */
+#define QX_CID_GEN 1      /* offset of the key generation byte */
 #define QX_CID_MAC_OFF 14 /* the MAC covers bytes [0, QX_CID_MAC_OFF) */
 #define QX_CID_MAC_LEN 4
 #define QX_CID_KEY_LEN QX_SIPHASH_KEY_LEN

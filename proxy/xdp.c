@@ -357,8 +357,7 @@ static int cmd_attach(const xdp_args_t *a)
     memset(&pinfo, 0, sizeof(pinfo));
     bpf_obj_get_info_by_fd(prog_fd, &pinfo, &plen);
     printf("attached to %s (driver %s) in %s mode (%s): prog id %u, QUIC ports", a->iface,
-           drv[0] ? drv : "?", flags == XDP_FLAGS_SKB_MODE ? "generic" : "native", why,
-           pinfo.id);
+           drv[0] ? drv : "?", flags == XDP_FLAGS_SKB_MODE ? "generic" : "native", why, pinfo.id);
     for (unsigned i = 0; i < a->nports; i++)
         printf("%s%u", i ? "," : " ", a->ports[i]);
     printf(", Initial rate %u/s burst %u; maps and link pinned under %s\n", a->rate, a->burst,

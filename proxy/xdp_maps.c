@@ -241,8 +241,7 @@ static int prune(int fd, const void *keys, size_t n, size_t ksz)
     return 0;
 }
 
-int qx_xdp_deny_set(const qx_xdp_maps_t *m, const char *body, size_t len, char *err,
-                    size_t errlen)
+int qx_xdp_deny_set(const qx_xdp_maps_t *m, const char *body, size_t len, char *err, size_t errlen)
 {
     json_error_t jerr;
     int rv = 0;
@@ -274,8 +273,8 @@ int qx_xdp_deny_set(const qx_xdp_maps_t *m, const char *body, size_t len, char *
         struct qx_xdp_lpm6 k6;
         int fam = s ? qx_xdp_parse_cidr(s, &k4, &k6) : -1;
         if (fam < 0) {
-            snprintf(err, errlen, "[%zu]: not an IPv4 or IPv6 CIDR (\"192.0.2.0/24\", \"2001:db8::/32\")",
-                     i);
+            snprintf(err, errlen,
+                     "[%zu]: not an IPv4 or IPv6 CIDR (\"192.0.2.0/24\", \"2001:db8::/32\")", i);
             rv = QX_ERR_INVAL;
             goto out;
         }

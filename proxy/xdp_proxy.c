@@ -217,8 +217,7 @@ json_t *qx_xdp_proxy_deny_get(qx_xdp_proxy_t *p)
     return o;
 }
 
-int qx_xdp_proxy_deny_set(qx_xdp_proxy_t *p, const char *body, size_t len, char *err,
-                          size_t errlen)
+int qx_xdp_proxy_deny_set(qx_xdp_proxy_t *p, const char *body, size_t len, char *err, size_t errlen)
 {
     qx_xdp_maps_t none;
     if (p == NULL) {

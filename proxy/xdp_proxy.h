@@ -17,9 +17,9 @@
 #include "xdp_quic_consts.h"
 
 #include <jansson.h>
-#include <uv.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
 
 typedef struct qx_xdp_proxy qx_xdp_proxy_t;
 

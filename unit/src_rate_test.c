@@ -45,7 +45,7 @@ static void burst_and_refill(void **state)
     for (int i = 0; i < 3; i++)
         assert_int_equal(take(r, "192.0.2.1", t), 1);
     assert_int_equal(take(r, "192.0.2.1", t), 0);
-    assert_int_equal(take(r, "192.0.2.2", t), 1); /* another source */
+    assert_int_equal(take(r, "192.0.2.2", t), 1);                /* another source */
     assert_int_equal(take(r, "192.0.2.1", t + SEC / 10 - 1), 0); /* not quite one token */
     assert_int_equal(take(r, "192.0.2.1", t + SEC / 10 + 1), 1); /* 10/s: one per 100 ms */
     assert_int_equal(take(r, "192.0.2.1", t + SEC / 10 + 2), 0);

@@ -29,7 +29,7 @@ typedef struct frame_spec {
     int frag;        /* IPv4 more-fragments bit */
 } frame_spec_t;
 
-static size_t put16(uint8_t *p, uint16_t v)
+static inline size_t put16(uint8_t *p, uint16_t v)
 {
     p[0] = (uint8_t)(v >> 8);
     p[1] = (uint8_t)v;
@@ -37,7 +37,7 @@ static size_t put16(uint8_t *p, uint16_t v)
 }
 
 /* Ethernet + VLANs + IP + UDP headers around |payload|; returns the frame length. */
-static size_t frame(uint8_t *f, const frame_spec_t *s, const uint8_t *payload, size_t plen)
+static inline size_t frame(uint8_t *f, const frame_spec_t *s, const uint8_t *payload, size_t plen)
 {
     size_t o = 12;
     memset(f, 0, 64);
@@ -87,8 +87,8 @@ static size_t frame(uint8_t *f, const frame_spec_t *s, const uint8_t *payload, s
 }
 
 /* A long-header packet padded to |dlen| bytes. type: the two type bits. */
-static size_t long_hdr(uint8_t *p, uint32_t version, int type, size_t dcil, size_t scil,
-                       size_t dlen)
+static inline size_t long_hdr(uint8_t *p, uint32_t version, int type, size_t dcil, size_t scil,
+                              size_t dlen)
 {
     size_t o = 0;
     memset(p, 0, dlen);
@@ -105,12 +105,12 @@ static size_t long_hdr(uint8_t *p, uint32_t version, int type, size_t dcil, size
     return dlen;
 }
 
-static size_t initial(uint8_t *p, size_t dlen)
+static inline size_t initial(uint8_t *p, size_t dlen)
 {
     return long_hdr(p, QX_QUIC_V1, 0, 8, 8, dlen);
 }
 
-static size_t short_hdr(uint8_t *p, const uint8_t *cid, size_t dlen)
+static inline size_t short_hdr(uint8_t *p, const uint8_t *cid, size_t dlen)
 {
     memset(p, 0x33, dlen);
     p[0] = 0x40;

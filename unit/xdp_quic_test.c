@@ -8,10 +8,10 @@
  */
 #include "cid.h"
 #include "qx.h"
+#include "xdp_frames.h"
 #include "xdp_maps.h"
 #include "xdp_quic.skel.h"
 #include "xdp_quic_consts.h"
-#include "xdp_frames.h"
 
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
@@ -28,10 +28,9 @@
 
 #include <cmocka.h>
 
-
 static struct xdp_quic *skel;
 static qx_xdp_maps_t maps;
-static qx_cid_keys_t keys;   /* generation 9 (current) and 8 (previous) */
+static qx_cid_keys_t keys; /* generation 9 (current) and 8 (previous) */
 static uint8_t cid_cur[QX_CID_LEN], cid_prev[QX_CID_LEN], cid_retired[QX_CID_LEN];
 
 /* ---- running ----------------------------------------------------------- */
@@ -133,7 +132,8 @@ static void fixtures(void **state)
         int reason;
     } t[] = {
         {"IPv4 full Initial", &v4, 0, 0, 0, 0, 0, 1200, NULL, QX_XDP_PASS_INITIAL},
-        {"IPv4 Initial to the second port", &v4_443, 0, 0, 0, 0, 0, 1350, NULL, QX_XDP_PASS_INITIAL},
+        {"IPv4 Initial to the second port", &v4_443, 0, 0, 0, 0, 0, 1350, NULL,
+         QX_XDP_PASS_INITIAL},
         {"IPv6 full Initial", &v6, 0, 0, 0, 0, 0, 1252, NULL, QX_XDP_PASS_INITIAL},
         {"802.1Q IPv4 full Initial", &vlan4, 0, 0, 0, 0, 0, 1200, NULL, QX_XDP_PASS_INITIAL},
         {"QinQ IPv6 full Initial", &qinq6, 0, 0, 0, 0, 0, 1200, NULL, QX_XDP_PASS_INITIAL},
@@ -155,7 +155,8 @@ static void fixtures(void **state)
         {"unknown version, long DCID", &v4, 1, 0xff00001d, 0, 40, 8, 60, NULL, QX_XDP_PASS_VERSION},
         {"version 0 (negotiation)", &v6, 1, 0, 0, 8, 8, 60, NULL, QX_XDP_PASS_VERSION},
         {"long header, 6 bytes", &v4, 1, QX_QUIC_V1, 0, 0, 0, 6, NULL, QX_XDP_DROP_TOO_SHORT},
-        {"long header cut in the DCID", &v4, 1, QX_QUIC_V1, 2, 20, 0, 20, NULL, QX_XDP_DROP_TOO_SHORT},
+        {"long header cut in the DCID", &v4, 1, QX_QUIC_V1, 2, 20, 0, 20, NULL,
+         QX_XDP_DROP_TOO_SHORT},
         {"empty datagram", &v4, 3, 0, 0, 0, 0, 0, NULL, QX_XDP_DROP_TOO_SHORT},
         {"short header, current key", &v4, 2, 0, 0, 0, 0, 60, cid_cur, QX_XDP_PASS_SHORT},
         {"short header, previous key", &v6, 2, 0, 0, 0, 0, 60, cid_prev, QX_XDP_PASS_SHORT},
@@ -341,8 +342,8 @@ static void token_bucket(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(fixtures),  cmocka_unit_test(truncated),    cmocka_unit_test(deny_list),
-        cmocka_unit_test(no_key),    cmocka_unit_test(token_bucket),
+        cmocka_unit_test(fixtures), cmocka_unit_test(truncated),    cmocka_unit_test(deny_list),
+        cmocka_unit_test(no_key),   cmocka_unit_test(token_bucket),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
