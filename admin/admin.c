@@ -774,7 +774,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return reply(c, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain; charset=utf-8",
                          "method not allowed\n", 19, MHD_HTTP_HEADER_ALLOW, endpoints[ep].allow);
         }
-        int keep = (ep == EP_ROUTES || ep == EP_XDP_DENY) && strcmp(method, MHD_HTTP_METHOD_PUT) == 0;
+        int keep =
+            (ep == EP_ROUTES || ep == EP_XDP_DENY) && strcmp(method, MHD_HTTP_METHOD_PUT) == 0;
         int over = 0;
         const char *cl =
             MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);

@@ -42,8 +42,10 @@ typedef struct qx_metrics_globals {
     uint64_t max_fds;       /* process_max_fds */
     double start_time;      /* process_start_time_seconds, unix time */
     uint64_t early_refused; /* 0-RTT refused by the anti-replay check (replays) */
-    uint64_t xdp_packets[QX_XDP_NREASONS]; /* the XDP filter's verdicts (zeros without it) */
-    int xdp_attached;                      /* qrux_xdp_attached */
+    /* The XDP filter's verdicts by reason (zeros without it) and
+     * qrux_xdp_attached. */
+    uint64_t xdp_packets[QX_XDP_NREASONS];
+    int xdp_attached;
 } qx_metrics_globals_t;
 
 /*

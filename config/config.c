@@ -1107,8 +1107,8 @@ static int build_xdp(qx_xdp_cfg_t *x, const raw_xdp_t *raw, char *err, size_t er
                            errlen)) != 0)
         return rv;
     x->initial_rate = (uint32_t)v;
-    if ((rv = number_field("xdp", "initial_burst", raw->initial_burst, 100, 1000000, false, &v,
-                           err, errlen)) != 0)
+    if ((rv = number_field("xdp", "initial_burst", raw->initial_burst, 100, 1000000, false, &v, err,
+                           errlen)) != 0)
         return rv;
     x->initial_burst = (uint32_t)v;
     if ((rv = number_field("xdp", "cid_key_rotate_secs", raw->cid_key_rotate_secs, 0, 31536000,

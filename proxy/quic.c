@@ -977,8 +977,8 @@ static int validate_address(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     if (cfg->retry == QX_RETRY_ALWAYS ||
         (cfg->retry == QX_RETRY_AUTO &&
          (ep->w->handshakes >= cfg->limits.retry_handshakes_threshold ||
-          !qx_src_rate_take(sh->initial_rate, remote, cfg->xdp.initial_rate,
-                            cfg->xdp.initial_burst, now))))
+          !qx_src_rate_take(sh->initial_rate, remote, cfg->xdp.initial_rate, cfg->xdp.initial_burst,
+                            now))))
         return ADDR_SEND_RETRY;
     return ADDR_VALID;
 }

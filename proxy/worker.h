@@ -38,8 +38,10 @@ typedef struct qx_shared {
     uint8_t static_secret[32]; /* stateless reset tokens */
     uint8_t token_secret[32];  /* Retry and NEW_TOKEN tokens */
     qx_tls_keys_t *tls_keys;   /* session tickets, 0-RTT policy, anti-replay */
-    qx_cid_keys_t cid_keys;    /* the MAC in server CIDs (cid.h); rotated by xdp_proxy.c */
-    struct qx_src_rate *initial_rate; /* Initials per source (src_rate.h); NULL: no xdp: */
+    /* The MAC in server CIDs (cid.h), rotated by xdp_proxy.c; the Initial
+     * rate per source (src_rate.h), NULL without an xdp: section. */
+    qx_cid_keys_t cid_keys;
+    struct qx_src_rate *initial_rate;
     unsigned quic_conns;       /* atomic: QUIC connections in the process */
     void (*on_worker_exit)(qx_worker_t *w, void *arg); /* called on the worker thread */
     void *arg;

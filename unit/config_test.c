@@ -898,8 +898,7 @@ int main(void)
         cmocka_unit_test(test_match_lowercased),    cmocka_unit_test(test_path_resolution),
         cmocka_unit_test(test_load_file),           cmocka_unit_test(test_examples_load),
         cmocka_unit_test(test_reject_limits),       cmocka_unit_test(test_reject_workers),
-        cmocka_unit_test(test_reject_unknown_keys),
-        cmocka_unit_test(test_xdp_section), cmocka_unit_test(test_reject_yaml_errors),
+        cmocka_unit_test(test_reject_unknown_keys), cmocka_unit_test(test_reject_yaml_errors),
         cmocka_unit_test(test_reject_required),     cmocka_unit_test(test_reject_listen),
         cmocka_unit_test(test_reject_routes),       cmocka_unit_test(test_admin_absent),
         cmocka_unit_test(test_admin_defaults),      cmocka_unit_test(test_admin_token),
@@ -907,7 +906,7 @@ int main(void)
         cmocka_unit_test(test_addr_parse),          cmocka_unit_test(test_cpu_max),
         cmocka_unit_test(test_cgroup_v2),           cmocka_unit_test(test_cgroup_v1),
         cmocka_unit_test(test_effective_workers),   cmocka_unit_test(test_del_half_built),
-        cmocka_unit_test(test_https_listen),
+        cmocka_unit_test(test_https_listen),        cmocka_unit_test(test_xdp_section),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
