@@ -31,6 +31,7 @@
 #define H2_IDLE_MS 120000       /* a connection without streams closes after this */
 #define H2_GOAWAY_DELAY_MS 1000 /* drain: shutdown notice, then the real GOAWAY */
 #define H2_OBUF 16384
+#define H2_ID_GAPS 8 /* skipped stream-ID ranges remembered per connection */
 
 typedef struct h2_conn h2_conn_t;
 
@@ -57,6 +58,16 @@ struct h2_conn {
     int goaway_sent; /* the final GOAWAY is queued */
     int failed;      /* a fatal session error: flush what is queued, then close */
     int input_held;  /* input stopped because output was backed up */
+    /* Client stream IDs never opened: the next new one expected, and the
+     * ranges a client skipped (the last H2_ID_GAPS of them, a ring). A
+     * HEADERS frame below the newest stream is an error only for an ID in
+     * a gap: for an ID that was opened it may be trailers for a stream we
+     * already reset, which nghttp2 rightly ignores. */
+    int32_t next_id;
+    struct {
+        int32_t lo, hi;
+    } gaps[H2_ID_GAPS];
+    unsigned ngaps;
 };
 
 static const qx_front_ops_t h2_ops;
@@ -246,6 +257,47 @@ static const qx_front_ops_t h2_ops = {
 static h2_stream_t *stream_of(nghttp2_session *s, int32_t id)
 {
     return nghttp2_session_get_stream_user_data(s, id);
+}
+
+static int id_skipped(const h2_conn_t *h, int32_t id)
+{
+    unsigned n = QX_MIN(h->ngaps, (unsigned)H2_ID_GAPS);
+    for (unsigned i = 0; i < n; i++)
+        if (id >= h->gaps[i].lo && id <= h->gaps[i].hi)
+            return 1;
+    return 0;
+}
+
+/* RFC 9113 §5.1.1: a new stream's ID must exceed every ID the client used
+ * before, and the first use of an ID closes the lower idle ones. nghttp2
+ * ignores a HEADERS frame below its last stream (it keeps no record of
+ * closed streams, so it cannot tell trailers for a stream it reset from a
+ * stream that was never opened); the gaps tell, and such a frame is a
+ * connection error PROTOCOL_ERROR. */
+static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *user_data)
+{
+    h2_conn_t *h = user_data;
+    int32_t id = hd->stream_id;
+
+    if (hd->type != NGHTTP2_HEADERS || id <= 0 || (id & 1) == 0)
+        return 0;
+    if (h->next_id == 0)
+        h->next_id = 1;
+    if (id >= h->next_id) {
+        if (id > h->next_id) {
+            unsigned i = h->ngaps++ % H2_ID_GAPS;
+            h->gaps[i].lo = h->next_id;
+            h->gaps[i].hi = id - 2;
+        }
+        h->next_id = id + 2;
+        return 0;
+    }
+    if (nghttp2_session_find_stream(s, id) == NULL && id_skipped(h, id)) {
+        QX_DEBUG("h2: HEADERS on stream %d, below stream %d and never opened", id, h->next_id - 2);
+        nghttp2_session_terminate_session(s, NGHTTP2_PROTOCOL_ERROR);
+        qx_tcp_conn_mark(h->c);
+    }
+    return 0;
 }
 
 static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void *user_data)
@@ -533,6 +585,7 @@ int qx_h2_front_new(qx_tcp_conn_t *c, void **app, const qx_tcp_app_ops_t **ops)
     h->w = c->w;
     if (nghttp2_session_callbacks_new(&cbs) != 0 || nghttp2_option_new(&opt) != 0)
         goto fail;
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, on_begin_frame);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
