@@ -8,6 +8,8 @@
  */
 #include "cid.h"
 #include "qx.h"
+#include "runtime.h"
+#include "snapshot.h"
 #include "xdp_frames.h"
 #include "xdp_maps.h"
 #include "xdp_proxy.h"
@@ -203,11 +205,50 @@ static void without_filter(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* The xdp: keys need a restart: the filter got the rate at start, and a
+ * live change would make qrux and the filter disagree. */
+static void reload_refuses_xdp_changes(void **state)
+{
+    static const char base[] = "server:\n  listen: \"[::]:8443\"\n  cert: c.pem\n  key: k.pem\n"
+                               "routes:\n  - match: \"*\"\n    upstream: \"127.0.0.1:8080\"\n";
+    char y[512], err[256];
+    qx_config_t *cfg = NULL;
+    qx_snapshot_t *snap = NULL;
+    qx_runtime_t rt;
+    uint64_t gen = 0;
+    (void)state;
+
+    snprintf(y, sizeof(y), "%sxdp:\n  initial_rate: 50\n", base);
+    assert_int_equal(qx_config_load_buf(y, strlen(y), NULL, &cfg, err, sizeof(err)), 0);
+    assert_int_equal(qx_snapshot_new(&snap, cfg, 1), 0);
+    assert_int_equal(qx_runtime_init(&rt, snap), 0);
+    const char *changes[][2] = {
+        {"xdp:\n  initial_rate: 51\n", "xdp.initial_rate"},
+        {"xdp:\n  initial_burst: 5\n", "xdp.initial_burst"},
+        {"xdp:\n  pin: /sys/fs/bpf/other\n", "xdp.pin"},
+        {"", "xdp.pin"}, /* the section removed */
+        {"xdp:\n  cid_key_rotate_secs: 9\n", "xdp.cid_key_rotate_secs"},
+    };
+    for (size_t i = 0; i < sizeof(changes) / sizeof(changes[0]); i++) {
+        snprintf(y, sizeof(y), "%s%s", base, changes[i][0]);
+        assert_int_equal(qx_config_load_buf(y, strlen(y), NULL, &cfg, err, sizeof(err)), 0);
+        assert_int_equal(qx_runtime_publish(&rt, cfg, QX_SRC_FILE, 0, &gen, err, sizeof(err)),
+                         QX_ERR_CONFIG);
+        assert_non_null(strstr(err, changes[i][1]));
+    }
+    snprintf(y, sizeof(y), "%sxdp:\n  initial_rate: 50\n", base); /* unchanged: applies */
+    assert_int_equal(qx_config_load_buf(y, strlen(y), NULL, &cfg, err, sizeof(err)), 0);
+    assert_int_equal(qx_runtime_publish(&rt, cfg, QX_SRC_FILE, 0, &gen, err, sizeof(err)), 0);
+    assert_int_equal(gen, 2);
+    qx_runtime_free(&rt);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(keys_rate_rotation_reattach),
         cmocka_unit_test(without_filter),
+        cmocka_unit_test(reload_refuses_xdp_changes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
