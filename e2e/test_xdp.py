@@ -416,6 +416,22 @@ def main():
                       after.get("attached") == 1 and
                       after.get("short_header", 0) >= before.get("short_header", 0) > 0, after)
 
+            # A proxy running as another user (the image's 65532) opens the
+            # pins by path: --pin-owner hands them over.
+            os.chmod(env.dir, 0o711)
+            nobody = in_ns(NS_SRV, [need("setpriv"), "--reuid=65532", "--regid=65532",
+                                    "--clear-groups", qrux_bin(), "xdp", "status", "--pin", pin])
+            rc, out, err = sh(nobody)
+            env.check("before --pin-owner, uid 65532 cannot read the maps",
+                      "maps: not readable" in out or rc != 0, out + err)
+            rc, out, err = xdp(env, "attach", "--iface", IF_SRV, "--quic-port", str(port),
+                               "--pin", pin, "--rate", str(RATE), "--burst", str(BURST),
+                               "--pin-owner", "65532:65532")
+            env.check("attach --pin-owner 65532:65532: exit 0", rc == 0, out + err)
+            rc, out, err = sh(nobody)
+            env.check("then uid 65532 reads status and counters",
+                      rc == 0 and "mode generic" in out and "short_header" in out, out + err)
+
             rc, out, err = xdp(env, "detach", "--pin", pin)
             env.check("detach: exit 0", rc == 0 and "detached" in out, out + err)
             _, link, _ = sh(in_ns(NS_SRV, ["ip", "-d", "link", "show", IF_SRV]))

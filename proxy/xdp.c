@@ -55,6 +55,7 @@ typedef struct xdp_args {
     unsigned nports;
     uint32_t rate, burst;
     xdp_mode_t mode;
+    long owner_uid, owner_gid; /* --pin-owner, -1: leave root's */
 } xdp_args_t;
 
 static void usage(FILE *f)
@@ -62,6 +63,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: qrux xdp attach --iface IFACE --quic-port PORT[,PORT...] [--pin DIR]\n"
             "                       [--rate N --burst N] [--mode native|generic|auto]\n"
+            "                       [--pin-owner UID[:GID]]\n"
             "       qrux xdp detach [--pin DIR]\n"
             "       qrux xdp status [--pin DIR]\n"
             "\n"
@@ -71,7 +73,9 @@ static void usage(FILE *f)
             "--mode auto (default): generic on veth (native XDP on a veth takes GSO/TSO\n"
             "away from its peer and caps the MTU, which slows the TCP fallback), else\n"
             "native when the driver supports it, else generic.\n"
-            "Needs CAP_BPF and CAP_NET_ADMIN, and write access to DIR.\n",
+            "--pin-owner: hand DIR and its pins to the proxy's user (it opens them by path).\n"
+            "Needs CAP_BPF and CAP_NET_ADMIN (and CAP_CHOWN for --pin-owner), and write\n"
+            "access to DIR.\n",
             QX_XDP_DEFAULT_RATE, QX_XDP_DEFAULT_BURST);
 }
 
@@ -237,6 +241,30 @@ static void drop_link(const char *pin, int fd)
     unlink(path);
 }
 
+/* --pin-owner: the proxy, when it runs as another user, opens the pins by
+ * path; bpffs checks the file modes like any file system. */
+static int give_pins(const xdp_args_t *a)
+{
+    static const char *const names[] = {QX_XDP_PIN_LINK,  QX_XDP_MAP_CONFIG, QX_XDP_MAP_KEYS,
+                                        QX_XDP_MAP_DENY4, QX_XDP_MAP_DENY6,  QX_XDP_MAP_COUNTERS};
+    char path[PATH_MAX];
+    uid_t uid = (uid_t)a->owner_uid;
+    gid_t gid = a->owner_gid >= 0 ? (gid_t)a->owner_gid : (gid_t)-1;
+
+    if (chown(a->pin, uid, gid) == -1) {
+        fail("--pin-owner: chown %s: %s", a->pin, strerror(errno));
+        return -1;
+    }
+    for (size_t i = 0; i < QX_ARRAY_LEN(names); i++) {
+        pin_path(path, sizeof(path), a->pin, names[i]);
+        if (chown(path, uid, gid) == -1) {
+            fail("--pin-owner: chown %s: %s", path, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int cmd_attach(const xdp_args_t *a)
 {
     char path[PATH_MAX], drv[64];
@@ -352,6 +380,8 @@ static int cmd_attach(const xdp_args_t *a)
             goto out;
         }
     }
+    if (a->owner_uid >= 0 && give_pins(a) != 0)
+        goto out;
     struct bpf_prog_info pinfo;
     uint32_t plen = sizeof(pinfo);
     memset(&pinfo, 0, sizeof(pinfo));
@@ -497,15 +527,22 @@ static int parse_ports(const char *s, xdp_args_t *a)
 int qx_xdp_main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"iface", required_argument, NULL, 'i'}, {"quic-port", required_argument, NULL, 'p'},
-        {"pin", required_argument, NULL, 'P'},   {"rate", required_argument, NULL, 'r'},
-        {"burst", required_argument, NULL, 'b'}, {"mode", required_argument, NULL, 'm'},
-        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+        {"iface", required_argument, NULL, 'i'},
+        {"quic-port", required_argument, NULL, 'p'},
+        {"pin", required_argument, NULL, 'P'},
+        {"rate", required_argument, NULL, 'r'},
+        {"burst", required_argument, NULL, 'b'},
+        {"mode", required_argument, NULL, 'm'},
+        {"pin-owner", required_argument, NULL, 'o'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     xdp_args_t a = {.pin = QX_XDP_DEFAULT_PIN,
                     .rate = QX_XDP_DEFAULT_RATE,
                     .burst = QX_XDP_DEFAULT_BURST,
-                    .mode = MODE_AUTO};
+                    .mode = MODE_AUTO,
+                    .owner_uid = -1,
+                    .owner_gid = -1};
     int c;
 
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -548,6 +585,22 @@ int qx_xdp_main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'o': {
+            uint32_t uid, gid;
+            char buf[32];
+            snprintf(buf, sizeof(buf), "%s", optarg);
+            char *colon = strchr(buf, ':');
+            if (colon)
+                *colon = '\0';
+            if (parse_u32(buf, 0x7fffffff, &uid) != 0 ||
+                (colon && parse_u32(colon + 1, 0x7fffffff, &gid) != 0)) {
+                fail("--pin-owner: a numeric UID or UID:GID, e.g. 65532:65532");
+                return 2;
+            }
+            a.owner_uid = uid;
+            a.owner_gid = colon ? (long)gid : -1;
+            break;
+        }
         case 'h':
             usage(stdout);
             return 0;
