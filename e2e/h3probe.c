@@ -24,6 +24,13 @@
  *                             token was written to the file as hex
  *   timeout                   --timeout ran out first
  *
+ * Attacks (test_attacks_quic.py): --repeat N sends the last -H field N more
+ * times (nghttp3's encoder puts it in the QPACK dynamic table once and
+ * refers to it: a small HEADERS frame that decodes to N copies); --stall
+ * never grants flow control for response bodies (a client that stops
+ * reading, its connection kept alive with PINGs) and prints
+ * "received N" for each unfinished response when --timeout runs out.
+ *
  * Address validation (the transport tests): --token HEX sends HEX as the
  * token of the first Initial (a NEW_TOKEN saved earlier, or a forged one);
  * --retry-wait SECS holds the Initial that answers a Retry back for SECS
@@ -53,7 +60,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_FIELDS 256
+#define MAX_FIELDS 8192
 #define MAX_BODY (64 * 1024 * 1024)
 #define PKT_SIZE 1452
 
@@ -79,6 +86,7 @@ typedef struct {
     int print_cert;             /* --print-cert-sha256 */
     int print_retry;            /* --print-retry */
     int retry_wait_secs;        /* --retry-wait: hold the post-Retry Initial this long */
+    int stall;                  /* --stall: response bodies get no flow control */
     const char *new_token_file; /* --new-token-file: NEW_TOKEN written here (hex) */
     uint8_t token[512];         /* --token: sent in the first Initial */
     size_t token_len;
@@ -165,6 +173,8 @@ static int h3_stream_close(nghttp3_conn *conn, int64_t stream_id, uint64_t app_e
 
 static void consumed(probe_t *p, int64_t stream_id, size_t n)
 {
+    if (p->stall)
+        return; /* the server's window for this body is never opened again */
     ngtcp2_conn_extend_max_stream_offset(p->conn, stream_id, n);
     ngtcp2_conn_extend_max_offset(p->conn, n);
 }
@@ -541,6 +551,8 @@ static int quic_setup(probe_t *p)
         return -1;
     }
     ngtcp2_conn_set_tls_native_handle(p->conn, p->tls);
+    if (p->stall) /* a stalled client is still alive: it answers and PINGs */
+        ngtcp2_conn_set_keep_alive_timeout(p->conn, NGTCP2_SECONDS);
     return 0;
 }
 
@@ -686,6 +698,10 @@ static int run(probe_t *p)
     while (!p->done) {
         uint64_t now = now_ns(), expiry = ngtcp2_conn_get_expiry(p->conn);
         if (now >= deadline) {
+            for (int i = 0; p->stall && i < p->nreq; i++) {
+                if (!p->req[i].closed)
+                    printf("received %" PRIu64 "\n", p->req[i].body_len);
+            }
             printf("timeout\n");
             send_close(p);
             return 1;
@@ -740,6 +756,7 @@ static void usage(void)
                     "               [--timeout SECS] [--print-cert-sha256]\n"
                     "               [--token HEX] [--new-token-file FILE] [--print-retry]"
                     " [--retry-wait SECS]\n"
+                    "               [--repeat N] [--stall]\n"
                     "  -H fields go out verbatim, in order; the separator is ': ' (or ':'"
                     " when no space follows)\n");
 }
@@ -826,6 +843,14 @@ static int parse_args(probe_t *p, int argc, char **argv)
                 return -1;
         } else if (strcmp(a, "--new-token-file") == 0 && has_val) {
             p->new_token_file = argv[++i];
+        } else if (strcmp(a, "--repeat") == 0 && has_val) {
+            int n = atoi(argv[++i]);
+            if (p->nfields == 0 || n < 0 || p->nfields + (size_t)n > MAX_FIELDS)
+                return -1;
+            for (int k = 0; k < n; k++, p->nfields++)
+                p->fields[p->nfields] = p->fields[p->nfields - 1];
+        } else if (strcmp(a, "--stall") == 0) {
+            p->stall = 1;
         } else if (strcmp(a, "--print-retry") == 0) {
             p->print_retry = 1;
         } else if (strcmp(a, "--retry-wait") == 0 && has_val) {

@@ -2,11 +2,13 @@
 #include "quic.h"
 
 #include "cid.h"
+#include "ipcount.h"
 #include "log.h"
 #include "quic_conn.h"
 #include "quic_mem.h"
 #include "qx.h"
 #include "runtime.h"
+#include "siphash.h"
 #include "sockbuf.h"
 #include "src_rate.h"
 #include "tls.h"
@@ -43,11 +45,12 @@ typedef struct cid_entry {
     qx_quic_conn_t *qc;
 } cid_entry_t;
 
-#define IP_BUCKETS 4096
-
 struct qx_quic_ep {
     qx_worker_t *w;
-    uint16_t per_ip[IP_BUCKETS]; /* connections per source-address bucket */
+    /* A client picks the CIDs it sends and its address: both tables hash
+     * with this per-process random key, so it cannot aim at one chain. */
+    uint8_t hash_key[QX_SIPHASH_KEY_LEN];
+    qx_ipcount_t per_ip; /* validated connections per client address (/64 for IPv6) */
     int fd;
     int family;
     uv_poll_t poll;
@@ -90,17 +93,15 @@ const nghttp3_mem *qx_quic_conn_h3_mem(qx_quic_conn_t *qc)
 
 /* ---- connection ID table ------------------------------------------------ */
 
-static size_t cid_hash(const uint8_t *p, size_t len)
+/* Our CIDs are random, but the client's first DCID is its own choice. */
+static size_t cid_hash(const qx_quic_ep_t *ep, const uint8_t *p, size_t len)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a: CIDs are random already */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ p[i]) * 1099511628211ULL;
-    return (size_t)(h % CID_BUCKETS);
+    return (size_t)(qx_siphash24(ep->hash_key, p, len) % CID_BUCKETS);
 }
 
 static qx_quic_conn_t *cid_find(qx_quic_ep_t *ep, const uint8_t *p, size_t len)
 {
-    for (cid_entry_t *e = ep->buckets[cid_hash(p, len)]; e; e = e->next) {
+    for (cid_entry_t *e = ep->buckets[cid_hash(ep, p, len)]; e; e = e->next) {
         if (e->cid.datalen == len && memcmp(e->cid.data, p, len) == 0)
             return e->qc;
     }
@@ -115,7 +116,7 @@ static int cid_add(qx_quic_conn_t *qc, const ngtcp2_cid *cid)
     cid_entry_t *e = malloc(sizeof(*e));
     if (e == NULL)
         return QX_ERR_NOMEM;
-    size_t b = cid_hash(cid->data, cid->datalen);
+    size_t b = cid_hash(ep, cid->data, cid->datalen);
     e->cid = *cid;
     e->qc = qc;
     e->next = ep->buckets[b];
@@ -127,7 +128,7 @@ static int cid_add(qx_quic_conn_t *qc, const ngtcp2_cid *cid)
 static void cid_remove(qx_quic_conn_t *qc, const ngtcp2_cid *cid)
 {
     qx_quic_ep_t *ep = qc->ep;
-    cid_entry_t **pp = &ep->buckets[cid_hash(cid->data, cid->datalen)];
+    cid_entry_t **pp = &ep->buckets[cid_hash(ep, cid->data, cid->datalen)];
     for (; *pp; pp = &(*pp)->next) {
         cid_entry_t *e = *pp;
         if (e->qc == qc && ngtcp2_cid_eq(&e->cid, cid)) {
@@ -358,10 +359,10 @@ static void conn_del(qx_quic_conn_t *qc)
     } else {
         qx_cnt_sub(&w->metrics.active_connections_h3, 1);
     }
-    if (qc->counted) {
+    if (qc->counted)
         __atomic_sub_fetch(&w->shared->quic_conns, 1, __ATOMIC_RELAXED);
-        ep->per_ip[qc->ip_hash]--;
-    }
+    qx_ipcount_put(&ep->per_ip, qc->ip_entry);
+    qc->ip_entry = NULL;
 
     qx_h3_teardown(qc);
     while (qc->ncids > 0)
@@ -691,6 +692,10 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
 
     qx_quic_conn_read_sni(qc);
     qc->handshake_done = 1;
+    /* A completed handshake proves the address (RFC 9000 §8.1): from here
+     * on the connection counts toward its address's cap. */
+    if (qc->ip_entry == NULL)
+        qc->ip_entry = qx_ipcount_take(&qc->ep->per_ip, (const struct sockaddr *)&qc->remote);
     if (qc->counted)
         w->handshakes--;
     qx_cnt_add(&w->metrics.quic_handshakes_ok, 1);
@@ -770,28 +775,12 @@ static const ngtcp2_callbacks callbacks = {
     .recv_rx_key = recv_rx_key_cb,
 };
 
-/* Bucket of a client address for the per-IP cap (the port is ignored). */
-static uint32_t ip_bucket(const struct sockaddr *sa)
-{
-    const uint8_t *p;
-    size_t n;
-    if (sa->sa_family == AF_INET6) {
-        p = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
-        n = 16;
-    } else {
-        p = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
-        n = 4;
-    }
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * 16777619u;
-    return h % IP_BUCKETS;
-}
-
+/* A connection whose address a token proved (validated) counts toward
+ * the per-address cap at once; any other when its handshake completes. */
 static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
                                 const struct sockaddr *local, socklen_t locallen,
                                 const struct sockaddr *remote, socklen_t remotelen,
-                                const ngtcp2_cid *odcid)
+                                const ngtcp2_cid *odcid, int validated)
 {
     qx_worker_t *w = ep->w;
     const qx_limits_t *lim = &w->snap->cfg->limits;
@@ -871,8 +860,8 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     if (cid_add(qc, &hd->dcid) != 0 || cid_add(qc, &scid) != 0)
         goto fail;
     qc->counted = 1;
-    qc->ip_hash = ip_bucket(remote);
-    ep->per_ip[qc->ip_hash]++;
+    if (validated)
+        qc->ip_entry = qx_ipcount_take(&ep->per_ip, remote);
     __atomic_add_fetch(&w->shared->quic_conns, 1, __ATOMIC_RELAXED);
     w->handshakes++;
     return qc;
@@ -932,20 +921,26 @@ static void send_stateless_reset(qx_quic_ep_t *ep, const ngtcp2_version_cid *vc,
 #define RETRY_TOKEN_TIMEOUT (10 * NGTCP2_SECONDS)
 #define REGULAR_TOKEN_TIMEOUT (24 * 3600 * NGTCP2_SECONDS)
 
-enum { ADDR_VALID, ADDR_RETRIED, ADDR_SEND_RETRY, ADDR_BAD_TOKEN };
+enum { ADDR_VALID, ADDR_UNVALIDATED, ADDR_RETRIED, ADDR_SEND_RETRY, ADDR_BAD_TOKEN };
 
-static int may_accept(qx_quic_ep_t *ep, const struct sockaddr *remote)
+static int may_accept(qx_quic_ep_t *ep)
 {
     const qx_limits_t *lim = &ep->w->snap->cfg->limits;
     if (!ep->accepting)
         return 0;
     if (__atomic_load_n(&ep->w->shared->quic_conns, __ATOMIC_RELAXED) >= lim->max_quic_connections)
         return 0;
-    /* Per worker: the kernel spreads one client's ports over the workers,
-     * so the cap per source address is counted where the connections live. */
-    if (ep->per_ip[ip_bucket(remote)] >= lim->max_quic_connections_per_ip)
-        return 0;
     return 1;
+}
+
+/* The per-address cap, counted per worker (the kernel spreads one
+ * client's ports over the workers, so it is counted where the connections
+ * live) and only for proven addresses: an Initial from a forged source
+ * address must not use up its owner's cap. */
+static int over_ip_cap(qx_quic_ep_t *ep, const struct sockaddr *remote)
+{
+    return qx_ipcount_get(&ep->per_ip, remote) >=
+           ep->w->snap->cfg->limits.max_quic_connections_per_ip;
 }
 
 /* Decides what an Initial that would open a connection needs: a Retry
@@ -980,7 +975,7 @@ static int validate_address(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
           !qx_src_rate_take(sh->initial_rate, remote, cfg->xdp.initial_rate, cfg->xdp.initial_burst,
                             now))))
         return ADDR_SEND_RETRY;
-    return ADDR_VALID;
+    return ADDR_UNVALIDATED;
 }
 
 static void send_retry(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd, const struct sockaddr *local,
@@ -1053,18 +1048,33 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
         int retried = 0;
         if (ngtcp2_accept(&hd, data, len) != 0)
             return;
-        if (!may_accept(ep, remote)) {
+        if (!may_accept(ep)) {
             /* Draining or over a limit: refuse at once (CONNECTION_REFUSED)
              * instead of letting the client wait for its handshake timeout. */
             close_initial(ep, &hd, NGTCP2_CONNECTION_REFUSED, local, remote, remotelen);
             qx_cnt_add(&ep->w->metrics.quic_refused, 1);
             return;
         }
-        switch (validate_address(ep, &hd, remote, remotelen, &odcid)) {
+        int av = validate_address(ep, &hd, remote, remotelen, &odcid);
+        if ((av == ADDR_VALID || av == ADDR_RETRIED || av == ADDR_UNVALIDATED) &&
+            over_ip_cap(ep, remote)) {
+            /* At the cap: a proven address is refused; any other is asked
+             * to prove itself first (a Retry), so only its owner can be
+             * refused for it. */
+            if (av == ADDR_UNVALIDATED) {
+                send_retry(ep, &hd, local, remote, remotelen);
+                return;
+            }
+            close_initial(ep, &hd, NGTCP2_CONNECTION_REFUSED, local, remote, remotelen);
+            qx_cnt_add(&ep->w->metrics.quic_refused, 1);
+            return;
+        }
+        switch (av) {
         case ADDR_RETRIED:
             retried = 1;
             break;
         case ADDR_VALID:
+        case ADDR_UNVALIDATED:
             break;
         case ADDR_SEND_RETRY:
             send_retry(ep, &hd, local, remote, remotelen);
@@ -1074,7 +1084,8 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
             qx_cnt_add(&ep->w->metrics.quic_invalid_tokens, 1);
             return;
         }
-        qc = conn_new(ep, &hd, local, locallen, remote, remotelen, retried ? &odcid : NULL);
+        qc = conn_new(ep, &hd, local, locallen, remote, remotelen, retried ? &odcid : NULL,
+                      av != ADDR_UNVALIDATED);
         if (qc == NULL)
             return;
     }
@@ -1227,6 +1238,8 @@ int qx_quic_ep_new(qx_quic_ep_t **out, qx_worker_t *w, const struct sockaddr *ad
     ep->w = w;
     ep->family = addr->sa_family;
     ep->accepting = 1;
+    gnutls_rnd(GNUTLS_RND_KEY, ep->hash_key, sizeof(ep->hash_key));
+    qx_ipcount_init(&ep->per_ip, ep->hash_key);
     if (gnutls_hmac_init(&ep->reset_mac, GNUTLS_MAC_SHA256, w->shared->static_secret,
                          sizeof(w->shared->static_secret)) != 0) {
         free(ep);
@@ -1348,6 +1361,7 @@ static void ep_closed(uv_handle_t *h)
         close(ep->fd);
         gnutls_hmac_deinit(ep->reset_mac, NULL);
         qx_qmem_del(ep->mem); /* after every connection's libraries */
+        qx_ipcount_free(&ep->per_ip);
         free(ep);
     }
 }

@@ -43,7 +43,8 @@ typedef struct qx_shared {
     qx_cid_keys_t cid_keys;
     struct qx_src_rate *initial_rate;
     unsigned quic_conns;       /* atomic: QUIC connections in the process */
-    void (*on_worker_exit)(qx_worker_t *w, void *arg); /* called on the worker thread */
+    void (*on_worker_exit)(qx_worker_t *w, void *arg);  /* called on the worker thread */
+    void (*on_worker_start)(qx_worker_t *w, void *arg); /* its loop is about to run; ditto */
     void *arg;
 } qx_shared_t;
 

@@ -30,9 +30,12 @@ RUN_BACKPORTS=""
 # Test peers: Chromium, curl, h2load (nghttp2-client), slowhttptest
 # (slowloris), testssl.sh, promtool (prometheus), python3-h2/hpack (raw
 # HTTP/2), podman/buildah/runc/debootstrap (the container image, run for
-# real), iproute2 (network namespaces), clang-format.
+# real), iproute2 (network namespaces), clang-format, libclang-rt-14-dev
+# (libFuzzer and the sanitizer runtimes of clang 14: the build-san tree),
+# python3-cryptography (raw QUIC Initials in e2e/quicraw.py).
 TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
-python3-h2 python3-hpack podman buildah runc debootstrap clang-format"
+python3-h2 python3-hpack podman buildah runc debootstrap clang-format libclang-rt-14-dev
+python3-cryptography"
 TEST_BACKPORTS=""
 
 # Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf.
