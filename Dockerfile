@@ -19,7 +19,7 @@ RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQRUX_WERROR=ON \
 FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-       libngtcp2-9 libngtcp2-crypto-gnutls2 libnghttp3-3 libnghttp2-14 libgnutls30 libssl3 \
+       libngtcp2-16 libngtcp2-crypto-gnutls8 libnghttp3-9 libnghttp2-14 libgnutls30 libssl3 \
        libuv1 libcyaml1 libyaml-0-2 libmicrohttpd12 libjansson4 libbpf1 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /build/qrux /usr/local/bin/qrux

@@ -600,7 +600,7 @@ def render_config(port, cert, key, routes, limits=None, workers=2, extra_server=
 
 
 # ---------------------------------------------------------------------------
-# gtlsclient (Debian ngtcp2-client 0.12)
+# gtlsclient (Debian ngtcp2-client 1.11, bookworm-backports)
 
 
 class GtlsResult:

@@ -341,8 +341,8 @@ static void conn_del(qx_quic_conn_t *qc)
     qx_quic_ep_t *ep = qc->ep;
     qx_worker_t *w = ep->w;
 
-    if (!qc->close_quietly && qc->conn && !ngtcp2_conn_is_in_closing_period(qc->conn) &&
-        !ngtcp2_conn_is_in_draining_period(qc->conn)) {
+    if (!qc->close_quietly && qc->conn && !ngtcp2_conn_in_closing_period(qc->conn) &&
+        !ngtcp2_conn_in_draining_period(qc->conn)) {
         ngtcp2_path_storage ps;
         ngtcp2_pkt_info pi;
         ngtcp2_path_storage_zero(&ps);
@@ -401,11 +401,10 @@ static void conn_fail(qx_quic_conn_t *qc, int liberr)
         return;
     }
     if (liberr == NGTCP2_ERR_CRYPTO) {
-        ngtcp2_connection_close_error_set_transport_error_tls_alert(
-            &qc->ccerr, ngtcp2_conn_get_tls_alert(qc->conn), NULL, 0);
+        ngtcp2_ccerr_set_tls_alert(&qc->ccerr, ngtcp2_conn_get_tls_alert(qc->conn), NULL, 0);
     } else if (liberr != NGTCP2_ERR_CALLBACK_FAILURE || qc->ccerr.error_code == 0) {
         if (liberr != NGTCP2_ERR_CALLBACK_FAILURE)
-            ngtcp2_connection_close_error_set_transport_error_liberr(&qc->ccerr, liberr, NULL, 0);
+            ngtcp2_ccerr_set_liberr(&qc->ccerr, liberr, NULL, 0);
     }
     QX_DEBUG("quic: closing connection: %s", ngtcp2_strerror(liberr));
     qx_quic_conn_close(qc, 0);
@@ -478,7 +477,7 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
         if (qc->h3 && ngtcp2_conn_get_max_data_left(qc->conn)) {
             sveccnt = nghttp3_conn_writev_stream(qc->h3, &stream_id, &fin, vec, QX_ARRAY_LEN(vec));
             if (sveccnt < 0) {
-                ngtcp2_connection_close_error_set_application_error(
+                ngtcp2_ccerr_set_application_error(
                     &qc->ccerr, nghttp3_err_infer_quic_app_error_code((int)sveccnt), NULL, 0);
                 return NGTCP2_ERR_CALLBACK_FAILURE;
             }
@@ -556,17 +555,21 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
     }
     if (off > 0)
         flush_batch(qc, off, gso, ecn);
-    /* Pacing starts once the handshake is done: before that ngtcp2 paces at
-     * its default 333 ms RTT estimate, which held the first response of
-     * every connection back by ~20 ms. The first update also charges the
-     * handshake's own bytes (ngtcp2 counts every byte sent since the last
-     * update): they left a round trip ago, so they are charged from when
-     * the connection began; charged from now they held the first response
-     * back by a third of a round trip (~9 ms at a 50 ms RTT). */
-    if (ngtcp2_conn_get_handshake_completed(qc->conn)) {
-        ngtcp2_conn_update_pkt_tx_time(qc->conn, qc->paced ? ts : qc->created_ts);
+    /* Pacing: ngtcp2 charges the bytes written since the last update at
+     * its pacing rate and sets when the next packet may leave. The time
+     * given must never go backwards (ngtcp2 asserts it), so it is always
+     * the time of the writes. Before the first RTT sample the rate assumes
+     * a 1 ms round trip: the handshake flight costs next to nothing. The
+     * flight that completes the handshake (HANDSHAKE_DONE, the session
+     * ticket, connection IDs, NEW_TOKEN) is the first one charged at the
+     * real rate; charged at once it held the first response back by ~5 ms
+     * at a 50 ms RTT. It is charged with the next write instead, together
+     * with what that write sends: the first response leaves at once and
+     * nothing is ever sent faster than the rate allows afterwards. */
+    if (qc->paced || !ngtcp2_conn_get_handshake_completed(qc->conn))
+        ngtcp2_conn_update_pkt_tx_time(qc->conn, ts);
+    else
         qc->paced = 1;
-    }
     schedule_timer(qc);
     return 0;
 }
@@ -719,10 +722,10 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
     return 0;
 }
 
-static int recv_rx_key_cb(ngtcp2_conn *conn, ngtcp2_crypto_level level, void *user_data)
+static int recv_rx_key_cb(ngtcp2_conn *conn, ngtcp2_encryption_level level, void *user_data)
 {
     (void)conn;
-    if (level != NGTCP2_CRYPTO_LEVEL_APPLICATION)
+    if (level != NGTCP2_ENCRYPTION_LEVEL_1RTT)
         return 0;
     qx_quic_conn_read_sni(user_data);
     return qx_h3_setup(user_data);
@@ -732,13 +735,12 @@ static int recv_rx_key_cb(ngtcp2_conn *conn, ngtcp2_crypto_level level, void *us
  * session released (release_tls), none is legal from a client: TLS 1.3
  * has no client message after Finished here (no post-handshake
  * authentication is asked for) and QUIC forbids KeyUpdate (RFC 9001 §6). */
-static int recv_crypto_data_cb(ngtcp2_conn *conn, ngtcp2_crypto_level level, uint64_t offset,
+static int recv_crypto_data_cb(ngtcp2_conn *conn, ngtcp2_encryption_level level, uint64_t offset,
                                const uint8_t *data, size_t datalen, void *user_data)
 {
     qx_quic_conn_t *qc = user_data;
     if (qc->tls == NULL) {
-        ngtcp2_connection_close_error_set_transport_error_tls_alert(
-            &qc->ccerr, GNUTLS_A_UNEXPECTED_MESSAGE, NULL, 0);
+        ngtcp2_ccerr_set_tls_alert(&qc->ccerr, GNUTLS_A_UNEXPECTED_MESSAGE, NULL, 0);
         return NGTCP2_ERR_CALLBACK_FAILURE;
     }
     return ngtcp2_crypto_recv_crypto_data_cb(conn, level, offset, data, datalen, user_data);
@@ -798,7 +800,7 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     qc->locallen = locallen;
     memcpy(&qc->remote, remote, remotelen);
     qc->remotelen = remotelen;
-    ngtcp2_connection_close_error_default(&qc->ccerr);
+    ngtcp2_ccerr_default(&qc->ccerr);
     uv_timer_init(&w->loop, &qc->timer);
     qc->next = ep->conns;
     if (ep->conns)
@@ -808,13 +810,13 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
 
     ngtcp2_settings_default(&settings);
     settings.initial_ts = now_ns();
-    qc->created_ts = settings.initial_ts;
     settings.max_tx_udp_payload_size = MAX_UDP_PAYLOAD;
     settings.handshake_timeout = (ngtcp2_duration)lim->quic_handshake_timeout_secs * NGTCP2_SECONDS;
     if (odcid) {
         /* Validated by a Retry: ngtcp2 checks that every Initial carries it. */
-        settings.token.base = (uint8_t *)hd->token.base;
-        settings.token.len = hd->token.len;
+        settings.token = hd->token;
+        settings.tokenlen = hd->tokenlen;
+        settings.token_type = NGTCP2_TOKEN_TYPE_RETRY;
     }
     /* The stream window is the per-stream body bound (exchange.h): no
      * auto-tuning past it. */
@@ -838,6 +840,7 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     } else {
         params.original_dcid = hd->dcid;
     }
+    params.original_dcid_present = 1; /* ngtcp2 1.x asserts it on a server */
     params.stateless_reset_token_present = 1;
 
     if (new_cid(qc, &scid, params.stateless_reset_token, QX_SCID_LEN) != 0)
@@ -954,17 +957,17 @@ static int validate_address(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     const qx_config_t *cfg = ep->w->snap->cfg;
     ngtcp2_tstamp now = now_ns();
 
-    if (hd->token.len > 0 && hd->token.base[0] == NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY) {
-        if (ngtcp2_crypto_verify_retry_token(odcid, hd->token.base, hd->token.len, sh->token_secret,
+    if (hd->tokenlen > 0 && hd->token[0] == NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY) {
+        if (ngtcp2_crypto_verify_retry_token(odcid, hd->token, hd->tokenlen, sh->token_secret,
                                              sizeof(sh->token_secret), hd->version,
                                              (const ngtcp2_sockaddr *)remote, remotelen, &hd->dcid,
                                              RETRY_TOKEN_TIMEOUT, now) != 0)
             return ADDR_BAD_TOKEN;
         return ADDR_RETRIED;
     }
-    if (hd->token.len > 0 && hd->token.base[0] == NGTCP2_CRYPTO_TOKEN_MAGIC_REGULAR &&
+    if (hd->tokenlen > 0 && hd->token[0] == NGTCP2_CRYPTO_TOKEN_MAGIC_REGULAR &&
         ngtcp2_crypto_verify_regular_token(
-            hd->token.base, hd->token.len, sh->token_secret, sizeof(sh->token_secret),
+            hd->token, hd->tokenlen, sh->token_secret, sizeof(sh->token_secret),
             (const ngtcp2_sockaddr *)remote, remotelen, REGULAR_TOKEN_TIMEOUT, now) == 0)
         return ADDR_VALID;
     /* The per-source rate is the XDP filter's (xdp.initial_rate/_burst):
@@ -1374,8 +1377,7 @@ void qx_quic_ep_close(qx_quic_ep_t *ep)
     ep->dirty = NULL;
     while (ep->conns) {
         qx_quic_conn_t *qc = ep->conns;
-        ngtcp2_connection_close_error_set_application_error(&qc->ccerr, NGHTTP3_H3_NO_ERROR, NULL,
-                                                            0);
+        ngtcp2_ccerr_set_application_error(&qc->ccerr, NGHTTP3_H3_NO_ERROR, NULL, 0);
         qc->closing = 1;
         conn_del(qc);
     }

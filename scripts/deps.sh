@@ -16,16 +16,16 @@ set -eu
 # Build: the libraries of docs/ARCHITECTURE.md ("Libraries"). libyaml-dev:
 # Debian's libcyaml-dev does not pull it in but libcyaml.pc links -lyaml.
 BUILD="build-essential cmake pkg-config git ca-certificates
-libngtcp2-dev libngtcp2-crypto-gnutls-dev libnghttp3-dev libnghttp2-dev libssl-dev libgnutls28-dev libuv1-dev libcyaml-dev libyaml-dev node-llhttp
+libnghttp2-dev libssl-dev libgnutls28-dev libuv1-dev libcyaml-dev libyaml-dev node-llhttp
 libmicrohttpd-dev libjansson-dev libbpf-dev clang bpftool libcmocka-dev"
 # Packages taken from bookworm-backports, each as NAME:MINIMUM_VERSION (an
 # older one installed from bookworm is upgraded).
-BUILD_BACKPORTS=""
+BUILD_BACKPORTS="libngtcp2-dev:1.11.0 libngtcp2-crypto-gnutls-dev:1.11.0 libnghttp3-dev:1.8.0"
 
 # Demo (`make run`): nginx-light as the backend, openssl for the self-signed
 # certificate, curl and ngtcp2's gtlsclient for the commands it prints.
-RUN="nginx-light openssl curl python3 ngtcp2-client"
-RUN_BACKPORTS=""
+RUN="nginx-light openssl curl python3"
+RUN_BACKPORTS="ngtcp2-client:1.11.0"
 
 # Test peers: Chromium, curl, h2load (nghttp2-client), slowhttptest
 # (slowloris), testssl.sh, promtool (prometheus), python3-h2/hpack (raw
