@@ -17,6 +17,7 @@
 #include "log.h"
 #include "metrics_text.h"
 #include "qx.h"
+#include "xdp_proxy.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -79,7 +80,17 @@ typedef struct admin_req {
     int too_large;
 } admin_req_t;
 
-enum { EP_LIVEZ, EP_READYZ, EP_STARTUPZ, EP_METRICS, EP_ROUTES, EP_CONFIG, EP_DRAIN, EP_COUNT };
+enum {
+    EP_LIVEZ,
+    EP_READYZ,
+    EP_STARTUPZ,
+    EP_METRICS,
+    EP_ROUTES,
+    EP_CONFIG,
+    EP_DRAIN,
+    EP_XDP_DENY,
+    EP_COUNT
+};
 
 static const struct {
     const char *path;
@@ -93,6 +104,7 @@ static const struct {
     [EP_ROUTES] = {"/routes", "GET, HEAD, PUT", 0},
     [EP_CONFIG] = {"/config", "GET, HEAD", 0},
     [EP_DRAIN] = {"/drain", "POST", 0},
+    [EP_XDP_DENY] = {"/xdp/denylist", "GET, HEAD, PUT", 0},
 };
 
 static uint64_t mono_ms(void)
@@ -565,6 +577,7 @@ static enum MHD_Result get_metrics(qx_admin_t *a, struct MHD_Connection *c)
     g.ready = readiness(a, why, sizeof(why));
     if (rt->early_refused)
         g.early_refused = __atomic_load_n(rt->early_refused, __ATOMIC_RELAXED);
+    qx_xdp_proxy_stats(rt->xdp, g.xdp_packets, &g.xdp_attached);
     g.log_suppressed = qx_log_rl_dropped();
     char *extra = endpoint_metrics(rt, &g.extralen);
     g.extra = extra;
@@ -747,6 +760,28 @@ static enum MHD_Result put_routes(qx_admin_t *a, struct MHD_Connection *c, const
     return reply_json(c, MHD_HTTP_OK, o);
 }
 
+/* PUT /xdp/denylist: the whole list, validated before anything changes.
+ * Without the filter's maps: 409 (there is nothing to hold the list). */
+static enum MHD_Result put_xdp_deny(qx_admin_t *a, struct MHD_Connection *c, const admin_req_t *r)
+{
+    char err[256] = "";
+    int rv = qx_xdp_proxy_deny_set(a->rt->xdp, r->body ? r->body : "", r->len, err, sizeof(err));
+    if (rv == QX_ERR_INVAL || rv == QX_ERR_LIMIT) {
+        QX_WARN("admin: PUT /xdp/denylist: %s", err);
+        return reply_error(c, MHD_HTTP_BAD_REQUEST, err, "denylist");
+    }
+    if (rv == QX_ERR_NOTFOUND)
+        return reply_error(c, MHD_HTTP_CONFLICT,
+                           "no XDP filter: configure xdp.pin and run qrux xdp attach", "");
+    if (rv != 0)
+        return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, err[0] ? err : "update failed", "");
+    json_t *o = qx_xdp_proxy_deny_get(a->rt->xdp);
+    if (o)
+        QX_INFO("admin: PUT /xdp/denylist: %zu prefixes",
+                json_array_size(json_object_get(o, "denylist")));
+    return reply_json(c, MHD_HTTP_OK, o);
+}
+
 static enum MHD_Result post_drain(qx_admin_t *a, struct MHD_Connection *c)
 {
     QX_INFO("admin: POST /drain");
@@ -801,6 +836,8 @@ static enum MHD_Result dispatch(qx_admin_t *a, struct MHD_Connection *c, int ep)
         return get_config(a, c);
     case EP_DRAIN:
         return post_drain(a, c);
+    case EP_XDP_DENY:
+        return reply_json(c, MHD_HTTP_OK, qx_xdp_proxy_deny_get(a->rt->xdp));
     }
     return reply_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
 }
@@ -875,7 +912,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return reply(c, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain; charset=utf-8",
                          "method not allowed\n", 19, MHD_HTTP_HEADER_ALLOW, endpoints[ep].allow);
         }
-        int keep = ep == EP_ROUTES && strcmp(method, MHD_HTTP_METHOD_PUT) == 0;
+        int keep =
+            (ep == EP_ROUTES || ep == EP_XDP_DENY) && strcmp(method, MHD_HTTP_METHOD_PUT) == 0;
         int over = 0;
         const char *cl =
             MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -895,7 +933,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (keep && !over &&
             !is_json(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE)))
             return reply_error(c, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
-                               "PUT /routes takes Content-Type: application/json", "");
+                               ep == EP_ROUTES ? "PUT /routes takes Content-Type: application/json"
+                                               : "PUT /xdp/denylist takes Content-Type: "
+                                                 "application/json",
+                               "");
         r = calloc(1, sizeof(*r));
         if (r == NULL)
             return MHD_NO;
@@ -928,7 +969,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (r->too_large)
         return reply_too_large(c);
     if (r->keep)
-        return put_routes(a, c, r);
+        return r->ep == EP_XDP_DENY ? put_xdp_deny(a, c, r) : put_routes(a, c, r);
     return dispatch(a, c, r->ep);
 }
 

@@ -474,6 +474,15 @@ static void render_globals(qx_metrics_text_t *t, const qx_metrics_globals_t *g)
     puts_(t, "} 1\n");
     family(t, "qrux_ready", "gauge", "1 when /readyz answers 200, else 0.");
     putf(t, "qrux_ready %d\n", g->ready ? 1 : 0);
+    family(t, "qrux_xdp_attached", "gauge",
+           "1 when the XDP filter pinned under xdp.pin holds an interface, else 0.");
+    putf(t, "qrux_xdp_attached %d\n", g->xdp_attached ? 1 : 0);
+    family(t, "qrux_xdp_packets_total", "counter",
+           "Packets the XDP filter saw, by verdict (pass, drop) and reason (bpf/README.md).");
+    for (int r = 0; r < QX_XDP_NREASONS; r++)
+        putf(t, "qrux_xdp_packets_total{verdict=\"%s\",reason=\"%s\"} %llu\n",
+             r >= QX_XDP_FIRST_DROP ? "drop" : "pass", qx_xdp_reason_name(r),
+             (unsigned long long)g->xdp_packets[r]);
     if (!g->have_process)
         return;
     family(t, "process_cpu_seconds_total", "counter", "User and system CPU time spent, seconds.");

@@ -12,6 +12,7 @@
 
 #include "metrics.h"
 #include "runtime.h"
+#include "xdp_quic_consts.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -44,6 +45,10 @@ typedef struct qx_metrics_globals {
     uint64_t log_suppressed; /* log lines dropped by the rate limits (log.h) */
     const char *extra;       /* whole families rendered elsewhere (endpoints, DNS), or NULL */
     size_t extralen;
+    /* The XDP filter's verdicts by reason (zeros without it) and
+     * qrux_xdp_attached. */
+    uint64_t xdp_packets[QX_XDP_NREASONS];
+    int xdp_attached;
 } qx_metrics_globals_t;
 
 /*

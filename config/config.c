@@ -110,12 +110,20 @@ typedef struct raw_dns {
     char *max_ttl_secs;
 } raw_dns_t;
 
+typedef struct raw_xdp {
+    char *pin;
+    char *initial_rate;
+    char *initial_burst;
+    char *cid_key_rotate_secs;
+} raw_xdp_t;
+
 typedef struct raw_doc {
     raw_server_t *server;
     raw_route_t *routes;
     unsigned nroutes;
     raw_admin_t *admin;
     raw_dns_t *dns;
+    raw_xdp_t *xdp;
 } raw_doc_t;
 
 /*
@@ -204,12 +212,21 @@ static const cyaml_schema_field_t dns_fields[] = {
     CYAML_FIELD_END,
 };
 
+static const cyaml_schema_field_t xdp_fields[] = {
+    OPT_STR("pin", raw_xdp_t, pin),
+    OPT_STR("initial_rate", raw_xdp_t, initial_rate),
+    OPT_STR("initial_burst", raw_xdp_t, initial_burst),
+    OPT_STR("cid_key_rotate_secs", raw_xdp_t, cid_key_rotate_secs),
+    CYAML_FIELD_END,
+};
+
 static const cyaml_schema_field_t doc_fields[] = {
     CYAML_FIELD_MAPPING_PTR("server", CYAML_FLAG_OPTIONAL, raw_doc_t, server, server_fields),
     CYAML_FIELD_SEQUENCE_COUNT("routes", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, raw_doc_t,
                                routes, nroutes, &route_entry, 0, CYAML_UNLIMITED),
     CYAML_FIELD_MAPPING_PTR("admin", CYAML_FLAG_OPTIONAL, raw_doc_t, admin, admin_fields),
     CYAML_FIELD_MAPPING_PTR("dns", CYAML_FLAG_OPTIONAL, raw_doc_t, dns, dns_fields),
+    CYAML_FIELD_MAPPING_PTR("xdp", CYAML_FLAG_OPTIONAL, raw_doc_t, xdp, xdp_fields),
     CYAML_FIELD_END,
 };
 
@@ -1354,6 +1371,37 @@ static int build_dns(qx_dns_cfg_t *d, const raw_dns_t *raw, char *err, size_t er
     return 0;
 }
 
+/* The defaults here, in xdp_quic_consts.h (the loader's) and in
+ * config/examples/qrux.yaml change together. No `xdp:` section leaves
+ * x->pin NULL: qrux does not look for the program. */
+static int build_xdp(qx_xdp_cfg_t *x, const raw_xdp_t *raw, char *err, size_t errlen)
+{
+    uint64_t v;
+    int rv;
+
+    if (raw == NULL)
+        return 0;
+    const char *pin = raw->pin != NULL ? raw->pin : "/sys/fs/bpf/qrux";
+    if (pin[0] != '/')
+        return fail(err, errlen, "xdp.pin: \"%s\" must be an absolute path (a bpffs directory)",
+                    pin);
+    if ((x->pin = strdup(pin)) == NULL)
+        return QX_ERR_NOMEM;
+    if ((rv = number_field("xdp", "initial_rate", raw->initial_rate, 50, 1000000, true, &v, err,
+                           errlen)) != 0)
+        return rv;
+    x->initial_rate = (uint32_t)v;
+    if ((rv = number_field("xdp", "initial_burst", raw->initial_burst, 100, 1000000, false, &v, err,
+                           errlen)) != 0)
+        return rv;
+    x->initial_burst = (uint32_t)v;
+    if ((rv = number_field("xdp", "cid_key_rotate_secs", raw->cid_key_rotate_secs, 0, 31536000,
+                           true, &v, err, errlen)) != 0)
+        return rv;
+    x->cid_key_rotate_secs = (uint32_t)v;
+    return 0;
+}
+
 static int build_config(qx_config_t *cfg, raw_doc_t *raw, const char *basedir, const char *yaml,
                         size_t len, char *err, size_t errlen)
 {
@@ -1389,7 +1437,9 @@ static int build_config(qx_config_t *cfg, raw_doc_t *raw, const char *basedir, c
 
     if ((rv = build_admin(&cfg->admin, raw->admin, basedir, err, errlen)) != 0)
         return rv;
-    return build_dns(&cfg->dns, raw->dns, err, errlen);
+    if ((rv = build_dns(&cfg->dns, raw->dns, err, errlen)) != 0)
+        return rv;
+    return build_xdp(&cfg->xdp, raw->xdp, err, errlen);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1555,6 +1605,7 @@ void qx_config_del(qx_config_t *cfg)
     for (size_t i = 0; i < cfg->dns.nsearch; i++)
         free(cfg->dns.search[i]);
     free(cfg->dns.search);
+    free(cfg->xdp.pin);
     free(cfg->path);
     free(cfg->listen);
     free(cfg->https_listen);

@@ -67,6 +67,16 @@ typedef struct qx_admin_cfg {
     int ready_requires_upstream; /* /readyz also waits for the upstreams to accept TCP */
 } qx_admin_cfg_t;
 
+/* The XDP filter's maps (`qrux xdp attach`). Absent `xdp:` section: pin
+ * is NULL and qrux neither looks for the program nor limits Initials per
+ * source. */
+typedef struct qx_xdp_cfg {
+    char *pin;                    /* the bpffs directory; default /sys/fs/bpf/qrux */
+    uint32_t initial_rate;        /* default 50 Initial packets/s per source; 0: no limit */
+    uint32_t initial_burst;       /* default 100 */
+    uint32_t cid_key_rotate_secs; /* default 0: one CID key for the life of the process */
+} qx_xdp_cfg_t;
+
 /* 0-RTT policy (issue 6): off, or safe methods only, or everything. */
 typedef enum { QX_EARLY_OFF = 0, QX_EARLY_SAFE, QX_EARLY_ALL } qx_early_data_t;
 /* Address validation with Retry (issue 6). */
@@ -104,6 +114,7 @@ typedef struct qx_config {
     size_t nroutes; /* >= 1 */
     qx_admin_cfg_t admin;
     qx_dns_cfg_t dns;
+    qx_xdp_cfg_t xdp;
 } qx_config_t;
 
 /*

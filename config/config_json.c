@@ -170,6 +170,23 @@ static json_t *dns_to_json(const qx_dns_cfg_t *d)
     return o;
 }
 
+static json_t *xdp_to_json(const qx_xdp_cfg_t *x)
+{
+    if (x->pin == NULL)
+        return json_null();
+    json_t *o = json_object();
+    if (o == NULL)
+        return NULL;
+    if (set(o, "pin", json_string(x->pin)) != 0 ||
+        set(o, "initial_rate", u64(x->initial_rate)) != 0 ||
+        set(o, "initial_burst", u64(x->initial_burst)) != 0 ||
+        set(o, "cid_key_rotate_secs", u64(x->cid_key_rotate_secs)) != 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
 json_t *qx_config_to_json(const qx_config_t *cfg)
 {
     if (cfg == NULL)
@@ -202,6 +219,8 @@ json_t *qx_config_to_json(const qx_config_t *cfg)
     if (set(root, "admin", admin_to_json(&cfg->admin)) != 0)
         goto fail;
     if (set(root, "dns", dns_to_json(&cfg->dns)) != 0)
+        goto fail;
+    if (set(root, "xdp", xdp_to_json(&cfg->xdp)) != 0)
         goto fail;
     return root;
 
@@ -244,6 +263,7 @@ static qx_config_t *dup_without_routes(const qx_config_t *cfg)
     d->key = dup_str(cfg->key, &ok);
     d->admin.listen = dup_str(cfg->admin.listen, &ok);
     d->admin.token_file = dup_str(cfg->admin.token_file, &ok);
+    d->xdp.pin = dup_str(cfg->xdp.pin, &ok);
     d->dns.servers = dup_str(cfg->dns.servers, &ok);
     d->dns.search = NULL;
     d->dns.nsearch = 0;

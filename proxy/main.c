@@ -16,11 +16,14 @@
 #include "qx.h"
 #include "runtime.h"
 #include "snapshot.h"
+#include "src_rate.h"
 #include "steer.h"
 #include "tcp_front.h"
 #include "tls.h"
 #include "watch.h"
 #include "worker.h"
+#include "xdp.h"
+#include "xdp_proxy.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -125,6 +128,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: qrux --config FILE          run the proxy\n"
                "       qrux check --config FILE    validate FILE (and its cert/key) and exit\n"
                "       qrux inject ...              the sidecar injection webhook (inject --help)\n"
+               "       qrux xdp attach|detach|status ...  the XDP filter (qrux xdp --help)\n"
                "       qrux --help | --version\n"
                "\n"
                "HTTP/3 (QUIC) terminating sidecar proxy: clients speak HTTP/3, the app\n"
@@ -391,6 +395,7 @@ static void on_exited(uv_async_t *h)
     m->dns = NULL;
     uv_close((uv_handle_t *)&m->drain, NULL);
     uv_close((uv_handle_t *)&m->drain_delay, NULL);
+    qx_xdp_proxy_close(m->rt->xdp);
 }
 
 static void on_drain_delay(uv_timer_t *t)
@@ -610,6 +615,8 @@ int main(int argc, char **argv)
 
     if (argc > 1 && strcmp(argv[1], "inject") == 0)
         return qx_inject_main(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "xdp") == 0)
+        return qx_xdp_main(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "check") == 0) {
         check = 1;
         argv++;
@@ -700,6 +707,15 @@ int main(int argc, char **argv)
     rt.early_refused = &tls_keys.replays_refused;
 
     m.loop = uv_default_loop();
+    /* The CID key before any worker makes a CID; with xdp: the filter's
+     * maps and the Initial rate per source. */
+    if (qx_cid_keys_init(&shared.cid_keys, 0) != 0 ||
+        (snap->cfg->xdp.pin != NULL &&
+         (qx_src_rate_new(&shared.initial_rate, 65536) != 0 ||
+          qx_xdp_proxy_new(&rt.xdp, &snap->cfg->xdp, &shared.cid_keys, m.loop) != 0))) {
+        QX_ERROR("cannot set up the connection-ID key / xdp state");
+        return 1;
+    }
     m.nworkers = nworkers;
     m.workers = calloc(nworkers, sizeof(*m.workers));
     if (m.workers == NULL)
@@ -783,6 +799,8 @@ int main(int argc, char **argv)
     uv_run(m.loop, UV_RUN_DEFAULT);
     qx_runtime_set_lifecycle(&rt, QX_LC_STOPPED);
     qx_admin_stop(admin);
+    qx_xdp_proxy_del(rt.xdp);
+    qx_src_rate_del(shared.initial_rate);
     int code = 0;
     for (unsigned i = 0; i < nworkers; i++) {
         uv_thread_join(&m.workers[i].thread);

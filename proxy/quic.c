@@ -1,6 +1,7 @@
 /* quic.c - a worker's QUIC endpoint and connections' transport (see quic.h). */
 #include "quic.h"
 
+#include "cid.h"
 #include "ipcount.h"
 #include "log.h"
 #include "quic_conn.h"
@@ -9,6 +10,7 @@
 #include "runtime.h"
 #include "siphash.h"
 #include "sockbuf.h"
+#include "src_rate.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -71,6 +73,8 @@ struct qx_quic_ep {
     gnutls_hmac_hd_t reset_mac; /* keyed with the shared static secret (reset_token) */
     qx_qmem_t *mem;             /* what ngtcp2 and nghttp3 allocate from */
 };
+
+_Static_assert(QX_SCID_LEN == QX_CID_LEN, "server CIDs have the length the XDP filter checks");
 
 static ngtcp2_tstamp now_ns(void)
 {
@@ -639,9 +643,9 @@ static int reset_token(qx_quic_ep_t *ep, uint8_t *token, const ngtcp2_cid *cid)
 static int new_cid(qx_quic_conn_t *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen)
 {
     qx_worker_t *w = qc->ep->w;
-    if (gnutls_rnd(GNUTLS_RND_RANDOM, cid->data, cidlen) != 0)
+    /* Worker id (the steering byte), key generation, MAC: cid.h. */
+    if (cidlen != QX_CID_LEN || qx_cid_make(&w->shared->cid_keys, w->id, cid->data) != 0)
         return -1;
-    cid->data[0] = (uint8_t)w->id; /* the steering byte (issue 7) */
     cid->datalen = cidlen;
     if (reset_token(qc->ep, token, cid) != 0)
         return -1;
@@ -966,9 +970,13 @@ static int validate_address(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
             hd->token, hd->tokenlen, sh->token_secret, sizeof(sh->token_secret),
             (const ngtcp2_sockaddr *)remote, remotelen, REGULAR_TOKEN_TIMEOUT, now) == 0)
         return ADDR_VALID;
+    /* The per-source rate is the XDP filter's (xdp.initial_rate/_burst):
+     * with or without the filter, a source over it must prove its address. */
     if (cfg->retry == QX_RETRY_ALWAYS ||
         (cfg->retry == QX_RETRY_AUTO &&
-         ep->w->handshakes >= cfg->limits.retry_handshakes_threshold))
+         (ep->w->handshakes >= cfg->limits.retry_handshakes_threshold ||
+          !qx_src_rate_take(sh->initial_rate, remote, cfg->xdp.initial_rate, cfg->xdp.initial_burst,
+                            now))))
         return ADDR_SEND_RETRY;
     return ADDR_UNVALIDATED;
 }
@@ -982,8 +990,9 @@ static void send_retry(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd, const struct s
     ngtcp2_cid scid;
 
     scid.datalen = QX_SCID_LEN;
-    gnutls_rnd(GNUTLS_RND_NONCE, scid.data, scid.datalen);
-    scid.data[0] = (uint8_t)ep->w->id; /* the client's next Initial comes back to us */
+    /* Carries our worker id: the client's next Initial comes back to us. */
+    if (qx_cid_make(&sh->cid_keys, ep->w->id, scid.data) != 0)
+        return;
     ngtcp2_ssize tlen = ngtcp2_crypto_generate_retry_token(
         token, sh->token_secret, sizeof(sh->token_secret), hd->version,
         (const ngtcp2_sockaddr *)remote, remotelen, &scid, &hd->dcid, now_ns());

@@ -89,6 +89,16 @@ static const char *restart_field(const qx_config_t *old, const qx_config_t *cfg)
         same = str_eq(old->dns.search[i], cfg->dns.search[i]);
     if (!same)
         return "dns.search";
+    /* Read once by xdp_proxy.c, which hands the rate to the filter: a live
+     * change would make qrux and the filter disagree. */
+    if (!str_eq(old->xdp.pin, cfg->xdp.pin))
+        return "xdp.pin";
+    if (old->xdp.initial_rate != cfg->xdp.initial_rate)
+        return "xdp.initial_rate";
+    if (old->xdp.initial_burst != cfg->xdp.initial_burst)
+        return "xdp.initial_burst";
+    if (old->xdp.cid_key_rotate_secs != cfg->xdp.cid_key_rotate_secs)
+        return "xdp.cid_key_rotate_secs";
     return NULL;
 }
 

@@ -49,6 +49,7 @@ typedef struct qx_runtime {
     qx_dns_t *dns;           /* set once before the workers start; NULL: no resolver */
     uv_async_t *names_async; /* the main loop's: a new config may name other hosts */
     qx_health_tab_t health;  /* passive health of every endpoint */
+    struct qx_xdp_proxy *xdp; /* the XDP filter's maps (xdp_proxy.h); NULL without xdp: */
 } qx_runtime_t;
 
 /* Takes ownership of the first snapshot. Returns 0 or QX_ERR_NOMEM. */

@@ -8,6 +8,7 @@
 #ifndef QX_WORKER_H
 #define QX_WORKER_H
 
+#include "cid.h"
 #include "metrics.h"
 #include "pool.h"
 #include "snapshot.h"
@@ -37,6 +38,10 @@ typedef struct qx_shared {
     uint8_t static_secret[32]; /* stateless reset tokens */
     uint8_t token_secret[32];  /* Retry and NEW_TOKEN tokens */
     qx_tls_keys_t *tls_keys;   /* session tickets, 0-RTT policy, anti-replay */
+    /* The MAC in server CIDs (cid.h), rotated by xdp_proxy.c; the Initial
+     * rate per source (src_rate.h), NULL without an xdp: section. */
+    qx_cid_keys_t cid_keys;
+    struct qx_src_rate *initial_rate;
     unsigned quic_conns;       /* atomic: QUIC connections in the process */
     unsigned tcp_conns;        /* atomic: HTTPS connections in the process */
     qx_fd_budget_t fds;        /* client and upstream connections' descriptors */

@@ -29,7 +29,7 @@ BUILD_BACKPORTS="libngtcp2-dev:1.11.0 libngtcp2-crypto-gnutls-dev:1.11.0 libnght
 # (libgnutls30 is there; named anyway). Keep in step with BUILD's -dev
 # packages: a -dev moved to bookworm-backports moves its library here too.
 RUNTIME="libnghttp2-14 libgnutls30 libssl3 libuv1 libcyaml1 libyaml-0-2 libmicrohttpd12 libjansson4
-libc-ares2"
+libc-ares2 libbpf1"
 RUNTIME_BACKPORTS="libngtcp2-16:1.11.0 libngtcp2-crypto-gnutls8:1.11.0 libnghttp3-9:1.8.0"
 
 # Demo (`make run`): nginx-light as the backend, openssl for the self-signed

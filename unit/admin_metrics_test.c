@@ -446,6 +446,30 @@ static void test_globals(void **state)
     assert_line(t, "qrux_ready 0");
 }
 
+/* The XDP filter's counters: every reason announced, 0 without the filter. */
+static void test_xdp(void **state)
+{
+    fixture_t *f = *state;
+    const char *t = render(f, 0);
+    assert_line(t, "# TYPE qrux_xdp_attached gauge");
+    assert_line(t, "qrux_xdp_attached 0");
+    assert_line(t, "# TYPE qrux_xdp_packets_total counter");
+    assert_line(t, "qrux_xdp_packets_total{verdict=\"pass\",reason=\"not_quic\"} 0");
+    assert_line(t, "qrux_xdp_packets_total{verdict=\"drop\",reason=\"denied\"} 0");
+    assert_well_formed(t);
+
+    f->g.xdp_attached = 1;
+    f->g.xdp_packets[QX_XDP_PASS_SHORT] = 12345;
+    f->g.xdp_packets[QX_XDP_DROP_INITIAL_SMALL] = 50;
+    f->g.xdp_packets[QX_XDP_DROP_RATE] = 7;
+    t = render(f, 0);
+    assert_line(t, "qrux_xdp_attached 1");
+    assert_line(t, "qrux_xdp_packets_total{verdict=\"pass\",reason=\"short_header\"} 12345");
+    assert_line(t, "qrux_xdp_packets_total{verdict=\"drop\",reason=\"initial_too_small\"} 50");
+    assert_line(t, "qrux_xdp_packets_total{verdict=\"drop\",reason=\"rate_limited\"} 7");
+    assert_line(t, "qrux_xdp_packets_total{verdict=\"pass\",reason=\"initial\"} 0");
+}
+
 static void test_process_values(void **state)
 {
     fixture_t *f = *state;
@@ -782,6 +806,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_upstream_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_worker_scalars, setup, teardown),
         cmocka_unit_test_setup_teardown(test_globals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_xdp, setup, teardown),
         cmocka_unit_test_setup_teardown(test_process_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rows_from_metrics_module, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_tables, setup, teardown),

@@ -73,7 +73,12 @@ static const char base_yaml[] = "server:\n"
                                 "  search: [ns.svc.cluster.local]\n"
                                 "  ndots: 5\n"
                                 "  min_ttl_secs: 2\n"
-                                "  max_ttl_secs: 30\n";
+                                "  max_ttl_secs: 30\n"
+                                "xdp:\n"
+                                "  pin: /sys/fs/bpf/q1\n"
+                                "  initial_rate: 5\n"
+                                "  initial_burst: 6\n"
+                                "  cid_key_rotate_secs: 7\n";
 
 /* base_yaml's routes, as JSON_SORT_KEYS | JSON_COMPACT writes them */
 static const char base_routes_json[] =
@@ -187,7 +192,7 @@ static void test_config_to_json_defaults(void **state)
                 "\"upstream_idle_timeout_secs\":60,"
                 "\"upstream_request_timeout_secs\":120},"
                 "\"listen\":\"[::]:8443\",\"retry\":\"auto\",\"ticket_key_file\":null,"
-                "\"workers\":0}}");
+                "\"workers\":0},\"xdp\":null}");
     qx_config_del(cfg);
 
     /* `admin: {}`: the admin defaults */
@@ -225,7 +230,9 @@ static void test_config_to_json_defaults(void **state)
         "\"upstream_connect_timeout_secs\":3,\"upstream_idle_timeout_secs\":60,"
         "\"upstream_request_timeout_secs\":60},"
         "\"listen\":\"0.0.0.0:443\",\"retry\":\"never\","
-        "\"ticket_key_file\":\"/etc/qrux/secrets/ticket.key\",\"workers\":4}}";
+        "\"ticket_key_file\":\"/etc/qrux/secrets/ticket.key\",\"workers\":4},"
+        "\"xdp\":{\"cid_key_rotate_secs\":7,\"initial_burst\":6,\"initial_rate\":5,"
+        "\"pin\":\"/sys/fs/bpf/q1\"}}";
     size_t wlen = sizeof(fmt) + sizeof(base_routes_json);
     assert_non_null(want = malloc(wlen));
     snprintf(want, wlen, fmt, base_routes_json);
@@ -358,6 +365,7 @@ static void test_dup_deep(void **state)
     d->key[0] = 'X';
     d->admin.listen[0] = 'X';
     d->admin.token_file[0] = 'X';
+    d->xdp.pin[0] = 'X';
     d->routes[0].match[0] = 'X';
     d->routes[1].upstreams[1].name[0] = 'X';
     d->routes[1].upstreams[1].addr.ss_family = AF_UNSPEC;

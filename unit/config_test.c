@@ -419,6 +419,38 @@ static void test_reject_workers(void **state)
     qx_config_del(cfg);
 }
 
+static void test_xdp_section(void **state)
+{
+    char err[256];
+    qx_config_t *cfg = NULL;
+    (void)state;
+    const char *none = SERVER ROUTES;
+    assert_int_equal(qx_config_load_buf(none, strlen(none), NULL, &cfg, err, sizeof(err)), 0);
+    assert_null(cfg->xdp.pin); /* no section: no XDP */
+    qx_config_del(cfg);
+    const char *defaults = "xdp: {}\n" SERVER ROUTES;
+    assert_int_equal(qx_config_load_buf(defaults, strlen(defaults), NULL, &cfg, err, sizeof(err)),
+                     0);
+    assert_string_equal(cfg->xdp.pin, "/sys/fs/bpf/qrux");
+    assert_int_equal(cfg->xdp.initial_rate, 50);
+    assert_int_equal(cfg->xdp.initial_burst, 100);
+    assert_int_equal(cfg->xdp.cid_key_rotate_secs, 0);
+    qx_config_del(cfg);
+    const char *set = "xdp:\n  pin: /sys/fs/bpf/x\n  initial_rate: 0\n  initial_burst: 7\n"
+                      "  cid_key_rotate_secs: 60\n" SERVER ROUTES;
+    assert_int_equal(qx_config_load_buf(set, strlen(set), NULL, &cfg, err, sizeof(err)), 0);
+    assert_string_equal(cfg->xdp.pin, "/sys/fs/bpf/x");
+    assert_int_equal(cfg->xdp.initial_rate, 0);
+    assert_int_equal(cfg->xdp.initial_burst, 7);
+    assert_int_equal(cfg->xdp.cid_key_rotate_secs, 60);
+    qx_config_del(cfg);
+    expect_reject("xdp:\n  pin: bpf/qrux\n" SERVER ROUTES,
+                  "xdp.pin: \"bpf/qrux\" must be an absolute path (a bpffs directory)");
+    expect_reject("xdp:\n  initial_burst: 0\n" SERVER ROUTES, "xdp.initial_burst: must be > 0");
+    expect_reject("xdp:\n  initial_rate: fast\n" SERVER ROUTES,
+                  "xdp.initial_rate: \"fast\" is not a whole number");
+}
+
 static void test_reject_unknown_keys(void **state)
 {
     (void)state;
@@ -428,7 +460,7 @@ static void test_reject_unknown_keys(void **state)
                   "server.limits.foo: unknown key (line 7)");
     expect_reject(SERVER "  http_listen: \"[::]:443\"\n" ROUTES,
                   "server.http_listen: unknown key (line 5)");
-    expect_reject("xdp: {}\n" SERVER ROUTES, "xdp: unknown key (line 1)");
+    expect_reject("xdp:\n  port: 1\n" SERVER ROUTES, "xdp.port: unknown key (line 2)");
     expect_reject(SERVER ROUTES "  - match: a.example.com\n"
                                 "    upstream: \"127.0.0.1:1\"\n"
                                 "    weight: 3\n",
@@ -1040,6 +1072,7 @@ int main(void)
         cmocka_unit_test(test_effective_workers),
         cmocka_unit_test(test_del_half_built),
         cmocka_unit_test(test_https_listen),
+        cmocka_unit_test(test_xdp_section),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

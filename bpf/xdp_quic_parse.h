@@ -1,0 +1,96 @@
+/*
+ * xdp_quic_parse.h - from the Ethernet frame to the UDP payload: VLAN tags
+ * (802.1Q, 802.1ad, up to two) skipped, IPv4 without fragments, IPv6 with
+ * UDP as the first next header. Anything else is not ours to judge and the
+ * caller passes it to the stack.
+ *
+ * Every read is preceded by a check against data_end (the verifier insists);
+ * nothing here calls a helper that can move the packet.
+ */
+#ifndef QX_XDP_QUIC_PARSE_H
+#define QX_XDP_QUIC_PARSE_H
+
+#include <bpf/bpf_endian.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/udp.h>
+
+#define QX_MAX_VLANS 2
+
+struct qx_vlan_hdr {
+    __be16 tci;
+    __be16 proto;
+};
+
+/* What the QUIC checks need of a datagram. */
+struct qx_pkt {
+    const __u8 *payload; /* the UDP payload (the QUIC datagram) */
+    __u32 dlen;          /* its length: the bytes present, at most what UDP says */
+    __u16 dport;         /* host order */
+    __u8 v6;
+    __u8 src[16]; /* IPv4 in src[0..3], IPv6 in full */
+};
+
+/* Returns 0 and fills |p| for a UDP datagram, -1 for anything else. */
+static __always_inline int qx_parse_udp(struct xdp_md *ctx, struct qx_pkt *p)
+{
+    const __u8 *data = (const __u8 *)(long)ctx->data;
+    const __u8 *end = (const __u8 *)(long)ctx->data_end;
+    const struct ethhdr *eth = (const void *)data;
+    const __u8 *l3;
+    const struct udphdr *udp;
+    __u16 proto;
+
+    if ((const __u8 *)(eth + 1) > end)
+        return -1;
+    proto = eth->h_proto;
+    l3 = (const __u8 *)(eth + 1);
+#pragma unroll
+    for (int i = 0; i < QX_MAX_VLANS; i++) {
+        if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+            break;
+        const struct qx_vlan_hdr *vh = (const void *)l3;
+        if ((const __u8 *)(vh + 1) > end)
+            return -1;
+        proto = vh->proto;
+        l3 = (const __u8 *)(vh + 1);
+    }
+
+    if (proto == bpf_htons(ETH_P_IP)) {
+        const struct iphdr *ip = (const void *)l3;
+        if ((const __u8 *)(ip + 1) > end)
+            return -1;
+        if (ip->ihl < 5 || ip->protocol != IPPROTO_UDP)
+            return -1;
+        if (ip->frag_off & bpf_htons(0x3fff)) /* MF or an offset: a fragment */
+            return -1;
+        udp = (const void *)(l3 + ip->ihl * 4);
+        p->v6 = 0;
+        __builtin_memcpy(p->src, &ip->saddr, 4);
+    } else if (proto == bpf_htons(ETH_P_IPV6)) {
+        const struct ipv6hdr *ip6 = (const void *)l3;
+        if ((const __u8 *)(ip6 + 1) > end)
+            return -1;
+        if (ip6->nexthdr != IPPROTO_UDP)
+            return -1;
+        udp = (const void *)(ip6 + 1);
+        p->v6 = 1;
+        __builtin_memcpy(p->src, &ip6->saddr, 16);
+    } else {
+        return -1;
+    }
+    if ((const __u8 *)(udp + 1) > end)
+        return -1;
+    p->dport = bpf_ntohs(udp->dest);
+    p->payload = (const __u8 *)(udp + 1);
+    __u32 have = (__u32)(end - p->payload);
+    __u32 ulen = bpf_ntohs(udp->len);
+    /* Ethernet pads short frames: trust UDP's length when it is smaller. */
+    p->dlen = ulen >= sizeof(*udp) && ulen - sizeof(*udp) < have ? ulen - sizeof(*udp) : have;
+    return 0;
+}
+
+#endif /* QX_XDP_QUIC_PARSE_H */

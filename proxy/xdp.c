@@ -1,0 +1,634 @@
+/*
+ * xdp.c - `qrux xdp attach|detach|status` (see xdp.h).
+ *
+ * Pin layout under DIR (default /sys/fs/bpf/qrux):
+ *   DIR/link         the bpf_link that holds the program on the interface
+ *   DIR/qx_config    ports, Initial rate and burst
+ *   DIR/qx_keys      the proxy's CID keys (current and previous)
+ *   DIR/qx_buckets   the Initial token buckets per source
+ *   DIR/qx_deny4, DIR/qx_deny6   the deny list
+ *   DIR/qx_counters  per-CPU packet counters by reason
+ *
+ * attach is idempotent: the maps are reused (libbpf opens the pinned ones,
+ * so counters, keys and the deny list survive) and a pinned link on the
+ * same interface and mode gets the new program with bpf_link_update, an
+ * atomic swap. It never stacks a second program.
+ */
+#include "xdp.h"
+#include "qx.h"
+#include "xdp_maps.h"
+#include "xdp_quic.skel.h"
+#include "xdp_quic_consts.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <linux/capability.h>
+#include <linux/ethtool.h>
+#include <linux/if_link.h>
+#include <linux/magic.h>
+#include <linux/sockios.h>
+#include <net/if.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#ifndef CAP_BPF
+#define CAP_BPF 39
+#endif
+
+typedef enum { MODE_AUTO, MODE_NATIVE, MODE_GENERIC } xdp_mode_t;
+
+typedef struct xdp_args {
+    const char *iface;
+    const char *pin;
+    uint16_t ports[QX_XDP_MAX_PORTS];
+    unsigned nports;
+    uint32_t rate, burst;
+    xdp_mode_t mode;
+    long owner_uid, owner_gid; /* --pin-owner, -1: leave root's */
+} xdp_args_t;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: qrux xdp attach --iface IFACE --quic-port PORT[,PORT...] [--pin DIR]\n"
+            "                       [--rate N --burst N] [--mode native|generic|auto]\n"
+            "                       [--pin-owner UID[:GID]]\n"
+            "       qrux xdp detach [--pin DIR]\n"
+            "       qrux xdp status [--pin DIR]\n"
+            "\n"
+            "Loads qrux's QUIC-aware XDP filter and pins its maps and link under DIR\n"
+            "(default " QX_XDP_DEFAULT_PIN ", a bpffs). --rate/--burst: Initial packets\n"
+            "per second per source (IPv6 per /64) and burst, default %d and %d; 0 = no limit.\n"
+            "--mode auto (default): generic on veth (native XDP on a veth takes GSO/TSO\n"
+            "away from its peer and caps the MTU, which slows the TCP fallback), else\n"
+            "native when the driver supports it, else generic.\n"
+            "--pin-owner: hand DIR and its pins to the proxy's user (it opens them by path).\n"
+            "Needs CAP_BPF and CAP_NET_ADMIN (and CAP_CHOWN for --pin-owner), and write\n"
+            "access to DIR.\n",
+            QX_XDP_DEFAULT_RATE, QX_XDP_DEFAULT_BURST);
+}
+
+static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("qrux xdp: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* libbpf's own messages only when something fails: warnings go to stderr. */
+static int libbpf_print(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+    if (level != LIBBPF_WARN)
+        return 0;
+    return vfprintf(stderr, fmt, ap);
+}
+
+/* ---- checks before anything is touched --------------------------------- */
+
+/* 0 when the effective set holds CAP_NET_ADMIN and CAP_BPF (or
+ * CAP_SYS_ADMIN, which kernels before 5.8 need instead); else names the
+ * missing ones. */
+static int check_caps(void)
+{
+    struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+    struct __user_cap_data_struct d[2];
+    memset(d, 0, sizeof(d));
+    if (syscall(SYS_capget, &h, d) == -1)
+        return 0; /* cannot tell: let the kernel decide */
+#define HAS(c) ((d[(c) / 32].effective >> ((c) % 32)) & 1)
+    int net = HAS(CAP_NET_ADMIN), bpf = HAS(CAP_BPF) || HAS(CAP_SYS_ADMIN);
+#undef HAS
+    if (net && bpf)
+        return 0;
+    fail("missing capabilities: %s%s%s (attach needs CAP_BPF and CAP_NET_ADMIN; "
+         "in a pod: securityContext.capabilities.add [BPF, NET_ADMIN])",
+         bpf ? "" : "CAP_BPF", !bpf && !net ? " and " : "", net ? "" : "CAP_NET_ADMIN");
+    return -1;
+}
+
+/* The pin directory must be on a bpffs: checks DIR, or its parent when
+ * DIR does not exist yet. */
+static int check_bpffs(const char *pin)
+{
+    struct statfs st;
+    char parent[PATH_MAX];
+    const char *where = pin;
+
+    if (statfs(pin, &st) == -1) {
+        snprintf(parent, sizeof(parent), "%s", pin);
+        char *slash = strrchr(parent, '/');
+        if (slash == NULL || slash == parent)
+            snprintf(parent, sizeof(parent), "/");
+        else
+            *slash = '\0';
+        where = parent;
+        if (statfs(parent, &st) == -1) {
+            fail("pin directory %s: %s (is bpffs mounted? mount -t bpf bpf /sys/fs/bpf)", parent,
+                 strerror(errno));
+            return -1;
+        }
+    }
+    if (st.f_type != BPF_FS_MAGIC) {
+        fail("%s is not on a bpf filesystem: mount one (mount -t bpf bpf /sys/fs/bpf; in a pod, "
+             "a hostPath volume of /sys/fs/bpf) or choose --pin on one",
+             where);
+        return -1;
+    }
+    return 0;
+}
+
+static unsigned iface_index(const char *iface)
+{
+    unsigned idx = if_nametoindex(iface);
+    if (idx == 0)
+        fail("no interface '%s' in this network namespace (ip link lists them)", iface);
+    return idx;
+}
+
+/* The driver name of |iface| ("veth", "mlx5_core"...), or "" when unknown. */
+static void iface_driver(const char *iface, char *drv, size_t len)
+{
+    struct ethtool_drvinfo info = {.cmd = ETHTOOL_GDRVINFO};
+    struct ifreq ifr;
+    drv[0] = '\0';
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return;
+    memset(&ifr, 0, sizeof(ifr));
+    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", iface);
+    ifr.ifr_data = (void *)&info;
+    if (ioctl(fd, SIOCETHTOOL, &ifr) == 0)
+        snprintf(drv, len, "%s", info.driver);
+    close(fd);
+}
+
+static void pin_path(char *buf, size_t len, const char *pin, const char *name)
+{
+    snprintf(buf, len, "%s/%s", pin, name);
+}
+
+/* ---- attach ------------------------------------------------------------ */
+
+static const char *mode_name(int attach_mode)
+{
+    switch (attach_mode) {
+    case XDP_ATTACHED_DRV:
+        return "native";
+    case XDP_ATTACHED_SKB:
+        return "generic";
+    case XDP_ATTACHED_HW:
+        return "offload";
+    case XDP_ATTACHED_MULTI:
+        return "multi";
+    default:
+        return "none";
+    }
+}
+
+/* Creates the link in |flags| mode; returns its fd or -errno. */
+static int link_create(int prog_fd, unsigned ifindex, unsigned flags)
+{
+    LIBBPF_OPTS(bpf_link_create_opts, o, .flags = flags);
+    int fd = bpf_link_create(prog_fd, (int)ifindex, BPF_XDP, &o);
+    return fd >= 0 ? fd : -errno;
+}
+
+/* The pinned link: its fd (or -1 when none) and the interface it holds. */
+static int pinned_link(const char *pin, unsigned *ifindex, unsigned *prog_id)
+{
+    char path[PATH_MAX];
+    struct bpf_link_info info;
+    uint32_t len = sizeof(info);
+
+    pin_path(path, sizeof(path), pin, QX_XDP_PIN_LINK);
+    int fd = bpf_obj_get(path);
+    if (fd < 0)
+        return -1;
+    memset(&info, 0, sizeof(info));
+    if (bpf_obj_get_info_by_fd(fd, &info, &len) != 0 || info.type != BPF_LINK_TYPE_XDP) {
+        close(fd);
+        return -1;
+    }
+    *ifindex = info.xdp.ifindex;
+    *prog_id = info.prog_id;
+    return fd;
+}
+
+/* Detaches and unpins the link (the maps stay). */
+static void drop_link(const char *pin, int fd)
+{
+    char path[PATH_MAX];
+    if (fd >= 0) {
+        bpf_link_detach(fd);
+        close(fd);
+    }
+    pin_path(path, sizeof(path), pin, QX_XDP_PIN_LINK);
+    unlink(path);
+}
+
+/* --pin-owner: the proxy, when it runs as another user, opens the pins by
+ * path; bpffs checks the file modes like any file system. */
+static int give_pins(const xdp_args_t *a)
+{
+    static const char *const names[] = {QX_XDP_PIN_LINK,  QX_XDP_MAP_CONFIG, QX_XDP_MAP_KEYS,
+                                        QX_XDP_MAP_DENY4, QX_XDP_MAP_DENY6,  QX_XDP_MAP_COUNTERS};
+    char path[PATH_MAX];
+    uid_t uid = (uid_t)a->owner_uid;
+    gid_t gid = a->owner_gid >= 0 ? (gid_t)a->owner_gid : (gid_t)-1;
+
+    if (chown(a->pin, uid, gid) == -1) {
+        fail("--pin-owner: chown %s: %s", a->pin, strerror(errno));
+        return -1;
+    }
+    for (size_t i = 0; i < QX_ARRAY_LEN(names); i++) {
+        pin_path(path, sizeof(path), a->pin, names[i]);
+        if (chown(path, uid, gid) == -1) {
+            fail("--pin-owner: chown %s: %s", path, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int cmd_attach(const xdp_args_t *a)
+{
+    char path[PATH_MAX], drv[64];
+    struct xdp_quic *skel = NULL;
+    int rv = 1, link_fd = -1;
+    unsigned ifindex, old_ifindex = 0, old_prog = 0;
+    const char *why;
+
+    if (check_caps() != 0)
+        return 1;
+    if ((ifindex = iface_index(a->iface)) == 0)
+        return 1;
+    if (check_bpffs(a->pin) != 0)
+        return 1;
+    if (mkdir(a->pin, 0700) == -1 && errno != EEXIST) {
+        fail("cannot create %s: %s", a->pin, strerror(errno));
+        return 1;
+    }
+
+    skel = xdp_quic__open();
+    if (skel == NULL) {
+        fail("cannot open the embedded program: %s", strerror(errno));
+        return 1;
+    }
+    struct bpf_map *map;
+    bpf_object__for_each_map(map, skel->obj)
+    {
+        pin_path(path, sizeof(path), a->pin, bpf_map__name(map));
+        if (bpf_map__set_pin_path(map, path) != 0) {
+            fail("pin path %s: %s", path, strerror(errno));
+            goto out;
+        }
+    }
+    if (xdp_quic__load(skel) != 0) {
+        int e = errno;
+        if (e == EPERM || e == EACCES)
+            fail("loading the program: %s (needs CAP_BPF and CAP_NET_ADMIN, and write access "
+                 "to %s)",
+                 strerror(e), a->pin);
+        else
+            fail("loading the program: %s (maps pinned under %s by another version? run "
+                 "`qrux xdp detach --pin %s` first)",
+                 strerror(e), a->pin, a->pin);
+        goto out;
+    }
+
+    struct qx_xdp_config cfg = {.nports = a->nports, .rate = a->rate, .burst = a->burst};
+    memcpy(cfg.ports, a->ports, sizeof(cfg.ports));
+    uint32_t zero = 0;
+    if (bpf_map_update_elem(bpf_map__fd(skel->maps.qx_config), &zero, &cfg, BPF_ANY) != 0) {
+        fail("writing the config map: %s", strerror(errno));
+        goto out;
+    }
+
+    /* Which mode. */
+    unsigned flags;
+    iface_driver(a->iface, drv, sizeof(drv));
+    if (a->mode == MODE_NATIVE) {
+        flags = XDP_FLAGS_DRV_MODE;
+        why = "asked for";
+    } else if (a->mode == MODE_GENERIC) {
+        flags = XDP_FLAGS_SKB_MODE;
+        why = "asked for";
+    } else if (strcmp(drv, "veth") == 0) {
+        flags = XDP_FLAGS_SKB_MODE;
+        why = "auto: veth, where native XDP would take GSO/TSO from the peer";
+    } else {
+        flags = XDP_FLAGS_DRV_MODE;
+        why = "auto: the driver supports it";
+    }
+
+    int prog_fd = bpf_program__fd(skel->progs.qx_xdp_quic);
+    int old = pinned_link(a->pin, &old_ifindex, &old_prog);
+    if (old >= 0) {
+        LIBBPF_OPTS(bpf_xdp_query_opts, q);
+        int same_mode = bpf_xdp_query((int)ifindex, 0, &q) == 0 &&
+                        ((flags == XDP_FLAGS_SKB_MODE && q.attach_mode == XDP_ATTACHED_SKB) ||
+                         (flags == XDP_FLAGS_DRV_MODE && q.attach_mode == XDP_ATTACHED_DRV));
+        if (old_ifindex == ifindex && same_mode && bpf_link_update(old, prog_fd, NULL) == 0) {
+            link_fd = old;
+            printf("replaced the program on %s (was prog id %u)\n", a->iface, old_prog);
+        } else {
+            /* Another interface, another mode, or a link whose interface is
+             * gone: take it away before attaching anew. */
+            drop_link(a->pin, old);
+        }
+    }
+    if (link_fd < 0) {
+        link_fd = link_create(prog_fd, ifindex, flags);
+        if (link_fd < 0 && a->mode == MODE_AUTO && flags == XDP_FLAGS_DRV_MODE &&
+            (link_fd == -EOPNOTSUPP || link_fd == -EINVAL)) {
+            flags = XDP_FLAGS_SKB_MODE;
+            why = "auto: the driver has no native XDP";
+            link_fd = link_create(prog_fd, ifindex, flags);
+        }
+        if (link_fd == -EBUSY || link_fd == -EEXIST) {
+            __u32 id = 0;
+            bpf_xdp_query_id((int)ifindex, 0, &id);
+            fail("%s already has an XDP program (id %u) that qrux did not pin under %s; "
+                 "remove it first (ip link set dev %s xdp off)",
+                 a->iface, id, a->pin, a->iface);
+            goto out;
+        }
+        if (link_fd < 0) {
+            fail("attaching to %s in %s mode: %s", a->iface,
+                 flags == XDP_FLAGS_SKB_MODE ? "generic" : "native", strerror(-link_fd));
+            goto out;
+        }
+        pin_path(path, sizeof(path), a->pin, QX_XDP_PIN_LINK);
+        if (bpf_obj_pin(link_fd, path) != 0) {
+            fail("pinning the link at %s: %s", path, strerror(errno));
+            bpf_link_detach(link_fd);
+            goto out;
+        }
+    }
+    if (a->owner_uid >= 0 && give_pins(a) != 0)
+        goto out;
+    struct bpf_prog_info pinfo;
+    uint32_t plen = sizeof(pinfo);
+    memset(&pinfo, 0, sizeof(pinfo));
+    bpf_obj_get_info_by_fd(prog_fd, &pinfo, &plen);
+    printf("attached to %s (driver %s) in %s mode (%s): prog id %u, QUIC ports", a->iface,
+           drv[0] ? drv : "?", flags == XDP_FLAGS_SKB_MODE ? "generic" : "native", why, pinfo.id);
+    for (unsigned i = 0; i < a->nports; i++)
+        printf("%s%u", i ? "," : " ", a->ports[i]);
+    printf(", Initial rate %u/s burst %u; maps and link pinned under %s\n", a->rate, a->burst,
+           a->pin);
+    rv = 0;
+out:
+    if (link_fd >= 0)
+        close(link_fd);
+    xdp_quic__destroy(skel); /* the pins keep maps, link and program alive */
+    return rv;
+}
+
+/* ---- detach, status ---------------------------------------------------- */
+
+static int cmd_detach(const char *pin)
+{
+    static const char *const maps[] = {QX_XDP_MAP_CONFIG, QX_XDP_MAP_KEYS,  QX_XDP_MAP_BUCKETS,
+                                       QX_XDP_MAP_DENY4,  QX_XDP_MAP_DENY6, QX_XDP_MAP_COUNTERS};
+    char path[PATH_MAX];
+    unsigned ifindex = 0, prog = 0;
+    int found = 0;
+
+    int fd = pinned_link(pin, &ifindex, &prog);
+    pin_path(path, sizeof(path), pin, QX_XDP_PIN_LINK);
+    if (fd >= 0 || access(path, F_OK) == 0) {
+        if (fd >= 0 && bpf_link_detach(fd) != 0 && errno != ENOLINK && errno != EINVAL) {
+            fail("detaching %s: %s", path, strerror(errno));
+            close(fd);
+            return 1;
+        }
+        if (fd >= 0)
+            close(fd);
+        if (unlink(path) == -1) {
+            fail("removing %s: %s", path, strerror(errno));
+            return 1;
+        }
+        found = 1;
+    }
+    for (size_t i = 0; i < QX_ARRAY_LEN(maps); i++) {
+        pin_path(path, sizeof(path), pin, maps[i]);
+        if (unlink(path) == 0)
+            found = 1;
+        else if (errno != ENOENT) {
+            fail("removing %s: %s", path, strerror(errno));
+            return 1;
+        }
+    }
+    rmdir(pin); /* only when empty: never someone else's pins */
+    if (found)
+        printf("detached; pins under %s removed\n", pin);
+    else
+        printf("nothing pinned under %s\n", pin);
+    return 0;
+}
+
+static int cmd_status(const char *pin)
+{
+    char name[IF_NAMESIZE] = "?";
+    unsigned ifindex = 0, prog = 0;
+    qx_xdp_maps_t m;
+    char err[256];
+
+    int fd = pinned_link(pin, &ifindex, &prog);
+    if (fd < 0 || ifindex == 0) {
+        printf("not attached (no live link pinned at %s/%s)\n", pin, QX_XDP_PIN_LINK);
+        if (fd >= 0)
+            close(fd);
+        return 3;
+    }
+    close(fd);
+    if_indextoname(ifindex, name);
+    LIBBPF_OPTS(bpf_xdp_query_opts, q);
+    bpf_xdp_query((int)ifindex, 0, &q);
+    printf("attached: interface %s (ifindex %u), mode %s, prog id %u\n", name, ifindex,
+           mode_name(q.attach_mode), prog);
+    if (qx_xdp_maps_open(&m, pin, err, sizeof(err)) != 0) {
+        printf("maps: not readable under %s%s%s\n", pin, err[0] ? ": " : "", err);
+        return 0;
+    }
+    struct qx_xdp_config cfg;
+    uint32_t zero = 0;
+    if (bpf_map_lookup_elem(m.config, &zero, &cfg) == 0) {
+        printf("QUIC ports:");
+        for (unsigned i = 0; i < cfg.nports && i < QX_XDP_MAX_PORTS; i++)
+            printf(" %u", cfg.ports[i]);
+        printf("; Initial rate %u/s, burst %u\n", cfg.rate, cfg.burst);
+    }
+    printf("CID keys:");
+    int any = 0;
+    for (uint32_t slot = 0; slot < 2; slot++) {
+        struct qx_xdp_cid_key k;
+        if (bpf_map_lookup_elem(m.keys, &slot, &k) == 0 && k.valid) {
+            printf(" generation %u", k.gen);
+            any = 1;
+        }
+    }
+    printf("%s\n", any ? "" : " none (no proxy has shared one: short headers pass unchecked)");
+    json_t *deny = qx_xdp_deny_get(&m);
+    printf("deny list: %zu prefixes\n", json_array_size(deny));
+    json_decref(deny);
+    uint64_t c[QX_XDP_NREASONS];
+    qx_xdp_maps_counters(&m, c);
+    printf("packets:\n");
+    for (int r = 0; r < QX_XDP_NREASONS; r++)
+        printf("  %-5s %-18s %llu\n", r >= QX_XDP_FIRST_DROP ? "drop" : "pass",
+               qx_xdp_reason_name(r), (unsigned long long)c[r]);
+    qx_xdp_maps_free(&m);
+    return 0;
+}
+
+/* ---- the command line -------------------------------------------------- */
+
+static int parse_u32(const char *s, uint32_t max, uint32_t *out)
+{
+    char *e;
+    errno = 0;
+    unsigned long v = strtoul(s, &e, 10);
+    if (s[0] < '0' || s[0] > '9' || *e != '\0' || errno != 0 || v > max)
+        return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int parse_ports(const char *s, xdp_args_t *a)
+{
+    char buf[128];
+    snprintf(buf, sizeof(buf), "%s", s);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        uint32_t p;
+        if (parse_u32(t, 65535, &p) != 0 || p == 0 || a->nports >= QX_XDP_MAX_PORTS)
+            return -1;
+        a->ports[a->nports++] = (uint16_t)p;
+    }
+    return a->nports > 0 ? 0 : -1;
+}
+
+int qx_xdp_main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"iface", required_argument, NULL, 'i'},
+        {"quic-port", required_argument, NULL, 'p'},
+        {"pin", required_argument, NULL, 'P'},
+        {"rate", required_argument, NULL, 'r'},
+        {"burst", required_argument, NULL, 'b'},
+        {"mode", required_argument, NULL, 'm'},
+        {"pin-owner", required_argument, NULL, 'o'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    xdp_args_t a = {.pin = QX_XDP_DEFAULT_PIN,
+                    .rate = QX_XDP_DEFAULT_RATE,
+                    .burst = QX_XDP_DEFAULT_BURST,
+                    .mode = MODE_AUTO,
+                    .owner_uid = -1,
+                    .owner_gid = -1};
+    int c;
+
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    optind = 1;
+    while ((c = getopt_long(argc - 1, argv + 1, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'i':
+            a.iface = optarg;
+            break;
+        case 'p':
+            if (parse_ports(optarg, &a) != 0) {
+                fail("--quic-port: a port 1..65535, or up to %d of them separated by commas",
+                     QX_XDP_MAX_PORTS);
+                return 2;
+            }
+            break;
+        case 'P':
+            a.pin = optarg;
+            break;
+        case 'r':
+        case 'b':
+            if (parse_u32(optarg, 1000000, c == 'r' ? &a.rate : &a.burst) != 0) {
+                fail("--%s: a number 0..1000000", c == 'r' ? "rate" : "burst");
+                return 2;
+            }
+            break;
+        case 'm':
+            if (strcmp(optarg, "auto") == 0)
+                a.mode = MODE_AUTO;
+            else if (strcmp(optarg, "native") == 0)
+                a.mode = MODE_NATIVE;
+            else if (strcmp(optarg, "generic") == 0)
+                a.mode = MODE_GENERIC;
+            else {
+                fail("--mode: native, generic or auto");
+                return 2;
+            }
+            break;
+        case 'o': {
+            uint32_t uid, gid;
+            char buf[32];
+            snprintf(buf, sizeof(buf), "%s", optarg);
+            char *colon = strchr(buf, ':');
+            if (colon)
+                *colon = '\0';
+            if (parse_u32(buf, 0x7fffffff, &uid) != 0 ||
+                (colon && parse_u32(colon + 1, 0x7fffffff, &gid) != 0)) {
+                fail("--pin-owner: a numeric UID or UID:GID, e.g. 65532:65532");
+                return 2;
+            }
+            a.owner_uid = uid;
+            a.owner_gid = colon ? (long)gid : -1;
+            break;
+        }
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        usage(stderr);
+        return 2;
+    }
+    libbpf_set_print(libbpf_print);
+    if (strcmp(cmd, "attach") == 0) {
+        if (a.iface == NULL || a.nports == 0) {
+            fail("attach needs --iface and --quic-port");
+            return 2;
+        }
+        if (a.rate > 0 && a.burst == 0) {
+            fail("--burst must be at least 1 when --rate is set");
+            return 2;
+        }
+        return cmd_attach(&a);
+    }
+    if (strcmp(cmd, "detach") == 0)
+        return cmd_detach(a.pin);
+    if (strcmp(cmd, "status") == 0)
+        return cmd_status(a.pin);
+    fail("unknown command '%s' (attach, detach or status)", cmd);
+    return 2;
+}
