@@ -434,6 +434,7 @@ static enum MHD_Result get_metrics(qx_admin_t *a, struct MHD_Connection *c)
             g.reloads[s][r] = __atomic_load_n(&rt->reloads[s][r], __ATOMIC_RELAXED);
     }
     g.ready = readiness(a, why, sizeof(why));
+    g.cert_not_after = __atomic_load_n(&rt->cert_not_after, __ATOMIC_RELAXED);
     if (rt->early_refused)
         g.early_refused = __atomic_load_n(rt->early_refused, __ATOMIC_RELAXED);
     qx_metrics_process_read(&g, rt->start_time); /* without /proc: no process_* families */

@@ -453,6 +453,13 @@ static void render_globals(qx_metrics_text_t *t, const qx_metrics_globals_t *g)
     puts_(t, "} 1\n");
     family(t, "qrux_ready", "gauge", "1 when /readyz answers 200, else 0.");
     putf(t, "qrux_ready %d\n", g->ready ? 1 : 0);
+    if (g->cert_not_after != 0) {
+        family(t, "qrux_tls_certificate_expiry_timestamp_seconds", "gauge",
+               "notAfter of the serving certificate in force (the leaf of server.cert), unix "
+               "seconds; follows certificate reloads. -1: it could not be read.");
+        putf(t, "qrux_tls_certificate_expiry_timestamp_seconds %lld\n",
+             (long long)g->cert_not_after);
+    }
     if (!g->have_process)
         return;
     family(t, "process_cpu_seconds_total", "counter", "User and system CPU time spent, seconds.");

@@ -41,6 +41,7 @@ typedef struct qx_metrics_globals {
     uint64_t max_fds;       /* process_max_fds */
     double start_time;      /* process_start_time_seconds, unix time */
     uint64_t early_refused; /* 0-RTT refused by the anti-replay check (replays) */
+    int64_t cert_not_after; /* qrux_tls_certificate_expiry_timestamp_seconds; 0: not shown */
 } qx_metrics_globals_t;
 
 /*

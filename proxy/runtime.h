@@ -44,6 +44,7 @@ typedef struct qx_runtime {
     uint64_t reloads[QX_SRC_COUNT][QX_RELOAD_COUNT]; /* atomic counters */
     uv_async_t *drain_async;                         /* the main loop's: starts the drain */
     const uint64_t *early_refused;                   /* atomic: 0-RTT refused as replays (tls.h) */
+    int64_t cert_not_after; /* atomic: notAfter of the certificate in force, unix s; 0 unknown */
 } qx_runtime_t;
 
 /* Takes ownership of the first snapshot. Returns 0 or QX_ERR_NOMEM. */

@@ -431,9 +431,16 @@ static void test_globals(void **state)
     assert_no_line_starting(t, "process_");
     assert_well_formed(t);
 
+    /* No certificate read (a unit test, qrux check): no expiry gauge. */
+    assert_no_line_starting(t, "qrux_tls_certificate_expiry_timestamp_seconds");
+
     f->g.ready = 0;
+    f->g.cert_not_after = 1893456000; /* 2030-01-01T00:00:00Z */
     t = render(f, 0);
     assert_line(t, "qrux_ready 0");
+    assert_line(t, "# TYPE qrux_tls_certificate_expiry_timestamp_seconds gauge");
+    assert_line(t, "qrux_tls_certificate_expiry_timestamp_seconds 1893456000");
+    assert_well_formed(t);
 }
 
 static void test_process_values(void **state)
