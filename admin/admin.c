@@ -16,6 +16,7 @@
 #include "log.h"
 #include "metrics_text.h"
 #include "qx.h"
+#include "status.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -55,6 +56,10 @@ struct qx_admin {
     uint64_t up_generation;
     int up_ok;
     char up_reason[256];
+    uint8_t up_failed[UPSTREAM_CHECK_MAX]; /* per flat upstream index of that snapshot */
+    size_t up_checked;                     /* how many of them were checked */
+
+    qx_status_t *status; /* the status page's sampler */
 
     /* MHD's last log line while starting, for the start error message. */
     int starting;
@@ -71,7 +76,18 @@ typedef struct admin_req {
     int too_large;
 } admin_req_t;
 
-enum { EP_LIVEZ, EP_READYZ, EP_STARTUPZ, EP_METRICS, EP_ROUTES, EP_CONFIG, EP_DRAIN, EP_COUNT };
+enum {
+    EP_LIVEZ,
+    EP_READYZ,
+    EP_STARTUPZ,
+    EP_METRICS,
+    EP_ROUTES,
+    EP_CONFIG,
+    EP_DRAIN,
+    EP_STATUS_PAGE,
+    EP_STATUS_JSON,
+    EP_COUNT
+};
 
 static const struct {
     const char *path;
@@ -85,6 +101,8 @@ static const struct {
     [EP_ROUTES] = {"/routes", "GET, HEAD, PUT", 0},
     [EP_CONFIG] = {"/config", "GET, HEAD", 0},
     [EP_DRAIN] = {"/drain", "POST", 0},
+    [EP_STATUS_PAGE] = {"/", "GET, HEAD", 0},
+    [EP_STATUS_JSON] = {"/status.json", "GET, HEAD", 0},
 };
 
 static uint64_t mono_ms(void)
@@ -273,6 +291,7 @@ static void check_upstreams(qx_admin_t *a)
     size_t np = 0;
     size_t failed = SIZE_MAX;
 
+    memset(a->up_failed, 0, sizeof(a->up_failed));
     for (size_t i = 0; i < n; i++) {
         const qx_upstream_cfg_t *up = qx_snapshot_upstream(snap, i);
         int dup = 0;
@@ -285,6 +304,7 @@ static void check_upstreams(qx_admin_t *a)
         int fd = socket(up->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd == -1) {
             failed = QX_MIN(failed, i);
+            a->up_failed[i] = 1;
             continue;
         }
         if (connect(fd, (const struct sockaddr *)&up->addr, up->addrlen) == 0) {
@@ -294,6 +314,7 @@ static void check_upstreams(qx_admin_t *a)
         if (errno != EINPROGRESS) {
             close(fd);
             failed = QX_MIN(failed, i);
+            a->up_failed[i] = 1;
             continue;
         }
         pfd[np] = (struct pollfd){.fd = fd, .events = POLLOUT};
@@ -316,8 +337,10 @@ static void check_upstreams(qx_admin_t *a)
                 continue;
             int soerr = 0;
             socklen_t sl = sizeof(soerr);
-            if (getsockopt(pfd[k].fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == -1 || soerr != 0)
+            if (getsockopt(pfd[k].fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == -1 || soerr != 0) {
                 failed = QX_MIN(failed, which[k]);
+                a->up_failed[which[k]] = 1;
+            }
             close(pfd[k].fd);
             pfd[k].fd = -1;
             pending--;
@@ -327,8 +350,21 @@ static void check_upstreams(qx_admin_t *a)
         if (pfd[k].fd >= 0) { /* still connecting at the deadline */
             close(pfd[k].fd);
             failed = QX_MIN(failed, which[k]);
+            a->up_failed[which[k]] = 1;
         }
     }
+    /* An address listed twice was connected to once: both get its answer. */
+    for (size_t i = 0; i < n; i++) {
+        const qx_upstream_cfg_t *up = qx_snapshot_upstream(snap, i);
+        for (size_t j = 0; j < i; j++) {
+            const qx_upstream_cfg_t *o = qx_snapshot_upstream(snap, j);
+            if (o->addrlen == up->addrlen && memcmp(&o->addr, &up->addr, up->addrlen) == 0) {
+                a->up_failed[i] = a->up_failed[j];
+                break;
+            }
+        }
+    }
+    a->up_checked = n;
 
     a->up_ok = failed == SIZE_MAX;
     a->up_reason[0] = '\0';
@@ -338,6 +374,16 @@ static void check_upstreams(qx_admin_t *a)
     a->up_generation = snap->generation;
     a->up_checked_ms = mono_ms();
     qx_snapshot_unref(snap);
+}
+
+/* The upstream check's answer, at most UPSTREAM_CHECK_CACHE_MS old and for
+ * the generation in force. */
+static void refresh_upstreams(qx_admin_t *a)
+{
+    uint64_t now = mono_ms();
+    if (a->up_checked_ms == 0 || now - a->up_checked_ms >= UPSTREAM_CHECK_CACHE_MS ||
+        a->up_generation != qx_runtime_generation(a->rt))
+        check_upstreams(a);
 }
 
 /* 1 when /readyz answers 200; otherwise 0 and a one-line reason. */
@@ -357,10 +403,7 @@ static int readiness(qx_admin_t *a, char *why, size_t n)
         break;
     }
     if (a->ready_requires_upstream) {
-        uint64_t now = mono_ms();
-        if (a->up_checked_ms == 0 || now - a->up_checked_ms >= UPSTREAM_CHECK_CACHE_MS ||
-            a->up_generation != qx_runtime_generation(a->rt))
-            check_upstreams(a);
+        refresh_upstreams(a);
         if (!a->up_ok) {
             snprintf(why, n, "%s", a->up_reason);
             return 0;
@@ -610,6 +653,41 @@ static enum MHD_Result put_routes(qx_admin_t *a, struct MHD_Connection *c, const
     return reply_json(c, MHD_HTTP_OK, o);
 }
 
+/* ------------------------------------------------------------------------
+ * status page */
+
+static enum MHD_Result get_status_page(struct MHD_Connection *c)
+{
+    /* Self-contained: inline style and script, nothing else loaded. */
+    return reply(c, MHD_HTTP_OK, "text/html; charset=utf-8", (const char *)qx_status_html,
+                 qx_status_html_len, "Content-Security-Policy",
+                 "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+                 "connect-src 'self'; img-src data:");
+}
+
+static enum MHD_Result get_status_json(qx_admin_t *a, struct MHD_Connection *c)
+{
+    char why[300], last_error[sizeof(a->rt->last_error)];
+    int source;
+    if (a->status == NULL)
+        return reply_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "status sampler not running\n");
+    int ready = readiness(a, why, sizeof(why));
+    refresh_upstreams(a); /* health for the page, whatever ready_requires_upstream says */
+    qx_snapshot_t *snap = snapshot_info(a->rt, &source, last_error, sizeof(last_error));
+    qx_status_view_t v = {
+        .ready = ready,
+        .ready_reason = why,
+        .snap = snap,
+        .source = source,
+        .last_error = last_error,
+        .up_failed = a->up_failed,
+        .up_checked = a->up_generation == snap->generation ? a->up_checked : 0,
+    };
+    json_t *o = qx_status_json(a->status, &v);
+    qx_snapshot_unref(snap);
+    return reply_json(c, MHD_HTTP_OK, o);
+}
+
 static enum MHD_Result post_drain(qx_admin_t *a, struct MHD_Connection *c)
 {
     QX_INFO("admin: POST /drain");
@@ -664,6 +742,10 @@ static enum MHD_Result dispatch(qx_admin_t *a, struct MHD_Connection *c, int ep)
         return get_config(a, c);
     case EP_DRAIN:
         return post_drain(a, c);
+    case EP_STATUS_PAGE:
+        return get_status_page(c);
+    case EP_STATUS_JSON:
+        return get_status_json(a, c);
     }
     return reply_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
 }
@@ -851,6 +933,9 @@ int qx_admin_start(qx_admin_t **out, qx_runtime_t *rt, char *err, size_t errlen)
             goto fail_token;
     }
 
+    if (qx_status_start(&a->status, rt) != 0)
+        QX_WARN("admin: the status page's sampler did not start: /status.json answers 503");
+
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
     if (ac->addr.ss_family == AF_INET6)
         flags |= MHD_USE_DUAL_STACK; /* "[::]:9901" answers IPv4 probes too */
@@ -888,6 +973,7 @@ void qx_admin_stop(qx_admin_t *a)
         return;
     if (a->daemon)
         MHD_stop_daemon(a->daemon); /* joins the polling thread */
+    qx_status_stop(a->status);
     if (a->token) {
         explicit_bzero(a->token, a->token_len);
         free(a->token);

@@ -101,6 +101,10 @@ void qx_metrics_request(qx_metrics_t *m, int proto, int method, int status, cons
     /* The sum is kept in microseconds as an integer so readers see a
      * consistent value without a lock. */
     qx_cnt_add(&h->sum_us, (uint64_t)(seconds * 1e6));
+    if (proto >= 0 && proto < QX_P_COUNT) {
+        qx_cnt_add(&m->proto_requests[proto], 1);
+        qx_cnt_add(&m->proto_duration_us[proto], (uint64_t)(seconds * 1e6));
+    }
 }
 
 qx_metrics_up_row_t *qx_metrics_upstream(qx_metrics_t *m, const char *upstream)

@@ -83,6 +83,10 @@ typedef struct qx_metrics {
     uint64_t request_body_rejected;
     uint64_t streams_reset_by_client;
     uint64_t quic_forwarded; /* datagrams another worker received for our connections */
+    /* Per client protocol, for the status page's rate and latency lines
+     * (the duration histogram has no protocol label). */
+    uint64_t proto_requests[QX_P_COUNT];
+    uint64_t proto_duration_us[QX_P_COUNT];
 } qx_metrics_t;
 
 /* Index of a method name in the QX_M_* set; QX_M_OTHER for anything else. */

@@ -42,8 +42,10 @@ typedef struct qx_runtime {
     int workers_running; /* atomic: every worker thread is in its loop */
     double start_time;   /* unix seconds */
     uint64_t reloads[QX_SRC_COUNT][QX_RELOAD_COUNT]; /* atomic counters */
-    uv_async_t *drain_async;                         /* the main loop's: starts the drain */
-    const uint64_t *early_refused;                   /* atomic: 0-RTT refused as replays (tls.h) */
+    int last_reload;               /* atomic: 1 + source * QX_RELOAD_COUNT + result; 0 none yet */
+    int64_t last_reload_ms;        /* atomic: when, unix milliseconds */
+    uv_async_t *drain_async;       /* the main loop's: starts the drain */
+    const uint64_t *early_refused; /* atomic: 0-RTT refused as replays (tls.h) */
     int64_t cert_not_after; /* atomic: notAfter of the certificate in force, unix s; 0 unknown */
 } qx_runtime_t;
 

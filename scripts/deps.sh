@@ -30,9 +30,11 @@ RUN_BACKPORTS=""
 # Test peers: Chromium, curl, h2load (nghttp2-client), slowhttptest
 # (slowloris), testssl.sh, promtool (prometheus), python3-h2/hpack (raw
 # HTTP/2), podman/buildah/runc/debootstrap (the container image, run for
-# real), iproute2 (network namespaces), clang-format.
+# real), iproute2 (network namespaces), clang-format, python3-jsonschema (the
+# Grafana dashboard's schema check).
 TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
-python3-h2 python3-hpack podman buildah runc debootstrap clang-format"
+python3-h2 python3-hpack podman buildah runc debootstrap clang-format
+python3-jsonschema"
 TEST_BACKPORTS=""
 
 # Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf.

@@ -735,7 +735,10 @@ static void test_method_allowed(void **state)
     assert_false(method_allowed("POST", "POSTX"));
     assert_int_equal(find_endpoint("/metrics"), EP_METRICS);
     assert_int_equal(find_endpoint("/metrics/"), -1);
-    assert_int_equal(find_endpoint("/"), -1);
+    assert_int_equal(find_endpoint("/"), EP_STATUS_PAGE); /* the status page */
+    assert_int_equal(find_endpoint("/status.json"), EP_STATUS_JSON);
+    assert_int_equal(find_endpoint("//"), -1);
+    assert_int_equal(find_endpoint("/index.html"), -1);
 }
 
 int main(void)
