@@ -1,29 +1,48 @@
-# STUB: container packaging (a slim non-root image, published tags, the image
-# the Helm chart and the injection webhook use) comes in a later packaging
-# issue, not yet filed. Until then this builds a working image from the
-# checkout, but nothing publishes or tests it.
+# qrux's container image: one image for the three roles,
 #
-#   docker build -t qrux:dev .
-#   docker run --rm -p 8443:8443/udp -v $PWD/cfg:/etc/qrux qrux:dev
+#   qrux --config /etc/qrux/qrux.yaml      the proxy (the default command)
+#   qrux xdp ...                           the XDP program's loader
+#   qrux inject ...                        the sidecar injection
+#
+# Built with Docker (`docker build -t qrux .`) or, without a Docker engine,
+# with buildah as the `image` test does (scripts/image.sh build). The README's
+# "Container image" section says how to run it. Packages come from
+# scripts/deps.sh in both stages, so make, CI and this file install the same.
 
+# Build: compiler, CMake and the -dev libraries only (no test peers).
 FROM debian:bookworm AS build
+COPY scripts/deps.sh /tmp/deps.sh
+RUN /tmp/deps.sh build && apt-get clean && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# deps.sh also installs the test peers (Chromium, nginx, ...); the packaging
-# issue will split build and test dependencies.
-COPY scripts/deps.sh scripts/deps.sh
-RUN scripts/deps.sh && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQRUX_WERROR=ON \
-    && cmake --build /build -j"$(nproc)" --target qrux
+    && cmake --build /build -j"$(nproc)" --target qrux \
+    && strip -o /qrux /build/qrux
 
+# Runtime: bookworm-slim, the shared libraries qrux links, the binary.
 FROM debian:bookworm-slim
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends \
-       libngtcp2-9 libngtcp2-crypto-gnutls2 libnghttp3-3 libnghttp2-14 libgnutls30 libssl3 \
-       libuv1 libcyaml1 libyaml-0-2 libmicrohttpd12 libjansson4 libbpf1 ca-certificates \
-    && rm -rf /var/lib/apt/lists/*
-COPY --from=build /build/qrux /usr/local/bin/qrux
+COPY scripts/deps.sh /tmp/deps.sh
+RUN /tmp/deps.sh runtime \
+    && apt-get clean \
+    && rm -rf /tmp/deps.sh /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log \
+       /var/cache/debconf/*-old
+COPY --from=build /qrux /usr/local/bin/qrux
+
+# The version from CMakeLists.txt and the source from the checkout's git
+# remote, passed by scripts/image.sh (docker build: --build-arg).
+ARG QRUX_VERSION=0.1.0
+ARG QRUX_SOURCE=""
+LABEL org.opencontainers.image.title="qrux" \
+      org.opencontainers.image.description="HTTP/3 (QUIC) terminating sidecar proxy" \
+      org.opencontainers.image.source="${QRUX_SOURCE}" \
+      org.opencontainers.image.version="${QRUX_VERSION}" \
+      org.opencontainers.image.licenses="MIT"
+
+# A fixed non-root uid/gid (the "nonroot" id of distroless images): keys
+# mounted into the container must be readable by it (mode 0400, owner 65532).
 USER 65532:65532
-EXPOSE 8443/udp
+# 8443/udp HTTP/3, 8443/tcp the HTTPS fallback, 9901/tcp the admin server
+# (probes, metrics). No HEALTHCHECK: Kubernetes probes /livez and /readyz.
+EXPOSE 8443/udp 8443/tcp 9901/tcp
 ENTRYPOINT ["/usr/local/bin/qrux"]
 CMD ["--config", "/etc/qrux/qrux.yaml"]

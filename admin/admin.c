@@ -551,6 +551,11 @@ static enum MHD_Result get_config(qx_admin_t *a, struct MHD_Connection *c)
         json_object_set_new(o, "generation", json_integer((json_int_t)snap->generation));
         json_object_set_new(o, "source", json_string(source_name(source)));
         json_object_set_new(o, "last_error", last_error[0] ? json_string(last_error) : json_null());
+        /* The effective value: "workers: 0" means one per CPU, and what
+         * that came to is what an operator wants to see. */
+        json_t *server = json_object_get(cfg, "server");
+        if (server != NULL && snap->cfg->workers == 0)
+            json_object_set_new(server, "workers", json_integer((json_int_t)a->rt->nworkers));
         json_object_set_new(o, "config", cfg);
     } else {
         json_decref(o);
@@ -948,8 +953,12 @@ int qx_admin_start(qx_admin_t **out, qx_runtime_t *rt, char *err, size_t errlen)
                                  MHD_OPTION_END);
     __atomic_store_n(&a->starting, 0, __ATOMIC_RELEASE);
     if (a->daemon == NULL) {
+        /* libmicrohttpd says "Failed to bind to port 0: <reason>" (it was
+         * given an address, not a port): keep only the reason. */
+        const char *why = a->start_err[0] ? a->start_err : "libmicrohttpd failed to start";
+        const char *colon = strncmp(why, "Failed to bind", 14) == 0 ? strstr(why, ": ") : NULL;
         snprintf(err, errlen, "admin.listen: cannot listen on %s: %s", a->listen,
-                 a->start_err[0] ? a->start_err : "libmicrohttpd failed to start");
+                 colon ? colon + 2 : why);
         rv = QX_ERR_IO;
         goto fail_daemon;
     }

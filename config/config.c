@@ -341,7 +341,11 @@ static void yaml_syntax_error(const char *yaml, size_t len, char *err, size_t er
     for (;;) {
         if (!yaml_parser_parse(&parser, &event)) {
             const char *problem = parser.problem != NULL ? parser.problem : "invalid YAML";
-            if (parser.context != NULL)
+            size_t at = parser.problem_mark.index;
+            if (at < len && yaml[at] == '\t')
+                fail(err, errlen, "tabs are not allowed for indentation (line %zu)",
+                     parser.problem_mark.line + 1);
+            else if (parser.context != NULL)
                 fail(err, errlen,
                      "YAML syntax error at line %zu, column %zu: %s %s (from line %zu)",
                      parser.problem_mark.line + 1, parser.problem_mark.column + 1, problem,
@@ -438,6 +442,77 @@ static size_t locate_line(const char *yaml, size_t len, const char *target, unsi
     return line;
 }
 
+/* The fields of the mapping at |parent| ("" for the document, "server",
+ * "server.limits", "routes[0]"), from the schema; NULL when the path is not a
+ * mapping of the schema. */
+static const cyaml_schema_field_t *schema_fields_at(const char *parent)
+{
+    const cyaml_schema_field_t *fields = doc_fields;
+    const char *p = parent;
+
+    while (*p != '\0') {
+        size_t n = strcspn(p, ".[");
+        const cyaml_schema_field_t *f = fields;
+        while (f->key != NULL && (strlen(f->key) != n || strncmp(f->key, p, n) != 0))
+            f++;
+        if (f->key == NULL)
+            return NULL;
+        const cyaml_schema_value_t *v = &f->value;
+        p += n;
+        while (*p == '[') {
+            const char *e = strchr(p, ']');
+            if (e == NULL || (v->type != CYAML_SEQUENCE && v->type != CYAML_SEQUENCE_FIXED))
+                return NULL;
+            v = v->sequence.entry;
+            p = e + 1;
+        }
+        if (v->type != CYAML_MAPPING)
+            return NULL;
+        fields = v->mapping.fields;
+        if (*p == '.')
+            p++;
+    }
+    return fields;
+}
+
+/* Levenshtein distance of two short strings (keys), capped at 9. */
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b), row[64];
+    if (la >= QX_ARRAY_LEN(row) || lb >= QX_ARRAY_LEN(row))
+        return 9;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t best = QX_MIN(row[j] + 1, row[j - 1] + 1);
+            row[j] = QX_MIN(best, diag + (a[i - 1] != b[j - 1]));
+            diag = up;
+        }
+    }
+    return QX_MIN(row[lb], (size_t)9);
+}
+
+/* The known key of |parent| nearest to |key| (a typo: a distance of at most
+ * a third of the key's length, at least 1), or NULL. */
+static const char *nearest_key(const char *parent, const char *key)
+{
+    const cyaml_schema_field_t *f = schema_fields_at(parent);
+    const char *best = NULL;
+    size_t bestd = QX_MAX((size_t)1, strlen(key) / 3) + 1;
+    for (; f != NULL && f->key != NULL; f++) {
+        size_t d = edit_distance(key, f->key);
+        if (d < bestd) {
+            bestd = d;
+            best = f->key;
+        }
+    }
+    return best;
+}
+
 /* Turns what libcyaml logged into one line naming the field. */
 static int cyaml_error(cyaml_err_t cerr, const log_capture_t *lc, const char *yaml, size_t len,
                        char *err, size_t errlen)
@@ -461,9 +536,12 @@ static int cyaml_error(cyaml_err_t cerr, const log_capture_t *lc, const char *ya
     if ((p = strstr(reason, "Unexpected key: ")) != NULL) {
         size_t off = strlen(path);
         p += strlen("Unexpected key: ");
+        const char *near = nearest_key(path, p);
         snprintf(path + off, sizeof(path) - off, "%s%s", off > 0 ? "." : "", p);
         if ((line = locate_line(yaml, len, path, 1)) > 0)
             snprintf(where, sizeof(where), " (line %zu)", line);
+        if (near != NULL)
+            return fail(err, errlen, "%s: unknown key%s; did you mean %s?", path, where, near);
         return fail(err, errlen, "%s: unknown key%s", path, where);
     }
     if ((p = strstr(reason, "Mapping field already seen: ")) != NULL) {
@@ -1070,8 +1148,8 @@ static int build_admin(qx_admin_cfg_t *a, const raw_admin_t *raw, const char *ba
     return 0;
 }
 
-static int build_config(qx_config_t *cfg, raw_doc_t *raw, const char *basedir, char *err,
-                        size_t errlen)
+static int build_config(qx_config_t *cfg, raw_doc_t *raw, const char *basedir, const char *yaml,
+                        size_t len, char *err, size_t errlen)
 {
     qx_route_spec_t *specs;
     int rv;
@@ -1084,14 +1162,18 @@ static int build_config(qx_config_t *cfg, raw_doc_t *raw, const char *basedir, c
         return QX_ERR_NOMEM;
     for (size_t i = 0; i < raw->nroutes; i++) {
         const raw_route_t *r = &raw->routes[i];
+        char key[48];
+        /* `upstreams: []` loads as a NULL list, the same as no key: the
+         * document tells them apart ("must not be empty", not "needs"). */
+        snprintf(key, sizeof(key), "routes[%zu].upstreams", i);
+        bool listed =
+            r->upstreams != NULL || r->nupstreams > 0 || locate_line(yaml, len, key, 1) > 0;
         specs[i] = (qx_route_spec_t){
             .match = r->match,
             .upstream = r->upstream,
             .upstreams = (const char *const *)r->upstreams,
             .nupstreams = r->nupstreams,
-            /* `upstreams: []` loads as a NULL list, the same as no key:
-             * it is reported as missing */
-            .has_upstreams = r->upstreams != NULL || r->nupstreams > 0,
+            .has_upstreams = listed,
         };
     }
     rv = qx_config_build_routes(cfg, specs, raw->nroutes, err, errlen, NULL, 0);
@@ -1148,7 +1230,7 @@ static int load(const char *yaml, size_t len, const char *basedir, const char *p
         rv = QX_ERR_NOMEM;
         goto fail_build;
     }
-    if ((rv = build_config(cfg, raw, basedir, err, errlen)) != 0)
+    if ((rv = build_config(cfg, raw, basedir, yaml, len, err, errlen)) != 0)
         goto fail_build;
 
     cyaml_free(&ycfg, &doc_schema, raw, 0);

@@ -260,8 +260,11 @@ def drain_under_load(env, how):
     slow = ProbeRun(env, q, "/slow/%d?ms=100&chunk=10000" % n, timeout=60)
     env.check(tag + "a slow request is in flight",
               wait_until(lambda: be.stats()["inflight"].get("/slow/%d" % n), 10, 0.02))
-    # HTTP/2 downloads of ~4 s: curl keeps the body, nghttp shows the frames.
-    n2 = 400000
+    # HTTP/2 downloads of ~8 s: curl keeps the body, nghttp shows the frames.
+    # They must outlive the loads' start-up below plus the drain delay: on a
+    # busy machine that start-up alone took over 2 s, and a 4 s download then
+    # ended before the GOAWAY it is there to see.
+    n2 = 800000
     h2url = "https://127.0.0.1:%d/slow/%d?ms=100&chunk=10000" % (tport, n2)
     h2file = os.path.join(env.dir, "h2-body-%d" % q.port)
     curl = spawn([need("curl"), "-sk", "--http2", "-o", h2file, "-w",

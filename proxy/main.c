@@ -9,6 +9,7 @@
  */
 #include "admin.h"
 #include "config.h"
+#include "inject.h"
 #include "log.h"
 #include "quic.h"
 #include "qx.h"
@@ -23,10 +24,12 @@
 #include <errno.h>
 #include <getopt.h>
 #include <gnutls/crypto.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -51,16 +54,72 @@ typedef struct qx_main {
     qx_watch_t *tls_watch;
 } qx_main_t;
 
+/* Whether another process already listens on |ss| (UDP or TCP): a socket
+ * without SO_REUSEPORT cannot bind where any socket is bound. Ours are not
+ * bound yet, so a conflict is someone else's: with SO_REUSEPORT a second
+ * qrux of the same user would join the group and silently take part of the
+ * traffic. Returns 1 when taken, 0 when free (or when the probe itself
+ * fails: the real bind then reports it). */
+static int listener_taken(const struct sockaddr_storage *ss, socklen_t len, int type)
+{
+    int fd = socket(ss->ss_family, type | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return 0;
+    int one = 1, zero = 0;
+    if (ss->ss_family == AF_INET6) /* as the listeners: "[::]" is dual-stack */
+        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+    if (type == SOCK_STREAM) /* a TIME_WAIT socket is not a listener */
+        (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    int taken = bind(fd, (const struct sockaddr *)ss, len) == -1 && errno == EADDRINUSE;
+    close(fd);
+    return taken;
+}
+
+/* Refuses to start beside another listener of our addresses, unless the
+ * operator asked for a hand-over (--takeover). Returns 0 or 1 (exit code). */
+static int check_listeners(const qx_config_t *cfg, int takeover)
+{
+    struct {
+        const char *field, *addr, *proto;
+        const struct sockaddr_storage *ss;
+        socklen_t len;
+        int type;
+    } l[] = {
+        {"server.listen", cfg->listen, "UDP", &cfg->listen_addr, cfg->listen_addrlen, SOCK_DGRAM},
+        {"server.https_listen", cfg->https_listen, "TCP", &cfg->https_addr, cfg->https_addrlen,
+         SOCK_STREAM},
+    };
+    for (size_t i = 0; i < QX_ARRAY_LEN(l); i++) {
+        if (l[i].addr == NULL || !listener_taken(l[i].ss, l[i].len, l[i].type))
+            continue;
+        if (takeover) {
+            QX_WARN("%s %s (%s): another process listens there; --takeover: joining it (stop "
+                    "the other process once this one is ready)",
+                    l[i].field, l[i].addr, l[i].proto);
+            continue;
+        }
+        QX_ERROR("%s %s (%s): another process already listens there; refusing to start (a "
+                 "second proxy would silently take part of the traffic). Stop it, or start with "
+                 "--takeover for a deliberate hand-over",
+                 l[i].field, l[i].addr, l[i].proto);
+        return 1;
+    }
+    return 0;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: qrux --config FILE          run the proxy\n"
                "       qrux check --config FILE    validate FILE (and its cert/key) and exit\n"
+               "       qrux inject ...              the sidecar injection webhook (inject --help)\n"
                "       qrux --help | --version\n"
                "\n"
                "HTTP/3 (QUIC) terminating sidecar proxy: clients speak HTTP/3, the app\n"
                "behind it gets HTTP/1.1 over pooled keep-alive connections.\n"
                "\n"
                "  -c, --config FILE  YAML configuration (see README.md)\n"
+               "      --takeover     start even if another process listens on our\n"
+               "                     addresses, sharing them (a side-by-side upgrade)\n"
                "  -h, --help         this text\n"
                "  -V, --version      print the version\n"
                "\n"
@@ -183,9 +242,14 @@ static void start_drain(qx_main_t *m, const char *why)
     qx_snapshot_t *snap = qx_runtime_snapshot(m->rt);
     uint32_t delay = snap->cfg->drain_delay_secs;
     qx_snapshot_unref(snap);
+    /* What a signal does next differs: after a signal, a second one stops
+     * at once; after POST /drain (a preStop hook) the kubelet's SIGTERM is
+     * expected and only continues the drain. */
     QX_INFO("%s: draining: /readyz is 503; serving for drain_delay_secs=%u more, then "
-            "GOAWAY; signal again to stop now",
-            why, delay);
+            "GOAWAY; %s",
+            why, delay,
+            m->signals > 0 ? "signal again to stop now"
+                           : "SIGTERM continues the drain, the signal after it stops at once");
     uv_timer_start(&m->drain_delay, on_drain_delay, (uint64_t)delay * 1000, 0);
 }
 
@@ -345,16 +409,22 @@ int main(int argc, char **argv)
         {"config", required_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
+        {"takeover", no_argument, NULL, 'T'},
         {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL;
     char err[512];
-    int c, check = 0;
+    int c, check = 0, takeover = 0;
 
+    if (argc > 1 && strcmp(argv[1], "inject") == 0)
+        return qx_inject_main(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "check") == 0) {
         check = 1;
         argv++;
         argc--;
+    } else if (argc > 1 && argv[1][0] != '-') {
+        fprintf(stderr, "qrux: unknown command '%s' (qrux --help lists the commands)\n", argv[1]);
+        return EXIT_CONFIG;
     }
     while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
         switch (c) {
@@ -367,13 +437,24 @@ int main(int argc, char **argv)
         case 'V':
             printf("qrux %s\n", QX_VERSION);
             return 0;
-        default:
-            usage(stderr);
+        case 'T':
+            takeover = 1;
+            break;
+        default: /* getopt said what was wrong */
+            fprintf(stderr, "qrux --help shows the usage\n");
             return EXIT_CONFIG;
         }
     }
-    if (config_path == NULL || optind != argc) {
-        usage(stderr);
+    if (optind != argc) {
+        fprintf(stderr, "qrux: unexpected argument '%s' (qrux --help shows the usage)\n",
+                argv[optind]);
+        return EXIT_CONFIG;
+    }
+    if (config_path == NULL) {
+        fprintf(stderr,
+                "qrux: --config is required: qrux %s--config FILE (qrux --help shows the "
+                "usage)\n",
+                check ? "check " : "");
         return EXIT_CONFIG;
     }
     qx_log_init();
@@ -386,6 +467,8 @@ int main(int argc, char **argv)
     qx_tls_tcp_t *tls_tcp = NULL;
     if (load_all(config_path, &cfg, &tls, &tls_tcp) != 0)
         return EXIT_CONFIG;
+    if (check_listeners(cfg, takeover) != 0)
+        return 1;
 
     qx_snapshot_t *snap = NULL;
     unsigned nworkers = qx_config_effective_workers(cfg);
@@ -459,8 +542,12 @@ int main(int argc, char **argv)
     qx_admin_t *admin = NULL;
     int arv = qx_admin_start(&admin, &rt, err, sizeof(err));
     if (arv != 0) {
-        QX_ERROR("config %s: %s", config_path, err);
-        return arv == QX_ERR_CONFIG ? EXIT_CONFIG : 1; /* a taken port is not a config error */
+        if (arv == QX_ERR_CONFIG) {
+            QX_ERROR("config %s: %s", config_path, err);
+            return EXIT_CONFIG;
+        }
+        QX_ERROR("%s", err); /* a taken port is a run-time failure, not a config error */
+        return 1;
     }
     for (unsigned i = 0; i < nworkers; i++) {
         if (qx_worker_start(&m.workers[i]) != 0) {

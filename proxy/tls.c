@@ -1,6 +1,7 @@
 /* tls.c - GnuTLS credentials and QUIC server sessions (see tls.h). */
 #include "tls.h"
 
+#include "pem.h"
 #include "qx.h"
 
 #include <gnutls/crypto.h>
@@ -66,9 +67,15 @@ int qx_tls_new(qx_tls_t **out, const char *cert, const char *key, char *err, siz
     if (t == NULL)
         return QX_ERR_NOMEM;
     t->refcnt = 1;
+    if (qx_pem_check_pair(cert, key, err, errlen) != 0)
+        goto fail;
     if (gnutls_certificate_allocate_credentials(&t->cred) != 0)
         goto fail;
     rv = gnutls_certificate_set_x509_key_file(t->cred, cert, key, GNUTLS_X509_FMT_PEM);
+    if (rv == GNUTLS_E_CERTIFICATE_KEY_MISMATCH) {
+        qx_pem_mismatch(cert, key, err, errlen);
+        goto fail;
+    }
     if (rv < 0) {
         snprintf(err, errlen, "server.cert/server.key: cannot load %s / %s: %s", cert, key,
                  gnutls_strerror(rv));

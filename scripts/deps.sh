@@ -7,6 +7,8 @@
 #   scripts/deps.sh run     build + what `make run` needs (the demo backend, openssl, gtlsclient)
 #   scripts/deps.sh test    run + every test peer (`make test`, CI); the default
 #   scripts/deps.sh bench   test + the benchmark's peers and profilers (`make bench`)
+#   scripts/deps.sh runtime only the shared libraries the qrux binary links (the
+#                           Dockerfile's slim runtime stage; nothing else needs it)
 #   scripts/deps.sh --list SET   prints the packages of SET and exits
 #
 # Idempotent and fast: when everything is present it runs one dpkg-query and
@@ -15,25 +17,34 @@ set -eu
 
 # Build: the libraries of docs/ARCHITECTURE.md ("Libraries"). libyaml-dev:
 # Debian's libcyaml-dev does not pull it in but libcyaml.pc links -lyaml.
-BUILD="build-essential cmake pkg-config git ca-certificates
+# python3: CMakeLists.txt finds it (the e2e tests) to configure at all.
+BUILD="build-essential cmake pkg-config git ca-certificates python3
 libngtcp2-dev libngtcp2-crypto-gnutls-dev libnghttp3-dev libnghttp2-dev libssl-dev libgnutls28-dev libuv1-dev libcyaml-dev libyaml-dev node-llhttp
 libmicrohttpd-dev libjansson-dev libbpf-dev clang bpftool libcmocka-dev"
 # Packages taken from bookworm-backports, each as NAME:MINIMUM_VERSION (an
 # older one installed from bookworm is upgraded).
 BUILD_BACKPORTS=""
 
+# Runtime: the libraries `ldd qrux` shows beyond what debian:bookworm-slim has
+# (libgnutls30 is there; named anyway). Keep in step with BUILD's -dev
+# packages: a -dev moved to bookworm-backports moves its library here too.
+RUNTIME="libngtcp2-9 libngtcp2-crypto-gnutls2 libnghttp3-3 libnghttp2-14 libgnutls30 libssl3
+libuv1 libcyaml1 libyaml-0-2 libmicrohttpd12 libjansson4"
+RUNTIME_BACKPORTS=""
+
 # Demo (`make run`): nginx-light as the backend, openssl for the self-signed
 # certificate, curl and ngtcp2's gtlsclient for the commands it prints.
-RUN="nginx-light openssl curl python3 ngtcp2-client"
+RUN="nginx-light openssl curl ngtcp2-client"
 RUN_BACKPORTS=""
 
 # Test peers: Chromium, curl, h2load (nghttp2-client), slowhttptest
 # (slowloris), testssl.sh, promtool (prometheus), python3-h2/hpack (raw
 # HTTP/2), podman/buildah/runc/debootstrap (the container image, run for
-# real), iproute2 (network namespaces), clang-format, python3-jsonschema (the
+# real), iproute2 (network namespaces), clang-format, nodejs and unzip (the
+# Kubernetes test tools: scripts/k8s-tools.sh), python3-jsonschema (the
 # Grafana dashboard's schema check).
 TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
-python3-h2 python3-hpack podman buildah runc debootstrap clang-format
+python3-h2 python3-hpack podman buildah runc debootstrap clang-format nodejs unzip
 python3-jsonschema"
 TEST_BACKPORTS=""
 
@@ -65,8 +76,12 @@ bench)
     PKGS="$BUILD $RUN $TEST $BENCH"
     BP="$BUILD_BACKPORTS $RUN_BACKPORTS $TEST_BACKPORTS $BENCH_BACKPORTS"
     ;;
+runtime)
+    PKGS="$RUNTIME"
+    BP="$RUNTIME_BACKPORTS"
+    ;;
 *)
-    echo "deps: unknown set '$set_name' (build, run, test or bench)" >&2
+    echo "deps: unknown set '$set_name' (build, run, test, bench or runtime)" >&2
     exit 2
     ;;
 esac
@@ -126,6 +141,7 @@ export DEBIAN_FRONTEND=noninteractive
 # bookworm-backports from the mirror this machine already uses: the first
 # Debian URI of its apt sources (deb822 or one-line format). Packages come
 # from it only when asked for with -t (its default priority is 100).
+# scripts/image.sh reads the mirror the same way: change both together.
 BP_SOURCES=/etc/apt/sources.list.d/qrux-bookworm-backports.sources
 enable_backports()
 {

@@ -474,8 +474,21 @@ static void test_reject_routes(void **state)
                   "routes[1]: has both upstream and upstreams");
     expect_reject(SERVER "routes:\n  - match: a.example.com\n",
                   "routes[0]: needs upstream or upstreams");
+    /* An empty list is there, just empty: say so, not that it is missing. */
     expect_reject(SERVER "routes:\n  - match: a.example.com\n    upstreams: []\n",
-                  "routes[0]: needs upstream or upstreams");
+                  "routes[0].upstreams: must not be empty");
+    expect_reject(SERVER "routes:\n  - match: a.example.com\n    upstream: \"127.0.0.1:1\"\n"
+                         "    upstreams: []\n",
+                  "routes[0]: has both upstream and upstreams");
+    /* A misspelled key gets the nearest known one; a far one gets none. */
+    expect_reject(SERVER "routes:\n  - match: a.example.com\n    upstrem: \"127.0.0.1:1\"\n",
+                  "routes[0].upstrem: unknown key (line 7); did you mean upstream?");
+    expect_reject("server:\n  listen: \"[::]:1\"\n  limits:\n    max_request_body_byte: 1\n",
+                  "did you mean max_request_body_bytes?");
+    expect_reject("server:\n  zzzzzz: 1\n", "server.zzzzzz: unknown key (line 2)");
+    /* Tabs: the YAML error says what the problem is. */
+    expect_reject("server:\n\tlisten: \"[::]:1\"\n",
+                  "tabs are not allowed for indentation (line 2)");
     expect_reject(SERVER ROUTES "  - match: a\n    upstream: \"127.0.0.1:1\"\n"
                                 "  - match: b\n"
                                 "    upstreams: [\"10.0.0.1:80\", \"10.0.0.x:80\"]\n",

@@ -1,0 +1,352 @@
+#!/usr/bin/env python3
+"""What an operator meets in the first hour, as they would meet it:
+
+1. `make run`'s script (scripts/run-demo.sh) owns what it starts: its parent
+   (make) killed alone, or the script signalled, leaves no qrux or nginx
+   behind and the ports free; a second run works.
+2. An edited build/demo/qrux.yaml survives the next run; QRUX_CONFIG=… with
+   a config that routes to the demo backend still gets the backend.
+3. Every config under config/examples passes `qrux check` once
+   scripts/example-secrets.sh made the files it points at (and names the
+   missing certificate file when they are not there).
+4. Error messages say what is wrong: a key file that is a certificate, a
+   file that does not exist, an unknown command, a missing --config, an
+   empty upstreams list, tabs in YAML, a misspelled key (with the nearest
+   known one), an admin port that is taken (exit 1, the port named).
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (Env, free_port, http_get, qrux_bin, run, spawn,  # noqa: E402
+                     tcp_accepting, tcp_port_free, wait_until)
+
+SRC = os.environ.get("QRUX_SRC") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pids_of(pattern_text):
+    """PIDs whose command line contains |pattern_text|."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if pattern_text in cmd:
+            out.append(int(d))
+    return out
+
+
+class Demo:
+    """scripts/run-demo.sh under a stand-in for make: `sh -c '…; :'` stays
+    the script's parent (the `; :` keeps sh from exec'ing it)."""
+
+    def __init__(self, env, ddir, config=None, like=None):
+        self.ddir = ddir
+        if like is not None:  # the same demo folder: the same ports
+            self.bport, self.port, self.aport = like.bport, like.port, like.aport
+        else:
+            self.bport = free_port("tcp")
+            self.port = free_port("udp")
+            while not tcp_port_free(self.port):  # the demo uses the number for UDP and TCP
+                self.port = free_port("udp")
+            self.aport = free_port("tcp")
+        e = dict(os.environ)
+        e.update({"QRUX_BIN": qrux_bin(), "QRUX_DEMO_DIR": ddir,
+                  "QRUX_DEMO_BACKEND_PORT": str(self.bport), "QRUX_DEMO_PORT": str(self.port),
+                  "QRUX_DEMO_ADMIN_PORT": str(self.aport)})
+        e.pop("QRUX_DEMO_OWNED", None)
+        if config:
+            e["QRUX_CONFIG"] = config
+        self.log = open(os.path.join(env.dir, "demo-%d.log" % self.port), "wb")
+        self.parent = subprocess.Popen(
+            ["sh", "-c", '"$0"; :', os.path.join(SRC, "scripts", "run-demo.sh")],
+            stdout=self.log, stderr=subprocess.STDOUT, env=e, start_new_session=True)
+        self.marker = ddir  # every process it starts carries the folder on its command line
+
+    def ready(self, admin_port=None):
+        return wait_until(lambda: tcp_accepting(admin_port or self.aport), 40)
+
+    def owned(self):
+        """The script, qrux and nginx: processes whose command line names
+        the demo folder or its config."""
+        return [p for p in pids_of(self.marker) if p != os.getpid()]
+
+    def logtext(self):
+        with open(self.log.name, "rb") as f:
+            return f.read().decode(errors="replace")
+
+
+def demo_ownership(env):
+    ddir = tempfile.mkdtemp(prefix="demo-", dir=env.dir)
+    d = Demo(env, ddir)
+    env.check("demo: admin server up", d.ready(), d.logtext()[-800:])
+    st, _, body = http_get(d.bport, "/")
+    env.eq("demo: the backend serves the page", st, 200)
+    env.check("demo: the page names the backend's real address",
+              ("127.0.0.1:%d" % d.bport).encode() in body, body[:200])
+    env.check("demo: /readyz turns 200",
+              wait_until(lambda: http_get(d.aport, "/readyz")[0] == 200, 10))
+    env.check("demo: qrux and nginx run", len(d.owned()) >= 2, d.owned())
+    # make killed alone (SIGKILL: no chance to forward anything).
+    os.kill(d.parent.pid, signal.SIGKILL)
+    d.parent.wait(5)
+    gone = wait_until(lambda: not d.owned(), 15)
+    env.check("demo: parent killed alone -> nothing of the demo left running", gone, d.owned())
+    env.check("demo: the ports are free again",
+              not tcp_accepting(d.aport) and not tcp_accepting(d.bport))
+
+    # Edit the config, run again: the edit is kept and applied.
+    cfg = os.path.join(ddir, "qrux.yaml")
+    with open(cfg) as f:
+        text = f.read()
+    new_admin = free_port("tcp")
+    text = text.replace("127.0.0.1:%d" % d.aport, "127.0.0.1:%d" % new_admin)
+    text = "# edited by the operator\n" + text
+    with open(cfg, "w") as f:
+        f.write(text)
+    d2 = Demo(env, ddir, like=d)
+    env.check("demo: second run starts (admin on the edited port)", d2.ready(new_admin),
+              d2.logtext()[-800:])
+    with open(cfg) as f:
+        env.check("demo: the edited qrux.yaml was kept", f.read() == text)
+    st, _, _ = http_get(d.bport, "/")
+    env.eq("demo: second run: the backend serves again", st, 200)
+    # SIGTERM to the script itself: it stops what it started.
+    os.killpg(d2.parent.pid, signal.SIGTERM)
+    gone = wait_until(lambda: not d2.owned(), 15)
+    env.check("demo: SIGTERM to the group -> everything stopped", gone, d2.owned())
+
+    # QRUX_CONFIG pointing at the demo backend: the backend starts too.
+    ucfg = os.path.join(ddir, "mine.yaml")
+    shutil.copy(os.path.join(ddir, "cert.pem"), os.path.join(ddir, "c.pem"))
+    shutil.copy(os.path.join(ddir, "key.pem"), os.path.join(ddir, "k.pem"))
+    uadmin = free_port("tcp")
+    with open(ucfg, "w") as f:
+        f.write(text.replace("cert.pem", "c.pem").replace("key.pem", "k.pem")
+                .replace("127.0.0.1:%d\"" % new_admin, "127.0.0.1:%d\"" % uadmin))
+    d3 = Demo(env, ddir, config=ucfg, like=d)
+    env.check("demo: QRUX_CONFIG run up", d3.ready(uadmin), d3.logtext()[-800:])
+    env.check("demo: QRUX_CONFIG routing to the demo backend starts it",
+              wait_until(lambda: tcp_accepting(d.bport), 5), d3.logtext()[-800:])
+    os.kill(d3.parent.pid, signal.SIGKILL)
+    env.check("demo: QRUX_CONFIG run: parent killed -> nothing left",
+              wait_until(lambda: not d3.owned(), 15), d3.owned())
+
+
+def examples(env):
+    tmp = tempfile.mkdtemp(prefix="examples-", dir=env.dir)
+    ex = os.path.join(tmp, "examples")
+    shutil.copytree(os.path.join(SRC, "config", "examples"), ex,
+                    ignore=shutil.ignore_patterns("certs", "admin-token", "ticket"))
+    names = sorted(n for n in os.listdir(ex) if n.endswith(".yaml"))
+    env.check("examples: there are example configs", len(names) >= 3, names)
+    rc, so, se = run([qrux_bin(), "check", "--config", os.path.join(ex, "minimal.yaml")], 20)
+    env.eq("examples: without the secrets, check fails with exit 2", rc, 2)
+    env.check("examples: ... naming the missing certificate file and why",
+              re.search(rb"certs/cert\.pem: (No such file or directory|does not exist)", se), se)
+    rc, so, se = run([os.path.join(SRC, "scripts", "example-secrets.sh"), ex], 30)
+    env.eq("examples: example-secrets.sh", rc, 0, se)
+    for n in names:
+        rc, so, se = run([qrux_bin(), "check", "--config", os.path.join(ex, n)], 20)
+        env.eq("examples: qrux check %s" % n, (rc, b": ok (" in so), (0, True), se)
+
+
+def errors(env):
+    d = tempfile.mkdtemp(prefix="errs-", dir=env.dir)
+    cert = env.cert()
+    good = ('server:\n  listen: "[::]:%d"\n  cert: "%s"\n  key: "%s"\n'
+            'routes:\n  - match: "*"\n    upstream: "127.0.0.1:9"\n')
+
+    def check(name, text, want_rc, want_re):
+        p = os.path.join(d, name + ".yaml")
+        with open(p, "w") as f:
+            f.write(text)
+        rc, so, se = run([qrux_bin(), "check", "--config", p], 20)
+        env.eq("errors: %s: exit code" % name, rc, want_rc, se)
+        env.check("errors: %s: message" % name, re.search(want_re, se), se)
+
+    port = free_port("udp")
+    check("key-is-cert", good % (port, cert.cert, cert.cert), 2,
+          rb"server\.key: \S*cert\.pem is a certificate, not a private key")
+    garbage = os.path.join(d, "garbage.pem")
+    with open(garbage, "w") as f:
+        f.write("not pem\n")
+    check("key-garbage", good % (port, cert.cert, garbage), 2,
+          rb"server\.key: \S*garbage\.pem: no PEM private key in the file")
+    check("cert-missing", good % (port, os.path.join(d, "nope.pem"), cert.key), 2,
+          rb"server\.cert: \S*nope\.pem: No such file or directory")
+    check("cert-is-key", good % (port, cert.key, cert.key), 2,
+          rb"server\.cert: \S*key\.pem is a private key, not a certificate")
+    other = os.path.join(d, "other")
+    os.makedirs(other)
+    subprocess.run([os.path.join(SRC, "scripts", "make-cert.sh"), os.path.join(other, "c.pem"),
+                    os.path.join(other, "k.pem")], check=True)
+    check("key-mismatch", good % (port, cert.cert, os.path.join(other, "k.pem")), 2,
+          rb"server\.key: \S*k\.pem does not match the certificate in server\.cert")
+    check("upstreams-empty",
+          (good % (port, cert.cert, cert.key)).replace('upstream: "127.0.0.1:9"', "upstreams: []"),
+          2, rb"routes\[0\]\.upstreams: must not be empty")
+    check("tabs", 'server:\n\tlisten: "[::]:1"\n', 2,
+          rb"tabs are not allowed for indentation \(line 2\)")
+    check("did-you-mean", (good % (port, cert.cert, cert.key)).replace("listen:", "listn:"), 2,
+          rb"server\.listn: unknown key \(line 2\); did you mean listen\?")
+
+    rc, so, se = run([qrux_bin(), "chek", "--config", "x.yaml"], 10)
+    env.eq("errors: unknown command: exit 2", rc, 2)
+    env.check("errors: unknown command: named", b"unknown command 'chek'" in se, se[:300])
+    rc, so, se = run([qrux_bin()], 10)
+    env.eq("errors: no arguments: exit 2", rc, 2)
+    env.check("errors: no arguments: --config is required", b"--config is required" in se,
+              se[:300])
+    rc, so, se = run([qrux_bin(), "check"], 10)
+    env.check("errors: check without --config: --config is required",
+              rc == 2 and b"--config is required" in se, se[:300])
+
+    # A taken admin port: a run-time failure (exit 1) naming the port.
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    bport = busy.getsockname()[1]
+    p = os.path.join(d, "admin-taken.yaml")
+    with open(p, "w") as f:
+        f.write(good % (free_port("udp"), cert.cert, cert.key) +
+                'admin:\n  listen: "127.0.0.1:%d"\n' % bport)
+    rc, so, se = run([qrux_bin(), "--config", p], 20)
+    busy.close()
+    env.eq("errors: admin port taken: exit 1", rc, 1, se[-300:])
+    env.check("errors: admin port taken: the message names 127.0.0.1:%d" % bport,
+              ("127.0.0.1:%d" % bport).encode() in se and b"port 0" not in se, se[-300:])
+
+
+def restart_only_docs(env):
+    """The keys the example config and the README call restart-only are
+    refused by a reload: early_data and ticket_key_file (the docs once said
+    a reload accepted them)."""
+    with open(os.path.join(SRC, "config", "examples", "qrux.yaml")) as f:
+        ex = f.read()
+    with open(os.path.join(SRC, "README.md")) as f:
+        readme = f.read()
+    for key, line in (("early_data", "early_data: safe"),
+                      ("ticket_key_file", "# ticket_key_file:")):
+        block = ex[:ex.index(line)].rsplit("\n\n", 1)[-1]
+        env.check("docs: example config marks %s [restart]" % key, "[restart]" in block, block)
+        env.check("docs: README table says %s is restart" % key,
+                  re.search(r"\| `server\.%s` \| [^|]+ \| restart \|" % key, readme))
+    be = env.backend()
+    q = env.qrux(routes=[("*", be.addr)])
+    with open(q.config_path) as f:
+        base = f.read()
+    tk = os.path.join(env.dir, "tk.key")
+    with open(tk, "wb") as f:
+        f.write(os.urandom(40))
+    for key, add in (("early_data", '  early_data: "off"\n'),
+                     ("ticket_key_file", '  ticket_key_file: "%s"\n' % tk)):
+        with open(q.config_path, "w") as f:
+            f.write(base.replace("  workers:", add + "  workers:"))
+        msg = "server.%s: changing it needs a restart" % key
+        env.check("reload: changing %s is refused as restart-only" % key,
+                  wait_until(lambda: msg in q.log_text(), 10), q.log_tail(5))
+        with open(q.config_path, "w") as f:
+            f.write(base)
+
+
+def config_and_drain_words(env):
+    """GET /config shows the workers that run (not the configured 0), and
+    the drain log line after POST /drain says what a signal will do."""
+    import json
+    be = env.backend()
+    aport = free_port("tcp")
+    q = env.qrux(routes=[("*", be.addr)], workers=0,
+                 extra_server='admin:\n  listen: "127.0.0.1:%d"\n' % aport)
+    m = re.search(r"ready: .* workers=(\d+)", q.log_text())
+    env.check("config: the ready line names the workers", m, q.log_tail(3))
+    st, _, body = http_get(aport, "/config")
+    cfg = json.loads(body)
+    env.eq("config: GET /config server.workers is the number running",
+           cfg["config"]["server"]["workers"], int(m.group(1)) if m else None)
+    q.signalled = True  # the drain ends with qrux exiting 0: that is this test's doing
+    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
+                        "http://127.0.0.1:%d/drain" % aport], capture_output=True, timeout=10)
+    env.check("drain: POST /drain accepted", r.stdout.strip() in (b"200", b"202"), r.stdout)
+    env.check("drain: the log says SIGTERM continues the drain",
+              wait_until(lambda: "POST /drain: draining" in q.log_text() and
+                         "SIGTERM continues the drain" in q.log_text(), 5), q.log_tail(3))
+    env.check("drain: ... and not 'signal again to stop now'",
+              "signal again to stop now" not in q.log_text(), q.log_tail(3))
+
+
+def second_instance(env):
+    """A second qrux on the same addresses refuses to start (exit 1, the
+    field and address named) instead of silently taking part of the
+    traffic; --takeover starts it on purpose. Something else holding only
+    the TCP port is refused too."""
+    be = env.backend()
+    tport = free_port("tcp")
+    extra = '  https_listen: "[::]:%d"\n' % tport
+    q = env.qrux(routes=[("*", be.addr)], extra_server=extra)
+    path = q.config_path
+    rc, so, se = run([qrux_bin(), "--config", path], 20)
+    env.eq("second instance: exit 1", rc, 1, se[-300:])
+    env.check("second instance: the message names the address and --takeover",
+              re.search(rb"server\.listen \[::\]:%d \(UDP\): another process already listens"
+                        % q.port, se) and b"--takeover" in se, se[-400:])
+    env.check("second instance: the first one still serves alone",
+              q.alive() and not q.access(status=599))
+    # --takeover: starts and logs that it joined.
+    p = spawn([qrux_bin(), "--takeover", "--config", path], stdout=subprocess.DEVNULL,
+              stderr=subprocess.PIPE)
+    lines = []
+    end = time.monotonic() + 15
+    while time.monotonic() < end:
+        ln = p.stderr.readline()
+        if not ln:
+            break
+        lines.append(ln)
+        if b"ready:" in ln:
+            break
+    text = b"".join(lines)
+    env.check("--takeover: starts (ready)", b"ready:" in text, text[-400:])
+    env.check("--takeover: says it joins another listener", b"--takeover: joining it" in text,
+              text[-400:])
+    p.send_signal(signal.SIGKILL)
+    p.wait(5)
+    # Only the TCP port held by someone else.
+    blocker = socket.socket(socket.AF_INET6)
+    blocker.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    blocker.bind(("::", 0))
+    blocker.listen(1)
+    bport = blocker.getsockname()[1]
+    path2, _ = env.write_config([("*", be.addr)], port=free_port("udp"),
+                                extra_server='  https_listen: "[::]:%d"\n' % bport,
+                                name="tcp-taken.yaml")
+    rc, so, se = run([qrux_bin(), "--config", path2], 20)
+    blocker.close()
+    env.eq("TCP port taken: exit 1", rc, 1, se[-300:])
+    env.check("TCP port taken: names server.https_listen",
+              ("server.https_listen [::]:%d (TCP)" % bport).encode() in se, se[-300:])
+
+
+def main():
+    with Env("operator") as env:
+        env.case("second instance", second_instance, env)
+        env.case("config and drain words", config_and_drain_words, env)
+        env.case("restart-only keys in the docs", restart_only_docs, env)
+        env.case("examples", examples, env)
+        env.case("errors", errors, env)
+        env.case("demo", demo_ownership, env)
+
+
+if __name__ == "__main__":
+    main()
