@@ -33,9 +33,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#define ADMIN_MAX_BODY (1u << 20)     /* PUT /routes bodies; larger -> 413 */
-#define ADMIN_MAX_CONNECTIONS 64u     /* kubelet + Prometheus + an operator */
-#define ADMIN_CONN_TIMEOUT_SECS 10u   /* idle or slow clients are dropped */
+#define ADMIN_MAX_BODY (1u << 20) /* PUT /routes bodies; larger -> 413 */
+/* Slow or idle clients must not starve the probes: each source address
+ * holds at most ADMIN_MAX_PER_IP connections (the kubelet probes from the
+ * node's address, which an attacker elsewhere cannot fill), the total is
+ * bounded by ADMIN_MAX_CONNECTIONS, and a connection that sends nothing
+ * for ADMIN_CONN_TIMEOUT_SECS (a slow head included) is dropped. */
+#define ADMIN_MAX_CONNECTIONS 256u
+#define ADMIN_MAX_PER_IP 8u
+#define ADMIN_CONN_TIMEOUT_SECS 3u
 #define ADMIN_TOKEN_MAX 4096          /* a bearer token file larger than this is refused */
 #define LIVEZ_MAX_TICK_AGE_MS 5000    /* workers tick every second (worker.c TICK_MS) */
 #define UPSTREAM_CHECK_TIMEOUT_MS 200 /* per /readyz upstream check, all in parallel */
@@ -480,6 +486,7 @@ static enum MHD_Result get_metrics(qx_admin_t *a, struct MHD_Connection *c)
     g.cert_not_after = __atomic_load_n(&rt->cert_not_after, __ATOMIC_RELAXED);
     if (rt->early_refused)
         g.early_refused = __atomic_load_n(rt->early_refused, __ATOMIC_RELAXED);
+    g.log_suppressed = qx_log_rl_dropped();
     qx_metrics_process_read(&g, rt->start_time); /* without /proc: no process_* families */
 
     const qx_metrics_t **ws = calloc(rt->nworkers ? rt->nworkers : 1, sizeof(*ws));
@@ -637,7 +644,7 @@ static enum MHD_Result put_routes(qx_admin_t *a, struct MHD_Connection *c, const
             snprintf(err, sizeof(err), "invalid route table");
         char logged[700]; /* err names the field already (config_json.h) */
         snprintf(logged, sizeof(logged), "PUT /routes: %s", err);
-        QX_WARN("admin: %s", logged);
+        QX_WARN_RL("admin: %s", logged);
         qx_runtime_reject(a->rt, QX_SRC_API, logged);
         return reply_error(
             c, rv == QX_ERR_NOMEM ? MHD_HTTP_INTERNAL_SERVER_ERROR : MHD_HTTP_BAD_REQUEST, err,
@@ -907,7 +914,7 @@ __attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const ch
     if (__atomic_load_n(&a->starting, __ATOMIC_ACQUIRE))
         snprintf(a->start_err, sizeof(a->start_err), "%s", line); /* qx_admin_start reports it */
     else
-        QX_WARN("admin: %s", line);
+        QX_WARN_RL("admin: %s", line); /* accept errors under fd exhaustion come in floods */
 }
 
 /* ------------------------------------------------------------------------
@@ -947,10 +954,11 @@ int qx_admin_start(qx_admin_t **out, qx_runtime_t *rt, char *err, size_t errlen)
     __atomic_store_n(&a->starting, 1, __ATOMIC_RELEASE);
     a->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, a, MHD_OPTION_SOCK_ADDR,
                                  (const struct sockaddr *)&ac->addr, MHD_OPTION_CONNECTION_LIMIT,
-                                 (unsigned)ADMIN_MAX_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT,
-                                 (unsigned)ADMIN_CONN_TIMEOUT_SECS, MHD_OPTION_NOTIFY_COMPLETED,
-                                 on_completed, a, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, a,
-                                 MHD_OPTION_END);
+                                 (unsigned)ADMIN_MAX_CONNECTIONS,
+                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)ADMIN_MAX_PER_IP,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ADMIN_CONN_TIMEOUT_SECS,
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
+                                 MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, a, MHD_OPTION_END);
     __atomic_store_n(&a->starting, 0, __ATOMIC_RELEASE);
     if (a->daemon == NULL) {
         /* libmicrohttpd says "Failed to bind to port 0: <reason>" (it was

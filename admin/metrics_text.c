@@ -433,6 +433,10 @@ static void render_globals(qx_metrics_text_t *t, const qx_metrics_globals_t *g)
            "0-RTT early data refused by the anti-replay check (a ClientHello seen before, or "
            "one the table could not remember): the client resends after the handshake.");
     putf(t, "qrux_early_data_refused_total %llu\n", (unsigned long long)g->early_refused);
+    family(t, "qrux_log_lines_suppressed_total", "counter",
+           "Log lines a peer could trigger that were dropped: each call site writes at most 10 "
+           "a second, then says how many it dropped.");
+    putf(t, "qrux_log_lines_suppressed_total %llu\n", (unsigned long long)g->log_suppressed);
     static const char *const src[QX_SRC_COUNT] = {"file", "api"};
     static const char *const res[QX_RELOAD_COUNT] = {"success", "error", "restart_required"};
 

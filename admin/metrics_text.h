@@ -32,16 +32,17 @@ typedef struct qx_metrics_globals {
     const char *version; /* qrux_build_info{version} */
     uint64_t generation; /* qrux_config_generation */
     uint64_t reloads[QX_SRC_COUNT][QX_RELOAD_COUNT];
-    int ready;              /* qrux_ready: what /readyz would answer */
-    int have_process;       /* the process_* families below are filled in */
-    double cpu_seconds;     /* process_cpu_seconds_total */
-    uint64_t rss_bytes;     /* process_resident_memory_bytes */
-    uint64_t vsize_bytes;   /* process_virtual_memory_bytes */
-    uint64_t open_fds;      /* process_open_fds */
-    uint64_t max_fds;       /* process_max_fds */
-    double start_time;      /* process_start_time_seconds, unix time */
-    uint64_t early_refused; /* 0-RTT refused by the anti-replay check (replays) */
-    int64_t cert_not_after; /* qrux_tls_certificate_expiry_timestamp_seconds; 0: not shown */
+    int ready;               /* qrux_ready: what /readyz would answer */
+    int have_process;        /* the process_* families below are filled in */
+    double cpu_seconds;      /* process_cpu_seconds_total */
+    uint64_t rss_bytes;      /* process_resident_memory_bytes */
+    uint64_t vsize_bytes;    /* process_virtual_memory_bytes */
+    uint64_t open_fds;       /* process_open_fds */
+    uint64_t max_fds;        /* process_max_fds */
+    double start_time;       /* process_start_time_seconds, unix time */
+    uint64_t early_refused;  /* 0-RTT refused by the anti-replay check (replays) */
+    uint64_t log_suppressed; /* log lines dropped by the rate limits (log.h) */
+    int64_t cert_not_after;  /* qrux_tls_certificate_expiry_timestamp_seconds; 0: not shown */
 } qx_metrics_globals_t;
 
 /*

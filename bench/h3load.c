@@ -1,5 +1,5 @@
 /*
- * h3load.c - an HTTP/3 load generator (ngtcp2 0.12 + nghttp3 0.8 + GnuTLS).
+ * h3load.c - an HTTP/3 load generator (ngtcp2 1.11 + nghttp3 1.8 + GnuTLS).
  *
  * Debian's h2load has no HTTP/3, and the benchmark needs the same load for
  * qrux and Caddy: N connections x M concurrent streams each, a request count
@@ -171,7 +171,7 @@ typedef struct conn {
     ngtcp2_crypto_conn_ref ref;
     ngtcp2_conn *qc;
     nghttp3_conn *h3;
-    ngtcp2_connection_close_error ccerr;
+    ngtcp2_ccerr ccerr;
     uint64_t expiry;
     uint64_t retry_at;
     uint64_t nstarted; /* requests submitted on this connection */
@@ -411,7 +411,7 @@ static int h3_stop_sending(nghttp3_conn *h3, int64_t stream_id, uint64_t app_err
                            void *user_data, void *stream_user_data)
 {
     conn_t *c = user_data;
-    return ngtcp2_conn_shutdown_stream_read(c->qc, stream_id, app_error_code) == 0
+    return ngtcp2_conn_shutdown_stream_read(c->qc, 0, stream_id, app_error_code) == 0
                ? 0
                : NGHTTP3_ERR_CALLBACK_FAILURE;
 }
@@ -420,7 +420,7 @@ static int h3_reset_stream(nghttp3_conn *h3, int64_t stream_id, uint64_t app_err
                            void *user_data, void *stream_user_data)
 {
     conn_t *c = user_data;
-    return ngtcp2_conn_shutdown_stream_write(c->qc, stream_id, app_error_code) == 0
+    return ngtcp2_conn_shutdown_stream_write(c->qc, 0, stream_id, app_error_code) == 0
                ? 0
                : NGHTTP3_ERR_CALLBACK_FAILURE;
 }
@@ -506,8 +506,8 @@ static int recv_stream_data_cb(ngtcp2_conn *qc, uint32_t flags, int64_t stream_i
         nghttp3_conn_read_stream(c->h3, stream_id, data, len, flags & NGTCP2_STREAM_DATA_FLAG_FIN);
     if (n < 0) {
         warn("read_stream: %s", nghttp3_strerror((int)n));
-        ngtcp2_connection_close_error_set_application_error(
-            &c->ccerr, nghttp3_err_infer_quic_app_error_code((int)n), NULL, 0);
+        ngtcp2_ccerr_set_application_error(&c->ccerr, nghttp3_err_infer_quic_app_error_code((int)n),
+                                           NULL, 0);
         return NGTCP2_ERR_CALLBACK_FAILURE;
     }
     consumed(c, stream_id, (size_t)n);
@@ -665,8 +665,8 @@ static int conn_start(conn_t *c)
     ngtcp2_conn_set_tls_native_handle(c->qc, c->tls);
     if (opt.hold > 0) /* idle connections must outlive the server's idle timeout */
         ngtcp2_conn_set_keep_alive_timeout(c->qc, 5 * NGTCP2_SECONDS);
-    ngtcp2_connection_close_error_default(&c->ccerr);
-    ngtcp2_connection_close_error_set_application_error(&c->ccerr, NGHTTP3_H3_NO_ERROR, NULL, 0);
+    ngtcp2_ccerr_default(&c->ccerr);
+    ngtcp2_ccerr_set_application_error(&c->ccerr, NGHTTP3_H3_NO_ERROR, NULL, 0);
 
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->fd, &ev) == -1) {
@@ -686,8 +686,8 @@ static int conn_start(conn_t *c)
 static void conn_close(conn_t *c, int failed)
 {
     worker_t *w = c->w;
-    if (c->qc && !ngtcp2_conn_is_in_closing_period(c->qc) &&
-        !ngtcp2_conn_is_in_draining_period(c->qc) && c->fd != -1) {
+    if (c->qc && !ngtcp2_conn_in_closing_period(c->qc) && !ngtcp2_conn_in_draining_period(c->qc) &&
+        c->fd != -1) {
         ngtcp2_path_storage ps;
         ngtcp2_pkt_info pi;
         ngtcp2_path_storage_zero(&ps);
@@ -852,9 +852,10 @@ static int conn_flush(conn_t *c)
     }
     if (nseg > 0)
         send_batch(c, buf, off, seg, nseg);
-    /* No ngtcp2_conn_update_pkt_tx_time(): with pacing on, ngtcp2 0.12 held
-     * the client's Finished (and so every first request) ~20 ms after the
-     * first Initial. The load stays on loopback, where bursts are harmless. */
+    /* No ngtcp2_conn_update_pkt_tx_time(): without it ngtcp2 never sets a
+     * pacing deadline, so the client does not pace. The load stays on
+     * loopback, where bursts are harmless, and every server under test
+     * gets the same unpaced client. */
     return 0;
 }
 
@@ -879,23 +880,21 @@ static int conn_read(conn_t *c)
         w->st.udp_rx += (uint64_t)n;
         int rv = ngtcp2_conn_read_pkt(c->qc, &path, &pi, w->recvbuf, (size_t)n, now_ns());
         if (rv == NGTCP2_ERR_DRAINING) {
-            ngtcp2_connection_close_error cc;
-            ngtcp2_conn_get_connection_close_error(c->qc, &cc);
+            const ngtcp2_ccerr *cc = ngtcp2_conn_get_ccerr(c->qc);
             if (c->state == CS_HANDSHAKE || c->inflight > 0 ||
-                cc.error_code != (cc.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION
-                                      ? NGHTTP3_H3_NO_ERROR
-                                      : NGTCP2_NO_ERROR))
+                cc->error_code != (cc->type == NGTCP2_CCERR_TYPE_APPLICATION ? NGHTTP3_H3_NO_ERROR
+                                                                             : NGTCP2_NO_ERROR))
                 warn("the server closed a connection%s: %s error 0x%" PRIx64 " %.*s",
                      c->state == CS_HANDSHAKE ? " during the handshake" : "",
-                     cc.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION ? "application"
-                                                                                    : "transport",
-                     cc.error_code, (int)cc.reasonlen, cc.reasonlen ? (const char *)cc.reason : "");
+                     cc->type == NGTCP2_CCERR_TYPE_APPLICATION ? "application" : "transport",
+                     cc->error_code, (int)cc->reasonlen,
+                     cc->reasonlen ? (const char *)cc->reason : "");
             return 1;
         }
         if (rv != 0) {
             warn("read_pkt: %s", ngtcp2_strerror(rv));
             if (c->ccerr.error_code == NGHTTP3_H3_NO_ERROR)
-                ngtcp2_connection_close_error_set_transport_error_liberr(&c->ccerr, rv, NULL, 0);
+                ngtcp2_ccerr_set_liberr(&c->ccerr, rv, NULL, 0);
             return -1;
         }
     }

@@ -261,7 +261,8 @@ typedef struct log_capture {
     size_t nframes;
 } log_capture_t;
 
-static void capture_log(cyaml_log_t level, void *ctx, const char *fmt, va_list args)
+__attribute__((format(printf, 3, 0))) static void capture_log(cyaml_log_t level, void *ctx,
+                                                              const char *fmt, va_list args)
 {
     log_capture_t *lc = ctx;
     char line[512];

@@ -24,6 +24,13 @@
  *                             token was written to the file as hex
  *   timeout                   --timeout ran out first
  *
+ * Attacks (test_attacks_quic.py): --repeat N sends the last -H field N more
+ * times (nghttp3's encoder puts it in the QPACK dynamic table once and
+ * refers to it: a small HEADERS frame that decodes to N copies); --stall
+ * never grants flow control for response bodies (a client that stops
+ * reading, its connection kept alive with PINGs) and prints
+ * "received N" for each unfinished response when --timeout runs out.
+ *
  * Address validation (the transport tests): --token HEX sends HEX as the
  * token of the first Initial (a NEW_TOKEN saved earlier, or a forged one);
  * --retry-wait SECS holds the Initial that answers a Retry back for SECS
@@ -53,7 +60,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_FIELDS 256
+#define MAX_FIELDS 8192
 #define MAX_BODY (64 * 1024 * 1024)
 #define PKT_SIZE 1452
 
@@ -79,6 +86,7 @@ typedef struct {
     int print_cert;             /* --print-cert-sha256 */
     int print_retry;            /* --print-retry */
     int retry_wait_secs;        /* --retry-wait: hold the post-Retry Initial this long */
+    int stall;                  /* --stall: response bodies get no flow control */
     const char *new_token_file; /* --new-token-file: NEW_TOKEN written here (hex) */
     uint8_t token[512];         /* --token: sent in the first Initial */
     size_t token_len;
@@ -93,10 +101,10 @@ typedef struct {
     ngtcp2_crypto_conn_ref conn_ref;
     ngtcp2_conn *conn;
     nghttp3_conn *h3;
-    ngtcp2_connection_close_error ccerr; /* what we send when we close */
-    int want_next; /* set in a callback, acted on outside (never nest calls) */
-    int got_retry; /* a Retry arrived; with --retry-wait, not yet waited */
-    int done;      /* every request has an outcome */
+    ngtcp2_ccerr ccerr; /* what we send when we close */
+    int want_next;      /* set in a callback, acted on outside (never nest calls) */
+    int got_retry;      /* a Retry arrived; with --retry-wait, not yet waited */
+    int done;           /* every request has an outcome */
     req_t req[2];
     int nreq;
 } probe_t;
@@ -165,6 +173,8 @@ static int h3_stream_close(nghttp3_conn *conn, int64_t stream_id, uint64_t app_e
 
 static void consumed(probe_t *p, int64_t stream_id, size_t n)
 {
+    if (p->stall)
+        return; /* the server's window for this body is never opened again */
     ngtcp2_conn_extend_max_stream_offset(p->conn, stream_id, n);
     ngtcp2_conn_extend_max_offset(p->conn, n);
 }
@@ -226,7 +236,7 @@ static int h3_stop_sending(nghttp3_conn *conn, int64_t stream_id, uint64_t app_e
                            void *user_data, void *stream_user_data)
 {
     probe_t *p = user_data;
-    int rv = ngtcp2_conn_shutdown_stream_read(p->conn, stream_id, app_error_code);
+    int rv = ngtcp2_conn_shutdown_stream_read(p->conn, 0, stream_id, app_error_code);
     return rv == 0 ? 0 : NGHTTP3_ERR_CALLBACK_FAILURE;
 }
 
@@ -234,7 +244,7 @@ static int h3_reset_stream(nghttp3_conn *conn, int64_t stream_id, uint64_t app_e
                            void *user_data, void *stream_user_data)
 {
     probe_t *p = user_data;
-    int rv = ngtcp2_conn_shutdown_stream_write(p->conn, stream_id, app_error_code);
+    int rv = ngtcp2_conn_shutdown_stream_write(p->conn, 0, stream_id, app_error_code);
     return rv == 0 ? 0 : NGHTTP3_ERR_CALLBACK_FAILURE;
 }
 
@@ -357,7 +367,8 @@ static int recv_retry_cb(ngtcp2_conn *conn, const ngtcp2_pkt_hd *hd, void *user_
     return rv;
 }
 
-static int recv_new_token_cb(ngtcp2_conn *conn, const ngtcp2_vec *token, void *user_data)
+static int recv_new_token_cb(ngtcp2_conn *conn, const uint8_t *token, size_t tokenlen,
+                             void *user_data)
 {
     probe_t *p = user_data;
     (void)conn;
@@ -368,11 +379,11 @@ static int recv_new_token_cb(ngtcp2_conn *conn, const ngtcp2_vec *token, void *u
         perror(p->new_token_file);
         return 0; /* the test sees no new-token line */
     }
-    for (size_t i = 0; i < token->len; i++)
-        fprintf(f, "%02x", token->base[i]);
+    for (size_t i = 0; i < tokenlen; i++)
+        fprintf(f, "%02x", token[i]);
     fputc('\n', f);
     if (fclose(f) == 0)
-        printf("new-token %zu\n", token->len);
+        printf("new-token %zu\n", tokenlen);
     return 0;
 }
 
@@ -394,8 +405,8 @@ static int recv_stream_data_cb(ngtcp2_conn *conn, uint32_t flags, int64_t stream
         nghttp3_conn_read_stream(p->h3, stream_id, data, len, flags & NGTCP2_STREAM_DATA_FLAG_FIN);
     if (n < 0) {
         fprintf(stderr, "h3probe: read_stream: %s\n", nghttp3_strerror((int)n));
-        ngtcp2_connection_close_error_set_application_error(
-            &p->ccerr, nghttp3_err_infer_quic_app_error_code((int)n), NULL, 0);
+        ngtcp2_ccerr_set_application_error(&p->ccerr, nghttp3_err_infer_quic_app_error_code((int)n),
+                                           NULL, 0);
         return NGTCP2_ERR_CALLBACK_FAILURE;
     }
     ngtcp2_conn_extend_max_stream_offset(conn, stream_id, (uint64_t)n);
@@ -523,8 +534,8 @@ static int quic_setup(probe_t *p)
     settings.initial_ts = now_ns();
     settings.max_tx_udp_payload_size = PKT_SIZE;
     if (p->token_len > 0) {
-        settings.token.base = p->token;
-        settings.token.len = p->token_len;
+        settings.token = p->token;
+        settings.tokenlen = p->token_len;
     }
     if (p->retry_wait_secs > 0) /* the wait must not count as a handshake timeout */
         settings.handshake_timeout = UINT64_MAX;
@@ -541,6 +552,8 @@ static int quic_setup(probe_t *p)
         return -1;
     }
     ngtcp2_conn_set_tls_native_handle(p->conn, p->tls);
+    if (p->stall) /* a stalled client is still alive: it answers and PINGs */
+        ngtcp2_conn_set_keep_alive_timeout(p->conn, NGTCP2_SECONDS);
     return 0;
 }
 
@@ -644,18 +657,16 @@ static int drain(probe_t *p)
         }
         int rv = ngtcp2_conn_read_pkt(p->conn, &path, &pi, buf, (size_t)n, now_ns());
         if (rv == NGTCP2_ERR_DRAINING) {
-            ngtcp2_connection_close_error cc;
-            ngtcp2_conn_get_connection_close_error(p->conn, &cc);
-            printf("conn-close 0x%" PRIx64 " %s\n", cc.error_code,
-                   cc.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION ? "app"
-                                                                                  : "transport");
+            const ngtcp2_ccerr *cc = ngtcp2_conn_get_ccerr(p->conn);
+            printf("conn-close 0x%" PRIx64 " %s\n", cc->error_code,
+                   cc->type == NGTCP2_CCERR_TYPE_APPLICATION ? "app" : "transport");
             return 1;
         }
         if (rv != 0) {
             fprintf(stderr, "h3probe: read_pkt: %s\n", ngtcp2_strerror(rv));
             /* Keep an H3 error a callback chose; else say what ngtcp2 saw. */
             if (p->ccerr.error_code == NGHTTP3_H3_NO_ERROR)
-                ngtcp2_connection_close_error_set_transport_error_liberr(&p->ccerr, rv, NULL, 0);
+                ngtcp2_ccerr_set_liberr(&p->ccerr, rv, NULL, 0);
             return -1;
         }
     }
@@ -667,7 +678,7 @@ static void send_close(probe_t *p)
     ngtcp2_path_storage ps;
     ngtcp2_pkt_info pi;
 
-    if (ngtcp2_conn_is_in_closing_period(p->conn) || ngtcp2_conn_is_in_draining_period(p->conn))
+    if (ngtcp2_conn_in_closing_period(p->conn) || ngtcp2_conn_in_draining_period(p->conn))
         return;
     ngtcp2_path_storage_zero(&ps);
     ngtcp2_ssize n = ngtcp2_conn_write_connection_close(p->conn, &ps.path, &pi, buf, sizeof(buf),
@@ -686,6 +697,10 @@ static int run(probe_t *p)
     while (!p->done) {
         uint64_t now = now_ns(), expiry = ngtcp2_conn_get_expiry(p->conn);
         if (now >= deadline) {
+            for (int i = 0; p->stall && i < p->nreq; i++) {
+                if (!p->req[i].closed)
+                    printf("received %" PRIu64 "\n", p->req[i].body_len);
+            }
             printf("timeout\n");
             send_close(p);
             return 1;
@@ -740,6 +755,7 @@ static void usage(void)
                     "               [--timeout SECS] [--print-cert-sha256]\n"
                     "               [--token HEX] [--new-token-file FILE] [--print-retry]"
                     " [--retry-wait SECS]\n"
+                    "               [--repeat N] [--stall]\n"
                     "  -H fields go out verbatim, in order; the separator is ': ' (or ':'"
                     " when no space follows)\n");
 }
@@ -826,6 +842,14 @@ static int parse_args(probe_t *p, int argc, char **argv)
                 return -1;
         } else if (strcmp(a, "--new-token-file") == 0 && has_val) {
             p->new_token_file = argv[++i];
+        } else if (strcmp(a, "--repeat") == 0 && has_val) {
+            int n = atoi(argv[++i]);
+            if (p->nfields == 0 || n < 0 || p->nfields + (size_t)n > MAX_FIELDS)
+                return -1;
+            for (int k = 0; k < n; k++, p->nfields++)
+                p->fields[p->nfields] = p->fields[p->nfields - 1];
+        } else if (strcmp(a, "--stall") == 0) {
+            p->stall = 1;
         } else if (strcmp(a, "--print-retry") == 0) {
             p->print_retry = 1;
         } else if (strcmp(a, "--retry-wait") == 0 && has_val) {
@@ -861,8 +885,8 @@ int main(int argc, char **argv)
                      : p->host;
     if (p->authority[0] == '\0')
         snprintf(p->authority, sizeof(p->authority), "%s:%s", p->sni, p->port);
-    ngtcp2_connection_close_error_default(&p->ccerr);
-    ngtcp2_connection_close_error_set_application_error(&p->ccerr, NGHTTP3_H3_NO_ERROR, NULL, 0);
+    ngtcp2_ccerr_default(&p->ccerr);
+    ngtcp2_ccerr_set_application_error(&p->ccerr, NGHTTP3_H3_NO_ERROR, NULL, 0);
     p->req[0].stream_id = p->req[1].stream_id = -1;
 
     int rc = 1;

@@ -44,7 +44,15 @@ pattern_pieces = _backend.pattern_pieces
 pattern_sha256 = _backend.pattern_sha256
 
 H3_NO_ERROR = 0x100
-READY_RE = re.compile(r"\bready\b")  # "ready: udp [::]:PORT workers=N" (not "already")
+READY_RE = re.compile(r"\bready\b")
+# Set by CMake for the sanitizer tree: AddressSanitizer's allocator keeps
+# freed memory in quarantine and adds redzones, so RSS figures run higher
+# there; memory bounds in tests are multiplied by this.
+SANITIZED = os.environ.get("QRUX_SANITIZED") == "1"
+RSS_FACTOR = 4 if SANITIZED else 1
+# What a sanitizer build (make test's build-san tree) prints on a finding.
+SANITIZER_RE = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error: |"
+                          r"SUMMARY: (AddressSanitizer|UndefinedBehaviorSanitizer|LeakSanitizer)")  # "ready: udp [::]:PORT workers=N" (not "already")
 H3_MESSAGE_ERROR = 0x10E
 H3_REQUEST_CANCELLED = 0x10C
 
@@ -517,6 +525,16 @@ class Qrux:
     def alive(self):
         return self.proc.poll() is None
 
+    def sanitizer_report(self):
+        """The first lines of an AddressSanitizer, LeakSanitizer or
+        UndefinedBehaviorSanitizer report in qrux's stderr, or None."""
+        with self.lock:
+            lines = list(self.lines)
+        for i, ln in enumerate(lines):
+            if SANITIZER_RE.search(ln):
+                return "\n".join(lines[max(0, i - 2):i + 30])
+        return None
+
     def signal(self, sig):
         self.signalled = True
         self.proc.send_signal(sig)
@@ -582,7 +600,7 @@ def render_config(port, cert, key, routes, limits=None, workers=2, extra_server=
 
 
 # ---------------------------------------------------------------------------
-# gtlsclient (Debian ngtcp2-client 0.12)
+# gtlsclient (Debian ngtcp2-client 1.11, bookworm-backports)
 
 
 class GtlsResult:
@@ -926,6 +944,11 @@ class Env:
             self.check("%s: not interrupted" % self.name, False, "exit %s" % ev)
         foreign = [(q, q.foreign_signal()) for q in self.qruxes]
         kill_all()
+        for q in self.qruxes:
+            q.reader.join(5)  # everything qrux wrote, a leak report at exit included
+            rep = q.sanitizer_report()
+            self.check("qrux (port %d) stderr holds no sanitizer report" % q.port, rep is None,
+                       rep)
         for q, how in foreign:
             if how:
                 print("WARNING: qrux (port %d, pid %d) %s although this test never stopped it: "

@@ -960,6 +960,10 @@ static int p_on_headers_complete(llhttp_t *p)
     const char *conn = NULL;
     size_t connlen = 0;
 
+    /* llhttp takes "20" or "099" as a status; HTTP wants three digits,
+     * 100-599 (RFC 9110 §15): anything else is a broken upstream (502). */
+    if (status < 100 || status > 599)
+        return -1;
     if (status >= 100 && status < 200) {
         if (status == 101)
             return -1; /* no upgrades through the proxy */
@@ -1008,16 +1012,16 @@ static int p_on_body(llhttp_t *p, const char *at, size_t len)
     qx_exchange_t *ex = p->data;
     uint64_t cap = ex->snap->cfg->limits.max_upstream_response_body_bytes;
     if (ex->resp_body + len > cap) {
-        QX_WARN("upstream %s: response body over max_upstream_response_body_bytes (%" PRIu64
-                "); stream reset",
-                ex->up_name, cap);
+        QX_WARN_RL("upstream %s: response body over max_upstream_response_body_bytes (%" PRIu64
+                   "); stream reset",
+                   ex->up_name, cap);
         qx_cnt_add(&up_row(ex)->body_over_limit, 1);
         fail(ex, 502);
         return HPE_USER;
     }
     qx_ring_t *r = &ex->resp;
     if (len > qx_ring_free(r)) { /* reads are sized so this cannot be (uc_read_buf) */
-        QX_ERROR("response window overflow on stream %" PRId64, ex->stream_id);
+        QX_ERROR_RL("response window overflow on stream %" PRId64, ex->stream_id);
         fail(ex, 502);
         return HPE_USER;
     }
@@ -1098,7 +1102,7 @@ void qx_exchange_body(qx_exchange_t *ex, const uint8_t *data, size_t len)
     if (len > qx_ring_free(&ex->req)) {
         /* The front granted more than the window: a front bug, not the
          * client's. Fail safe rather than overflow. */
-        QX_ERROR("request window overflow on stream %" PRId64, ex->stream_id);
+        QX_ERROR_RL("request window overflow on stream %" PRId64, ex->stream_id);
         fail(ex, 502);
         return;
     }

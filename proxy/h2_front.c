@@ -63,7 +63,7 @@ struct h2_conn {
      * HEADERS frame below the newest stream is an error only for an ID in
      * a gap: for an ID that was opened it may be trailers for a stream we
      * already reset, which nghttp2 rightly ignores. */
-    int32_t next_id;
+    int64_t next_id; /* past the last stream ID (2^31 + 1 at most: wider than an int32_t) */
     struct {
         int32_t lo, hi;
     } gaps[H2_ID_GAPS];
@@ -286,14 +286,15 @@ static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *
     if (id >= h->next_id) {
         if (id > h->next_id) {
             unsigned i = h->ngaps++ % H2_ID_GAPS;
-            h->gaps[i].lo = h->next_id;
+            h->gaps[i].lo = (int32_t)h->next_id; /* below id: fits */
             h->gaps[i].hi = id - 2;
         }
-        h->next_id = id + 2;
+        h->next_id = (int64_t)id + 2;
         return 0;
     }
     if (nghttp2_session_find_stream(s, id) == NULL && id_skipped(h, id)) {
-        QX_DEBUG("h2: HEADERS on stream %d, below stream %d and never opened", id, h->next_id - 2);
+        QX_DEBUG("h2: HEADERS on stream %d, below stream %lld and never opened", id,
+                 (long long)(h->next_id - 2));
         nghttp2_session_terminate_session(s, NGHTTP2_PROTOCOL_ERROR);
         qx_tcp_conn_mark(h->c);
     }

@@ -101,14 +101,14 @@ static void h3_stop_reading(qx_exchange_t *ex)
     qx_quic_conn_t *qc = conn_of(ex);
     /* RFC 9114 §4.1: a complete response may come before the request body
      * ends; STOP_SENDING with H3_NO_ERROR asks the client to stop. */
-    ngtcp2_conn_shutdown_stream_read(qc->conn, ex->stream_id, NGHTTP3_H3_NO_ERROR);
+    ngtcp2_conn_shutdown_stream_read(qc->conn, 0, ex->stream_id, NGHTTP3_H3_NO_ERROR);
     qx_quic_conn_mark(qc);
 }
 
 static void h3_abort(qx_exchange_t *ex)
 {
     qx_quic_conn_t *qc = conn_of(ex);
-    ngtcp2_conn_shutdown_stream(qc->conn, ex->stream_id, NGHTTP3_H3_INTERNAL_ERROR);
+    ngtcp2_conn_shutdown_stream(qc->conn, 0, ex->stream_id, NGHTTP3_H3_INTERNAL_ERROR);
     qx_quic_conn_mark(qc);
 }
 
@@ -148,8 +148,7 @@ static void ex_unlink(qx_quic_conn_t *qc, qx_exchange_t *ex)
 static void maybe_close_drained(qx_quic_conn_t *qc)
 {
     if (qc->goaway && qc->exchanges == NULL) {
-        ngtcp2_connection_close_error_set_application_error(&qc->ccerr, NGHTTP3_H3_NO_ERROR, NULL,
-                                                            0);
+        ngtcp2_ccerr_set_application_error(&qc->ccerr, NGHTTP3_H3_NO_ERROR, NULL, 0);
         qx_quic_conn_close(qc, 0);
     }
 }
@@ -273,7 +272,7 @@ static int h3_stop_sending(nghttp3_conn *conn, int64_t stream_id, uint64_t app_e
     qx_quic_conn_t *qc = user_data;
     (void)conn;
     (void)stream_user_data;
-    ngtcp2_conn_shutdown_stream_read(qc->conn, stream_id, app_error_code);
+    ngtcp2_conn_shutdown_stream_read(qc->conn, 0, stream_id, app_error_code);
     return 0;
 }
 
@@ -283,7 +282,7 @@ static int h3_reset_stream(nghttp3_conn *conn, int64_t stream_id, uint64_t app_e
     qx_quic_conn_t *qc = user_data;
     (void)conn;
     (void)stream_user_data;
-    ngtcp2_conn_shutdown_stream_write(qc->conn, stream_id, app_error_code);
+    ngtcp2_conn_shutdown_stream_write(qc->conn, 0, stream_id, app_error_code);
     return 0;
 }
 
@@ -391,7 +390,7 @@ int qx_h3_recv_stream_data(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
         if (qx_h3_setup(qc) != 0)
             return NGTCP2_ERR_CALLBACK_FAILURE;
     }
-    qc->rx_early = (flags & NGTCP2_STREAM_DATA_FLAG_EARLY) != 0;
+    qc->rx_early = (flags & NGTCP2_STREAM_DATA_FLAG_0RTT) != 0;
     nghttp3_ssize n = nghttp3_conn_read_stream(qc->h3, stream_id, data, datalen,
                                                flags & NGTCP2_STREAM_DATA_FLAG_FIN);
     qc->rx_early = 0;
@@ -402,15 +401,15 @@ int qx_h3_recv_stream_data(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
          * bytes so flow control does not stall. */
         QX_DEBUG("h3: stream %" PRId64 ": malformed request: %s", stream_id,
                  nghttp3_strerror((int)n));
-        ngtcp2_conn_shutdown_stream(conn, stream_id, NGHTTP3_H3_MESSAGE_ERROR);
+        ngtcp2_conn_shutdown_stream(conn, 0, stream_id, NGHTTP3_H3_MESSAGE_ERROR);
         ngtcp2_conn_extend_max_stream_offset(conn, stream_id, datalen);
         ngtcp2_conn_extend_max_offset(conn, datalen);
         return 0;
     }
     if (n < 0) {
         QX_DEBUG("h3: read_stream %" PRId64 ": %s", stream_id, nghttp3_strerror((int)n));
-        ngtcp2_connection_close_error_set_application_error(
-            &qc->ccerr, nghttp3_err_infer_quic_app_error_code((int)n), NULL, 0);
+        ngtcp2_ccerr_set_application_error(&qc->ccerr,
+                                           nghttp3_err_infer_quic_app_error_code((int)n), NULL, 0);
         return NGTCP2_ERR_CALLBACK_FAILURE;
     }
     ngtcp2_conn_extend_max_stream_offset(conn, stream_id, (uint64_t)n);
@@ -442,8 +441,8 @@ int qx_h3_stream_close(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
         return 0;
     int rv = nghttp3_conn_close_stream(qc->h3, stream_id, app_error_code);
     if (rv != 0 && rv != NGHTTP3_ERR_STREAM_NOT_FOUND) {
-        ngtcp2_connection_close_error_set_application_error(
-            &qc->ccerr, nghttp3_err_infer_quic_app_error_code(rv), NULL, 0);
+        ngtcp2_ccerr_set_application_error(&qc->ccerr, nghttp3_err_infer_quic_app_error_code(rv),
+                                           NULL, 0);
         return NGTCP2_ERR_CALLBACK_FAILURE;
     }
     return 0;

@@ -7,6 +7,8 @@
 #ifndef QX_LOG_H
 #define QX_LOG_H
 
+#include <stdint.h>
+
 typedef enum { QX_LOG_ERROR = 0, QX_LOG_WARN, QX_LOG_INFO, QX_LOG_DEBUG } qx_log_level_t;
 
 extern qx_log_level_t qx_log_level;
@@ -34,5 +36,40 @@ void qx_log(qx_log_level_t lvl, const char *fmt, ...) __attribute__((format(prin
         if (qx_log_enabled(QX_LOG_DEBUG))                                                          \
             qx_log(QX_LOG_DEBUG, __VA_ARGS__);                                                     \
     } while (0)
+
+/*
+ * Rate-limited logging for every line a peer can trigger (an accept error
+ * under fd exhaustion, an upstream's oversized body, a rejected route
+ * table): each call site passes at most QX_LOG_RL_BURST lines per
+ * QX_LOG_RL_WINDOW_MS; the others are counted, and the first line of a
+ * later window ends with "(N similar lines suppressed)". The state is one
+ * static qx_log_rl_t per call site (the QX_*_RL macros declare it), shared
+ * by every thread through atomics.
+ */
+#define QX_LOG_RL_BURST 10
+#define QX_LOG_RL_WINDOW_MS 1000
+
+typedef struct qx_log_rl {
+    uint64_t window;     /* atomic: the window (ms / QX_LOG_RL_WINDOW_MS) being counted */
+    unsigned count;      /* atomic: lines asked for in that window */
+    uint64_t suppressed; /* atomic: lines dropped since the last one written */
+} qx_log_rl_t;
+
+/* Writes the line unless its call site is over its budget (see above). */
+void qx_log_rl(qx_log_rl_t *rl, qx_log_level_t lvl, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Lines dropped by every rate limit so far (atomic; for tests and metrics). */
+uint64_t qx_log_rl_dropped(void);
+
+#define QX_LOG_RL_(lvl, ...)                                                                       \
+    do {                                                                                           \
+        static qx_log_rl_t qx_rl_;                                                                 \
+        if (qx_log_enabled(lvl))                                                                   \
+            qx_log_rl(&qx_rl_, lvl, __VA_ARGS__);                                                  \
+    } while (0)
+#define QX_ERROR_RL(...) QX_LOG_RL_(QX_LOG_ERROR, __VA_ARGS__)
+#define QX_WARN_RL(...) QX_LOG_RL_(QX_LOG_WARN, __VA_ARGS__)
+#define QX_INFO_RL(...) QX_LOG_RL_(QX_LOG_INFO, __VA_ARGS__)
 
 #endif

@@ -41,8 +41,10 @@ typedef struct qx_main {
     const char *config_path;
     uv_signal_t sigterm, sigint, sighup, sigusr1;
     uv_async_t exited;
-    uv_async_t drain;       /* POST /drain, from the admin thread */
-    uv_timer_t drain_delay; /* readyz is 503 while traffic is still served */
+    uv_async_t started;        /* a worker's loop runs: LIVE once all of them do */
+    uv_timer_t start_watchdog; /* names the workers still not running */
+    uv_async_t drain;          /* POST /drain, from the admin thread */
+    uv_timer_t drain_delay;    /* readyz is 503 while traffic is still served */
     qx_runtime_t *rt;
     qx_shared_t *shared;
     qx_worker_t *workers;
@@ -205,6 +207,41 @@ static void on_worker_exit(qx_worker_t *w, void *arg)
     uv_async_send(&m->exited);
 }
 
+static void on_worker_start(qx_worker_t *w, void *arg)
+{
+    qx_main_t *m = arg;
+    (void)w;
+    uv_async_send(&m->started);
+}
+
+/* LIVE (startupz and readyz 200) only once every worker's loop runs: a
+ * worker that never starts keeps the pod out of service, and the kubelet's
+ * startup probe restarts it, rather than half the workers serving. */
+static void on_started(uv_async_t *h)
+{
+    qx_main_t *m = h->data;
+    if (__atomic_load_n(&m->rt->workers_running, __ATOMIC_ACQUIRE) < (int)m->nworkers ||
+        qx_runtime_lifecycle(m->rt) != QX_LC_STARTING)
+        return;
+    uv_timer_stop(&m->start_watchdog);
+    qx_runtime_set_lifecycle(m->rt, QX_LC_LIVE);
+    qx_snapshot_t *snap = qx_runtime_snapshot(m->rt);
+    QX_INFO("ready: udp %s%s%s workers=%u routes=%zu (qrux %s)", snap->cfg->listen,
+            snap->cfg->https_listen ? " tcp " : "",
+            snap->cfg->https_listen ? snap->cfg->https_listen : "", m->nworkers, snap->cfg->nroutes,
+            QX_VERSION);
+    qx_snapshot_unref(snap);
+}
+
+static void on_start_watchdog(uv_timer_t *t)
+{
+    qx_main_t *m = t->data;
+    for (unsigned i = 0; i < m->nworkers; i++) {
+        if (__atomic_load_n(&m->workers[i].state, __ATOMIC_ACQUIRE) == QX_W_STARTING)
+            QX_WARN("worker %u has not started its loop yet; /startupz stays 503 until it does", i);
+    }
+}
+
 static void on_exited(uv_async_t *h)
 {
     qx_main_t *m = h->data;
@@ -218,6 +255,8 @@ static void on_exited(uv_async_t *h)
     uv_close((uv_handle_t *)&m->sighup, NULL);
     uv_close((uv_handle_t *)&m->sigusr1, NULL);
     uv_close((uv_handle_t *)&m->exited, NULL);
+    uv_close((uv_handle_t *)&m->started, NULL);
+    uv_close((uv_handle_t *)&m->start_watchdog, NULL);
     uv_close((uv_handle_t *)&m->drain, NULL);
     uv_close((uv_handle_t *)&m->drain_delay, NULL);
 }
@@ -488,8 +527,12 @@ int main(int argc, char **argv)
     m.rt = &rt;
     m.config_path = config_path;
     static qx_shared_t shared;
-    shared = (qx_shared_t){
-        .tls = tls, .tls_tcp = tls_tcp, .rt = &rt, .on_worker_exit = on_worker_exit, .arg = &m};
+    shared = (qx_shared_t){.tls = tls,
+                           .tls_tcp = tls_tcp,
+                           .rt = &rt,
+                           .on_worker_exit = on_worker_exit,
+                           .on_worker_start = on_worker_start,
+                           .arg = &m};
     pthread_mutex_init(&shared.tls_lock, NULL);
     m.shared = &shared;
     uint8_t ticket[64];
@@ -511,6 +554,10 @@ int main(int argc, char **argv)
         return 1;
     uv_async_init(m.loop, &m.exited, on_exited);
     m.exited.data = &m;
+    uv_async_init(m.loop, &m.started, on_started);
+    m.started.data = &m;
+    uv_timer_init(m.loop, &m.start_watchdog);
+    m.start_watchdog.data = &m;
     uv_async_init(m.loop, &m.drain, on_drain);
     m.drain.data = &m;
     uv_timer_init(m.loop, &m.drain_delay);
@@ -556,17 +603,10 @@ int main(int argc, char **argv)
         }
     }
     start_watching(&m, snap->cfg);
-    /* LIVE (startupz/readyz 200) once every worker's loop runs. */
-    for (int tries = 0; tries < 5000; tries++) {
-        if (__atomic_load_n(&rt.workers_running, __ATOMIC_ACQUIRE) == (int)nworkers)
-            break;
-        usleep(1000);
-    }
-    qx_runtime_set_lifecycle(&rt, QX_LC_LIVE);
-    QX_INFO("ready: udp %s%s%s workers=%u routes=%zu (qrux %s)", snap->cfg->listen,
-            snap->cfg->https_listen ? " tcp " : "",
-            snap->cfg->https_listen ? snap->cfg->https_listen : "", nworkers, snap->cfg->nroutes,
-            QX_VERSION);
+    /* LIVE and the "ready" line come from on_started, once every worker's
+     * loop runs; the watchdog says which ones do not. */
+    uv_timer_start(&m.start_watchdog, on_start_watchdog, 5000, 5000);
+    on_started(&m.started);
 
     uv_run(m.loop, UV_RUN_DEFAULT);
     qx_runtime_set_lifecycle(&rt, QX_LC_STOPPED);

@@ -1,11 +1,13 @@
 /* quic.c - a worker's QUIC endpoint and connections' transport (see quic.h). */
 #include "quic.h"
 
+#include "ipcount.h"
 #include "log.h"
 #include "quic_conn.h"
 #include "quic_mem.h"
 #include "qx.h"
 #include "runtime.h"
+#include "siphash.h"
 #include "sockbuf.h"
 #include "tls.h"
 #include "worker.h"
@@ -41,11 +43,12 @@ typedef struct cid_entry {
     qx_quic_conn_t *qc;
 } cid_entry_t;
 
-#define IP_BUCKETS 4096
-
 struct qx_quic_ep {
     qx_worker_t *w;
-    uint16_t per_ip[IP_BUCKETS]; /* connections per source-address bucket */
+    /* A client picks the CIDs it sends and its address: both tables hash
+     * with this per-process random key, so it cannot aim at one chain. */
+    uint8_t hash_key[QX_SIPHASH_KEY_LEN];
+    qx_ipcount_t per_ip; /* validated connections per client address (/64 for IPv6) */
     int fd;
     int family;
     uv_poll_t poll;
@@ -86,17 +89,15 @@ const nghttp3_mem *qx_quic_conn_h3_mem(qx_quic_conn_t *qc)
 
 /* ---- connection ID table ------------------------------------------------ */
 
-static size_t cid_hash(const uint8_t *p, size_t len)
+/* Our CIDs are random, but the client's first DCID is its own choice. */
+static size_t cid_hash(const qx_quic_ep_t *ep, const uint8_t *p, size_t len)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a: CIDs are random already */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ p[i]) * 1099511628211ULL;
-    return (size_t)(h % CID_BUCKETS);
+    return (size_t)(qx_siphash24(ep->hash_key, p, len) % CID_BUCKETS);
 }
 
 static qx_quic_conn_t *cid_find(qx_quic_ep_t *ep, const uint8_t *p, size_t len)
 {
-    for (cid_entry_t *e = ep->buckets[cid_hash(p, len)]; e; e = e->next) {
+    for (cid_entry_t *e = ep->buckets[cid_hash(ep, p, len)]; e; e = e->next) {
         if (e->cid.datalen == len && memcmp(e->cid.data, p, len) == 0)
             return e->qc;
     }
@@ -111,7 +112,7 @@ static int cid_add(qx_quic_conn_t *qc, const ngtcp2_cid *cid)
     cid_entry_t *e = malloc(sizeof(*e));
     if (e == NULL)
         return QX_ERR_NOMEM;
-    size_t b = cid_hash(cid->data, cid->datalen);
+    size_t b = cid_hash(ep, cid->data, cid->datalen);
     e->cid = *cid;
     e->qc = qc;
     e->next = ep->buckets[b];
@@ -123,7 +124,7 @@ static int cid_add(qx_quic_conn_t *qc, const ngtcp2_cid *cid)
 static void cid_remove(qx_quic_conn_t *qc, const ngtcp2_cid *cid)
 {
     qx_quic_ep_t *ep = qc->ep;
-    cid_entry_t **pp = &ep->buckets[cid_hash(cid->data, cid->datalen)];
+    cid_entry_t **pp = &ep->buckets[cid_hash(ep, cid->data, cid->datalen)];
     for (; *pp; pp = &(*pp)->next) {
         cid_entry_t *e = *pp;
         if (e->qc == qc && ngtcp2_cid_eq(&e->cid, cid)) {
@@ -336,8 +337,8 @@ static void conn_del(qx_quic_conn_t *qc)
     qx_quic_ep_t *ep = qc->ep;
     qx_worker_t *w = ep->w;
 
-    if (!qc->close_quietly && qc->conn && !ngtcp2_conn_is_in_closing_period(qc->conn) &&
-        !ngtcp2_conn_is_in_draining_period(qc->conn)) {
+    if (!qc->close_quietly && qc->conn && !ngtcp2_conn_in_closing_period(qc->conn) &&
+        !ngtcp2_conn_in_draining_period(qc->conn)) {
         ngtcp2_path_storage ps;
         ngtcp2_pkt_info pi;
         ngtcp2_path_storage_zero(&ps);
@@ -354,10 +355,10 @@ static void conn_del(qx_quic_conn_t *qc)
     } else {
         qx_cnt_sub(&w->metrics.active_connections_h3, 1);
     }
-    if (qc->counted) {
+    if (qc->counted)
         __atomic_sub_fetch(&w->shared->quic_conns, 1, __ATOMIC_RELAXED);
-        ep->per_ip[qc->ip_hash]--;
-    }
+    qx_ipcount_put(&ep->per_ip, qc->ip_entry);
+    qc->ip_entry = NULL;
 
     qx_h3_teardown(qc);
     while (qc->ncids > 0)
@@ -396,11 +397,10 @@ static void conn_fail(qx_quic_conn_t *qc, int liberr)
         return;
     }
     if (liberr == NGTCP2_ERR_CRYPTO) {
-        ngtcp2_connection_close_error_set_transport_error_tls_alert(
-            &qc->ccerr, ngtcp2_conn_get_tls_alert(qc->conn), NULL, 0);
+        ngtcp2_ccerr_set_tls_alert(&qc->ccerr, ngtcp2_conn_get_tls_alert(qc->conn), NULL, 0);
     } else if (liberr != NGTCP2_ERR_CALLBACK_FAILURE || qc->ccerr.error_code == 0) {
         if (liberr != NGTCP2_ERR_CALLBACK_FAILURE)
-            ngtcp2_connection_close_error_set_transport_error_liberr(&qc->ccerr, liberr, NULL, 0);
+            ngtcp2_ccerr_set_liberr(&qc->ccerr, liberr, NULL, 0);
     }
     QX_DEBUG("quic: closing connection: %s", ngtcp2_strerror(liberr));
     qx_quic_conn_close(qc, 0);
@@ -473,7 +473,7 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
         if (qc->h3 && ngtcp2_conn_get_max_data_left(qc->conn)) {
             sveccnt = nghttp3_conn_writev_stream(qc->h3, &stream_id, &fin, vec, QX_ARRAY_LEN(vec));
             if (sveccnt < 0) {
-                ngtcp2_connection_close_error_set_application_error(
+                ngtcp2_ccerr_set_application_error(
                     &qc->ccerr, nghttp3_err_infer_quic_app_error_code((int)sveccnt), NULL, 0);
                 return NGTCP2_ERR_CALLBACK_FAILURE;
             }
@@ -551,17 +551,21 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
     }
     if (off > 0)
         flush_batch(qc, off, gso, ecn);
-    /* Pacing starts once the handshake is done: before that ngtcp2 paces at
-     * its default 333 ms RTT estimate, which held the first response of
-     * every connection back by ~20 ms. The first update also charges the
-     * handshake's own bytes (ngtcp2 counts every byte sent since the last
-     * update): they left a round trip ago, so they are charged from when
-     * the connection began; charged from now they held the first response
-     * back by a third of a round trip (~9 ms at a 50 ms RTT). */
-    if (ngtcp2_conn_get_handshake_completed(qc->conn)) {
-        ngtcp2_conn_update_pkt_tx_time(qc->conn, qc->paced ? ts : qc->created_ts);
+    /* Pacing: ngtcp2 charges the bytes written since the last update at
+     * its pacing rate and sets when the next packet may leave. The time
+     * given must never go backwards (ngtcp2 asserts it), so it is always
+     * the time of the writes. Before the first RTT sample the rate assumes
+     * a 1 ms round trip: the handshake flight costs next to nothing. The
+     * flight that completes the handshake (HANDSHAKE_DONE, the session
+     * ticket, connection IDs, NEW_TOKEN) is the first one charged at the
+     * real rate; charged at once it held the first response back by ~5 ms
+     * at a 50 ms RTT. It is charged with the next write instead, together
+     * with what that write sends: the first response leaves at once and
+     * nothing is ever sent faster than the rate allows afterwards. */
+    if (qc->paced || !ngtcp2_conn_get_handshake_completed(qc->conn))
+        ngtcp2_conn_update_pkt_tx_time(qc->conn, ts);
+    else
         qc->paced = 1;
-    }
     schedule_timer(qc);
     return 0;
 }
@@ -687,6 +691,10 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
 
     qx_quic_conn_read_sni(qc);
     qc->handshake_done = 1;
+    /* A completed handshake proves the address (RFC 9000 §8.1): from here
+     * on the connection counts toward its address's cap. */
+    if (qc->ip_entry == NULL)
+        qc->ip_entry = qx_ipcount_take(&qc->ep->per_ip, (const struct sockaddr *)&qc->remote);
     if (qc->counted)
         w->handshakes--;
     qx_cnt_add(&w->metrics.quic_handshakes_ok, 1);
@@ -710,10 +718,10 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
     return 0;
 }
 
-static int recv_rx_key_cb(ngtcp2_conn *conn, ngtcp2_crypto_level level, void *user_data)
+static int recv_rx_key_cb(ngtcp2_conn *conn, ngtcp2_encryption_level level, void *user_data)
 {
     (void)conn;
-    if (level != NGTCP2_CRYPTO_LEVEL_APPLICATION)
+    if (level != NGTCP2_ENCRYPTION_LEVEL_1RTT)
         return 0;
     qx_quic_conn_read_sni(user_data);
     return qx_h3_setup(user_data);
@@ -723,13 +731,12 @@ static int recv_rx_key_cb(ngtcp2_conn *conn, ngtcp2_crypto_level level, void *us
  * session released (release_tls), none is legal from a client: TLS 1.3
  * has no client message after Finished here (no post-handshake
  * authentication is asked for) and QUIC forbids KeyUpdate (RFC 9001 §6). */
-static int recv_crypto_data_cb(ngtcp2_conn *conn, ngtcp2_crypto_level level, uint64_t offset,
+static int recv_crypto_data_cb(ngtcp2_conn *conn, ngtcp2_encryption_level level, uint64_t offset,
                                const uint8_t *data, size_t datalen, void *user_data)
 {
     qx_quic_conn_t *qc = user_data;
     if (qc->tls == NULL) {
-        ngtcp2_connection_close_error_set_transport_error_tls_alert(
-            &qc->ccerr, GNUTLS_A_UNEXPECTED_MESSAGE, NULL, 0);
+        ngtcp2_ccerr_set_tls_alert(&qc->ccerr, GNUTLS_A_UNEXPECTED_MESSAGE, NULL, 0);
         return NGTCP2_ERR_CALLBACK_FAILURE;
     }
     return ngtcp2_crypto_recv_crypto_data_cb(conn, level, offset, data, datalen, user_data);
@@ -766,28 +773,12 @@ static const ngtcp2_callbacks callbacks = {
     .recv_rx_key = recv_rx_key_cb,
 };
 
-/* Bucket of a client address for the per-IP cap (the port is ignored). */
-static uint32_t ip_bucket(const struct sockaddr *sa)
-{
-    const uint8_t *p;
-    size_t n;
-    if (sa->sa_family == AF_INET6) {
-        p = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
-        n = 16;
-    } else {
-        p = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
-        n = 4;
-    }
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * 16777619u;
-    return h % IP_BUCKETS;
-}
-
+/* A connection whose address a token proved (validated) counts toward
+ * the per-address cap at once; any other when its handshake completes. */
 static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
                                 const struct sockaddr *local, socklen_t locallen,
                                 const struct sockaddr *remote, socklen_t remotelen,
-                                const ngtcp2_cid *odcid)
+                                const ngtcp2_cid *odcid, int validated)
 {
     qx_worker_t *w = ep->w;
     const qx_limits_t *lim = &w->snap->cfg->limits;
@@ -805,7 +796,7 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     qc->locallen = locallen;
     memcpy(&qc->remote, remote, remotelen);
     qc->remotelen = remotelen;
-    ngtcp2_connection_close_error_default(&qc->ccerr);
+    ngtcp2_ccerr_default(&qc->ccerr);
     uv_timer_init(&w->loop, &qc->timer);
     qc->next = ep->conns;
     if (ep->conns)
@@ -815,13 +806,13 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
 
     ngtcp2_settings_default(&settings);
     settings.initial_ts = now_ns();
-    qc->created_ts = settings.initial_ts;
     settings.max_tx_udp_payload_size = MAX_UDP_PAYLOAD;
     settings.handshake_timeout = (ngtcp2_duration)lim->quic_handshake_timeout_secs * NGTCP2_SECONDS;
     if (odcid) {
         /* Validated by a Retry: ngtcp2 checks that every Initial carries it. */
-        settings.token.base = (uint8_t *)hd->token.base;
-        settings.token.len = hd->token.len;
+        settings.token = hd->token;
+        settings.tokenlen = hd->tokenlen;
+        settings.token_type = NGTCP2_TOKEN_TYPE_RETRY;
     }
     /* The stream window is the per-stream body bound (exchange.h): no
      * auto-tuning past it. */
@@ -845,6 +836,7 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     } else {
         params.original_dcid = hd->dcid;
     }
+    params.original_dcid_present = 1; /* ngtcp2 1.x asserts it on a server */
     params.stateless_reset_token_present = 1;
 
     if (new_cid(qc, &scid, params.stateless_reset_token, QX_SCID_LEN) != 0)
@@ -867,8 +859,8 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     if (cid_add(qc, &hd->dcid) != 0 || cid_add(qc, &scid) != 0)
         goto fail;
     qc->counted = 1;
-    qc->ip_hash = ip_bucket(remote);
-    ep->per_ip[qc->ip_hash]++;
+    if (validated)
+        qc->ip_entry = qx_ipcount_take(&ep->per_ip, remote);
     __atomic_add_fetch(&w->shared->quic_conns, 1, __ATOMIC_RELAXED);
     w->handshakes++;
     return qc;
@@ -928,20 +920,26 @@ static void send_stateless_reset(qx_quic_ep_t *ep, const ngtcp2_version_cid *vc,
 #define RETRY_TOKEN_TIMEOUT (10 * NGTCP2_SECONDS)
 #define REGULAR_TOKEN_TIMEOUT (24 * 3600 * NGTCP2_SECONDS)
 
-enum { ADDR_VALID, ADDR_RETRIED, ADDR_SEND_RETRY, ADDR_BAD_TOKEN };
+enum { ADDR_VALID, ADDR_UNVALIDATED, ADDR_RETRIED, ADDR_SEND_RETRY, ADDR_BAD_TOKEN };
 
-static int may_accept(qx_quic_ep_t *ep, const struct sockaddr *remote)
+static int may_accept(qx_quic_ep_t *ep)
 {
     const qx_limits_t *lim = &ep->w->snap->cfg->limits;
     if (!ep->accepting)
         return 0;
     if (__atomic_load_n(&ep->w->shared->quic_conns, __ATOMIC_RELAXED) >= lim->max_quic_connections)
         return 0;
-    /* Per worker: the kernel spreads one client's ports over the workers,
-     * so the cap per source address is counted where the connections live. */
-    if (ep->per_ip[ip_bucket(remote)] >= lim->max_quic_connections_per_ip)
-        return 0;
     return 1;
+}
+
+/* The per-address cap, counted per worker (the kernel spreads one
+ * client's ports over the workers, so it is counted where the connections
+ * live) and only for proven addresses: an Initial from a forged source
+ * address must not use up its owner's cap. */
+static int over_ip_cap(qx_quic_ep_t *ep, const struct sockaddr *remote)
+{
+    return qx_ipcount_get(&ep->per_ip, remote) >=
+           ep->w->snap->cfg->limits.max_quic_connections_per_ip;
 }
 
 /* Decides what an Initial that would open a connection needs: a Retry
@@ -955,24 +953,24 @@ static int validate_address(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     const qx_config_t *cfg = ep->w->snap->cfg;
     ngtcp2_tstamp now = now_ns();
 
-    if (hd->token.len > 0 && hd->token.base[0] == NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY) {
-        if (ngtcp2_crypto_verify_retry_token(odcid, hd->token.base, hd->token.len, sh->token_secret,
+    if (hd->tokenlen > 0 && hd->token[0] == NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY) {
+        if (ngtcp2_crypto_verify_retry_token(odcid, hd->token, hd->tokenlen, sh->token_secret,
                                              sizeof(sh->token_secret), hd->version,
                                              (const ngtcp2_sockaddr *)remote, remotelen, &hd->dcid,
                                              RETRY_TOKEN_TIMEOUT, now) != 0)
             return ADDR_BAD_TOKEN;
         return ADDR_RETRIED;
     }
-    if (hd->token.len > 0 && hd->token.base[0] == NGTCP2_CRYPTO_TOKEN_MAGIC_REGULAR &&
+    if (hd->tokenlen > 0 && hd->token[0] == NGTCP2_CRYPTO_TOKEN_MAGIC_REGULAR &&
         ngtcp2_crypto_verify_regular_token(
-            hd->token.base, hd->token.len, sh->token_secret, sizeof(sh->token_secret),
+            hd->token, hd->tokenlen, sh->token_secret, sizeof(sh->token_secret),
             (const ngtcp2_sockaddr *)remote, remotelen, REGULAR_TOKEN_TIMEOUT, now) == 0)
         return ADDR_VALID;
     if (cfg->retry == QX_RETRY_ALWAYS ||
         (cfg->retry == QX_RETRY_AUTO &&
          ep->w->handshakes >= cfg->limits.retry_handshakes_threshold))
         return ADDR_SEND_RETRY;
-    return ADDR_VALID;
+    return ADDR_UNVALIDATED;
 }
 
 static void send_retry(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd, const struct sockaddr *local,
@@ -1044,18 +1042,33 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
         int retried = 0;
         if (ngtcp2_accept(&hd, data, len) != 0)
             return;
-        if (!may_accept(ep, remote)) {
+        if (!may_accept(ep)) {
             /* Draining or over a limit: refuse at once (CONNECTION_REFUSED)
              * instead of letting the client wait for its handshake timeout. */
             close_initial(ep, &hd, NGTCP2_CONNECTION_REFUSED, local, remote, remotelen);
             qx_cnt_add(&ep->w->metrics.quic_refused, 1);
             return;
         }
-        switch (validate_address(ep, &hd, remote, remotelen, &odcid)) {
+        int av = validate_address(ep, &hd, remote, remotelen, &odcid);
+        if ((av == ADDR_VALID || av == ADDR_RETRIED || av == ADDR_UNVALIDATED) &&
+            over_ip_cap(ep, remote)) {
+            /* At the cap: a proven address is refused; any other is asked
+             * to prove itself first (a Retry), so only its owner can be
+             * refused for it. */
+            if (av == ADDR_UNVALIDATED) {
+                send_retry(ep, &hd, local, remote, remotelen);
+                return;
+            }
+            close_initial(ep, &hd, NGTCP2_CONNECTION_REFUSED, local, remote, remotelen);
+            qx_cnt_add(&ep->w->metrics.quic_refused, 1);
+            return;
+        }
+        switch (av) {
         case ADDR_RETRIED:
             retried = 1;
             break;
         case ADDR_VALID:
+        case ADDR_UNVALIDATED:
             break;
         case ADDR_SEND_RETRY:
             send_retry(ep, &hd, local, remote, remotelen);
@@ -1065,7 +1078,8 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
             qx_cnt_add(&ep->w->metrics.quic_invalid_tokens, 1);
             return;
         }
-        qc = conn_new(ep, &hd, local, locallen, remote, remotelen, retried ? &odcid : NULL);
+        qc = conn_new(ep, &hd, local, locallen, remote, remotelen, retried ? &odcid : NULL,
+                      av != ADDR_UNVALIDATED);
         if (qc == NULL)
             return;
     }
@@ -1218,6 +1232,8 @@ int qx_quic_ep_new(qx_quic_ep_t **out, qx_worker_t *w, const struct sockaddr *ad
     ep->w = w;
     ep->family = addr->sa_family;
     ep->accepting = 1;
+    gnutls_rnd(GNUTLS_RND_KEY, ep->hash_key, sizeof(ep->hash_key));
+    qx_ipcount_init(&ep->per_ip, ep->hash_key);
     if (gnutls_hmac_init(&ep->reset_mac, GNUTLS_MAC_SHA256, w->shared->static_secret,
                          sizeof(w->shared->static_secret)) != 0) {
         free(ep);
@@ -1339,6 +1355,7 @@ static void ep_closed(uv_handle_t *h)
         close(ep->fd);
         gnutls_hmac_deinit(ep->reset_mac, NULL);
         qx_qmem_del(ep->mem); /* after every connection's libraries */
+        qx_ipcount_free(&ep->per_ip);
         free(ep);
     }
 }
@@ -1351,8 +1368,7 @@ void qx_quic_ep_close(qx_quic_ep_t *ep)
     ep->dirty = NULL;
     while (ep->conns) {
         qx_quic_conn_t *qc = ep->conns;
-        ngtcp2_connection_close_error_set_application_error(&qc->ccerr, NGHTTP3_H3_NO_ERROR, NULL,
-                                                            0);
+        ngtcp2_ccerr_set_application_error(&qc->ccerr, NGHTTP3_H3_NO_ERROR, NULL, 0);
         qc->closing = 1;
         conn_del(qc);
     }

@@ -34,15 +34,14 @@ struct qx_quic_conn {
     size_t ncids;
     uv_timer_t timer;
     char sni[256];
-    qx_exchange_t *exchanges;            /* requests on this connection */
-    ngtcp2_connection_close_error ccerr; /* set by a failing callback */
-    uint64_t max_streams;                /* initial_max_streams_bidi granted to the client */
+    qx_exchange_t *exchanges; /* requests on this connection */
+    ngtcp2_ccerr ccerr;       /* set by a failing callback */
+    uint64_t max_streams;     /* initial_max_streams_bidi granted to the client */
     int handshake_done;
-    int paced;                /* pacing started (qx_quic_conn_write) */
-    ngtcp2_tstamp created_ts; /* when the first Initial came in */
-    int rx_early;             /* the stream data being read came in 0-RTT */
-    int counted;              /* counted in the process and per-IP connection totals */
-    uint32_t ip_hash;         /* per-source-address bucket */
+    int paced;    /* the flight that completed the handshake was written (qx_quic_conn_write) */
+    int rx_early; /* the stream data being read came in 0-RTT */
+    int counted;  /* counted in the process and per-IP connection totals */
+    struct qx_ipcount_entry *ip_entry; /* counted toward its address's cap (ipcount.h) */
     int goaway;
     int dirty;         /* on the endpoint's flush list */
     int closing;       /* scheduled for deletion */

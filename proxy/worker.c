@@ -142,6 +142,8 @@ static void thread_main(void *arg)
         set_state(w, QX_W_RUNNING);
         __atomic_store_n(&w->last_tick_ms, uv_hrtime() / 1000000, __ATOMIC_RELAXED);
         __atomic_add_fetch(&w->shared->rt->workers_running, 1, __ATOMIC_ACQ_REL);
+        if (w->shared->on_worker_start)
+            w->shared->on_worker_start(w, w->shared->arg);
         /* A drain requested before the loop ran is picked up here. */
         on_wakeup(&w->wakeup);
     }

@@ -38,7 +38,8 @@ typedef struct qx_shared {
     uint8_t token_secret[32];  /* Retry and NEW_TOKEN tokens */
     qx_tls_keys_t *tls_keys;   /* session tickets, 0-RTT policy, anti-replay */
     unsigned quic_conns;       /* atomic: QUIC connections in the process */
-    void (*on_worker_exit)(qx_worker_t *w, void *arg); /* called on the worker thread */
+    void (*on_worker_exit)(qx_worker_t *w, void *arg);  /* called on the worker thread */
+    void (*on_worker_start)(qx_worker_t *w, void *arg); /* its loop is about to run; ditto */
     void *arg;
 } qx_shared_t;
 

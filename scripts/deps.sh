@@ -19,33 +19,35 @@ set -eu
 # Debian's libcyaml-dev does not pull it in but libcyaml.pc links -lyaml.
 # python3: CMakeLists.txt finds it (the e2e tests) to configure at all.
 BUILD="build-essential cmake pkg-config git ca-certificates python3
-libngtcp2-dev libngtcp2-crypto-gnutls-dev libnghttp3-dev libnghttp2-dev libssl-dev libgnutls28-dev libuv1-dev libcyaml-dev libyaml-dev node-llhttp
+libnghttp2-dev libssl-dev libgnutls28-dev libuv1-dev libcyaml-dev libyaml-dev node-llhttp
 libmicrohttpd-dev libjansson-dev libbpf-dev clang bpftool libcmocka-dev"
 # Packages taken from bookworm-backports, each as NAME:MINIMUM_VERSION (an
 # older one installed from bookworm is upgraded).
-BUILD_BACKPORTS=""
+BUILD_BACKPORTS="libngtcp2-dev:1.11.0 libngtcp2-crypto-gnutls-dev:1.11.0 libnghttp3-dev:1.8.0"
 
 # Runtime: the libraries `ldd qrux` shows beyond what debian:bookworm-slim has
 # (libgnutls30 is there; named anyway). Keep in step with BUILD's -dev
 # packages: a -dev moved to bookworm-backports moves its library here too.
-RUNTIME="libngtcp2-9 libngtcp2-crypto-gnutls2 libnghttp3-3 libnghttp2-14 libgnutls30 libssl3
-libuv1 libcyaml1 libyaml-0-2 libmicrohttpd12 libjansson4"
-RUNTIME_BACKPORTS=""
+RUNTIME="libnghttp2-14 libgnutls30 libssl3 libuv1 libcyaml1 libyaml-0-2 libmicrohttpd12
+libjansson4 libbpf1 ca-certificates"
+RUNTIME_BACKPORTS="libngtcp2-16:1.11.0 libngtcp2-crypto-gnutls8:1.11.0 libnghttp3-9:1.8.0"
 
 # Demo (`make run`): nginx-light as the backend, openssl for the self-signed
 # certificate, curl and ngtcp2's gtlsclient for the commands it prints.
-RUN="nginx-light openssl curl ngtcp2-client"
-RUN_BACKPORTS=""
+RUN="nginx-light openssl curl python3"
+RUN_BACKPORTS="ngtcp2-client:1.11.0"
 
 # Test peers: Chromium, curl, h2load (nghttp2-client), slowhttptest
 # (slowloris), testssl.sh, promtool (prometheus), python3-h2/hpack (raw
 # HTTP/2), podman/buildah/runc/debootstrap (the container image, run for
 # real), iproute2 (network namespaces), clang-format, nodejs and unzip (the
-# Kubernetes test tools: scripts/k8s-tools.sh), python3-jsonschema (the
-# Grafana dashboard's schema check).
+# Kubernetes test tools: scripts/k8s-tools.sh), libclang-rt-14-dev
+# (libFuzzer and the sanitizer runtimes of clang 14: the build-san tree),
+# python3-cryptography (raw QUIC Initials in e2e/quicraw.py),
+# python3-jsonschema (the Grafana dashboard's schema check).
 TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
 python3-h2 python3-hpack podman buildah runc debootstrap clang-format nodejs unzip
-python3-jsonschema"
+libclang-rt-14-dev python3-cryptography python3-jsonschema"
 TEST_BACKPORTS=""
 
 # Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf.
