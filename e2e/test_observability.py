@@ -43,11 +43,6 @@ MON = os.path.join(SRC, "k8s", "monitoring")
 # scrape has it; the list must shrink as the branches land.
 PENDING = {
     "qrux_xdp_packets_total": "the XDP filter (branch xdp14)",
-    "qrux_quic_smoothed_rtt_seconds_bucket": "QUIC path statistics (after the ngtcp2 1.x port)",
-    "qrux_quic_min_rtt_seconds_bucket": "QUIC path statistics (after the ngtcp2 1.x port)",
-    "qrux_quic_handshake_duration_seconds_bucket": "QUIC path statistics (after the ngtcp2 1.x port)",
-    "qrux_quic_packets_lost_total": "QUIC path statistics (after the ngtcp2 1.x port)",
-    "qrux_quic_packets_sent_total": "QUIC path statistics (after the ngtcp2 1.x port)",
 }
 # Series that come from Prometheus or the kubelet, not from qrux.
 NOT_QRUX = {"up", "prober_probe_total"}
@@ -198,6 +193,44 @@ def cert_expiry(env, be):
                      == float(new) or None, 10)
     env.check("after the rotation the gauge shows the new notAfter (%d)" % new, got,
               gauge(adm, "qrux_tls_certificate_expiry_timestamp_seconds"))
+    q.stop()
+
+
+# ---------------------------------------------------------------------------
+# 2b. QUIC path statistics
+
+
+def quic_path_stats(env, be):
+    q, tport, adm = start(env, [("*", be.addr)], workers=1)
+    sess, tp = os.path.join(env.dir, "session.pem"), os.path.join(env.dir, "tp.txt")
+    extra = ["--session-file=" + sess, "--tp-file=" + tp]
+    r = env.gtls(q, "/bytes/100000", extra=extra, timeout=20)
+    env.eq("first connection: 200", r.status(), 200, r.summary())
+    r = env.gtls(q, "/bytes/100", extra=extra, timeout=20)
+    env.eq("second connection (resumed, GET in 0-RTT): 200", r.status(), 200, r.summary())
+
+    def scrape_q():
+        ms, _ = parse_metrics(adm.get("/metrics").text)
+        return lambda n, **lb: ms.get((n, frozenset((k, str(v)) for k, v in lb.items())))
+    # Closed connections are reported once their draining period is over.
+    m = wait_until(lambda: (lambda g: g if g("qrux_quic_smoothed_rtt_seconds_count") == 2
+                            else None)(scrape_q()), 10) or scrape_q()
+    env.eq("two handshakes timed", m("qrux_quic_handshake_duration_seconds_count"), 2.0)
+    env.eq("two closed connections reported their smoothed RTT",
+           m("qrux_quic_smoothed_rtt_seconds_count"), 2.0)
+    env.eq("... their min RTT and cwnd",
+           (m("qrux_quic_min_rtt_seconds_count"), m("qrux_quic_cwnd_bytes_count")), (2.0, 2.0))
+    srtt = (m("qrux_quic_smoothed_rtt_seconds_sum") or 99) / 2
+    env.check("loopback: mean smoothed RTT under 250 ms (%.4f s)" % srtt, 0 < srtt < 0.25)
+    env.check("loopback: both handshakes within 2.5 s",
+              m("qrux_quic_handshake_duration_seconds_bucket", le="2.5") == 2.0)
+    sent, lost = m("qrux_quic_packets_sent_total"), m("qrux_quic_packets_lost_total")
+    env.check("packets sent counted (%s; 100 KB needs > 70), lost (%s) not more" % (sent, lost),
+              sent is not None and sent > 70 and lost is not None and lost <= sent)
+    env.eq("one handshake resumed a session", m("qrux_quic_resumed_handshakes_total"), 1.0)
+    env.eq("its 0-RTT data was accepted",
+           (m("qrux_quic_early_data_handshakes_total", result="accepted"),
+            m("qrux_quic_early_data_handshakes_total", result="rejected")), (1.0, 0.0))
     q.stop()
 
 
@@ -464,6 +497,7 @@ def main():
         be = env.backend()
         env.case("trace context and request ids", trace_context, env, be)
         env.case("certificate expiry gauge", cert_expiry, env, be)
+        env.case("QUIC path statistics", quic_path_stats, env, be)
         env.case("status page and status.json", status_page, env, be)
         env.case("dashboard and alerts against a real scrape", dashboard_and_alerts, env, be)
 

@@ -401,6 +401,42 @@ static void test_worker_scalars(void **state)
     assert_well_formed(t);
 }
 
+static void test_quic_path(void **state)
+{
+    fixture_t *f = *state;
+    /* worker 0: a 3 ms path, worker 1: a 300 ms one, both resumed */
+    qx_metrics_quic_path(f->w[0], 0.003, 0.002, 14000, 100, 2);
+    qx_metrics_quic_path(f->w[1], 0.3, 0.25, 5000000, 50, 10);
+    qx_metrics_quic_handshake(f->w[0], 0.004, 1, 1);
+    qx_metrics_quic_handshake(f->w[1], 0.6, 1, 0);
+    qx_metrics_quic_handshake(f->w[1], 0.02, 0, -1);
+    const char *t = render(f, 2);
+    assert_line(t, "# TYPE qrux_quic_smoothed_rtt_seconds histogram");
+    assert_line(t, "qrux_quic_smoothed_rtt_seconds_bucket{le=\"0.001\"} 0");
+    assert_line(t, "qrux_quic_smoothed_rtt_seconds_bucket{le=\"0.005\"} 1");
+    assert_line(t, "qrux_quic_smoothed_rtt_seconds_bucket{le=\"0.25\"} 1");
+    assert_line(t, "qrux_quic_smoothed_rtt_seconds_bucket{le=\"0.5\"} 2");
+    assert_line(t, "qrux_quic_smoothed_rtt_seconds_bucket{le=\"+Inf\"} 2");
+    assert_line(t, "qrux_quic_smoothed_rtt_seconds_sum 0.303000");
+    assert_line(t, "qrux_quic_smoothed_rtt_seconds_count 2");
+    assert_line(t, "qrux_quic_min_rtt_seconds_bucket{le=\"0.0025\"} 1");
+    assert_line(t, "qrux_quic_min_rtt_seconds_bucket{le=\"0.25\"} 2");
+    /* 5 MB is past the last bound: only +Inf holds it */
+    assert_line(t, "qrux_quic_cwnd_bytes_bucket{le=\"19200\"} 1");
+    assert_line(t, "qrux_quic_cwnd_bytes_bucket{le=\"4.9152e+06\"} 1");
+    assert_line(t, "qrux_quic_cwnd_bytes_bucket{le=\"+Inf\"} 2");
+    assert_line(t, "qrux_quic_cwnd_bytes_sum 5014000");
+    assert_line(t, "qrux_quic_handshake_duration_seconds_bucket{le=\"0.005\"} 1");
+    assert_line(t, "qrux_quic_handshake_duration_seconds_bucket{le=\"0.025\"} 2");
+    assert_line(t, "qrux_quic_handshake_duration_seconds_count 3");
+    assert_line(t, "qrux_quic_packets_sent_total 150");
+    assert_line(t, "qrux_quic_packets_lost_total 12");
+    assert_line(t, "qrux_quic_resumed_handshakes_total 2");
+    assert_line(t, "qrux_quic_early_data_handshakes_total{result=\"accepted\"} 1");
+    assert_line(t, "qrux_quic_early_data_handshakes_total{result=\"rejected\"} 1");
+    assert_well_formed(t);
+}
+
 static void test_globals(void **state)
 {
     fixture_t *f = *state;
@@ -753,6 +789,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_label_escaping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upstream_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_worker_scalars, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_quic_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_globals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_process_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rows_from_metrics_module, setup, teardown),
