@@ -563,9 +563,10 @@ static int build_patch(const qx_inject_opts_t *o, const json_t *pod, const pod_p
 
     /* Annotations: the status (what was added, so an operator and a later
      * review can tell) and the default container for kubectl logs/exec. */
-    json_t *status = json_pack("{s:s,s:s,s:b,s:s,s:s}", "version", QX_VERSION, "sidecar",
-                               p->native ? "native" : "container", "xdp", p->xdp, "configMap",
-                               p->config_map, "tlsSecret", p->tls_secret);
+    /* Short (under 64 bytes): some runtimes (podman kube play) hold
+     * annotation values to the label limit. */
+    json_t *status = json_pack("{s:s,s:s,s:b}", "version", QX_VERSION, "sidecar",
+                               p->native ? "native" : "container", "xdp", p->xdp);
     char *status_s = status ? json_dumps(status, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(status);
     if (status_s == NULL)

@@ -28,26 +28,26 @@ BUILD_BACKPORTS="libngtcp2-dev:1.11.0 libngtcp2-crypto-gnutls-dev:1.11.0 libnght
 # Runtime: the libraries `ldd qrux` shows beyond what debian:bookworm-slim has
 # (libgnutls30 is there; named anyway). Keep in step with BUILD's -dev
 # packages: a -dev moved to bookworm-backports moves its library here too.
-RUNTIME="libnghttp2-14 libgnutls30 libssl3 libuv1 libcyaml1 libyaml-0-2 libmicrohttpd12
-libjansson4 libbpf1 ca-certificates"
+RUNTIME="libnghttp2-14 libgnutls30 libssl3 libuv1 libcyaml1 libyaml-0-2 libmicrohttpd12 libjansson4"
 RUNTIME_BACKPORTS="libngtcp2-16:1.11.0 libngtcp2-crypto-gnutls8:1.11.0 libnghttp3-9:1.8.0"
 
 # Demo (`make run`): nginx-light as the backend, openssl for the self-signed
 # certificate, curl and ngtcp2's gtlsclient for the commands it prints.
-RUN="nginx-light openssl curl python3"
+RUN="nginx-light openssl curl"
 RUN_BACKPORTS="ngtcp2-client:1.11.0"
 
 # Test peers: Chromium, curl, h2load (nghttp2-client), slowhttptest
 # (slowloris), testssl.sh, promtool (prometheus), python3-h2/hpack (raw
 # HTTP/2), podman/buildah/runc/debootstrap (the container image, run for
-# real), iproute2 (network namespaces), clang-format, nodejs and unzip (the
-# Kubernetes test tools: scripts/k8s-tools.sh), libclang-rt-14-dev
-# (libFuzzer and the sanitizer runtimes of clang 14: the build-san tree),
-# python3-cryptography (raw QUIC Initials in e2e/quicraw.py),
-# python3-jsonschema (the Grafana dashboard's schema check).
+# real; catatonit: the pause process of `podman kube play`), iproute2 (network
+# namespaces), clang-format, libclang-rt-14-dev (libFuzzer and the sanitizer
+# runtimes of clang 14: the build-san tree), python3-cryptography (raw QUIC
+# Initials in e2e/quicraw.py), nodejs and unzip (the Kubernetes test tools:
+# scripts/k8s-tools.sh), python3-jsonschema (the Grafana dashboard's schema
+# check).
 TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
-python3-h2 python3-hpack podman buildah runc debootstrap clang-format nodejs unzip
-libclang-rt-14-dev python3-cryptography python3-jsonschema"
+python3-h2 python3-hpack podman buildah runc debootstrap catatonit clang-format libclang-rt-14-dev
+python3-cryptography nodejs unzip python3-jsonschema"
 TEST_BACKPORTS=""
 
 # Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf.
@@ -143,7 +143,7 @@ export DEBIAN_FRONTEND=noninteractive
 # bookworm-backports from the mirror this machine already uses: the first
 # Debian URI of its apt sources (deb822 or one-line format). Packages come
 # from it only when asked for with -t (its default priority is 100).
-# scripts/image.sh reads the mirror the same way: change both together.
+# scripts/image.sh finds the mirror for its base images in the same files.
 BP_SOURCES=/etc/apt/sources.list.d/qrux-bookworm-backports.sources
 enable_backports()
 {

@@ -77,26 +77,33 @@ use_confs()
     export CONTAINERS_CONF CONTAINERS_STORAGE_CONF
 }
 
-# The Debian mirror this machine's apt already uses: the first Debian URI of
-# its apt sources (deb822 or one-line format) that is not the security
-# archive. scripts/deps.sh's enable_backports() reads it the same way: change
-# both together.
-apt_mirror()
+# The URI of the first enabled apt source of this machine that carries the
+# suite $1 (deb822 .sources stanzas or one-line .list entries): the Debian
+# mirror (bookworm) and the security archive (bookworm-security) the images
+# then use too. scripts/deps.sh's enable_backports() takes the first Debian
+# URI of the same files.
+apt_uri_for_suite()
 {
     {
-        grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{ print $2 }'
+        for f in /etc/apt/sources.list.d/*.sources; do
+            [ -f "$f" ] || continue
+            awk -v s="$1" '
+                function flush(  n, i, a) {
+                    if (u != "" && en != "no") {
+                        n = split(su, a, " ")
+                        for (i = 1; i <= n; i++) if (a[i] == s) { print u; break }
+                    }
+                    u = ""; su = ""; en = ""
+                }
+                /^[ \t]*$/ { flush(); next }
+                /^URIs:/ { u = $2 }
+                /^Suites:/ { sub(/^Suites:[ \t]*/, ""); su = $0 }
+                /^Enabled:/ { en = $2 }
+                END { flush() }' "$f"
+        done
         grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list |
-            sed 's/\[[^]]*\]//' | awk '{ print $2 }'
-    } | grep -v -e security -e '^$' | head -n 1
-}
-
-apt_security_mirror()
-{
-    {
-        grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{ print $2 }'
-        grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list |
-            sed 's/\[[^]]*\]//' | awk '{ print $2 }'
-    } | grep -e security | head -n 1
+            sed 's/\[[^]]*\]//' | awk -v s="$1" '$3 == s { print $2 }'
+    } | head -n 1
 }
 
 # The apt settings of this machine that say how to reach its mirror (a proxy;
@@ -128,9 +135,9 @@ cmd_base()
         return 0
     fi
     command -v debootstrap >/dev/null || die "debootstrap not found (scripts/deps.sh test installs it)"
-    mirror=$(apt_mirror)
-    [ -n "$mirror" ] || die "no Debian mirror found in the apt sources"
-    security=$(apt_security_mirror)
+    mirror=$(apt_uri_for_suite bookworm)
+    [ -n "$mirror" ] || die "no apt source for Debian bookworm found in /etc/apt"
+    security=$(apt_uri_for_suite bookworm-security)
     tree=$root/rootfs
     rm -rf "$tree" "$tree-slim"
     echo "image: debootstrap --variant=minbase bookworm from $mirror" >&2
@@ -214,16 +221,21 @@ cmd_env()
     echo "export CONTAINERS_STORAGE_CONF=$root/storage.conf"
 }
 
-# rmdir the cgroups podman (cgroupfs manager) made for container ID $1 in
-# every controller hierarchy, then libpod_parent itself when it is empty.
+# rmdir the cgroups podman (cgroupfs manager) made for the containers and
+# pods whose IDs are given, in every controller hierarchy: libpod-ID for a
+# container, ID (with its containers inside) for a pod, children first. Then
+# libpod_parent/conmon and libpod_parent themselves when they are empty (they
+# are shared with any other podman storage on the machine: rmdir fails while
+# another user's container runs, which is fine).
 clean_cgroups()
 {
     for id in "$@"; do
-        for d in /sys/fs/cgroup/*/libpod_parent/libpod-"$id" \
-            /sys/fs/cgroup/libpod_parent/libpod-"$id" \
-            /sys/fs/cgroup/*/libpod_parent/conmon/libpod-"$id" \
-            /sys/fs/cgroup/libpod_parent/conmon/libpod-"$id"; do
-            if [ -d "$d" ]; then rmdir "$d" 2>/dev/null || true; fi
+        for p in /sys/fs/cgroup/*/libpod_parent /sys/fs/cgroup/libpod_parent; do
+            [ -d "$p" ] || continue
+            find "$p" -mindepth 1 -type d \( -name "$id" -o -name "libpod-$id" \) -prune -print |
+                while read -r d; do
+                    find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+                done
         done
     done
     for d in /sys/fs/cgroup/*/libpod_parent/conmon /sys/fs/cgroup/libpod_parent/conmon \
@@ -239,7 +251,7 @@ cmd_clean()
         return 0
     fi
     use_confs
-    ids=$(podman ps -aq --no-trunc 2>/dev/null || true)
+    ids="$(podman ps -aq --no-trunc 2>/dev/null || true) $(podman pod ps -q --no-trunc 2>/dev/null || true)"
     podman pod rm -af -t 5 >/dev/null 2>&1 || true
     podman rm -af -t 5 >/dev/null 2>&1 || true
     buildah rm --all >/dev/null 2>&1 || true

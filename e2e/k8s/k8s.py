@@ -10,7 +10,6 @@ import os
 import ssl
 import subprocess
 import sys
-import urllib.request
 
 K8S_DIR = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.dirname(os.path.dirname(K8S_DIR))
