@@ -17,6 +17,7 @@
 #include "log.h"
 #include "metrics_text.h"
 #include "qx.h"
+#include "status.h"
 #include "xdp_proxy.h"
 
 #include <errno.h>
@@ -64,6 +65,12 @@ struct qx_admin {
     int up_ok;
     pthread_mutex_t check_lock; /* the check is also asked for by the main thread */
     char up_reason[256];
+    /* For the status page: per endpoint of the checked snapshot (its
+     * eps[]), whether it refused; how many were checked, and the epoch. */
+    uint8_t up_failed[UPSTREAM_CHECK_MAX];
+    size_t up_checked;
+
+    qx_status_t *status; /* the status page's sampler */
 
     /* MHD's last log line while starting, for the start error message. */
     int starting;
@@ -89,6 +96,8 @@ enum {
     EP_CONFIG,
     EP_DRAIN,
     EP_XDP_DENY,
+    EP_STATUS_PAGE,
+    EP_STATUS_JSON,
     EP_COUNT
 };
 
@@ -105,6 +114,8 @@ static const struct {
     [EP_CONFIG] = {"/config", "GET, HEAD", 0},
     [EP_DRAIN] = {"/drain", "POST", 0},
     [EP_XDP_DENY] = {"/xdp/denylist", "GET, HEAD, PUT", 0},
+    [EP_STATUS_PAGE] = {"/", "GET, HEAD", 0},
+    [EP_STATUS_JSON] = {"/status.json", "GET, HEAD", 0},
 };
 
 static uint64_t mono_ms(void)
@@ -351,6 +362,9 @@ static void check_upstreams(qx_admin_t *a)
             close(pfd[k].fd);
     }
 
+    for (size_t i = 0; i < n; i++)
+        a->up_failed[i] = !ok[i];
+    a->up_checked = n;
     a->up_ok = 1;
     a->up_reason[0] = '\0';
     for (size_t r = 0; r < snap->cfg->nroutes && a->up_ok; r++) {
@@ -390,6 +404,16 @@ static void check_upstreams(qx_admin_t *a)
     qx_snapshot_unref(snap);
 }
 
+/* The upstream check's answer, at most UPSTREAM_CHECK_CACHE_MS old and for
+ * the snapshot in force. Called with check_lock held. */
+static void refresh_upstreams(qx_admin_t *a)
+{
+    uint64_t now = mono_ms();
+    if (a->up_checked_ms == 0 || now - a->up_checked_ms >= UPSTREAM_CHECK_CACHE_MS ||
+        a->up_epoch != qx_runtime_epoch(a->rt))
+        check_upstreams(a);
+}
+
 /* 1 when /readyz answers 200; otherwise 0 and a one-line reason. */
 static int readiness(qx_admin_t *a, char *why, size_t n)
 {
@@ -408,10 +432,7 @@ static int readiness(qx_admin_t *a, char *why, size_t n)
     }
     if (a->ready_requires_upstream) {
         pthread_mutex_lock(&a->check_lock);
-        uint64_t now = mono_ms();
-        if (a->up_checked_ms == 0 || now - a->up_checked_ms >= UPSTREAM_CHECK_CACHE_MS ||
-            a->up_epoch != qx_runtime_epoch(a->rt))
-            check_upstreams(a);
+        refresh_upstreams(a);
         int up_ok = a->up_ok;
         if (!up_ok)
             snprintf(why, n, "%s", a->up_reason);
@@ -578,6 +599,7 @@ static enum MHD_Result get_metrics(qx_admin_t *a, struct MHD_Connection *c)
     if (rt->early_refused)
         g.early_refused = __atomic_load_n(rt->early_refused, __ATOMIC_RELAXED);
     qx_xdp_proxy_stats(rt->xdp, g.xdp_packets, &g.xdp_attached);
+    g.cert_not_after = __atomic_load_n(&rt->cert_not_after, __ATOMIC_RELAXED);
     g.log_suppressed = qx_log_rl_dropped();
     char *extra = endpoint_metrics(rt, &g.extralen);
     g.extra = extra;
@@ -762,6 +784,48 @@ static enum MHD_Result put_routes(qx_admin_t *a, struct MHD_Connection *c, const
 
 /* PUT /xdp/denylist: the whole list, validated before anything changes.
  * Without the filter's maps: 409 (there is nothing to hold the list). */
+/* ------------------------------------------------------------------------
+ * status page */
+
+static enum MHD_Result get_status_page(struct MHD_Connection *c)
+{
+    /* Self-contained: inline style and script, nothing else loaded. */
+    return reply(c, MHD_HTTP_OK, "text/html; charset=utf-8", (const char *)qx_status_html,
+                 qx_status_html_len, "Content-Security-Policy",
+                 "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+                 "connect-src 'self'; img-src data:");
+}
+
+static enum MHD_Result get_status_json(qx_admin_t *a, struct MHD_Connection *c)
+{
+    char why[300], last_error[sizeof(a->rt->last_error)];
+    int source;
+    uint8_t failed[UPSTREAM_CHECK_MAX];
+    size_t checked;
+    if (a->status == NULL)
+        return reply_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "status sampler not running\n");
+    int ready = readiness(a, why, sizeof(why));
+    qx_snapshot_t *snap = snapshot_info(a->rt, &source, last_error, sizeof(last_error));
+    /* health for the page, whatever ready_requires_upstream says */
+    pthread_mutex_lock(&a->check_lock);
+    refresh_upstreams(a);
+    checked = a->up_epoch == snap->epoch ? a->up_checked : 0;
+    memcpy(failed, a->up_failed, sizeof(failed));
+    pthread_mutex_unlock(&a->check_lock);
+    qx_status_view_t v = {
+        .ready = ready,
+        .ready_reason = why,
+        .snap = snap,
+        .source = source,
+        .last_error = last_error,
+        .up_failed = failed,
+        .up_checked = checked,
+    };
+    json_t *o = qx_status_json(a->status, &v);
+    qx_snapshot_unref(snap);
+    return reply_json(c, MHD_HTTP_OK, o);
+}
+
 static enum MHD_Result put_xdp_deny(qx_admin_t *a, struct MHD_Connection *c, const admin_req_t *r)
 {
     char err[256] = "";
@@ -836,6 +900,10 @@ static enum MHD_Result dispatch(qx_admin_t *a, struct MHD_Connection *c, int ep)
         return get_config(a, c);
     case EP_DRAIN:
         return post_drain(a, c);
+    case EP_STATUS_PAGE:
+        return get_status_page(c);
+    case EP_STATUS_JSON:
+        return get_status_json(a, c);
     case EP_XDP_DENY:
         return reply_json(c, MHD_HTTP_OK, qx_xdp_proxy_deny_get(a->rt->xdp));
     }
@@ -1030,6 +1098,9 @@ int qx_admin_start(qx_admin_t **out, qx_runtime_t *rt, char *err, size_t errlen)
             goto fail_token;
     }
 
+    if (qx_status_start(&a->status, rt) != 0)
+        QX_WARN("admin: the status page's sampler did not start: /status.json answers 503");
+
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
     if (ac->addr.ss_family == AF_INET6)
         flags |= MHD_USE_DUAL_STACK; /* "[::]:9901" answers IPv4 probes too */
@@ -1072,6 +1143,7 @@ void qx_admin_stop(qx_admin_t *a)
         return;
     if (a->daemon)
         MHD_stop_daemon(a->daemon); /* joins the polling thread */
+    qx_status_stop(a->status);
     if (a->token) {
         explicit_bzero(a->token, a->token_len);
         free(a->token);

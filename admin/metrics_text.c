@@ -5,6 +5,7 @@
 
 #include <dirent.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -442,6 +443,75 @@ static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *cons
              (unsigned long long)defences[d]);
 }
 
+/* One QUIC histogram summed over the workers. |us| says the sum is in
+ * microseconds (printed as seconds), else in plain units. */
+static void render_qhist(qx_metrics_text_t *t, const qx_metrics_t *const *w, size_t nw,
+                         size_t offset, const char *name, const double *bounds, int us,
+                         const char *help)
+{
+    uint64_t b[QX_QHIST_NBUCKETS] = {0}, sum = 0, cum = 0;
+    for (size_t i = 0; i < nw; i++) {
+        const qx_qhist_t *h = (const qx_qhist_t *)((const char *)w[i] + offset);
+        for (size_t k = 0; k < QX_QHIST_NBUCKETS; k++)
+            b[k] += ld(&h->buckets[k]);
+        sum += ld(&h->sum);
+    }
+    family(t, name, "histogram", help);
+    for (size_t k = 0; k < QX_QHIST_NBUCKETS; k++) {
+        cum += b[k];
+        if (k < QX_QHIST_NBUCKETS - 1)
+            putf(t, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[k], (unsigned long long)cum);
+        else
+            putf(t, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    }
+    putf(t, "%s_sum ", name);
+    if (us)
+        put_us_as_seconds(t, sum);
+    else
+        putf(t, "%llu", (unsigned long long)sum);
+    /* The count is the +Inf bucket, as for the request histogram. */
+    putf(t, "\n%s_count %llu\n", name, (unsigned long long)cum);
+}
+
+static void render_quic_path(qx_metrics_text_t *t, const qx_metrics_t *const *w, size_t nw)
+{
+    uint64_t sent = 0, lost = 0, resumed = 0, early_ok = 0, early_no = 0;
+    for (size_t i = 0; i < nw; i++) {
+        sent += ld(&w[i]->quic.pkts_sent);
+        lost += ld(&w[i]->quic.pkts_lost);
+        resumed += ld(&w[i]->quic.resumed);
+        early_ok += ld(&w[i]->quic.early_accepted);
+        early_no += ld(&w[i]->quic.early_rejected);
+    }
+    render_qhist(t, w, nw, offsetof(qx_metrics_t, quic.smoothed_rtt),
+                 "qrux_quic_smoothed_rtt_seconds", qx_qtime_bounds, 1,
+                 "Smoothed RTT of QUIC connections (ngtcp2), at close and every minute of a "
+                 "long connection.");
+    render_qhist(t, w, nw, offsetof(qx_metrics_t, quic.min_rtt), "qrux_quic_min_rtt_seconds",
+                 qx_qtime_bounds, 1,
+                 "Minimum RTT of QUIC connections, observed as the smoothed RTT.");
+    render_qhist(t, w, nw, offsetof(qx_metrics_t, quic.cwnd), "qrux_quic_cwnd_bytes",
+                 qx_cwnd_bounds, 0, "Congestion window of QUIC connections, observed as the RTT.");
+    render_qhist(t, w, nw, offsetof(qx_metrics_t, quic.handshake),
+                 "qrux_quic_handshake_duration_seconds", qx_qtime_bounds, 1,
+                 "Time from a connection's first packet to its handshake's completion.");
+    family(t, "qrux_quic_packets_sent_total", "counter",
+           "QUIC packets sent, as connections report them (at close and every minute).");
+    putf(t, "qrux_quic_packets_sent_total %llu\n", (unsigned long long)sent);
+    family(t, "qrux_quic_packets_lost_total", "counter",
+           "QUIC packets declared lost, as connections report them.");
+    putf(t, "qrux_quic_packets_lost_total %llu\n", (unsigned long long)lost);
+    family(t, "qrux_quic_resumed_handshakes_total", "counter",
+           "Completed QUIC handshakes that resumed a TLS session (a ticket).");
+    putf(t, "qrux_quic_resumed_handshakes_total %llu\n", (unsigned long long)resumed);
+    family(t, "qrux_quic_early_data_handshakes_total", "counter",
+           "Completed QUIC handshakes where the client sent 0-RTT data: accepted or rejected.");
+    putf(t, "qrux_quic_early_data_handshakes_total{result=\"accepted\"} %llu\n",
+         (unsigned long long)early_ok);
+    putf(t, "qrux_quic_early_data_handshakes_total{result=\"rejected\"} %llu\n",
+         (unsigned long long)early_no);
+}
+
 static void render_globals(qx_metrics_text_t *t, const qx_metrics_globals_t *g)
 {
     family(t, "qrux_early_data_refused_total", "counter",
@@ -483,6 +553,13 @@ static void render_globals(qx_metrics_text_t *t, const qx_metrics_globals_t *g)
         putf(t, "qrux_xdp_packets_total{verdict=\"%s\",reason=\"%s\"} %llu\n",
              r >= QX_XDP_FIRST_DROP ? "drop" : "pass", qx_xdp_reason_name(r),
              (unsigned long long)g->xdp_packets[r]);
+    if (g->cert_not_after != 0) {
+        family(t, "qrux_tls_certificate_expiry_timestamp_seconds", "gauge",
+               "notAfter of the serving certificate in force (the leaf of server.cert), unix "
+               "seconds; follows certificate reloads. -1: it could not be read.");
+        putf(t, "qrux_tls_certificate_expiry_timestamp_seconds %lld\n",
+             (long long)g->cert_not_after);
+    }
     if (!g->have_process)
         return;
     family(t, "process_cpu_seconds_total", "counter", "User and system CPU time spent, seconds.");
@@ -524,6 +601,7 @@ int qx_metrics_text_render(qx_metrics_text_t *out, const qx_metrics_t *const *wo
     render_histogram(out, hist, nhist);
     render_worker_scalars(out, workers, nworkers);
     render_upstreams(out, up, nup);
+    render_quic_path(out, workers, nworkers);
     render_globals(out, g);
     rv = out->failed ? QX_ERR_NOMEM : 0;
 

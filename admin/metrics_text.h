@@ -49,6 +49,7 @@ typedef struct qx_metrics_globals {
      * qrux_xdp_attached. */
     uint64_t xdp_packets[QX_XDP_NREASONS];
     int xdp_attached;
+    int64_t cert_not_after;  /* qrux_tls_certificate_expiry_timestamp_seconds; 0: not shown */
 } qx_metrics_globals_t;
 
 /*

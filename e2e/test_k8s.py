@@ -66,6 +66,7 @@ def chart_matrix(env, helm, node_env):
         env.eq("%s: qrux inject --lint finds nothing" % f, rc, 0, out.decode())
         docs = yaml_docs(text)
         chart_promises(env, f, docs)
+        monitoring_objects(env, f, docs)
         sidecar_config(env, f, docs)
         injector_options(env, f, docs)
 
@@ -244,6 +245,111 @@ def injector_options(env, f, docs):
         inj.stop()
 
 
+MON = os.path.join(k8s.SRC, "k8s", "monitoring")
+
+
+def monitoring_objects(env, f, docs):
+    """monitoring.*: each object only when its switch is on; the PodMonitor
+    finds what the injector makes (the qrux-admin port, the qrux.io/status
+    annotation) with the admin token when the admin listener is not
+    loopback; the PrometheusRule and the dashboard are the files of
+    k8s/monitoring."""
+    import yaml
+    vals = yaml.safe_load(open(os.path.join(VALUES, f))) or {}
+    mon = vals.get("monitoring", {})
+    side = vals.get("sidecar", {})
+    on = {k: mon.get(k, {}).get("enabled", False)
+          for k in ("podMonitor", "serviceMonitor", "prometheusRule", "dashboard")}
+    pms = by_kind(docs, "PodMonitor")
+    sms = by_kind(docs, "ServiceMonitor")
+    prs = by_kind(docs, "PrometheusRule")
+    dcm = [d for d in by_kind(docs, "ConfigMap")
+           if "grafana_dashboard" in d["metadata"].get("labels", {})]
+    env.eq("%s: monitoring objects only when switched on" % f,
+           (bool(pms), bool(sms), bool(prs), bool(dcm)),
+           (on["podMonitor"], on["serviceMonitor"], on["prometheusRule"], on["dashboard"]))
+    if pms:
+        want_ns = mon["podMonitor"].get("namespaces") or side.get("namespaces", [])
+        env.eq("%s: one PodMonitor per namespace" % f,
+               sorted(p["metadata"]["namespace"] for p in pms), sorted(want_ns))
+        cfg = yaml.safe_load(by_kind(docs, "ConfigMap", side.get("configMap", "qrux-config"))[0]
+                             ["data"]["qrux.yaml"])
+        listen = cfg["admin"]["listen"]
+        loopback = listen.startswith(("127.", "[::1]", "localhost:"))
+        for p in pms:
+            ep = p["spec"]["podMetricsEndpoints"][0]
+            ns = p["metadata"]["namespace"]
+            env.eq("%s: PodMonitor %s watches its own namespace" % (f, ns),
+                   p["spec"]["namespaceSelector"], {"matchNames": [ns]})
+            env.eq("%s: PodMonitor %s scrapes the sidecar's admin port" % (f, ns),
+                   (ep["port"], ep["path"], ep["interval"]),
+                   ("qrux-admin", "/metrics", mon["podMonitor"].get("interval", "30s")))
+            env.eq("%s: PodMonitor %s keeps only injected pods" % (f, ns), ep["relabelings"],
+                   [{"sourceLabels": ["__meta_kubernetes_pod_annotationpresent_qrux_io_status"],
+                     "regex": "true", "action": "keep"}])
+            want_auth = None if loopback else {
+                "type": "Bearer", "credentials": {"name": side.get("tlsSecret", "qrux-tls"),
+                                                  "key": "admin-token"}}
+            env.eq("%s: PodMonitor %s: the admin token (admin.listen %s)" % (f, ns, listen),
+                   ep.get("authorization"), want_auth)
+            env.eq("%s: PodMonitor %s labels" % (f, ns), p["metadata"]["labels"].get("release"),
+                   mon["podMonitor"].get("labels", {}).get("release"))
+        # What the PodMonitor relies on is what the injector makes.
+        app = [d for d in yaml_docs(open(os.path.join(k8s.SRC, "k8s", "example-app.yaml")).read())
+               if d["kind"] == "Deployment"][0]["spec"]["template"]
+        side_c = [c for c in app["spec"].get("initContainers", []) + app["spec"]["containers"]
+                  if c["name"] == "qrux"][0]
+        env.check("%s: the injected sidecar has the port qrux-admin and the pod the "
+                  "qrux.io/status annotation" % f,
+                  "qrux-admin" in [p.get("name") for p in side_c["ports"]] and
+                  "qrux.io/status" in app["metadata"].get("annotations", {}))
+        token_mount = [m for m in side_c["volumeMounts"] if m["mountPath"] == "/etc/qrux-tls"]
+        env.check("%s: the sidecar reads its token from that Secret's admin-token" % f,
+                  token_mount and cfg["admin"].get("token_file") == "/etc/qrux-tls/admin-token",
+                  json.dumps(side_c["volumeMounts"]))
+    if sms:
+        sm = sms[0]
+        svc = by_kind(docs, "Service", "qrux-injector")[0]
+        sel = sm["spec"]["selector"]["matchLabels"]
+        env.check("%s: ServiceMonitor selects the injector Service" % f,
+                  all(svc["metadata"]["labels"].get(k) == v for k, v in sel.items()), sel)
+        ep = sm["spec"]["endpoints"][0]
+        env.eq("%s: ServiceMonitor: HTTPS /metrics on the webhook port, CA from its Secret" % f,
+               (ep["port"], ep["scheme"], ep["path"], ep["tlsConfig"]["ca"]["secret"]),
+               ("webhook", "https", "/metrics", {"name": "qrux-injector-tls", "key": "ca.crt"}))
+    for name in ("qrux-alerts.yaml", "qrux-dashboard.json"):
+        with open(os.path.join(MON, name), "rb") as a, \
+                open(os.path.join(CHART, "files", name), "rb") as b:
+            env.check("%s: helm/qrux/files/%s is k8s/monitoring/%s" % (f, name, name),
+                      a.read() == b.read())
+    if prs:
+        env.eq("%s: PrometheusRule groups are k8s/monitoring/qrux-alerts.yaml" % f,
+               prs[0]["spec"], yaml.safe_load(open(os.path.join(MON, "qrux-alerts.yaml"))))
+    if dcm:
+        cm = dcm[0]
+        env.eq("%s: dashboard ConfigMap namespace" % f, cm["metadata"]["namespace"],
+               mon["dashboard"].get("namespace") or NS)
+        env.eq("%s: dashboard ConfigMap holds k8s/monitoring/qrux-dashboard.json" % f,
+               json.loads(cm["data"]["qrux-dashboard.json"]),
+               json.load(open(os.path.join(MON, "qrux-dashboard.json"))))
+
+
+def monitoring_refusals(env, helm):
+    """Bad monitoring values are refused with the place named."""
+    for name, args, needle in (
+            ("unknown monitoring key", ["--set", "monitoring.podMonitor.enabld=true"], "enabld"),
+            ("scrape interval without a unit", ["--set", "monitoring.podMonitor.interval=30"],
+             "interval"),
+            ("dashboard without its grafana_dashboard label",
+             ["--set", "monitoring.dashboard.enabled=true", "--set",
+              "monitoring.dashboard.labels.grafana_dashboard=null"], "grafana_dashboard"),
+            ("a PodMonitor with no namespace to live in",
+             ["--set", "monitoring.podMonitor.enabled=true"], "monitoring.podMonitor")):
+        rc, text, err = render(helm, env, name, args)
+        env.check("schema refuses %s" % name, rc != 0 and needle in err,
+                  "rc=%s %s" % (rc, err[-400:]))
+
+
 def chart_refusals(env, helm):
     """values.schema.json (JSON Schema 2020-12): unknown keys and bad values
     are refused, with the place named."""
@@ -409,6 +515,7 @@ def main():
         helm, kubectl, node_env = k8s.tools()
         env.case("helm lint/template matrix, validated", chart_matrix, env, helm, node_env)
         env.case("values.schema.json refusals", chart_refusals, env, helm)
+        env.case("monitoring values refusals", monitoring_refusals, env, helm)
         env.case("the validator refuses what it must", validator_negatives, env, helm, node_env)
         env.case("NOTES.txt", notes, env, helm)
         env.case("kustomize base", kustomize, env, kubectl, node_env)

@@ -5,9 +5,11 @@
 #include "log.h"
 #include "qx.h"
 #include "runtime.h"
+#include "trace.h"
 #include "worker.h"
 
 #include <arpa/inet.h>
+#include <gnutls/crypto.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -385,11 +387,13 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
         qx_cnt_add(&w->metrics.bytes_in, ex->req_body_in);
         qx_cnt_add(&w->metrics.bytes_out, ex->resp_body);
         QX_INFO("access proto=%s method=%s authority=%.*s path=%.*s status=%d upstream=%s "
-                "bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " duration_ms=%.3f%s",
+                "bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " duration_ms=%.3f trace_id=%s "
+                "request_id=%s%s",
                 ex->fops->proto, ex->method, (int)ex->authoritylen,
                 ex->authority ? ex->authority : "", (int)ex->pathlen, ex->path ? ex->path : "",
                 status, ex->up_name ? ex->up_name : "-", ex->req_body_in, ex->resp_body,
-                secs * 1000.0, clean ? "" : " incomplete=1");
+                secs * 1000.0, ex->trace ? ex->trace->trace_id : "-",
+                ex->trace ? ex->trace->request_id : "-", clean ? "" : " incomplete=1");
     }
     uv_close((uv_handle_t *)&ex->timer, on_timer_closed);
 }
@@ -600,8 +604,35 @@ void qx_exchange_release_held(qx_exchange_t *ex)
     build_and_dispatch(ex);
 }
 
+/* The request's fields as they go upstream: the client's, with the trace
+ * context and request id qrux keeps or starts (trace.h). The copy lives in
+ * the arena; NULL when memory is short. */
+static const qx_hdr_t *upstream_fields(qx_exchange_t *ex, size_t *n)
+{
+    size_t need = sizeof(qx_trace_t) + (ex->nhdrs + 2) * sizeof(qx_hdr_t) + 16;
+    if (ex->arena.used + need > ex->arena.cap)
+        ex->arena.cap = ex->arena.used + need; /* what qrux adds is not the client's fault */
+    qx_trace_t *t = qx_arena_alloc(&ex->arena, sizeof(*t));
+    qx_hdr_t *out = qx_arena_alloc(&ex->arena, (ex->nhdrs + 2) * sizeof(*out));
+    if (t == NULL || out == NULL)
+        return NULL;
+    uint8_t rnd[QX_TRACE_RANDOM];
+    if (gnutls_rnd(GNUTLS_RND_NONCE, rnd, sizeof(rnd)) != 0)
+        return NULL;
+    qx_trace_init(t, ex->hdrs, ex->nhdrs, rnd);
+    ex->trace = t;
+    *n = qx_trace_fields(t, ex->hdrs, ex->nhdrs, out);
+    return out;
+}
+
 static void build_and_dispatch(qx_exchange_t *ex)
 {
+    size_t nfields = 0;
+    const qx_hdr_t *fields = upstream_fields(ex, &nfields);
+    if (fields == NULL) {
+        local_response(ex, 503);
+        return;
+    }
     qx_h1_req_t r = {
         .method = ex->method,
         .methodlen = ex->methodlen,
@@ -609,8 +640,8 @@ static void build_and_dispatch(qx_exchange_t *ex)
         .pathlen = ex->pathlen,
         .authority = ex->authority,
         .authoritylen = ex->authoritylen,
-        .hdrs = ex->hdrs,
-        .nhdrs = ex->nhdrs,
+        .hdrs = fields,
+        .nhdrs = nfields,
         .client_ip = ex->client_ip,
         .has_body = ex->has_body,
         .content_length = ex->req_cl,

@@ -100,7 +100,8 @@ struct qx_exchange {
     size_t methodlen, pathlen, authoritylen, schemelen;
     qx_hdr_t *hdrs; /* hdrs_inline, or a larger array in the arena */
     size_t nhdrs, hdrcap;
-    int bad_request; /* a header the exchange itself refuses (431/400) */
+    struct qx_trace *trace; /* in the arena, once the request is built for the upstream */
+    int bad_request;        /* a header the exchange itself refuses (431/400) */
     int method_idx;
     int is_head;
     int has_body;   /* the front has not seen the end of the stream */

@@ -454,8 +454,10 @@ int qx_h3_stream_close(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
                        uint64_t app_error_code, void *user_data, void *stream_user_data)
 {
     qx_quic_conn_t *qc = user_data;
-    (void)conn;
     (void)stream_user_data;
+    /* The stream is still known to ngtcp2 here: its lost packets go into
+     * the connection's path statistics. */
+    qc->pkts_lost += ngtcp2_conn_get_stream_loss_count(conn, stream_id);
     if (!(flags & NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET))
         app_error_code = NGHTTP3_H3_NO_ERROR;
     if (qc->h3 == NULL)

@@ -189,7 +189,10 @@ static void reload_tls(qx_main_t *m, const char *why)
             qx_snapshot_unref(snap);
             return;
         }
+        /* Read before the swap hands |tls| over to the workers. */
+        int64_t not_after = qx_tls_not_after(tls);
         qx_shared_tls_swap(m->shared, tls);
+        __atomic_store_n(&m->rt->cert_not_after, not_after, __ATOMIC_RELAXED);
         if (tcp)
             qx_tls_tcp_swap(m->shared, tcp);
         QX_INFO("certificate reload (%s): new handshakes use %s", why, snap->cfg->cert);
@@ -682,6 +685,7 @@ int main(int argc, char **argv)
         QX_ERROR("out of memory");
         return 1;
     }
+    __atomic_store_n(&rt.cert_not_after, qx_tls_not_after(tls), __ATOMIC_RELAXED);
     static qx_main_t m;
     m.rt = &rt;
     m.config_path = config_path;

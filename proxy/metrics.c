@@ -9,6 +9,13 @@
 const double qx_hist_bounds[QX_HIST_NBUCKETS - 1] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                      0.25,  0.5,   1,    2.5,   10};
 
+/* From 1 ms (loopback, one data centre) to 1 s (a bad mobile path). */
+const double qx_qtime_bounds[QX_QHIST_NBUCKETS - 1] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                       0.1,   0.25,   0.5,   1,    2.5};
+/* From two full-size packets to the window a fast long path needs. */
+const double qx_cwnd_bounds[QX_QHIST_NBUCKETS - 1] = {
+    2400, 4800, 9600, 19200, 38400, 76800, 153600, 307200, 614400, 1228800, 4915200};
+
 static const char *const method_names[QX_M_COUNT] = {
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "OTHER"};
 
@@ -127,6 +134,42 @@ void qx_metrics_request(qx_metrics_t *m, int proto, int method, int status, cons
     /* The sum is kept in microseconds as an integer so readers see a
      * consistent value without a lock. */
     qx_cnt_add(&h->sum_us, (uint64_t)(seconds * 1e6));
+    if (proto >= 0 && proto < QX_P_COUNT) {
+        qx_cnt_add(&m->proto_requests[proto], 1);
+        qx_cnt_add(&m->proto_duration_us[proto], (uint64_t)(seconds * 1e6));
+    }
+}
+
+static void qhist_add(qx_qhist_t *h, const double *bounds, double v, uint64_t sum)
+{
+    size_t b = 0;
+    while (b < QX_QHIST_NBUCKETS - 1 && v > bounds[b])
+        b++;
+    qx_cnt_add(&h->buckets[b], 1);
+    qx_cnt_add(&h->sum, sum);
+}
+
+void qx_metrics_quic_path(qx_metrics_t *m, double smoothed_rtt, double min_rtt, uint64_t cwnd,
+                          uint64_t sent, uint64_t lost)
+{
+    qx_metrics_quic_t *q = &m->quic;
+    qhist_add(&q->smoothed_rtt, qx_qtime_bounds, smoothed_rtt, (uint64_t)(smoothed_rtt * 1e6));
+    qhist_add(&q->min_rtt, qx_qtime_bounds, min_rtt, (uint64_t)(min_rtt * 1e6));
+    qhist_add(&q->cwnd, qx_cwnd_bounds, (double)cwnd, cwnd);
+    qx_cnt_add(&q->pkts_sent, sent);
+    qx_cnt_add(&q->pkts_lost, lost);
+}
+
+void qx_metrics_quic_handshake(qx_metrics_t *m, double seconds, int resumed, int early)
+{
+    qx_metrics_quic_t *q = &m->quic;
+    qhist_add(&q->handshake, qx_qtime_bounds, seconds, (uint64_t)(seconds * 1e6));
+    if (resumed)
+        qx_cnt_add(&q->resumed, 1);
+    if (early == 1)
+        qx_cnt_add(&q->early_accepted, 1);
+    else if (early == 0)
+        qx_cnt_add(&q->early_rejected, 1);
 }
 
 qx_metrics_up_row_t *qx_metrics_upstream(qx_metrics_t *m, const char *upstream, const char *address)

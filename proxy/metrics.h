@@ -59,6 +59,30 @@ extern const double qx_hist_bounds[QX_HIST_NBUCKETS - 1];
  * another upstream's name (config names are host:port). */
 #define QX_METRICS_OTHER "_other"
 
+/* QUIC path statistics: fixed histograms (no labels, so the cardinality is
+ * that of the bucket list). Bounds in seconds for times, bytes for cwnd;
+ * the last bucket is +Inf. */
+#define QX_QHIST_NBUCKETS 12
+extern const double qx_qtime_bounds[QX_QHIST_NBUCKETS - 1];
+extern const double qx_cwnd_bounds[QX_QHIST_NBUCKETS - 1];
+
+typedef struct qx_qhist {
+    uint64_t buckets[QX_QHIST_NBUCKETS]; /* non-cumulative counts */
+    uint64_t sum;                        /* microseconds for times, bytes for cwnd */
+} qx_qhist_t;
+
+typedef struct qx_metrics_quic {
+    qx_qhist_t smoothed_rtt; /* observed at close (and every minute of a long connection) */
+    qx_qhist_t min_rtt;
+    qx_qhist_t cwnd;
+    qx_qhist_t handshake; /* from the first Initial to the handshake's completion */
+    uint64_t pkts_sent;   /* counted as connections report them */
+    uint64_t pkts_lost;
+    uint64_t resumed;        /* handshakes that resumed a TLS session */
+    uint64_t early_accepted; /* handshakes whose 0-RTT data was accepted */
+    uint64_t early_rejected; /* ... offered but rejected (replay check, policy, tickets) */
+} qx_metrics_quic_t;
+
 typedef struct qx_metrics_req_row {
     const char *upstream; /* interned label, "" when no upstream was chosen */
     uint8_t proto;
@@ -109,6 +133,11 @@ typedef struct qx_metrics {
     uint64_t streams_reset_by_client;
     uint64_t quic_forwarded; /* datagrams another worker received for our connections */
     uint64_t defences[QX_D_COUNT];
+    /* Per client protocol, for the status page's rate and latency lines
+     * (the duration histogram has no protocol label). */
+    uint64_t proto_requests[QX_P_COUNT];
+    uint64_t proto_duration_us[QX_P_COUNT];
+    qx_metrics_quic_t quic;
 } qx_metrics_t;
 
 /* Index of a method name in the QX_M_* set; QX_M_OTHER for anything else. */
@@ -135,6 +164,15 @@ void qx_metrics_request(qx_metrics_t *m, int proto, int method, int status, cons
  * is what bounds the label space). */
 qx_metrics_up_row_t *qx_metrics_upstream(qx_metrics_t *m, const char *upstream,
                                          const char *address);
+
+/* One observation of a QUIC path: RTTs in seconds, cwnd in bytes, and the
+ * packets sent and lost since the connection's previous report. */
+void qx_metrics_quic_path(qx_metrics_t *m, double smoothed_rtt, double min_rtt, uint64_t cwnd,
+                          uint64_t sent, uint64_t lost);
+
+/* A completed handshake: its duration, whether it resumed a session, and
+ * its 0-RTT outcome (-1 none offered, 0 rejected, 1 accepted). */
+void qx_metrics_quic_handshake(qx_metrics_t *m, double seconds, int resumed, int early);
 
 /* Releases interned labels. */
 void qx_metrics_free(qx_metrics_t *m);

@@ -38,6 +38,7 @@
 #define TX_BATCH_BYTES (TX_BATCH_PKTS * NGTCP2_MAX_PMTUD_UDP_PAYLOAD_SIZE)
 #define MAX_UDP_PAYLOAD NGTCP2_MAX_PMTUD_UDP_PAYLOAD_SIZE
 #define GOAWAY_NOTICE_MS 500
+#define PATH_REPORT_NS (60 * NGTCP2_SECONDS) /* a long connection reports its path this often */
 
 typedef struct cid_entry {
     struct cid_entry *next;
@@ -270,6 +271,7 @@ static int send_pkts(qx_quic_ep_t *ep, const struct sockaddr *local, const struc
 /* ---- connection life cycle --------------------------------------------- */
 
 static void conn_timer_cb(uv_timer_t *t);
+static void report_path(qx_quic_conn_t *qc, uint64_t now);
 
 static void on_kick(uv_idle_t *h)
 {
@@ -358,6 +360,8 @@ static void conn_del(qx_quic_conn_t *qc)
             w->handshakes--;
     } else {
         qx_cnt_sub(&w->metrics.active_connections_h3, 1);
+        if (qc->conn)
+            report_path(qc, now_ns());
     }
     if (qc->counted)
         __atomic_sub_fetch(&w->shared->quic_conns, 1, __ATOMIC_RELAXED);
@@ -383,6 +387,22 @@ static void conn_del(qx_quic_conn_t *qc)
     release_tls(qc);
     uv_close((uv_handle_t *)&qc->timer, conn_timer_closed);
     qx_worker_maybe_done(w);
+}
+
+/* Reports the path to the worker's metrics: smoothed and minimum RTT and
+ * cwnd from ngtcp2, and the packets sent and lost since the last report.
+ * Only after the handshake (before it, there is no RTT sample). */
+static void report_path(qx_quic_conn_t *qc, uint64_t now)
+{
+    ngtcp2_conn_info ci;
+    ngtcp2_conn_get_conn_info(qc->conn, &ci);
+    double srtt = (double)ci.smoothed_rtt / NGTCP2_SECONDS;
+    double min_rtt = ci.min_rtt == UINT64_MAX ? srtt : (double)ci.min_rtt / NGTCP2_SECONDS;
+    qx_metrics_quic_path(&qc->ep->w->metrics, srtt, min_rtt, ci.cwnd,
+                         qc->pkts_sent - qc->sent_reported, qc->pkts_lost - qc->lost_reported);
+    qc->sent_reported = qc->pkts_sent;
+    qc->lost_reported = qc->pkts_lost;
+    qc->reported_ns = now;
 }
 
 static void schedule_timer(qx_quic_conn_t *qc)
@@ -510,6 +530,7 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
             return NGTCP2_ERR_CALLBACK_FAILURE;
         if (n == 0)
             break;
+        qc->pkts_sent++;
         /* Each packet goes on the path ngtcp2 chose for it: during path
          * validation (migration, NAT rebinding) that is not always the
          * last path a packet came from. A batch holds one path only. */
@@ -579,11 +600,15 @@ static void conn_timer_cb(uv_timer_t *t)
     qx_quic_conn_t *qc = qx_container_of(t, qx_quic_conn_t, timer);
     if (qc->closing)
         return;
-    int rv = ngtcp2_conn_handle_expiry(qc->conn, now_ns());
+    uint64_t now = now_ns();
+    int rv = ngtcp2_conn_handle_expiry(qc->conn, now);
     if (rv != 0) {
         conn_fail(qc, rv);
         return;
     }
+    /* A long connection reports its path every minute, not only at close. */
+    if (qc->handshake_done && now - qc->reported_ns >= PATH_REPORT_NS)
+        report_path(qc, now);
     qx_quic_conn_mark(qc);
 }
 
@@ -703,6 +728,15 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
         w->handshakes--;
     qx_cnt_add(&w->metrics.quic_handshakes_ok, 1);
     qx_cnt_add(&w->metrics.active_connections_h3, 1);
+    uint64_t now = now_ns();
+    int early = -1; /* no 0-RTT offered */
+    if (gnutls_session_get_flags(qc->tls) & GNUTLS_SFLAGS_EARLY_DATA)
+        early = 1;
+    else if (ngtcp2_conn_get_tls_early_data_rejected(conn))
+        early = 0;
+    qx_metrics_quic_handshake(&w->metrics, (double)(now - qc->created_ns) / 1e9,
+                              gnutls_session_is_resumed(qc->tls) != 0, early);
+    qc->reported_ns = now;
     /* A session ticket, for resumption and 0-RTT next time. */
     if (gnutls_session_ticket_send(qc->tls, 1, 0) != 0)
         QX_DEBUG("quic: could not send a session ticket");
@@ -809,7 +843,7 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     ep->nconns++;
 
     ngtcp2_settings_default(&settings);
-    settings.initial_ts = now_ns();
+    settings.initial_ts = qc->created_ns = now_ns();
     settings.max_tx_udp_payload_size = MAX_UDP_PAYLOAD;
     settings.handshake_timeout = (ngtcp2_duration)lim->quic_handshake_timeout_secs * NGTCP2_SECONDS;
     if (odcid) {

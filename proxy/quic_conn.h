@@ -39,6 +39,15 @@ struct qx_quic_conn {
     ngtcp2_ccerr ccerr;       /* set by a failing callback */
     uint64_t max_streams;     /* initial_max_streams_bidi granted to the client */
     int handshake_done;
+    /* Path statistics for the metrics (qx_metrics_quic_path): reported at
+     * close and once a minute; the packet counts as deltas since the last
+     * report. */
+    uint64_t created_ns;    /* the connection's first packet */
+    uint64_t reported_ns;   /* the last report */
+    uint64_t pkts_sent;     /* packets written */
+    uint64_t pkts_lost;     /* packets with stream data declared lost, added at stream close */
+    uint64_t sent_reported; /* pkts_sent at the last report */
+    uint64_t lost_reported;
     int paced;    /* the flight that completed the handshake was written (qx_quic_conn_write) */
     int rx_early; /* the stream data being read came in 0-RTT */
     uint64_t rx_passed;                /* body bytes of the read in progress h3_recv_data took */

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 
 int qx_runtime_init(qx_runtime_t *rt, qx_snapshot_t *snap)
 {
@@ -102,9 +103,16 @@ static const char *restart_field(const qx_config_t *old, const qx_config_t *cfg)
     return NULL;
 }
 
+/* Counts an update's outcome and remembers it as the last one (the status
+ * page shows it). */
 static void count(qx_runtime_t *rt, int source, int result)
 {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
     __atomic_add_fetch(&rt->reloads[source][result], 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&rt->last_reload_ms, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000,
+                     __ATOMIC_RELAXED);
+    __atomic_store_n(&rt->last_reload, 1 + source * QX_RELOAD_COUNT + result, __ATOMIC_RELAXED);
 }
 
 int qx_runtime_publish(qx_runtime_t *rt, qx_config_t *cfg, int source, uint64_t if_match,

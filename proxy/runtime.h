@@ -50,6 +50,9 @@ typedef struct qx_runtime {
     uv_async_t *names_async; /* the main loop's: a new config may name other hosts */
     qx_health_tab_t health;  /* passive health of every endpoint */
     struct qx_xdp_proxy *xdp; /* the XDP filter's maps (xdp_proxy.h); NULL without xdp: */
+    int last_reload;               /* atomic: 1 + source * QX_RELOAD_COUNT + result; 0 none yet */
+    int64_t last_reload_ms;        /* atomic: when, unix milliseconds */
+    int64_t cert_not_after; /* atomic: notAfter of the certificate in force, unix s; 0 unknown */
 } qx_runtime_t;
 
 /* Takes ownership of the first snapshot. Returns 0 or QX_ERR_NOMEM. */

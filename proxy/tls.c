@@ -5,6 +5,7 @@
 #include "qx.h"
 
 #include <gnutls/crypto.h>
+#include <gnutls/x509.h>
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
@@ -35,7 +36,29 @@ struct qx_tls {
     gnutls_certificate_credentials_t cred;
     gnutls_priority_t prio;
     gnutls_priority_t prio_x25519;
+    int64_t not_after; /* the leaf certificate's notAfter, unix seconds */
 };
+
+/* The leaf certificate's notAfter, for the expiry gauge. -1 when GnuTLS
+ * cannot say (the gauge then reads -1, which an expiry alert treats as
+ * long expired: better loud than silent). */
+static int64_t leaf_not_after(gnutls_certificate_credentials_t cred)
+{
+    gnutls_x509_crt_t *crts = NULL;
+    unsigned n = 0;
+    int64_t t = -1;
+    if (gnutls_certificate_get_x509_crt(cred, 0, &crts, &n) < 0)
+        return -1;
+    if (n > 0) {
+        time_t e = gnutls_x509_crt_get_expiration_time(crts[0]);
+        if (e != (time_t)-1)
+            t = (int64_t)e;
+    }
+    for (unsigned i = 0; i < n; i++)
+        gnutls_x509_crt_deinit(crts[i]);
+    gnutls_free(crts);
+    return t;
+}
 
 int qx_tls_new(qx_tls_t **out, const char *cert, const char *key, char *err, size_t errlen)
 {
@@ -58,6 +81,7 @@ int qx_tls_new(qx_tls_t **out, const char *cert, const char *key, char *err, siz
                  gnutls_strerror(rv));
         goto fail;
     }
+    t->not_after = leaf_not_after(t->cred);
     rv = gnutls_priority_init(&t->prio, priority, NULL);
     if (rv >= 0)
         rv = gnutls_priority_init(&t->prio_x25519, priority_x25519, NULL);
@@ -71,6 +95,11 @@ int qx_tls_new(qx_tls_t **out, const char *cert, const char *key, char *err, siz
 fail:
     qx_tls_del(t);
     return QX_ERR_TLS;
+}
+
+int64_t qx_tls_not_after(const qx_tls_t *t)
+{
+    return t->not_after;
 }
 
 void qx_tls_del(qx_tls_t *t)

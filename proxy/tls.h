@@ -44,6 +44,10 @@ void qx_tls_keys_free(qx_tls_keys_t *k);
  * and writes "server.cert: <why>" style text into err. */
 int qx_tls_new(qx_tls_t **out, const char *cert, const char *key, char *err, size_t errlen);
 
+/* The leaf certificate's notAfter (unix seconds), read when loaded; -1
+ * when it could not be read. */
+int64_t qx_tls_not_after(const qx_tls_t *tls);
+
 /* Drops the loader's reference (qx_tls_unref). Accepts NULL. */
 void qx_tls_del(qx_tls_t *tls);
 

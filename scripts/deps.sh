@@ -40,12 +40,16 @@ RUN_BACKPORTS="ngtcp2-client:1.11.0"
 # Test peers: Chromium, curl, h2load (nghttp2-client), slowhttptest
 # (slowloris), testssl.sh, promtool (prometheus), python3-h2/hpack (raw
 # HTTP/2), podman/buildah/runc/debootstrap (the container image, run for
-# real), iproute2 (network namespaces), clang-format, libclang-rt-14-dev
-# (libFuzzer and the sanitizer runtimes of clang 14: the build-san tree),
-# python3-cryptography (raw QUIC Initials in e2e/quicraw.py).
+# real; catatonit: the pause process of `podman kube play`), iproute2 (network
+# namespaces), clang-format, libclang-rt-14-dev (libFuzzer and the sanitizer
+# runtimes of clang 14: the build-san tree), python3-cryptography (raw QUIC
+# Initials in e2e/quicraw.py), nodejs and unzip (the Kubernetes test tools:
+# scripts/k8s-tools.sh), python3-yaml (the chart tests read rendered YAML),
+# python3-jsonschema (the Grafana dashboard's schema check), dnsmasq-base
+# (the resolver of the DNS tests).
 TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
-python3-h2 python3-hpack podman buildah runc debootstrap clang-format libclang-rt-14-dev
-python3-cryptography dnsmasq-base"
+python3-h2 python3-hpack podman buildah runc debootstrap catatonit clang-format libclang-rt-14-dev
+python3-cryptography nodejs unzip python3-yaml python3-jsonschema dnsmasq-base"
 TEST_BACKPORTS=""
 
 # Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf.

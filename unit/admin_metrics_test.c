@@ -411,6 +411,42 @@ static void test_worker_scalars(void **state)
     assert_well_formed(t);
 }
 
+static void test_quic_path(void **state)
+{
+    fixture_t *f = *state;
+    /* worker 0: a 3 ms path, worker 1: a 300 ms one, both resumed */
+    qx_metrics_quic_path(f->w[0], 0.003, 0.002, 14000, 100, 2);
+    qx_metrics_quic_path(f->w[1], 0.3, 0.25, 5000000, 50, 10);
+    qx_metrics_quic_handshake(f->w[0], 0.004, 1, 1);
+    qx_metrics_quic_handshake(f->w[1], 0.6, 1, 0);
+    qx_metrics_quic_handshake(f->w[1], 0.02, 0, -1);
+    const char *t = render(f, 2);
+    assert_line(t, "# TYPE qrux_quic_smoothed_rtt_seconds histogram");
+    assert_line(t, "qrux_quic_smoothed_rtt_seconds_bucket{le=\"0.001\"} 0");
+    assert_line(t, "qrux_quic_smoothed_rtt_seconds_bucket{le=\"0.005\"} 1");
+    assert_line(t, "qrux_quic_smoothed_rtt_seconds_bucket{le=\"0.25\"} 1");
+    assert_line(t, "qrux_quic_smoothed_rtt_seconds_bucket{le=\"0.5\"} 2");
+    assert_line(t, "qrux_quic_smoothed_rtt_seconds_bucket{le=\"+Inf\"} 2");
+    assert_line(t, "qrux_quic_smoothed_rtt_seconds_sum 0.303000");
+    assert_line(t, "qrux_quic_smoothed_rtt_seconds_count 2");
+    assert_line(t, "qrux_quic_min_rtt_seconds_bucket{le=\"0.0025\"} 1");
+    assert_line(t, "qrux_quic_min_rtt_seconds_bucket{le=\"0.25\"} 2");
+    /* 5 MB is past the last bound: only +Inf holds it */
+    assert_line(t, "qrux_quic_cwnd_bytes_bucket{le=\"19200\"} 1");
+    assert_line(t, "qrux_quic_cwnd_bytes_bucket{le=\"4.9152e+06\"} 1");
+    assert_line(t, "qrux_quic_cwnd_bytes_bucket{le=\"+Inf\"} 2");
+    assert_line(t, "qrux_quic_cwnd_bytes_sum 5014000");
+    assert_line(t, "qrux_quic_handshake_duration_seconds_bucket{le=\"0.005\"} 1");
+    assert_line(t, "qrux_quic_handshake_duration_seconds_bucket{le=\"0.025\"} 2");
+    assert_line(t, "qrux_quic_handshake_duration_seconds_count 3");
+    assert_line(t, "qrux_quic_packets_sent_total 150");
+    assert_line(t, "qrux_quic_packets_lost_total 12");
+    assert_line(t, "qrux_quic_resumed_handshakes_total 2");
+    assert_line(t, "qrux_quic_early_data_handshakes_total{result=\"accepted\"} 1");
+    assert_line(t, "qrux_quic_early_data_handshakes_total{result=\"rejected\"} 1");
+    assert_well_formed(t);
+}
+
 static void test_globals(void **state)
 {
     fixture_t *f = *state;
@@ -441,9 +477,16 @@ static void test_globals(void **state)
     assert_no_line_starting(t, "process_");
     assert_well_formed(t);
 
+    /* No certificate read (a unit test, qrux check): no expiry gauge. */
+    assert_no_line_starting(t, "qrux_tls_certificate_expiry_timestamp_seconds");
+
     f->g.ready = 0;
+    f->g.cert_not_after = 1893456000; /* 2030-01-01T00:00:00Z */
     t = render(f, 0);
     assert_line(t, "qrux_ready 0");
+    assert_line(t, "# TYPE qrux_tls_certificate_expiry_timestamp_seconds gauge");
+    assert_line(t, "qrux_tls_certificate_expiry_timestamp_seconds 1893456000");
+    assert_well_formed(t);
 }
 
 /* The XDP filter's counters: every reason announced, 0 without the filter. */
@@ -790,7 +833,10 @@ static void test_method_allowed(void **state)
     assert_false(method_allowed("POST", "POSTX"));
     assert_int_equal(find_endpoint("/metrics"), EP_METRICS);
     assert_int_equal(find_endpoint("/metrics/"), -1);
-    assert_int_equal(find_endpoint("/"), -1);
+    assert_int_equal(find_endpoint("/"), EP_STATUS_PAGE); /* the status page */
+    assert_int_equal(find_endpoint("/status.json"), EP_STATUS_JSON);
+    assert_int_equal(find_endpoint("//"), -1);
+    assert_int_equal(find_endpoint("/index.html"), -1);
 }
 
 int main(void)
@@ -805,6 +851,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_label_escaping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upstream_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_worker_scalars, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_quic_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_globals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_xdp, setup, teardown),
         cmocka_unit_test_setup_teardown(test_process_values, setup, teardown),

@@ -157,6 +157,145 @@ const extra = {
     }),
 };
 
+// The Prometheus Operator kinds the chart renders with monitoring.* on,
+// as far as the chart uses them (monitoring.coreos.com/v1, written from
+// the Operator's API reference), closed to unknown fields.
+const secretKey = {
+    type: "object",
+    additionalProperties: false,
+    required: ["name", "key"],
+    properties: { name: { type: "string", minLength: 1 }, key: { type: "string", minLength: 1 } },
+};
+const duration = { type: "string", pattern: "^(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?$" };
+const nsSelector = {
+    type: "object",
+    additionalProperties: false,
+    properties: { any: { type: "boolean" }, matchNames: { type: "array", items: { type: "string" } } },
+};
+const labelSelector = {
+    type: "object",
+    additionalProperties: false,
+    properties: {
+        matchLabels: { type: "object", additionalProperties: { type: "string" } },
+        matchExpressions: { type: "array" },
+    },
+};
+const relabelings = {
+    type: "array",
+    items: {
+        type: "object",
+        additionalProperties: false,
+        properties: {
+            sourceLabels: { type: "array", items: { type: "string", pattern: "^[a-zA-Z_][a-zA-Z0-9_]*$" } },
+            separator: { type: "string" },
+            targetLabel: { type: "string" },
+            regex: { type: "string" },
+            modulus: { type: "integer" },
+            replacement: { type: "string" },
+            action: { enum: ["replace", "Replace", "keep", "Keep", "drop", "Drop", "hashmod", "HashMod", "labelmap", "LabelMap", "labeldrop", "LabelDrop", "labelkeep", "LabelKeep"] },
+        },
+    },
+};
+const endpoint = (portKey) => ({
+    type: "object",
+    additionalProperties: false,
+    required: [portKey],
+    properties: {
+        [portKey]: { type: "string", minLength: 1 },
+        path: { type: "string", pattern: "^/" },
+        scheme: { enum: ["http", "https"] },
+        interval: duration,
+        authorization: {
+            type: "object",
+            additionalProperties: false,
+            required: ["credentials"],
+            properties: { type: { type: "string" }, credentials: secretKey },
+        },
+        tlsConfig: {
+            type: "object",
+            additionalProperties: false,
+            properties: {
+                serverName: { type: "string" },
+                insecureSkipVerify: { type: "boolean" },
+                ca: {
+                    type: "object",
+                    additionalProperties: false,
+                    properties: { secret: secretKey, configMap: secretKey },
+                },
+            },
+        },
+        relabelings,
+    },
+});
+const monitoringKind = (kind, spec) =>
+    ajv.compile({
+        type: "object",
+        required: ["apiVersion", "kind", "metadata", "spec"],
+        additionalProperties: false,
+        properties: {
+            apiVersion: { const: "monitoring.coreos.com/v1" },
+            kind: { const: kind },
+            metadata: meta,
+            spec,
+        },
+    });
+extra["monitoring.coreos.com/v1/PodMonitor"] = monitoringKind("PodMonitor", {
+    type: "object",
+    additionalProperties: false,
+    required: ["selector", "podMetricsEndpoints"],
+    properties: {
+        namespaceSelector: nsSelector,
+        selector: labelSelector,
+        podMetricsEndpoints: { type: "array", minItems: 1, items: endpoint("port") },
+    },
+});
+extra["monitoring.coreos.com/v1/ServiceMonitor"] = monitoringKind("ServiceMonitor", {
+    type: "object",
+    additionalProperties: false,
+    required: ["selector", "endpoints"],
+    properties: {
+        namespaceSelector: nsSelector,
+        selector: labelSelector,
+        endpoints: { type: "array", minItems: 1, items: endpoint("port") },
+    },
+});
+extra["monitoring.coreos.com/v1/PrometheusRule"] = monitoringKind("PrometheusRule", {
+    type: "object",
+    additionalProperties: false,
+    required: ["groups"],
+    properties: {
+        groups: {
+            type: "array",
+            minItems: 1,
+            items: {
+                type: "object",
+                additionalProperties: false,
+                required: ["name", "rules"],
+                properties: {
+                    name: { type: "string", minLength: 1 },
+                    interval: duration,
+                    rules: {
+                        type: "array",
+                        minItems: 1,
+                        items: {
+                            type: "object",
+                            additionalProperties: false,
+                            required: ["alert", "expr"], // the chart ships alerts only
+                            properties: {
+                                alert: { type: "string", pattern: "^[a-zA-Z_][a-zA-Z0-9_]*$" },
+                                expr: { type: "string", minLength: 1 },
+                                for: duration,
+                                labels: { type: "object", additionalProperties: { type: "string" } },
+                                annotations: { type: "object", additionalProperties: { type: "string" } },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+});
+
 // One line per schema error: where, and what (the generated validators
 // carry no messages, only the keyword and its parameters).
 function describe(e) {
