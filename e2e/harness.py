@@ -211,7 +211,9 @@ _HANDED = set()
 
 def free_port(kind="udp"):
     """A port free on loopback for |kind| ('udp': checked on [::] dual-stack
-    and 127.0.0.1; 'tcp': 127.0.0.1). Never the same port twice per run."""
+    and 127.0.0.1, and free for TCP too, since tests often put the HTTPS
+    listener on the same number as the QUIC one; 'tcp': 127.0.0.1). Never
+    the same port twice per run."""
     for _ in range(200):
         if kind == "udp":
             s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -224,7 +226,7 @@ def free_port(kind="udp"):
         s.close()
         if port in _HANDED or port == 8443:
             continue
-        if kind == "udp" and not udp_port_free(port):
+        if kind == "udp" and not (udp_port_free(port) and tcp_port_free(port)):
             continue
         if kind == "tcp" and not tcp_port_free(port):
             continue

@@ -37,7 +37,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Cert, Env, free_port, http_get, need, pattern_sha256,  # noqa: E402
-                     render_config, run, wait_until)
+                     render_config, run, tcp_port_free, wait_until)
 from test_admin import admin_yaml  # noqa: E402
 from test_reload import AtomicDir  # noqa: E402
 
@@ -217,7 +217,9 @@ def main(env):
     # -- the container ---------------------------------------------------
     be1 = env.backend()
     be2 = env.backend()
-    port = free_port("udp")  # checked free for UDP; TCP on the same number below
+    port = free_port("udp")  # UDP and TCP on the same number: free for both
+    while not tcp_port_free(port):
+        port = free_port("udp")
     admin = free_port("tcp")
     tls = os.path.join(env.dir, "tls")
     os.makedirs(tls, 0o755)
