@@ -759,7 +759,11 @@ def chromium(env, h):
         return
     res = json.loads(base64.b64decode(m.group(1)))
     env.eq("Chromium: the page came over h2 (nextHopProtocol)", res.get("nav_proto"), "h2", res)
-    env.eq("Chromium: fetch() over h2 too", res.get("res_proto"), ["h2"], res)
+    # Every resource the page loaded (the fetch) came over h2. Under load
+    # Chromium has listed the fetch twice (both h2); what is checked here is
+    # the protocol, not the count.
+    protos = res.get("res_proto") or []
+    env.check("Chromium: fetch() over h2 too", protos and all(p == "h2" for p in protos), res)
     env.eq("Chromium: fetch() status", res.get("id_status"), 200, res)
     env.eq("Chromium: the page sees Alt-Svc advertising HTTP/3 on the QUIC port",
            res.get("alt_svc"), 'h3=":%d"; ma=%d' % (h.uport, ALT_SVC_MA), res)
