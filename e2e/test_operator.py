@@ -338,8 +338,50 @@ def second_instance(env):
               ("server.https_listen [::]:%d (TCP)" % bport).encode() in se, se[-300:])
 
 
+def json_logs(env):
+    """QRUX_LOG_FORMAT=json: every line is one JSON object with ts, level and
+    msg; an access line carries its fields as keys (numbers as numbers)."""
+    import json
+    from harness import Qrux
+    be = env.backend()
+    tport = free_port("tcp")
+    path, port = env.write_config([("*", be.addr)],
+                                  extra_server='  https_listen: "[::]:%d"\n' % tport)
+    q = Qrux(env, path, port, extra_env={"QRUX_LOG_FORMAT": "json"})
+    env.qruxes.append(q)
+    env.check("json logs: ready", q.wait_ready(15), q.log_tail(5))
+    r = subprocess.run(["curl", "-sk", "--http2", "-o", "/dev/null", "-w", "%{http_code}",
+                        "-H", "x-request-id: op-test-1",
+                        "https://127.0.0.1:%d/bytes/7" % tport], capture_output=True, timeout=20)
+    env.eq("json logs: a request", r.stdout, b"200")
+    acc = []
+    wait_until(lambda: '"msg":"access"' in q.log_text(), 5)
+    bad = []
+    for ln in q.log_text().splitlines():
+        try:
+            o = json.loads(ln)
+        except ValueError:
+            bad.append(ln)
+            continue
+        if not all(k in o for k in ("ts", "level", "msg")):
+            bad.append(ln)
+        if o.get("msg") == "access":
+            acc.append(o)
+    env.check("json logs: every line is a JSON object with ts, level, msg", not bad, bad[:3])
+    env.eq("json logs: one access line", len(acc), 1, acc)
+    if acc:
+        a = acc[0]
+        env.eq("json logs: access fields",
+               (a.get("proto"), a.get("method"), a.get("path"), a.get("status"),
+                a.get("bytes_out"), a.get("upstream"), a.get("request_id")),
+               ("h2", "GET", "/bytes/7", 200, 7, be.addr, "op-test-1"), a)
+        env.check("json logs: duration_ms is a number",
+                  isinstance(a.get("duration_ms"), (int, float)), a)
+
+
 def main():
     with Env("operator") as env:
+        env.case("json logs", json_logs, env)
         env.case("second instance", second_instance, env)
         env.case("config and drain words", config_and_drain_words, env)
         env.case("restart-only keys in the docs", restart_only_docs, env)

@@ -10,11 +10,17 @@
 #include <time.h>
 
 qx_log_level_t qx_log_level = QX_LOG_INFO;
+int qx_log_json;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 int qx_log_init(void)
 {
+    const char *f = getenv("QRUX_LOG_FORMAT");
+    if (f != NULL && strcmp(f, "json") == 0)
+        qx_log_json = 1;
+    else if (f != NULL && *f != '\0' && strcmp(f, "text") != 0)
+        qx_log(QX_LOG_WARN, "QRUX_LOG_FORMAT=%s is not one of json|text; using text", f);
     const char *v = getenv("QRUX_LOG");
     if (v == NULL || *v == '\0')
         return 0;
@@ -28,8 +34,92 @@ int qx_log_init(void)
     return QX_ERR_CONFIG;
 }
 
+/* ---- JSON lines ---------------------------------------------------------- */
+
+/* Appends |len| bytes of |s| to |out| as the inside of a JSON string. */
+static size_t json_str(char *out, size_t cap, size_t n, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < len && n + 7 < cap; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            out[n++] = '\\';
+            out[n++] = (char)c;
+        } else if (c < 0x20 || c == 0x7f) {
+            memcpy(out + n, "\\u00", 4);
+            n += 4;
+            out[n++] = hex[c >> 4];
+            out[n++] = hex[c & 15];
+        } else {
+            out[n++] = (char)c;
+        }
+    }
+    return n;
+}
+
+/* A value that is a plain decimal number (an integer or with a fraction)
+ * goes out as a JSON number. */
+static int is_number(const char *s, size_t len)
+{
+    size_t i = 0, digits = 0, dots = 0;
+    for (; i < len; i++) {
+        if (s[i] >= '0' && s[i] <= '9')
+            digits++;
+        else if (s[i] == '.' && digits > 0 && dots++ == 0)
+            ;
+        else
+            return 0;
+    }
+    return digits > 0 && s[len - 1] != '.' && (len == 1 || s[0] != '0' || s[1] == '.');
+}
+
+/* One JSON object: ts, level, msg. An access line ("access k=v k=v ...")
+ * becomes msg "access" and one field per key (numbers as numbers), so log
+ * pipelines need no parser of their own. */
+static void json_line(const char *when, qx_log_level_t lvl, const char *msg, size_t msglen)
+{
+    char out[4096];
+    size_t n = (size_t)snprintf(out, sizeof(out), "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"",
+                                when, level_names[lvl]);
+    if (msglen > 7 && memcmp(msg, "access ", 7) == 0) {
+        n = json_str(out, sizeof(out), n, "access", 6);
+        out[n++] = '"';
+        const char *p = msg + 7, *end = msg + msglen;
+        while (p < end && n + 16 < sizeof(out)) {
+            const char *sp = memchr(p, ' ', (size_t)(end - p));
+            const char *tok_end = sp ? sp : end;
+            const char *eq = memchr(p, '=', (size_t)(tok_end - p));
+            if (eq != NULL && eq > p) {
+                const char *v = eq + 1;
+                size_t vlen = (size_t)(tok_end - v);
+                out[n++] = ',';
+                out[n++] = '"';
+                n = json_str(out, sizeof(out), n, p, (size_t)(eq - p));
+                memcpy(out + n, "\":", 2);
+                n += 2;
+                if (is_number(v, vlen)) {
+                    n = json_str(out, sizeof(out), n, v, vlen);
+                } else {
+                    out[n++] = '"';
+                    n = json_str(out, sizeof(out), n, v, vlen);
+                    out[n++] = '"';
+                }
+            }
+            p = tok_end + 1;
+        }
+    } else {
+        n = json_str(out, sizeof(out), n, msg, msglen);
+        out[n++] = '"';
+    }
+    if (n + 2 > sizeof(out))
+        n = sizeof(out) - 2;
+    out[n++] = '}';
+    out[n++] = '\n';
+    fwrite(out, 1, n, stderr);
+}
+
 /* One line: the timestamp, the level, the message, and |tail| when not
- * NULL. */
+ * NULL; a JSON object when QRUX_LOG_FORMAT=json. */
 __attribute__((format(printf, 3, 0))) static void vlog(qx_log_level_t lvl, const char *tail,
                                                        const char *fmt, va_list ap)
 {
@@ -50,6 +140,14 @@ __attribute__((format(printf, 3, 0))) static void vlog(qx_log_level_t lvl, const
     if (tail) {
         m = snprintf(line + n, sizeof(line) - n - 1, "%s", tail);
         n += QX_MIN((size_t)(m < 0 ? 0 : m), sizeof(line) - n - 2);
+    }
+    if (qx_log_json) {
+        char when[40];
+        size_t w = strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(when + w, sizeof(when) - w, ".%03ldZ", ts.tv_nsec / 1000000L);
+        size_t head = strlen(when) + 1 + 6; /* "TIMESTAMP LEVEL " as written above */
+        json_line(when, lvl, line + head, n - head);
+        return;
     }
     line[n++] = '\n';
     fwrite(line, 1, n, stderr);

@@ -12,6 +12,8 @@
 typedef enum { QX_LOG_ERROR = 0, QX_LOG_WARN, QX_LOG_INFO, QX_LOG_DEBUG } qx_log_level_t;
 
 extern qx_log_level_t qx_log_level;
+/* QRUX_LOG_FORMAT=json: one JSON object per line (log.c), else text. */
+extern int qx_log_json;
 
 /* Reads QRUX_LOG. Returns 0, or QX_ERR_CONFIG for an unknown level name
  * (the level then stays at info and a warning is printed). */

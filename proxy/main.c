@@ -142,7 +142,8 @@ static void usage(FILE *f)
                "\n"
                "Signals: SIGTERM/SIGINT drain then exit 0 (a second one stops at once),\n"
                "SIGHUP reloads the config file, SIGUSR1 reloads the certificate and key.\n"
-               "Environment: QRUX_LOG=error|warn|info|debug (default info).\n"
+               "Environment: QRUX_LOG=error|warn|info|debug (default info),\n"
+               "QRUX_LOG_FORMAT=text|json (default text).\n"
                "Exit codes: 0 after a graceful shutdown (and for a valid `check`), 1 on a\n"
                "runtime failure (e.g. the listen address is taken), 2 on a configuration\n"
                "error.\n");
