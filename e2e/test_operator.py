@@ -375,6 +375,8 @@ def json_logs(env):
                (a.get("proto"), a.get("method"), a.get("path"), a.get("status"),
                 a.get("bytes_out"), a.get("upstream"), a.get("request_id")),
                ("h2", "GET", "/bytes/7", 200, 7, be.addr, "op-test-1"), a)
+        env.eq("json logs: upstream_status and early_data",
+               (a.get("upstream_status"), a.get("early_data")), (200, 0), a)
         env.check("json logs: duration_ms is a number",
                   isinstance(a.get("duration_ms"), (int, float)), a)
 

@@ -386,13 +386,16 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
                            secs);
         qx_cnt_add(&w->metrics.bytes_in, ex->req_body_in);
         qx_cnt_add(&w->metrics.bytes_out, ex->resp_body);
+        char ups[12] = "-";
+        if (ex->up_status > 0)
+            snprintf(ups, sizeof(ups), "%d", ex->up_status);
         QX_INFO("access proto=%s method=%s authority=%.*s path=%.*s status=%d upstream=%s "
-                "bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " duration_ms=%.3f trace_id=%s "
-                "request_id=%s%s",
+                "upstream_status=%s early_data=%d bytes_in=%" PRIu64 " bytes_out=%" PRIu64
+                " duration_ms=%.3f trace_id=%s request_id=%s%s",
                 ex->fops->proto, ex->method, (int)ex->authoritylen,
                 ex->authority ? ex->authority : "", (int)ex->pathlen, ex->path ? ex->path : "",
-                status, ex->up_name ? ex->up_name : "-", ex->req_body_in, ex->resp_body,
-                secs * 1000.0, ex->trace ? ex->trace->trace_id : "-",
+                status, ex->up_name ? ex->up_name : "-", ups, ex->early ? 1 : 0, ex->req_body_in,
+                ex->resp_body, secs * 1000.0, ex->trace ? ex->trace->trace_id : "-",
                 ex->trace ? ex->trace->request_id : "-", clean ? "" : " incomplete=1");
     }
     uv_close((uv_handle_t *)&ex->timer, on_timer_closed);
@@ -1222,6 +1225,7 @@ static int p_on_headers_complete(llhttp_t *p)
         ex->rf_in_value = 0;
         return 0;
     }
+    ex->up_status = status;
     ex->resp_head_done = 1;
     timer_stop(ex);
     for (size_t i = 0; i < ex->nrf; i++) {

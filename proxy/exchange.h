@@ -143,6 +143,7 @@ struct qx_exchange {
     int resp_any; /* any byte came back */
     int resp_head_done;
     int status;          /* the status sent to the client (0 = none yet) */
+    int up_status;       /* the upstream's final status (0 = none), for the access log */
     size_t rhblen;       /* bytes used in rhb */
     qx_resp_field_t *rf; /* rf_inline, or a larger array in the arena */
     size_t nrf, rfcap;
