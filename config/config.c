@@ -110,6 +110,10 @@ typedef struct raw_dns {
     char *max_ttl_secs;
 } raw_dns_t;
 
+typedef struct raw_log {
+    char *format;
+} raw_log_t;
+
 typedef struct raw_xdp {
     char *pin;
     char *initial_rate;
@@ -124,6 +128,7 @@ typedef struct raw_doc {
     raw_admin_t *admin;
     raw_dns_t *dns;
     raw_xdp_t *xdp;
+    raw_log_t *log;
 } raw_doc_t;
 
 /*
@@ -220,6 +225,11 @@ static const cyaml_schema_field_t xdp_fields[] = {
     CYAML_FIELD_END,
 };
 
+static const cyaml_schema_field_t log_fields[] = {
+    OPT_STR("format", raw_log_t, format),
+    CYAML_FIELD_END,
+};
+
 static const cyaml_schema_field_t doc_fields[] = {
     CYAML_FIELD_MAPPING_PTR("server", CYAML_FLAG_OPTIONAL, raw_doc_t, server, server_fields),
     CYAML_FIELD_SEQUENCE_COUNT("routes", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, raw_doc_t,
@@ -227,6 +237,7 @@ static const cyaml_schema_field_t doc_fields[] = {
     CYAML_FIELD_MAPPING_PTR("admin", CYAML_FLAG_OPTIONAL, raw_doc_t, admin, admin_fields),
     CYAML_FIELD_MAPPING_PTR("dns", CYAML_FLAG_OPTIONAL, raw_doc_t, dns, dns_fields),
     CYAML_FIELD_MAPPING_PTR("xdp", CYAML_FLAG_OPTIONAL, raw_doc_t, xdp, xdp_fields),
+    CYAML_FIELD_MAPPING_PTR("log", CYAML_FLAG_OPTIONAL, raw_doc_t, log, log_fields),
     CYAML_FIELD_END,
 };
 
@@ -1439,7 +1450,17 @@ static int build_config(qx_config_t *cfg, raw_doc_t *raw, const char *basedir, c
         return rv;
     if ((rv = build_dns(&cfg->dns, raw->dns, err, errlen)) != 0)
         return rv;
-    return build_xdp(&cfg->xdp, raw->xdp, err, errlen);
+    if ((rv = build_xdp(&cfg->xdp, raw->xdp, err, errlen)) != 0)
+        return rv;
+    /* log.format: how every line is written (log.c); read at start. */
+    if (raw->log != NULL && raw->log->format != NULL) {
+        if (strcmp(raw->log->format, "json") == 0)
+            cfg->log_json = 1;
+        else if (strcmp(raw->log->format, "text") != 0)
+            return fail(err, errlen, "log.format: \"%s\" is not one of text, json",
+                        raw->log->format);
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */

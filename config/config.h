@@ -115,6 +115,7 @@ typedef struct qx_config {
     qx_admin_cfg_t admin;
     qx_dns_cfg_t dns;
     qx_xdp_cfg_t xdp;
+    int log_json; /* log.format: json (QRUX_LOG_FORMAT overrides it) */
 } qx_config_t;
 
 /*

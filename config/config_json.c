@@ -222,6 +222,10 @@ json_t *qx_config_to_json(const qx_config_t *cfg)
         goto fail;
     if (set(root, "xdp", xdp_to_json(&cfg->xdp)) != 0)
         goto fail;
+    json_t *log = json_object();
+    if (set(root, "log", log) != 0 ||
+        set(log, "format", json_string(cfg->log_json ? "json" : "text")) != 0)
+        goto fail;
     return root;
 
 fail:

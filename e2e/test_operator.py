@@ -379,6 +379,22 @@ def json_logs(env):
                (a.get("upstream_status"), a.get("early_data")), (200, 0), a)
         env.check("json logs: duration_ms is a number",
                   isinstance(a.get("duration_ms"), (int, float)), a)
+    # The same from the config file, without the environment variable.
+    path2, port2 = env.write_config([("*", be.addr)], name="logjson.yaml",
+                                    extra_server="log:\n  format: json\n")
+    q2 = Qrux(env, path2, port2, extra_env={"QRUX_LOG_FORMAT": ""})
+    env.qruxes.append(q2)
+    env.check("json logs from log.format: ready", q2.wait_ready(15), q2.log_tail(5))
+    lines = [ln for ln in q2.log_text().splitlines() if ln.strip()]
+    ok = 0
+    for ln in lines:
+        try:
+            ok += "msg" in json.loads(ln)
+        except ValueError:
+            pass
+    # The lines before the config was read are text; from then on JSON.
+    env.check("json logs from log.format: the ready line is JSON",
+              any('"msg":"ready:' in ln for ln in lines), lines[-3:])
 
 
 def main():

@@ -670,6 +670,11 @@ int main(int argc, char **argv)
     qx_tls_tcp_t *tls_tcp = NULL;
     if (load_all(config_path, &cfg, &tls, &tls_tcp) != 0)
         return EXIT_CONFIG;
+    /* log.format, unless QRUX_LOG_FORMAT said otherwise (the lines so far
+     * were about the config itself). */
+    const char *lf = getenv("QRUX_LOG_FORMAT");
+    if ((lf == NULL || *lf == '\0') && cfg->log_json)
+        qx_log_json = 1;
     if (check_listeners(cfg, takeover) != 0)
         return 1;
 

@@ -100,6 +100,8 @@ static const char *restart_field(const qx_config_t *old, const qx_config_t *cfg)
         return "xdp.initial_burst";
     if (old->xdp.cid_key_rotate_secs != cfg->xdp.cid_key_rotate_secs)
         return "xdp.cid_key_rotate_secs";
+    if (old->log_json != cfg->log_json)
+        return "log.format";
     return NULL;
 }
 

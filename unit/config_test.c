@@ -542,6 +542,9 @@ static void test_reject_routes(void **state)
     expect_reject("server:\n  listen: \"[::]:1\"\n  limits:\n    max_request_body_byte: 1\n",
                   "did you mean max_request_body_bytes?");
     expect_reject("server:\n  zzzzzz: 1\n", "server.zzzzzz: unknown key (line 2)");
+    /* log.format: text or json, nothing else. */
+    expect_reject(SERVER ROUTES "log:\n  format: yaml\n",
+                  "log.format: \"yaml\" is not one of text, json");
     /* Tabs: the YAML error says what the problem is. */
     expect_reject("server:\n\tlisten: \"[::]:1\"\n",
                   "tabs are not allowed for indentation (line 2)");
