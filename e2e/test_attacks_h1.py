@@ -138,8 +138,10 @@ def never_reads(env, p, be):
     cut = wait_until(lambda: defence(p, "client_stalled") >= st0 + 5, 15)
     env.check("never reads: 5 streams cut (client_stalled counted)", cut,
               defence(p, "client_stalled") - st0)
+    # The app's handler threads end once their socket is closed; on a busy
+    # machine (CI running fuzzers beside) that took over 10 s to show.
     env.check("never reads: upstream connections released",
-              wait_until(lambda: be.stats()["active"] <= 1, 10), be.stats())
+              wait_until(lambda: be.stats()["active"] <= 1, 30), be.stats())
     for t in socks:
         t.close()
 
