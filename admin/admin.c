@@ -10,15 +10,15 @@
  * mutex only through the runtime's publish/snapshot functions, which no
  * worker takes on its request path: a slow scrape never stalls a request.
  */
-#include "admin.h"
+#include "admin/admin.h"
 
-#include "config_json.h"
-#include "dns.h"
-#include "log.h"
-#include "metrics_text.h"
-#include "qx.h"
-#include "status.h"
-#include "xdp_proxy.h"
+#include "config/config_json.h"
+#include "conf/dns.h"
+#include "base/log.h"
+#include "admin/metrics_text.h"
+#include "base/qx.h"
+#include "admin/status.h"
+#include "xdp/xdp_proxy.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -7,7 +7,7 @@
 #ifndef QX_ADMIN_H
 #define QX_ADMIN_H
 
-#include "runtime.h"
+#include "worker/runtime.h"
 
 #include <stddef.h>
 

@@ -31,9 +31,9 @@
  * registered with reinvocationPolicy IfNeeded, so a pod another webhook
  * changed after us comes back here, and this is what keeps it single.
  */
-#include "inject.h"
+#include "admin/inject.h"
 
-#include "qx.h"
+#include "base/qx.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -19,9 +19,9 @@
  * YAML is turned into jansson values (scalars stay strings except plain
  * integers), so the checks read like the review code.
  */
-#include "inject.h"
+#include "admin/inject.h"
 
-#include "qx.h"
+#include "base/qx.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -15,12 +15,12 @@
  * moment without a listener. A replaced certificate is kept for a while
  * before it is freed: a handshake that started with it may still use it.
  */
-#include "inject.h"
+#include "admin/inject.h"
 
-#include "config.h"
-#include "log.h"
-#include "qx.h"
-#include "watch.h"
+#include "config/config.h"
+#include "base/log.h"
+#include "base/qx.h"
+#include "config/watch.h"
 
 #include <errno.h>
 #include <getopt.h>

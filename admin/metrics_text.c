@@ -1,7 +1,7 @@
 /* metrics_text.c - Prometheus text exposition (see metrics_text.h). */
-#include "metrics_text.h"
+#include "admin/metrics_text.h"
 
-#include "qx.h"
+#include "base/qx.h"
 
 #include <dirent.h>
 #include <stdarg.h>

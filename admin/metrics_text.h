@@ -10,9 +10,9 @@
 #ifndef QX_METRICS_TEXT_H
 #define QX_METRICS_TEXT_H
 
-#include "metrics.h"
-#include "runtime.h"
-#include "xdp_quic_consts.h"
+#include "base/metrics.h"
+#include "worker/runtime.h"
+#include "bpf/xdp_quic_consts.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,7 +1,7 @@
 /* status.c - the status page's data and its sampler (see status.h). */
-#include "status.h"
+#include "admin/status.h"
 
-#include "qx.h"
+#include "base/qx.h"
 
 #include <errno.h>
 #include <pthread.h>

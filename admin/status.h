@@ -14,8 +14,8 @@
 #ifndef QX_STATUS_H
 #define QX_STATUS_H
 
-#include "metrics.h"
-#include "runtime.h"
+#include "base/metrics.h"
+#include "worker/runtime.h"
 
 #include <jansson.h>
 #include <stddef.h>

@@ -7,11 +7,11 @@
  *
  *   xdp_bench [REPEAT]        (default 1000000; one JSON line per case)
  */
-#include "cid.h"
+#include "front/quic/cid.h"
 #include "xdp_frames.h"
-#include "xdp_maps.h"
+#include "xdp/xdp_maps.h"
 #include "xdp_quic.skel.h"
-#include "xdp_quic_consts.h"
+#include "bpf/xdp_quic_consts.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>

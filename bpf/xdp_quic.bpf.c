@@ -15,7 +15,7 @@
 #include "xdp_quic_maps.h"
 #include "xdp_quic_parse.h"
 
-#include "cid.h"
+#include "front/quic/cid.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 

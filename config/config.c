@@ -16,10 +16,10 @@
  * No global mutable state: the log capture buffer travels through
  * cyaml_config_t.log_ctx, so two threads may load configs at once.
  */
-#include "config.h"
+#include "config/config.h"
 
-#include "config_internal.h"
-#include "qx.h"
+#include "config/config_internal.h"
+#include "base/qx.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>

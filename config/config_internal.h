@@ -7,7 +7,7 @@
 #ifndef QX_CONFIG_INTERNAL_H
 #define QX_CONFIG_INTERNAL_H
 
-#include "config.h"
+#include "config/config.h"
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -11,10 +11,10 @@
  * the loader's form "<field>: <reason>" and the field travels on its own
  * for the API's {"error", "field"}.
  */
-#include "config_json.h"
+#include "config/config_json.h"
 
-#include "config_internal.h"
-#include "qx.h"
+#include "config/config_internal.h"
+#include "base/qx.h"
 
 #include <limits.h>
 #include <stdbool.h>

@@ -6,7 +6,7 @@
 #ifndef QX_CONFIG_JSON_H
 #define QX_CONFIG_JSON_H
 
-#include "config.h"
+#include "config/config.h"
 
 #include <jansson.h>
 #include <stddef.h>

@@ -1,8 +1,8 @@
 /* watch.c - inotify on the directories of watched files (see watch.h). */
-#include "watch.h"
+#include "config/watch.h"
 
-#include "log.h"
-#include "qx.h"
+#include "base/log.h"
+#include "base/qx.h"
 
 #include <errno.h>
 #include <gnutls/crypto.h>

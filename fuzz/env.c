@@ -1,8 +1,8 @@
 /* env.c - a worker inside a fuzz target (see env.h). */
 #include "env.h"
 
-#include "log.h"
-#include "quic.h"
+#include "base/log.h"
+#include "front/quic/quic.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -10,11 +10,11 @@
 #ifndef QX_FUZZ_ENV_H
 #define QX_FUZZ_ENV_H
 
-#include "config.h"
-#include "runtime.h"
-#include "snapshot.h"
-#include "tls.h"
-#include "worker.h"
+#include "config/config.h"
+#include "worker/runtime.h"
+#include "conf/snapshot.h"
+#include "front/quic/tls.h"
+#include "worker/worker.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -5,9 +5,9 @@
  * that names a field; a loaded config is also turned back into JSON (what
  * GET /config shows) and copied, as a reload does.
  */
-#include "config.h"
-#include "config_json.h"
-#include "log.h"
+#include "config/config.h"
+#include "config/config_json.h"
+#include "base/log.h"
 
 #include <jansson.h>
 #include <stdint.h>

@@ -8,7 +8,7 @@
  * field offsets stay inside the head buffer, and the reader never takes
  * more than it was given.
  */
-#include "h1_front.h"
+#include "front/tcp/h1_front.h"
 
 #include <stdint.h>
 #include <stdlib.h>

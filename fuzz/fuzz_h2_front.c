@@ -14,12 +14,12 @@
  * at the end of each input as tcp_front.c frees it.
  */
 #include "env.h"
-#include "exchange.h"
-#include "h2_front.h"
-#include "qx.h"
-#include "tcp_conn.h"
-#include "tcp_front.h"
-#include "tls.h"
+#include "exchange/exchange.h"
+#include "front/tcp/h2_front.h"
+#include "base/qx.h"
+#include "front/tcp/tcp_conn.h"
+#include "front/tcp/tcp_front.h"
+#include "front/quic/tls.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

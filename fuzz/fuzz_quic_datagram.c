@@ -14,9 +14,9 @@
  * that was never completed dies on the handshake timeout, as in
  * production), so later inputs meet a table with entries in it.
  */
-#include "config.h"
+#include "config/config.h"
 #include "env.h"
-#include "quic.h"
+#include "front/quic/quic.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

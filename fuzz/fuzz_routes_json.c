@@ -4,9 +4,9 @@
  * either accepted (and the result copied and shown as GET /routes would)
  * or refused with a reason.
  */
-#include "config.h"
-#include "config_json.h"
-#include "log.h"
+#include "config/config.h"
+#include "config/config_json.h"
+#include "base/log.h"
 
 #include <jansson.h>
 #include <stdint.h>

@@ -15,9 +15,9 @@
  * within a bounded number of loop turns.
  */
 #include "env.h"
-#include "exchange.h"
-#include "qx.h"
-#include "ring.h"
+#include "exchange/exchange.h"
+#include "base/qx.h"
+#include "base/ring.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

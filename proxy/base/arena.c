@@ -1,5 +1,5 @@
 /* arena.c - per-request string arena (see arena.h). */
-#include "arena.h"
+#include "base/arena.h"
 
 #include <stdlib.h>
 #include <string.h>

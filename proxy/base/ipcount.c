@@ -1,5 +1,5 @@
 /* ipcount.c - keyed per-address connection counts (see ipcount.h). */
-#include "ipcount.h"
+#include "base/ipcount.h"
 
 #include <netinet/in.h>
 #include <stdlib.h>

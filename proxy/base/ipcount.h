@@ -16,7 +16,7 @@
 #ifndef QX_IPCOUNT_H
 #define QX_IPCOUNT_H
 
-#include "siphash.h"
+#include "base/siphash.h"
 
 #include <stdint.h>
 #include <sys/socket.h>

@@ -1,7 +1,7 @@
 /* log.c - leveled logging to stderr (see log.h). */
-#include "log.h"
+#include "base/log.h"
 
-#include "qx.h"
+#include "base/qx.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -1,7 +1,7 @@
 /* metrics.c - per-worker counters (see metrics.h). */
-#include "metrics.h"
+#include "base/metrics.h"
 
-#include "qx.h"
+#include "base/qx.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,7 +1,7 @@
 /* pem.c - naming what is wrong with a certificate or key file (see pem.h). */
-#include "pem.h"
+#include "base/pem.h"
 
-#include "qx.h"
+#include "base/qx.h"
 
 #include <errno.h>
 #include <stdio.h>

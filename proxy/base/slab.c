@@ -1,5 +1,5 @@
 /* slab.c - per-worker size-class free lists (see slab.h). */
-#include "slab.h"
+#include "base/slab.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /* sockbuf.c - large socket buffers (see sockbuf.h). */
-#include "sockbuf.h"
+#include "base/sockbuf.h"
 
 #include <sys/socket.h>
 

@@ -2,10 +2,10 @@
  * src_rate.c - the Initial token bucket per source in user space (see
  * src_rate.h).
  */
-#include "src_rate.h"
-#include "qx.h"
-#include "siphash.h"
-#include "xdp_quic_consts.h"
+#include "base/src_rate.h"
+#include "base/qx.h"
+#include "base/siphash.h"
+#include "bpf/xdp_quic_consts.h"
 
 #include <netinet/in.h>
 #include <pthread.h>

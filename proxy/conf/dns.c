@@ -1,8 +1,8 @@
 /* dns.c - asynchronous resolution of upstream names (see dns.h). */
-#include "dns.h"
+#include "conf/dns.h"
 
-#include "log.h"
-#include "qx.h"
+#include "base/log.h"
+#include "base/qx.h"
 
 #include <ares.h>
 #include <arpa/inet.h>

@@ -23,7 +23,7 @@
 #ifndef QX_DNS_H
 #define QX_DNS_H
 
-#include "config.h"
+#include "config/config.h"
 
 #include <stddef.h>
 #include <stdint.h>

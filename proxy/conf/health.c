@@ -1,5 +1,5 @@
 /* health.c - passive health of upstream endpoints (see health.h). */
-#include "health.h"
+#include "conf/health.h"
 
 #include <stdlib.h>
 #include <string.h>

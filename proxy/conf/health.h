@@ -14,7 +14,7 @@
 #ifndef QX_HEALTH_H
 #define QX_HEALTH_H
 
-#include "log.h"
+#include "base/log.h"
 
 #include <pthread.h>
 #include <stdint.h>

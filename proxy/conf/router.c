@@ -15,9 +15,9 @@
  * "com", so the first hit is the longest suffix, in as many lookups as the
  * host has dots.
  */
-#include "router.h"
+#include "conf/router.h"
 
-#include "qx.h"
+#include "base/qx.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -11,7 +11,7 @@
 #ifndef QX_ROUTER_H
 #define QX_ROUTER_H
 
-#include "config.h"
+#include "config/config.h"
 
 #include <stddef.h>
 

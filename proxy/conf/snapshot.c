@@ -1,8 +1,8 @@
 /* snapshot.c - immutable shared configuration (see snapshot.h). */
-#include "snapshot.h"
+#include "conf/snapshot.h"
 
-#include "dns.h"
-#include "qx.h"
+#include "conf/dns.h"
+#include "base/qx.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>

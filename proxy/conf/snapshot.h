@@ -15,9 +15,9 @@
 #ifndef QX_SNAPSHOT_H
 #define QX_SNAPSHOT_H
 
-#include "config.h"
-#include "health.h"
-#include "router.h"
+#include "config/config.h"
+#include "conf/health.h"
+#include "conf/router.h"
 
 #include <netinet/in.h>
 #include <stddef.h>

@@ -1,12 +1,12 @@
 /* exchange.c - one proxied request, front <-> HTTP/1.1 upstream (see exchange.h). */
-#include "exchange.h"
+#include "exchange/exchange.h"
 
-#include "dns.h"
-#include "log.h"
-#include "qx.h"
-#include "runtime.h"
-#include "trace.h"
-#include "worker.h"
+#include "conf/dns.h"
+#include "base/log.h"
+#include "base/qx.h"
+#include "worker/runtime.h"
+#include "exchange/trace.h"
+#include "worker/worker.h"
 
 #include <arpa/inet.h>
 #include <gnutls/crypto.h>

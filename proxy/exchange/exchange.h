@@ -19,12 +19,12 @@
 #ifndef QX_EXCHANGE_H
 #define QX_EXCHANGE_H
 
-#include "arena.h"
-#include "h1.h"
+#include "base/arena.h"
+#include "upstream/h1.h"
 #include "llhttp.h"
-#include "pool.h"
-#include "ring.h"
-#include "snapshot.h"
+#include "upstream/pool.h"
+#include "base/ring.h"
+#include "conf/snapshot.h"
 
 #include <netinet/in.h>
 #include <stdint.h>

@@ -1,6 +1,6 @@
 /* trace.c - trace context and request ids for the upstream request (see
  * trace.h). */
-#include "trace.h"
+#include "exchange/trace.h"
 
 #include <string.h>
 #include <strings.h>

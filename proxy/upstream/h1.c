@@ -1,7 +1,7 @@
 /* h1.c - HTTP/1.1 head translation (see h1.h). */
-#include "h1.h"
+#include "upstream/h1.h"
 
-#include "qx.h"
+#include "base/qx.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -1,8 +1,8 @@
 /* pool.c - upstream connections and their idle pool (see pool.h). */
-#include "pool.h"
+#include "upstream/pool.h"
 
-#include "log.h"
-#include "qx.h"
+#include "base/log.h"
+#include "base/qx.h"
 
 #include <errno.h>
 #include <stdlib.h>

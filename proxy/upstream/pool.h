@@ -16,7 +16,7 @@
 #ifndef QX_POOL_H
 #define QX_POOL_H
 
-#include "metrics.h"
+#include "base/metrics.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,8 +1,8 @@
 /* runtime.c - process-wide state and snapshot publication (see runtime.h). */
-#include "runtime.h"
+#include "worker/runtime.h"
 
-#include "log.h"
-#include "qx.h"
+#include "base/log.h"
+#include "base/qx.h"
 
 #include <stdio.h>
 #include <string.h>

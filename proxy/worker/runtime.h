@@ -12,9 +12,9 @@
 #ifndef QX_RUNTIME_H
 #define QX_RUNTIME_H
 
-#include "health.h"
-#include "snapshot.h"
-#include "worker.h"
+#include "conf/health.h"
+#include "conf/snapshot.h"
+#include "worker/worker.h"
 
 #include <pthread.h>
 #include <stdint.h>

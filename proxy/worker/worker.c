@@ -1,13 +1,13 @@
 /* worker.c - a worker thread and its loop (see worker.h). */
-#include "worker.h"
+#include "worker/worker.h"
 
-#include "exchange.h"
-#include "log.h"
-#include "quic.h"
-#include "qx.h"
-#include "runtime.h"
-#include "tcp_front.h"
-#include "tls.h"
+#include "exchange/exchange.h"
+#include "base/log.h"
+#include "front/quic/quic.h"
+#include "base/qx.h"
+#include "worker/runtime.h"
+#include "front/tcp/tcp_front.h"
+#include "front/quic/tls.h"
 
 #include <assert.h>
 #include <stdlib.h>

@@ -8,10 +8,10 @@
 #ifndef QX_WORKER_H
 #define QX_WORKER_H
 
-#include "cid.h"
-#include "metrics.h"
-#include "pool.h"
-#include "snapshot.h"
+#include "front/quic/cid.h"
+#include "base/metrics.h"
+#include "upstream/pool.h"
+#include "conf/snapshot.h"
 
 #include <netinet/in.h>
 #include <pthread.h>

@@ -14,11 +14,11 @@
  * same interface and mode gets the new program with bpf_link_update, an
  * atomic swap. It never stacks a second program.
  */
-#include "xdp.h"
-#include "qx.h"
-#include "xdp_maps.h"
+#include "xdp/xdp.h"
+#include "base/qx.h"
+#include "xdp/xdp_maps.h"
 #include "xdp_quic.skel.h"
-#include "xdp_quic_consts.h"
+#include "bpf/xdp_quic_consts.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>

@@ -2,8 +2,8 @@
  * xdp_maps.c - the pinned maps of the XDP program, seen from the proxy
  * (see xdp_maps.h).
  */
-#include "xdp_maps.h"
-#include "qx.h"
+#include "xdp/xdp_maps.h"
+#include "base/qx.h"
 
 #include <arpa/inet.h>
 #include <bpf/bpf.h>

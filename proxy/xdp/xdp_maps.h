@@ -8,8 +8,8 @@
 #ifndef QX_XDP_MAPS_H
 #define QX_XDP_MAPS_H
 
-#include "cid.h"
-#include "xdp_quic_consts.h"
+#include "front/quic/cid.h"
+#include "bpf/xdp_quic_consts.h"
 
 #include <jansson.h>
 #include <stddef.h>

@@ -1,10 +1,10 @@
 /*
  * xdp_proxy.c - the proxy's side of the XDP filter (see xdp_proxy.h).
  */
-#include "xdp_proxy.h"
-#include "log.h"
-#include "qx.h"
-#include "xdp_maps.h"
+#include "xdp/xdp_proxy.h"
+#include "base/log.h"
+#include "base/qx.h"
+#include "xdp/xdp_maps.h"
 
 #include <bpf/bpf.h>
 #include <limits.h>

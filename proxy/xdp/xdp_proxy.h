@@ -12,9 +12,9 @@
 #ifndef QX_XDP_PROXY_H
 #define QX_XDP_PROXY_H
 
-#include "cid.h"
-#include "config.h"
-#include "xdp_quic_consts.h"
+#include "front/quic/cid.h"
+#include "config/config.h"
+#include "bpf/xdp_quic_consts.h"
 
 #include <jansson.h>
 #include <stddef.h>

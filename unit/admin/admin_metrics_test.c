@@ -10,9 +10,9 @@
  */
 #include "../admin/admin.c"
 
-#include "metrics.h"
-#include "metrics_text.h"
-#include "qx.h"
+#include "base/metrics.h"
+#include "admin/metrics_text.h"
+#include "base/qx.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -5,9 +5,9 @@
  * existing annotations map), never twice, annotation refusals, and garbage
  * in (truncated JSON at every length) always giving an error review.
  */
-#include "inject.h"
+#include "admin/inject.h"
 
-#include "qx.h"
+#include "base/qx.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

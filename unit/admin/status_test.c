@@ -3,7 +3,7 @@
  * (admin/status.c): per-interval rates from counter samples, mean latency,
  * intervals without requests, uneven sample spacing.
  */
-#include "status.h"
+#include "admin/status.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -2,8 +2,8 @@
  * arena_test.c - the per-request string arena (proxy/arena.c): the cap,
  * 8-byte alignment, block spill-over, strndup, and reuse after free.
  */
-#include "arena.h"
-#include "qx.h"
+#include "base/arena.h"
+#include "base/qx.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

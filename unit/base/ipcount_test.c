@@ -4,7 +4,7 @@
  * for addresses that the old unkeyed FNV-1a bucket put together, the
  * bucket depending on the key, and entries freed at zero.
  */
-#include "ipcount.h"
+#include "base/ipcount.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -4,7 +4,7 @@
  * first line says how many were dropped, and two call sites have their own
  * budgets.
  */
-#include "log.h"
+#include "base/log.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -3,8 +3,8 @@
  * request rows per (method, status, upstream), histogram buckets and sums,
  * upstream rows, fixed capacity, and freeing the interned labels.
  */
-#include "metrics.h"
-#include "qx.h"
+#include "base/metrics.h"
+#include "base/qx.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

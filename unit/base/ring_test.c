@@ -3,8 +3,8 @@
  * three offsets, bytes and iovecs across the wrap-around point, and
  * offsets that wrap their 64-bit counters.
  */
-#include "qx.h"
-#include "ring.h"
+#include "base/qx.h"
+#include "base/ring.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -3,7 +3,7 @@
  * vectors of the SipHash paper and its reference code (key 00..0f, input
  * 00..len-1), across the 8-byte block boundary.
  */
-#include "siphash.h"
+#include "base/siphash.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

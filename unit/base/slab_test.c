@@ -4,7 +4,7 @@
  * zeroes and refuses overflowing sizes, alignment, big blocks, the cap on
  * what is kept, and trim.
  */
-#include "slab.h"
+#include "base/slab.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

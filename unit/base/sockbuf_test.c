@@ -5,7 +5,7 @@
  * past net.core.rmem_max; without it they stop at the cap and the result
  * says so.
  */
-#include "sockbuf.h"
+#include "base/sockbuf.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -7,8 +7,8 @@
 #ifndef QX_XDP_FRAMES_H
 #define QX_XDP_FRAMES_H
 
-#include "cid.h"
-#include "xdp_quic_consts.h"
+#include "front/quic/cid.h"
+#include "bpf/xdp_quic_consts.h"
 
 #include <arpa/inet.h>
 #include <linux/if_ether.h>

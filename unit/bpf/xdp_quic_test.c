@@ -6,12 +6,12 @@
  * keys (new, previous, retired, none) and the Initial token bucket.
  * Needs CAP_BPF (CI runs as root).
  */
-#include "cid.h"
-#include "qx.h"
+#include "front/quic/cid.h"
+#include "base/qx.h"
 #include "xdp_frames.h"
-#include "xdp_maps.h"
+#include "xdp/xdp_maps.h"
 #include "xdp_quic.skel.h"
-#include "xdp_quic_consts.h"
+#include "bpf/xdp_quic_consts.h"
 
 #include <arpa/inet.h>
 #include <bpf/bpf.h>

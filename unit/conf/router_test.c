@@ -3,9 +3,9 @@
  * longest suffix, "*"), port stripping, case folding, IPv6 authorities.
  * Configs are built with qx_config_load_buf, as the proxy builds them.
  */
-#include "config.h"
-#include "qx.h"
-#include "router.h"
+#include "config/config.h"
+#include "base/qx.h"
+#include "conf/router.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -4,9 +4,9 @@
  * with its code, message and field), the same verdict as the YAML loader
  * for the same route, and the deep copy.
  */
-#include "config_json.h"
+#include "config/config_json.h"
 
-#include "qx.h"
+#include "base/qx.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -3,7 +3,7 @@
  * traceparent values are continued, what a new trace looks like, request
  * id checks, and the fields that go upstream.
  */
-#include "trace.h"
+#include "exchange/trace.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

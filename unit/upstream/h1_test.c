@@ -3,8 +3,8 @@
  * field filtering (proxy/h1.c). Every head is compared byte for byte, so a
  * reordered field or a missing CRLF fails the test.
  */
-#include "h1.h"
-#include "qx.h"
+#include "upstream/h1.h"
+#include "base/qx.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

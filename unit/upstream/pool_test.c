@@ -8,9 +8,9 @@
  * Every test counts its callbacks and ends with uv_loop_close() == 0
  * (STYLE.md §12): a handle the pool forgot to close fails it.
  */
-#include "metrics.h"
-#include "pool.h"
-#include "qx.h"
+#include "base/metrics.h"
+#include "upstream/pool.h"
+#include "base/qx.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -6,15 +6,15 @@
  * pins) is noticed and the keys follow, a restarted proxy takes the next
  * generation, the deny list goes through. Needs root (mount, CAP_BPF).
  */
-#include "cid.h"
-#include "qx.h"
-#include "runtime.h"
-#include "snapshot.h"
+#include "front/quic/cid.h"
+#include "base/qx.h"
+#include "worker/runtime.h"
+#include "conf/snapshot.h"
 #include "xdp_frames.h"
-#include "xdp_maps.h"
-#include "xdp_proxy.h"
+#include "xdp/xdp_maps.h"
+#include "xdp/xdp_proxy.h"
 #include "xdp_quic.skel.h"
-#include "xdp_quic_consts.h"
+#include "bpf/xdp_quic_consts.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>

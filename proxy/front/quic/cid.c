@@ -2,8 +2,8 @@
  * cid.c - making and checking qrux's server connection IDs (format in
  * cid.h). The same MAC is checked in the kernel by bpf/xdp_quic.bpf.c.
  */
-#include "cid.h"
-#include "qx.h"
+#include "front/quic/cid.h"
+#include "base/qx.h"
 
 #include <string.h>
 #include <sys/random.h>

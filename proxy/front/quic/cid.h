@@ -18,7 +18,7 @@
 #ifndef QX_CID_H
 #define QX_CID_H
 
-#include "siphash.h"
+#include "base/siphash.h"
 
 #define QX_CID_LEN 18
 #define QX_CID_WORKER 0   /* offset of the worker id */

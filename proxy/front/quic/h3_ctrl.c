@@ -1,5 +1,5 @@
 /* h3_ctrl.c - the client control stream's MAX_PUSH_ID rule (see h3_ctrl.h). */
-#include "h3_ctrl.h"
+#include "front/quic/h3_ctrl.h"
 
 #define H3_ID_ERROR 0x108
 #define FRAME_MAX_PUSH_ID 0x0d

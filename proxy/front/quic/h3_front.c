@@ -7,10 +7,10 @@
  * against DATA) and turns a malformed one into a stream error
  * H3_MESSAGE_ERROR through the stop_sending / reset_stream callbacks here.
  */
-#include "log.h"
-#include "quic_conn.h"
-#include "qx.h"
-#include "worker.h"
+#include "base/log.h"
+#include "front/quic/quic_conn.h"
+#include "base/qx.h"
+#include "worker/worker.h"
 
 #include <inttypes.h>
 #include <stdlib.h>

@@ -1,18 +1,18 @@
 /* quic.c - a worker's QUIC endpoint and connections' transport (see quic.h). */
-#include "quic.h"
+#include "front/quic/quic.h"
 
-#include "cid.h"
-#include "ipcount.h"
-#include "log.h"
-#include "quic_conn.h"
-#include "quic_mem.h"
-#include "qx.h"
-#include "runtime.h"
-#include "siphash.h"
-#include "sockbuf.h"
-#include "src_rate.h"
-#include "tls.h"
-#include "worker.h"
+#include "front/quic/cid.h"
+#include "base/ipcount.h"
+#include "base/log.h"
+#include "front/quic/quic_conn.h"
+#include "front/quic/quic_mem.h"
+#include "base/qx.h"
+#include "worker/runtime.h"
+#include "base/siphash.h"
+#include "base/sockbuf.h"
+#include "base/src_rate.h"
+#include "front/quic/tls.h"
+#include "worker/worker.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -6,10 +6,10 @@
 #ifndef QX_QUIC_CONN_H
 #define QX_QUIC_CONN_H
 
-#include "exchange.h"
-#include "h3_ctrl.h"
-#include "quic.h"
-#include "tls.h"
+#include "exchange/exchange.h"
+#include "front/quic/h3_ctrl.h"
+#include "front/quic/quic.h"
+#include "front/quic/tls.h"
 
 #include <gnutls/gnutls.h>
 #include <nghttp3/nghttp3.h>

@@ -1,8 +1,8 @@
 /* quic_mem.c - the allocator a worker gives ngtcp2 and nghttp3 (see quic_mem.h). */
-#include "quic_mem.h"
+#include "front/quic/quic_mem.h"
 
-#include "qx.h"
-#include "slab.h"
+#include "base/qx.h"
+#include "base/slab.h"
 
 #include <malloc.h>
 #include <stdint.h>

@@ -1,5 +1,5 @@
 /* steer.c - connection-ID steering with classic BPF (see steer.h). */
-#include "steer.h"
+#include "front/quic/steer.h"
 
 #include <errno.h>
 #include <sys/socket.h>

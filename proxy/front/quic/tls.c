@@ -1,8 +1,8 @@
 /* tls.c - GnuTLS credentials and QUIC server sessions (see tls.h). */
-#include "tls.h"
+#include "front/quic/tls.h"
 
-#include "pem.h"
-#include "qx.h"
+#include "base/pem.h"
+#include "base/qx.h"
 
 #include <gnutls/crypto.h>
 #include <gnutls/x509.h>

@@ -8,11 +8,11 @@
  * behind it in TLS and the socket, all bounded) until the response has
  * gone out, so answers leave in request order without any queue.
  */
-#include "h1_front.h"
+#include "front/tcp/h1_front.h"
 
-#include "log.h"
-#include "qx.h"
-#include "worker.h"
+#include "base/log.h"
+#include "base/qx.h"
+#include "worker/worker.h"
 
 #include <inttypes.h>
 #include <stdio.h>

@@ -17,9 +17,9 @@
 #ifndef QX_H1_FRONT_H
 #define QX_H1_FRONT_H
 
-#include "exchange.h"
+#include "exchange/exchange.h"
 #include "llhttp.h"
-#include "tcp_conn.h"
+#include "front/tcp/tcp_conn.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -18,12 +18,12 @@
  * acknowledged there); nghttp2 is only asked for frames while the TLS
  * output has room, so what it copies out is bounded too.
  */
-#include "h2_front.h"
+#include "front/tcp/h2_front.h"
 
-#include "exchange.h"
-#include "log.h"
-#include "qx.h"
-#include "worker.h"
+#include "exchange/exchange.h"
+#include "base/log.h"
+#include "base/qx.h"
+#include "worker/worker.h"
 
 #include <inttypes.h>
 #include <nghttp2/nghttp2.h>

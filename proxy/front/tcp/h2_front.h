@@ -7,7 +7,7 @@
 #ifndef QX_H2_FRONT_H
 #define QX_H2_FRONT_H
 
-#include "tcp_conn.h"
+#include "front/tcp/tcp_conn.h"
 
 #define QX_H2_MAX_STREAMS 100 /* SETTINGS_MAX_CONCURRENT_STREAMS */
 

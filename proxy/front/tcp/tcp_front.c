@@ -19,15 +19,15 @@
  * requested from inside an exchange or nghttp2 callback never frees the
  * object that callback runs on.
  */
-#include "tcp_front.h"
+#include "front/tcp/tcp_front.h"
 
-#include "h1_front.h"
-#include "h2_front.h"
-#include "log.h"
-#include "qx.h"
-#include "siphash.h"
-#include "tcp_conn.h"
-#include "worker.h"
+#include "front/tcp/h1_front.h"
+#include "front/tcp/h2_front.h"
+#include "base/log.h"
+#include "base/qx.h"
+#include "base/siphash.h"
+#include "front/tcp/tcp_conn.h"
+#include "worker/worker.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -3,7 +3,7 @@
  * lowered is H3_ID_ERROR, equal or higher is fine, whatever the split of
  * the bytes across reads; other streams and frames are passed over.
  */
-#include "h3_ctrl.h"
+#include "front/quic/h3_ctrl.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -4,7 +4,7 @@
  * their bytes across realloc, calloc zeroes (also a reused, dirty block),
  * and nghttp3's small blocks are recycled by the slab.
  */
-#include "quic_mem.h"
+#include "front/quic/quic_mem.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

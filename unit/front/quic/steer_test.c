@@ -5,8 +5,8 @@
  * the kernel's own hash would pick the same socket every time) must land
  * on the socket their DCID's first byte names, for short and long headers.
  */
-#include "qx.h"
-#include "steer.h"
+#include "base/qx.h"
+#include "front/quic/steer.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

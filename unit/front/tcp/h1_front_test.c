@@ -5,9 +5,9 @@
  * request must come out as phase ERROR with status 400 (or 431) and never
  * as a request.
  */
-#include "h1_front.h"
+#include "front/tcp/h1_front.h"
 
-#include "qx.h"
+#include "base/qx.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
