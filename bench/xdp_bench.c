@@ -7,7 +7,7 @@
  *
  *   xdp_bench [REPEAT]        (default 1000000; one JSON line per case)
  */
-#include "front/quic/cid.h"
+#include "base/cid.h"
 #include "xdp_frames.h"
 #include "xdp/xdp_maps.h"
 #include "xdp_quic.skel.h"

@@ -15,7 +15,7 @@
 #include "xdp_quic_maps.h"
 #include "xdp_quic_parse.h"
 
-#include "front/quic/cid.h"
+#include "base/cid.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 

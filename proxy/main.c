@@ -16,7 +16,7 @@
 #include "base/qx.h"
 #include "worker/runtime.h"
 #include "conf/snapshot.h"
-#include "base/src_rate.h"
+#include "front/quic/src_rate.h"
 #include "front/quic/steer.h"
 #include "front/tcp/tcp_front.h"
 #include "front/quic/tls.h"

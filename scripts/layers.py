@@ -9,7 +9,8 @@ is one; run by CTest (lint.layers) and by hand:
 The layers, lowest first (a folder may include its own files and those of
 any lower layer; folders of one layer never include each other):
 
-    bpf, proxy/base
+    proxy/base
+    bpf (the XDP program; proxy/base/cid.h is shared with it)
     config
     proxy/conf
     proxy/upstream
@@ -25,7 +26,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = [
-    ["bpf", "proxy/base"],
+    ["proxy/base"],
+    ["bpf"],
     ["config"],
     ["proxy/conf"],
     ["proxy/upstream"],

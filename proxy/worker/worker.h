@@ -8,7 +8,7 @@
 #ifndef QX_WORKER_H
 #define QX_WORKER_H
 
-#include "front/quic/cid.h"
+#include "base/cid.h"
 #include "base/metrics.h"
 #include "upstream/pool.h"
 #include "conf/snapshot.h"

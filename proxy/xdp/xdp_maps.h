@@ -8,7 +8,7 @@
 #ifndef QX_XDP_MAPS_H
 #define QX_XDP_MAPS_H
 
-#include "front/quic/cid.h"
+#include "base/cid.h"
 #include "bpf/xdp_quic_consts.h"
 
 #include <jansson.h>

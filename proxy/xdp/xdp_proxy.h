@@ -12,7 +12,7 @@
 #ifndef QX_XDP_PROXY_H
 #define QX_XDP_PROXY_H
 
-#include "front/quic/cid.h"
+#include "base/cid.h"
 #include "config/config.h"
 #include "bpf/xdp_quic_consts.h"
 

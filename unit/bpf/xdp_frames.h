@@ -7,7 +7,7 @@
 #ifndef QX_XDP_FRAMES_H
 #define QX_XDP_FRAMES_H
 
-#include "front/quic/cid.h"
+#include "base/cid.h"
 #include "bpf/xdp_quic_consts.h"
 
 #include <arpa/inet.h>

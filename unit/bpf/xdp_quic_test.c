@@ -6,7 +6,7 @@
  * keys (new, previous, retired, none) and the Initial token bucket.
  * Needs CAP_BPF (CI runs as root).
  */
-#include "front/quic/cid.h"
+#include "base/cid.h"
 #include "base/qx.h"
 #include "xdp_frames.h"
 #include "xdp/xdp_maps.h"

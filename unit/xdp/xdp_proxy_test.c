@@ -6,7 +6,7 @@
  * pins) is noticed and the keys follow, a restarted proxy takes the next
  * generation, the deny list goes through. Needs root (mount, CAP_BPF).
  */
-#include "front/quic/cid.h"
+#include "base/cid.h"
 #include "base/qx.h"
 #include "worker/runtime.h"
 #include "conf/snapshot.h"

@@ -1,7 +1,7 @@
 /* quic.c - a worker's QUIC endpoint and connections' transport (see quic.h). */
 #include "front/quic/quic.h"
 
-#include "front/quic/cid.h"
+#include "base/cid.h"
 #include "base/ipcount.h"
 #include "base/log.h"
 #include "front/quic/quic_conn.h"
@@ -10,7 +10,7 @@
 #include "worker/runtime.h"
 #include "base/siphash.h"
 #include "base/sockbuf.h"
-#include "base/src_rate.h"
+#include "front/quic/src_rate.h"
 #include "front/quic/tls.h"
 #include "worker/worker.h"
 

@@ -3,7 +3,7 @@
  * stays where the steering program reads it, the MAC verifies under the
  * current and the previous key, and not under a retired or unknown one.
  */
-#include "front/quic/cid.h"
+#include "base/cid.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -2,7 +2,7 @@
  * cid.c - making and checking qrux's server connection IDs (format in
  * cid.h). The same MAC is checked in the kernel by bpf/xdp_quic.bpf.c.
  */
-#include "front/quic/cid.h"
+#include "base/cid.h"
 #include "base/qx.h"
 
 #include <string.h>

@@ -3,7 +3,7 @@
  * the burst, the refill at the configured rate, IPv6 sources per /64,
  * IPv4 through a dual-stack socket counted as IPv4. Time is passed in.
  */
-#include "base/src_rate.h"
+#include "front/quic/src_rate.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -2,7 +2,7 @@
  * src_rate.c - the Initial token bucket per source in user space (see
  * src_rate.h).
  */
-#include "base/src_rate.h"
+#include "front/quic/src_rate.h"
 #include "base/qx.h"
 #include "base/siphash.h"
 #include "bpf/xdp_quic_consts.h"
