@@ -33,19 +33,62 @@ static void exchange_free(qx_exchange_t *ex);
 static void *grow_fields(qx_exchange_t *ex, const void *arr, size_t *cap, size_t elem, size_t used);
 static int try_retry(qx_exchange_t *ex, int replay);
 
+/* ---- state --------------------------------------------------------------- */
+
+/* The moves set_state() allows, by state (see the diagram in exchange.h).
+ * A move to the same state is listed where it happens: a queued request
+ * that finds the pool still full queues again; a failed connect starts the
+ * next one. */
+#define S(x) (1u << (x))
+static const unsigned legal_moves[] = {
+    [QX_EX_HEAD] =
+        S(QX_EX_QUEUED) | S(QX_EX_CONNECTING) | S(QX_EX_UPSTREAM) | S(QX_EX_DONE) | S(QX_EX_CLOSED),
+    [QX_EX_QUEUED] =
+        S(QX_EX_QUEUED) | S(QX_EX_CONNECTING) | S(QX_EX_UPSTREAM) | S(QX_EX_DONE) | S(QX_EX_CLOSED),
+    [QX_EX_CONNECTING] =
+        S(QX_EX_QUEUED) | S(QX_EX_CONNECTING) | S(QX_EX_UPSTREAM) | S(QX_EX_DONE) | S(QX_EX_CLOSED),
+    [QX_EX_UPSTREAM] =
+        S(QX_EX_QUEUED) | S(QX_EX_CONNECTING) | S(QX_EX_RESPONSE) | S(QX_EX_DONE) | S(QX_EX_CLOSED),
+    [QX_EX_RESPONSE] = S(QX_EX_DONE) | S(QX_EX_ABORTED) | S(QX_EX_CLOSED),
+    [QX_EX_DONE] = S(QX_EX_ABORTED) | S(QX_EX_CLOSED),
+    [QX_EX_ABORTED] = S(QX_EX_CLOSED),
+    [QX_EX_CLOSED] = 0,
+};
+#undef S
+
+static void set_state(qx_exchange_t *ex, qx_exchange_state_t to)
+{
+    (void)legal_moves; /* read only where QRUX_ASSERT is checked */
+    QRUX_ASSERT((legal_moves[ex->state] & (1u << to)) != 0);
+    ex->state = to;
+}
+
+/* The front stream is gone: no op reaches it any more. */
+static int gone(const qx_exchange_t *ex)
+{
+    return ex->state == QX_EX_CLOSED;
+}
+
+/* The response is produced (or failed): request body bytes are dropped. */
+static int finished(const qx_exchange_t *ex)
+{
+    return ex->state >= QX_EX_DONE;
+}
+
 /* ---- small helpers ------------------------------------------------------ */
 
+/* One timer per exchange; what it watches follows from the state: the
+ * connect (QUEUED, CONNECTING), the response head (UPSTREAM), the body's
+ * two ends (RESPONSE, DONE). */
 static void timer_stop(qx_exchange_t *ex)
 {
-    ex->timer_phase = 0;
     uv_timer_stop(&ex->timer);
 }
 
 static void on_timer(uv_timer_t *t);
 
-static void timer_arm(qx_exchange_t *ex, int phase, uint32_t secs)
+static void timer_arm(qx_exchange_t *ex, uint32_t secs)
 {
-    ex->timer_phase = phase;
     uv_timer_start(&ex->timer, on_timer, (uint64_t)secs * 1000, 0);
 }
 
@@ -60,7 +103,7 @@ static void body_timer_start(qx_exchange_t *ex)
     const qx_limits_t *l = &ex->snap->cfg->limits;
     uint64_t now = uv_now(&ex->w->loop);
     ex->up_progress_ms = ex->cl_progress_ms = now;
-    timer_arm(ex, 3, QX_MIN(l->client_idle_timeout_secs, l->upstream_idle_timeout_secs));
+    timer_arm(ex, QX_MIN(l->client_idle_timeout_secs, l->upstream_idle_timeout_secs));
 }
 
 static const qx_endpoint_t *up_ep(const qx_exchange_t *ex)
@@ -143,7 +186,7 @@ static void discard_request_body(qx_exchange_t *ex)
     if (ex->req_discard)
         return;
     ex->req_discard = 1;
-    if (ex->front_gone)
+    if (gone(ex))
         return;
     /* No STOP_SENDING yet: browsers (Chromium) keep a response waiting
      * until their upload ends, so the rest of the body is read and dropped,
@@ -164,14 +207,14 @@ static void local_response(qx_exchange_t *ex, int status)
     char body[96];
     int n = snprintf(body, sizeof(body), "%d %s\n", status, qx_h1_reason(status));
 
+    if (gone(ex))
+        return;
     ex_release_upstream(ex);
     timer_stop(ex);
-    ex->state = QX_EX_DONE;
+    set_state(ex, QX_EX_DONE);
     ex->status = status;
     if (!ex->req_fin)
         discard_request_body(ex);
-    if (ex->front_gone)
-        return;
     if (ensure_resp_buf(ex, n) != 0) {
         ex->fops->abort(ex);
         return;
@@ -182,7 +225,6 @@ static void local_response(qx_exchange_t *ex, int status)
         ex->resp_body = (uint64_t)n;
     }
     ex->resp_eof = 1;
-    ex->resp_complete = 1;
     int cl = snprintf(ex->local_clen, sizeof(ex->local_clen), "%d", n);
     qx_hdr_t hdrs[] = {
         {"content-type", 12, "text/plain; charset=utf-8", 25},
@@ -203,16 +245,15 @@ static void fail(qx_exchange_t *ex, int status)
         local_response(ex, status);
         return;
     }
+    if (ex->state >= QX_EX_ABORTED)
+        return; /* reset already, or the front is gone */
     ex_release_upstream(ex);
     timer_stop(ex);
-    ex->state = QX_EX_DONE;
+    set_state(ex, QX_EX_ABORTED);
     ex->resp_eof = 1;
     if (!ex->req_fin)
         discard_request_body(ex);
-    if (!ex->front_gone && !ex->resp_reset) {
-        ex->resp_reset = 1;
-        ex->fops->abort(ex);
-    }
+    ex->fops->abort(ex);
 }
 
 /* The exchange is done with its upstream: leaves the pool's queue, and
@@ -344,9 +385,9 @@ void qx_exchange_cache_free(qx_worker_t *w)
 void qx_exchange_front_answered(qx_exchange_t *ex, int status)
 {
     ex->status = status;
-    ex->resp_complete = 1;
     ex->resp_eof = 1;
-    ex->state = QX_EX_DONE;
+    timer_stop(ex); /* the front closes the stream next */
+    set_state(ex, QX_EX_DONE);
 }
 
 void qx_exchange_front_closed(qx_exchange_t *ex, int error)
@@ -354,16 +395,17 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
     qx_worker_t *w = ex->w;
     /* Complete when the whole response was handed to the front, even if
      * the client closed its connection before acknowledging the end. */
-    int clean = ex->resp_complete && !ex->resp_reset && qx_ring_unsent(&ex->resp) == 0;
+    int clean = ex->state == QX_EX_DONE && qx_ring_unsent(&ex->resp) == 0;
+    int reset = ex->state == QX_EX_ABORTED;     /* we reset the client stream */
     int status = ex->status ? ex->status : 499; /* client went away before an answer */
 
-    ex->front_gone = 1;
+    set_state(ex, QX_EX_CLOSED);
     if (ex->dispatch_due)
         qx_cnt_add(&w->metrics.defences[QX_D_RESET_BEFORE_UPSTREAM], 1);
     pump_unqueue(ex);
     ex_release_upstream(ex); /* a response cut short: its connection is closed */
     timer_stop(ex);
-    if (error && !clean && !ex->resp_reset)
+    if (error && !clean && !reset)
         qx_cnt_add(&w->metrics.streams_reset_by_client, 1);
 
     double secs = (double)(uv_hrtime() - ex->start_ns) / 1e9;
@@ -657,8 +699,8 @@ static void build_and_dispatch(qx_exchange_t *ex)
 static void start_upstream(qx_exchange_t *ex)
 {
     const qx_limits_t *lim = &ex->snap->cfg->limits;
-    ex->state = QX_EX_UPSTREAM;
-    timer_arm(ex, 2, lim->upstream_request_timeout_secs);
+    set_state(ex, QX_EX_UPSTREAM);
+    timer_arm(ex, lim->upstream_request_timeout_secs);
     ex->ups.ops->start(&ex->ups);
 }
 
@@ -686,7 +728,7 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
         const qx_endpoint_t *up = &ex->snap->eps[ex->up];
         pool = qx_worker_pool_find(w, (const struct sockaddr *)&up->addr, up->addrlen);
     }
-    ex->state = QX_EX_CONNECTING;
+    int was_queued = ex->state == QX_EX_QUEUED;
     if (pool)
         rv = ex->ups.ops->connect(&ex->ups, pool, fresh_only, &reused);
     if (rv == QX_ERR_LIMIT) {
@@ -700,10 +742,10 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
             return;
         }
         ex->wait_pool = pool;
-        ex->state = QX_EX_QUEUED;
+        set_state(ex, QX_EX_QUEUED);
         qx_cnt_add(&w->metrics.defences[QX_D_UPSTREAM_QUEUED], 1);
-        if (ex->timer_phase != 1)
-            timer_arm(ex, 1, ex->snap->cfg->limits.upstream_connect_timeout_secs);
+        if (!was_queued) /* the connect timeout covers the whole wait */
+            timer_arm(ex, ex->snap->cfg->limits.upstream_connect_timeout_secs);
         return;
     }
     if (rv != 0) {
@@ -721,7 +763,8 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
         start_upstream(ex);
         return;
     }
-    timer_arm(ex, 1, ex->snap->cfg->limits.upstream_connect_timeout_secs);
+    set_state(ex, QX_EX_CONNECTING);
+    timer_arm(ex, ex->snap->cfg->limits.upstream_connect_timeout_secs);
 }
 
 /* A connect to the exchange's endpoint failed (refused, unreachable,
@@ -736,7 +779,7 @@ static int connect_failed(qx_exchange_t *ex, const char *why)
     uint64_t now = qx_health_now_ms(), ms = 0;
     qx_cnt_add(&up_row(ex)->connect_errors, 1);
     size_t n = ex->snap->ep_count[ex->route];
-    int again = !ex->front_gone && (size_t)ex->attempts < QX_MIN(n, (size_t)QX_CONNECT_ATTEMPTS);
+    int again = !gone(ex) && (size_t)ex->attempts < QX_MIN(n, (size_t)QX_CONNECT_ATTEMPTS);
     up_warn(ex, "connect failed: %s%s", why, again ? "; trying another address" : "");
     if (e && qx_health_fail(e->health, now, &ms))
         QX_WARN("upstream %s (%s): ejected for %llu s after %d connect failures in a row", e->name,
@@ -783,7 +826,7 @@ static int idempotent(int method_idx)
  * app, or only the head and the request is idempotent. */
 static int try_retry(qx_exchange_t *ex, int replay)
 {
-    if (!ex->reused || ex->retried || ex->front_gone || replay == QX_UP_REPLAY_NONE)
+    if (!ex->reused || ex->retried || gone(ex) || replay == QX_UP_REPLAY_NONE)
         return 0;
     /* RFC 9110 §9.2.2: a request that is not idempotent is never sent
      * twice once its head may have reached the upstream: the app may have
@@ -848,7 +891,7 @@ void qx_exchange_on_pump(uv_prepare_t *h)
             /* Not answered meanwhile (or still waiting for a connection). */
             if (ex->state == QX_EX_HEAD || ex->state == QX_EX_QUEUED)
                 dispatch(ex, 0);
-        } else if (ex->state == QX_EX_UPSTREAM) {
+        } else if (ex->state == QX_EX_UPSTREAM || ex->state == QX_EX_RESPONSE) {
             ex->ups.ops->send(&ex->ups);
         }
     }
@@ -867,12 +910,12 @@ static int up_head(void *user, int status, const qx_hdr_t *hdrs, size_t n, int h
 {
     qx_exchange_t *ex = user;
     ex->up_status = status;
-    ex->resp_head_done = 1;
+    set_state(ex, QX_EX_RESPONSE);
     timer_stop(ex);
     if (has_body && ensure_resp_buf(ex, content_length) != 0)
         return -1;
     ex->status = status;
-    if (ex->front_gone)
+    if (gone(ex))
         return -1;
     if (ex->fops->respond(ex, status, hdrs, n, has_body) != 0)
         return -1;
@@ -888,17 +931,16 @@ static void up_body(void *user, size_t n)
     if (ex->resp.fill - n == ex->resp.ack) /* the client's clock starts when it has something */
         ex->cl_progress_ms = uv_now(&ex->w->loop);
     ex->resp_body += n;
-    if (!ex->front_gone)
+    if (!gone(ex))
         ex->fops->resume(ex);
 }
 
 static void up_end(void *user)
 {
     qx_exchange_t *ex = user;
-    ex->resp_complete = 1;
     ex->resp_eof = 1;
-    ex->state = QX_EX_DONE;
-    if (!ex->front_gone)
+    set_state(ex, QX_EX_DONE);
+    if (!gone(ex))
         ex->fops->resume(ex);
     if (!ex->req_fin)
         discard_request_body(ex); /* answered before the body finished */
@@ -910,9 +952,9 @@ static void up_consumed(void *user, size_t n)
     /* upstream_request_timeout_secs is "no response within": while the body
      * is still going up and moving, the clock starts again, so a slow but
      * steady upload is not a 504; a stalled one still is. */
-    if (n > 0 && ex->timer_phase == 2 && !ex->resp_head_done)
-        timer_arm(ex, 2, ex->snap->cfg->limits.upstream_request_timeout_secs);
-    if (!ex->front_gone && n > 0)
+    if (n > 0 && ex->state == QX_EX_UPSTREAM)
+        timer_arm(ex, ex->snap->cfg->limits.upstream_request_timeout_secs);
+    if (!gone(ex) && n > 0)
         ex->fops->consumed(ex, n);
 }
 
@@ -924,11 +966,11 @@ static void up_error(void *user, int err, int replay, const char *why)
         if (try_retry(ex, replay))
             return;
         up_warn(ex, "%s", why);
-        if (!ex->resp_head_done)
+        if (ex->state == QX_EX_UPSTREAM) /* no response head came */
             qx_cnt_add(&up_row(ex)->protocol_errors, 1);
         break;
     case QX_UP_E_PROTO:
-        if (ex->resp_reset)
+        if (ex->state == QX_EX_ABORTED)
             return;
         QX_DEBUG("upstream %s: bad response: %s", ex->up_name, why);
         qx_cnt_add(&up_row(ex)->protocol_errors, 1);
@@ -979,7 +1021,6 @@ static int body_stalled(qx_exchange_t *ex)
             return QX_D_UPSTREAM_STALLED;
         next = QX_MIN(next, ex->up_progress_ms + up - now);
     }
-    ex->timer_phase = 3;
     uv_timer_start(&ex->timer, on_timer, next, 0);
     return -1;
 }
@@ -987,9 +1028,9 @@ static int body_stalled(qx_exchange_t *ex)
 static void on_timer(uv_timer_t *t)
 {
     qx_exchange_t *ex = qx_container_of(t, qx_exchange_t, timer);
-    int phase = ex->timer_phase;
-    ex->timer_phase = 0;
-    if (phase == 3) {
+    const qx_limits_t *l = &ex->snap->cfg->limits;
+    QRUX_ASSERT(ex->state >= QX_EX_QUEUED && ex->state <= QX_EX_DONE);
+    if (ex->state == QX_EX_RESPONSE || ex->state == QX_EX_DONE) {
         int who = body_stalled(ex);
         if (who < 0)
             return;
@@ -1004,11 +1045,11 @@ static void on_timer(uv_timer_t *t)
         fail(ex, 504);
         return;
     }
-    if (phase == 1 && ex->state == QX_EX_CONNECTING) {
+    if (ex->state == QX_EX_CONNECTING) {
         /* The connect itself timed out (not a wait for a pooled slot). */
         char why[64];
         snprintf(why, sizeof(why), "timed out after %u s",
-                 (unsigned)ex->snap->cfg->limits.upstream_connect_timeout_secs);
+                 (unsigned)l->upstream_connect_timeout_secs);
         qx_cnt_add(&up_row(ex)->timeouts, 1);
         if (connect_failed(ex, why))
             return;
@@ -1016,9 +1057,10 @@ static void on_timer(uv_timer_t *t)
         return;
     }
     qx_cnt_add(&up_row(ex)->timeouts, 1);
-    up_warn(ex, "%s timeout after %u s", phase == 1 ? "connect" : "request",
-            (unsigned)(phase == 1 ? ex->snap->cfg->limits.upstream_connect_timeout_secs
-                                  : ex->snap->cfg->limits.upstream_request_timeout_secs));
+    int queued = ex->state == QX_EX_QUEUED; /* else UPSTREAM: no response head in time */
+    up_warn(
+        ex, "%s timeout after %u s", queued ? "connect" : "request",
+        (unsigned)(queued ? l->upstream_connect_timeout_secs : l->upstream_request_timeout_secs));
     fail(ex, 504);
 }
 
@@ -1027,18 +1069,18 @@ static void on_timer(uv_timer_t *t)
 void qx_exchange_body(qx_exchange_t *ex, const uint8_t *data, size_t len)
 {
     uint64_t max = ex->snap->cfg->limits.max_request_body_bytes;
-    if (ex->req_window_due && len > 0 && !ex->req_discard && ex->state != QX_EX_DONE) {
+    if (ex->req_window_due && len > 0 && !ex->req_discard && !finished(ex)) {
         ex->req_window_due = 0;
         if (ring_init(&ex->req, &ex->reqbuf, ex->req_inline, -1) < 0) {
             fail(ex, 503);
             return;
         }
     }
-    if (ex->req_discard || ex->state == QX_EX_DONE || ex->reqbuf == NULL) {
+    if (ex->req_discard || finished(ex) || ex->reqbuf == NULL) {
         /* Dropped bytes are not the request's: bytes_in counts what was
          * accepted for the upstream. */
         ex->req_discarded += len;
-        if (!ex->front_gone) {
+        if (!gone(ex)) {
             ex->fops->consumed(ex, len);
             if (ex->req_discarded > QX_DISCARD_MAX && !ex->req_stopped) {
                 ex->req_stopped = 1;
@@ -1050,7 +1092,7 @@ void qx_exchange_body(qx_exchange_t *ex, const uint8_t *data, size_t len)
     ex->req_body_in += len;
     if (ex->req_body_in > max) {
         qx_cnt_add(&ex->w->metrics.request_body_rejected, 1);
-        if (!ex->front_gone)
+        if (!gone(ex))
             ex->fops->consumed(ex, len);
         if (ex->status == 0) {
             local_response(ex, 413);
@@ -1080,7 +1122,7 @@ void qx_exchange_body_end(qx_exchange_t *ex)
         return;
     ex->req_fin = ex->ups.req_fin = 1;
     if (ex->req_cl >= 0 && ex->req_body_in != (uint64_t)ex->req_cl && !ex->req_discard &&
-        ex->state != QX_EX_DONE) {
+        !finished(ex)) {
         fail(ex, 400); /* content-length disagrees with the body */
         return;
     }

@@ -63,12 +63,42 @@ typedef struct qx_front_ops {
     void (*abort)(qx_exchange_t *ex);
 } qx_front_ops_t;
 
+/*
+ * The exchange's states, in the order a request normally walks them; one
+ * set_state() in exchange.c asserts every move (QRUX_ASSERT). The one
+ * timer watches what the state says: the connect in QUEUED and
+ * CONNECTING, the response head in UPSTREAM, the body's two ends in
+ * RESPONSE and DONE.
+ *
+ *   HEAD -> [QUEUED ->] CONNECTING -> UPSTREAM -> RESPONSE -> DONE -> CLOSED
+ *   (the usual walk; a kept-alive idle connection goes straight to UPSTREAM)
+ *
+ *   HEAD -> QUEUED|CONNECTING|UPSTREAM   routed, at the next pump (UPSTREAM:
+ *                                        a kept-alive connection was idle)
+ *   QUEUED -> QUEUED                     the pool was still full when woken
+ *   CONNECTING -> CONNECTING|QUEUED      a connect failed: the next endpoint
+ *   UPSTREAM -> QUEUED|CONNECTING        a reused connection broke before
+ *                                        any reply: the request goes again
+ *   HEAD..RESPONSE -> DONE               our own answer (400, 413, 421, 502,
+ *                                        503, 504; before RESPONSE), or the
+ *                                        response's end
+ *   RESPONSE|DONE -> ABORTED             failed after the head went out (or
+ *                                        the client stalled on the body):
+ *                                        the client stream is reset
+ *   any -> CLOSED                        qx_exchange_front_closed (terminal)
+ *
+ * The request body is an axis of its own (req_fin, req_discard,
+ * req_stopped), as is the upstream stream's progress (the codec's).
+ */
 typedef enum {
-    QX_EX_HEAD,       /* receiving the request head */
+    QX_EX_HEAD,       /* receiving the request head; routed requests wait for the pump here */
     QX_EX_QUEUED,     /* waiting in the pool's queue for room to connect */
-    QX_EX_CONNECTING, /* waiting for an upstream connection */
-    QX_EX_UPSTREAM,   /* request going up, waiting for / reading the response */
-    QX_EX_DONE,       /* response fully produced (or failed); waiting for the front */
+    QX_EX_CONNECTING, /* a new upstream connection's connect is under way */
+    QX_EX_UPSTREAM,   /* the request goes up; no response head yet */
+    QX_EX_RESPONSE,   /* the response head went to the front; the body flows */
+    QX_EX_DONE,       /* the whole response is produced (the upstream's, or our own answer) */
+    QX_EX_ABORTED,    /* failed after the head went out: the client stream was reset */
+    QX_EX_CLOSED,     /* the front stream is gone; no op reaches it (terminal) */
 } qx_exchange_state_t;
 
 struct qx_exchange {
@@ -77,11 +107,9 @@ struct qx_exchange {
     void *front; /* the front's connection */
     int64_t stream_id;
     qx_exchange_t *prev, *next; /* the front connection's list */
-    qx_exchange_state_t state;
-    int front_gone;
+    qx_exchange_state_t state;  /* moved only by set_state() */
     qx_snapshot_t *snap;
     uint64_t start_ns;
-    int timer_phase;                      /* 0 none, 1 connect, 2 request, 3 body (stall) */
     uint64_t up_progress_ms;              /* loop time the upstream last sent body bytes */
     uint64_t cl_progress_ms;              /* ... the client last took response bytes */
     qx_exchange_t *pump_prev, *pump_next; /* the worker's pump list */
@@ -124,12 +152,9 @@ struct qx_exchange {
     int retried;
 
     /* response */
-    int resp_head_done;
-    int status;        /* the status sent to the client (0 = none yet) */
-    int up_status;     /* the upstream's final status (0 = none), for the access log */
-    int resp_complete; /* the whole response was produced */
-    int resp_eof;      /* no more body bytes will come */
-    int resp_reset;    /* we reset the client stream */
+    int status;    /* the status sent to the client (0 = none yet) */
+    int up_status; /* the upstream's final status (0 = none), for the access log */
+    int resp_eof;  /* no more body bytes will come */
     uint64_t resp_body;
     qx_ring_t resp;
     uint8_t *respbuf;
