@@ -820,8 +820,9 @@ def main():
     t_start = time.time()
     try:
         be = backend(env)
-        out["setup"]["caddy"] = subprocess.run([need("caddy"), "version"], capture_output=True
-                                               ).stdout.decode().strip()
+        if "caddy" in only:
+            out["setup"]["caddy"] = subprocess.run([need("caddy"), "version"],
+                                                   capture_output=True).stdout.decode().strip()
 
         def make(name):
             if name == "caddy":
