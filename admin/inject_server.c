@@ -17,9 +17,9 @@
  */
 #include "admin/inject.h"
 
-#include "config/config.h"
 #include "base/log.h"
 #include "base/qx.h"
+#include "config/config.h"
 #include "config/watch.h"
 
 #include <errno.h>
@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -55,14 +56,14 @@ typedef struct certset {
     unsigned npcert;
     gnutls_privkey_t key;
     uint64_t retired_ms;
-    struct certset *next; /* retired list */
+    SLIST_ENTRY(certset) link; /* the retired list */
 } certset_t;
 
 typedef struct inject_srv {
     const char *cert_path, *key_path, *config_path;
     pthread_mutex_t lock; /* cur, retired, opts */
     certset_t *cur;
-    certset_t *retired;
+    SLIST_HEAD(, certset) retired; /* newest first */
     qx_inject_opts_t opts;
     struct MHD_Daemon *daemon;
     int draining; /* atomic: /readyz 503 */
@@ -183,20 +184,17 @@ static void reload_cert(inject_srv_t *srv, const char *why)
     uint64_t now = now_ms();
     pthread_mutex_lock(&srv->lock);
     srv->cur->retired_ms = now;
-    srv->cur->next = srv->retired;
-    srv->retired = srv->cur;
+    SLIST_INSERT_HEAD(&srv->retired, srv->cur, link);
     srv->cur = c;
-    /* Free what was retired long ago (the list is newest first). */
-    for (certset_t **pp = &srv->retired; *pp; pp = &(*pp)->next) {
-        if (now - (*pp)->retired_ms > CERT_KEEP_RETIRED_MS) {
-            certset_t *old = *pp;
-            *pp = NULL;
-            while (old) {
-                certset_t *n = old->next;
-                certset_del(old);
-                old = n;
-            }
-            break;
+    /* Free what was retired longer ago than a client may still present
+     * (never the head: it was retired just now). */
+    certset_t *keep = SLIST_FIRST(&srv->retired), *old;
+    while ((old = SLIST_NEXT(keep, link)) != NULL) {
+        if (now - old->retired_ms > CERT_KEEP_RETIRED_MS) {
+            SLIST_REMOVE(&srv->retired, old, certset, link);
+            certset_del(old);
+        } else {
+            keep = old;
         }
     }
     pthread_mutex_unlock(&srv->lock);
@@ -520,10 +518,10 @@ static int serve(const char *listen, const char *cert, const char *key, const ch
     code = 0;
 out:
     certset_del(srv.cur);
-    while (srv.retired) {
-        certset_t *n = srv.retired->next;
-        certset_del(srv.retired);
-        srv.retired = n;
+    while (!SLIST_EMPTY(&srv.retired)) {
+        certset_t *c = SLIST_FIRST(&srv.retired);
+        SLIST_REMOVE_HEAD(&srv.retired, link);
+        certset_del(c);
     }
     qx_inject_opts_free(&srv.opts);
     return code;
