@@ -19,6 +19,7 @@
 
 #include "base/log.h"
 #include "base/qx.h"
+#include "base/str.h"
 #include "config/config.h"
 #include "config/watch.h"
 
@@ -239,8 +240,8 @@ static void on_config_changed(qx_watch_t *w, void *arg)
 
 typedef struct inject_req {
     int ep;
-    char *body;
-    size_t len, cap;
+    qx_buf_t body; /* at most INJECT_MAX_BODY bytes, NUL-terminated */
+    size_t seen;   /* body bytes received, kept or not */
     int too_large;
 } inject_req_t;
 
@@ -311,8 +312,8 @@ static enum MHD_Result post_mutate(inject_srv_t *srv, struct MHD_Connection *c,
     unsigned status = 200;
     const char *why = "";
     pthread_mutex_lock(&srv->lock);
-    int res = qx_inject_review(&srv->opts, r->body ? r->body : "", r->len, r->ep == EP_MUTATE_NS,
-                               &out, &outlen, &status, &why);
+    int res = qx_inject_review(&srv->opts, r->body.data ? r->body.data : "", r->body.len,
+                               r->ep == EP_MUTATE_NS, &out, &outlen, &status, &why);
     pthread_mutex_unlock(&srv->lock);
     if (res < 0) {
         free(out);
@@ -347,31 +348,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (r == NULL)
             return MHD_NO;
         r->ep = ep;
+        qx_buf_init(&r->body, 65536, (size_t)INJECT_MAX_BODY + 1);
         *con_cls = r;
         return MHD_YES;
     }
     if (*upload_size > 0) {
         size_t n = *upload_size;
         *upload_size = 0;
-        if (r->too_large || r->len + n > INJECT_MAX_BODY) {
+        r->seen += n;
+        if (r->too_large || r->seen > INJECT_MAX_BODY) {
             r->too_large = 1;
             /* Read on without keeping, up to a bound; then drop. */
-            r->len += n;
-            return r->len > 4 * (size_t)INJECT_MAX_BODY ? MHD_NO : MHD_YES;
+            return r->seen > 4 * (size_t)INJECT_MAX_BODY ? MHD_NO : MHD_YES;
         }
-        if (r->len + n > r->cap) {
-            size_t cap = r->cap ? r->cap : 65536;
-            while (cap < r->len + n)
-                cap *= 2;
-            char *b = realloc(r->body, cap);
-            if (b == NULL)
-                return MHD_NO;
-            r->body = b;
-            r->cap = cap;
-        }
-        memcpy(r->body + r->len, upload, n);
-        r->len += n;
-        return MHD_YES;
+        return qx_buf_put(&r->body, upload, n) == 0 ? MHD_YES : MHD_NO;
     }
     if (r->too_large)
         return reply_text(c, MHD_HTTP_CONTENT_TOO_LARGE, "request body over 4 MiB\n");
@@ -396,7 +386,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     inject_req_t *r = *con_cls;
     (void)cls, (void)c, (void)toe;
     if (r) {
-        free(r->body);
+        qx_buf_free(&r->body);
         free(r);
         *con_cls = NULL;
     }

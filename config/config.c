@@ -18,8 +18,9 @@
  */
 #include "config/config.h"
 
-#include "config/config_internal.h"
 #include "base/qx.h"
+#include "base/str.h"
+#include "config/config_internal.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -847,8 +848,7 @@ int qx_upstream_parse(const char *s, qx_upstream_cfg_t *u)
         return QX_ERR_INVAL;
     if ((u->host = strndup(s, (size_t)(colon - s))) == NULL)
         return QX_ERR_NOMEM;
-    for (char *p = u->host; *p; p++)
-        *p = (char)tolower((unsigned char)*p);
+    qx_ascii_lower_n(u->host, strlen(u->host));
     memset(&u->addr, 0, sizeof(u->addr));
     u->addrlen = 0;
     u->port = port;
@@ -893,9 +893,8 @@ static int normalize_match(char *m, const char **why)
 {
     size_t len;
 
-    for (char *p = m; *p != '\0'; p++)
-        *p = (char)tolower((unsigned char)*p);
     len = strlen(m);
+    qx_ascii_lower_n(m, len);
     if (len == 0) {
         *why = "must not be empty";
         return QX_ERR_INVAL;
