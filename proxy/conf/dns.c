@@ -176,23 +176,20 @@ static int addr_cmp(const void *a, const void *b)
         x, y, x->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
 }
 
-static void list_addrs(const dns_name_t *n, const struct sockaddr_storage *a, size_t na, char *buf,
-                       size_t len)
+/* The addresses, space-separated, into buf (as many as fit whole). */
+static void list_addrs(const struct sockaddr_storage *a, size_t na, char *buf, size_t len)
 {
     size_t used = 0;
     buf[0] = '\0';
     for (size_t i = 0; i < na && used + 2 < len; i++) {
-        char ip[INET6_ADDRSTRLEN] = "?";
-        if (a[i].ss_family == AF_INET6)
-            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&a[i])->sin6_addr, ip, sizeof(ip));
-        else
-            inet_ntop(AF_INET, &((const struct sockaddr_in *)&a[i])->sin_addr, ip, sizeof(ip));
+        char ip[INET6_ADDRSTRLEN];
+        if (uv_ip_name((const struct sockaddr *)&a[i], ip, sizeof(ip)) != 0)
+            snprintf(ip, sizeof(ip), "?");
         int w = snprintf(buf + used, len - used, "%s%s", i ? " " : "", ip);
         if (w < 0 || (size_t)w >= len - used)
             break;
         used += (size_t)w;
     }
-    (void)n;
 }
 
 static void free_name(dns_name_t *n);
@@ -270,7 +267,7 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
         ms = QX_MAX(ms, d->min_ttl_ms);
         ms = QX_MIN(ms, d->max_ttl_ms);
         if (changed) {
-            list_addrs(n, got, ngot, list, sizeof(list));
+            list_addrs(got, ngot, list, sizeof(list));
             QX_INFO("dns: %s -> %s (ttl %d s, next lookup in %llu s)", n->host, list, ttl,
                     (unsigned long long)(ms / 1000));
         } else if (prev != ARES_SUCCESS && prev != -1) {
