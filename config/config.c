@@ -887,7 +887,7 @@ static bool valid_hostname(const char *h, size_t len)
  * dot dropped ("example.com." is the same name; the router drops it from
  * requests too). Allowed: "*", "*.suffix", a host name, an IPv6 literal
  * without brackets (what the router sees after stripping "[...]:port").
- * Keep in step with the matching in proxy/router.c.
+ * Keep in step with the matching in proxy/conf/router.c.
  */
 static int normalize_match(char *m, const char **why)
 {
@@ -1096,7 +1096,8 @@ static int build_limits(qx_limits_t *l, const raw_limits_t *raw, char *err, size
                            UINT32_MAX, false, &v, err, errlen)) != 0)
         return rv;
     l->body_idle_timeout_secs = (uint32_t)v;
-    /* QUIC (issue 6): every one of these must be > 0. */
+    /* QUIC transport limits: every one of these must be > 0 (a zero would
+     * stall every connection, not disable a feature). */
     static const struct {
         const char *name;
         size_t raw_off, off;
@@ -1178,7 +1179,7 @@ static int build_server(qx_config_t *cfg, const raw_server_t *s, const char *bas
         return rv;
     cfg->drain_delay_secs = (uint32_t)v;
 
-    /* 0-RTT and address validation (issue 6) */
+    /* 0-RTT and address validation */
     static const char *const early_names[] = {"off", "safe", "all"};
     static const char *const retry_names[] = {"auto", "always", "never"};
     cfg->early_data = QX_EARLY_SAFE;

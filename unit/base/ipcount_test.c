@@ -1,5 +1,5 @@
 /*
- * ipcount_test.c - per-address connection counts (proxy/ipcount.h): IPv4
+ * ipcount_test.c - per-address connection counts (proxy/base/ipcount.h): IPv4
  * per address, IPv6 per /64 (and IPv4-mapped IPv6 as IPv4), exact counts
  * for addresses that the old unkeyed FNV-1a bucket put together, the
  * bucket depending on the key, and entries freed at zero.

@@ -1,5 +1,5 @@
 /*
- * pool_test.c - upstream connections and the idle pool (proxy/pool.c)
+ * pool_test.c - upstream connections and the idle pool (proxy/upstream/pool.c)
  * against a real loopback listener served by the same uv loop: connect,
  * reuse, close on release, max_idle, eviction of idle sockets the peer
  * closed or wrote to, the idle sweep, refused connects, fresh_only, the
