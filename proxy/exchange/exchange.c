@@ -4,10 +4,9 @@
 #include "base/log.h"
 #include "base/qx.h"
 #include "conf/dns.h"
+#include "exchange/context.h"
 #include "exchange/trace.h"
 #include "upstream/h1.h"
-#include "worker/runtime.h"
-#include "worker/worker.h"
 
 #include <arpa/inet.h>
 #include <gnutls/crypto.h>
@@ -27,7 +26,7 @@ static void pump_later(qx_exchange_t *ex);
 static void dispatch(qx_exchange_t *ex, int fresh_only);
 static int connect_failed(qx_exchange_t *ex, const char *why);
 static void build_and_dispatch(qx_exchange_t *ex);
-static void client_ip(qx_worker_t *w, const struct sockaddr *client, char *out);
+static void client_ip(qx_wctx_t *w, const struct sockaddr *client, char *out);
 static void format_ip(const struct sockaddr *client, char *client_ip);
 static void exchange_free(qx_exchange_t *ex);
 static void *grow_fields(qx_exchange_t *ex, const void *arr, size_t *cap, size_t elem, size_t used);
@@ -270,7 +269,7 @@ static void ex_release_upstream(qx_exchange_t *ex)
 
 /* ---- life cycle --------------------------------------------------------- */
 
-qx_exchange_t *qx_exchange_new(qx_worker_t *w, const qx_front_ops_t *fops, void *front,
+qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *front,
                                int64_t stream_id, const struct sockaddr *client)
 {
     qx_exchange_t *ex = w->ex_cache;
@@ -315,7 +314,7 @@ qx_exchange_t *qx_exchange_new(qx_worker_t *w, const qx_front_ops_t *fops, void 
 
 /* Formats the client address, once per address in a row: requests come in
  * runs from one connection. */
-static void client_ip(qx_worker_t *w, const struct sockaddr *client, char *out)
+static void client_ip(qx_wctx_t *w, const struct sockaddr *client, char *out)
 {
     socklen_t len =
         client->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
@@ -343,7 +342,7 @@ static void format_ip(const struct sockaddr *client, char *client_ip)
 static void on_timer_closed(uv_handle_t *h)
 {
     qx_exchange_t *ex = qx_container_of(h, qx_exchange_t, timer);
-    qx_worker_t *w = ex->w;
+    qx_wctx_t *w = ex->w;
     qx_snapshot_unref(ex->snap);
     ring_buf_free(&ex->reqbuf, ex->req_inline);
     ring_buf_free(&ex->respbuf, ex->resp_inline);
@@ -360,7 +359,7 @@ static void on_timer_closed(uv_handle_t *h)
         exchange_free(ex);
     }
     w->nexchanges--;
-    qx_worker_maybe_done(w);
+    qx_wctx_maybe_done(w);
 }
 
 static void exchange_free(qx_exchange_t *ex)
@@ -370,7 +369,7 @@ static void exchange_free(qx_exchange_t *ex)
     free(ex);
 }
 
-void qx_exchange_cache_free(qx_worker_t *w)
+void qx_exchange_cache_free(qx_wctx_t *w)
 {
     free(w->up_scratch);
     w->up_scratch = NULL;
@@ -392,7 +391,7 @@ void qx_exchange_front_answered(qx_exchange_t *ex, int status)
 
 void qx_exchange_front_closed(qx_exchange_t *ex, int error)
 {
-    qx_worker_t *w = ex->w;
+    qx_wctx_t *w = ex->w;
     /* Complete when the whole response was handed to the front, even if
      * the client closed its connection before acknowledging the end. */
     int clean = ex->state == QX_EX_DONE && qx_ring_unsent(&ex->resp) == 0;
@@ -592,8 +591,8 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
         /* Every upstream of the route is a name that does not resolve (yet). */
         ex->up_name = route->upstreams[0].name;
         char why[160] = "not resolved yet";
-        if (ex->w->shared->rt->dns)
-            qx_dns_why(ex->w->shared->rt->dns, route->upstreams[0].host, why, sizeof(why));
+        if (ex->w->shared->dns)
+            qx_dns_why(ex->w->shared->dns, route->upstreams[0].host, why, sizeof(why));
         up_warn(ex, "no address to connect to: the name %s", why);
         local_response(ex, 502);
         return;
@@ -715,7 +714,7 @@ static void on_pool_ready(qx_pool_wait_t *wt)
 
 static void dispatch(qx_exchange_t *ex, int fresh_only)
 {
-    qx_worker_t *w = ex->w;
+    qx_wctx_t *w = ex->w;
     qx_pool_t *pool;
     int reused = 0;
     int rv = QX_ERR_NOTFOUND;
@@ -726,7 +725,7 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
         pool = w->pools[ex->up];
     } else {
         const qx_endpoint_t *up = &ex->snap->eps[ex->up];
-        pool = qx_worker_pool_find(w, (const struct sockaddr *)&up->addr, up->addrlen);
+        pool = qx_wctx_pool_find(w, (const struct sockaddr *)&up->addr, up->addrlen);
     }
     int was_queued = ex->state == QX_EX_QUEUED;
     if (pool)
@@ -850,7 +849,7 @@ static int try_retry(qx_exchange_t *ex, int replay)
  * front waits for the window this write frees. */
 static void pump_later(qx_exchange_t *ex)
 {
-    qx_worker_t *w = ex->w;
+    qx_wctx_t *w = ex->w;
     if (ex->pump_queued)
         return;
     ex->pump_queued = 1;
@@ -865,7 +864,7 @@ static void pump_later(qx_exchange_t *ex)
 
 static void pump_unqueue(qx_exchange_t *ex)
 {
-    qx_worker_t *w = ex->w;
+    qx_wctx_t *w = ex->w;
     if (!ex->pump_queued)
         return;
     if (ex->pump_prev)
@@ -882,7 +881,7 @@ static void pump_unqueue(qx_exchange_t *ex)
 
 void qx_exchange_on_pump(uv_prepare_t *h)
 {
-    qx_worker_t *w = qx_container_of(h, qx_worker_t, pump);
+    qx_wctx_t *w = qx_container_of(h, qx_wctx_t, pump);
     while (w->pump_head) {
         qx_exchange_t *ex = w->pump_head;
         pump_unqueue(ex);

@@ -41,7 +41,7 @@
 #define QX_EX_CACHE 256       /* finished exchanges a worker keeps for reuse */
 #define QX_CONNECT_ATTEMPTS 3 /* endpoints a request tries when connects fail */
 
-typedef struct qx_worker qx_worker_t;
+typedef struct qx_wctx qx_wctx_t;
 typedef struct qx_exchange qx_exchange_t;
 
 /* What every front implements, so the exchange never asks which protocol. */
@@ -102,7 +102,7 @@ typedef enum {
 } qx_exchange_state_t;
 
 struct qx_exchange {
-    qx_worker_t *w;
+    qx_wctx_t *w;
     const qx_front_ops_t *fops;
     void *front; /* the front's connection */
     int64_t stream_id;
@@ -175,7 +175,7 @@ struct qx_exchange {
 
 /* Creates an exchange for a new front stream. client is the peer address.
  * Returns NULL when memory is short. */
-qx_exchange_t *qx_exchange_new(qx_worker_t *w, const qx_front_ops_t *fops, void *front,
+qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *front,
                                int64_t stream_id, const struct sockaddr *client);
 
 /* One request field (pseudo-headers included, names as received).
@@ -213,7 +213,7 @@ void qx_exchange_on_pump(uv_prepare_t *h);
 
 /* Frees what the exchanges keep per worker: the cached exchanges and the
  * upstream read scratch buffer (its loop has ended). */
-void qx_exchange_cache_free(qx_worker_t *w);
+void qx_exchange_cache_free(qx_wctx_t *w);
 
 /* The front stream is closed (done, reset, or its connection died).
  * |error| is nonzero when it did not end cleanly. Logs and counts the

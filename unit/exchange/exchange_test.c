@@ -7,8 +7,9 @@
  * two windows (what the front was credited, what the codec was handed)
  * and what the front and the metrics saw.
  *
- * The worker is a real loop with a snapshot from a real config and one
- * pool (never connected: the fake codec does not use it).
+ * The worker is a context built by hand (context.h): a real loop, a
+ * snapshot from a real config and one pool (never connected: the fake
+ * codec does not use it).
  */
 #include "base/qx.h"
 
@@ -238,7 +239,7 @@ static void up_answer_body(const char *s, size_t n)
 
 /* ---- the worker --------------------------------------------------------- */
 
-static qx_worker_t W;
+static qx_wctx_t W;
 static qx_shared_t shared;
 
 static const char yaml[] = "server:\n"
@@ -251,6 +252,19 @@ static const char yaml[] = "server:\n"
                            "routes:\n"
                            "  - match: \"*\"\n"
                            "    upstream: \"127.0.0.1:9\"\n";
+
+static void w_maybe_done(qx_wctx_t *w)
+{
+    (void)w;
+}
+
+static qx_pool_t *w_pool_find(qx_wctx_t *w, const struct sockaddr *addr, socklen_t len)
+{
+    (void)w;
+    (void)addr;
+    (void)len;
+    return NULL; /* only for a snapshot older than the worker's */
+}
 
 static int setup(void **state)
 {
@@ -275,6 +289,8 @@ static int setup(void **state)
     W.shared = &shared;
     W.snap = snap;
     W.state = QX_W_RUNNING;
+    W.maybe_done = w_maybe_done;
+    W.pool_find = w_pool_find;
     W.pools = calloc(snap->neps, sizeof(*W.pools));
     assert_non_null(W.pools);
     assert_int_equal(qx_pool_new(&W.pools[0], &W.loop, (const struct sockaddr *)&snap->eps[0].addr,
