@@ -26,7 +26,8 @@ static void pump_later(qx_exchange_t *ex);
 static void dispatch(qx_exchange_t *ex, int fresh_only);
 static int connect_failed(qx_exchange_t *ex, const char *why);
 static void build_and_dispatch(qx_exchange_t *ex);
-static void client_ip(qx_wctx_t *w, const struct sockaddr *client, char *out);
+typedef struct ex_local ex_local_t;
+static void client_ip(ex_local_t *L, const struct sockaddr *client, char *out);
 static void format_ip(const struct sockaddr *client, char *client_ip);
 static void exchange_free(qx_exchange_t *ex);
 static void *grow_fields(qx_exchange_t *ex, const void *arr, size_t *cap, size_t elem, size_t used);
@@ -269,13 +270,28 @@ static void ex_release_upstream(qx_exchange_t *ex)
 
 /* ---- life cycle --------------------------------------------------------- */
 
+/* What the exchanges keep per worker, behind the context's ex_local slot:
+ * made with the worker's first exchange, freed by qx_exchange_cache_free. */
+struct ex_local {
+    qx_exchange_t *cache; /* finished exchanges kept for reuse (QX_EX_CACHE) */
+    unsigned ncache;
+    uint8_t *up_scratch; /* QX_UP_READ bytes: upstream reads that cannot go straight to a window */
+    struct sockaddr_storage last_client; /* the address client_ip was last formatted for */
+    char last_client_ip[INET6_ADDRSTRLEN];
+};
+
+static void on_pump(qx_deferred_t *d);
+
 qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *front,
                                int64_t stream_id, const struct sockaddr *client)
 {
-    qx_exchange_t *ex = w->ex_cache;
+    if (w->ex_local == NULL && (w->ex_local = calloc(1, sizeof(ex_local_t))) == NULL)
+        return NULL;
+    ex_local_t *L = w->ex_local;
+    qx_exchange_t *ex = L->cache;
     if (ex) {
-        w->ex_cache = ex->next;
-        w->nex_cache--;
+        L->cache = ex->next;
+        L->ncache--;
     } else {
         ex = malloc(sizeof(*ex));
         if (ex == NULL)
@@ -294,7 +310,7 @@ qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *f
     ex->ups.user = ex;
     ex->ups.req = &ex->req;
     ex->ups.resp = &ex->resp;
-    ex->ups.scratch = &w->up_scratch;
+    ex->ups.scratch = &L->up_scratch;
     ex->ups.req_fin = 0;
     ex->ups.resp_fits = 0;
     ex->ups.paused = 0;
@@ -306,23 +322,24 @@ qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *f
     ex->start_ns = uv_hrtime();
     ex->req_cl = -1;
     ex->route = -1;
+    qx_deferred_init(&ex->pump, on_pump);
     uv_timer_init(&w->loop, &ex->timer);
-    client_ip(w, client, ex->client_ip);
+    client_ip(L, client, ex->client_ip);
     w->nexchanges++;
     return ex;
 }
 
 /* Formats the client address, once per address in a row: requests come in
  * runs from one connection. */
-static void client_ip(qx_wctx_t *w, const struct sockaddr *client, char *out)
+static void client_ip(ex_local_t *L, const struct sockaddr *client, char *out)
 {
     socklen_t len =
         client->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    if (memcmp(&w->last_client, client, len) != 0 || w->last_client_ip[0] == '\0') {
-        format_ip(client, w->last_client_ip);
-        memcpy(&w->last_client, client, len);
+    if (memcmp(&L->last_client, client, len) != 0 || L->last_client_ip[0] == '\0') {
+        format_ip(client, L->last_client_ip);
+        memcpy(&L->last_client, client, len);
     }
-    memcpy(out, w->last_client_ip, INET6_ADDRSTRLEN);
+    memcpy(out, L->last_client_ip, INET6_ADDRSTRLEN);
 }
 
 static void format_ip(const struct sockaddr *client, char *client_ip)
@@ -349,12 +366,13 @@ static void on_timer_closed(uv_handle_t *h)
     /* Kept for the next request (the timer's close callback is a safe
      * point: nothing up the stack still uses this exchange), unless the
      * worker is stopping or enough are kept already. */
-    if (w->nex_cache < QX_EX_CACHE && w->state != QX_W_STOPPED) {
+    ex_local_t *L = w->ex_local;
+    if (L->ncache < QX_EX_CACHE && w->state != QX_W_STOPPED) {
         qx_arena_reset(&ex->arena);
         qx_up_stream_trim(&ex->ups);
-        ex->next = w->ex_cache;
-        w->ex_cache = ex;
-        w->nex_cache++;
+        ex->next = L->cache;
+        L->cache = ex;
+        L->ncache++;
     } else {
         exchange_free(ex);
     }
@@ -371,14 +389,17 @@ static void exchange_free(qx_exchange_t *ex)
 
 void qx_exchange_cache_free(qx_wctx_t *w)
 {
-    free(w->up_scratch);
-    w->up_scratch = NULL;
-    while (w->ex_cache) {
-        qx_exchange_t *ex = w->ex_cache;
-        w->ex_cache = ex->next;
+    ex_local_t *L = w->ex_local;
+    if (L == NULL)
+        return;
+    free(L->up_scratch);
+    while (L->cache) {
+        qx_exchange_t *ex = L->cache;
+        L->cache = ex->next;
         exchange_free(ex);
     }
-    w->nex_cache = 0;
+    free(L);
+    w->ex_local = NULL;
 }
 
 void qx_exchange_front_answered(qx_exchange_t *ex, int status)
@@ -843,56 +864,33 @@ static int try_retry(qx_exchange_t *ex, int replay)
 
 /* Body bytes arrive a datagram (or a TLS record) at a time; writing each
  * at once would be a write per ~1,200 bytes. They are written together
- * once the loop has handled this round's input, before it polls again (the
- * worker's uv_prepare). Not a uv_check: one queued from another check
- * (the HTTPS front's flush) would wait for the next I/O event, while the
- * front waits for the window this write frees. */
+ * once the loop has handled this turn's input: the exchange's item on the
+ * worker's deferred-work queue (defer.h), which runs after the poll. The
+ * front's flush waits for the window this write frees, so the pump must
+ * not wait for the next I/O event: an item queued while the queue runs
+ * (from a front's flush on the same queue) runs in the same turn, and one
+ * queued from anywhere else (another check handle, a timer, a write
+ * callback) keeps the next poll from blocking. */
 static void pump_later(qx_exchange_t *ex)
 {
-    qx_wctx_t *w = ex->w;
-    if (ex->pump_queued)
-        return;
-    ex->pump_queued = 1;
-    ex->pump_prev = NULL;
-    ex->pump_next = w->pump_head;
-    if (w->pump_head)
-        w->pump_head->pump_prev = ex;
-    else
-        uv_prepare_start(&w->pump, qx_exchange_on_pump);
-    w->pump_head = ex;
+    qx_defer(&ex->w->defer, &ex->pump);
 }
 
 static void pump_unqueue(qx_exchange_t *ex)
 {
-    qx_wctx_t *w = ex->w;
-    if (!ex->pump_queued)
-        return;
-    if (ex->pump_prev)
-        ex->pump_prev->pump_next = ex->pump_next;
-    else
-        w->pump_head = ex->pump_next;
-    if (ex->pump_next)
-        ex->pump_next->pump_prev = ex->pump_prev;
-    ex->pump_queued = 0;
-    ex->pump_prev = ex->pump_next = NULL;
-    if (w->pump_head == NULL)
-        uv_prepare_stop(&w->pump);
+    qx_defer_cancel(&ex->w->defer, &ex->pump);
 }
 
-void qx_exchange_on_pump(uv_prepare_t *h)
+static void on_pump(qx_deferred_t *d)
 {
-    qx_wctx_t *w = qx_container_of(h, qx_wctx_t, pump);
-    while (w->pump_head) {
-        qx_exchange_t *ex = w->pump_head;
-        pump_unqueue(ex);
-        if (ex->dispatch_due) {
-            ex->dispatch_due = 0;
-            /* Not answered meanwhile (or still waiting for a connection). */
-            if (ex->state == QX_EX_HEAD || ex->state == QX_EX_QUEUED)
-                dispatch(ex, 0);
-        } else if (ex->state == QX_EX_UPSTREAM || ex->state == QX_EX_RESPONSE) {
-            ex->ups.ops->send(&ex->ups);
-        }
+    qx_exchange_t *ex = qx_container_of(d, qx_exchange_t, pump);
+    if (ex->dispatch_due) {
+        ex->dispatch_due = 0;
+        /* Not answered meanwhile (or still waiting for a connection). */
+        if (ex->state == QX_EX_HEAD || ex->state == QX_EX_QUEUED)
+            dispatch(ex, 0);
+    } else if (ex->state == QX_EX_UPSTREAM || ex->state == QX_EX_RESPONSE) {
+        ex->ups.ops->send(&ex->ups);
     }
 }
 

@@ -22,6 +22,7 @@
 #define QX_EXCHANGE_H
 
 #include "base/arena.h"
+#include "base/defer.h"
 #include "base/ring.h"
 #include "conf/snapshot.h"
 #include "upstream/h1.h" /* qx_h1_reason, which the HTTP/1.1 front uses through this header */
@@ -110,12 +111,11 @@ struct qx_exchange {
     qx_exchange_state_t state;  /* moved only by set_state() */
     qx_snapshot_t *snap;
     uint64_t start_ns;
-    uint64_t up_progress_ms;              /* loop time the upstream last sent body bytes */
-    uint64_t cl_progress_ms;              /* ... the client last took response bytes */
-    qx_exchange_t *pump_prev, *pump_next; /* the worker's pump list */
-    int pump_queued;
-    int dispatch_due;    /* routed: the upstream is asked for at the next pump */
-    qx_pool_wait_t wait; /* in wait_pool's queue for a connection (max_connections) */
+    uint64_t up_progress_ms; /* loop time the upstream last sent body bytes */
+    uint64_t cl_progress_ms; /* ... the client last took response bytes */
+    qx_deferred_t pump;      /* on the worker's deferred-work queue: dispatch, or write the body */
+    int dispatch_due;        /* routed: the upstream is asked for at the next pump */
+    qx_pool_wait_t wait;     /* in wait_pool's queue for a connection (max_connections) */
     qx_pool_t *wait_pool;
 
     /* request */
@@ -207,12 +207,9 @@ void qx_exchange_resp_acked(qx_exchange_t *ex, size_t n);
  * the access log and the metrics record that status. */
 void qx_exchange_front_answered(qx_exchange_t *ex, int status);
 
-/* The worker's uv_prepare callback: writes the request bodies that came in
- * since the last poll (see pump_later in exchange.c). */
-void qx_exchange_on_pump(uv_prepare_t *h);
-
-/* Frees what the exchanges keep per worker: the cached exchanges and the
- * upstream read scratch buffer (its loop has ended). */
+/* Frees what the exchanges keep per worker (the context's ex_local: the
+ * cached exchanges, the upstream read scratch buffer) once its loop has
+ * ended. Accepts a worker that never had an exchange. */
 void qx_exchange_cache_free(qx_wctx_t *w);
 
 /* The front stream is closed (done, reset, or its connection died).
