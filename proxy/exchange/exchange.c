@@ -1223,7 +1223,10 @@ static int p_on_headers_complete(llhttp_t *p)
         ex->nrf = 0;   /* interim response: wait for the final one */
         ex->rhblen = 0;
         ex->rf_in_value = 0;
-        return 0;
+        /* A 1xx ends at its blank line whatever its fields say (RFC 9112
+         * §6.3): a Content-Length or Transfer-Encoding there must not make
+         * llhttp take the final response for its body. */
+        return 1;
     }
     ex->up_status = status;
     ex->resp_head_done = 1;
