@@ -235,7 +235,7 @@ static void setup(void)
              "    upstream: \"127.0.0.1:%u\"\n",
              port);
     env = fuzz_env_new(yaml);
-    uv_tcp_init(&env->w.loop, &listener);
+    uv_tcp_init(&env->w.ctx.loop, &listener);
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     sin.sin_port = htons(port);
     if (uv_tcp_bind(&listener, (const struct sockaddr *)&sin, 0) != 0 ||
@@ -263,7 +263,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     front_t f = {.lazy = (data[0] / 3) & 1};
     struct sockaddr_in client = {.sin_family = AF_INET, .sin_port = htons(50000)};
     client.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    qx_exchange_t *ex = qx_exchange_new(&env->w, &fops, &f, 0, (const struct sockaddr *)&client);
+    qx_exchange_t *ex =
+        qx_exchange_new(&env->w.ctx, &fops, &f, 0, (const struct sockaddr *)&client);
     if (ex == NULL)
         abort();
     header(ex, ":method", method);
@@ -296,12 +297,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (f.responded)
             f_drain(ex); /* paused on a full window, or the rest of the body */
         if (ex->uc != NULL && ex->uc->state == QX_UC_CONNECTING) {
-            uv_run(&env->w.loop, UV_RUN_ONCE); /* the connect completes */
+            uv_run(&env->w.ctx.loop, UV_RUN_ONCE); /* the connect completes */
             continue;
         }
         if (++turns > 1000)
             __builtin_trap(); /* nothing reads, nothing ends */
-        uv_run(&env->w.loop, UV_RUN_NOWAIT);
+        uv_run(&env->w.ctx.loop, UV_RUN_NOWAIT);
     }
     if (f.responded && !f.aborted)
         f_drain(ex);
@@ -309,10 +310,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         __builtin_trap(); /* the client heard nothing */
     qx_exchange_front_closed(ex, !(f.eof && !f.aborted));
     /* No connection carries over to the next input. */
-    qx_pool_close_idle(env->w.pools[0]);
+    qx_pool_close_idle(env->w.ctx.pools[0]);
     for (int i = 0; i < UP_CONNS; i++)
         up_close(&ups[i]);
     for (turns = 0; nopen > 0 || turns < 2; turns++)
-        uv_run(&env->w.loop, UV_RUN_NOWAIT);
+        uv_run(&env->w.ctx.loop, UV_RUN_NOWAIT);
     return 0;
 }
