@@ -69,8 +69,9 @@
  *   close 0x1c 0xCODE 0xFT MS ... with a CONNECTION_CLOSE (0x1c: transport,
  *                             FT the frame type it names; 0x1d: application),
  *                             MS milliseconds after the last injected packet
- *   rx-undecryptable LEN TAIL a datagram that is not a 1-RTT packet of the
- *                             connection (TAIL: its last 16 bytes, hex)
+ *   rx-undecryptable LEN 0xFB TAIL  a datagram that is not a 1-RTT packet of
+ *                             the connection (FB: its first byte, TAIL: its
+ *                             last 16 bytes, hex)
  *   no-close                  no CONNECTION_CLOSE came
  *
  * Exit 0 when every request got an outcome, 1 on timeout or network failure,
@@ -836,7 +837,7 @@ static int print_frames(probe_t *p, uint64_t pn, const uint8_t *f, size_t len)
 }
 
 /* One datagram from the server: prints it decoded, or
- * "rx-undecryptable LEN TAIL" with its last 16 bytes (a stateless reset
+ * "rx-undecryptable LEN 0xFB TAIL" with its first and last 16 bytes (a stateless reset
  * ends in its token). Returns 1 when it carried a CONNECTION_CLOSE. */
 static int inject_read(probe_t *p, pkt_keys_t *rx, uint8_t *d, size_t n)
 {
@@ -871,7 +872,7 @@ static int inject_read(probe_t *p, pkt_keys_t *rx, uint8_t *d, size_t n)
             return print_frames(p, pn, plain, plen);
         }
     }
-    printf("rx-undecryptable %zu ", n);
+    printf("rx-undecryptable %zu 0x%02x ", n, d[0]);
     for (size_t i = n >= 16 ? n - 16 : 0; i < n; i++)
         printf("%02x", d[i]);
     printf("\n");
