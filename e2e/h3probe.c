@@ -74,6 +74,12 @@
  *                             last 16 bytes, hex)
  *   no-close                  no CONNECTION_CLOSE came
  *
+ * --inject-hs HEX sends one Handshake packet carrying HEX instead, before
+ * the client's Finished, with the Handshake keys GnuTLS logs; ngtcp2 goes
+ * on and prints conn-close as above, or
+ *   inject-hs pn PN len L     the packet went out
+ *   handshake-confirmed       the handshake completed all the same
+ *
  * Exit 0 when every request got an outcome, 1 on timeout or network failure,
  * 2 on a usage error. It is a test tool: the certificate is not verified.
  */
@@ -179,6 +185,14 @@ typedef struct {
     size_t server_cidlen;
     size_t client_cidlen; /* what the server writes to */
     uint64_t rx_largest;  /* the largest server packet number decrypted */
+    uint8_t client_scid[NGTCP2_MAX_CIDLEN];
+
+    /* --inject-hs: one Handshake packet, before the client's Finished */
+    uint8_t *hs_inject;
+    size_t hs_inject_len;
+    int hs_sent;
+    uint8_t hs_secret[64]; /* CLIENT_HANDSHAKE_TRAFFIC_SECRET */
+    size_t hs_secret_len;
 } probe_t;
 
 static uint64_t now_ns(void)
@@ -493,7 +507,7 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
     (void)conn;
     if (p->print_cert && print_cert_sha256(p) != 0)
         return NGTCP2_ERR_CALLBACK_FAILURE;
-    if (p->ninject > 0) /* no streams: the injected packets are the test */
+    if (p->ninject > 0 || p->hs_inject) /* no streams: the injected packets are the test */
         return 0;
     if (p->nraw > 0)
         return raw_setup(p) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
@@ -621,7 +635,9 @@ static int handshake_confirmed_cb(ngtcp2_conn *conn, void *user_data)
 {
     probe_t *p = user_data;
     (void)conn;
-    if (p->ninject > 0)
+    if (p->hs_inject != NULL)
+        printf("handshake-confirmed\n");
+    if (p->ninject > 0 || p->hs_inject != NULL)
         p->done = 1;
     return 0;
 }
@@ -701,8 +717,56 @@ static int keylog_cb(gnutls_session_t s, const char *label, const gnutls_datum_t
     } else if (strcmp(label, "SERVER_TRAFFIC_SECRET_0") == 0) {
         memcpy(p->rx_secret, secret->data, secret->size);
         p->rx_secret_len = secret->size;
+    } else if (strcmp(label, "CLIENT_HANDSHAKE_TRAFFIC_SECRET") == 0) {
+        memcpy(p->hs_secret, secret->data, secret->size);
+        p->hs_secret_len = secret->size;
     }
     return 0;
+}
+
+/* --inject-hs: a Handshake packet (RFC 9000 §17.2.4) carrying exactly the
+ * frames given, sent once the client has its Handshake keys and before
+ * ngtcp2 sends the client's Finished (the server drops its Handshake keys
+ * once the handshake completes). Its packet number is far above what
+ * ngtcp2 will use. What the server answers, ngtcp2 reads as usual
+ * ("conn-close", or "handshake-confirmed" when the handshake completes). */
+static int hs_inject_send(probe_t *p)
+{
+    pkt_keys_t k = {0};
+    uint8_t pkt[PKT_SIZE + 64], nonce[12], mask[16];
+    uint64_t pn = (uint64_t)1 << 20;
+    size_t n = 0, cl = p->client_cidlen, sl = p->server_cidlen;
+    size_t len = 4 + p->hs_inject_len + 16; /* the Length field: pn, payload, tag */
+    p->hs_sent = 1;
+    if (sl == 0 || keys_init(&k, p->hs_secret, p->hs_secret_len) != 0 || len > PKT_SIZE - 64)
+        return -1;
+    pkt[n++] = 0xe3 | (p->inject_rbits ? 0x0c : 0); /* Handshake, 4-byte packet number */
+    pkt[n++] = 0, pkt[n++] = 0, pkt[n++] = 0, pkt[n++] = 1;
+    pkt[n++] = (uint8_t)sl;
+    memcpy(pkt + n, p->server_cid, sl);
+    n += sl;
+    pkt[n++] = (uint8_t)cl;
+    memcpy(pkt + n, p->client_scid, cl);
+    n += cl;
+    pkt[n++] = (uint8_t)(0x40 | len >> 8), pkt[n++] = (uint8_t)len;
+    for (int i = 3; i >= 0; i--)
+        pkt[n++] = (uint8_t)(pn >> (8 * i));
+    size_t clen = sizeof(pkt) - n;
+    nonce_of(&k, pn, nonce);
+    int rv = gnutls_aead_cipher_encrypt(k.aead, nonce, 12, pkt, n, 16, p->hs_inject,
+                                        p->hs_inject_len, pkt + n, &clen);
+    if (rv == 0) {
+        hp_mask(&k, pkt + n, mask);
+        pkt[0] ^= mask[0] & 0x0f;
+        for (int i = 0; i < 4; i++)
+            pkt[n - 4 + i] ^= mask[1 + i];
+        printf("inject-hs pn %" PRIu64 " len %zu\n", pn, n + clen);
+        if (send(p->fd, pkt, n + clen, 0) == -1)
+            perror("h3probe: send");
+    }
+    gnutls_aead_cipher_deinit(k.aead);
+    gnutls_cipher_deinit(k.hp);
+    return rv == 0 ? 0 : -1;
 }
 
 static int get_varint(const uint8_t *b, size_t len, size_t *off, uint64_t *v)
@@ -962,7 +1026,8 @@ static int tls_setup(probe_t *p, const char *sni)
 
     if (gnutls_certificate_allocate_credentials(&p->cred) != 0 ||
         gnutls_init(&p->tls, GNUTLS_CLIENT) != 0 ||
-        gnutls_priority_set_direct(p->tls, p->ninject > 0 ? prio_inject : prio, NULL) != 0 ||
+        gnutls_priority_set_direct(p->tls, p->ninject > 0 || p->hs_inject ? prio_inject : prio,
+                                   NULL) != 0 ||
         ngtcp2_crypto_gnutls_configure_client_session(p->tls) != 0 ||
         gnutls_credentials_set(p->tls, GNUTLS_CRD_CERTIFICATE, p->cred) != 0 ||
         gnutls_alpn_set_protocols(p->tls, &alpn, 1, GNUTLS_ALPN_MANDATORY) != 0 ||
@@ -972,7 +1037,7 @@ static int tls_setup(probe_t *p, const char *sni)
     p->conn_ref.get_conn = get_conn;
     p->conn_ref.user_data = p;
     gnutls_session_set_ptr(p->tls, &p->conn_ref);
-    if (p->ninject > 0)
+    if (p->ninject > 0 || p->hs_inject != NULL)
         gnutls_session_set_keylog_function(p->tls, keylog_cb);
     return 0;
 }
@@ -1013,6 +1078,7 @@ static int quic_setup(probe_t *p)
     rand_cb(dcid.data, dcid.datalen, NULL);
     rand_cb(scid.data, scid.datalen, NULL);
     p->client_cidlen = scid.datalen; /* new_cid_cb issues CIDs of this length too */
+    memcpy(p->client_scid, scid.data, scid.datalen);
     ngtcp2_settings_default(&settings);
     settings.initial_ts = now_ns();
     settings.max_tx_udp_payload_size = PKT_SIZE;
@@ -1272,6 +1338,10 @@ static int run(probe_t *p)
             p->got_retry = 0;
             sleep((unsigned)p->retry_wait_secs);
         }
+        if (p->hs_inject && !p->hs_sent && p->hs_secret_len > 0 && hs_inject_send(p) != 0) {
+            fprintf(stderr, "h3probe: cannot inject the Handshake packet\n");
+            return 1;
+        }
         if (flush(p) != 0) {
             send_close(p);
             return 1;
@@ -1296,6 +1366,8 @@ static void usage(void)
                     "       h3probe HOST PORT (--uni HEX[!] | --bidi HEX[-]) ...   raw streams\n"
                     "       h3probe HOST PORT --inject HEX ... [--inject-rbits] [--inject-gap MS]"
                     " [--collect MS]   raw 1-RTT packets\n"
+                    "       h3probe HOST PORT --inject-hs HEX [--inject-rbits]   a raw Handshake"
+                    " packet\n"
                     "  -H fields go out verbatim, in order; the separator is ': ' (or ':'"
                     " when no space follows)\n");
 }
@@ -1444,6 +1516,11 @@ static int parse_args(probe_t *p, int argc, char **argv)
         } else if (strcmp(a, "--inject") == 0 && has_val) {
             if (add_inject(p, argv[++i]) != 0)
                 return -1;
+        } else if (strcmp(a, "--inject-hs") == 0 && has_val) {
+            if (add_inject(p, argv[++i]) != 0) /* parsed like --inject, then moved */
+                return -1;
+            p->hs_inject = p->inject[--p->ninject];
+            p->hs_inject_len = p->inject_len[p->ninject];
         } else if (strcmp(a, "--inject-rbits") == 0) {
             p->inject_rbits = 1;
         } else if (strcmp(a, "--inject-gap") == 0 && has_val) {

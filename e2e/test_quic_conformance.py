@@ -14,6 +14,9 @@ How the bytes get there:
 - 1-RTT: e2e/h3probe --inject completes a real handshake with ngtcp2, then
   writes 1-RTT packets whose frames are exactly the bytes given, protected
   with the keys GnuTLS logs, and decrypts what the server answers.
+- Handshake level: h3probe --inject-hs writes one Handshake packet the same
+  way, before ngtcp2 sends the client's Finished; ngtcp2 reads the
+  server's CONNECTION_CLOSE.
 
 Each case asserts one of:
   close C...   a CONNECTION_CLOSE of type 0x1c (transport) with one of the
@@ -71,17 +74,28 @@ Frames in 1-RTT packets:
   CRYPTO with a TLS KeyUpdate                   RFC 9001 §6    0x10a
   after the client's CONNECTION_CLOSE                 §10.2.2 (see below)
 
+Frames in a Handshake packet (before the client's Finished):
+  PATH_CHALLENGE                                      §12.4, §17.2.4 0x0a
+  NEW_TOKEN                                           §12.4  0x0a
+  STREAM                                              §12.4  0x0a
+  a packet without frames                             §12.4  0x0a
+  reserved bits of the long header set                §17.2  0x0a
+  CRYPTO 100 kB ahead, past the reassembly buffer     §7.5   0x0d
+  CRYPTO with a TLS KeyUpdate                   RFC 9001 §6    0x10a
+  CRYPTO with a TLS EndOfEarlyData              RFC 9001 §8.3  0x10a
+
 What these cases do not assert, and why:
 - (*) RESET_STREAM for a stream the server only sends on: ngtcp2 closes
   with PROTOCOL_VIOLATION (0x0a), §19.4 says STREAM_STATE_ERROR (0x05).
   ngtcp2 reports only "protocol error" for it, the same as for a dozen
   other violations, so qrux cannot map it to the right code; the case
   asserts the connection error and accepts either code.
-- CRYPTO past the buffer in an Initial (or Handshake) packet is not a
-  CRYPTO_BUFFER_EXCEEDED close: ngtcp2 discards an Initial or Handshake
-  packet whose frames fail during the handshake rather than close, since
-  anyone who saw the client's first packet can forge an Initial (§21.2).
-  The case asserts that: no close, and the server's flight keeps coming.
+- CRYPTO past the buffer in an Initial packet is not a
+  CRYPTO_BUFFER_EXCEEDED close: ngtcp2 discards an Initial packet whose
+  frames fail rather than close, since anyone who saw the client's first
+  packet can forge an Initial (§21.2; a Handshake packet, which only the
+  peer can protect, does close: see above). The case asserts that: no
+  close, and the server's flight keeps coming.
 - After the client's CONNECTION_CLOSE the server enters the draining state
   and MUST NOT send (§10.2.2), or it MAY send one CONNECTION_CLOSE. qrux
   drops the connection state at once instead of keeping it for 3 PTO (a
@@ -280,6 +294,24 @@ def inject_cases(tp):
     return cases
 
 
+HS_CASES = [
+    # (name, RFC section, frames, extra h3probe arguments, expected code)
+    ("handshake: PATH_CHALLENGE", "§12.4, §17.2.4", b"\x1a" + bytes(range(8)), [],
+     PROTOCOL_VIOLATION),
+    ("handshake: NEW_TOKEN", "§12.4", b"\x07\x05DUMMY", [], PROTOCOL_VIOLATION),
+    ("handshake: STREAM", "§12.4", stream(0, b"x"), [], PROTOCOL_VIOLATION),
+    ("handshake: a packet without frames", "§12.4", b"", [], PROTOCOL_VIOLATION),
+    ("handshake: reserved bits of the long header set", "§17.2", PING + PAD,
+     ["--inject-rbits"], PROTOCOL_VIOLATION),
+    ("handshake: CRYPTO 100 kB ahead", "§7.5", crypto(100000, b"x" * 10), [],
+     CRYPTO_BUFFER_EXCEEDED),
+    ("handshake: CRYPTO with a TLS KeyUpdate", "RFC 9001 §6",
+     crypto(0, b"\x18\x00\x00\x01\x01"), [], CRYPTO_ERROR + UNEXPECTED_MESSAGE),
+    ("handshake: CRYPTO with a TLS EndOfEarlyData", "RFC 9001 §8.3",
+     crypto(0, b"\x05\x00\x00\x00"), [], CRYPTO_ERROR + UNEXPECTED_MESSAGE),
+]
+
+
 def parse(out):
     r = {"close": None, "acked": set(), "inject": [], "rx": [], "undecryptable": [],
          "srt": None, "tp": None, "events": []}
@@ -458,6 +490,22 @@ def main():
             print("  answers to the later packet: %r" % (after,))
             served("after close")
         env.case("after the client's CONNECTION_CLOSE", after_close)
+
+        # -- Handshake ------------------------------------------------------------------
+        for name, sect, frames, extra, want in HS_CASES:
+            def one(name=name, sect=sect, frames=frames, extra=extra, want=want):
+                tag = "%s (%s)" % (name, sect)
+                # --timeout: the handshake and the close both within it
+                rc, so, se = run([probe, "--timeout", "%d" % (DEADLINE + 1), "127.0.0.1",
+                                  str(q.port), "--inject-hs", h(frames)] + extra, 20)
+                out = so.decode(errors="replace")
+                m = re.search(r"conn-close 0x([0-9a-f]+) (\w+)", out)
+                env.check(tag + ": CONNECTION_CLOSE 0x1c with 0x%x" % want,
+                          "inject-hs pn" in out and m and int(m.group(1), 16) == want and
+                          m.group(2) == "transport",
+                          out[-400:] + se.decode(errors="replace")[-300:])
+                served(tag)
+            env.case(name, one)
 
         env.check("qrux still running", q.alive())
 
