@@ -12,12 +12,12 @@
  */
 #include "admin/admin.h"
 
-#include "config/config_json.h"
-#include "conf/dns.h"
-#include "base/log.h"
 #include "admin/metrics_text.h"
-#include "base/qx.h"
 #include "admin/status.h"
+#include "base/log.h"
+#include "base/qx.h"
+#include "conf/dns.h"
+#include "config/config_json.h"
 #include "xdp/xdp_proxy.h"
 
 #include <errno.h>
@@ -479,12 +479,12 @@ static int liveness(const qx_runtime_t *rt, uint64_t now_ms, char *why, size_t n
 {
     for (unsigned i = 0; i < rt->nworkers; i++) {
         const qx_worker_t *w = &rt->workers[i];
-        if (__atomic_load_n(&w->state, __ATOMIC_RELAXED) == QX_W_STOPPED)
+        if (__atomic_load_n(&w->ctx.state, __ATOMIC_RELAXED) == QX_W_STOPPED)
             continue;
         uint64_t last = __atomic_load_n(&w->last_tick_ms, __ATOMIC_RELAXED);
         if (last == 0 || now_ms <= last || now_ms - last <= LIVEZ_MAX_TICK_AGE_MS)
             continue;
-        snprintf(why, n, "worker %u wedged (last tick %.1fs ago)", w->id,
+        snprintf(why, n, "worker %u wedged (last tick %.1fs ago)", w->ctx.id,
                  (double)(now_ms - last) / 1000.0);
         return 0;
     }
@@ -609,7 +609,7 @@ static enum MHD_Result get_metrics(qx_admin_t *a, struct MHD_Connection *c)
     if (ws == NULL)
         return reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
     for (unsigned i = 0; i < rt->nworkers; i++)
-        ws[i] = &rt->workers[i].metrics;
+        ws[i] = &rt->workers[i].ctx.metrics;
     qx_metrics_text_t t = {0};
     int rv = qx_metrics_text_render(&t, ws, rt->nworkers, &g);
     free(ws);

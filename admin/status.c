@@ -44,7 +44,7 @@ static void take_sample(qx_status_t *s)
 {
     qx_status_sample_t x = {.ms = mono_ms()};
     for (unsigned i = 0; i < s->rt->nworkers; i++) {
-        const qx_metrics_t *m = &s->rt->workers[i].metrics;
+        const qx_metrics_t *m = &s->rt->workers[i].ctx.metrics;
         for (int p = 0; p < QX_P_COUNT; p++) {
             x.requests[p] += ld(&m->proto_requests[p]);
             x.duration_us[p] += ld(&m->proto_duration_us[p]);
@@ -205,7 +205,7 @@ static void upstream_stats(const qx_runtime_t *rt, const char *name, up_stats_t 
 {
     memset(st, 0, sizeof(*st));
     for (unsigned i = 0; i < rt->nworkers; i++) {
-        const qx_metrics_t *m = &rt->workers[i].metrics;
+        const qx_metrics_t *m = &rt->workers[i].ctx.metrics;
         size_t nreq = QX_MIN(ld_count(&m->nreq), (size_t)QX_METRICS_ROWS);
         for (size_t r = 0; r < nreq; r++) {
             const qx_metrics_req_row_t *row = &m->req[r];
@@ -303,7 +303,7 @@ json_t *qx_status_json(qx_status_t *s, const qx_status_view_t *v)
 
     uint64_t conns[QX_P_COUNT] = {0};
     for (unsigned i = 0; i < rt->nworkers; i++) {
-        const qx_metrics_t *m = &rt->workers[i].metrics;
+        const qx_metrics_t *m = &rt->workers[i].ctx.metrics;
         conns[QX_P_H3] += ld(&m->active_connections_h3);
         conns[QX_P_H2] += ld(&m->active_connections_h2);
         conns[QX_P_H1] += ld(&m->active_connections_h1);

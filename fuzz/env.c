@@ -81,13 +81,14 @@ fuzz_env_t *fuzz_env_new(const char *yaml)
     e->shared.tls_keys = &e->keys;
     e->rt.workers = &e->w;
     e->rt.nworkers = 1;
+    e->shared.nworkers = 1;
     if (qx_worker_init(&e->w, 0, &e->shared, snap) != 0)
         abort();
     /* What the worker's thread does before its loop: the endpoint's
      * handles (its flush and kick) are set up, the socket polled. */
     if (qx_quic_ep_start(e->w.quic) != 0)
         abort();
-    e->w.state = QX_W_RUNNING;
+    e->w.ctx.state = QX_W_RUNNING;
     qx_runtime_set_lifecycle(&e->rt, QX_LC_LIVE);
     return e;
 }
@@ -95,7 +96,7 @@ fuzz_env_t *fuzz_env_new(const char *yaml)
 void fuzz_env_turns(fuzz_env_t *e, int turns)
 {
     for (int i = 0; i < turns; i++)
-        uv_run(&e->w.loop, UV_RUN_NOWAIT);
+        uv_run(&e->w.ctx.loop, UV_RUN_NOWAIT);
 }
 
 uint16_t fuzz_env_closed_port(void)

@@ -13,13 +13,13 @@
  * connect: 502), so the response path runs too. The connection is freed
  * at the end of each input as tcp_front.c frees it.
  */
+#include "base/qx.h"
 #include "env.h"
 #include "exchange/exchange.h"
+#include "front/quic/tls.h"
 #include "front/tcp/h2_front.h"
-#include "base/qx.h"
 #include "front/tcp/tcp_conn.h"
 #include "front/tcp/tcp_front.h"
-#include "front/quic/tls.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -115,7 +115,7 @@ const char *qx_tcp_conn_alt_svc(qx_tcp_conn_t *c, size_t *len)
 }
 
 /* The worker's side of tcp_front.c: no HTTPS listener in this config. */
-int qx_tcp_front_new(qx_tcp_front_t **out, qx_worker_t *w, const struct sockaddr *addr,
+int qx_tcp_front_new(qx_tcp_front_t **out, qx_wctx_t *w, const struct sockaddr *addr,
                      socklen_t addrlen)
 {
     (void)w;
@@ -192,7 +192,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     qx_tcp_conn_t c;
     memset(&c, 0, sizeof(c));
-    c.w = &env->w;
+    c.w = &env->w.ctx;
     c.state = QX_TC_OPEN;
     struct sockaddr_in *peer = (struct sockaddr_in *)&c.peer;
     peer->sin_family = AF_INET;

@@ -47,7 +47,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         env = fuzz_env_new(yaml);
     if (size < 2)
         return 0;
-    qx_config_t *cfg = (qx_config_t *)env->w.snap->cfg;
+    qx_config_t *cfg = (qx_config_t *)env->w.ctx.snap->cfg;
     cfg->retry = policies[data[0] % 3];
 
     struct sockaddr_in local = {.sin_family = AF_INET};

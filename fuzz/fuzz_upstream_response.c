@@ -14,10 +14,10 @@
  * abort), never more body than the window held, and the exchange ends
  * within a bounded number of loop turns.
  */
-#include "env.h"
-#include "exchange/exchange.h"
 #include "base/qx.h"
 #include "base/ring.h"
+#include "env.h"
+#include "exchange/exchange.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -228,7 +228,7 @@ static void setup(void)
              "    upstream: \"127.0.0.1:%u\"\n",
              port);
     env = fuzz_env_new(yaml);
-    uv_tcp_init(&env->w.loop, &up.listener);
+    uv_tcp_init(&env->w.ctx.loop, &up.listener);
     up.listener.data = &up;
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     sin.sin_port = htons(port);
@@ -258,7 +258,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     front_t f = {0};
     struct sockaddr_in client = {.sin_family = AF_INET, .sin_port = htons(50000)};
     client.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    qx_exchange_t *ex = qx_exchange_new(&env->w, &fops, &f, 0, (const struct sockaddr *)&client);
+    qx_exchange_t *ex =
+        qx_exchange_new(&env->w.ctx, &fops, &f, 0, (const struct sockaddr *)&client);
     if (ex == NULL)
         abort();
     header(ex, ":method", method);
@@ -276,7 +277,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* A response of at most ~64 KiB in pieces of at least a byte ends in
      * well under 200k turns; a hang is a finding (libFuzzer's -timeout). */
     for (int turns = 0; !(f.eof || f.aborted || ex->state == QX_EX_DONE) || up.conns > 0; turns++) {
-        uv_run(&env->w.loop, UV_RUN_ONCE);
+        uv_run(&env->w.ctx.loop, UV_RUN_ONCE);
         if (f.responded && !f.eof)
             f_resume(ex);
         if (turns > 200000)
@@ -286,7 +287,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         __builtin_trap(); /* the client heard nothing */
     qx_exchange_front_closed(ex, !(f.eof && !f.aborted));
     /* No pooled connection carries over to the next input. */
-    qx_pool_close_idle(env->w.pools[0]);
+    qx_pool_close_idle(env->w.ctx.pools[0]);
     fuzz_env_turns(env, 2);
     return 0;
 }

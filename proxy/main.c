@@ -8,19 +8,19 @@
  * half-started pod (exit 2 names the field).
  */
 #include "admin/admin.h"
-#include "config/config.h"
-#include "conf/dns.h"
 #include "admin/inject.h"
 #include "base/log.h"
-#include "front/quic/quic.h"
 #include "base/qx.h"
-#include "worker/runtime.h"
+#include "conf/dns.h"
 #include "conf/snapshot.h"
+#include "config/config.h"
+#include "config/watch.h"
+#include "front/quic/quic.h"
 #include "front/quic/src_rate.h"
 #include "front/quic/steer.h"
-#include "front/tcp/tcp_front.h"
 #include "front/quic/tls.h"
-#include "config/watch.h"
+#include "front/tcp/tcp_front.h"
+#include "worker/runtime.h"
 #include "worker/worker.h"
 #include "xdp/xdp.h"
 #include "xdp/xdp_proxy.h"
@@ -372,7 +372,7 @@ static void on_start_watchdog(uv_timer_t *t)
 {
     qx_main_t *m = t->data;
     for (unsigned i = 0; i < m->nworkers; i++) {
-        if (__atomic_load_n(&m->workers[i].state, __ATOMIC_ACQUIRE) == QX_W_STARTING)
+        if (__atomic_load_n(&m->workers[i].ctx.state, __ATOMIC_ACQUIRE) == QX_W_STARTING)
             QX_WARN("worker %u has not started its loop yet; /startupz stays 503 until it does", i);
     }
 }
@@ -739,6 +739,7 @@ int main(int argc, char **argv)
         return EXIT_CONFIG;
     }
     rt.dns = m.dns;
+    shared.dns = m.dns;
     resolve_now(m.dns, m.loop, snap->cfg, 2000);
     qx_runtime_refresh(&rt);
     uv_async_init(m.loop, &m.names, on_names);
@@ -759,6 +760,7 @@ int main(int argc, char **argv)
     rt.drain_async = &m.drain;
     rt.workers = m.workers;
     rt.nworkers = nworkers;
+    shared.nworkers = nworkers;
     qx_snapshot_t *cur = qx_runtime_snapshot(&rt); /* with the endpoints resolved above */
     for (unsigned i = 0; i < nworkers; i++) {
         if (qx_worker_init(&m.workers[i], i, &shared, cur) != 0)

@@ -194,3 +194,10 @@ void qx_log_rl(qx_log_rl_t *rl, qx_log_level_t lvl, const char *fmt, ...)
     vlog(lvl, dropped ? tail : NULL, fmt, ap);
     va_end(ap);
 }
+
+_Noreturn void qx_assert_fail(const char *cond, const char *file, int line)
+{
+    qx_log(QX_LOG_ERROR, "assertion failed: %s (%s:%d)", cond, file, line);
+    fflush(stderr);
+    abort();
+}

@@ -30,4 +30,15 @@
 #define QX_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define QX_MAX(a, b) ((a) > (b) ? (a) : (b))
 
+/* QRUX_ASSERT(cond): checked in debug and sanitizer builds (QX_CHECKED,
+ * set by CMake), nothing in release builds. For what must hold whatever a
+ * peer does, such as a state machine's legal moves; never for input. A
+ * failure prints the condition and where, then aborts. */
+#ifdef QX_CHECKED
+#define QRUX_ASSERT(cond) ((cond) ? (void)0 : qx_assert_fail(#cond, __FILE__, __LINE__))
+#else
+#define QRUX_ASSERT(cond) ((void)0)
+#endif
+_Noreturn void qx_assert_fail(const char *cond, const char *file, int line);
+
 #endif

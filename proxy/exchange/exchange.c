@@ -1,12 +1,11 @@
 /* exchange.c - one proxied request, front <-> HTTP/1.1 upstream (see exchange.h). */
 #include "exchange/exchange.h"
 
-#include "conf/dns.h"
 #include "base/log.h"
 #include "base/qx.h"
-#include "worker/runtime.h"
+#include "conf/dns.h"
+#include "exchange/context.h"
 #include "exchange/trace.h"
-#include "worker/worker.h"
 
 #include <arpa/inet.h>
 #include <gnutls/crypto.h>
@@ -29,7 +28,7 @@ static void pump_later(qx_exchange_t *ex);
 static void dispatch(qx_exchange_t *ex, int fresh_only);
 static int connect_failed(qx_exchange_t *ex, const char *why);
 static void build_and_dispatch(qx_exchange_t *ex);
-static void client_ip(qx_worker_t *w, const struct sockaddr *client, char *out);
+static void client_ip(qx_wctx_t *w, const struct sockaddr *client, char *out);
 static void format_ip(const struct sockaddr *client, char *client_ip);
 static void exchange_free(qx_exchange_t *ex);
 static void *grow_fields(qx_exchange_t *ex, const void *arr, size_t *cap, size_t elem, size_t used);
@@ -244,7 +243,7 @@ static void ex_release_upstream(qx_exchange_t *ex, int reusable)
 
 /* ---- life cycle --------------------------------------------------------- */
 
-qx_exchange_t *qx_exchange_new(qx_worker_t *w, const qx_front_ops_t *fops, void *front,
+qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *front,
                                int64_t stream_id, const struct sockaddr *client)
 {
     qx_exchange_t *ex = w->ex_cache;
@@ -283,7 +282,7 @@ qx_exchange_t *qx_exchange_new(qx_worker_t *w, const qx_front_ops_t *fops, void 
 
 /* Formats the client address, once per address in a row: requests come in
  * runs from one connection. */
-static void client_ip(qx_worker_t *w, const struct sockaddr *client, char *out)
+static void client_ip(qx_wctx_t *w, const struct sockaddr *client, char *out)
 {
     socklen_t len =
         client->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
@@ -311,7 +310,7 @@ static void format_ip(const struct sockaddr *client, char *client_ip)
 static void on_timer_closed(uv_handle_t *h)
 {
     qx_exchange_t *ex = qx_container_of(h, qx_exchange_t, timer);
-    qx_worker_t *w = ex->w;
+    qx_wctx_t *w = ex->w;
     qx_snapshot_unref(ex->snap);
     ring_buf_free(&ex->reqbuf, ex->req_inline);
     ring_buf_free(&ex->respbuf, ex->resp_inline);
@@ -332,7 +331,7 @@ static void on_timer_closed(uv_handle_t *h)
         exchange_free(ex);
     }
     w->nexchanges--;
-    qx_worker_maybe_done(w);
+    qx_wctx_maybe_done(w);
 }
 
 static void exchange_free(qx_exchange_t *ex)
@@ -342,7 +341,7 @@ static void exchange_free(qx_exchange_t *ex)
     free(ex);
 }
 
-void qx_exchange_cache_free(qx_worker_t *w)
+void qx_exchange_cache_free(qx_wctx_t *w)
 {
     free(w->up_scratch);
     w->up_scratch = NULL;
@@ -364,7 +363,7 @@ void qx_exchange_front_answered(qx_exchange_t *ex, int status)
 
 void qx_exchange_front_closed(qx_exchange_t *ex, int error)
 {
-    qx_worker_t *w = ex->w;
+    qx_wctx_t *w = ex->w;
     /* Complete when the whole response was handed to the front, even if
      * the client closed its connection before acknowledging the end. */
     int clean = ex->resp_complete && !ex->resp_reset && qx_ring_unsent(&ex->resp) == 0;
@@ -564,8 +563,8 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
         /* Every upstream of the route is a name that does not resolve (yet). */
         ex->up_name = route->upstreams[0].name;
         char why[160] = "not resolved yet";
-        if (ex->w->shared->rt->dns)
-            qx_dns_why(ex->w->shared->rt->dns, route->upstreams[0].host, why, sizeof(why));
+        if (ex->w->shared->dns)
+            qx_dns_why(ex->w->shared->dns, route->upstreams[0].host, why, sizeof(why));
         up_warn(ex, "no address to connect to: the name %s", why);
         local_response(ex, 502);
         return;
@@ -697,7 +696,7 @@ static void on_pool_ready(qx_pool_wait_t *wt)
 
 static void dispatch(qx_exchange_t *ex, int fresh_only)
 {
-    qx_worker_t *w = ex->w;
+    qx_wctx_t *w = ex->w;
     qx_pool_t *pool;
     int reused = 0;
     int rv = QX_ERR_NOTFOUND;
@@ -708,7 +707,7 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
         pool = w->pools[ex->up];
     } else {
         const qx_endpoint_t *up = &ex->snap->eps[ex->up];
-        pool = qx_worker_pool_find(w, (const struct sockaddr *)&up->addr, up->addrlen);
+        pool = qx_wctx_pool_find(w, (const struct sockaddr *)&up->addr, up->addrlen);
     }
     ex->state = QX_EX_CONNECTING;
     if (pool)
@@ -847,7 +846,7 @@ static void upstream_broken(qx_exchange_t *ex, const char *what)
  * front waits for the window this write frees. */
 static void pump_later(qx_exchange_t *ex)
 {
-    qx_worker_t *w = ex->w;
+    qx_wctx_t *w = ex->w;
     if (ex->pump_queued)
         return;
     ex->pump_queued = 1;
@@ -862,7 +861,7 @@ static void pump_later(qx_exchange_t *ex)
 
 static void pump_unqueue(qx_exchange_t *ex)
 {
-    qx_worker_t *w = ex->w;
+    qx_wctx_t *w = ex->w;
     if (!ex->pump_queued)
         return;
     if (ex->pump_prev)
@@ -879,7 +878,7 @@ static void pump_unqueue(qx_exchange_t *ex)
 
 void qx_exchange_on_pump(uv_prepare_t *h)
 {
-    qx_worker_t *w = qx_container_of(h, qx_worker_t, pump);
+    qx_wctx_t *w = qx_container_of(h, qx_wctx_t, pump);
     while (w->pump_head) {
         qx_exchange_t *ex = w->pump_head;
         pump_unqueue(ex);
@@ -1036,7 +1035,7 @@ static void uc_on_read(void *user, ssize_t nread, const char *buf)
 static void uc_read_buf(void *user, uv_buf_t *buf)
 {
     qx_exchange_t *ex = user;
-    qx_worker_t *w = ex->w;
+    qx_wctx_t *w = ex->w;
     size_t room = QX_UP_READ;
     if (ex->respbuf) {
         qx_ring_t *r = &ex->resp;

@@ -20,11 +20,11 @@
 #define QX_EXCHANGE_H
 
 #include "base/arena.h"
-#include "upstream/h1.h"
-#include "llhttp.h"
-#include "upstream/pool.h"
 #include "base/ring.h"
 #include "conf/snapshot.h"
+#include "llhttp.h"
+#include "upstream/h1.h"
+#include "upstream/pool.h"
 
 #include <netinet/in.h>
 #include <stdint.h>
@@ -41,7 +41,7 @@
 #define QX_UP_READ_MIN 4096    /* a response window with less room pauses the upstream */
 #define QX_CONNECT_ATTEMPTS 3  /* endpoints a request tries when connects fail */
 
-typedef struct qx_worker qx_worker_t;
+typedef struct qx_wctx qx_wctx_t;
 typedef struct qx_exchange qx_exchange_t;
 
 /* What every front implements, so the exchange never asks which protocol. */
@@ -75,7 +75,7 @@ typedef struct qx_resp_field {
 } qx_resp_field_t;
 
 struct qx_exchange {
-    qx_worker_t *w;
+    qx_wctx_t *w;
     const qx_front_ops_t *fops;
     void *front; /* the front's connection */
     int64_t stream_id;
@@ -176,7 +176,7 @@ struct qx_exchange {
 
 /* Creates an exchange for a new front stream. client is the peer address.
  * Returns NULL when memory is short. */
-qx_exchange_t *qx_exchange_new(qx_worker_t *w, const qx_front_ops_t *fops, void *front,
+qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *front,
                                int64_t stream_id, const struct sockaddr *client);
 
 /* One request field (pseudo-headers included, names as received).
@@ -214,7 +214,7 @@ void qx_exchange_on_pump(uv_prepare_t *h);
 
 /* Frees what the exchanges keep per worker: the cached exchanges and the
  * upstream read scratch buffer (its loop has ended). */
-void qx_exchange_cache_free(qx_worker_t *w);
+void qx_exchange_cache_free(qx_wctx_t *w);
 
 /* The front stream is closed (done, reset, or its connection died).
  * |error| is nonzero when it did not end cleanly. Logs and counts the

@@ -10,8 +10,8 @@
  */
 #include "../admin/admin.c"
 
-#include "base/metrics.h"
 #include "admin/metrics_text.h"
+#include "base/metrics.h"
 #include "base/qx.h"
 
 #include <setjmp.h>
@@ -620,8 +620,8 @@ static void test_liveness(void **state)
     rt->workers = calloc(3, sizeof(*rt->workers));
     assert_non_null(rt->workers);
     for (unsigned i = 0; i < 3; i++) {
-        rt->workers[i].id = i;
-        rt->workers[i].state = QX_W_RUNNING;
+        rt->workers[i].ctx.id = i;
+        rt->workers[i].ctx.state = QX_W_RUNNING;
     }
     char why[128];
     const uint64_t now = 1000000;
@@ -640,11 +640,11 @@ static void test_liveness(void **state)
     assert_string_equal(why, "worker 1 wedged (last tick 7.2s ago)");
 
     /* A worker whose drain finished stops ticking; that is not a wedge. */
-    rt->workers[1].state = QX_W_STOPPED;
+    rt->workers[1].ctx.state = QX_W_STOPPED;
     assert_int_equal(liveness(rt, now, why, sizeof(why)), 1);
 
     /* A draining worker still ticks and is still judged. */
-    rt->workers[2].state = QX_W_DRAINING;
+    rt->workers[2].ctx.state = QX_W_DRAINING;
     rt->workers[2].last_tick_ms = now - 60000;
     assert_int_equal(liveness(rt, now, why, sizeof(why)), 0);
     assert_string_equal(why, "worker 2 wedged (last tick 60.0s ago)");

@@ -8,9 +8,9 @@
  * H3_MESSAGE_ERROR through the stop_sending / reset_stream callbacks here.
  */
 #include "base/log.h"
-#include "front/quic/quic_conn.h"
 #include "base/qx.h"
-#include "worker/worker.h"
+#include "exchange/context.h"
+#include "front/quic/quic_conn.h"
 
 #include <inttypes.h>
 #include <stdlib.h>

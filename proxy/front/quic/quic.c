@@ -4,15 +4,14 @@
 #include "base/cid.h"
 #include "base/ipcount.h"
 #include "base/log.h"
-#include "front/quic/quic_conn.h"
-#include "front/quic/quic_mem.h"
 #include "base/qx.h"
-#include "worker/runtime.h"
 #include "base/siphash.h"
 #include "base/sockbuf.h"
+#include "exchange/context.h"
+#include "front/quic/quic_conn.h"
+#include "front/quic/quic_mem.h"
 #include "front/quic/src_rate.h"
 #include "front/quic/tls.h"
-#include "worker/worker.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -47,7 +46,7 @@ typedef struct cid_entry {
 } cid_entry_t;
 
 struct qx_quic_ep {
-    qx_worker_t *w;
+    qx_wctx_t *w;
     /* A client picks the CIDs it sends and its address: both tables hash
      * with this per-process random key, so it cannot aim at one chain. */
     uint8_t hash_key[QX_SIPHASH_KEY_LEN];
@@ -82,7 +81,7 @@ static ngtcp2_tstamp now_ns(void)
     return uv_hrtime();
 }
 
-qx_worker_t *qx_quic_conn_worker(qx_quic_conn_t *qc)
+qx_wctx_t *qx_quic_conn_worker(qx_quic_conn_t *qc)
 {
     return qc->ep->w;
 }
@@ -341,7 +340,7 @@ static void release_tls(qx_quic_conn_t *qc)
 static void conn_del(qx_quic_conn_t *qc)
 {
     qx_quic_ep_t *ep = qc->ep;
-    qx_worker_t *w = ep->w;
+    qx_wctx_t *w = ep->w;
 
     if (!qc->close_quietly && qc->conn && !ngtcp2_conn_in_closing_period(qc->conn) &&
         !ngtcp2_conn_in_draining_period(qc->conn)) {
@@ -386,7 +385,7 @@ static void conn_del(qx_quic_conn_t *qc)
     qc->conn = NULL;
     release_tls(qc);
     uv_close((uv_handle_t *)&qc->timer, conn_timer_closed);
-    qx_worker_maybe_done(w);
+    qx_wctx_maybe_done(w);
 }
 
 /* Reports the path to the worker's metrics: smoothed and minimum RTT and
@@ -667,7 +666,7 @@ static int reset_token(qx_quic_ep_t *ep, uint8_t *token, const ngtcp2_cid *cid)
 
 static int new_cid(qx_quic_conn_t *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen)
 {
-    qx_worker_t *w = qc->ep->w;
+    qx_wctx_t *w = qc->ep->w;
     /* Worker id (the steering byte), key generation, MAC: cid.h. */
     if (cidlen != QX_CID_LEN || qx_cid_make(&w->shared->cid_keys, w->id, cid->data) != 0)
         return -1;
@@ -715,7 +714,7 @@ void qx_quic_conn_read_sni(qx_quic_conn_t *qc)
 static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
 {
     qx_quic_conn_t *qc = user_data;
-    qx_worker_t *w = qc->ep->w;
+    qx_wctx_t *w = qc->ep->w;
     uint8_t token[NGTCP2_CRYPTO_MAX_REGULAR_TOKENLEN];
 
     qx_quic_conn_read_sni(qc);
@@ -818,7 +817,7 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
                                 const struct sockaddr *remote, socklen_t remotelen,
                                 const ngtcp2_cid *odcid, int validated)
 {
-    qx_worker_t *w = ep->w;
+    qx_wctx_t *w = ep->w;
     const qx_limits_t *lim = &w->snap->cfg->limits;
     ngtcp2_settings settings;
     ngtcp2_transport_params params;
@@ -1066,13 +1065,12 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
 
     qx_quic_conn_t *qc = cid_find(ep, vc.dcid, vc.dcidlen);
     if (qc == NULL && !(data[0] & 0x80) && vc.dcidlen == QX_SCID_LEN && vc.dcid[0] != ep->w->id &&
-        vc.dcid[0] < ep->w->shared->rt->nworkers && !forwarded) {
+        vc.dcid[0] < ep->w->shared->nworkers && !forwarded) {
         /* One of our CIDs, owned by another worker (migration, NAT
          * rebinding): hand it over rather than resetting it. Initial
          * packets carry the client's random DCID and never come here
          * unless that happens to look like ours, which is harmless. */
-        qx_worker_forward(&ep->w->shared->rt->workers[vc.dcid[0]], local, locallen, remote,
-                          remotelen, data, len);
+        qx_wctx_forward(ep->w, vc.dcid[0], local, locallen, remote, remotelen, data, len);
         return;
     }
     if (qc == NULL) {
@@ -1264,8 +1262,7 @@ static void ep_poll_update(qx_quic_ep_t *ep)
 
 /* ---- endpoint ----------------------------------------------------------- */
 
-int qx_quic_ep_new(qx_quic_ep_t **out, qx_worker_t *w, const struct sockaddr *addr,
-                   socklen_t addrlen)
+int qx_quic_ep_new(qx_quic_ep_t **out, qx_wctx_t *w, const struct sockaddr *addr, socklen_t addrlen)
 {
     char name[INET6_ADDRSTRLEN + 8] = "?";
     int one = 1, zero = 0;

@@ -12,12 +12,12 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-typedef struct qx_worker qx_worker_t;
+typedef struct qx_wctx qx_wctx_t;
 typedef struct qx_quic_ep qx_quic_ep_t;
 
 /* Binds the UDP socket (nothing else runs yet). Returns 0, QX_ERR_IO
  * (logged with the address and errno) or QX_ERR_NOMEM. */
-int qx_quic_ep_new(qx_quic_ep_t **out, qx_worker_t *w, const struct sockaddr *addr,
+int qx_quic_ep_new(qx_quic_ep_t **out, qx_wctx_t *w, const struct sockaddr *addr,
                    socklen_t addrlen);
 
 /* Starts reading packets on the worker's loop. Returns 0 or QX_ERR_IO. */

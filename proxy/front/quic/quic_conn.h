@@ -74,7 +74,7 @@ void qx_quic_conn_mark(qx_quic_conn_t *qc);
 /* Schedules closing with qc->ccerr (or quietly). */
 void qx_quic_conn_close(qx_quic_conn_t *qc, int quietly);
 
-qx_worker_t *qx_quic_conn_worker(qx_quic_conn_t *qc);
+qx_wctx_t *qx_quic_conn_worker(qx_quic_conn_t *qc);
 
 /* The allocator nghttp3 uses on qc's worker (quic_mem.h). */
 const nghttp3_mem *qx_quic_conn_h3_mem(qx_quic_conn_t *qc);

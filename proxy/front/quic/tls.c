@@ -3,6 +3,7 @@
 
 #include "base/pem.h"
 #include "base/qx.h"
+#include "exchange/context.h"
 
 #include <gnutls/crypto.h>
 #include <gnutls/x509.h>
@@ -334,4 +335,21 @@ int qx_tls_session_new(const qx_tls_t *t, qx_tls_keys_t *keys, void *conn_ref,
 fail:
     gnutls_deinit(s);
     return QX_ERR_TLS;
+}
+
+qx_tls_t *qx_shared_tls_acquire(qx_shared_t *s)
+{
+    pthread_mutex_lock(&s->tls_lock);
+    qx_tls_t *t = qx_tls_ref(s->tls);
+    pthread_mutex_unlock(&s->tls_lock);
+    return t;
+}
+
+void qx_shared_tls_swap(qx_shared_t *s, qx_tls_t *tls)
+{
+    pthread_mutex_lock(&s->tls_lock);
+    qx_tls_t *old = s->tls;
+    s->tls = tls;
+    pthread_mutex_unlock(&s->tls_lock);
+    qx_tls_unref(old);
 }

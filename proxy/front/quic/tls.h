@@ -62,4 +62,13 @@ void qx_tls_unref(qx_tls_t *tls);
 int qx_tls_session_new(const qx_tls_t *tls, qx_tls_keys_t *keys, void *conn_ref,
                        gnutls_session_t *out);
 
+/* The credentials in force (shared->tls), referenced (qx_tls_unref when
+ * the connection is gone). Taken once per new connection. Thread-safe. */
+typedef struct qx_shared qx_shared_t;
+qx_tls_t *qx_shared_tls_acquire(qx_shared_t *s);
+
+/* Puts new credentials in force for new handshakes (ownership taken);
+ * existing connections keep theirs. Thread-safe (shared->tls_lock). */
+void qx_shared_tls_swap(qx_shared_t *s, qx_tls_t *tls);
+
 #endif

@@ -12,7 +12,7 @@
 
 #include "base/log.h"
 #include "base/qx.h"
-#include "worker/worker.h"
+#include "exchange/context.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -442,7 +442,7 @@ typedef enum { RESP_NONE, RESP_BODY } resp_state_t;
 
 typedef struct qx_h1_conn {
     qx_tcp_conn_t *c;
-    qx_worker_t *w;
+    qx_wctx_t *w;
     qx_h1_reqp_t rp;
     qx_exchange_t *ex; /* the request being answered, or NULL */
     int64_t seq;       /* requests on this connection (the exchange's stream id) */

@@ -20,10 +20,10 @@
  */
 #include "front/tcp/h2_front.h"
 
-#include "exchange/exchange.h"
 #include "base/log.h"
 #include "base/qx.h"
-#include "worker/worker.h"
+#include "exchange/context.h"
+#include "exchange/exchange.h"
 
 #include <inttypes.h>
 #include <nghttp2/nghttp2.h>
@@ -57,7 +57,7 @@ typedef struct h2_stream {
 
 struct h2_conn {
     qx_tcp_conn_t *c;
-    qx_worker_t *w;
+    qx_wctx_t *w;
     nghttp2_session *s;
     h2_stream_t *streams;
     unsigned nstreams;

@@ -27,7 +27,7 @@
 #include <sys/types.h>
 #include <uv.h>
 
-typedef struct qx_worker qx_worker_t;
+typedef struct qx_wctx qx_wctx_t;
 typedef struct qx_tcp_front qx_tcp_front_t;
 typedef struct qx_tcp_conn qx_tcp_conn_t;
 
@@ -60,7 +60,7 @@ typedef enum {
 
 struct qx_tcp_conn {
     qx_tcp_front_t *f;
-    qx_worker_t *w;
+    qx_wctx_t *w;
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_write_t wreq;

@@ -21,13 +21,13 @@
  */
 #include "front/tcp/tcp_front.h"
 
-#include "front/tcp/h1_front.h"
-#include "front/tcp/h2_front.h"
 #include "base/log.h"
 #include "base/qx.h"
 #include "base/siphash.h"
+#include "exchange/context.h"
+#include "front/tcp/h1_front.h"
+#include "front/tcp/h2_front.h"
 #include "front/tcp/tcp_conn.h"
-#include "worker/worker.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -67,7 +67,7 @@ struct qx_tls_tcp {
 };
 
 struct qx_tcp_front {
-    qx_worker_t *w;
+    qx_wctx_t *w;
     int fd;
     int started;   /* handles initialised on the worker loop */
     int accepting; /* new connections are served */
@@ -757,7 +757,7 @@ static void on_flush(uv_check_t *h)
         uv_idle_stop(&f->kick);
     }
     if (f->nconns < before && !f->closing)
-        qx_worker_maybe_done(f->w);
+        qx_wctx_maybe_done(f->w);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -769,7 +769,7 @@ static void on_flush(uv_check_t *h)
  * Returns 0, or QX_ERR_LIMIT (counted) when it is to be closed. */
 static int admit(qx_tcp_front_t *f, qx_tcp_conn_t *c)
 {
-    qx_worker_t *w = f->w;
+    qx_wctx_t *w = f->w;
     const qx_limits_t *l = &w->snap->cfg->limits;
     qx_shared_t *sh = w->shared;
     if (qx_fd_take(&sh->fds) != 0) {
@@ -790,7 +790,7 @@ static int admit(qx_tcp_front_t *f, qx_tcp_conn_t *c)
 
 static void conn_accept(qx_tcp_front_t *f)
 {
-    qx_worker_t *w = f->w;
+    qx_wctx_t *w = f->w;
     qx_tcp_conn_t *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return;
@@ -855,7 +855,7 @@ static void on_connection(uv_stream_t *s, int status)
 /* Listener                                                                 */
 /* ------------------------------------------------------------------------ */
 
-int qx_tcp_front_new(qx_tcp_front_t **out, qx_worker_t *w, const struct sockaddr *addr,
+int qx_tcp_front_new(qx_tcp_front_t **out, qx_wctx_t *w, const struct sockaddr *addr,
                      socklen_t addrlen)
 {
     char name[INET6_ADDRSTRLEN] = "?";
@@ -906,7 +906,7 @@ fail:
 
 int qx_tcp_front_start(qx_tcp_front_t *f)
 {
-    qx_worker_t *w = f->w;
+    qx_wctx_t *w = f->w;
     if (w->shared->tls_tcp == NULL) {
         QX_ERROR("server.https_listen: no TLS context for the HTTPS listener");
         return QX_ERR_TLS;

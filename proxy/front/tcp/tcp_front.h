@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
-typedef struct qx_worker qx_worker_t;
+typedef struct qx_wctx qx_wctx_t;
 typedef struct qx_tcp_front qx_tcp_front_t;
 
 /* Process-wide OpenSSL server context, shared read-only by the workers. */
@@ -31,7 +31,7 @@ void qx_tls_tcp_swap(qx_shared_t *s, qx_tls_tcp_t *t);
 /* Binds the listening socket (SO_REUSEPORT) on the calling thread before
  * the worker runs. Returns 0, QX_ERR_IO (logged, names server.https_listen)
  * or QX_ERR_NOMEM. */
-int qx_tcp_front_new(qx_tcp_front_t **out, qx_worker_t *w, const struct sockaddr *addr,
+int qx_tcp_front_new(qx_tcp_front_t **out, qx_wctx_t *w, const struct sockaddr *addr,
                      socklen_t addrlen);
 
 /* On the worker thread: starts accepting. Returns 0 or QX_ERR_IO. */
