@@ -17,6 +17,9 @@ How the bytes get there:
 - Handshake level: h3probe --inject-hs writes one Handshake packet the same
   way, before ngtcp2 sends the client's Finished; ngtcp2 reads the
   server's CONNECTION_CLOSE.
+- 0-RTT: h3probe --session-file saves a ticket from one connection and
+  resumes with it; --inject-0rtt writes one 0-RTT packet right after the
+  first Initial.
 
 Each case asserts one of:
   close C...   a CONNECTION_CLOSE of type 0x1c (transport) with one of the
@@ -83,6 +86,9 @@ Frames in a Handshake packet (before the client's Finished):
   CRYPTO 100 kB ahead, past the reassembly buffer     §7.5   0x0d
   CRYPTO with a TLS KeyUpdate                   RFC 9001 §6    0x10a
   CRYPTO with a TLS EndOfEarlyData              RFC 9001 §8.3  0x10a
+
+Frames in a 0-RTT packet (a resumed session):
+  CRYPTO                                        RFC 9001 §8.3, §12.4 0x0a
 
 What these cases do not assert, and why:
 - (*) RESET_STREAM for a stream the server only sends on: ngtcp2 closes
@@ -490,6 +496,32 @@ def main():
             print("  answers to the later packet: %r" % (after,))
             served("after close")
         env.case("after the client's CONNECTION_CLOSE", after_close)
+
+        # -- 0-RTT ------------------------------------------------------------------------
+        def zero_rtt_crypto():
+            sess = os.path.join(env.dir, "quic-conformance.session")
+            rc, so, se = run([probe, "--timeout", "8", "127.0.0.1", str(q.port), "-H",
+                              ":method: GET", "-H", ":scheme: https", "-H",
+                              ":authority: localhost", "-H", ":path: /bytes/10",
+                              "--session-file", sess], 20)
+            out = so.decode(errors="replace")
+            if not env.check("0-RTT: a first connection leaves a session ticket",
+                             "session-saved" in out and "status 200" in out,
+                             out[-300:] + se.decode(errors="replace")[-300:]):
+                return
+            frames = crypto(0, b"\x08\x00\x00\x02\x00\x00")  # an EncryptedExtensions
+            rc, so, se = run([probe, "--timeout", "%d" % (DEADLINE + 1), "127.0.0.1",
+                              str(q.port), "--session-file", sess, "--inject-0rtt", h(frames)],
+                             20)
+            out = so.decode(errors="replace")
+            m = re.search(r"conn-close 0x([0-9a-f]+) (\w+)", out)
+            env.check("0-RTT: CRYPTO in a 0-RTT packet (RFC 9001 §8.3): CONNECTION_CLOSE 0x1c "
+                      "with 0x%x" % PROTOCOL_VIOLATION,
+                      "inject-0rtt pn" in out and m and int(m.group(1), 16) == PROTOCOL_VIOLATION
+                      and m.group(2) == "transport",
+                      out[-400:] + se.decode(errors="replace")[-300:])
+            served("0-RTT CRYPTO")
+        env.case("0-RTT: CRYPTO", zero_rtt_crypto)
 
         # -- Handshake ------------------------------------------------------------------
         for name, sect, frames, extra, want in HS_CASES:
