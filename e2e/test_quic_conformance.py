@@ -77,7 +77,8 @@ Frames in 1-RTT packets:
   CRYPTO with a TLS KeyUpdate                   RFC 9001 §6    0x10a
   after the client's CONNECTION_CLOSE                 §10.2.2 (see below)
 
-Frames in a Handshake packet (before the client's Finished):
+Frames in a Handshake packet (before the client's Finished; the close
+within h3probe's 3 s, handshake included):
   PATH_CHALLENGE                                      §12.4, §17.2.4 0x0a
   NEW_TOKEN                                           §12.4  0x0a
   STREAM                                              §12.4  0x0a
@@ -106,11 +107,13 @@ What these cases do not assert, and why:
   and MUST NOT send (§10.2.2), or it MAY send one CONNECTION_CLOSE. qrux
   drops the connection state at once instead of keeping it for 3 PTO (a
   SHOULD), so a later packet of the connection gets a stateless reset;
-  §10.2 allows that ("MAY send a stateless reset"). The case asserts that
-  nothing the server sends after the close decrypts as a packet of the
-  connection other than a single CONNECTION_CLOSE, and that a later packet
-  gets nothing or a stateless reset: a short header, smaller than what
-  provoked it (§10.3.3), ending in the token the server gave for that CID.
+  §10.2 allows that ("MAY send a stateless reset"). The case sends PING +
+  CONNECTION_CLOSE in one packet and a PING 300 ms later, and asserts that
+  the server acknowledges neither (it did not go on with the connection),
+  sends at most one CONNECTION_CLOSE, no packet of the connection after
+  the later PING, and for it nothing or a stateless reset: a short header,
+  smaller than what provoked it (§10.3.3), ending in the token the server
+  gave for that CID.
 """
 
 import os
