@@ -43,6 +43,8 @@ Transport parameters (ClientHello), RFC 9000 §7.3, §7.4, §18.2; RFC 9001 §8:
   tp: initial_max_streams_bidi/uni 2^60+1             §4.6   0x08; 2^60 ok
   tp: disable_active_migration with a value           §18.2  0x08
   tp: one parameter sent twice                        §7.4   0x08
+  tp: initial_max_data with an empty value            §18.2  0x08
+  tp: a length running past the end of the list       §18    0x08
   tp: an unknown (reserved) parameter                 §18.1  ok
   tls: no quic_transport_parameters extension   RFC 9001 §8.2  0x16d
   tls: no application protocol in common        RFC 9001 §8.1  0x178
@@ -219,6 +221,10 @@ TP_CASES = [
      {"tparams": tp_add((0x0C, b"\x01"))}, TRANSPORT_PARAMETER_ERROR),
     ("tp: a parameter sent twice (initial_max_data)", "§7.4",
      {"tparams": tp_add((0x04, varint(5)))}, TRANSPORT_PARAMETER_ERROR),
+    ("tp: initial_max_data with an empty value", "§18.2",
+     {"tparams": tp_set(0x04, b"")}, TRANSPORT_PARAMETER_ERROR),
+    ("tp: a length running past the end of the list", "§18",
+     {"tparams": lambda scid: D(scid) + [b"\x04\x08\x01"]}, TRANSPORT_PARAMETER_ERROR),
     ("tp: an unknown reserved parameter is ignored", "§18.1",
      {"tparams": tp_add((31 * 5 + 27, b"abc"))}, None),
     ("tls: no quic_transport_parameters extension", "RFC 9001 §8.2",
