@@ -33,8 +33,8 @@
  *   - h2c: connect() finds (or starts) a session on the pool's connection
  *     with a free stream slot instead of taking the connection for itself;
  *     the session (on that connection) multiplexes many qx_up_stream_t,
- *     whose private part holds the stream id. Trailers come as
- *     sink->end()'s fields. GOAWAY or REFUSED_STREAM for a stream the app
+ *     whose private part holds the stream id. Trailers (gRPC's status)
+ *     come as sink->end()'s fields. GOAWAY or REFUSED_STREAM for a stream the app
  *     never processed is sink->error(QX_UP_E_BROKEN, QX_UP_REPLAY_ANY), so
  *     the exchange retries it as it retries a dead keep-alive connection
  *     today; streams under the last stream id finish normally.
@@ -120,8 +120,10 @@ typedef struct qx_up_sink {
                 int64_t content_length);
     /* n body bytes were appended to *resp. */
     void (*body)(void *user, size_t n);
-    /* The response is complete. */
-    void (*end)(void *user);
+    /* The response is complete; |trailers| are its trailer fields (n 0:
+     * none; HTTP/1.1's chunked trailers are not passed on), valid during
+     * the call. */
+    void (*end)(void *user, const qx_hdr_t *trailers, size_t ntrailers);
     /* n request body bytes left *req for good (the client may send more). */
     void (*consumed)(void *user, size_t n);
     /* The stream failed (QX_UP_E_*); replay is QX_UP_REPLAY_* for

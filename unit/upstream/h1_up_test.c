@@ -109,9 +109,11 @@ static void s_body(void *user, size_t n)
     R.body += n;
 }
 
-static void s_end(void *user)
+static void s_end(void *user, const qx_hdr_t *trailers, size_t ntrailers)
 {
     (void)user;
+    (void)trailers;
+    assert_int_equal(ntrailers, 0);
     R.ends++;
 }
 
