@@ -55,15 +55,12 @@ struct qx_quic_ep {
     int family;
     uv_poll_t poll;
     int poll_events;
-    uv_check_t flush;  /* writes what this loop turn produced */
-    uv_idle_t kick;    /* active while something is queued: poll without blocking */
     uv_timer_t goaway; /* drain: from the GOAWAY notice to the final GOAWAY */
     int closing;
     int accepting;
     unsigned nconns;
     unsigned nblocked; /* connections holding a stashed packet */
     qx_quic_conn_t *conns;
-    qx_quic_conn_t *dirty;
     cid_entry_t *buckets[CID_BUCKETS];
     uint8_t rxbuf[65536];
     uint8_t txbuf[TX_BATCH_BYTES]; /* a GSO batch of same-size datagrams */
@@ -272,30 +269,13 @@ static int send_pkts(qx_quic_ep_t *ep, const struct sockaddr *local, const struc
 static void conn_timer_cb(uv_timer_t *t);
 static void report_path(qx_quic_conn_t *qc, uint64_t now);
 
-static void on_kick(uv_idle_t *h)
-{
-    (void)h;
-}
-
-/* Queues qc for the flush. The check handle runs after the poll phase, but
- * libuv only polls without blocking when an idle handle is active: without
- * the kick, a mark made from a timer callback would wait for the next
- * unrelated event. */
-static void enqueue(qx_quic_conn_t *qc)
-{
-    qx_quic_ep_t *ep = qc->ep;
-    if (ep->dirty == NULL && !ep->closing)
-        uv_idle_start(&ep->kick, on_kick);
-    qc->dirty = 1;
-    qc->dnext = ep->dirty;
-    ep->dirty = qc;
-}
-
+/* Queues qc's flush on the worker's deferred-work queue (defer.h): it runs
+ * after this loop turn's I/O, also when the mark comes from a timer. */
 void qx_quic_conn_mark(qx_quic_conn_t *qc)
 {
-    if (qc->dirty || qc->closing)
+    if (qc->closing)
         return;
-    enqueue(qc);
+    qx_defer(&qc->ep->w->defer, &qc->flush);
 }
 
 void qx_quic_conn_close(qx_quic_conn_t *qc, int quietly)
@@ -304,10 +284,9 @@ void qx_quic_conn_close(qx_quic_conn_t *qc, int quietly)
         return;
     qc->closing = 1;
     qc->close_quietly = quietly;
-    /* Onto the flush list (unless already there): the flush performs the
+    /* Onto the flush queue (unless already there): the flush performs the
      * deletion. */
-    if (!qc->dirty)
-        enqueue(qc);
+    qx_defer(&qc->ep->w->defer, &qc->flush);
 }
 
 static void conn_timer_closed(uv_handle_t *h)
@@ -336,7 +315,8 @@ static void release_tls(qx_quic_conn_t *qc)
 }
 
 /* Frees the connection now. Never called from inside an ngtcp2 or nghttp3
- * callback: only from the flush (uv_check) or endpoint shutdown. */
+ * callback: only from the flush (the deferred-work queue) or endpoint
+ * shutdown. */
 static void conn_del(qx_quic_conn_t *qc)
 {
     qx_quic_ep_t *ep = qc->ep;
@@ -368,6 +348,7 @@ static void conn_del(qx_quic_conn_t *qc)
     qc->ip_entry = NULL;
 
     qx_h3_teardown(qc);
+    qx_defer_cancel(&w->defer, &qc->flush); /* the teardown may have marked it */
     while (qc->ncids > 0)
         cid_remove(qc, &qc->cids[qc->ncids - 1]);
     if (qc->prev)
@@ -611,32 +592,19 @@ static void conn_timer_cb(uv_timer_t *t)
     qx_quic_conn_mark(qc);
 }
 
-/* The flush: after every loop turn's I/O, write what each touched
- * connection has, and delete those that are closing. */
-static void on_flush(uv_check_t *h)
+/* The flush, run from the worker's deferred-work queue after the loop
+ * turn's I/O: write what the connection has, or delete it when it is
+ * closing. */
+static void on_flush(qx_deferred_t *d)
 {
-    qx_quic_ep_t *ep = qx_container_of(h, qx_quic_ep_t, flush);
-    while (ep->dirty) {
-        qx_quic_conn_t *qc = ep->dirty;
-        ep->dirty = qc->dnext;
-        qc->dirty = 0;
-        qc->dnext = NULL;
-        if (!qc->closing) {
-            int rv = qx_quic_conn_write(qc);
-            if (rv != 0)
-                conn_fail(qc, rv);
-        }
-        if (qc->closing) {
-            /* conn_fail may have re-queued it: unlink before deleting. */
-            qx_quic_conn_t **pp = &ep->dirty;
-            while (*pp && *pp != qc)
-                pp = &(*pp)->dnext;
-            if (*pp)
-                *pp = qc->dnext;
-            conn_del(qc);
-        }
+    qx_quic_conn_t *qc = qx_container_of(d, qx_quic_conn_t, flush);
+    if (!qc->closing) {
+        int rv = qx_quic_conn_write(qc);
+        if (rv != 0)
+            conn_fail(qc, rv); /* queues it again; conn_del takes it off */
     }
-    uv_idle_stop(&ep->kick);
+    if (qc->closing)
+        conn_del(qc);
 }
 
 /* ---- ngtcp2 callbacks that belong to the transport ---------------------- */
@@ -835,6 +803,7 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     qc->remotelen = remotelen;
     ngtcp2_ccerr_default(&qc->ccerr);
     uv_timer_init(&w->loop, &qc->timer);
+    qx_deferred_init(&qc->flush, on_flush);
     qc->next = ep->conns;
     if (ep->conns)
         ep->conns->prev = qc;
@@ -1343,10 +1312,7 @@ int qx_quic_ep_start(qx_quic_ep_t *ep)
 {
     if (uv_poll_init(&ep->w->loop, &ep->poll, ep->fd) != 0)
         return QX_ERR_IO;
-    uv_check_init(&ep->w->loop, &ep->flush);
-    uv_idle_init(&ep->w->loop, &ep->kick);
     uv_timer_init(&ep->w->loop, &ep->goaway);
-    uv_check_start(&ep->flush, on_flush);
     ep->poll_events = 0;
     ep_poll_update(ep);
     return 0;
@@ -1405,7 +1371,6 @@ void qx_quic_ep_close(qx_quic_ep_t *ep)
     if (ep == NULL)
         return;
     ep->accepting = 0;
-    ep->dirty = NULL;
     while (ep->conns) {
         qx_quic_conn_t *qc = ep->conns;
         ngtcp2_ccerr_set_application_error(&qc->ccerr, NGHTTP3_H3_NO_ERROR, NULL, 0);
@@ -1413,13 +1378,9 @@ void qx_quic_ep_close(qx_quic_ep_t *ep)
         conn_del(qc);
     }
     /* closing counts the handles still to close, plus one. */
-    ep->closing = 5;
-    ep->kick.data = ep;
-    uv_close((uv_handle_t *)&ep->kick, ep_closed);
+    ep->closing = 3;
     ep->poll.data = ep;
-    ep->flush.data = ep;
     ep->goaway.data = ep;
     uv_close((uv_handle_t *)&ep->poll, ep_closed);
-    uv_close((uv_handle_t *)&ep->flush, ep_closed);
     uv_close((uv_handle_t *)&ep->goaway, ep_closed);
 }

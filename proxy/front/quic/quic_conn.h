@@ -6,6 +6,7 @@
 #ifndef QX_QUIC_CONN_H
 #define QX_QUIC_CONN_H
 
+#include "base/defer.h"
 #include "exchange/exchange.h"
 #include "front/quic/h3_ctrl.h"
 #include "front/quic/quic.h"
@@ -55,7 +56,6 @@ struct qx_quic_conn {
     struct qx_ipcount_entry *ip_entry; /* counted toward its address's cap (ipcount.h) */
     qx_h3_ctrl_t h3ctrl;               /* the client control stream's MAX_PUSH_ID rule */
     int goaway;
-    int dirty;         /* on the endpoint's flush list */
     int closing;       /* scheduled for deletion */
     int close_quietly; /* no CONNECTION_CLOSE (idle timeout, draining) */
     uint8_t *stash;    /* a packet the socket refused with EAGAIN */
@@ -63,12 +63,13 @@ struct qx_quic_conn {
     size_t stashgso;             /* its GSO segment size (0: one datagram) */
     uint8_t stashecn;            /* its ECN codepoint */
     qx_quic_conn_t *prev, *next; /* all connections */
-    qx_quic_conn_t *dnext;       /* flush list */
+    qx_deferred_t flush;         /* on the worker's deferred-work queue */
 };
 
 /* ---- quic.c, for h3.c ---- */
 
-/* Queues a flush of conn's pending output at the end of this loop turn. */
+/* Queues a flush of conn's pending output at the end of this loop turn
+ * (the worker's deferred-work queue). */
 void qx_quic_conn_mark(qx_quic_conn_t *qc);
 
 /* Schedules closing with qc->ccerr (or quietly). */
