@@ -20,6 +20,8 @@
 #ifndef QX_TCP_CONN_H
 #define QX_TCP_CONN_H
 
+#include "base/defer.h"
+
 #include <openssl/ssl.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -67,8 +69,7 @@ struct qx_tcp_conn {
     uv_shutdown_t sreq;
     qx_tcp_conn_state_t state;
     qx_tcp_conn_t *prev, *next; /* the front's connections */
-    qx_tcp_conn_t *dnext;       /* the front's flush list */
-    int dirty;                  /* on the flush list */
+    qx_deferred_t flush;        /* on the worker's deferred-work queue */
     int want_input;             /* call input() at the flush */
     int close_req;              /* 0, QX_TC_CLOSE_GRACEFUL or QX_TC_CLOSE_ABORT */
     int reading;                /* uv_read_start in force */

@@ -13,11 +13,11 @@
  * is positive. Writes are staged so that the small pieces a front produces
  * in one loop turn leave as few TLS records and one write.
  *
- * Like the QUIC endpoint, connections touched in a loop turn go on a flush
- * list that a uv_check handle works through after I/O: it runs the front's
- * output, encrypts and writes, and performs deferred closes, so a close
- * requested from inside an exchange or nghttp2 callback never frees the
- * object that callback runs on.
+ * Like the QUIC endpoint's, connections touched in a loop turn queue their
+ * flush on the worker's deferred-work queue (defer.h), which runs after
+ * I/O: the flush runs the front's output, encrypts and writes, and performs
+ * deferred closes, so a close requested from inside an exchange or nghttp2
+ * callback never frees the object that callback runs on.
  */
 #include "front/tcp/tcp_front.h"
 
@@ -76,11 +76,7 @@ struct qx_tcp_front {
     int nhandles;  /* front handles still to close before free */
     int draining;
     uv_tcp_t lsn;
-    uv_check_t flush;
-    uv_idle_t kick; /* active while the flush list is not empty */
-    int kicking;
     qx_tcp_conn_t *conns;
-    qx_tcp_conn_t *dirty;
     unsigned nconns;
     uint64_t altsvc_gen;          /* snapshot generation altsvc was built from */
     qx_tcp_ip_t *ips[IP_BUCKETS]; /* keyed with ip_key: a peer cannot pick its bucket */
@@ -205,27 +201,14 @@ size_t qx_tcp_conn_room(const qx_tcp_conn_t *c)
     return p >= OUT_MAX ? 0 : OUT_MAX - p;
 }
 
-static void on_kick(uv_idle_t *h)
-{
-    (void)h; /* only there to keep the poll from blocking */
-}
-
+/* The flush runs after the poll; a mark made before it (in a timer, or a
+ * write or close callback run from the pending queue) does not wait for the
+ * next I/O event (defer.h keeps the poll from blocking). */
 void qx_tcp_conn_mark(qx_tcp_conn_t *c)
 {
-    qx_tcp_front_t *f = c->f;
-    if (c->dirty || c->state == QX_TC_DEAD || f->closing)
+    if (c->state == QX_TC_DEAD || c->f->closing)
         return;
-    c->dirty = 1;
-    c->dnext = f->dirty;
-    f->dirty = c;
-    /* The flush is a check handle, which runs after the poll. A mark made
-     * before it (in a timer, or a write or close callback run from the
-     * pending queue) must not wait for the next I/O event: an active idle
-     * handle makes the poll return at once. */
-    if (!f->kicking && f->started) {
-        f->kicking = 1;
-        uv_idle_start(&f->kick, on_kick);
-    }
+    qx_defer(&c->w->defer, &c->flush);
 }
 
 void qx_tcp_conn_want_input(qx_tcp_conn_t *c)
@@ -622,6 +605,7 @@ static void conn_teardown(qx_tcp_conn_t *c)
         return;
     int clean = c->state == QX_TC_CLOSING;
     c->state = QX_TC_DEAD;
+    qx_defer_cancel(&c->w->defer, &c->flush);
     if (c->app) {
         c->ops->free(c->app, !clean);
         c->app = NULL;
@@ -693,7 +677,7 @@ static void conn_begin_close(qx_tcp_conn_t *c)
 }
 
 /* ------------------------------------------------------------------------ */
-/* The flush (uv_check)                                                     */
+/* The flush (the worker's deferred-work queue)                             */
 /* ------------------------------------------------------------------------ */
 
 static void conn_flush(qx_tcp_conn_t *c)
@@ -739,24 +723,14 @@ static void conn_flush(qx_tcp_conn_t *c)
         read_start(c);
 }
 
-static void on_flush(uv_check_t *h)
+/* conn_flush may queue c again (a front asked for input): it runs once
+ * more in the queue's next pass, in this loop turn. */
+static void on_flush(qx_deferred_t *d)
 {
-    qx_tcp_front_t *f = qx_container_of(h, qx_tcp_front_t, flush);
-    unsigned before = f->nconns;
-    while (f->dirty && !f->closing) {
-        qx_tcp_conn_t *c = f->dirty;
-        f->dirty = c->dnext;
-        c->dirty = 0;
-        c->dnext = NULL;
-        conn_flush(c);
-        /* conn_flush may have queued c again (a front asked for input):
-         * it is simply handled once more in this loop. */
-    }
-    if (f->kicking && !f->closing) {
-        f->kicking = 0;
-        uv_idle_stop(&f->kick);
-    }
-    if (f->nconns < before && !f->closing)
+    qx_tcp_conn_t *c = qx_container_of(d, qx_tcp_conn_t, flush);
+    qx_tcp_front_t *f = c->f;
+    conn_flush(c);
+    if (c->state == QX_TC_DEAD && !f->closing)
         qx_wctx_maybe_done(f->w);
 }
 
@@ -797,6 +771,7 @@ static void conn_accept(qx_tcp_front_t *f)
     c->f = f;
     c->w = w;
     c->state = QX_TC_HANDSHAKE;
+    qx_deferred_init(&c->flush, on_flush);
     uv_tcp_init(&w->loop, &c->tcp);
     uv_timer_init(&w->loop, &c->timer);
     c->next = f->conns;
@@ -912,13 +887,9 @@ int qx_tcp_front_start(qx_tcp_front_t *f)
         return QX_ERR_TLS;
     }
     uv_tcp_init(&w->loop, &f->lsn);
-    uv_check_init(&w->loop, &f->flush);
-    uv_idle_init(&w->loop, &f->kick);
     f->started = 1;
     f->lsn_open = 1;
     f->lsn.data = f;
-    f->flush.data = f;
-    f->kick.data = f;
     int rv = uv_tcp_open(&f->lsn, f->fd);
     if (rv == 0) {
         f->fd = -1; /* the handle owns it now */
@@ -928,7 +899,6 @@ int qx_tcp_front_start(qx_tcp_front_t *f)
         QX_ERROR("server.https_listen: cannot listen: %s", uv_strerror(rv));
         return QX_ERR_IO;
     }
-    uv_check_start(&f->flush, on_flush);
     return 0;
 }
 
@@ -974,12 +944,8 @@ void qx_tcp_front_close(qx_tcp_front_t *f)
     if (f == NULL || f->closing)
         return;
     f->accepting = 0;
-    f->dirty = NULL;
-    while (f->conns) {
-        qx_tcp_conn_t *c = f->conns;
-        c->dirty = 0;
-        conn_teardown(c);
-    }
+    while (f->conns)
+        conn_teardown(f->conns); /* takes it off the flush queue too */
     f->closing = 1;
     if (!f->started) {
         if (f->fd >= 0)
@@ -988,11 +954,14 @@ void qx_tcp_front_close(qx_tcp_front_t *f)
         return;
     }
     /* Freed when the last handle has closed (a listener closed by a
-     * drain may still be pending: it is counted too). */
+     * drain may still be pending: it is counted too), or now when a drain
+     * closed the listener already. */
     close_listener(f);
-    f->nhandles += 2;
-    uv_close((uv_handle_t *)&f->flush, on_front_handle_closed);
-    uv_close((uv_handle_t *)&f->kick, on_front_handle_closed);
+    if (f->nhandles == 0) {
+        if (f->fd >= 0)
+            close(f->fd);
+        free(f);
+    }
 }
 
 unsigned qx_tcp_front_nconns(const qx_tcp_front_t *f)
