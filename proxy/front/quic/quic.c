@@ -271,22 +271,37 @@ static void report_path(qx_quic_conn_t *qc, uint64_t now);
 
 /* Queues qc's flush on the worker's deferred-work queue (defer.h): it runs
  * after this loop turn's I/O, also when the mark comes from a timer. */
+/* The moves quic_conn.h draws: one step down the list, or a close from
+ * any state before CLOSING. */
+static void set_state(qx_quic_conn_t *qc, qx_quic_conn_state_t s)
+{
+    QRUX_ASSERT(s == qc->state + 1 || (s == QX_QC_CLOSING && qc->state < QX_QC_CLOSING));
+    qc->state = s;
+}
+
 void qx_quic_conn_mark(qx_quic_conn_t *qc)
 {
-    if (qc->closing)
+    if (qc->state >= QX_QC_CLOSING)
         return;
     qx_defer(&qc->ep->w->defer, &qc->flush);
 }
 
 void qx_quic_conn_close(qx_quic_conn_t *qc, int quietly)
 {
-    if (qc->closing)
+    if (qc->state >= QX_QC_CLOSING)
         return;
-    qc->closing = 1;
+    qc->closed_in = qc->state;
+    set_state(qc, QX_QC_CLOSING);
     qc->close_quietly = quietly;
     /* Onto the flush queue (unless already there): the flush performs the
      * deletion. */
     qx_defer(&qc->ep->w->defer, &qc->flush);
+}
+
+void qx_quic_conn_goaway(qx_quic_conn_t *qc)
+{
+    if (qc->state == QX_QC_OPEN)
+        set_state(qc, QX_QC_GOAWAY);
 }
 
 static void conn_timer_closed(uv_handle_t *h)
@@ -322,6 +337,10 @@ static void conn_del(qx_quic_conn_t *qc)
     qx_quic_ep_t *ep = qc->ep;
     qx_wctx_t *w = ep->w;
 
+    if (qc->state < QX_QC_CLOSING) { /* the endpoint closes, or conn_new failed */
+        qc->closed_in = qc->state;
+        set_state(qc, QX_QC_CLOSING);
+    }
     if (!qc->close_quietly && qc->conn && !ngtcp2_conn_in_closing_period(qc->conn) &&
         !ngtcp2_conn_in_draining_period(qc->conn)) {
         ngtcp2_path_storage ps;
@@ -333,7 +352,7 @@ static void conn_del(qx_quic_conn_t *qc)
             send_pkt(ep, (const struct sockaddr *)&qc->local, (const struct sockaddr *)&qc->remote,
                      qc->remotelen, ep->txbuf, (size_t)n);
     }
-    if (!qc->handshake_done) {
+    if (qc->closed_in == QX_QC_HANDSHAKE) {
         qx_cnt_add(&w->metrics.quic_handshakes_failed, 1);
         if (qc->counted)
             w->handshakes--;
@@ -365,6 +384,7 @@ static void conn_del(qx_quic_conn_t *qc)
         ngtcp2_conn_del(qc->conn);
     qc->conn = NULL;
     release_tls(qc);
+    set_state(qc, QX_QC_DEAD);
     uv_close((uv_handle_t *)&qc->timer, conn_timer_closed);
     qx_wctx_maybe_done(w);
 }
@@ -452,7 +472,7 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
     size_t maxpkt = ngtcp2_conn_get_max_tx_udp_payload_size(qc->conn);
     size_t batch = ep->no_gso ? 1 : TX_BATCH_PKTS;
 
-    if (qc->tls && qc->handshake_done)
+    if (qc->tls && qc->state >= QX_QC_OPEN)
         release_tls(qc); /* not inside the callback: gnutls may be on the stack */
     if (qc->stash) {
         int rv =
@@ -578,7 +598,7 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
 static void conn_timer_cb(uv_timer_t *t)
 {
     qx_quic_conn_t *qc = qx_container_of(t, qx_quic_conn_t, timer);
-    if (qc->closing)
+    if (qc->state >= QX_QC_CLOSING)
         return;
     uint64_t now = now_ns();
     int rv = ngtcp2_conn_handle_expiry(qc->conn, now);
@@ -587,7 +607,7 @@ static void conn_timer_cb(uv_timer_t *t)
         return;
     }
     /* A long connection reports its path every minute, not only at close. */
-    if (qc->handshake_done && now - qc->reported_ns >= PATH_REPORT_NS)
+    if (qc->state >= QX_QC_OPEN && now - qc->reported_ns >= PATH_REPORT_NS)
         report_path(qc, now);
     qx_quic_conn_mark(qc);
 }
@@ -598,12 +618,12 @@ static void conn_timer_cb(uv_timer_t *t)
 static void on_flush(qx_deferred_t *d)
 {
     qx_quic_conn_t *qc = qx_container_of(d, qx_quic_conn_t, flush);
-    if (!qc->closing) {
+    if (qc->state < QX_QC_CLOSING) {
         int rv = qx_quic_conn_write(qc);
         if (rv != 0)
             conn_fail(qc, rv); /* queues it again; conn_del takes it off */
     }
-    if (qc->closing)
+    if (qc->state == QX_QC_CLOSING)
         conn_del(qc);
 }
 
@@ -686,7 +706,7 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
     uint8_t token[NGTCP2_CRYPTO_MAX_REGULAR_TOKENLEN];
 
     qx_quic_conn_read_sni(qc);
-    qc->handshake_done = 1;
+    set_state(qc, QX_QC_OPEN);
     /* A completed handshake proves the address (RFC 9000 §8.1): from here
      * on the connection counts toward its address's cap. */
     if (qc->ip_entry == NULL)
@@ -718,7 +738,7 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
             ngtcp2_conn_submit_new_token(conn, token, (size_t)tlen);
     }
     qx_h3_handshake_done(qc);
-    if (qc->goaway || w->state == QX_W_DRAINING)
+    if (w->state == QX_W_DRAINING)
         qx_h3_goaway(qc);
     return 0;
 }
@@ -873,7 +893,6 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
 
 fail:
     qc->close_quietly = 1;
-    qc->handshake_done = 0;
     conn_del(qc);
     return NULL;
 }
@@ -1093,7 +1112,7 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
         if (qc == NULL)
             return;
     }
-    if (qc->closing)
+    if (qc->state >= QX_QC_CLOSING)
         return;
 
     ngtcp2_path path = {
@@ -1322,11 +1341,10 @@ static void on_goaway_final(uv_timer_t *t)
 {
     qx_quic_ep_t *ep = qx_container_of(t, qx_quic_ep_t, goaway);
     for (qx_quic_conn_t *qc = ep->conns; qc; qc = qc->next) {
-        qc->goaway = 1;
-        if (qc->handshake_done)
-            qx_h3_goaway(qc);
-        else
+        if (qc->state == QX_QC_HANDSHAKE)
             qx_quic_conn_close(qc, 0);
+        else if (qc->state < QX_QC_CLOSING)
+            qx_h3_goaway(qc);
     }
 }
 
@@ -1338,7 +1356,7 @@ void qx_quic_ep_drain(qx_quic_ep_t *ep)
 {
     ep->accepting = 0;
     for (qx_quic_conn_t *qc = ep->conns; qc; qc = qc->next) {
-        if (qc->handshake_done)
+        if (qc->state == QX_QC_OPEN)
             qx_h3_goaway_notice(qc);
     }
     uv_timer_start(&ep->goaway, on_goaway_final, GOAWAY_NOTICE_MS, 0);
@@ -1374,7 +1392,6 @@ void qx_quic_ep_close(qx_quic_ep_t *ep)
     while (ep->conns) {
         qx_quic_conn_t *qc = ep->conns;
         ngtcp2_ccerr_set_application_error(&qc->ccerr, NGHTTP3_H3_NO_ERROR, NULL, 0);
-        qc->closing = 1;
         conn_del(qc);
     }
     /* closing counts the handles still to close, plus one. */

@@ -89,6 +89,35 @@ struct qx_tcp_front {
 static void conn_teardown(qx_tcp_conn_t *c);
 
 /* ------------------------------------------------------------------------ */
+/* Connection: state (the diagram is in tcp_conn.h)                         */
+/* ------------------------------------------------------------------------ */
+
+#define TC_BIT(s) (1u << (s))
+static const unsigned tc_moves[] = {
+    [QX_TC_HANDSHAKE] =
+        TC_BIT(QX_TC_OPEN) | TC_BIT(QX_TC_CLOSE_REQ) | TC_BIT(QX_TC_ABORT_REQ) | TC_BIT(QX_TC_DEAD),
+    [QX_TC_OPEN] = TC_BIT(QX_TC_CLOSE_REQ) | TC_BIT(QX_TC_ABORT_REQ) | TC_BIT(QX_TC_DEAD),
+    [QX_TC_CLOSE_REQ] = TC_BIT(QX_TC_CLOSING) | TC_BIT(QX_TC_ABORT_REQ) | TC_BIT(QX_TC_DEAD),
+    [QX_TC_CLOSING] = TC_BIT(QX_TC_LINGER) | TC_BIT(QX_TC_ABORT_REQ) | TC_BIT(QX_TC_DEAD),
+    [QX_TC_LINGER] = TC_BIT(QX_TC_ABORT_REQ) | TC_BIT(QX_TC_DEAD),
+    [QX_TC_ABORT_REQ] = TC_BIT(QX_TC_DEAD),
+    [QX_TC_DEAD] = 0,
+};
+
+static void set_state(qx_tcp_conn_t *c, qx_tcp_conn_state_t s)
+{
+    QRUX_ASSERT(tc_moves[c->state] & TC_BIT(s));
+    c->state = s;
+}
+
+/* Asks for the teardown at the flush (the caller marks the connection). */
+static void request_abort(qx_tcp_conn_t *c)
+{
+    if (c->state < QX_TC_ABORT_REQ)
+        set_state(c, QX_TC_ABORT_REQ);
+}
+
+/* ------------------------------------------------------------------------ */
 /* OpenSSL context                                                          */
 /* ------------------------------------------------------------------------ */
 
@@ -196,7 +225,7 @@ static size_t out_pending(const qx_tcp_conn_t *c)
 size_t qx_tcp_conn_room(const qx_tcp_conn_t *c)
 {
     size_t p = out_pending(c);
-    if (c->state != QX_TC_OPEN || c->close_req)
+    if (c->state != QX_TC_OPEN)
         return 0;
     return p >= OUT_MAX ? 0 : OUT_MAX - p;
 }
@@ -236,7 +265,7 @@ static int stage_flush(qx_tcp_conn_t *c)
 int qx_tcp_conn_write(qx_tcp_conn_t *c, const void *buf, size_t len)
 {
     const uint8_t *p = buf;
-    if (c->state != QX_TC_OPEN || c->close_req == QX_TC_CLOSE_ABORT)
+    if (c->state != QX_TC_OPEN && c->state != QX_TC_CLOSE_REQ)
         return QX_ERR_IO;
     if (c->stage == NULL) {
         c->stage = malloc(STAGE_CAP);
@@ -268,7 +297,7 @@ static void on_write(uv_write_t *req, int status)
         return; /* cancelled by the close */
     if (status != 0) {
         QX_DEBUG("tcp: write failed: %s", uv_strerror(status));
-        c->close_req = QX_TC_CLOSE_ABORT;
+        request_abort(c);
     }
     qx_tcp_conn_mark(c); /* more to write, or the front may write again */
 }
@@ -318,23 +347,24 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 static void read_start(qx_tcp_conn_t *c)
 {
-    if (c->reading || c->peer_eof || c->state == QX_TC_DEAD)
+    if (c->rd != QX_TR_PAUSED || c->state == QX_TC_DEAD)
         return;
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
-        c->reading = 1;
+        c->rd = QX_TR_READING;
 }
 
-static void read_stop(qx_tcp_conn_t *c)
+/* Stops reading; at_eof: for good (the socket reached EOF or failed). */
+static void read_stop(qx_tcp_conn_t *c, int at_eof)
 {
-    if (!c->reading)
-        return;
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->reading = 0;
+    if (c->rd == QX_TR_READING)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    if (c->rd != QX_TR_EOF)
+        c->rd = at_eof ? QX_TR_EOF : QX_TR_PAUSED;
 }
 
 ssize_t qx_tcp_conn_read(qx_tcp_conn_t *c, void *buf, size_t cap)
 {
-    if (c->state != QX_TC_OPEN || c->close_req)
+    if (c->state != QX_TC_OPEN)
         return 0;
     if (cap > INT32_MAX)
         cap = INT32_MAX;
@@ -345,9 +375,9 @@ ssize_t qx_tcp_conn_read(qx_tcp_conn_t *c, void *buf, size_t cap)
     if (BIO_ctrl_pending(c->wbio) > 0)
         qx_tcp_conn_mark(c); /* e.g. a TLS 1.3 key update answer */
     if (e == SSL_ERROR_WANT_READ) {
-        if (c->peer_eof)
+        if (c->rd == QX_TR_EOF)
             return QX_TCP_EOF; /* EOF without close_notify: the same for HTTP */
-        if (!c->reading)
+        if (c->rd == QX_TR_PAUSED)
             qx_tcp_conn_mark(c); /* the flush starts reading again */
         return 0;
     }
@@ -378,7 +408,7 @@ static int conn_open(qx_tcp_conn_t *c)
         lowercase(c->sni);
     }
     SSL_get0_alpn_selected(c->ssl, &alpn, &alpnlen);
-    c->state = QX_TC_OPEN;
+    set_state(c, QX_TC_OPEN);
     qx_tcp_conn_timer(c, 0);
     if (alpnlen == 2 && memcmp(alpn, "h2", 2) == 0) {
         rv = qx_h2_front_new(c, &c->app, &c->ops);
@@ -402,7 +432,7 @@ static void handshake(qx_tcp_conn_t *c)
     int rv = SSL_do_handshake(c->ssl);
     if (rv == 1) {
         if (conn_open(c) != 0) {
-            c->close_req = QX_TC_CLOSE_ABORT;
+            request_abort(c);
             return;
         }
         c->ops->input(c->app);
@@ -416,53 +446,52 @@ static void handshake(qx_tcp_conn_t *c)
     QX_DEBUG("tcp: TLS handshake failed: %s", buf);
     ERR_clear_error();
     /* Let the alert go out, then close. */
-    c->close_req = QX_TC_CLOSE_GRACEFUL;
+    set_state(c, QX_TC_CLOSE_REQ);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     qx_tcp_conn_t *c = qx_container_of((uv_tcp_t *)s, qx_tcp_conn_t, tcp);
-    if (c->state == QX_TC_DEAD)
-        return;
+    if (c->state >= QX_TC_ABORT_REQ)
+        return; /* the flush tears it down */
     if (nread < 0) {
-        read_stop(c);
-        c->peer_eof = 1;
-        if (nread != UV_EOF || (c->state == QX_TC_CLOSING && c->shut)) {
+        read_stop(c, 1);
+        if (nread != UV_EOF || c->state == QX_TC_LINGER) {
             if (nread != UV_EOF)
                 QX_DEBUG("tcp: read: %s", uv_strerror((int)nread));
-            c->close_req = QX_TC_CLOSE_ABORT;
-        } else if (c->state == QX_TC_OPEN && c->ops) {
+            request_abort(c);
+        } else if ((c->state == QX_TC_OPEN || c->state == QX_TC_CLOSE_REQ) && c->ops) {
             c->ops->input(c->app); /* the front sees QX_TCP_EOF once rbio is empty */
-        } else if (c->state != QX_TC_CLOSING) {
-            c->close_req = QX_TC_CLOSE_ABORT;
+        } else if (c->state < QX_TC_CLOSING) {
+            request_abort(c);
         }
         qx_tcp_conn_mark(c);
         return;
     }
     if (nread == 0)
         return;
-    if (c->state == QX_TC_CLOSING) {
+    if (c->state == QX_TC_CLOSING || c->state == QX_TC_LINGER) {
         /* Lingering: the client's bytes are dropped, so that our close
          * does not turn into a reset that destroys the answer it has not
          * read yet. */
         c->discarded += (uint64_t)nread;
         if (c->discarded > LINGER_BYTES) {
-            c->close_req = QX_TC_CLOSE_ABORT;
+            request_abort(c);
             qx_tcp_conn_mark(c);
         }
         return;
     }
     if (BIO_write(c->rbio, buf->base, (int)nread) != (int)nread) {
-        c->close_req = QX_TC_CLOSE_ABORT;
+        request_abort(c);
         qx_tcp_conn_mark(c);
         return;
     }
     if (c->state == QX_TC_HANDSHAKE)
         handshake(c);
-    else if (c->state == QX_TC_OPEN && !c->close_req)
+    else if (c->state == QX_TC_OPEN)
         c->ops->input(c->app);
     if (BIO_ctrl_pending(c->rbio) > RBIO_MAX)
-        read_stop(c); /* the front is not taking bytes: stop the peer */
+        read_stop(c, 0); /* the front is not taking bytes: stop the peer */
     qx_tcp_conn_mark(c);
 }
 
@@ -476,14 +505,17 @@ static void on_timer(uv_timer_t *t)
     switch (c->state) {
     case QX_TC_HANDSHAKE:
         QX_DEBUG("tcp: TLS handshake timed out");
-        c->close_req = QX_TC_CLOSE_ABORT;
+        request_abort(c);
         break;
     case QX_TC_OPEN:
-        if (!c->close_req)
-            c->ops->timeout(c->app);
+        c->ops->timeout(c->app);
         break;
+    case QX_TC_CLOSE_REQ:
+    case QX_TC_ABORT_REQ:
+        break; /* the flush is due anyway */
     case QX_TC_CLOSING:
-        c->close_req = QX_TC_CLOSE_ABORT; /* linger over */
+    case QX_TC_LINGER:
+        request_abort(c); /* linger over */
         break;
     case QX_TC_DEAD:
         return;
@@ -505,8 +537,10 @@ void qx_tcp_conn_close(qx_tcp_conn_t *c, int how)
 {
     if (c->state == QX_TC_DEAD)
         return;
-    if (how > c->close_req)
-        c->close_req = how;
+    if (how == QX_TC_CLOSE_ABORT)
+        request_abort(c);
+    else if (c->state < QX_TC_CLOSE_REQ)
+        set_state(c, QX_TC_CLOSE_REQ);
     qx_tcp_conn_mark(c);
 }
 
@@ -603,11 +637,12 @@ static void conn_teardown(qx_tcp_conn_t *c)
     qx_tcp_front_t *f = c->f;
     if (c->state == QX_TC_DEAD)
         return;
-    int clean = c->state == QX_TC_CLOSING;
-    c->state = QX_TC_DEAD;
+    set_state(c, QX_TC_DEAD);
     qx_defer_cancel(&c->w->defer, &c->flush);
     if (c->app) {
-        c->ops->free(c->app, !clean);
+        /* A front still there did not finish (a graceful close frees it
+         * when the connection starts CLOSING). */
+        c->ops->free(c->app, 1);
         c->app = NULL;
     }
     if (c->prev)
@@ -648,8 +683,8 @@ static void on_shutdown(uv_shutdown_t *req, int status)
     qx_tcp_conn_t *c = qx_container_of(req, qx_tcp_conn_t, sreq);
     if (c->state == QX_TC_DEAD)
         return;
-    if (status != 0 || c->peer_eof)
-        c->close_req = QX_TC_CLOSE_ABORT;
+    if (status != 0 || c->rd == QX_TR_EOF)
+        request_abort(c);
     else
         qx_tcp_conn_timer(c, LINGER_MS);
     qx_tcp_conn_mark(c);
@@ -659,8 +694,8 @@ static void on_shutdown(uv_shutdown_t *req, int status)
  * read (dropping) until the peer closes or the linger time is over. */
 static void conn_begin_close(qx_tcp_conn_t *c)
 {
-    int was_open = c->state == QX_TC_OPEN;
-    c->state = QX_TC_CLOSING;
+    int was_open = c->app != NULL; /* CLOSE_REQ came from OPEN, not from a failed handshake */
+    set_state(c, QX_TC_CLOSING);
     if (c->app) {
         c->ops->free(c->app, 0);
         c->app = NULL;
@@ -682,23 +717,23 @@ static void conn_begin_close(qx_tcp_conn_t *c)
 
 static void conn_flush(qx_tcp_conn_t *c)
 {
-    if (c->close_req == QX_TC_CLOSE_ABORT) {
+    if (c->state == QX_TC_ABORT_REQ) {
         conn_teardown(c);
         return;
     }
-    if (c->state == QX_TC_OPEN && !c->close_req) {
+    if (c->state == QX_TC_OPEN) {
         if (c->want_input) {
             c->want_input = 0;
             c->ops->input(c->app);
         }
-        if (!c->close_req)
+        if (c->state == QX_TC_OPEN)
             c->ops->output(c->app);
-        if (c->close_req == QX_TC_CLOSE_ABORT) {
+        if (c->state == QX_TC_ABORT_REQ) {
             conn_teardown(c);
             return;
         }
     }
-    if (c->close_req == QX_TC_CLOSE_GRACEFUL && c->state != QX_TC_CLOSING)
+    if (c->state == QX_TC_CLOSE_REQ)
         conn_begin_close(c);
     if (c->state == QX_TC_OPEN && stage_flush(c) != 0) {
         conn_teardown(c);
@@ -708,18 +743,17 @@ static void conn_flush(qx_tcp_conn_t *c)
         conn_teardown(c);
         return;
     }
-    if (c->state == QX_TC_CLOSING) {
+    if (c->state == QX_TC_CLOSING || c->state == QX_TC_LINGER) {
         /* Output drained: send FIN, keep reading to discard. */
-        if (!c->writing && BIO_ctrl_pending(c->wbio) == 0 && !c->shut) {
-            c->shut = 1;
+        if (c->state == QX_TC_CLOSING && !c->writing && BIO_ctrl_pending(c->wbio) == 0) {
+            set_state(c, QX_TC_LINGER);
             if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
                 conn_teardown(c);
         }
         return;
     }
     /* Reading resumes once the front has taken most of what waits. */
-    if (c->state != QX_TC_DEAD && !c->reading && !c->peer_eof &&
-        BIO_ctrl_pending(c->rbio) < RBIO_MAX / 2)
+    if (c->state != QX_TC_DEAD && c->rd == QX_TR_PAUSED && BIO_ctrl_pending(c->rbio) < RBIO_MAX / 2)
         read_start(c);
 }
 
@@ -934,7 +968,7 @@ void qx_tcp_front_drain(qx_tcp_front_t *f)
     for (qx_tcp_conn_t *c = f->conns; c; c = c->next) {
         if (c->state == QX_TC_HANDSHAKE)
             qx_tcp_conn_close(c, QX_TC_CLOSE_ABORT);
-        else if (c->state == QX_TC_OPEN && !c->close_req)
+        else if (c->state == QX_TC_OPEN)
             c->ops->drain(c->app);
     }
 }
