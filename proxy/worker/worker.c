@@ -9,7 +9,6 @@
 #include "front/tcp/tcp_front.h"
 #include "worker/runtime.h"
 
-#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,10 +19,11 @@
 static void on_wakeup(uv_async_t *h);
 
 /* The worker's thread is the only writer; the admin thread (livez) and
- * other workers (forwarding) read it. States only move forward. */
+ * other workers (forwarding) read it. The moves context.h draws: forward
+ * only, and DRAINING only from RUNNING. */
 static void set_state(qx_worker_t *w, qx_worker_state_t s)
 {
-    assert(s >= w->ctx.state);
+    QRUX_ASSERT(s > w->ctx.state && (s != QX_W_DRAINING || w->ctx.state == QX_W_RUNNING));
     __atomic_store_n(&w->ctx.state, s, __ATOMIC_RELEASE);
 }
 static void on_inbox(uv_async_t *h);
@@ -62,7 +62,7 @@ int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot
     w->ctx.maybe_done = maybe_done;
     w->ctx.pool_find = pool_find;
     w->ctx.forward = forward;
-    set_state(w, QX_W_STARTING);
+    w->ctx.state = QX_W_STARTING; /* where every worker starts; no move */
     if (uv_loop_init(&w->ctx.loop) != 0)
         return QX_ERR_IO;
     if (qx_defer_init(&w->ctx.defer, &w->ctx.loop) != 0)
