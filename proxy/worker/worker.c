@@ -31,7 +31,7 @@ static void on_inbox(uv_async_t *h);
 #define INBOX_MAX 1024
 
 struct qx_fwd_pkt {
-    struct qx_fwd_pkt *next;
+    STAILQ_ENTRY(qx_fwd_pkt) link;
     struct sockaddr_storage local, remote;
     socklen_t locallen, remotelen;
     size_t len;
@@ -57,6 +57,7 @@ int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot
     int rv;
 
     memset(w, 0, sizeof(*w));
+    STAILQ_INIT(&w->inbox);
     w->ctx.id = id;
     w->ctx.shared = shared;
     w->ctx.maybe_done = maybe_done;
@@ -320,8 +321,7 @@ static int forward(qx_wctx_t *ctx, unsigned to, const struct sockaddr *local, so
         free(p);
         return QX_ERR_LIMIT;
     }
-    p->next = w->inbox;
-    w->inbox = p;
+    STAILQ_INSERT_TAIL(&w->inbox, p, link);
     w->ninbox++;
     uv_async_send(&w->inbox_async); /* under the lock: see wake() */
     pthread_mutex_unlock(&w->inbox_lock);
@@ -331,27 +331,20 @@ static int forward(qx_wctx_t *ctx, unsigned to, const struct sockaddr *local, so
 static void on_inbox(uv_async_t *h)
 {
     qx_worker_t *w = qx_container_of(h, qx_worker_t, inbox_async);
+    struct qx_fwd_list list = STAILQ_HEAD_INITIALIZER(list);
     pthread_mutex_lock(&w->inbox_lock);
-    struct qx_fwd_pkt *list = w->inbox;
-    w->inbox = NULL;
+    STAILQ_CONCAT(&list, &w->inbox);
     w->ninbox = 0;
     pthread_mutex_unlock(&w->inbox_lock);
-    /* The list is newest first; deliver in arrival order. */
-    struct qx_fwd_pkt *rev = NULL;
-    while (list) {
-        struct qx_fwd_pkt *next = list->next;
-        list->next = rev;
-        rev = list;
-        list = next;
-    }
-    while (rev) {
-        struct qx_fwd_pkt *next = rev->next;
+    /* In arrival order. */
+    struct qx_fwd_pkt *p;
+    while ((p = STAILQ_FIRST(&list)) != NULL) {
+        STAILQ_REMOVE_HEAD(&list, link);
         qx_cnt_add(&w->ctx.metrics.quic_forwarded, 1);
         if (w->quic)
-            qx_quic_ep_input(w->quic, (struct sockaddr *)&rev->local, rev->locallen,
-                             (struct sockaddr *)&rev->remote, rev->remotelen, rev->data, rev->len);
-        free(rev);
-        rev = next;
+            qx_quic_ep_input(w->quic, (struct sockaddr *)&p->local, p->locallen,
+                             (struct sockaddr *)&p->remote, p->remotelen, p->data, p->len);
+        free(p);
     }
 }
 
@@ -403,10 +396,10 @@ void qx_worker_free(qx_worker_t *w)
     del_retired(w);
     qx_exchange_cache_free(&w->ctx);
     free(w->ctx.pools);
-    while (w->inbox) {
-        struct qx_fwd_pkt *next = w->inbox->next;
-        free(w->inbox);
-        w->inbox = next;
+    struct qx_fwd_pkt *p;
+    while ((p = STAILQ_FIRST(&w->inbox)) != NULL) {
+        STAILQ_REMOVE_HEAD(&w->inbox, link);
+        free(p);
     }
     pthread_mutex_destroy(&w->inbox_lock);
     qx_metrics_free(&w->ctx.metrics);

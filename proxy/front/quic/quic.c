@@ -40,7 +40,7 @@
 #define PATH_REPORT_NS (60 * NGTCP2_SECONDS) /* a long connection reports its path this often */
 
 typedef struct cid_entry {
-    struct cid_entry *next;
+    SLIST_ENTRY(cid_entry) link; /* its hash bucket */
     ngtcp2_cid cid;
     qx_quic_conn_t *qc;
 } cid_entry_t;
@@ -60,8 +60,8 @@ struct qx_quic_ep {
     int accepting;
     unsigned nconns;
     unsigned nblocked; /* connections holding a stashed packet */
-    qx_quic_conn_t *conns;
-    cid_entry_t *buckets[CID_BUCKETS];
+    struct qx_quic_conn_list conns;
+    SLIST_HEAD(cid_chain, cid_entry) buckets[CID_BUCKETS];
     uint8_t rxbuf[65536];
     uint8_t txbuf[TX_BATCH_BYTES]; /* a GSO batch of same-size datagrams */
     int no_gso;                    /* the kernel refused UDP_SEGMENT once */
@@ -98,7 +98,8 @@ static size_t cid_hash(const qx_quic_ep_t *ep, const uint8_t *p, size_t len)
 
 static qx_quic_conn_t *cid_find(qx_quic_ep_t *ep, const uint8_t *p, size_t len)
 {
-    for (cid_entry_t *e = ep->buckets[cid_hash(ep, p, len)]; e; e = e->next) {
+    for (cid_entry_t *e = SLIST_FIRST(&ep->buckets[cid_hash(ep, p, len)]); e;
+         e = SLIST_NEXT(e, link)) {
         if (e->cid.datalen == len && memcmp(e->cid.data, p, len) == 0)
             return e->qc;
     }
@@ -116,8 +117,7 @@ static int cid_add(qx_quic_conn_t *qc, const ngtcp2_cid *cid)
     size_t b = cid_hash(ep, cid->data, cid->datalen);
     e->cid = *cid;
     e->qc = qc;
-    e->next = ep->buckets[b];
-    ep->buckets[b] = e;
+    SLIST_INSERT_HEAD(&ep->buckets[b], e, link);
     qc->cids[qc->ncids++] = *cid;
     return 0;
 }
@@ -125,11 +125,10 @@ static int cid_add(qx_quic_conn_t *qc, const ngtcp2_cid *cid)
 static void cid_remove(qx_quic_conn_t *qc, const ngtcp2_cid *cid)
 {
     qx_quic_ep_t *ep = qc->ep;
-    cid_entry_t **pp = &ep->buckets[cid_hash(ep, cid->data, cid->datalen)];
-    for (; *pp; pp = &(*pp)->next) {
-        cid_entry_t *e = *pp;
+    struct cid_chain *chain = &ep->buckets[cid_hash(ep, cid->data, cid->datalen)];
+    for (cid_entry_t *e = SLIST_FIRST(chain); e; e = SLIST_NEXT(e, link)) {
         if (e->qc == qc && ngtcp2_cid_eq(&e->cid, cid)) {
-            *pp = e->next;
+            SLIST_REMOVE(chain, e, cid_entry, link);
             free(e);
             break;
         }
@@ -370,12 +369,7 @@ static void conn_del(qx_quic_conn_t *qc)
     qx_defer_cancel(&w->defer, &qc->flush); /* the teardown may have marked it */
     while (qc->ncids > 0)
         cid_remove(qc, &qc->cids[qc->ncids - 1]);
-    if (qc->prev)
-        qc->prev->next = qc->next;
-    else
-        ep->conns = qc->next;
-    if (qc->next)
-        qc->next->prev = qc->prev;
+    LIST_REMOVE(qc, link);
     ep->nconns--;
     if (qc->stash)
         ep->nblocked--;
@@ -824,10 +818,7 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     ngtcp2_ccerr_default(&qc->ccerr);
     uv_timer_init(&w->loop, &qc->timer);
     qx_deferred_init(&qc->flush, on_flush);
-    qc->next = ep->conns;
-    if (ep->conns)
-        ep->conns->prev = qc;
-    ep->conns = qc;
+    LIST_INSERT_HEAD(&ep->conns, qc, link);
     ep->nconns++;
 
     ngtcp2_settings_default(&settings);
@@ -1229,7 +1220,7 @@ static void on_poll(uv_poll_t *h, int status, int events)
     if (events & UV_READABLE)
         read_datagrams(ep);
     if (events & UV_WRITABLE) {
-        for (qx_quic_conn_t *qc = ep->conns; qc; qc = qc->next) {
+        for (qx_quic_conn_t *qc = LIST_FIRST(&ep->conns); qc; qc = LIST_NEXT(qc, link)) {
             if (qc->stash)
                 qx_quic_conn_mark(qc);
         }
@@ -1257,6 +1248,7 @@ int qx_quic_ep_new(qx_quic_ep_t **out, qx_wctx_t *w, const struct sockaddr *addr
     qx_quic_ep_t *ep = calloc(1, sizeof(*ep));
     if (ep == NULL)
         return QX_ERR_NOMEM;
+    LIST_INIT(&ep->conns);
     ep->w = w;
     ep->family = addr->sa_family;
     ep->accepting = 1;
@@ -1340,7 +1332,7 @@ int qx_quic_ep_start(qx_quic_ep_t *ep)
 static void on_goaway_final(uv_timer_t *t)
 {
     qx_quic_ep_t *ep = qx_container_of(t, qx_quic_ep_t, goaway);
-    for (qx_quic_conn_t *qc = ep->conns; qc; qc = qc->next) {
+    for (qx_quic_conn_t *qc = LIST_FIRST(&ep->conns); qc; qc = LIST_NEXT(qc, link)) {
         if (qc->state == QX_QC_HANDSHAKE)
             qx_quic_conn_close(qc, 0);
         else if (qc->state < QX_QC_CLOSING)
@@ -1355,7 +1347,7 @@ static void on_goaway_final(uv_timer_t *t)
 void qx_quic_ep_drain(qx_quic_ep_t *ep)
 {
     ep->accepting = 0;
-    for (qx_quic_conn_t *qc = ep->conns; qc; qc = qc->next) {
+    for (qx_quic_conn_t *qc = LIST_FIRST(&ep->conns); qc; qc = LIST_NEXT(qc, link)) {
         if (qc->state == QX_QC_OPEN)
             qx_h3_goaway_notice(qc);
     }
@@ -1389,8 +1381,8 @@ void qx_quic_ep_close(qx_quic_ep_t *ep)
     if (ep == NULL)
         return;
     ep->accepting = 0;
-    while (ep->conns) {
-        qx_quic_conn_t *qc = ep->conns;
+    qx_quic_conn_t *qc;
+    while ((qc = LIST_FIRST(&ep->conns)) != NULL) {
         ngtcp2_ccerr_set_application_error(&qc->ccerr, NGHTTP3_H3_NO_ERROR, NULL, 0);
         conn_del(qc);
     }

@@ -16,12 +16,14 @@
 #include <nghttp3/nghttp3.h>
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto.h>
+#include <sys/queue.h>
 #include <uv.h>
 
 #define QX_SCID_LEN 18
 #define QX_MAX_CIDS 10
 
 typedef struct qx_quic_conn qx_quic_conn_t;
+LIST_HEAD(qx_quic_conn_list, qx_quic_conn);
 
 /*
  * A connection's life (quic.c: set_state() asserts the moves). Only
@@ -82,10 +84,10 @@ struct qx_quic_conn {
     int close_quietly; /* CLOSING without CONNECTION_CLOSE (idle timeout, draining) */
     uint8_t *stash;    /* a packet the socket refused with EAGAIN */
     size_t stashlen;
-    size_t stashgso;             /* its GSO segment size (0: one datagram) */
-    uint8_t stashecn;            /* its ECN codepoint */
-    qx_quic_conn_t *prev, *next; /* all connections */
-    qx_deferred_t flush;         /* on the worker's deferred-work queue */
+    size_t stashgso;               /* its GSO segment size (0: one datagram) */
+    uint8_t stashecn;              /* its ECN codepoint */
+    LIST_ENTRY(qx_quic_conn) link; /* the endpoint's connections */
+    qx_deferred_t flush;           /* on the worker's deferred-work queue */
 };
 
 /* ---- quic.c, for h3.c ---- */

@@ -25,6 +25,7 @@
 #include <openssl/ssl.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <uv.h>
@@ -96,8 +97,8 @@ struct qx_tcp_conn {
     uv_write_t wreq;
     uv_shutdown_t sreq;
     qx_tcp_conn_state_t state;
-    qx_tcp_conn_t *prev, *next; /* the front's connections */
-    qx_deferred_t flush;        /* on the worker's deferred-work queue */
+    LIST_ENTRY(qx_tcp_conn) link; /* the front's connections */
+    qx_deferred_t flush;          /* on the worker's deferred-work queue */
     qx_tcp_read_t rd;
     int want_input; /* call input() at the flush */
     int writing;    /* a uv_write in flight */

@@ -76,7 +76,7 @@ struct qx_tcp_front {
     int nhandles;  /* front handles still to close before free */
     int draining;
     uv_tcp_t lsn;
-    qx_tcp_conn_t *conns;
+    LIST_HEAD(, qx_tcp_conn) conns;
     unsigned nconns;
     uint64_t altsvc_gen;          /* snapshot generation altsvc was built from */
     qx_tcp_ip_t *ips[IP_BUCKETS]; /* keyed with ip_key: a peer cannot pick its bucket */
@@ -645,12 +645,7 @@ static void conn_teardown(qx_tcp_conn_t *c)
         c->ops->free(c->app, 1);
         c->app = NULL;
     }
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        f->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    LIST_REMOVE(c, link);
     f->nconns--;
     if (c->counted) {
         c->counted = 0;
@@ -808,10 +803,7 @@ static void conn_accept(qx_tcp_front_t *f)
     qx_deferred_init(&c->flush, on_flush);
     uv_tcp_init(&w->loop, &c->tcp);
     uv_timer_init(&w->loop, &c->timer);
-    c->next = f->conns;
-    if (f->conns)
-        f->conns->prev = c;
-    f->conns = c;
+    LIST_INSERT_HEAD(&f->conns, c, link);
     f->nconns++;
     if (uv_accept((uv_stream_t *)&f->lsn, (uv_stream_t *)&c->tcp) != 0) {
         conn_teardown(c);
@@ -874,6 +866,7 @@ int qx_tcp_front_new(qx_tcp_front_t **out, qx_wctx_t *w, const struct sockaddr *
     if (f == NULL)
         return QX_ERR_NOMEM;
     f->w = w;
+    LIST_INIT(&f->conns);
     f->accepting = 1;
     if (addr->sa_family == AF_INET6) {
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, name, sizeof(name));
@@ -965,7 +958,7 @@ void qx_tcp_front_drain(qx_tcp_front_t *f)
     if (f->started)
         close_listener(f);
     f->accepting = 0;
-    for (qx_tcp_conn_t *c = f->conns; c; c = c->next) {
+    for (qx_tcp_conn_t *c = LIST_FIRST(&f->conns); c; c = LIST_NEXT(c, link)) {
         if (c->state == QX_TC_HANDSHAKE)
             qx_tcp_conn_close(c, QX_TC_CLOSE_ABORT);
         else if (c->state == QX_TC_OPEN)
@@ -978,8 +971,8 @@ void qx_tcp_front_close(qx_tcp_front_t *f)
     if (f == NULL || f->closing)
         return;
     f->accepting = 0;
-    while (f->conns)
-        conn_teardown(f->conns); /* takes it off the flush queue too */
+    while (!LIST_EMPTY(&f->conns))
+        conn_teardown(LIST_FIRST(&f->conns)); /* takes it off the flush queue too */
     f->closing = 1;
     if (!f->started) {
         if (f->fd >= 0)
