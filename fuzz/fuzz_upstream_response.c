@@ -25,6 +25,7 @@
 #include "base/ring.h"
 #include "env.h"
 #include "exchange/exchange.h"
+#include "upstream/h1_up.h"
 #include "upstream/pool.h"
 
 #include <arpa/inet.h>
@@ -192,8 +193,8 @@ static void up_accept(uv_stream_t *l, int status)
  * watcher would deliver to (pool.c on_read). */
 static int reading(qx_exchange_t *ex)
 {
-    qx_upconn_t *uc = ex->uc;
-    return uc != NULL && uc->state == QX_UC_BUSY && uc->reading && uc->user == ex && uc->cb;
+    qx_upconn_t *uc = qx_h1_up_conn(&ex->ups);
+    return uc != NULL && uc->state == QX_UC_BUSY && uc->reading && uc->user == &ex->ups && uc->cb;
 }
 
 /* One read of at most |n| bytes, as pool.c's on_alloc and on_read hand it
@@ -201,7 +202,7 @@ static int reading(qx_exchange_t *ex)
  * Returns the bytes taken. */
 static size_t deliver(qx_exchange_t *ex, const uint8_t *p, size_t n)
 {
-    qx_upconn_t *uc = ex->uc;
+    qx_upconn_t *uc = qx_h1_up_conn(&ex->ups);
     uv_buf_t b = {.base = NULL, .len = 0};
     if (uc->cb->read_buf)
         uc->cb->read_buf(uc->user, &b);

@@ -1,4 +1,4 @@
-/* exchange.c - one proxied request, front <-> HTTP/1.1 upstream (see exchange.h). */
+/* exchange.c - one proxied request, front <-> upstream stream (see exchange.h). */
 #include "exchange/exchange.h"
 
 #include "base/log.h"
@@ -6,6 +6,7 @@
 #include "conf/dns.h"
 #include "exchange/context.h"
 #include "exchange/trace.h"
+#include "upstream/h1.h"
 
 #include <arpa/inet.h>
 #include <gnutls/crypto.h>
@@ -17,35 +18,77 @@
 #include <string.h>
 #include <strings.h>
 
-static const qx_upconn_cb_t upconn_cb;
-static const llhttp_settings_t parser_settings;
+static const qx_up_sink_t up_sink;
 
-static void ex_release_upstream(qx_exchange_t *ex, int reusable);
-static void pump_write(qx_exchange_t *ex);
-static void uc_on_write(void *user, int status);
+static void ex_release_upstream(qx_exchange_t *ex);
 static void pump_unqueue(qx_exchange_t *ex);
 static void pump_later(qx_exchange_t *ex);
 static void dispatch(qx_exchange_t *ex, int fresh_only);
 static int connect_failed(qx_exchange_t *ex, const char *why);
 static void build_and_dispatch(qx_exchange_t *ex);
-static void client_ip(qx_wctx_t *w, const struct sockaddr *client, char *out);
+typedef struct ex_local ex_local_t;
+static void client_ip(ex_local_t *L, const struct sockaddr *client, char *out);
 static void format_ip(const struct sockaddr *client, char *client_ip);
 static void exchange_free(qx_exchange_t *ex);
 static void *grow_fields(qx_exchange_t *ex, const void *arr, size_t *cap, size_t elem, size_t used);
+static int try_retry(qx_exchange_t *ex, int replay);
+
+/* ---- state --------------------------------------------------------------- */
+
+/* The moves set_state() allows, by state (see the diagram in exchange.h).
+ * A move to the same state is listed where it happens: a queued request
+ * that finds the pool still full queues again; a failed connect starts the
+ * next one. */
+#define S(x) (1u << (x))
+static const unsigned legal_moves[] = {
+    [QX_EX_HEAD] =
+        S(QX_EX_QUEUED) | S(QX_EX_CONNECTING) | S(QX_EX_UPSTREAM) | S(QX_EX_DONE) | S(QX_EX_CLOSED),
+    [QX_EX_QUEUED] =
+        S(QX_EX_QUEUED) | S(QX_EX_CONNECTING) | S(QX_EX_UPSTREAM) | S(QX_EX_DONE) | S(QX_EX_CLOSED),
+    [QX_EX_CONNECTING] =
+        S(QX_EX_QUEUED) | S(QX_EX_CONNECTING) | S(QX_EX_UPSTREAM) | S(QX_EX_DONE) | S(QX_EX_CLOSED),
+    [QX_EX_UPSTREAM] =
+        S(QX_EX_QUEUED) | S(QX_EX_CONNECTING) | S(QX_EX_RESPONSE) | S(QX_EX_DONE) | S(QX_EX_CLOSED),
+    [QX_EX_RESPONSE] = S(QX_EX_DONE) | S(QX_EX_ABORTED) | S(QX_EX_CLOSED),
+    [QX_EX_DONE] = S(QX_EX_ABORTED) | S(QX_EX_CLOSED),
+    [QX_EX_ABORTED] = S(QX_EX_CLOSED),
+    [QX_EX_CLOSED] = 0,
+};
+#undef S
+
+static void set_state(qx_exchange_t *ex, qx_exchange_state_t to)
+{
+    (void)legal_moves; /* read only where QRUX_ASSERT is checked */
+    QRUX_ASSERT((legal_moves[ex->state] & (1u << to)) != 0);
+    ex->state = to;
+}
+
+/* The front stream is gone: no op reaches it any more. */
+static int gone(const qx_exchange_t *ex)
+{
+    return ex->state == QX_EX_CLOSED;
+}
+
+/* The response is produced (or failed): request body bytes are dropped. */
+static int finished(const qx_exchange_t *ex)
+{
+    return ex->state >= QX_EX_DONE;
+}
 
 /* ---- small helpers ------------------------------------------------------ */
 
+/* One timer per exchange; what it watches follows from the state: the
+ * connect (QUEUED, CONNECTING), the response head (UPSTREAM), the body's
+ * two ends (RESPONSE, DONE). */
 static void timer_stop(qx_exchange_t *ex)
 {
-    ex->timer_phase = 0;
     uv_timer_stop(&ex->timer);
 }
 
 static void on_timer(uv_timer_t *t);
 
-static void timer_arm(qx_exchange_t *ex, int phase, uint32_t secs)
+static void timer_arm(qx_exchange_t *ex, uint32_t secs)
 {
-    ex->timer_phase = phase;
     uv_timer_start(&ex->timer, on_timer, (uint64_t)secs * 1000, 0);
 }
 
@@ -60,7 +103,7 @@ static void body_timer_start(qx_exchange_t *ex)
     const qx_limits_t *l = &ex->snap->cfg->limits;
     uint64_t now = uv_now(&ex->w->loop);
     ex->up_progress_ms = ex->cl_progress_ms = now;
-    timer_arm(ex, 3, QX_MIN(l->client_idle_timeout_secs, l->upstream_idle_timeout_secs));
+    timer_arm(ex, QX_MIN(l->client_idle_timeout_secs, l->upstream_idle_timeout_secs));
 }
 
 static const qx_endpoint_t *up_ep(const qx_exchange_t *ex)
@@ -132,7 +175,7 @@ static int ensure_resp_buf(qx_exchange_t *ex, int64_t len)
     int rv = ring_init(&ex->resp, &ex->respbuf, ex->resp_inline, len);
     if (rv < 0)
         return rv;
-    ex->resp_sized = rv;
+    ex->ups.resp_fits = rv;
     return 0;
 }
 
@@ -143,18 +186,17 @@ static void discard_request_body(qx_exchange_t *ex)
     if (ex->req_discard)
         return;
     ex->req_discard = 1;
-    if (ex->front_gone)
+    if (gone(ex))
         return;
     /* No STOP_SENDING yet: browsers (Chromium) keep a response waiting
      * until their upload ends, so the rest of the body is read and dropped,
      * up to QX_DISCARD_MAX; past that the client is asked to stop. */
-    size_t buffered = (size_t)(ex->req.fill - ex->req.ack);
-    if (ex->writing)
-        buffered -= ex->wpayload; /* credited when that write completes */
+    size_t inflight = qx_ring_inflight(&ex->req); /* credited when their write completes */
+    size_t buffered = (size_t)(ex->req.fill - ex->req.ack) - inflight;
     if (buffered > 0)
         ex->fops->consumed(ex, buffered);
     ex->req.sent = ex->req.fill;
-    if (!ex->writing)
+    if (inflight == 0)
         ex->req.ack = ex->req.fill;
 }
 
@@ -165,14 +207,14 @@ static void local_response(qx_exchange_t *ex, int status)
     char body[96];
     int n = snprintf(body, sizeof(body), "%d %s\n", status, qx_h1_reason(status));
 
-    ex_release_upstream(ex, 0);
+    if (gone(ex))
+        return;
+    ex_release_upstream(ex);
     timer_stop(ex);
-    ex->state = QX_EX_DONE;
+    set_state(ex, QX_EX_DONE);
     ex->status = status;
     if (!ex->req_fin)
         discard_request_body(ex);
-    if (ex->front_gone)
-        return;
     if (ensure_resp_buf(ex, n) != 0) {
         ex->fops->abort(ex);
         return;
@@ -183,7 +225,6 @@ static void local_response(qx_exchange_t *ex, int status)
         ex->resp_body = (uint64_t)n;
     }
     ex->resp_eof = 1;
-    ex->resp_complete = 1;
     int cl = snprintf(ex->local_clen, sizeof(ex->local_clen), "%d", n);
     qx_hdr_t hdrs[] = {
         {"content-type", 12, "text/plain; charset=utf-8", 25},
@@ -204,59 +245,59 @@ static void fail(qx_exchange_t *ex, int status)
         local_response(ex, status);
         return;
     }
-    ex_release_upstream(ex, 0);
+    if (ex->state >= QX_EX_ABORTED)
+        return; /* reset already, or the front is gone */
+    ex_release_upstream(ex);
     timer_stop(ex);
-    ex->state = QX_EX_DONE;
+    set_state(ex, QX_EX_ABORTED);
     ex->resp_eof = 1;
     if (!ex->req_fin)
         discard_request_body(ex);
-    if (!ex->front_gone && !ex->resp_reset) {
-        ex->resp_reset = 1;
-        ex->fops->abort(ex);
-    }
+    ex->fops->abort(ex);
 }
 
-static void ex_release_upstream(qx_exchange_t *ex, int reusable)
+/* The exchange is done with its upstream: leaves the pool's queue, and
+ * ends the stream (a connection still in use is closed mid-message). */
+static void ex_release_upstream(qx_exchange_t *ex)
 {
     if (ex->wait_pool) {
         qx_pool_unwait(ex->wait_pool, &ex->wait);
         ex->wait_pool = NULL;
     }
-    if (ex->uc == NULL)
-        return;
-    qx_upconn_t *uc = ex->uc;
-    ex->uc = NULL;
-    if (ex->writing) {
-        /* The pending write dies with the connection; its bytes will not
-         * be credited by on_write, so credit them now if we still care. */
-        ex->writing = 0;
-        ex->req.ack = ex->req.sent;
-        if (!ex->front_gone && ex->wpayload > 0)
-            ex->fops->consumed(ex, ex->wpayload);
-        ex->wpayload = 0;
-        reusable = 0;
-    }
-    if (reusable)
-        uc->nrequests++;
-    qx_pool_release(uc, reusable);
+    if (ex->ups.ops)
+        ex->ups.ops->release(&ex->ups);
 }
 
 /* ---- life cycle --------------------------------------------------------- */
 
+/* What the exchanges keep per worker, behind the context's ex_local slot:
+ * made with the worker's first exchange, freed by qx_exchange_cache_free. */
+struct ex_local {
+    qx_exchange_t *cache; /* finished exchanges kept for reuse (QX_EX_CACHE) */
+    unsigned ncache;
+    uint8_t *up_scratch; /* QX_UP_READ bytes: upstream reads that cannot go straight to a window */
+    struct sockaddr_storage last_client; /* the address client_ip was last formatted for */
+    char last_client_ip[INET6_ADDRSTRLEN];
+};
+
+static void on_pump(qx_deferred_t *d);
+
 qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *front,
                                int64_t stream_id, const struct sockaddr *client)
 {
-    qx_exchange_t *ex = w->ex_cache;
+    if (w->ex_local == NULL && (w->ex_local = calloc(1, sizeof(ex_local_t))) == NULL)
+        return NULL;
+    ex_local_t *L = w->ex_local;
+    qx_exchange_t *ex = L->cache;
     if (ex) {
-        w->ex_cache = ex->next;
-        w->nex_cache--;
+        L->cache = ex->next;
+        L->ncache--;
     } else {
         ex = malloc(sizeof(*ex));
         if (ex == NULL)
             return NULL;
         qx_arena_init(&ex->arena, QX_MAX_HEADER_BYTES);
-        ex->rhb = NULL;
-        ex->rhbcap = 0;
+        qx_up_stream_init(&ex->ups);
     }
     /* The header and field arrays and the inline buffers are written
      * before they are read: only the fields before them are cleared. */
@@ -264,8 +305,15 @@ qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *f
     ex->arena.cap = QX_MAX_HEADER_BYTES;
     ex->hdrs = ex->hdrs_inline;
     ex->hdrcap = QX_EX_FIELDS;
-    ex->rf = ex->rf_inline;
-    ex->rfcap = QX_EX_FIELDS;
+    ex->ups.ops = NULL;
+    ex->ups.sink = &up_sink;
+    ex->ups.user = ex;
+    ex->ups.req = &ex->req;
+    ex->ups.resp = &ex->resp;
+    ex->ups.scratch = &L->up_scratch;
+    ex->ups.req_fin = 0;
+    ex->ups.resp_fits = 0;
+    ex->ups.paused = 0;
     ex->w = w;
     ex->fops = fops;
     ex->front = front;
@@ -274,23 +322,24 @@ qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *f
     ex->start_ns = uv_hrtime();
     ex->req_cl = -1;
     ex->route = -1;
+    qx_deferred_init(&ex->pump, on_pump);
     uv_timer_init(&w->loop, &ex->timer);
-    client_ip(w, client, ex->client_ip);
+    client_ip(L, client, ex->client_ip);
     w->nexchanges++;
     return ex;
 }
 
 /* Formats the client address, once per address in a row: requests come in
  * runs from one connection. */
-static void client_ip(qx_wctx_t *w, const struct sockaddr *client, char *out)
+static void client_ip(ex_local_t *L, const struct sockaddr *client, char *out)
 {
     socklen_t len =
         client->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    if (memcmp(&w->last_client, client, len) != 0 || w->last_client_ip[0] == '\0') {
-        format_ip(client, w->last_client_ip);
-        memcpy(&w->last_client, client, len);
+    if (memcmp(&L->last_client, client, len) != 0 || L->last_client_ip[0] == '\0') {
+        format_ip(client, L->last_client_ip);
+        memcpy(&L->last_client, client, len);
     }
-    memcpy(out, w->last_client_ip, INET6_ADDRSTRLEN);
+    memcpy(out, L->last_client_ip, INET6_ADDRSTRLEN);
 }
 
 static void format_ip(const struct sockaddr *client, char *client_ip)
@@ -317,16 +366,13 @@ static void on_timer_closed(uv_handle_t *h)
     /* Kept for the next request (the timer's close callback is a safe
      * point: nothing up the stack still uses this exchange), unless the
      * worker is stopping or enough are kept already. */
-    if (w->nex_cache < QX_EX_CACHE && w->state != QX_W_STOPPED) {
+    ex_local_t *L = w->ex_local;
+    if (L->ncache < QX_EX_CACHE && w->state != QX_W_STOPPED) {
         qx_arena_reset(&ex->arena);
-        if (ex->rhbcap > 4096) {
-            free(ex->rhb);
-            ex->rhb = NULL;
-            ex->rhbcap = 0;
-        }
-        ex->next = w->ex_cache;
-        w->ex_cache = ex;
-        w->nex_cache++;
+        qx_up_stream_trim(&ex->ups);
+        ex->next = L->cache;
+        L->cache = ex;
+        L->ncache++;
     } else {
         exchange_free(ex);
     }
@@ -337,28 +383,31 @@ static void on_timer_closed(uv_handle_t *h)
 static void exchange_free(qx_exchange_t *ex)
 {
     qx_arena_free(&ex->arena);
-    free(ex->rhb);
+    qx_up_stream_free(&ex->ups);
     free(ex);
 }
 
 void qx_exchange_cache_free(qx_wctx_t *w)
 {
-    free(w->up_scratch);
-    w->up_scratch = NULL;
-    while (w->ex_cache) {
-        qx_exchange_t *ex = w->ex_cache;
-        w->ex_cache = ex->next;
+    ex_local_t *L = w->ex_local;
+    if (L == NULL)
+        return;
+    free(L->up_scratch);
+    while (L->cache) {
+        qx_exchange_t *ex = L->cache;
+        L->cache = ex->next;
         exchange_free(ex);
     }
-    w->nex_cache = 0;
+    free(L);
+    w->ex_local = NULL;
 }
 
 void qx_exchange_front_answered(qx_exchange_t *ex, int status)
 {
     ex->status = status;
-    ex->resp_complete = 1;
     ex->resp_eof = 1;
-    ex->state = QX_EX_DONE;
+    timer_stop(ex); /* the front closes the stream next */
+    set_state(ex, QX_EX_DONE);
 }
 
 void qx_exchange_front_closed(qx_exchange_t *ex, int error)
@@ -366,17 +415,17 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
     qx_wctx_t *w = ex->w;
     /* Complete when the whole response was handed to the front, even if
      * the client closed its connection before acknowledging the end. */
-    int clean = ex->resp_complete && !ex->resp_reset && qx_ring_unsent(&ex->resp) == 0;
+    int clean = ex->state == QX_EX_DONE && qx_ring_unsent(&ex->resp) == 0;
+    int reset = ex->state == QX_EX_ABORTED;     /* we reset the client stream */
     int status = ex->status ? ex->status : 499; /* client went away before an answer */
 
-    ex->front_gone = 1;
+    set_state(ex, QX_EX_CLOSED);
     if (ex->dispatch_due)
         qx_cnt_add(&w->metrics.defences[QX_D_RESET_BEFORE_UPSTREAM], 1);
     pump_unqueue(ex);
-    /* A response cut short leaves the upstream connection mid-message. */
-    ex_release_upstream(ex, 0);
+    ex_release_upstream(ex); /* a response cut short: its connection is closed */
     timer_stop(ex);
-    if (error && !clean && !ex->resp_reset)
+    if (error && !clean && !reset)
         qx_cnt_add(&w->metrics.streams_reset_by_client, 1);
 
     double secs = (double)(uv_hrtime() - ex->start_ns) / 1e9;
@@ -494,7 +543,7 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
     const qx_config_t *cfg = ex->snap->cfg;
 
     ex->has_body = !fin;
-    ex->req_fin = fin;
+    ex->req_fin = ex->ups.req_fin = fin;
     if (ex->method == NULL) {
         /* Nothing to log without a method; the front resets such streams. */
         ex->method = qx_arena_strndup(&ex->arena, "-", 1);
@@ -635,7 +684,7 @@ static void build_and_dispatch(qx_exchange_t *ex)
         local_response(ex, 503);
         return;
     }
-    qx_h1_req_t r = {
+    qx_up_req_t r = {
         .method = ex->method,
         .methodlen = ex->methodlen,
         .path = ex->path,
@@ -648,19 +697,15 @@ static void build_and_dispatch(qx_exchange_t *ex)
         .has_body = ex->has_body,
         .content_length = ex->req_cl,
         .early = ex->early,
+        .is_head = ex->is_head,
     };
-    size_t cap = 1024 + ex->arena.used;
-    ex->head = qx_arena_alloc(&ex->arena, cap);
-    if (ex->head == NULL) {
-        ex->arena.cap += cap; /* the head's own copy is not the client's fault */
-        ex->head = qx_arena_alloc(&ex->arena, cap);
-    }
-    ssize_t n = ex->head ? qx_h1_build_request(ex->head, cap, &r, &ex->chunked) : QX_ERR_NOMEM;
-    if (n < 0) {
-        local_response(ex, n == QX_ERR_PROTO ? 400 : 431);
+    ex->ups.ops = qx_upstream_ops_for(up_ep(ex));
+    ex->ups.resp_body_max = ex->snap->cfg->limits.max_upstream_response_body_bytes;
+    int rv = ex->ups.ops->open(&ex->ups, &r, &ex->arena);
+    if (rv < 0) {
+        local_response(ex, rv == QX_ERR_PROTO ? 400 : 431);
         return;
     }
-    ex->headlen = (size_t)n;
     /* The upstream is asked for once this turn's input has been handled,
      * not now: a client that opens a stream and resets it in the same
      * read (HTTP/2 Rapid Reset) then costs no upstream connection, as the
@@ -674,15 +719,9 @@ static void build_and_dispatch(qx_exchange_t *ex)
 static void start_upstream(qx_exchange_t *ex)
 {
     const qx_limits_t *lim = &ex->snap->cfg->limits;
-    ex->state = QX_EX_UPSTREAM;
-    llhttp_init(&ex->parser, HTTP_RESPONSE, &parser_settings);
-    ex->parser.data = ex;
-    ex->nrf = 0;
-    ex->rhblen = 0;
-    ex->rf_in_value = 0;
-    timer_arm(ex, 2, lim->upstream_request_timeout_secs);
-    qx_upconn_read_start(ex->uc);
-    pump_write(ex);
+    set_state(ex, QX_EX_UPSTREAM);
+    timer_arm(ex, lim->upstream_request_timeout_secs);
+    ex->ups.ops->start(&ex->ups);
 }
 
 /* The pool has room again: ask once more at the next pump. */
@@ -709,14 +748,13 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
         const qx_endpoint_t *up = &ex->snap->eps[ex->up];
         pool = qx_wctx_pool_find(w, (const struct sockaddr *)&up->addr, up->addrlen);
     }
-    ex->state = QX_EX_CONNECTING;
+    int was_queued = ex->state == QX_EX_QUEUED;
     if (pool)
-        rv = qx_pool_checkout(pool, ex, &upconn_cb, fresh_only, &ex->uc, &reused);
+        rv = ex->ups.ops->connect(&ex->ups, pool, fresh_only, &reused);
     if (rv == QX_ERR_LIMIT) {
         /* max_connections_per_upstream (or the fd budget): wait in the
          * pool's bounded queue, at most the connect timeout; past the
          * queue's length the answer is 503 at once. */
-        ex->uc = NULL;
         ex->wait.ready = on_pool_ready;
         if (qx_pool_wait(pool, &ex->wait) != 0) {
             qx_cnt_add(&w->metrics.defences[QX_D_UPSTREAM_QUEUE_FULL], 1);
@@ -724,13 +762,13 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
             return;
         }
         ex->wait_pool = pool;
+        set_state(ex, QX_EX_QUEUED);
         qx_cnt_add(&w->metrics.defences[QX_D_UPSTREAM_QUEUED], 1);
-        if (ex->timer_phase != 1)
-            timer_arm(ex, 1, ex->snap->cfg->limits.upstream_connect_timeout_secs);
+        if (!was_queued) /* the connect timeout covers the whole wait */
+            timer_arm(ex, ex->snap->cfg->limits.upstream_connect_timeout_secs);
         return;
     }
     if (rv != 0) {
-        ex->uc = NULL;
         if (rv == QX_ERR_IO && connect_failed(ex, "connect did not start"))
             return;
         if (rv != QX_ERR_IO) {
@@ -745,7 +783,8 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
         start_upstream(ex);
         return;
     }
-    timer_arm(ex, 1, ex->snap->cfg->limits.upstream_connect_timeout_secs);
+    set_state(ex, QX_EX_CONNECTING);
+    timer_arm(ex, ex->snap->cfg->limits.upstream_connect_timeout_secs);
 }
 
 /* A connect to the exchange's endpoint failed (refused, unreachable,
@@ -760,14 +799,14 @@ static int connect_failed(qx_exchange_t *ex, const char *why)
     uint64_t now = qx_health_now_ms(), ms = 0;
     qx_cnt_add(&up_row(ex)->connect_errors, 1);
     size_t n = ex->snap->ep_count[ex->route];
-    int again = !ex->front_gone && (size_t)ex->attempts < QX_MIN(n, (size_t)QX_CONNECT_ATTEMPTS);
+    int again = !gone(ex) && (size_t)ex->attempts < QX_MIN(n, (size_t)QX_CONNECT_ATTEMPTS);
     up_warn(ex, "connect failed: %s%s", why, again ? "; trying another address" : "");
     if (e && qx_health_fail(e->health, now, &ms))
         QX_WARN("upstream %s (%s): ejected for %llu s after %d connect failures in a row", e->name,
                 e->addrstr, (unsigned long long)(ms / 1000), QX_HEALTH_FAILS);
     if (!again)
         return 0;
-    ex_release_upstream(ex, 0);
+    ex_release_upstream(ex);
     timer_stop(ex);
     ex->attempts++;
     ex->up = qx_snapshot_pick(ex->snap, ex->route, ex->up, now);
@@ -776,7 +815,7 @@ static int connect_failed(qx_exchange_t *ex, const char *why)
     return 1;
 }
 
-static void uc_on_connect(void *user, int status)
+static void up_connected(void *user, int status)
 {
     qx_exchange_t *ex = user;
     if (status != 0) {
@@ -801,259 +840,160 @@ static int idempotent(int method_idx)
            method_idx == QX_M_TRACE || method_idx == QX_M_PUT || method_idx == QX_M_DELETE;
 }
 
-static int try_retry(qx_exchange_t *ex)
+/* A broken stream goes again on a fresh connection, once, when the
+ * connection was a reused keep-alive one (the backend may have closed it
+ * just as we picked it) and the codec says it may: nothing reached the
+ * app, or only the head and the request is idempotent. */
+static int try_retry(qx_exchange_t *ex, int replay)
 {
-    if (!ex->reused || ex->retried || ex->resp_any || ex->req_body_sent > 0 ||
-        (ex->writing && ex->wpayload > 0) || ex->front_gone)
+    if (!ex->reused || ex->retried || gone(ex) || replay == QX_UP_REPLAY_NONE)
         return 0;
     /* RFC 9110 §9.2.2: a request that is not idempotent is never sent
      * twice once its head may have reached the upstream: the app may have
      * acted on it before the connection died. */
-    if (ex->head_sent && !idempotent(ex->method_idx))
+    if (replay == QX_UP_REPLAY_IDEMPOTENT && !idempotent(ex->method_idx))
         return 0;
     QX_DEBUG("upstream %s: reused connection failed before the response; retrying once",
              ex->up_name);
     ex->retried = 1;
-    ex->writing = 0;
-    ex->wpayload = 0;
-    ex->head_sent = 0;
-    ex->req_done = 0; /* the head (and terminator) go again on the new connection */
-    ex->wterm = 0;
-    ex->req.sent = ex->req.ack;
-    qx_upconn_t *uc = ex->uc;
-    ex->uc = NULL;
-    qx_pool_release(uc, 0);
+    ex->ups.ops->rewind(&ex->ups);
     timer_stop(ex);
     dispatch(ex, 1);
     return 1;
 }
 
-static void upstream_broken(qx_exchange_t *ex, const char *what)
-{
-    if (try_retry(ex))
-        return;
-    up_warn(ex, "%s", what);
-    if (!ex->resp_head_done)
-        qx_cnt_add(&up_row(ex)->protocol_errors, 1);
-    fail(ex, 502);
-}
-
 /* Body bytes arrive a datagram (or a TLS record) at a time; writing each
  * at once would be a write per ~1,200 bytes. They are written together
- * once the loop has handled this round's input, before it polls again (the
- * worker's uv_prepare). Not a uv_check: one queued from another check
- * (the HTTPS front's flush) would wait for the next I/O event, while the
- * front waits for the window this write frees. */
+ * once the loop has handled this turn's input: the exchange's item on the
+ * worker's deferred-work queue (defer.h), which runs after the poll. The
+ * front's flush waits for the window this write frees, so the pump must
+ * not wait for the next I/O event: an item queued while the queue runs
+ * (from a front's flush on the same queue) runs in the same turn, and one
+ * queued from anywhere else (another check handle, a timer, a write
+ * callback) keeps the next poll from blocking. */
 static void pump_later(qx_exchange_t *ex)
 {
-    qx_wctx_t *w = ex->w;
-    if (ex->pump_queued)
-        return;
-    ex->pump_queued = 1;
-    ex->pump_prev = NULL;
-    ex->pump_next = w->pump_head;
-    if (w->pump_head)
-        w->pump_head->pump_prev = ex;
-    else
-        uv_prepare_start(&w->pump, qx_exchange_on_pump);
-    w->pump_head = ex;
+    qx_defer(&ex->w->defer, &ex->pump);
 }
 
 static void pump_unqueue(qx_exchange_t *ex)
 {
-    qx_wctx_t *w = ex->w;
-    if (!ex->pump_queued)
-        return;
-    if (ex->pump_prev)
-        ex->pump_prev->pump_next = ex->pump_next;
-    else
-        w->pump_head = ex->pump_next;
-    if (ex->pump_next)
-        ex->pump_next->pump_prev = ex->pump_prev;
-    ex->pump_queued = 0;
-    ex->pump_prev = ex->pump_next = NULL;
-    if (w->pump_head == NULL)
-        uv_prepare_stop(&w->pump);
+    qx_defer_cancel(&ex->w->defer, &ex->pump);
 }
 
-void qx_exchange_on_pump(uv_prepare_t *h)
+static void on_pump(qx_deferred_t *d)
 {
-    qx_wctx_t *w = qx_container_of(h, qx_wctx_t, pump);
-    while (w->pump_head) {
-        qx_exchange_t *ex = w->pump_head;
-        pump_unqueue(ex);
-        if (ex->dispatch_due) {
-            ex->dispatch_due = 0;
-            /* Not answered meanwhile (or still waiting for a connection). */
-            if (ex->state == QX_EX_HEAD || (ex->state == QX_EX_CONNECTING && ex->uc == NULL))
-                dispatch(ex, 0);
-        } else {
-            pump_write(ex);
-        }
+    qx_exchange_t *ex = qx_container_of(d, qx_exchange_t, pump);
+    if (ex->dispatch_due) {
+        ex->dispatch_due = 0;
+        /* Not answered meanwhile (or still waiting for a connection). */
+        if (ex->state == QX_EX_HEAD || ex->state == QX_EX_QUEUED)
+            dispatch(ex, 0);
+    } else if (ex->state == QX_EX_UPSTREAM || ex->state == QX_EX_RESPONSE) {
+        ex->ups.ops->send(&ex->ups);
     }
 }
 
-/* Writes what can go up now: the head once, then body bytes from the window
- * (framed when chunked), then the terminator. One write in flight. */
-static void pump_write(qx_exchange_t *ex)
-{
-    uv_buf_t b[6];
-    unsigned n = 0;
-    struct iovec iov[2];
-    size_t payload = 0;
-    int term = 0;
+/* ---- what the upstream stream reports ----------------------------------- */
 
-    if (ex->uc == NULL || ex->writing || ex->state != QX_EX_UPSTREAM || ex->req_done)
-        return;
-    if (!ex->head_sent)
-        b[n++] = uv_buf_init(ex->head, (unsigned)ex->headlen);
-    if (!ex->req_discard) {
-        int k = qx_ring_peek(&ex->req, iov, SIZE_MAX);
-        for (int i = 0; i < k; i++)
-            payload += iov[i].iov_len;
-        if (payload > 0) {
-            if (ex->chunked) {
-                int m = snprintf(ex->chunkhdr, sizeof(ex->chunkhdr), "%zx\r\n", payload);
-                b[n++] = uv_buf_init(ex->chunkhdr, (unsigned)m);
-            }
-            for (int i = 0; i < k; i++)
-                b[n++] = uv_buf_init(iov[i].iov_base, (unsigned)iov[i].iov_len);
-            if (ex->chunked)
-                b[n++] = uv_buf_init("\r\n", 2);
-        }
-    }
-    if (ex->req_fin) {
-        term = 1;
-        if (ex->chunked)
-            b[n++] = uv_buf_init("0\r\n\r\n", 5);
-    }
-    if (n == 0)
-        return;
-    int rv = qx_upconn_write(ex->uc, b, n);
-    if (rv < 0) {
-        upstream_broken(ex, "write failed");
-        return;
-    }
-    ex->head_sent = 1;
-    ex->writing = 1;
-    ex->wpayload = payload;
-    ex->wterm = term;
-    qx_ring_mark_sent(&ex->req, payload);
-    if (rv == 1)
-        uc_on_write(ex, 0); /* all written at once: no callback follows */
-}
-
-static void uc_on_write(void *user, int status)
+static void up_progress(void *user)
 {
     qx_exchange_t *ex = user;
-    size_t payload = ex->wpayload;
-    ex->writing = 0;
-    ex->wpayload = 0;
-    if (status != 0) {
-        /* Give the bytes back to the window accounting before deciding. */
-        ex->req.sent -= payload;
-        if (!try_retry(ex)) {
-            ex->req.ack = ex->req.sent = ex->req.fill;
-            if (!ex->front_gone && payload > 0)
-                ex->fops->consumed(ex, payload);
-            upstream_broken(ex, "write failed");
-        }
-        return;
-    }
-    qx_ring_mark_acked(&ex->req, payload);
-    ex->req_body_sent += payload;
+    ex->up_progress_ms = uv_now(&ex->w->loop);
+}
+
+static int up_head(void *user, int status, const qx_hdr_t *hdrs, size_t n, int has_body,
+                   int64_t content_length)
+{
+    qx_exchange_t *ex = user;
+    ex->up_status = status;
+    set_state(ex, QX_EX_RESPONSE);
+    timer_stop(ex);
+    if (has_body && ensure_resp_buf(ex, content_length) != 0)
+        return -1;
+    ex->status = status;
+    if (gone(ex))
+        return -1;
+    if (ex->fops->respond(ex, status, hdrs, n, has_body) != 0)
+        return -1;
+    if (!has_body)
+        ex->resp_eof = 1;
+    body_timer_start(ex);
+    return 0;
+}
+
+static void up_body(void *user, size_t n)
+{
+    qx_exchange_t *ex = user;
+    if (ex->resp.fill - n == ex->resp.ack) /* the client's clock starts when it has something */
+        ex->cl_progress_ms = uv_now(&ex->w->loop);
+    ex->resp_body += n;
+    if (!gone(ex))
+        ex->fops->resume(ex);
+}
+
+static void up_end(void *user)
+{
+    qx_exchange_t *ex = user;
+    ex->resp_eof = 1;
+    set_state(ex, QX_EX_DONE);
+    if (!gone(ex))
+        ex->fops->resume(ex);
+    if (!ex->req_fin)
+        discard_request_body(ex); /* answered before the body finished */
+}
+
+static void up_consumed(void *user, size_t n)
+{
+    qx_exchange_t *ex = user;
     /* upstream_request_timeout_secs is "no response within": while the body
      * is still going up and moving, the clock starts again, so a slow but
      * steady upload is not a 504; a stalled one still is. */
-    if (payload > 0 && ex->timer_phase == 2 && !ex->resp_head_done)
-        timer_arm(ex, 2, ex->snap->cfg->limits.upstream_request_timeout_secs);
-    if (!ex->front_gone && payload > 0)
-        ex->fops->consumed(ex, payload);
-    if (ex->wterm)
-        ex->req_done = 1;
-    if (ex->req_done && ex->resp_complete) {
-        /* The response was complete before the body finished going up. */
-        ex_release_upstream(ex, llhttp_should_keep_alive(&ex->parser));
-        return;
-    }
-    pump_write(ex);
+    if (n > 0 && ex->state == QX_EX_UPSTREAM)
+        timer_arm(ex, ex->snap->cfg->limits.upstream_request_timeout_secs);
+    if (!gone(ex) && n > 0)
+        ex->fops->consumed(ex, n);
 }
 
-static void uc_on_read(void *user, ssize_t nread, const char *buf)
+static void up_error(void *user, int err, int replay, const char *why)
 {
     qx_exchange_t *ex = user;
-    if (nread < 0) {
-        if (nread == UV_EOF && ex->resp_any && ex->resp_head_done) {
-            /* EOF ends a close-delimited body; llhttp_finish says whether
-             * the message was allowed to end this way. */
-            llhttp_finish(&ex->parser);
-        }
-        if (nread == UV_EOF && ex->resp_complete) {
-            /* Close-delimited body: EOF was its end. */
-            ex_release_upstream(ex, 0);
+    switch (err) {
+    case QX_UP_E_BROKEN:
+        if (try_retry(ex, replay))
             return;
-        }
-        upstream_broken(ex, nread == UV_EOF ? "closed before the response was complete"
-                                            : uv_strerror((int)nread));
-        return;
-    }
-    ex->resp_any = 1;
-    ex->up_progress_ms = uv_now(&ex->w->loop);
-    llhttp_errno_t err = llhttp_execute(&ex->parser, buf, (size_t)nread);
-    if (ex->uc == NULL)
-        return; /* a callback failed the exchange */
-    if (err == HPE_PAUSED) {
-        /* Paused at the end of the message: bytes after it on a keep-alive
-         * connection are a confused backend; never reuse that socket. */
-        const char *pos = llhttp_get_error_pos(&ex->parser);
-        int extra = pos != NULL && pos < buf + nread;
-        if (ex->timer_phase != 3)
-            timer_stop(ex); /* the body timer stays: the client still has to take it */
-        /* Reusable only when the request went up whole, too. */
-        ex_release_upstream(ex, ex->req_done && !extra && llhttp_should_keep_alive(&ex->parser));
-        return;
-    }
-    if (err != HPE_OK) {
-        if (ex->resp_reset)
+        up_warn(ex, "%s", why);
+        if (ex->state == QX_EX_UPSTREAM) /* no response head came */
+            qx_cnt_add(&up_row(ex)->protocol_errors, 1);
+        break;
+    case QX_UP_E_PROTO:
+        if (ex->state == QX_EX_ABORTED)
             return;
-        QX_DEBUG("upstream %s: bad response: %s", ex->up_name, llhttp_errno_name(err));
+        QX_DEBUG("upstream %s: bad response: %s", ex->up_name, why);
         qx_cnt_add(&up_row(ex)->protocol_errors, 1);
-        fail(ex, 502);
-        return;
+        break;
+    case QX_UP_E_TOO_BIG:
+        QX_WARN_RL("upstream %s: response body over max_upstream_response_body_bytes (%" PRIu64
+                   "); stream reset",
+                   ex->up_name, ex->ups.resp_body_max);
+        qx_cnt_add(&up_row(ex)->body_over_limit, 1);
+        break;
+    default:
+        QX_ERROR_RL("%s on stream %" PRId64, why, ex->stream_id);
+        break;
     }
-    if (!ex->resp_sized && ex->respbuf && qx_ring_free(&ex->resp) < QX_UP_READ_MIN) {
-        ex->resp_paused = 1;
-        qx_upconn_read_stop(ex->uc);
-    }
+    fail(ex, 502);
 }
 
-/* Once the response head is through, body bytes are read straight into the
- * response window, where the front sends them from (p_on_body only moves
- * them back over chunk framing). Heads, and windows with little contiguous
- * room, use the worker's scratch buffer, never more than the window can
- * take: a read's body always fits. */
-static void uc_read_buf(void *user, uv_buf_t *buf)
-{
-    qx_exchange_t *ex = user;
-    qx_wctx_t *w = ex->w;
-    size_t room = QX_UP_READ;
-    if (ex->respbuf) {
-        qx_ring_t *r = &ex->resp;
-        size_t free = qx_ring_free(r);
-        size_t off = (size_t)(r->fill & (r->cap - 1));
-        size_t contig = QX_MIN(r->cap - off, free);
-        if (ex->resp_head_done && (contig >= QX_UP_READ_MIN || contig == free) && contig > 0) {
-            *buf = uv_buf_init((char *)r->data + off, (unsigned)contig);
-            return;
-        }
-        room = QX_MIN(room, free);
-    }
-    if (w->up_scratch == NULL && (w->up_scratch = malloc(QX_UP_READ)) == NULL)
-        return; /* the connection's own small buffer */
-    *buf = uv_buf_init((char *)w->up_scratch, (unsigned)room);
-}
-
-static const qx_upconn_cb_t upconn_cb = {uc_on_connect, uc_on_write, uc_on_read, uc_read_buf};
+static const qx_up_sink_t up_sink = {
+    .connected = up_connected,
+    .progress = up_progress,
+    .head = up_head,
+    .body = up_body,
+    .end = up_end,
+    .consumed = up_consumed,
+    .error = up_error,
+};
 
 /* The body timer fired: which end stalled, if any (see body_timer_start).
  * Returns QX_D_CLIENT_STALLED or QX_D_UPSTREAM_STALLED, or -1 after
@@ -1066,7 +1006,7 @@ static int body_stalled(qx_exchange_t *ex)
     uint64_t up = (uint64_t)l->upstream_idle_timeout_secs * 1000;
     uint64_t next = QX_MIN(cl, up);
     int client_owes = ex->resp_eof || ex->resp.fill != ex->resp.ack;
-    int upstream_owes = !ex->resp_eof && !ex->resp_paused;
+    int upstream_owes = !ex->resp_eof && !ex->ups.paused;
 
     if (client_owes) {
         if (now - ex->cl_progress_ms >= cl)
@@ -1078,7 +1018,6 @@ static int body_stalled(qx_exchange_t *ex)
             return QX_D_UPSTREAM_STALLED;
         next = QX_MIN(next, ex->up_progress_ms + up - now);
     }
-    ex->timer_phase = 3;
     uv_timer_start(&ex->timer, on_timer, next, 0);
     return -1;
 }
@@ -1086,9 +1025,9 @@ static int body_stalled(qx_exchange_t *ex)
 static void on_timer(uv_timer_t *t)
 {
     qx_exchange_t *ex = qx_container_of(t, qx_exchange_t, timer);
-    int phase = ex->timer_phase;
-    ex->timer_phase = 0;
-    if (phase == 3) {
+    const qx_limits_t *l = &ex->snap->cfg->limits;
+    QRUX_ASSERT(ex->state >= QX_EX_QUEUED && ex->state <= QX_EX_DONE);
+    if (ex->state == QX_EX_RESPONSE || ex->state == QX_EX_DONE) {
         int who = body_stalled(ex);
         if (who < 0)
             return;
@@ -1103,11 +1042,11 @@ static void on_timer(uv_timer_t *t)
         fail(ex, 504);
         return;
     }
-    if (phase == 1 && ex->uc != NULL) {
+    if (ex->state == QX_EX_CONNECTING) {
         /* The connect itself timed out (not a wait for a pooled slot). */
         char why[64];
         snprintf(why, sizeof(why), "timed out after %u s",
-                 (unsigned)ex->snap->cfg->limits.upstream_connect_timeout_secs);
+                 (unsigned)l->upstream_connect_timeout_secs);
         qx_cnt_add(&up_row(ex)->timeouts, 1);
         if (connect_failed(ex, why))
             return;
@@ -1115,239 +1054,30 @@ static void on_timer(uv_timer_t *t)
         return;
     }
     qx_cnt_add(&up_row(ex)->timeouts, 1);
-    up_warn(ex, "%s timeout after %u s", phase == 1 ? "connect" : "request",
-            (unsigned)(phase == 1 ? ex->snap->cfg->limits.upstream_connect_timeout_secs
-                                  : ex->snap->cfg->limits.upstream_request_timeout_secs));
+    int queued = ex->state == QX_EX_QUEUED; /* else UPSTREAM: no response head in time */
+    up_warn(
+        ex, "%s timeout after %u s", queued ? "connect" : "request",
+        (unsigned)(queued ? l->upstream_connect_timeout_secs : l->upstream_request_timeout_secs));
     fail(ex, 504);
 }
-
-/* ---- response parsing --------------------------------------------------- */
-
-static int rhb_append(qx_exchange_t *ex, const char *at, size_t len)
-{
-    if (len == 0)
-        return 0; /* llhttp may hand over an empty span; rhb may not exist yet */
-    if (ex->rhblen + len > QX_MAX_HEADER_BYTES)
-        return -1;
-    if (ex->rhblen + len > ex->rhbcap) {
-        size_t cap = ex->rhbcap ? ex->rhbcap : 2048;
-        while (cap < ex->rhblen + len)
-            cap *= 2;
-        char *p = realloc(ex->rhb, cap);
-        if (p == NULL)
-            return -1;
-        ex->rhb = p;
-        ex->rhbcap = cap;
-    }
-    memcpy(ex->rhb + ex->rhblen, at, len);
-    ex->rhblen += len;
-    return 0;
-}
-
-static int p_on_header_field(llhttp_t *p, const char *at, size_t len)
-{
-    qx_exchange_t *ex = p->data;
-    if (ex->resp_head_done)
-        return 0; /* trailers are not forwarded; rhb must not move (respond) */
-    if (ex->rf_in_value || ex->nrf == 0) {
-        if (ex->nrf == ex->rfcap) {
-            qx_resp_field_t *more =
-                grow_fields(ex, ex->rf, &ex->rfcap, sizeof(qx_resp_field_t), ex->nrf);
-            if (more == NULL)
-                return -1;
-            ex->rf = more;
-        }
-        ex->rf[ex->nrf++] = (qx_resp_field_t){(uint32_t)ex->rhblen, 0, 0, 0};
-        ex->rf_in_value = 0;
-    }
-    if (rhb_append(ex, at, len) != 0)
-        return -1;
-    ex->rf[ex->nrf - 1].name_len += (uint32_t)len;
-    return 0;
-}
-
-static int p_on_header_value(llhttp_t *p, const char *at, size_t len)
-{
-    qx_exchange_t *ex = p->data;
-    if (ex->resp_head_done)
-        return 0;
-    qx_resp_field_t *f = &ex->rf[ex->nrf - 1];
-    if (!ex->rf_in_value) {
-        ex->rf_in_value = 1;
-        f->value_off = (uint32_t)ex->rhblen;
-    }
-    if (rhb_append(ex, at, len) != 0)
-        return -1;
-    f->value_len += (uint32_t)len;
-    return 0;
-}
-
-/* RFC 9110 §5.1: a field name is a token. llhttp lets some bytes through
- * (a space inside or before the colon) that would reach the client as a
- * different or broken field: such a response is refused. */
-static int is_token(const char *s, size_t len)
-{
-    static const char extra[] = "!#$%&'*+-.^_`|~";
-    if (len == 0)
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              (c != '\0' && strchr(extra, c) != NULL)))
-            return 0;
-    }
-    return 1;
-}
-
-static int p_on_headers_complete(llhttp_t *p)
-{
-    qx_exchange_t *ex = p->data;
-    int status = p->status_code;
-    qx_hdr_t hdrs[QX_MAX_HEADERS];
-    size_t n = 0;
-    const char *conn = NULL;
-    size_t connlen = 0;
-
-    /* llhttp takes "20" or "099" as a status; HTTP wants three digits,
-     * 100-599 (RFC 9110 §15): anything else is a broken upstream (502). */
-    if (status < 100 || status > 599)
-        return -1;
-    for (size_t i = 0; i < ex->nrf; i++) {
-        if (!is_token(ex->rhb + ex->rf[i].name_off, ex->rf[i].name_len))
-            return -1;
-    }
-    if (status >= 100 && status < 200) {
-        if (status == 101)
-            return -1; /* no upgrades through the proxy */
-        ex->nrf = 0;   /* interim response: wait for the final one */
-        ex->rhblen = 0;
-        ex->rf_in_value = 0;
-        /* A 1xx ends at its blank line whatever its fields say (RFC 9112
-         * §6.3): a Content-Length or Transfer-Encoding there must not make
-         * llhttp take the final response for its body. */
-        return 1;
-    }
-    ex->up_status = status;
-    ex->resp_head_done = 1;
-    timer_stop(ex);
-    for (size_t i = 0; i < ex->nrf; i++) {
-        qx_resp_field_t *f = &ex->rf[i];
-        if (f->name_len == 10 && strncasecmp(ex->rhb + f->name_off, "connection", 10) == 0) {
-            conn = ex->rhb + f->value_off;
-            connlen = f->value_len;
-        }
-    }
-    if (conn && !qx_h1_conn_names_fields(conn, connlen))
-        conn = NULL; /* "keep-alive" or "close": no per-field check needed */
-    for (size_t i = 0; i < ex->nrf; i++) {
-        qx_resp_field_t *f = &ex->rf[i];
-        char *name = ex->rhb + f->name_off;
-        if (f->name_len == 0 || !qx_h1_response_field_allowed(name, f->name_len, conn, connlen))
-            continue;
-        /* 204 has no body, and says nothing of one (RFC 9110 §8.6): an
-         * upstream's Content-Length there would have the client wait for
-         * bytes that never come. */
-        if (status == 204 && f->name_len == 14 && strncasecmp(name, "content-length", 14) == 0)
-            continue;
-        for (uint32_t k = 0; k < f->name_len; k++) /* HTTP/3 field names are lowercase */
-            name[k] = (char)((name[k] >= 'A' && name[k] <= 'Z') ? name[k] + 32 : name[k]);
-        hdrs[n++] = (qx_hdr_t){name, f->name_len, ex->rhb + f->value_off, f->value_len};
-    }
-    int has_body = !(ex->is_head || status == 204 || status == 304 ||
-                     ((p->flags & F_CONTENT_LENGTH) && p->content_length == 0));
-    if (has_body &&
-        ensure_resp_buf(ex, (p->flags & F_CONTENT_LENGTH) ? (int64_t)p->content_length : -1) != 0)
-        return -1;
-    ex->status = status;
-    if (ex->front_gone)
-        return -1;
-    if (ex->fops->respond(ex, status, hdrs, n, has_body) != 0)
-        return -1;
-    if (!has_body)
-        ex->resp_eof = 1;
-    body_timer_start(ex);
-    /* 1: no body follows whatever the fields say (HEAD, 204, 304): bytes an
-     * upstream sends anyway are then extra, and its socket is not reused. */
-    return has_body ? 0 : 1;
-}
-
-static int p_on_body(llhttp_t *p, const char *at, size_t len)
-{
-    qx_exchange_t *ex = p->data;
-    uint64_t cap = ex->snap->cfg->limits.max_upstream_response_body_bytes;
-    if (ex->resp_body + len > cap) {
-        QX_WARN_RL("upstream %s: response body over max_upstream_response_body_bytes (%" PRIu64
-                   "); stream reset",
-                   ex->up_name, cap);
-        qx_cnt_add(&up_row(ex)->body_over_limit, 1);
-        fail(ex, 502);
-        return HPE_USER;
-    }
-    qx_ring_t *r = &ex->resp;
-    if (len > qx_ring_free(r)) { /* reads are sized so this cannot be (uc_read_buf) */
-        QX_ERROR_RL("response window overflow on stream %" PRId64, ex->stream_id);
-        fail(ex, 502);
-        return HPE_USER;
-    }
-    if (r->fill == r->ack) /* the client's clock starts when it has something to take */
-        ex->cl_progress_ms = uv_now(&ex->w->loop);
-    const uint8_t *src = (const uint8_t *)at;
-    if (src >= r->data && src < r->data + r->cap) {
-        /* Read into the window already, at or after its fill point, in
-         * one contiguous run: at most a move back over chunk framing. */
-        uint8_t *dst = r->data + (r->fill & (r->cap - 1));
-        if (dst != src)
-            memmove(dst, src, len);
-        r->fill += len;
-    } else {
-        qx_ring_write(r, src, len);
-    }
-    ex->resp_body += len;
-    if (!ex->front_gone)
-        ex->fops->resume(ex);
-    return 0;
-}
-
-static int p_on_message_complete(llhttp_t *p)
-{
-    qx_exchange_t *ex = p->data;
-    if (!ex->resp_head_done)
-        return 0; /* end of an interim (1xx) response */
-    ex->resp_complete = 1;
-    ex->resp_eof = 1;
-    ex->state = QX_EX_DONE;
-    if (!ex->front_gone)
-        ex->fops->resume(ex);
-    if (!ex->req_fin)
-        discard_request_body(ex); /* answered before the body finished */
-    return HPE_PAUSED;
-}
-
-static const llhttp_settings_t parser_settings = {
-    .on_header_field = p_on_header_field,
-    .on_header_value = p_on_header_value,
-    .on_headers_complete = p_on_headers_complete,
-    .on_body = p_on_body,
-    .on_message_complete = p_on_message_complete,
-};
 
 /* ---- request body from the front ---------------------------------------- */
 
 void qx_exchange_body(qx_exchange_t *ex, const uint8_t *data, size_t len)
 {
     uint64_t max = ex->snap->cfg->limits.max_request_body_bytes;
-    if (ex->req_window_due && len > 0 && !ex->req_discard && ex->state != QX_EX_DONE) {
+    if (ex->req_window_due && len > 0 && !ex->req_discard && !finished(ex)) {
         ex->req_window_due = 0;
         if (ring_init(&ex->req, &ex->reqbuf, ex->req_inline, -1) < 0) {
             fail(ex, 503);
             return;
         }
     }
-    if (ex->req_discard || ex->state == QX_EX_DONE || ex->reqbuf == NULL) {
+    if (ex->req_discard || finished(ex) || ex->reqbuf == NULL) {
         /* Dropped bytes are not the request's: bytes_in counts what was
          * accepted for the upstream. */
         ex->req_discarded += len;
-        if (!ex->front_gone) {
+        if (!gone(ex)) {
             ex->fops->consumed(ex, len);
             if (ex->req_discarded > QX_DISCARD_MAX && !ex->req_stopped) {
                 ex->req_stopped = 1;
@@ -1359,7 +1089,7 @@ void qx_exchange_body(qx_exchange_t *ex, const uint8_t *data, size_t len)
     ex->req_body_in += len;
     if (ex->req_body_in > max) {
         qx_cnt_add(&ex->w->metrics.request_body_rejected, 1);
-        if (!ex->front_gone)
+        if (!gone(ex))
             ex->fops->consumed(ex, len);
         if (ex->status == 0) {
             local_response(ex, 413);
@@ -1387,9 +1117,9 @@ void qx_exchange_body_end(qx_exchange_t *ex)
 {
     if (ex->req_fin)
         return;
-    ex->req_fin = 1;
+    ex->req_fin = ex->ups.req_fin = 1;
     if (ex->req_cl >= 0 && ex->req_body_in != (uint64_t)ex->req_cl && !ex->req_discard &&
-        ex->state != QX_EX_DONE) {
+        !finished(ex)) {
         fail(ex, 400); /* content-length disagrees with the body */
         return;
     }
@@ -1401,9 +1131,6 @@ void qx_exchange_resp_acked(qx_exchange_t *ex, size_t n)
     qx_ring_mark_acked(&ex->resp, n);
     if (n > 0)
         ex->cl_progress_ms = uv_now(&ex->w->loop);
-    if (ex->resp_paused && ex->uc && qx_ring_free(&ex->resp) >= QX_UP_READ_MIN) {
-        ex->resp_paused = 0;
+    if (ex->ups.ops && ex->ups.ops->window(&ex->ups))
         ex->up_progress_ms = uv_now(&ex->w->loop); /* its clock ran not while paused */
-        qx_upconn_read_start(ex->uc);
-    }
 }
