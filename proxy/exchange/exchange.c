@@ -58,7 +58,6 @@ static const unsigned legal_moves[] = {
 
 static void set_state(qx_exchange_t *ex, qx_exchange_state_t to)
 {
-    (void)legal_moves; /* read only where QRUX_ASSERT is checked */
     QRUX_ASSERT((legal_moves[ex->state] & (1u << to)) != 0);
     ex->state = to;
 }
