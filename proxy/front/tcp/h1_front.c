@@ -130,7 +130,9 @@ static int name_is(const char *s, size_t len, const char *lit)
     return len == n && strncasecmp(s, lit, n) == 0;
 }
 
-/* Trims optional whitespace (llhttp leaves trailing OWS in values). */
+/* Trims optional whitespace at both ends of a value (RFC 9110 §5.5):
+ * llhttp drops the leading OWS but leaves the trailing one, and a value
+ * built from several spans is trimmed here once. */
 static void trim(const char **s, size_t *len)
 {
     while (*len > 0 && ((*s)[0] == ' ' || (*s)[0] == '\t')) {
