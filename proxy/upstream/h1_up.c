@@ -489,7 +489,7 @@ static int p_on_message_complete(llhttp_t *p)
     if (!h->head_done)
         return 0; /* end of an interim (1xx) response */
     h->complete = 1;
-    st->sink->end(st->user);
+    st->sink->end(st->user, NULL, 0);
     return HPE_PAUSED;
 }
 
