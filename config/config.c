@@ -164,6 +164,8 @@ static const cyaml_schema_field_t limits_fields[] = {
     OPT_STR("max_tcp_connections", raw_limits_t, max_tcp_connections),
     OPT_STR("max_tcp_connections_per_ip", raw_limits_t, max_tcp_connections_per_ip),
     OPT_STR("max_connections_per_upstream", raw_limits_t, max_connections_per_upstream),
+    OPT_STR("websocket_idle_timeout_secs", raw_limits_t, websocket_idle_timeout_secs),
+    OPT_STR("max_websocket_tunnels", raw_limits_t, max_websocket_tunnels),
     CYAML_FIELD_END,
 };
 
