@@ -81,9 +81,9 @@ struct qx_exchange {
     int front_gone;
     qx_snapshot_t *snap;
     uint64_t start_ns;
-    int timer_phase;                      /* 0 none, 1 connect, 2 request, 3 body (stall) */
-    uint64_t up_progress_ms;              /* loop time the upstream last sent body bytes */
-    uint64_t cl_progress_ms;              /* ... the client last took response bytes */
+    int timer_phase;         /* 0 none, 1 connect, 2 request, 3 body (stall), 4 tunnel idle */
+    uint64_t up_progress_ms; /* loop time the upstream last sent body bytes */
+    uint64_t cl_progress_ms; /* ... the client last took response bytes */
     qx_exchange_t *pump_prev, *pump_next; /* the worker's pump list */
     int pump_queued;
     int dispatch_due;    /* routed: the upstream is asked for at the next pump */
@@ -114,6 +114,18 @@ struct qx_exchange {
     uint8_t *reqbuf;
     int req_window_due;        /* body of unknown length: its window comes with its first byte */
     uint64_t front_uncredited; /* the front's own: body bytes handed in, not yet credited */
+
+    /* WebSocket (websocket.h): the request is an opening handshake; once
+     * the app accepts it, both windows carry the tunnel's bytes until each
+     * side's end, and one idle clock (websocket_idle_timeout_secs) watches
+     * both directions. */
+    char *protocol; /* :protocol of an extended CONNECT, or NULL */
+    size_t protocollen;
+    int ws;             /* QX_WS_* */
+    int ws_counted;     /* in the worker's websocket_tunnels gauge */
+    int tunnel;         /* the app answered 101: the tunnel is open */
+    uint64_t tunnel_ms; /* loop time of the tunnel's last byte, either way */
+    char ws_key[28];    /* the Sec-WebSocket-Key qrux sent for an extended CONNECT */
 
     /* upstream */
     int route;

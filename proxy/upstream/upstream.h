@@ -87,6 +87,13 @@ typedef struct qx_up_req {
     int64_t content_length; /* from the request, -1 when absent */
     int early;              /* forwarded from 0-RTT: adds Early-Data: 1 (RFC 8470) */
     int is_head;            /* HEAD: the response has no body whatever its fields say */
+    /* A WebSocket opening handshake (RFC 6455 §4.1): the codec asks the
+     * app to upgrade (method GET, no body framing) and, on its 101, turns
+     * both windows into the tunnel's bytes. ws_key is the
+     * Sec-WebSocket-Key qrux made for a client that sent none (extended
+     * CONNECT, RFC 8441/9220), or NULL: the client's own goes up. */
+    int websocket;
+    const char *ws_key;
 } qx_up_req_t;
 
 /* Why a stream failed (sink->error). */
@@ -173,6 +180,7 @@ struct qx_up_stream {
     int resp_fits;          /* set in sink->head: *resp holds the whole body (never pause) */
     /* Set by the codec. */
     int paused; /* the codec stopped reading: *resp is short of room */
+    int tunnel; /* the app switched to WebSocket: *req and *resp carry raw bytes */
     /* The response head's bytes and fields (kept with the stream; the
      * codec resets them at open()). */
     qx_arena_t *arena;
