@@ -370,22 +370,38 @@ def h2_extended_connect(env, q):
 
     got = b""
     msgs = [b"first h2 message", os.urandom(100000), b"x" * 70000]
-    for m in msgs:
-        c.send_data(sid, ws_frame(m))
-        s.sendall(c.data_to_send())
     frames = []
 
-    def have_all(_e):
-        nonlocal got, frames
-        while events:
-            e = events.pop(0)
-            if isinstance(e, h2.events.DataReceived) and e.stream_id == sid:
-                got += e.data
-        fr, got = ws_parse(got)
-        frames += fr
-        return len(frames) >= len(msgs)
-    events.append(None)
-    pump(have_all, timeout=30)
+    def send(data):
+        # As the stream's and the connection's flow-control windows allow.
+        while data:
+            room = min(c.local_flow_control_window(sid), c.max_outbound_frame_size)
+            if room <= 0:
+                pump(lambda e: isinstance(e, h2.events.WindowUpdated), timeout=10)
+                events[:] = [e for e in events if not isinstance(e, h2.events.WindowUpdated)]
+                continue
+            c.send_data(sid, data[:room])
+            s.sendall(c.data_to_send())
+            data = data[room:]
+
+    def have(k):
+        def f(_e):
+            nonlocal got, frames
+            keep = []
+            for e in events:
+                if isinstance(e, h2.events.DataReceived) and e.stream_id == sid:
+                    got += e.data
+                elif e is not None:
+                    keep.append(e)
+            events[:] = keep + [None]
+            fr, got = ws_parse(got)
+            frames += fr
+            return len(frames) >= k
+        return f
+    for i, m in enumerate(msgs):
+        send(ws_frame(m))
+        events.append(None)
+        pump(have(i + 1), timeout=30)
     env.eq("h2 echo: 3 messages back", [p for _, p in frames], msgs)
     # Close handshake: the client's close frame, the app's reply, then
     # END_STREAM both ways.
