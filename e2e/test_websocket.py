@@ -78,6 +78,8 @@ def start_qrux(env, app, limits=None, ws_off_host=None):
         lines += ['  - match: "%s"' % ws_off_host, '    upstream: "%s"' % app.addr,
                   "    websocket: false"]
     lines += ['  - match: "*"', '    upstream: "%s"' % app.addr]
+    q_aport = free_port("tcp")
+    lines += ["admin:", '  listen: "127.0.0.1:%d"' % q_aport]
     path = os.path.join(env.dir, "qx-ws-%d.yaml" % port)
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -86,6 +88,7 @@ def start_qrux(env, app, limits=None, ws_off_host=None):
     if not q.wait_ready(15):
         raise RuntimeError("qrux not ready:\n%s" % q.log_tail(30))
     q.tport = tport
+    q.aport = q_aport
     return q
 
 
@@ -431,6 +434,59 @@ def h2_extended_connect(env, q):
 
 
 # ---------------------------------------------------------------------------
+# Chromium's own WebSocket
+
+
+def chromium_ws(env, q):
+    url = "https://localhost:%d/page" % q.tport
+    # QUIC is forced for an origin nobody uses: the page comes over TCP (h2).
+    rc, dom, err = env.chromium(url, "localhost:1", timeout=60)
+    m = re.search(r'<div id="out">([^<]*)</div>', dom)
+    text = m.group(1) if m else None
+    env.eq("chromium: the page's WebSocket got its echo and closed with 4005", text,
+           "echo=chromium says hi closed=4005", (dom[-400:], err[-800:]))
+    page = env.wait_access(q, path="/page")
+    env.check("chromium: the page came over h2", bool(page) and page[0].get("proto") == "h2",
+              page)
+    tunnel = env.wait_access(q, path="/echo?chromium")
+    used = [(a.get("proto"), a.get("method"), a.get("status")) for a in tunnel]
+    # Chromium carries WebSocket over an HTTP/2 connection it already has
+    # when the server sent SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441).
+    env.eq("chromium: its WebSocket went as h2 extended CONNECT (200)", used[-1:],
+           [("h2", "CONNECT", "200")], used)
+
+
+# ---------------------------------------------------------------------------
+# HTTP/3 extended CONNECT (RFC 9220) with e2e/h3probe
+
+
+def h3_extended_connect(env, q):
+    probe = os.path.join(os.path.dirname(os.environ["QRUX_BIN"]), "h3probe")
+    close = struct.pack(">H", 4001) + b"h3 bye"
+    body = os.path.join(env.dir, "h3-ws-body")
+    with open(body, "wb") as f:
+        f.write(ws_frame(b"hello over h3", opcode=0x1))
+    want = ws_frame(b"hello over h3", opcode=0x1, mask=False) + \
+        ws_frame(close, opcode=0x8, mask=False)
+    r = subprocess.run([probe, "127.0.0.1", str(q.port), "-H", ":method: CONNECT",
+                        "-H", ":protocol: websocket", "-H", ":scheme: https",
+                        "-H", ":authority: localhost:%d" % q.port, "-H", ":path: /echo1",
+                        "-H", "sec-websocket-version: 13", "-d", body, "--half-close",
+                        "--timeout", "20"], capture_output=True, timeout=40)
+    out = r.stdout.decode(errors="replace").splitlines()
+    env.check("h3 extended CONNECT: status 200", "status 200" in out, out + [r.stderr[-500:]])
+    env.check("h3: no sec-websocket-accept to the client",
+              not any(ln.startswith("header sec-websocket-accept") for ln in out), out)
+    env.check("h3 tunnel: the echo and the app's close reply (4001), exact bytes",
+              "body-sha256 %s %d" % (hashlib.sha256(want).hexdigest(), len(want)) in out, out)
+    env.check("h3 tunnel: stream closed cleanly (H3_NO_ERROR)", "stream-close 0x100" in out, out)
+    lines = env.wait_access(q, path="/echo1", proto="h3")
+    env.check("h3: access line for the tunnel (status 200, method CONNECT)",
+              bool(lines) and lines[0].get("status") == "200"
+              and lines[0].get("method") == "CONNECT", q.log_tail())
+
+
+# ---------------------------------------------------------------------------
 # metrics
 
 
@@ -468,6 +524,9 @@ def main():
         env.case("h1: 20 MiB each way", h1_big, env, q)
         env.case("h1: refused upgrades", h1_refused, env, q, app)
         env.case("h2: extended CONNECT", h2_extended_connect, env, q)
+        env.case("h3: extended CONNECT", h3_extended_connect, env, q)
+        env.case("chromium: new WebSocket()", chromium_ws, env, q)
+        env.case("metrics and log", metrics_after, env, q)
         env.case("h1: a client that stops reading", h1_slow_reader, env, q, app)
         env.check("qrux still running", q.alive(), q.log_tail())
 
