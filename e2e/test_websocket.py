@@ -487,6 +487,42 @@ def h3_extended_connect(env, q):
 
 
 # ---------------------------------------------------------------------------
+# limits: max_websocket_tunnels 1, websocket_idle_timeout_secs 2
+
+
+def limits(env, q):
+    async def go():
+        ws1 = await websockets.client.connect(wss(q, "/echo"), ssl=client_ssl())
+        await ws1.send("one")
+        first = await ws1.recv()
+        raw = await asyncio.get_running_loop().run_in_executor(
+            None, raw_upgrade, q.tport, "/echo")
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(ws1.recv(), 20)
+            idle_closed = False
+        except websockets.exceptions.ConnectionClosed:
+            idle_closed = True
+        waited = time.monotonic() - t0
+        await ws1.close()
+        async with websockets.client.connect(wss(q, "/echo"), ssl=client_ssl()) as ws3:
+            await ws3.send("three")
+            third = await ws3.recv()
+        return first, raw, idle_closed, waited, third
+    first, raw, idle_closed, waited, third = run(go())
+    env.eq("limits: the first tunnel works", first, "one")
+    env.check("limits: a second tunnel past max_websocket_tunnels gets 503",
+              raw.startswith(b"HTTP/1.1 503"), raw[:200])
+    env.check("limits: ... with a body that says why", b"too many WebSocket tunnels" in raw,
+              raw[:300])
+    env.check("limits: an idle tunnel is closed by qrux (websocket_idle_timeout_secs 2)",
+              idle_closed)
+    env.check("limits: not before the idle timeout (closed after %.1f s)" % waited,
+              waited >= 1.0)
+    env.eq("limits: a tunnel after that works again", third, "three")
+
+
+# ---------------------------------------------------------------------------
 # metrics
 
 
@@ -529,6 +565,9 @@ def main():
         env.case("metrics and log", metrics_after, env, q)
         env.case("h1: a client that stops reading", h1_slow_reader, env, q, app)
         env.check("qrux still running", q.alive(), q.log_tail())
+        ql = start_qrux(env, app, limits={"max_websocket_tunnels": 1,
+                                          "websocket_idle_timeout_secs": 2})
+        env.case("limits", limits, env, ql)
 
 
 if __name__ == "__main__":
