@@ -15,9 +15,9 @@
 #ifndef QX_SNAPSHOT_H
 #define QX_SNAPSHOT_H
 
-#include "config/config.h"
 #include "conf/health.h"
 #include "conf/router.h"
+#include "config/config.h"
 
 #include <netinet/in.h>
 #include <stddef.h>
@@ -72,8 +72,5 @@ void qx_snapshot_unref(qx_snapshot_t *s);
  * request that began under an older snapshot never indexes a newer one's
  * table. Thread-safe. */
 size_t qx_snapshot_pick(qx_snapshot_t *s, int route, size_t skip, uint64_t now_ms);
-
-/* Writes "a.b.c.d:port" or "[v6]:port" into buf (QX_EP_ADDRLEN). */
-void qx_endpoint_format(const struct sockaddr *sa, char *buf, size_t len);
 
 #endif
