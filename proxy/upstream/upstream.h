@@ -38,12 +38,12 @@
  *     never processed is sink->error(QX_UP_E_BROKEN, QX_UP_REPLAY_ANY), so
  *     the exchange retries it as it retries a dead keep-alive connection
  *     today; streams under the last stream id finish normally.
- *   - WebSocket: open() encodes the Upgrade (h1) or extended CONNECT (h2);
- *     a 101/200 that accepts it is sink->head() with has_body 1 and
- *     content_length -1, after which both windows simply carry the tunnel's
- *     bytes: *req up, *resp down, until each side's end. The exchange
- *     already pumps both directions through windows with credit; nothing
- *     in it needs to know the bytes are not a body.
+ *   - WebSocket (done for h1: req->websocket): open() encodes the
+ *     Upgrade; the app's 101 that accepts it is sink->head(101) with
+ *     has_body 1 and content_length -1 and st->tunnel set, after which
+ *     both windows carry the tunnel's bytes: *req up, *resp down, until
+ *     each side's end (req_fin: a FIN to the app; the app's EOF:
+ *     sink->end). An h2c codec would send an extended CONNECT instead.
  */
 #ifndef QX_UPSTREAM_H
 #define QX_UPSTREAM_H
