@@ -461,7 +461,8 @@ def chromium_ws(env, q):
 
 
 def h3_extended_connect(env, q):
-    probe = os.path.join(os.path.dirname(os.environ["QRUX_BIN"]), "h3probe")
+    probe = os.environ.get("H3PROBE_BIN") or os.path.join(
+        os.path.dirname(os.environ["QRUX_BIN"]), "h3probe")
     close = struct.pack(">H", 4001) + b"h3 bye"
     body = os.path.join(env.dir, "h3-ws-body")
     with open(body, "wb") as f:
