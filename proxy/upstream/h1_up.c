@@ -48,6 +48,11 @@ static h1_up_t *h1(qx_up_stream_t *st)
     return (h1_up_t *)(void *)st->priv.bytes;
 }
 
+qx_upconn_t *qx_h1_up_conn(qx_up_stream_t *st)
+{
+    return st->ops == &qx_h1_upstream_ops ? h1(st)->uc : NULL;
+}
+
 /* Gives the connection back: to the idle list when |reusable|. A pending
  * write dies with it; its body bytes are reported consumed now, as no
  * write callback will. */
@@ -546,7 +551,10 @@ static int p_on_headers_complete(llhttp_t *p)
         st->nf = 0;    /* interim response: wait for the final one */
         st->hblen = 0;
         h->in_value = 0;
-        return 0;
+        /* A 1xx ends at its blank line whatever its fields say (RFC 9112
+         * §6.3): a Content-Length or Transfer-Encoding there must not make
+         * llhttp take the final response for its body. */
+        return 1;
     }
     h->head_done = 1;
     for (size_t i = 0; i < st->nf; i++) {

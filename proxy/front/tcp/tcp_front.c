@@ -565,11 +565,17 @@ static void on_conn_handle_closed(uv_handle_t *h)
 
 /* ---- per-IP counts ------------------------------------------------------- */
 
+/* The key an address counts under: an IPv6 client with its /64 (one host
+ * or one customer holds a whole /64: counting each address alone would give
+ * it a cap per address), an IPv4 one (or IPv4-mapped, as on a "[::]"
+ * listener) alone, in its mapped form. Keep in step with base/ipcount.c,
+ * the QUIC front's table. */
 static void ip_bytes(const struct sockaddr_storage *ss, uint8_t out[16])
 {
     memset(out, 0, 16);
     if (ss->ss_family == AF_INET6) {
-        memcpy(out, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+        memcpy(out, a, IN6_IS_ADDR_V4MAPPED(a) ? 16 : 8);
     } else {
         out[10] = out[11] = 0xff;
         memcpy(out + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
