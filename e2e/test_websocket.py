@@ -155,6 +155,12 @@ def h1_push(env, q):
               all(m == bytes([i & 0xFF]) * 3000 for i, m in enumerate(got)))
     env.eq("h1 push: close code from the app", code, 1000)
     env.eq("h1 push: close reason from the app", reason, "pushed")
+    lines = env.wait_access(q, path="/push?n=200&size=3000")
+    env.check("h1 push: the access line says the tunnel ended cleanly (no incomplete=1)",
+              bool(lines) and lines[0].get("incomplete") is None, lines)
+    env.check("h1 push: a 'websocket closed' line with the app's end",
+              re.search(r"websocket closed proto=h1 .*path=/push\?n=200&size=3000 .*app_end=1",
+                        q.log_text()) is not None, q.log_tail())
 
 
 def h1_headers(env, q):

@@ -418,6 +418,10 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
     /* Complete when the whole response was handed to the front, even if
      * the client closed its connection before acknowledging the end. */
     int clean = ex->state == QX_EX_DONE && qx_ring_unsent(&ex->resp) == 0;
+    /* A tunnel whose app side ended and went out whole is complete even if
+     * the client's side never ended (HTTP/1.1 closes the connection then). */
+    if (ex->tunnel && ex->state == QX_EX_RESPONSE && ex->resp_eof && qx_ring_unsent(&ex->resp) == 0)
+        clean = 1;
     int reset = ex->state == QX_EX_ABORTED;     /* we reset the client stream */
     int status = ex->status ? ex->status : 499; /* client went away before an answer */
 
