@@ -27,6 +27,7 @@ pushes, one that floods, one that closes with a given code). Clients:
 import asyncio
 import base64
 import hashlib
+import json
 import os
 import re
 import socket
@@ -167,7 +168,6 @@ def h1_headers(env, q):
     async def go():
         async with websockets.client.connect(wss(q, "/headers"), ssl=client_ssl(),
                                              extra_headers={"X-Custom": "abc"}) as ws:
-            import json
             return json.loads(await ws.recv()), ws.request_headers
     seen, sent = run(go())
     env.eq("h1 app sees: sec-websocket-key of the client", seen.get("sec-websocket-key"),
@@ -437,6 +437,32 @@ def h2_extended_connect(env, q):
     env.check("h2: access line for the tunnel (status 200, method CONNECT)",
               bool(lines) and lines[0].get("status") == "200"
               and lines[0].get("method") == "CONNECT", q.log_tail())
+
+    # What the app receives for an extended CONNECT: a GET upgrade with a
+    # key qrux made, version 13, the client's protocol and extensions.
+    sid = c.get_next_available_stream_id()
+    c.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
+                         (":scheme", "https"), (":path", "/headers"),
+                         (":authority", "localhost:%d" % q.tport),
+                         ("sec-websocket-version", "13"),
+                         ("sec-websocket-protocol", "chat, superchat"),
+                         ("sec-websocket-extensions", "x-test-ext")])
+    s.sendall(c.data_to_send())
+    got, frames = b"", []
+    events.append(None)
+    pump(have(1), timeout=15)
+    seen = json.loads(frames[0][1]) if frames else {}
+    key = seen.get("sec-websocket-key", "")
+    env.check("h2 app sees: a Sec-WebSocket-Key qrux made (16 bytes, base64)",
+              len(base64.b64decode(key + "==")[:16]) == 16 and len(key) == 24, seen)
+    env.eq("h2 app sees: sec-websocket-version", seen.get("sec-websocket-version"), "13")
+    env.eq("h2 app sees: the client's sec-websocket-protocol",
+           seen.get("sec-websocket-protocol"), "chat, superchat")
+    env.eq("h2 app sees: the client's sec-websocket-extensions",
+           seen.get("sec-websocket-extensions"), "x-test-ext")
+    env.eq("h2 app sees: upgrade", seen.get("upgrade"), "websocket")
+    c.reset_stream(sid)
+    s.sendall(c.data_to_send())
     s.close()
 
 
