@@ -89,6 +89,16 @@
  * packet carrying HEX right after the first Initial ("inject-0rtt pn PN
  * len L", or "no-0rtt" when the ticket gave no early-data keys).
  *
+ * Connection flow control (test_attacks_h3_credit.py): --print-max-data prints at
+ * the end
+ *   max-data N                the server's last MAX_DATA (credit left + bytes sent)
+ *   max-data-left-peak N      the most credit ever held unused, looked at after
+ *                             each packet read: never above the server's
+ *                             initial_max_data unless it credits bytes it
+ *                             never received (or grew its window)
+ *   stream-sent N             stream bytes sent (what connection flow control counts)
+ * --bidi-file FILE is --bidi with FILE's bytes (too long for a command line).
+ *
  * Exit 0 when every request got an outcome, 1 on timeout or network failure,
  * 2 on a usage error. It is a test tool: the certificate is not verified.
  */
@@ -116,7 +126,7 @@
 #define MAX_FIELDS 8192
 #define MAX_BODY (64 * 1024 * 1024)
 #define PKT_SIZE 1452
-#define MAX_RAW 16
+#define MAX_RAW 512
 #define MAX_INJECT 8
 
 typedef struct {
@@ -158,6 +168,9 @@ typedef struct {
     int half_close;             /* --half-close: the body's end waits for the response's */
     int body_out;               /* --half-close: the body went */
     int resp_ended;             /* --half-close: the server ended the response */
+    int print_max_data;         /* --print-max-data */
+    uint64_t stream_sent;       /* new stream bytes written (what connection flow control counts) */
+    uint64_t left_peak;         /* the most connection credit ever held unused */
     const char *new_token_file; /* --new-token-file: NEW_TOKEN written here (hex) */
     uint8_t token[512];         /* --token: sent in the first Initial */
     size_t token_len;
@@ -1341,6 +1354,8 @@ static int flush(probe_t *p)
         ngtcp2_ssize n =
             ngtcp2_conn_writev_stream(p->conn, &ps.path, &pi, buf, sizeof(buf), &ndata, flags, sid,
                                       (const ngtcp2_vec *)vec, (size_t)nvec, now_ns());
+        if (ndata > 0)
+            p->stream_sent += (uint64_t)ndata;
         if (r != NULL) {
             if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
                 r->blocked = 1;
@@ -1410,6 +1425,8 @@ static int drain(probe_t *p)
             }
         }
         int rv = ngtcp2_conn_read_pkt(p->conn, &path, &pi, buf, (size_t)n, now_ns());
+        if (ngtcp2_conn_get_max_data_left(p->conn) > p->left_peak)
+            p->left_peak = ngtcp2_conn_get_max_data_left(p->conn);
         if (rv == NGTCP2_ERR_DRAINING) {
             const ngtcp2_ccerr *cc = ngtcp2_conn_get_ccerr(p->conn);
             printf("conn-close 0x%" PRIx64 " %s\n", cc->error_code,
@@ -1619,6 +1636,32 @@ static int add_raw(probe_t *p, int bidi, const char *spec)
     return 0;
 }
 
+/* --bidi-file FILE: a raw request stream whose bytes are FILE's (for
+ * streams too long for a command line); ended like --bidi. */
+static int add_raw_file(probe_t *p, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL || p->nraw == MAX_RAW) {
+        if (f)
+            fclose(f);
+        return -1;
+    }
+    raw_t *r = &p->raw[p->nraw];
+    r->bidi = r->fin = 1;
+    r->sid = -1;
+    r->len = 0;
+    r->data = malloc(MAX_BODY);
+    size_t n;
+    while (r->data && r->len < MAX_BODY &&
+           (n = fread(r->data + r->len, 1, MAX_BODY - r->len, f)) > 0)
+        r->len += n;
+    fclose(f);
+    if (r->data == NULL)
+        return -1;
+    p->nraw++;
+    return 0;
+}
+
 /* --inject HEX: the frames of one 1-RTT packet ("" is a packet without
  * any). */
 static int add_inject(probe_t *p, const char *hex)
@@ -1707,6 +1750,11 @@ static int parse_args(probe_t *p, int argc, char **argv)
             p->inject_gap_ms = atoi(argv[++i]);
         } else if (strcmp(a, "--collect") == 0 && has_val) {
             p->collect_ms = atoi(argv[++i]);
+        } else if (strcmp(a, "--bidi-file") == 0 && has_val) {
+            if (add_raw_file(p, argv[++i]) != 0)
+                return -1;
+        } else if (strcmp(a, "--print-max-data") == 0) {
+            p->print_max_data = 1;
         } else if ((strcmp(a, "--uni") == 0 || strcmp(a, "--bidi") == 0) && has_val) {
             if (add_raw(p, strcmp(a, "--bidi") == 0, argv[++i]) != 0)
                 return -1;
@@ -1750,6 +1798,11 @@ int main(int argc, char **argv)
         rc = run(p);
     else
         fprintf(stderr, "h3probe: set-up failed\n");
+    if (p->print_max_data && p->conn) {
+        uint64_t left = ngtcp2_conn_get_max_data_left(p->conn);
+        printf("max-data %" PRIu64 "\nmax-data-left-peak %" PRIu64 "\nstream-sent %" PRIu64 "\n",
+               left + p->stream_sent, p->left_peak, p->stream_sent);
+    }
 
     for (int i = 0; i < p->nreq; i++)
         gnutls_hash_deinit(p->req[i].sha, NULL);

@@ -291,13 +291,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             continue;
         }
         if (reading(ex) && !eof) {
+            qx_upconn_t *uc = qx_h1_up_conn(&ex->ups);
             eof = 1;
-            ex->uc->cb->on_read(ex->uc->user, UV_EOF, NULL);
+            uc->cb->on_read(uc->user, UV_EOF, NULL);
             continue;
         }
         if (f.responded)
             f_drain(ex); /* paused on a full window, or the rest of the body */
-        if (ex->uc != NULL && ex->uc->state == QX_UC_CONNECTING) {
+        if (qx_h1_up_conn(&ex->ups) != NULL &&
+            qx_h1_up_conn(&ex->ups)->state == QX_UC_CONNECTING) {
             uv_run(&env->w.ctx.loop, UV_RUN_ONCE); /* the connect completes */
             continue;
         }

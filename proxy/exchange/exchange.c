@@ -1058,9 +1058,12 @@ static void up_body(void *user, size_t n)
         ex->fops->resume(ex);
 }
 
-static void up_end(void *user)
+/* Trailers are not passed on yet: the front ops have no place for them. */
+static void up_end(void *user, const qx_hdr_t *trailers, size_t ntrailers)
 {
     qx_exchange_t *ex = user;
+    (void)trailers;
+    (void)ntrailers;
     ex->resp_eof = 1;
     if (ex->tunnel && !ex->req_fin) {
         /* The app ended its side of the tunnel; the client's may still

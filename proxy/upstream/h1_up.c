@@ -628,7 +628,7 @@ static int p_on_message_complete(llhttp_t *p)
     if (st->tunnel)
         return HPE_PAUSED; /* the rest is the tunnel's (uc_on_read) */
     h->complete = 1;
-    st->sink->end(st->user);
+    st->sink->end(st->user, NULL, 0);
     return HPE_PAUSED;
 }
 

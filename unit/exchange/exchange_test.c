@@ -376,7 +376,7 @@ static void test_get_200(void **state)
     up_answer_body("world", 5);
     assert_int_equal(F.bodylen, 11);
     assert_int_equal(F.eof, 0);
-    U.st->sink->end(U.st->user);
+    U.st->sink->end(U.st->user, NULL, 0);
     assert_int_equal(ex->state, QX_EX_DONE);
     assert_int_equal(F.eof, 1);
     assert_memory_equal(F.body, "hello world", 11);
@@ -438,7 +438,7 @@ static void test_post_window(void **state)
     assert_int_equal(up_answer_head(204, 0), 0);
     assert_int_equal(F.status, 204);
     assert_int_equal(F.has_body, 0);
-    U.st->sink->end(U.st->user);
+    U.st->sink->end(U.st->user, NULL, 0);
     assert_int_equal(ex->state, QX_EX_DONE);
     qx_exchange_front_closed(ex, 0);
     assert_int_equal(W.metrics.bytes_in, sizeof(body));
@@ -460,7 +460,7 @@ static void test_early_answer_discards_body(void **state)
 
     assert_int_equal(up_answer_head(413, 9), 0);
     up_answer_body("too large", 9);
-    U.st->sink->end(U.st->user);
+    U.st->sink->end(U.st->user, NULL, 0);
     assert_int_equal(ex->state, QX_EX_DONE);
     assert_int_equal(F.status, 413);
     assert_int_equal(F.eof, 1);
