@@ -207,7 +207,7 @@ static void local_response(qx_exchange_t *ex, int status)
 {
     char body[96];
     int n = snprintf(body, sizeof(body), "%d %s%s%s\n", status, qx_h1_reason(status),
-                     ex->local_body ? ": " : "", ex->local_body ? ex->local_body : "");
+                     ex->local_why ? ": " : "", ex->local_why ? ex->local_why : "");
 
     if (gone(ex))
         return;
@@ -564,13 +564,13 @@ static int ws_admit(qx_exchange_t *ex, const qx_route_cfg_t *route)
 {
     qx_metrics_t *m = &ex->w->metrics;
     if (route->no_websocket) {
-        ex->local_body = "WebSocket is turned off for this route";
+        ex->local_why = "WebSocket is turned off for this route";
         local_response(ex, 403);
         return -1;
     }
     if (__atomic_load_n(&m->websocket_tunnels, __ATOMIC_RELAXED) >=
         ex->snap->cfg->limits.max_websocket_tunnels) {
-        ex->local_body = "too many WebSocket tunnels";
+        ex->local_why = "too many WebSocket tunnels";
         local_response(ex, 503);
         return -1;
     }
@@ -607,12 +607,12 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
          * (nghttp2, nghttp3 check it); WebSocket is the one qrux carries. */
         if (ex->method_idx != QX_M_CONNECT || ex->protocollen != 9 ||
             memcmp(ex->protocol, "websocket", 9) != 0) {
-            ex->local_body = "only the websocket protocol is supported";
+            ex->local_why = "only the websocket protocol is supported";
             local_response(ex, 501);
             return;
         }
         if (fin) {
-            ex->local_body = "a WebSocket tunnel needs an open stream";
+            ex->local_why = "a WebSocket tunnel needs an open stream";
             local_response(ex, 400);
             return;
         }

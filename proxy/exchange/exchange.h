@@ -170,8 +170,9 @@ struct qx_exchange {
     uint64_t resp_body;
     qx_ring_t resp;
     uint8_t *respbuf;
-    char local_clen[24]; /* our own answer's content-length value */
-    char status_text[4]; /* the status as 3 digits, for fronts that point at it */
+    const char *local_why; /* what our own answer's body adds to its status line, or NULL */
+    char local_clen[24];   /* our own answer's content-length value */
+    char status_text[4];   /* the status as 3 digits, for fronts that point at it */
 
     /* Everything above is cleared for each request; what follows is kept
      * while the exchange waits in its worker's cache (QX_EX_CACHE), or

@@ -317,7 +317,7 @@ static void tunnel_read(qx_up_stream_t *st, ssize_t nread, const char *buf)
         }
         h->up_fin = h->complete = 1;
         qx_upconn_read_stop(h->uc);
-        st->sink->end(st->user);
+        st->sink->end(st->user, NULL, 0);
         if (h->uc && h->req_done)
             release_conn(st, 0);
         return;
