@@ -306,6 +306,28 @@ static void render_upstreams(qx_metrics_text_t *t, const up_ent_t *e, size_t n)
     }
 }
 
+/* WebSocket tunnels, summed over the workers. */
+static void render_websocket(qx_metrics_text_t *t, const qx_metrics_t *const *w, size_t nw)
+{
+    uint64_t open = 0, opened = 0, in = 0, out = 0;
+    for (size_t i = 0; i < nw; i++) {
+        open += ld(&w[i]->websocket_tunnels);
+        opened += ld(&w[i]->websocket_opened);
+        in += ld(&w[i]->websocket_bytes_in);
+        out += ld(&w[i]->websocket_bytes_out);
+    }
+    family(t, "qrux_websocket_tunnels", "gauge",
+           "WebSocket tunnels open (or waiting for the app's answer), every protocol.");
+    qx_buf_putf(t, "qrux_websocket_tunnels %llu\n", (unsigned long long)open);
+    family(t, "qrux_websocket_tunnels_opened_total", "counter",
+           "WebSocket tunnels the app accepted (101).");
+    qx_buf_putf(t, "qrux_websocket_tunnels_opened_total %llu\n", (unsigned long long)opened);
+    family(t, "qrux_websocket_bytes_total", "counter",
+           "Bytes through WebSocket tunnels: in (client to app), out (app to client).");
+    qx_buf_putf(t, "qrux_websocket_bytes_total{direction=\"in\"} %llu\n", (unsigned long long)in);
+    qx_buf_putf(t, "qrux_websocket_bytes_total{direction=\"out\"} %llu\n", (unsigned long long)out);
+}
+
 static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *const *w, size_t nw)
 {
     uint64_t defences[QX_D_COUNT] = {0};
@@ -541,6 +563,7 @@ int qx_metrics_text_render(qx_metrics_text_t *out, const qx_metrics_t *const *wo
     render_requests(out, req, nreq);
     render_histogram(out, hist, nhist);
     render_worker_scalars(out, workers, nworkers);
+    render_websocket(out, workers, nworkers);
     render_upstreams(out, up, nup);
     render_quic_path(out, workers, nworkers);
     render_globals(out, g);

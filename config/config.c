@@ -72,6 +72,8 @@ typedef struct raw_limits {
     char *max_tcp_connections;
     char *max_tcp_connections_per_ip;
     char *max_connections_per_upstream;
+    char *websocket_idle_timeout_secs;
+    char *max_websocket_tunnels;
 } raw_limits_t;
 
 typedef struct raw_server {
@@ -93,6 +95,7 @@ typedef struct raw_route {
     char *upstream;
     char **upstreams;
     unsigned nupstreams;
+    char *websocket;
 } raw_route_t;
 
 typedef struct raw_admin {
@@ -162,6 +165,8 @@ static const cyaml_schema_field_t limits_fields[] = {
     OPT_STR("max_tcp_connections", raw_limits_t, max_tcp_connections),
     OPT_STR("max_tcp_connections_per_ip", raw_limits_t, max_tcp_connections_per_ip),
     OPT_STR("max_connections_per_upstream", raw_limits_t, max_connections_per_upstream),
+    OPT_STR("websocket_idle_timeout_secs", raw_limits_t, websocket_idle_timeout_secs),
+    OPT_STR("max_websocket_tunnels", raw_limits_t, max_websocket_tunnels),
     CYAML_FIELD_END,
 };
 
@@ -189,6 +194,7 @@ static const cyaml_schema_field_t route_fields[] = {
     OPT_STR("upstream", raw_route_t, upstream),
     CYAML_FIELD_SEQUENCE_COUNT("upstreams", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, raw_route_t,
                                upstreams, nupstreams, &upstream_entry, 0, CYAML_UNLIMITED),
+    OPT_STR("websocket", raw_route_t, websocket),
     CYAML_FIELD_END,
 };
 
@@ -985,6 +991,7 @@ static int build_route(qx_route_cfg_t *r, const qx_route_spec_t *s, size_t i, ch
     if (s->upstream == NULL && !s->has_upstreams)
         return qx_config_fail_at(err, errlen, field, fieldlen, path, "needs upstream or upstreams");
     r->single = s->upstream != NULL;
+    r->no_websocket = s->websocket == 0;
     if (!r->single && s->nupstreams == 0) {
         snprintf(path, sizeof(path), "routes[%zu].upstreams", i);
         return qx_config_fail_at(err, errlen, field, fieldlen, path, "must not be empty");
@@ -1127,6 +1134,10 @@ static int build_limits(qx_limits_t *l, const raw_limits_t *raw, char *err, size
          offsetof(qx_limits_t, max_tcp_connections_per_ip), 500, 1000000},
         {"max_connections_per_upstream", offsetof(raw_limits_t, max_connections_per_upstream),
          offsetof(qx_limits_t, max_connections_per_upstream), 1024, 1000000},
+        {"websocket_idle_timeout_secs", offsetof(raw_limits_t, websocket_idle_timeout_secs),
+         offsetof(qx_limits_t, websocket_idle_timeout_secs), 300, 86400},
+        {"max_websocket_tunnels", offsetof(raw_limits_t, max_websocket_tunnels),
+         offsetof(qx_limits_t, max_websocket_tunnels), 1024, 1000000},
     };
     for (size_t i = 0; i < QX_ARRAY_LEN(quic_limits); i++) {
         const char *s = *(char *const *)(const void *)((const char *)raw + quic_limits[i].raw_off);
@@ -1439,7 +1450,17 @@ static int build_config(qx_config_t *cfg, raw_doc_t *raw, const char *basedir, c
             .upstreams = (const char *const *)r->upstreams,
             .nupstreams = r->nupstreams,
             .has_upstreams = listed,
+            .websocket = -1,
         };
+        if (r->websocket != NULL) {
+            bool b;
+            snprintf(key, sizeof(key), "routes[%zu]", i);
+            if ((rv = bool_field(key, "websocket", r->websocket, true, &b, err, errlen)) != 0) {
+                free(specs);
+                return rv;
+            }
+            specs[i].websocket = b ? 1 : 0;
+        }
     }
     rv = qx_config_build_routes(cfg, specs, raw->nroutes, err, errlen, NULL, 0);
     free(specs);

@@ -40,6 +40,8 @@ typedef struct qx_limits {
     uint32_t max_tcp_connections;          /* default 10000 HTTPS connections per process */
     uint32_t max_tcp_connections_per_ip;   /* default 500 from one client address, per worker */
     uint32_t max_connections_per_upstream; /* default 1024 per worker; requests queue past it */
+    uint32_t websocket_idle_timeout_secs;  /* default 300: a tunnel with no byte either way */
+    uint32_t max_websocket_tunnels;        /* default 1024 open tunnels per worker; more get 503 */
 } qx_limits_t;
 
 typedef struct qx_upstream_cfg {
@@ -56,6 +58,7 @@ typedef struct qx_route_cfg {
     qx_upstream_cfg_t *upstreams;
     size_t nupstreams; /* >= 1 */
     int single;        /* 1 when written as `upstream:`, 0 for `upstreams:` */
+    int no_websocket;  /* `websocket: false`: upgrades and extended CONNECT get 403 */
 } qx_route_cfg_t;
 
 /* The admin server (health, metrics, routes API). Absent `admin:`

@@ -13,8 +13,8 @@
  */
 #include "config/config_json.h"
 
-#include "config/config_internal.h"
 #include "base/qx.h"
+#include "config/config_internal.h"
 
 #include <limits.h>
 #include <stdbool.h>
@@ -56,6 +56,9 @@ static json_t *route_to_json(const qx_route_cfg_t *r)
     if (o == NULL)
         return NULL;
     if (set(o, "match", json_string(r->match)) != 0)
+        goto fail;
+    /* Only when off: the default stays out of documents written before it. */
+    if (r->no_websocket && set(o, "websocket", json_false()) != 0)
         goto fail;
     if (r->single && r->nupstreams == 1) {
         if (set(o, "upstream", json_string(r->upstreams[0].name)) != 0)
@@ -291,6 +294,7 @@ static int dup_route(qx_route_cfg_t *d, const qx_route_cfg_t *r)
     bool ok = true;
 
     d->single = r->single;
+    d->no_websocket = r->no_websocket;
     if ((d->match = dup_str(r->match, &ok)) == NULL && !ok)
         return QX_ERR_NOMEM;
     if (r->nupstreams == 0)
@@ -390,6 +394,7 @@ static int route_spec(qx_route_spec_t *spec, const json_t *v, size_t i, const ch
     json_t *val;
 
     memset(spec, 0, sizeof(*spec));
+    spec->websocket = -1;
     snprintf(path, sizeof(path), "routes[%zu]", i);
     if (!json_is_object(v))
         return wrong_type(e, path, "an object", v);
@@ -424,6 +429,11 @@ static int route_spec(qx_route_spec_t *spec, const json_t *v, size_t i, const ch
             spec->upstreams = *list;
             spec->nupstreams = n;
             spec->has_upstreams = true;
+        } else if (strcmp(key, "websocket") == 0) {
+            snprintf(path, sizeof(path), "routes[%zu].websocket", i);
+            if (!json_is_boolean(val))
+                return wrong_type(e, path, "true or false", val);
+            spec->websocket = json_is_true(val) ? 1 : 0;
         } else {
             snprintf(path, sizeof(path), "routes[%zu].%s", i, key);
             return qx_config_fail_at(e->err, e->errlen, e->field, e->fieldlen, path, "unknown key");

@@ -33,6 +33,10 @@
  * reading, its connection kept alive with PINGs) and prints
  * "received N" for each unfinished response when --timeout runs out.
  *
+ * Tunnels (test_websocket.py): --half-close sends the body (-d) at once but
+ * ends the request stream only after the server ended its response, as a
+ * WebSocket client over extended CONNECT (RFC 9220) does.
+ *
  * Address validation (the transport tests): --token HEX sends HEX as the
  * token of the first Initial (a NEW_TOKEN saved earlier, or a forged one);
  * --retry-wait SECS holds the Initial that answers a Retry back for SECS
@@ -161,6 +165,9 @@ typedef struct {
     int reset_ms;               /* --reset-ms: body held open, then RESET_STREAM (cancel) */
     uint64_t reset_at;          /* when (ns), 0 once sent */
     int stall;                  /* --stall: response bodies get no flow control */
+    int half_close;             /* --half-close: the body's end waits for the response's */
+    int body_out;               /* --half-close: the body went */
+    int resp_ended;             /* --half-close: the server ended the response */
     int print_max_data;         /* --print-max-data */
     uint64_t stream_sent;       /* new stream bytes written (what connection flow control counts) */
     uint64_t left_peak;         /* the most connection credit ever held unused */
@@ -251,6 +258,22 @@ static nghttp3_ssize read_body(nghttp3_conn *conn, int64_t stream_id, nghttp3_ve
     probe_t *p = user_data;
     if (p->reset_ms > 0)
         return NGHTTP3_ERR_WOULDBLOCK; /* the body never ends: --reset-ms cancels it */
+    if (p->half_close) {
+        /* A tunnel (extended CONNECT): the body goes at once, the stream's
+         * end only after the server ended its side. */
+        if (!p->body_out) {
+            p->body_out = 1;
+            if (p->body_len == 0)
+                return NGHTTP3_ERR_WOULDBLOCK;
+            vec[0].base = p->body;
+            vec[0].len = p->body_len;
+            return 1;
+        }
+        if (!p->resp_ended)
+            return NGHTTP3_ERR_WOULDBLOCK;
+        *pflags |= NGHTTP3_DATA_FLAG_EOF;
+        return 0;
+    }
     /* The whole body in one go: it lives as long as the process, which
      * nghttp3 needs (it keeps pointing at it until the bytes are acked). */
     *pflags |= NGHTTP3_DATA_FLAG_EOF;
@@ -405,6 +428,19 @@ static int submit_also_get(probe_t *p)
     return submit(p, nva, sizeof(nva) / sizeof(nva[0]), 0);
 }
 
+/* The server ended its side of a stream: with --half-close, ours ends now. */
+static int h3_end_stream(nghttp3_conn *conn, int64_t stream_id, void *user_data,
+                         void *stream_user_data)
+{
+    probe_t *p = user_data;
+    (void)stream_user_data;
+    if (p->half_close) {
+        p->resp_ended = 1;
+        nghttp3_conn_resume_stream(conn, stream_id);
+    }
+    return 0;
+}
+
 static int h3_setup(probe_t *p)
 {
     nghttp3_callbacks cb = {
@@ -415,6 +451,7 @@ static int h3_setup(probe_t *p)
         .recv_trailer = h3_recv_trailer,
         .stop_sending = h3_stop_sending,
         .reset_stream = h3_reset_stream,
+        .end_stream = h3_end_stream,
     };
     nghttp3_settings settings;
     int64_t ctrl, qenc, qdec;
@@ -1511,7 +1548,7 @@ static void usage(void)
                     "               [--timeout SECS] [--print-cert-sha256]\n"
                     "               [--token HEX] [--new-token-file FILE] [--print-retry]"
                     " [--retry-wait SECS] [--reset-ms MS]\n"
-                    "               [--repeat N] [--stall]\n"
+                    "               [--repeat N] [--stall] [--half-close]\n"
                     "       h3probe HOST PORT (--uni HEX[!] | --bidi HEX[-]) ...   raw streams\n"
                     "       h3probe HOST PORT --inject HEX ... [--inject-rbits] [--inject-gap MS]"
                     " [--collect MS]   raw 1-RTT packets\n"
@@ -1686,6 +1723,8 @@ static int parse_args(probe_t *p, int argc, char **argv)
                 p->fields[p->nfields] = p->fields[p->nfields - 1];
         } else if (strcmp(a, "--stall") == 0) {
             p->stall = 1;
+        } else if (strcmp(a, "--half-close") == 0) {
+            p->half_close = 1;
         } else if (strcmp(a, "--print-retry") == 0) {
             p->print_retry = 1;
         } else if (strcmp(a, "--retry-wait") == 0 && has_val) {

@@ -47,10 +47,12 @@ RUN_BACKPORTS="ngtcp2-client:1.11.0"
 # scripts/k8s-tools.sh), python3-yaml (the chart tests read rendered YAML),
 # python3-jsonschema (the Grafana dashboard's schema check), dnsmasq-base
 # (the resolver of the DNS tests), gdb (holds one worker thread back at its
-# start: e2e/test_startup_held.py).
+# start: e2e/test_startup_held.py), python3-websockets (the WebSocket tests'
+# app and client).
 TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
 python3-h2 python3-hpack podman buildah runc debootstrap catatonit clang-format libclang-rt-14-dev
-python3-cryptography nodejs unzip python3-yaml python3-jsonschema dnsmasq-base gdb"
+python3-cryptography nodejs unzip python3-yaml python3-jsonschema dnsmasq-base gdb
+python3-websockets"
 TEST_BACKPORTS=""
 
 # Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf;

@@ -138,6 +138,11 @@ typedef struct qx_metrics {
     uint64_t proto_requests[QX_P_COUNT];
     uint64_t proto_duration_us[QX_P_COUNT];
     qx_metrics_quic_t quic;
+    /* WebSocket (HTTP/1.1 Upgrade, extended CONNECT over HTTP/2 and /3). */
+    uint64_t websocket_tunnels;   /* gauge: tunnels open or opening on the worker */
+    uint64_t websocket_opened;    /* tunnels the app accepted */
+    uint64_t websocket_bytes_in;  /* tunnel bytes from clients to apps */
+    uint64_t websocket_bytes_out; /* ... from apps to clients */
 } qx_metrics_t;
 
 /* Index of a method name in the QX_M_* set; QX_M_OTHER for anything else. */

@@ -6,6 +6,7 @@
 #include "conf/dns.h"
 #include "exchange/context.h"
 #include "exchange/trace.h"
+#include "exchange/websocket.h"
 #include "upstream/h1.h"
 
 #include <arpa/inet.h>
@@ -204,7 +205,8 @@ static void discard_request_body(qx_exchange_t *ex)
 static void local_response(qx_exchange_t *ex, int status)
 {
     char body[96];
-    int n = snprintf(body, sizeof(body), "%d %s\n", status, qx_h1_reason(status));
+    int n = snprintf(body, sizeof(body), "%d %s%s%s\n", status, qx_h1_reason(status),
+                     ex->local_why ? ": " : "", ex->local_why ? ex->local_why : "");
 
     if (gone(ex))
         return;
@@ -415,6 +417,10 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
     /* Complete when the whole response was handed to the front, even if
      * the client closed its connection before acknowledging the end. */
     int clean = ex->state == QX_EX_DONE && qx_ring_unsent(&ex->resp) == 0;
+    /* A tunnel whose app side ended and went out whole is complete even if
+     * the client's side never ended (HTTP/1.1 closes the connection then). */
+    if (ex->tunnel && ex->state == QX_EX_RESPONSE && ex->resp_eof && qx_ring_unsent(&ex->resp) == 0)
+        clean = 1;
     int reset = ex->state == QX_EX_ABORTED;     /* we reset the client stream */
     int status = ex->status ? ex->status : 499; /* client went away before an answer */
 
@@ -428,6 +434,14 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
         qx_cnt_add(&w->metrics.streams_reset_by_client, 1);
 
     double secs = (double)(uv_hrtime() - ex->start_ns) / 1e9;
+    if (ex->ws_counted)
+        qx_cnt_sub(&w->metrics.websocket_tunnels, 1);
+    if (ex->tunnel)
+        QX_INFO("websocket closed proto=%s authority=%.*s path=%.*s upstream=%s bytes_in=%" PRIu64
+                " bytes_out=%" PRIu64 " duration_ms=%.3f app_end=%d client_end=%d reset=%d",
+                ex->fops->proto, (int)ex->authoritylen, ex->authority ? ex->authority : "",
+                (int)ex->pathlen, ex->path ? ex->path : "", ex->up_name ? ex->up_name : "-",
+                ex->req_body_in, ex->resp_body, secs * 1000.0, ex->resp_eof, ex->req_fin, reset);
     if (ex->method) {
         qx_metrics_request(&w->metrics, ex->fops->proto_idx, ex->method_idx, status, ex->up_name,
                            secs);
@@ -471,6 +485,9 @@ int qx_exchange_header(qx_exchange_t *ex, const char *name, size_t namelen, cons
         } else if (namelen == 7 && memcmp(name, ":scheme", 7) == 0) {
             slot = &ex->scheme;
             len = &ex->schemelen;
+        } else if (namelen == 9 && memcmp(name, ":protocol", 9) == 0) {
+            slot = &ex->protocol; /* extended CONNECT (RFC 8441, RFC 9220) */
+            len = &ex->protocollen;
         } else {
             return 0; /* :protocol etc.: the H3 layer already validated */
         }
@@ -537,6 +554,33 @@ static int parse_content_length(const char *s, size_t len, int64_t *out)
     return 0;
 }
 
+/* A WebSocket handshake for |route|: answered here (and nonzero returned)
+ * when the route turns WebSocket off (403) or the worker holds
+ * max_websocket_tunnels already (503). Otherwise it counts in the gauge,
+ * and the rest of the client's stream (HTTP/1.1: of its connection) is the
+ * tunnel's, whatever the front saw of a body. */
+static int ws_admit(qx_exchange_t *ex, const qx_route_cfg_t *route)
+{
+    qx_metrics_t *m = &ex->w->metrics;
+    if (route->no_websocket) {
+        ex->local_why = "WebSocket is turned off for this route";
+        local_response(ex, 403);
+        return -1;
+    }
+    if (__atomic_load_n(&m->websocket_tunnels, __ATOMIC_RELAXED) >=
+        ex->snap->cfg->limits.max_websocket_tunnels) {
+        ex->local_why = "too many WebSocket tunnels";
+        local_response(ex, 503);
+        return -1;
+    }
+    qx_cnt_add(&m->websocket_tunnels, 1);
+    ex->ws_counted = 1;
+    ex->has_body = 1;
+    ex->req_fin = ex->ups.req_fin = 0;
+    ex->req_cl = -1;
+    return 0;
+}
+
 void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
 {
     const qx_config_t *cfg = ex->snap->cfg;
@@ -557,7 +601,25 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
         local_response(ex, ex->bad_request);
         return;
     }
-    if (ex->method_idx == QX_M_CONNECT) {
+    if (ex->protocol != NULL) {
+        /* Extended CONNECT: the fronts accept :protocol only on CONNECT
+         * (nghttp2, nghttp3 check it); WebSocket is the one qrux carries. */
+        if (ex->method_idx != QX_M_CONNECT || ex->protocollen != 9 ||
+            memcmp(ex->protocol, "websocket", 9) != 0) {
+            ex->local_why = "only the websocket protocol is supported";
+            local_response(ex, 501);
+            return;
+        }
+        if (fin) {
+            ex->local_why = "a WebSocket tunnel needs an open stream";
+            local_response(ex, 400);
+            return;
+        }
+        ex->ws = QX_WS_CONNECT;
+    } else if (qx_ws_is_upgrade(ex->method, ex->methodlen, ex->hdrs, ex->nhdrs)) {
+        ex->ws = QX_WS_UPGRADE;
+    }
+    if (ex->method_idx == QX_M_CONNECT && ex->ws == QX_WS_NONE) {
         local_response(ex, 501);
         return;
     }
@@ -600,6 +662,8 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
         return;
     }
     const qx_route_cfg_t *route = &cfg->routes[ex->route];
+    if (ex->ws != QX_WS_NONE && ws_admit(ex, route) != 0)
+        return;
     if (ex->req_cl >= 0 && (uint64_t)ex->req_cl > cfg->limits.max_request_body_bytes) {
         qx_cnt_add(&ex->w->metrics.request_body_rejected, 1);
         local_response(ex, 413);
@@ -698,6 +762,24 @@ static void build_and_dispatch(qx_exchange_t *ex)
         .early = ex->early,
         .is_head = ex->is_head,
     };
+    if (ex->ws != QX_WS_NONE) {
+        /* The app sees an HTTP/1.1 upgrade whatever the front was: GET,
+         * no body framing (what follows its 101 is the tunnel's). */
+        r.method = "GET";
+        r.methodlen = 3;
+        r.has_body = 0;
+        r.content_length = -1;
+        r.websocket = 1;
+        if (ex->ws == QX_WS_CONNECT) {
+            uint8_t rnd[16];
+            if (gnutls_rnd(GNUTLS_RND_NONCE, rnd, sizeof(rnd)) != 0) {
+                local_response(ex, 503);
+                return;
+            }
+            qx_ws_key(rnd, ex->ws_key);
+            r.ws_key = ex->ws_key;
+        }
+    }
     ex->ups.ops = qx_upstream_ops_for(up_ep(ex));
     ex->ups.resp_body_max = ex->snap->cfg->limits.max_upstream_response_body_bytes;
     int rv = ex->ups.ops->open(&ex->ups, &r, &ex->arena);
@@ -901,6 +983,39 @@ static void up_progress(void *user)
     ex->up_progress_ms = uv_now(&ex->w->loop);
 }
 
+/* The app accepted the WebSocket handshake (the codec checked its 101):
+ * the client gets the 101 with the app's fields and Upgrade/Connection of
+ * its own (HTTP/1.1), or a 200 without Sec-WebSocket-Accept, which
+ * answered qrux's key, not the client's (extended CONNECT). Both windows
+ * then carry the tunnel's bytes; one idle clock watches them. Returns 0,
+ * or -1 (the stream fails: 502). */
+static int tunnel_open(qx_exchange_t *ex, const qx_hdr_t *hdrs, size_t n)
+{
+    qx_hdr_t *out = qx_arena_alloc(&ex->arena, (n + 2) * sizeof(*out));
+    size_t k = 0;
+    int status = ex->ws == QX_WS_UPGRADE ? 101 : 200;
+    if (ex->ws == QX_WS_NONE || out == NULL || ensure_resp_buf(ex, -1) != 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (ex->ws == QX_WS_CONNECT && hdrs[i].namelen == 20 &&
+            memcmp(hdrs[i].name, "sec-websocket-accept", 20) == 0)
+            continue;
+        out[k++] = hdrs[i];
+    }
+    if (ex->ws == QX_WS_UPGRADE) {
+        out[k++] = (qx_hdr_t){"upgrade", 7, "websocket", 9};
+        out[k++] = (qx_hdr_t){"connection", 10, "Upgrade", 7};
+    }
+    ex->tunnel = 1;
+    ex->status = status;
+    if (gone(ex) || ex->fops->respond(ex, status, out, k, 1) != 0)
+        return -1;
+    qx_cnt_add(&ex->w->metrics.websocket_opened, 1);
+    ex->tunnel_ms = uv_now(&ex->w->loop);
+    timer_arm(ex, ex->snap->cfg->limits.websocket_idle_timeout_secs);
+    return 0;
+}
+
 static int up_head(void *user, int status, const qx_hdr_t *hdrs, size_t n, int has_body,
                    int64_t content_length)
 {
@@ -908,6 +1023,13 @@ static int up_head(void *user, int status, const qx_hdr_t *hdrs, size_t n, int h
     ex->up_status = status;
     set_state(ex, QX_EX_RESPONSE);
     timer_stop(ex);
+    if (status == 101)
+        return tunnel_open(ex, hdrs, n);
+    if (ex->ws == QX_WS_CONNECT && status >= 200 && status < 300) {
+        /* A 2xx to an extended CONNECT opens the tunnel (RFC 8441 §5):
+         * from an app that did not switch protocols it would be a lie. */
+        return -1;
+    }
     if (has_body && ensure_resp_buf(ex, content_length) != 0)
         return -1;
     ex->status = status;
@@ -927,6 +1049,10 @@ static void up_body(void *user, size_t n)
     if (ex->resp.fill - n == ex->resp.ack) /* the client's clock starts when it has something */
         ex->cl_progress_ms = uv_now(&ex->w->loop);
     ex->resp_body += n;
+    if (ex->tunnel) {
+        ex->tunnel_ms = uv_now(&ex->w->loop);
+        qx_cnt_add(&ex->w->metrics.websocket_bytes_out, n);
+    }
     if (!gone(ex))
         ex->fops->resume(ex);
 }
@@ -938,6 +1064,13 @@ static void up_end(void *user, const qx_hdr_t *trailers, size_t ntrailers)
     (void)trailers;
     (void)ntrailers;
     ex->resp_eof = 1;
+    if (ex->tunnel && !ex->req_fin) {
+        /* The app ended its side of the tunnel; the client's may still
+         * send (a WebSocket close reply), until its own end. */
+        if (!gone(ex))
+            ex->fops->resume(ex);
+        return;
+    }
     set_state(ex, QX_EX_DONE);
     if (!gone(ex))
         ex->fops->resume(ex);
@@ -953,6 +1086,10 @@ static void up_consumed(void *user, size_t n)
      * steady upload is not a 504; a stalled one still is. */
     if (n > 0 && ex->state == QX_EX_UPSTREAM)
         timer_arm(ex, ex->snap->cfg->limits.upstream_request_timeout_secs);
+    if (ex->tunnel && n > 0) {
+        ex->tunnel_ms = uv_now(&ex->w->loop);
+        qx_cnt_add(&ex->w->metrics.websocket_bytes_in, n);
+    }
     if (!gone(ex) && n > 0)
         ex->fops->consumed(ex, n);
 }
@@ -1029,6 +1166,19 @@ static void on_timer(uv_timer_t *t)
     qx_exchange_t *ex = qx_container_of(t, qx_exchange_t, timer);
     const qx_limits_t *l = &ex->snap->cfg->limits;
     QRUX_ASSERT(ex->state >= QX_EX_QUEUED && ex->state <= QX_EX_DONE);
+    if (ex->tunnel) {
+        /* The tunnel's idle clock: progress only stamps tunnel_ms. */
+        uint64_t idle = (uint64_t)l->websocket_idle_timeout_secs * 1000;
+        uint64_t now = uv_now(&ex->w->loop);
+        if (now - ex->tunnel_ms < idle) {
+            uv_timer_start(&ex->timer, on_timer, ex->tunnel_ms + idle - now, 0);
+            return;
+        }
+        QX_DEBUG("stream %" PRId64 ": WebSocket tunnel idle for %u s; closed", ex->stream_id,
+                 (unsigned)l->websocket_idle_timeout_secs);
+        fail(ex, 504);
+        return;
+    }
     if (ex->state == QX_EX_RESPONSE || ex->state == QX_EX_DONE) {
         int who = body_stalled(ex);
         if (who < 0)
@@ -1089,7 +1239,7 @@ void qx_exchange_body(qx_exchange_t *ex, const uint8_t *data, size_t len)
         return;
     }
     ex->req_body_in += len;
-    if (ex->req_body_in > max) {
+    if (ex->req_body_in > max && ex->ws == QX_WS_NONE) { /* a tunnel is no body */
         qx_cnt_add(&ex->w->metrics.request_body_rejected, 1);
         if (!gone(ex))
             ex->fops->consumed(ex, len);
@@ -1120,6 +1270,8 @@ void qx_exchange_body_end(qx_exchange_t *ex)
     if (ex->req_fin)
         return;
     ex->req_fin = ex->ups.req_fin = 1;
+    if (ex->tunnel && ex->resp_eof && ex->state == QX_EX_RESPONSE)
+        set_state(ex, QX_EX_DONE); /* the app had ended its side of the tunnel already */
     if (ex->req_cl >= 0 && ex->req_body_in != (uint64_t)ex->req_cl && !ex->req_discard &&
         !finished(ex)) {
         fail(ex, 400); /* content-length disagrees with the body */
@@ -1133,6 +1285,8 @@ void qx_exchange_resp_acked(qx_exchange_t *ex, size_t n)
     qx_ring_mark_acked(&ex->resp, n);
     if (n > 0)
         ex->cl_progress_ms = uv_now(&ex->w->loop);
+    if (n > 0 && ex->tunnel)
+        ex->tunnel_ms = ex->cl_progress_ms;
     if (ex->ups.ops && ex->ups.ops->window(&ex->ups))
         ex->up_progress_ms = uv_now(&ex->w->loop); /* its clock ran not while paused */
 }

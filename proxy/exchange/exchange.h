@@ -143,6 +143,18 @@ struct qx_exchange {
     int req_window_due;        /* body of unknown length: its window comes with its first byte */
     uint64_t front_uncredited; /* the front's own: body bytes handed in, not yet credited */
 
+    /* WebSocket (websocket.h): the request is an opening handshake; once
+     * the app accepts it, both windows carry the tunnel's bytes until each
+     * side's end, and one idle clock (websocket_idle_timeout_secs) watches
+     * both directions. */
+    char *protocol; /* :protocol of an extended CONNECT, or NULL */
+    size_t protocollen;
+    int ws;             /* QX_WS_* */
+    int ws_counted;     /* in the worker's websocket_tunnels gauge */
+    int tunnel;         /* the app answered 101: the tunnel is open */
+    uint64_t tunnel_ms; /* loop time of the tunnel's last byte, either way */
+    char ws_key[28];    /* the Sec-WebSocket-Key qrux sent for an extended CONNECT */
+
     /* upstream */
     int route;
     size_t up;    /* flat endpoint index in snap (SIZE_MAX: none) */
@@ -158,8 +170,9 @@ struct qx_exchange {
     uint64_t resp_body;
     qx_ring_t resp;
     uint8_t *respbuf;
-    char local_clen[24]; /* our own answer's content-length value */
-    char status_text[4]; /* the status as 3 digits, for fronts that point at it */
+    const char *local_why; /* what our own answer's body adds to its status line, or NULL */
+    char local_clen[24];   /* our own answer's content-length value */
+    char status_text[4];   /* the status as 3 digits, for fronts that point at it */
 
     /* Everything above is cleared for each request; what follows is kept
      * while the exchange waits in its worker's cache (QX_EX_CACHE), or

@@ -154,7 +154,9 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
         if (qx_h1_is_hop_by_hop(h->name, h->namelen) || name_is(h, "host") ||
             name_is(h, "content-length") || name_is(h, "x-forwarded-proto") ||
             (name_is(h, "early-data") && (req->early || h->valuelen != 1 || h->value[0] != '1')) ||
-            (conn && qx_h1_list_has_token(conn, connlen, h->name, h->namelen)))
+            (conn && qx_h1_list_has_token(conn, connlen, h->name, h->namelen)) ||
+            (req->ws_key &&
+             (name_is(h, "sec-websocket-key") || name_is(h, "sec-websocket-version"))))
             continue;
         if (name_is(h, "x-forwarded-for")) {
             nxff++; /* joined below, in order, with our peer appended */
@@ -204,7 +206,18 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
         puts_(&o, "Early-Data: 1\r\n");
 
     *chunked = 0;
-    if (req->content_length >= 0) {
+    if (req->websocket) {
+        /* The opening handshake (RFC 6455 §4.1): the client's Upgrade and
+         * Connection were dropped with the other hop-by-hop fields; these
+         * are qrux's own, for this connection. What follows the app's 101
+         * is the tunnel's bytes, never a framed body. */
+        puts_(&o, "Upgrade: websocket\r\nConnection: Upgrade\r\n");
+        if (req->ws_key) {
+            puts_(&o, "Sec-WebSocket-Key: ");
+            puts_(&o, req->ws_key);
+            puts_(&o, "\r\nSec-WebSocket-Version: 13\r\n");
+        }
+    } else if (req->content_length >= 0) {
         char num[32];
         int n =
             snprintf(num, sizeof(num), "Content-Length: %lld\r\n", (long long)req->content_length);

@@ -43,7 +43,9 @@ int qx_h1_conn_names_fields(const char *list, size_t listlen);
  *   X-Forwarded-Proto: https; Content-Length when known, else
  *   Transfer-Encoding: chunked when a body follows, Content-Length: 0 for
  *   POST/PUT/PATCH without body. *chunked is set to 1 when the body must be
- *   sent chunked.
+ *   sent chunked. For req->websocket: Upgrade: websocket and Connection:
+ *   Upgrade, and qrux's Sec-WebSocket-Key (and version 13) in place of the
+ *   client's when req->ws_key is set; no body framing.
  * Returns the head's length, or QX_ERR_LIMIT when it does not fit, or
  * QX_ERR_PROTO when a field contains CR/LF/NUL (cannot happen with
  * nghttp3-validated input, checked anyway: it would be request smuggling).

@@ -31,6 +31,9 @@ typedef struct h1_up {
     int in_value;
     int complete; /* llhttp saw the message end */
     uint64_t resp_body;
+    int websocket; /* the request asks for an upgrade; a 101 may accept it */
+    int up_fin;    /* the tunnel's upstream end: EOF read */
+    int shut;      /* the tunnel's client end: FIN sent up */
     char chunkhdr[24];
 } h1_up_t;
 
@@ -97,8 +100,10 @@ static int h1_open(qx_up_stream_t *st, const qx_up_req_t *req, qx_arena_t *arena
     h1_up_t *h = h1(st);
     memset(h, 0, sizeof(*h));
     st->paused = 0;
+    st->tunnel = 0;
     qx_up_head_reset(st, arena);
     h->is_head = req->is_head;
+    h->websocket = req->websocket;
     size_t cap = 1024 + arena->used;
     h->head = qx_arena_alloc(arena, cap);
     if (h->head == NULL) {
@@ -140,7 +145,7 @@ static void h1_send(qx_up_stream_t *st)
 static int h1_window(qx_up_stream_t *st)
 {
     h1_up_t *h = h1(st);
-    if (!st->paused || h->uc == NULL || qx_ring_free(st->resp) < QX_UP_READ_MIN)
+    if (!st->paused || h->uc == NULL || h->up_fin || qx_ring_free(st->resp) < QX_UP_READ_MIN)
         return 0;
     st->paused = 0;
     qx_upconn_read_start(h->uc);
@@ -181,6 +186,27 @@ const qx_upstream_ops_t qx_h1_upstream_ops = {
 
 /* ---- request: head and body --------------------------------------------- */
 
+/* The client ended its side of the tunnel, and all it sent went up: so
+ * does the app's connection (FIN), which may still answer (a WebSocket
+ * close reply). The connection goes once both ends are done. Returns
+ * nonzero when the stream failed or ended. */
+static int tunnel_fin(qx_up_stream_t *st)
+{
+    h1_up_t *h = h1(st);
+    if (h->shut || h->uc == NULL)
+        return 0;
+    h->shut = 1;
+    if (h->up_fin) {
+        release_conn(st, 0);
+        return 1;
+    }
+    if (qx_upconn_shutdown(h->uc) != 0) {
+        st->sink->error(st->user, QX_UP_E_BROKEN, QX_UP_REPLAY_NONE, "shutdown failed");
+        return 1;
+    }
+    return 0;
+}
+
 /* Writes what can go up now: the head once, then body bytes from the window
  * (framed when chunked), then the terminator. One write in flight. */
 static void pump_write(qx_up_stream_t *st)
@@ -214,8 +240,13 @@ static void pump_write(qx_up_stream_t *st)
         if (h->chunked)
             b[n++] = uv_buf_init("0\r\n\r\n", 5);
     }
-    if (n == 0)
+    if (n == 0) {
+        if (term && st->tunnel) {
+            h->req_done = 1;
+            tunnel_fin(st);
+        }
         return;
+    }
     int rv = qx_upconn_write(h->uc, b, n);
     if (rv < 0) {
         st->sink->error(st->user, QX_UP_E_BROKEN, replay(h), "write failed");
@@ -252,6 +283,8 @@ static void uc_on_write(void *user, int status)
         st->sink->consumed(st->user, payload);
     if (h->wterm)
         h->req_done = 1;
+    if (h->req_done && st->tunnel && tunnel_fin(st) != 0)
+        return;
     if (h->req_done && h->complete) {
         /* The response was complete before the body finished going up. */
         release_conn(st, llhttp_should_keep_alive(&h->parser));
@@ -268,10 +301,57 @@ static void uc_on_connect(void *user, int status)
 
 /* ---- response ----------------------------------------------------------- */
 
+/* Tunnel bytes from the app: into the response window as they are (read
+ * there in place, or copied from the scratch buffer after the 101's head);
+ * reading stops while the window is short of room, so a client that stops
+ * reading holds at most one window. EOF ends the response; the connection
+ * stays while the client's side may still send. */
+static void tunnel_read(qx_up_stream_t *st, ssize_t nread, const char *buf)
+{
+    h1_up_t *h = h1(st);
+    qx_ring_t *r = st->resp;
+    if (nread < 0) {
+        if (nread != UV_EOF) {
+            st->sink->error(st->user, QX_UP_E_BROKEN, QX_UP_REPLAY_NONE, uv_strerror((int)nread));
+            return;
+        }
+        h->up_fin = h->complete = 1;
+        qx_upconn_read_stop(h->uc);
+        st->sink->end(st->user, NULL, 0);
+        if (h->uc && h->req_done)
+            release_conn(st, 0);
+        return;
+    }
+    size_t len = (size_t)nread;
+    if (len == 0)
+        return;
+    if (len > qx_ring_free(r)) { /* reads are sized so this cannot be (uc_read_buf) */
+        st->sink->error(st->user, QX_UP_E_OVERFLOW, QX_UP_REPLAY_NONE, "tunnel window overflow");
+        return;
+    }
+    const uint8_t *src = (const uint8_t *)buf;
+    if (src == r->data + (r->fill & (r->cap - 1)))
+        r->fill += len;
+    else
+        qx_ring_write(r, src, len);
+    h->resp_body += len;
+    st->sink->body(st->user, len);
+    if (h->uc && qx_ring_free(r) < QX_UP_READ_MIN) {
+        st->paused = 1;
+        qx_upconn_read_stop(h->uc);
+    }
+}
+
 static void uc_on_read(void *user, ssize_t nread, const char *buf)
 {
     qx_up_stream_t *st = user;
     h1_up_t *h = h1(st);
+    if (st->tunnel) {
+        if (nread > 0)
+            st->sink->progress(st->user);
+        tunnel_read(st, nread, buf);
+        return;
+    }
     if (nread < 0) {
         if (nread == UV_EOF && h->resp_any && h->head_done) {
             /* EOF ends a close-delimited body; llhttp_finish says whether
@@ -293,6 +373,14 @@ static void uc_on_read(void *user, ssize_t nread, const char *buf)
     llhttp_errno_t err = llhttp_execute(&h->parser, buf, (size_t)nread);
     if (h->uc == NULL)
         return; /* a callback failed the stream */
+    if (st->tunnel) {
+        /* The 101 ended the HTTP part: what came after it is the app's
+         * first tunnel bytes. */
+        const char *pos = llhttp_get_error_pos(&h->parser);
+        if (pos != NULL && pos < buf + nread)
+            tunnel_read(st, buf + nread - pos, pos);
+        return;
+    }
     if (err == HPE_PAUSED) {
         /* Paused at the end of the message: bytes after it on a keep-alive
          * connection are a confused backend; never reuse that socket.
@@ -390,6 +478,53 @@ static int is_token(const char *s, size_t len)
     return 1;
 }
 
+/* The value of response field |name| (lowercase), or NULL. */
+static const char *field(qx_up_stream_t *st, const char *name, size_t *len)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; i < st->nf; i++) {
+        const qx_up_field_t *f = &st->f[i];
+        if (f->name_len == n && strncasecmp(st->hb + f->name_off, name, n) == 0) {
+            *len = f->value_len;
+            return st->hb + f->value_off;
+        }
+    }
+    return NULL;
+}
+
+/* The app's 101 to a WebSocket upgrade: it must name websocket in
+ * Upgrade and upgrade in Connection (RFC 6455 §4.2.2), else it is a
+ * broken answer (502). The head goes to the user as a response with a body
+ * of unknown length (the tunnel's bytes); its fields minus the hop-by-hop
+ * ones (Sec-WebSocket-Accept, -Protocol, -Extensions stay). */
+static int tunnel_head(qx_up_stream_t *st, llhttp_t *p)
+{
+    h1_up_t *h = h1(st);
+    qx_hdr_t hdrs[QX_UP_MAX_HEADERS];
+    size_t n = 0, ulen = 0, clen = 0;
+    const char *up = field(st, "upgrade", &ulen);
+    const char *conn = field(st, "connection", &clen);
+    (void)p;
+    if (up == NULL || conn == NULL || !qx_h1_list_has_token(up, ulen, "websocket", 9) ||
+        !qx_h1_list_has_token(conn, clen, "upgrade", 7))
+        return -1;
+    h->head_done = 1;
+    st->tunnel = 1;
+    for (size_t i = 0; i < st->nf; i++) {
+        qx_up_field_t *f = &st->f[i];
+        char *name = st->hb + f->name_off;
+        if (f->name_len == 0 || !qx_h1_response_field_allowed(name, f->name_len, conn, clen) ||
+            (f->name_len == 14 && strncasecmp(name, "content-length", 14) == 0))
+            continue;
+        for (uint32_t k = 0; k < f->name_len; k++)
+            name[k] = (char)((name[k] >= 'A' && name[k] <= 'Z') ? name[k] + 32 : name[k]);
+        hdrs[n++] = (qx_hdr_t){name, f->name_len, st->hb + f->value_off, f->value_len};
+    }
+    if (st->sink->head(st->user, 101, hdrs, n, 1, -1) != 0)
+        return -1;
+    return 0;
+}
+
 static int p_on_headers_complete(llhttp_t *p)
 {
     qx_up_stream_t *st = p->data;
@@ -408,9 +543,11 @@ static int p_on_headers_complete(llhttp_t *p)
         if (!is_token(st->hb + st->f[i].name_off, st->f[i].name_len))
             return -1;
     }
+    if (status == 101 && h->websocket)
+        return tunnel_head(st, p);
     if (status >= 100 && status < 200) {
         if (status == 101)
-            return -1; /* no upgrades through the proxy */
+            return -1; /* no upgrades through the proxy but WebSocket's */
         st->nf = 0;    /* interim response: wait for the final one */
         st->hblen = 0;
         h->in_value = 0;
@@ -488,6 +625,8 @@ static int p_on_message_complete(llhttp_t *p)
     h1_up_t *h = h1(st);
     if (!h->head_done)
         return 0; /* end of an interim (1xx) response */
+    if (st->tunnel)
+        return HPE_PAUSED; /* the rest is the tunnel's (uc_on_read) */
     h->complete = 1;
     st->sink->end(st->user, NULL, 0);
     return HPE_PAUSED;

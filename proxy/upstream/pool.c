@@ -380,3 +380,13 @@ void qx_upconn_read_stop(qx_upconn_t *uc)
     uv_read_stop((uv_stream_t *)&uc->tcp);
     uc->reading = 0;
 }
+
+int qx_upconn_shutdown(qx_upconn_t *uc)
+{
+    uv_os_fd_t fd;
+    if (uc->writing || uc->state != QX_UC_BUSY)
+        return QX_ERR_INVAL;
+    if (uv_fileno((uv_handle_t *)&uc->tcp, &fd) != 0 || shutdown(fd, SHUT_WR) == -1)
+        return QX_ERR_IO;
+    return 0;
+}

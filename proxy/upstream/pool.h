@@ -154,4 +154,10 @@ int qx_upconn_write(qx_upconn_t *uc, const uv_buf_t *bufs, unsigned n);
 void qx_upconn_read_start(qx_upconn_t *uc);
 void qx_upconn_read_stop(qx_upconn_t *uc);
 
+/* Half-closes a busy connection (FIN: the app reads EOF, may still send):
+ * a tunnel whose client ended its side. No write may be pending. Returns
+ * 0, QX_ERR_INVAL (a write pending, or not busy) or QX_ERR_IO. The
+ * connection is never reused after this. */
+int qx_upconn_shutdown(qx_upconn_t *uc);
+
 #endif

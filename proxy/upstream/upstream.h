@@ -38,12 +38,12 @@
  *     never processed is sink->error(QX_UP_E_BROKEN, QX_UP_REPLAY_ANY), so
  *     the exchange retries it as it retries a dead keep-alive connection
  *     today; streams under the last stream id finish normally.
- *   - WebSocket: open() encodes the Upgrade (h1) or extended CONNECT (h2);
- *     a 101/200 that accepts it is sink->head() with has_body 1 and
- *     content_length -1, after which both windows simply carry the tunnel's
- *     bytes: *req up, *resp down, until each side's end. The exchange
- *     already pumps both directions through windows with credit; nothing
- *     in it needs to know the bytes are not a body.
+ *   - WebSocket (done for h1: req->websocket): open() encodes the
+ *     Upgrade; the app's 101 that accepts it is sink->head(101) with
+ *     has_body 1 and content_length -1 and st->tunnel set, after which
+ *     both windows carry the tunnel's bytes: *req up, *resp down, until
+ *     each side's end (req_fin: a FIN to the app; the app's EOF:
+ *     sink->end). An h2c codec would send an extended CONNECT instead.
  */
 #ifndef QX_UPSTREAM_H
 #define QX_UPSTREAM_H
@@ -88,6 +88,13 @@ typedef struct qx_up_req {
     int64_t content_length; /* from the request, -1 when absent */
     int early;              /* forwarded from 0-RTT: adds Early-Data: 1 (RFC 8470) */
     int is_head;            /* HEAD: the response has no body whatever its fields say */
+    /* A WebSocket opening handshake (RFC 6455 §4.1): the codec asks the
+     * app to upgrade (method GET, no body framing) and, on its 101, turns
+     * both windows into the tunnel's bytes. ws_key is the
+     * Sec-WebSocket-Key qrux made for a client that sent none (extended
+     * CONNECT, RFC 8441/9220), or NULL: the client's own goes up. */
+    int websocket;
+    const char *ws_key;
 } qx_up_req_t;
 
 /* Why a stream failed (sink->error). */
@@ -176,6 +183,7 @@ struct qx_up_stream {
     int resp_fits;          /* set in sink->head: *resp holds the whole body (never pause) */
     /* Set by the codec. */
     int paused; /* the codec stopped reading: *resp is short of room */
+    int tunnel; /* the app switched to WebSocket: *req and *resp carry raw bytes */
     /* The response head's bytes and fields (kept with the stream; the
      * codec resets them at open()). */
     qx_arena_t *arena;

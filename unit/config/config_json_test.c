@@ -672,6 +672,45 @@ static void test_same_rules_as_yaml(void **state)
     qx_config_del(base);
 }
 
+/* The route API carries routes[].websocket both ways: false is kept and
+ * written back, true (the default) written as nothing, anything but a
+ * boolean refused. */
+static void test_websocket_switch(void **state)
+{
+    static const char body[] = "{\"routes\": ["
+                               "  {\"match\": \"a.test\", \"upstream\": \"127.0.0.1:7000\","
+                               "   \"websocket\": false},"
+                               "  {\"match\": \"*\", \"upstream\": \"127.0.0.1:7000\", "
+                               "   \"websocket\": true}"
+                               "]}";
+    static const char bad[] = "{\"routes\": [{\"match\": \"*\", \"upstream\": "
+                              "\"127.0.0.1:7000\", \"websocket\": \"no\"}]}";
+    char err[256] = "x", field[64] = "x";
+    qx_config_t *out = NULL;
+    (void)state;
+
+    qx_config_t *base = load(base_yaml, "/etc/qrux");
+    assert_int_equal(qx_config_with_routes_json(base, body, strlen(body), &out, err, sizeof(err),
+                                                field, sizeof(field)),
+                     0);
+    assert_int_equal(out->routes[0].no_websocket, 1);
+    assert_int_equal(out->routes[1].no_websocket, 0);
+    assert_json(qx_config_routes_to_json(out),
+                "[{\"match\":\"a.test\",\"upstream\":\"127.0.0.1:7000\",\"websocket\":false},"
+                "{\"match\":\"*\",\"upstream\":\"127.0.0.1:7000\"}]");
+    qx_config_t *d = qx_config_dup(out);
+    assert_int_equal(d->routes[0].no_websocket, 1);
+    qx_config_del(d);
+    qx_config_del(out);
+    out = NULL;
+    assert_int_not_equal(qx_config_with_routes_json(base, bad, strlen(bad), &out, err, sizeof(err),
+                                                    field, sizeof(field)),
+                         0);
+    assert_null(out);
+    assert_string_equal(field, "routes[0].websocket");
+    qx_config_del(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -685,6 +724,7 @@ int main(void)
         cmocka_unit_test(test_with_routes_buffers),
         cmocka_unit_test(test_with_routes_rejects),
         cmocka_unit_test(test_same_rules_as_yaml),
+        cmocka_unit_test(test_websocket_switch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

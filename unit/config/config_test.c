@@ -132,6 +132,38 @@ static void test_full_config(void **state)
     qx_config_del(cfg);
 }
 
+/* routes[].websocket: on unless `false`; the WebSocket limits' defaults
+ * and bounds. */
+static void test_websocket(void **state)
+{
+    (void)state;
+    qx_config_t *cfg = expect_ok(SERVER "routes:\n"
+                                        "  - match: a.test\n"
+                                        "    upstream: \"127.0.0.1:1\"\n"
+                                        "    websocket: false\n"
+                                        "  - match: b.test\n"
+                                        "    upstream: \"127.0.0.1:1\"\n"
+                                        "    websocket: true\n"
+                                        "  - match: \"*\"\n"
+                                        "    upstream: \"127.0.0.1:1\"\n",
+                                 NULL);
+    assert_int_equal(cfg->routes[0].no_websocket, 1);
+    assert_int_equal(cfg->routes[1].no_websocket, 0);
+    assert_int_equal(cfg->routes[2].no_websocket, 0);
+    assert_int_equal(cfg->limits.websocket_idle_timeout_secs, 300);
+    assert_int_equal(cfg->limits.max_websocket_tunnels, 1024);
+    qx_config_del(cfg);
+    expect_reject(SERVER "routes:\n"
+                         "  - match: \"*\"\n"
+                         "    upstream: \"127.0.0.1:1\"\n"
+                         "    websocket: yes\n",
+                  "routes[0].websocket: \"yes\" is not true or false");
+    expect_reject(SERVER "  limits:\n    websocket_idle_timeout_secs: 0\n" ROUTES,
+                  "websocket_idle_timeout_secs");
+    expect_reject(SERVER "  limits:\n    max_websocket_tunnels: 0\n" ROUTES,
+                  "max_websocket_tunnels");
+}
+
 static void test_defaults(void **state)
 {
     (void)state;
@@ -1049,6 +1081,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_config),
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_websocket),
         cmocka_unit_test(test_match_lowercased),
         cmocka_unit_test(test_path_resolution),
         cmocka_unit_test(test_load_file),

@@ -325,6 +325,10 @@ int qx_h3_setup(qx_quic_conn_t *qc)
      * (entries, the blocked-streams list) and saved little on a proxy's
      * varying responses. The decoder's table stays for the clients. */
     settings.qpack_encoder_max_dtable_capacity = 0;
+    /* WebSocket over HTTP/3 (RFC 9220): SETTINGS_ENABLE_CONNECT_PROTOCOL
+     * goes out, and nghttp3 (1.8 has the setting) then accepts :protocol
+     * on CONNECT; the exchange turns it into an HTTP/1.1 upgrade. */
+    settings.enable_connect_protocol = 1;
     if (nghttp3_conn_server_new(&qc->h3, &h3_callbacks, &settings, qx_quic_conn_h3_mem(qc), qc) !=
         0)
         return NGTCP2_ERR_CALLBACK_FAILURE;

@@ -13,6 +13,7 @@
 #include "base/log.h"
 #include "base/qx.h"
 #include "exchange/context.h"
+#include "exchange/websocket.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -458,6 +459,10 @@ typedef struct qx_h1_conn {
     resp_state_t resp;
     int resp_chunked; /* the body goes chunked (HTTP/1.1, no Content-Length) */
     int resp_nobody;  /* no body follows the head */
+    /* The request is a WebSocket upgrade the exchange took: once the app's
+     * 101 went out, every byte of the connection both ways is the
+     * tunnel's (no more HTTP on it). */
+    int ws;
 } qx_h1_conn_t;
 
 static const qx_front_ops_t h1_ops;
@@ -592,6 +597,11 @@ static void begin_exchange(qx_h1_conn_t *h)
     }
     h->req_fin = !rp->has_body;
     qx_exchange_headers_done(h->ex, qx_tcp_conn_sni(c), h->req_fin);
+    if (h->ex && h->ex->ws == QX_WS_UPGRADE && h->ex->ws_counted && h->ex->status == 0) {
+        h->ws = 1; /* the exchange waits for the rest of the connection as the tunnel */
+        h->req_fin = 0;
+        h->close_after = 1;
+    }
     if (h->ex && !h->req_fin && rp->expect_continue && h->ex->status == 0 && !h->stop)
         puts_(h, "HTTP/1.1 100 Continue\r\n\r\n");
     arm_body_timer(h);
@@ -601,6 +611,8 @@ static void begin_exchange(qx_h1_conn_t *h)
 static void request_done(qx_h1_conn_t *h)
 {
     qx_tcp_conn_timer(h->c, 0);
+    if (h->ws)
+        return; /* the head of an upgrade: the tunnel's bytes follow */
     if (h->ex && !h->req_fin) {
         h->req_fin = 1;
         qx_exchange_body_end(h->ex);
@@ -622,6 +634,21 @@ static void body_error(qx_h1_conn_t *h)
     qx_tcp_conn_close(h->c, QX_TC_CLOSE_ABORT);
 }
 
+/* Client bytes of an open WebSocket tunnel go to the exchange as they are,
+ * at most its free window: past it the connection is not read (the TLS
+ * layer stops reading the socket), which is the back-pressure on a client
+ * that sends faster than the app reads. Returns nonzero on progress. */
+static int tunnel_input(qx_h1_conn_t *h)
+{
+    if (h->ex == NULL || !h->ex->tunnel || h->req_fin || h->outstanding >= QX_STREAM_WINDOW)
+        return 0; /* before the 101, nothing is read past the head */
+    size_t n = QX_MIN(h->infill - h->inpos, (size_t)(QX_STREAM_WINDOW - h->outstanding));
+    h->outstanding += n;
+    h->inpos += n;
+    qx_exchange_body(h->ex, (const uint8_t *)h->in + h->inpos - n, n);
+    return n > 0;
+}
+
 /* Parses buffered input as far as allowed. Returns nonzero on progress. */
 static int parse(qx_h1_conn_t *h)
 {
@@ -631,6 +658,8 @@ static int parse(qx_h1_conn_t *h)
 
     if (h->stop)
         return 0;
+    if (h->ws)
+        return tunnel_input(h);
     if (rp->phase == QX_H1P_BODY) {
         if (h->ex == NULL)
             return 0;
@@ -671,6 +700,13 @@ static void peer_gone(qx_h1_conn_t *h, ssize_t why)
         qx_tcp_conn_close(c, QX_TC_CLOSE_GRACEFUL);
         return;
     }
+    if (h->ws && h->ex->tunnel && !h->req_fin) {
+        /* The client ended its side of the tunnel: so does the app's
+         * connection; its side may still send until it ends too. */
+        h->req_fin = 1;
+        qx_exchange_body_end(h->ex);
+        return;
+    }
     /* Gone while its request is in flight (a client that half-closes
      * after a complete request is too rare to tell apart from one that
      * left): the exchange ends, the upstream connection is dropped. */
@@ -702,6 +738,27 @@ static void h1_input(void *app)
 
 /* ---- response side ------------------------------------------------------ */
 
+/* The app's 101 to a WebSocket upgrade (the exchange added Upgrade and
+ * Connection): no body framing follows, only the tunnel's bytes, and the
+ * client's bytes after its head may now go up. */
+static int tunnel_respond(qx_h1_conn_t *h, const qx_hdr_t *hdrs, size_t n)
+{
+    puts_(h, "HTTP/1.1 101 Switching Protocols\r\n");
+    for (size_t i = 0; i < n; i++) {
+        put(h, hdrs[i].name, hdrs[i].namelen);
+        puts_(h, ": ");
+        put(h, hdrs[i].value, hdrs[i].valuelen);
+        puts_(h, "\r\n");
+    }
+    puts_(h, "\r\n");
+    h->resp_nobody = 0;
+    h->resp_chunked = 0;
+    h->resp = RESP_BODY;
+    qx_tcp_conn_mark(h->c);
+    qx_tcp_conn_want_input(h->c);
+    return 0;
+}
+
 static int h1_respond(qx_exchange_t *ex, int status, const qx_hdr_t *hdrs, size_t n, int has_body)
 {
     qx_h1_conn_t *h = ex->front;
@@ -710,6 +767,16 @@ static int h1_respond(qx_exchange_t *ex, int status, const qx_hdr_t *hdrs, size_
 
     if (h->resp != RESP_NONE || (h->c->state != QX_TC_OPEN && h->c->state != QX_TC_CLOSE_REQ))
         return QX_ERR_IO;
+    if (h->ws && status == 101)
+        return tunnel_respond(h, hdrs, n);
+    if (h->ws) {
+        /* The app refused the upgrade: an ordinary answer, after which
+         * the connection closes (it never read what the client may have
+         * sent as the tunnel's). */
+        h->ws = 0;
+        h->stop = 1;
+        h->close_after = 1;
+    }
     for (size_t i = 0; i < n; i++)
         if (name_is(hdrs[i].name, hdrs[i].namelen, "content-length"))
             has_cl = 1;
@@ -809,7 +876,9 @@ static void h1_consumed(qx_exchange_t *ex, size_t n)
 {
     qx_h1_conn_t *h = ex->front;
     h->outstanding -= QX_MIN((uint64_t)n, h->outstanding);
-    if (h->rp.phase == QX_H1P_BODY && !h->stop) {
+    if (h->ws && !h->stop) {
+        qx_tcp_conn_want_input(h->c);
+    } else if (h->rp.phase == QX_H1P_BODY && !h->stop) {
         arm_body_timer(h);
         qx_tcp_conn_want_input(h->c);
     }

@@ -671,6 +671,10 @@ int qx_h2_front_new(qx_tcp_conn_t *c, void **app, const qx_tcp_app_ops_t **ops)
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, QX_H2_MAX_STREAMS},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, QX_MAX_HEADER_BYTES},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, QX_STREAM_WINDOW},
+        /* WebSocket over HTTP/2 (RFC 8441): nghttp2 then accepts
+         * :protocol on CONNECT (once the client acknowledged this), and the
+         * exchange turns it into an HTTP/1.1 upgrade to the app. */
+        {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1},
     };
     if (nghttp2_submit_settings(h->s, NGHTTP2_FLAG_NONE, iv, QX_ARRAY_LEN(iv)) != 0 ||
         nghttp2_session_set_local_window_size(h->s, NGHTTP2_FLAG_NONE, 0,
