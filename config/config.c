@@ -18,8 +18,8 @@
  */
 #include "config/config.h"
 
-#include "config/config_internal.h"
 #include "base/qx.h"
+#include "config/config_internal.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -92,6 +92,7 @@ typedef struct raw_route {
     char *upstream;
     char **upstreams;
     unsigned nupstreams;
+    char *protocol;
 } raw_route_t;
 
 typedef struct raw_admin {
@@ -188,6 +189,7 @@ static const cyaml_schema_field_t route_fields[] = {
     OPT_STR("upstream", raw_route_t, upstream),
     CYAML_FIELD_SEQUENCE_COUNT("upstreams", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, raw_route_t,
                                upstreams, nupstreams, &upstream_entry, 0, CYAML_UNLIMITED),
+    OPT_STR("protocol", raw_route_t, protocol),
     CYAML_FIELD_END,
 };
 
@@ -991,6 +993,15 @@ static int build_route(qx_route_cfg_t *r, const qx_route_spec_t *s, size_t i, ch
         return qx_config_fail_at(err, errlen, field, fieldlen, path, "must not be empty");
     }
 
+    snprintf(path, sizeof(path), "routes[%zu].protocol", i);
+    if (s->protocol == NULL || strcmp(s->protocol, "h1") == 0)
+        r->protocol = QX_UP_PROTO_H1;
+    else if (strcmp(s->protocol, "h2c") == 0)
+        r->protocol = QX_UP_PROTO_H2C;
+    else
+        return qx_config_fail_at(err, errlen, field, fieldlen, path, "\"%s\" is not one of h1, h2c",
+                                 s->protocol);
+
     size_t n = r->single ? 1 : s->nupstreams;
     r->upstreams = calloc(n, sizeof(*r->upstreams));
     if (r->upstreams == NULL)
@@ -1005,6 +1016,7 @@ static int build_route(qx_route_cfg_t *r, const qx_route_spec_t *s, size_t i, ch
                            errlen, field, fieldlen);
         if (rv != 0)
             return rv;
+        r->upstreams[j].protocol = r->protocol;
     }
     return 0;
 }
@@ -1439,6 +1451,7 @@ static int build_config(qx_config_t *cfg, raw_doc_t *raw, const char *basedir, c
             .upstreams = (const char *const *)r->upstreams,
             .nupstreams = r->nupstreams,
             .has_upstreams = listed,
+            .protocol = r->protocol,
         };
     }
     rv = qx_config_build_routes(cfg, specs, raw->nroutes, err, errlen, NULL, 0);

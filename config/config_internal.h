@@ -20,6 +20,7 @@ typedef struct qx_route_spec {
     const char *const *upstreams; /* the list's entries, none NULL */
     size_t nupstreams;            /* may be 0 (then "must not be empty") */
     bool has_upstreams;           /* the `upstreams` key is present */
+    const char *protocol;         /* "h1" or "h2c"; NULL when absent (h1) */
 } qx_route_spec_t;
 
 /*

@@ -1,8 +1,8 @@
 /* snapshot.c - immutable shared configuration (see snapshot.h). */
 #include "conf/snapshot.h"
 
-#include "conf/dns.h"
 #include "base/qx.h"
+#include "conf/dns.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -29,6 +29,7 @@ static void ep_set(qx_endpoint_t *e, const qx_upstream_cfg_t *u, const struct so
     memcpy(&e->addr, a, len);
     e->addrlen = len;
     e->name = u->name;
+    e->protocol = u->protocol;
     qx_endpoint_format((const struct sockaddr *)a, e->addrstr, sizeof(e->addrstr));
     e->health = qx_health_get(ht, (const struct sockaddr *)a, len);
 }
