@@ -1,4 +1,4 @@
-/* exchange.c - one proxied request, front <-> HTTP/1.1 upstream (see exchange.h). */
+/* exchange.c - one proxied request, front <-> upstream stream (see exchange.h). */
 #include "exchange/exchange.h"
 
 #include "base/log.h"
@@ -6,6 +6,7 @@
 #include "conf/dns.h"
 #include "exchange/context.h"
 #include "exchange/trace.h"
+#include "upstream/h1.h"
 
 #include <arpa/inet.h>
 #include <gnutls/crypto.h>
@@ -17,12 +18,9 @@
 #include <string.h>
 #include <strings.h>
 
-static const qx_upconn_cb_t upconn_cb;
-static const llhttp_settings_t parser_settings;
+static const qx_up_sink_t up_sink;
 
-static void ex_release_upstream(qx_exchange_t *ex, int reusable);
-static void pump_write(qx_exchange_t *ex);
-static void uc_on_write(void *user, int status);
+static void ex_release_upstream(qx_exchange_t *ex);
 static void pump_unqueue(qx_exchange_t *ex);
 static void pump_later(qx_exchange_t *ex);
 static void dispatch(qx_exchange_t *ex, int fresh_only);
@@ -32,6 +30,7 @@ static void client_ip(qx_wctx_t *w, const struct sockaddr *client, char *out);
 static void format_ip(const struct sockaddr *client, char *client_ip);
 static void exchange_free(qx_exchange_t *ex);
 static void *grow_fields(qx_exchange_t *ex, const void *arr, size_t *cap, size_t elem, size_t used);
+static int try_retry(qx_exchange_t *ex, int replay);
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -132,7 +131,7 @@ static int ensure_resp_buf(qx_exchange_t *ex, int64_t len)
     int rv = ring_init(&ex->resp, &ex->respbuf, ex->resp_inline, len);
     if (rv < 0)
         return rv;
-    ex->resp_sized = rv;
+    ex->ups.resp_fits = rv;
     return 0;
 }
 
@@ -148,13 +147,12 @@ static void discard_request_body(qx_exchange_t *ex)
     /* No STOP_SENDING yet: browsers (Chromium) keep a response waiting
      * until their upload ends, so the rest of the body is read and dropped,
      * up to QX_DISCARD_MAX; past that the client is asked to stop. */
-    size_t buffered = (size_t)(ex->req.fill - ex->req.ack);
-    if (ex->writing)
-        buffered -= ex->wpayload; /* credited when that write completes */
+    size_t inflight = qx_ring_inflight(&ex->req); /* credited when their write completes */
+    size_t buffered = (size_t)(ex->req.fill - ex->req.ack) - inflight;
     if (buffered > 0)
         ex->fops->consumed(ex, buffered);
     ex->req.sent = ex->req.fill;
-    if (!ex->writing)
+    if (inflight == 0)
         ex->req.ack = ex->req.fill;
 }
 
@@ -165,7 +163,7 @@ static void local_response(qx_exchange_t *ex, int status)
     char body[96];
     int n = snprintf(body, sizeof(body), "%d %s\n", status, qx_h1_reason(status));
 
-    ex_release_upstream(ex, 0);
+    ex_release_upstream(ex);
     timer_stop(ex);
     ex->state = QX_EX_DONE;
     ex->status = status;
@@ -204,7 +202,7 @@ static void fail(qx_exchange_t *ex, int status)
         local_response(ex, status);
         return;
     }
-    ex_release_upstream(ex, 0);
+    ex_release_upstream(ex);
     timer_stop(ex);
     ex->state = QX_EX_DONE;
     ex->resp_eof = 1;
@@ -216,29 +214,16 @@ static void fail(qx_exchange_t *ex, int status)
     }
 }
 
-static void ex_release_upstream(qx_exchange_t *ex, int reusable)
+/* The exchange is done with its upstream: leaves the pool's queue, and
+ * ends the stream (a connection still in use is closed mid-message). */
+static void ex_release_upstream(qx_exchange_t *ex)
 {
     if (ex->wait_pool) {
         qx_pool_unwait(ex->wait_pool, &ex->wait);
         ex->wait_pool = NULL;
     }
-    if (ex->uc == NULL)
-        return;
-    qx_upconn_t *uc = ex->uc;
-    ex->uc = NULL;
-    if (ex->writing) {
-        /* The pending write dies with the connection; its bytes will not
-         * be credited by on_write, so credit them now if we still care. */
-        ex->writing = 0;
-        ex->req.ack = ex->req.sent;
-        if (!ex->front_gone && ex->wpayload > 0)
-            ex->fops->consumed(ex, ex->wpayload);
-        ex->wpayload = 0;
-        reusable = 0;
-    }
-    if (reusable)
-        uc->nrequests++;
-    qx_pool_release(uc, reusable);
+    if (ex->ups.ops)
+        ex->ups.ops->release(&ex->ups);
 }
 
 /* ---- life cycle --------------------------------------------------------- */
@@ -255,8 +240,7 @@ qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *f
         if (ex == NULL)
             return NULL;
         qx_arena_init(&ex->arena, QX_MAX_HEADER_BYTES);
-        ex->rhb = NULL;
-        ex->rhbcap = 0;
+        qx_up_stream_init(&ex->ups);
     }
     /* The header and field arrays and the inline buffers are written
      * before they are read: only the fields before them are cleared. */
@@ -264,8 +248,15 @@ qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *f
     ex->arena.cap = QX_MAX_HEADER_BYTES;
     ex->hdrs = ex->hdrs_inline;
     ex->hdrcap = QX_EX_FIELDS;
-    ex->rf = ex->rf_inline;
-    ex->rfcap = QX_EX_FIELDS;
+    ex->ups.ops = NULL;
+    ex->ups.sink = &up_sink;
+    ex->ups.user = ex;
+    ex->ups.req = &ex->req;
+    ex->ups.resp = &ex->resp;
+    ex->ups.scratch = &w->up_scratch;
+    ex->ups.req_fin = 0;
+    ex->ups.resp_fits = 0;
+    ex->ups.paused = 0;
     ex->w = w;
     ex->fops = fops;
     ex->front = front;
@@ -319,11 +310,7 @@ static void on_timer_closed(uv_handle_t *h)
      * worker is stopping or enough are kept already. */
     if (w->nex_cache < QX_EX_CACHE && w->state != QX_W_STOPPED) {
         qx_arena_reset(&ex->arena);
-        if (ex->rhbcap > 4096) {
-            free(ex->rhb);
-            ex->rhb = NULL;
-            ex->rhbcap = 0;
-        }
+        qx_up_stream_trim(&ex->ups);
         ex->next = w->ex_cache;
         w->ex_cache = ex;
         w->nex_cache++;
@@ -337,7 +324,7 @@ static void on_timer_closed(uv_handle_t *h)
 static void exchange_free(qx_exchange_t *ex)
 {
     qx_arena_free(&ex->arena);
-    free(ex->rhb);
+    qx_up_stream_free(&ex->ups);
     free(ex);
 }
 
@@ -373,8 +360,7 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
     if (ex->dispatch_due)
         qx_cnt_add(&w->metrics.defences[QX_D_RESET_BEFORE_UPSTREAM], 1);
     pump_unqueue(ex);
-    /* A response cut short leaves the upstream connection mid-message. */
-    ex_release_upstream(ex, 0);
+    ex_release_upstream(ex); /* a response cut short: its connection is closed */
     timer_stop(ex);
     if (error && !clean && !ex->resp_reset)
         qx_cnt_add(&w->metrics.streams_reset_by_client, 1);
@@ -494,7 +480,7 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
     const qx_config_t *cfg = ex->snap->cfg;
 
     ex->has_body = !fin;
-    ex->req_fin = fin;
+    ex->req_fin = ex->ups.req_fin = fin;
     if (ex->method == NULL) {
         /* Nothing to log without a method; the front resets such streams. */
         ex->method = qx_arena_strndup(&ex->arena, "-", 1);
@@ -635,7 +621,7 @@ static void build_and_dispatch(qx_exchange_t *ex)
         local_response(ex, 503);
         return;
     }
-    qx_h1_req_t r = {
+    qx_up_req_t r = {
         .method = ex->method,
         .methodlen = ex->methodlen,
         .path = ex->path,
@@ -648,19 +634,15 @@ static void build_and_dispatch(qx_exchange_t *ex)
         .has_body = ex->has_body,
         .content_length = ex->req_cl,
         .early = ex->early,
+        .is_head = ex->is_head,
     };
-    size_t cap = 1024 + ex->arena.used;
-    ex->head = qx_arena_alloc(&ex->arena, cap);
-    if (ex->head == NULL) {
-        ex->arena.cap += cap; /* the head's own copy is not the client's fault */
-        ex->head = qx_arena_alloc(&ex->arena, cap);
-    }
-    ssize_t n = ex->head ? qx_h1_build_request(ex->head, cap, &r, &ex->chunked) : QX_ERR_NOMEM;
-    if (n < 0) {
-        local_response(ex, n == QX_ERR_PROTO ? 400 : 431);
+    ex->ups.ops = qx_upstream_ops_for(up_ep(ex));
+    ex->ups.resp_body_max = ex->snap->cfg->limits.max_upstream_response_body_bytes;
+    int rv = ex->ups.ops->open(&ex->ups, &r, &ex->arena);
+    if (rv < 0) {
+        local_response(ex, rv == QX_ERR_PROTO ? 400 : 431);
         return;
     }
-    ex->headlen = (size_t)n;
     /* The upstream is asked for once this turn's input has been handled,
      * not now: a client that opens a stream and resets it in the same
      * read (HTTP/2 Rapid Reset) then costs no upstream connection, as the
@@ -675,14 +657,8 @@ static void start_upstream(qx_exchange_t *ex)
 {
     const qx_limits_t *lim = &ex->snap->cfg->limits;
     ex->state = QX_EX_UPSTREAM;
-    llhttp_init(&ex->parser, HTTP_RESPONSE, &parser_settings);
-    ex->parser.data = ex;
-    ex->nrf = 0;
-    ex->rhblen = 0;
-    ex->rf_in_value = 0;
     timer_arm(ex, 2, lim->upstream_request_timeout_secs);
-    qx_upconn_read_start(ex->uc);
-    pump_write(ex);
+    ex->ups.ops->start(&ex->ups);
 }
 
 /* The pool has room again: ask once more at the next pump. */
@@ -711,12 +687,11 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
     }
     ex->state = QX_EX_CONNECTING;
     if (pool)
-        rv = qx_pool_checkout(pool, ex, &upconn_cb, fresh_only, &ex->uc, &reused);
+        rv = ex->ups.ops->connect(&ex->ups, pool, fresh_only, &reused);
     if (rv == QX_ERR_LIMIT) {
         /* max_connections_per_upstream (or the fd budget): wait in the
          * pool's bounded queue, at most the connect timeout; past the
          * queue's length the answer is 503 at once. */
-        ex->uc = NULL;
         ex->wait.ready = on_pool_ready;
         if (qx_pool_wait(pool, &ex->wait) != 0) {
             qx_cnt_add(&w->metrics.defences[QX_D_UPSTREAM_QUEUE_FULL], 1);
@@ -724,13 +699,13 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
             return;
         }
         ex->wait_pool = pool;
+        ex->state = QX_EX_QUEUED;
         qx_cnt_add(&w->metrics.defences[QX_D_UPSTREAM_QUEUED], 1);
         if (ex->timer_phase != 1)
             timer_arm(ex, 1, ex->snap->cfg->limits.upstream_connect_timeout_secs);
         return;
     }
     if (rv != 0) {
-        ex->uc = NULL;
         if (rv == QX_ERR_IO && connect_failed(ex, "connect did not start"))
             return;
         if (rv != QX_ERR_IO) {
@@ -767,7 +742,7 @@ static int connect_failed(qx_exchange_t *ex, const char *why)
                 e->addrstr, (unsigned long long)(ms / 1000), QX_HEALTH_FAILS);
     if (!again)
         return 0;
-    ex_release_upstream(ex, 0);
+    ex_release_upstream(ex);
     timer_stop(ex);
     ex->attempts++;
     ex->up = qx_snapshot_pick(ex->snap, ex->route, ex->up, now);
@@ -776,7 +751,7 @@ static int connect_failed(qx_exchange_t *ex, const char *why)
     return 1;
 }
 
-static void uc_on_connect(void *user, int status)
+static void up_connected(void *user, int status)
 {
     qx_exchange_t *ex = user;
     if (status != 0) {
@@ -801,41 +776,26 @@ static int idempotent(int method_idx)
            method_idx == QX_M_TRACE || method_idx == QX_M_PUT || method_idx == QX_M_DELETE;
 }
 
-static int try_retry(qx_exchange_t *ex)
+/* A broken stream goes again on a fresh connection, once, when the
+ * connection was a reused keep-alive one (the backend may have closed it
+ * just as we picked it) and the codec says it may: nothing reached the
+ * app, or only the head and the request is idempotent. */
+static int try_retry(qx_exchange_t *ex, int replay)
 {
-    if (!ex->reused || ex->retried || ex->resp_any || ex->req_body_sent > 0 ||
-        (ex->writing && ex->wpayload > 0) || ex->front_gone)
+    if (!ex->reused || ex->retried || ex->front_gone || replay == QX_UP_REPLAY_NONE)
         return 0;
     /* RFC 9110 §9.2.2: a request that is not idempotent is never sent
      * twice once its head may have reached the upstream: the app may have
      * acted on it before the connection died. */
-    if (ex->head_sent && !idempotent(ex->method_idx))
+    if (replay == QX_UP_REPLAY_IDEMPOTENT && !idempotent(ex->method_idx))
         return 0;
     QX_DEBUG("upstream %s: reused connection failed before the response; retrying once",
              ex->up_name);
     ex->retried = 1;
-    ex->writing = 0;
-    ex->wpayload = 0;
-    ex->head_sent = 0;
-    ex->req_done = 0; /* the head (and terminator) go again on the new connection */
-    ex->wterm = 0;
-    ex->req.sent = ex->req.ack;
-    qx_upconn_t *uc = ex->uc;
-    ex->uc = NULL;
-    qx_pool_release(uc, 0);
+    ex->ups.ops->rewind(&ex->ups);
     timer_stop(ex);
     dispatch(ex, 1);
     return 1;
-}
-
-static void upstream_broken(qx_exchange_t *ex, const char *what)
-{
-    if (try_retry(ex))
-        return;
-    up_warn(ex, "%s", what);
-    if (!ex->resp_head_done)
-        qx_cnt_add(&up_row(ex)->protocol_errors, 1);
-    fail(ex, 502);
 }
 
 /* Body bytes arrive a datagram (or a TLS record) at a time; writing each
@@ -885,175 +845,115 @@ void qx_exchange_on_pump(uv_prepare_t *h)
         if (ex->dispatch_due) {
             ex->dispatch_due = 0;
             /* Not answered meanwhile (or still waiting for a connection). */
-            if (ex->state == QX_EX_HEAD || (ex->state == QX_EX_CONNECTING && ex->uc == NULL))
+            if (ex->state == QX_EX_HEAD || ex->state == QX_EX_QUEUED)
                 dispatch(ex, 0);
-        } else {
-            pump_write(ex);
+        } else if (ex->state == QX_EX_UPSTREAM) {
+            ex->ups.ops->send(&ex->ups);
         }
     }
 }
 
-/* Writes what can go up now: the head once, then body bytes from the window
- * (framed when chunked), then the terminator. One write in flight. */
-static void pump_write(qx_exchange_t *ex)
-{
-    uv_buf_t b[6];
-    unsigned n = 0;
-    struct iovec iov[2];
-    size_t payload = 0;
-    int term = 0;
+/* ---- what the upstream stream reports ----------------------------------- */
 
-    if (ex->uc == NULL || ex->writing || ex->state != QX_EX_UPSTREAM || ex->req_done)
-        return;
-    if (!ex->head_sent)
-        b[n++] = uv_buf_init(ex->head, (unsigned)ex->headlen);
-    if (!ex->req_discard) {
-        int k = qx_ring_peek(&ex->req, iov, SIZE_MAX);
-        for (int i = 0; i < k; i++)
-            payload += iov[i].iov_len;
-        if (payload > 0) {
-            if (ex->chunked) {
-                int m = snprintf(ex->chunkhdr, sizeof(ex->chunkhdr), "%zx\r\n", payload);
-                b[n++] = uv_buf_init(ex->chunkhdr, (unsigned)m);
-            }
-            for (int i = 0; i < k; i++)
-                b[n++] = uv_buf_init(iov[i].iov_base, (unsigned)iov[i].iov_len);
-            if (ex->chunked)
-                b[n++] = uv_buf_init("\r\n", 2);
-        }
-    }
-    if (ex->req_fin) {
-        term = 1;
-        if (ex->chunked)
-            b[n++] = uv_buf_init("0\r\n\r\n", 5);
-    }
-    if (n == 0)
-        return;
-    int rv = qx_upconn_write(ex->uc, b, n);
-    if (rv < 0) {
-        upstream_broken(ex, "write failed");
-        return;
-    }
-    ex->head_sent = 1;
-    ex->writing = 1;
-    ex->wpayload = payload;
-    ex->wterm = term;
-    qx_ring_mark_sent(&ex->req, payload);
-    if (rv == 1)
-        uc_on_write(ex, 0); /* all written at once: no callback follows */
-}
-
-static void uc_on_write(void *user, int status)
+static void up_progress(void *user)
 {
     qx_exchange_t *ex = user;
-    size_t payload = ex->wpayload;
-    ex->writing = 0;
-    ex->wpayload = 0;
-    if (status != 0) {
-        /* Give the bytes back to the window accounting before deciding. */
-        ex->req.sent -= payload;
-        if (!try_retry(ex)) {
-            ex->req.ack = ex->req.sent = ex->req.fill;
-            if (!ex->front_gone && payload > 0)
-                ex->fops->consumed(ex, payload);
-            upstream_broken(ex, "write failed");
-        }
-        return;
-    }
-    qx_ring_mark_acked(&ex->req, payload);
-    ex->req_body_sent += payload;
+    ex->up_progress_ms = uv_now(&ex->w->loop);
+}
+
+static int up_head(void *user, int status, const qx_hdr_t *hdrs, size_t n, int has_body,
+                   int64_t content_length)
+{
+    qx_exchange_t *ex = user;
+    ex->up_status = status;
+    ex->resp_head_done = 1;
+    timer_stop(ex);
+    if (has_body && ensure_resp_buf(ex, content_length) != 0)
+        return -1;
+    ex->status = status;
+    if (ex->front_gone)
+        return -1;
+    if (ex->fops->respond(ex, status, hdrs, n, has_body) != 0)
+        return -1;
+    if (!has_body)
+        ex->resp_eof = 1;
+    body_timer_start(ex);
+    return 0;
+}
+
+static void up_body(void *user, size_t n)
+{
+    qx_exchange_t *ex = user;
+    if (ex->resp.fill - n == ex->resp.ack) /* the client's clock starts when it has something */
+        ex->cl_progress_ms = uv_now(&ex->w->loop);
+    ex->resp_body += n;
+    if (!ex->front_gone)
+        ex->fops->resume(ex);
+}
+
+static void up_end(void *user)
+{
+    qx_exchange_t *ex = user;
+    ex->resp_complete = 1;
+    ex->resp_eof = 1;
+    ex->state = QX_EX_DONE;
+    if (!ex->front_gone)
+        ex->fops->resume(ex);
+    if (!ex->req_fin)
+        discard_request_body(ex); /* answered before the body finished */
+}
+
+static void up_consumed(void *user, size_t n)
+{
+    qx_exchange_t *ex = user;
     /* upstream_request_timeout_secs is "no response within": while the body
      * is still going up and moving, the clock starts again, so a slow but
      * steady upload is not a 504; a stalled one still is. */
-    if (payload > 0 && ex->timer_phase == 2 && !ex->resp_head_done)
+    if (n > 0 && ex->timer_phase == 2 && !ex->resp_head_done)
         timer_arm(ex, 2, ex->snap->cfg->limits.upstream_request_timeout_secs);
-    if (!ex->front_gone && payload > 0)
-        ex->fops->consumed(ex, payload);
-    if (ex->wterm)
-        ex->req_done = 1;
-    if (ex->req_done && ex->resp_complete) {
-        /* The response was complete before the body finished going up. */
-        ex_release_upstream(ex, llhttp_should_keep_alive(&ex->parser));
-        return;
-    }
-    pump_write(ex);
+    if (!ex->front_gone && n > 0)
+        ex->fops->consumed(ex, n);
 }
 
-static void uc_on_read(void *user, ssize_t nread, const char *buf)
+static void up_error(void *user, int err, int replay, const char *why)
 {
     qx_exchange_t *ex = user;
-    if (nread < 0) {
-        if (nread == UV_EOF && ex->resp_any && ex->resp_head_done) {
-            /* EOF ends a close-delimited body; llhttp_finish says whether
-             * the message was allowed to end this way. */
-            llhttp_finish(&ex->parser);
-        }
-        if (nread == UV_EOF && ex->resp_complete) {
-            /* Close-delimited body: EOF was its end. */
-            ex_release_upstream(ex, 0);
+    switch (err) {
+    case QX_UP_E_BROKEN:
+        if (try_retry(ex, replay))
             return;
-        }
-        upstream_broken(ex, nread == UV_EOF ? "closed before the response was complete"
-                                            : uv_strerror((int)nread));
-        return;
-    }
-    ex->resp_any = 1;
-    ex->up_progress_ms = uv_now(&ex->w->loop);
-    llhttp_errno_t err = llhttp_execute(&ex->parser, buf, (size_t)nread);
-    if (ex->uc == NULL)
-        return; /* a callback failed the exchange */
-    if (err == HPE_PAUSED) {
-        /* Paused at the end of the message: bytes after it on a keep-alive
-         * connection are a confused backend; never reuse that socket. */
-        const char *pos = llhttp_get_error_pos(&ex->parser);
-        int extra = pos != NULL && pos < buf + nread;
-        if (ex->timer_phase != 3)
-            timer_stop(ex); /* the body timer stays: the client still has to take it */
-        /* Reusable only when the request went up whole, too. */
-        ex_release_upstream(ex, ex->req_done && !extra && llhttp_should_keep_alive(&ex->parser));
-        return;
-    }
-    if (err != HPE_OK) {
+        up_warn(ex, "%s", why);
+        if (!ex->resp_head_done)
+            qx_cnt_add(&up_row(ex)->protocol_errors, 1);
+        break;
+    case QX_UP_E_PROTO:
         if (ex->resp_reset)
             return;
-        QX_DEBUG("upstream %s: bad response: %s", ex->up_name, llhttp_errno_name(err));
+        QX_DEBUG("upstream %s: bad response: %s", ex->up_name, why);
         qx_cnt_add(&up_row(ex)->protocol_errors, 1);
-        fail(ex, 502);
-        return;
+        break;
+    case QX_UP_E_TOO_BIG:
+        QX_WARN_RL("upstream %s: response body over max_upstream_response_body_bytes (%" PRIu64
+                   "); stream reset",
+                   ex->up_name, ex->ups.resp_body_max);
+        qx_cnt_add(&up_row(ex)->body_over_limit, 1);
+        break;
+    default:
+        QX_ERROR_RL("%s on stream %" PRId64, why, ex->stream_id);
+        break;
     }
-    if (!ex->resp_sized && ex->respbuf && qx_ring_free(&ex->resp) < QX_UP_READ_MIN) {
-        ex->resp_paused = 1;
-        qx_upconn_read_stop(ex->uc);
-    }
+    fail(ex, 502);
 }
 
-/* Once the response head is through, body bytes are read straight into the
- * response window, where the front sends them from (p_on_body only moves
- * them back over chunk framing). Heads, and windows with little contiguous
- * room, use the worker's scratch buffer, never more than the window can
- * take: a read's body always fits. */
-static void uc_read_buf(void *user, uv_buf_t *buf)
-{
-    qx_exchange_t *ex = user;
-    qx_wctx_t *w = ex->w;
-    size_t room = QX_UP_READ;
-    if (ex->respbuf) {
-        qx_ring_t *r = &ex->resp;
-        size_t free = qx_ring_free(r);
-        size_t off = (size_t)(r->fill & (r->cap - 1));
-        size_t contig = QX_MIN(r->cap - off, free);
-        if (ex->resp_head_done && (contig >= QX_UP_READ_MIN || contig == free) && contig > 0) {
-            *buf = uv_buf_init((char *)r->data + off, (unsigned)contig);
-            return;
-        }
-        room = QX_MIN(room, free);
-    }
-    if (w->up_scratch == NULL && (w->up_scratch = malloc(QX_UP_READ)) == NULL)
-        return; /* the connection's own small buffer */
-    *buf = uv_buf_init((char *)w->up_scratch, (unsigned)room);
-}
-
-static const qx_upconn_cb_t upconn_cb = {uc_on_connect, uc_on_write, uc_on_read, uc_read_buf};
+static const qx_up_sink_t up_sink = {
+    .connected = up_connected,
+    .progress = up_progress,
+    .head = up_head,
+    .body = up_body,
+    .end = up_end,
+    .consumed = up_consumed,
+    .error = up_error,
+};
 
 /* The body timer fired: which end stalled, if any (see body_timer_start).
  * Returns QX_D_CLIENT_STALLED or QX_D_UPSTREAM_STALLED, or -1 after
@@ -1066,7 +966,7 @@ static int body_stalled(qx_exchange_t *ex)
     uint64_t up = (uint64_t)l->upstream_idle_timeout_secs * 1000;
     uint64_t next = QX_MIN(cl, up);
     int client_owes = ex->resp_eof || ex->resp.fill != ex->resp.ack;
-    int upstream_owes = !ex->resp_eof && !ex->resp_paused;
+    int upstream_owes = !ex->resp_eof && !ex->ups.paused;
 
     if (client_owes) {
         if (now - ex->cl_progress_ms >= cl)
@@ -1103,7 +1003,7 @@ static void on_timer(uv_timer_t *t)
         fail(ex, 504);
         return;
     }
-    if (phase == 1 && ex->uc != NULL) {
+    if (phase == 1 && ex->state == QX_EX_CONNECTING) {
         /* The connect itself timed out (not a wait for a pooled slot). */
         char why[64];
         snprintf(why, sizeof(why), "timed out after %u s",
@@ -1120,213 +1020,6 @@ static void on_timer(uv_timer_t *t)
                                   : ex->snap->cfg->limits.upstream_request_timeout_secs));
     fail(ex, 504);
 }
-
-/* ---- response parsing --------------------------------------------------- */
-
-static int rhb_append(qx_exchange_t *ex, const char *at, size_t len)
-{
-    if (len == 0)
-        return 0; /* llhttp may hand over an empty span; rhb may not exist yet */
-    if (ex->rhblen + len > QX_MAX_HEADER_BYTES)
-        return -1;
-    if (ex->rhblen + len > ex->rhbcap) {
-        size_t cap = ex->rhbcap ? ex->rhbcap : 2048;
-        while (cap < ex->rhblen + len)
-            cap *= 2;
-        char *p = realloc(ex->rhb, cap);
-        if (p == NULL)
-            return -1;
-        ex->rhb = p;
-        ex->rhbcap = cap;
-    }
-    memcpy(ex->rhb + ex->rhblen, at, len);
-    ex->rhblen += len;
-    return 0;
-}
-
-static int p_on_header_field(llhttp_t *p, const char *at, size_t len)
-{
-    qx_exchange_t *ex = p->data;
-    if (ex->resp_head_done)
-        return 0; /* trailers are not forwarded; rhb must not move (respond) */
-    if (ex->rf_in_value || ex->nrf == 0) {
-        if (ex->nrf == ex->rfcap) {
-            qx_resp_field_t *more =
-                grow_fields(ex, ex->rf, &ex->rfcap, sizeof(qx_resp_field_t), ex->nrf);
-            if (more == NULL)
-                return -1;
-            ex->rf = more;
-        }
-        ex->rf[ex->nrf++] = (qx_resp_field_t){(uint32_t)ex->rhblen, 0, 0, 0};
-        ex->rf_in_value = 0;
-    }
-    if (rhb_append(ex, at, len) != 0)
-        return -1;
-    ex->rf[ex->nrf - 1].name_len += (uint32_t)len;
-    return 0;
-}
-
-static int p_on_header_value(llhttp_t *p, const char *at, size_t len)
-{
-    qx_exchange_t *ex = p->data;
-    if (ex->resp_head_done)
-        return 0;
-    qx_resp_field_t *f = &ex->rf[ex->nrf - 1];
-    if (!ex->rf_in_value) {
-        ex->rf_in_value = 1;
-        f->value_off = (uint32_t)ex->rhblen;
-    }
-    if (rhb_append(ex, at, len) != 0)
-        return -1;
-    f->value_len += (uint32_t)len;
-    return 0;
-}
-
-/* RFC 9110 §5.1: a field name is a token. llhttp lets some bytes through
- * (a space inside or before the colon) that would reach the client as a
- * different or broken field: such a response is refused. */
-static int is_token(const char *s, size_t len)
-{
-    static const char extra[] = "!#$%&'*+-.^_`|~";
-    if (len == 0)
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              (c != '\0' && strchr(extra, c) != NULL)))
-            return 0;
-    }
-    return 1;
-}
-
-static int p_on_headers_complete(llhttp_t *p)
-{
-    qx_exchange_t *ex = p->data;
-    int status = p->status_code;
-    qx_hdr_t hdrs[QX_MAX_HEADERS];
-    size_t n = 0;
-    const char *conn = NULL;
-    size_t connlen = 0;
-
-    /* llhttp takes "20" or "099" as a status; HTTP wants three digits,
-     * 100-599 (RFC 9110 §15): anything else is a broken upstream (502). */
-    if (status < 100 || status > 599)
-        return -1;
-    for (size_t i = 0; i < ex->nrf; i++) {
-        if (!is_token(ex->rhb + ex->rf[i].name_off, ex->rf[i].name_len))
-            return -1;
-    }
-    if (status >= 100 && status < 200) {
-        if (status == 101)
-            return -1; /* no upgrades through the proxy */
-        ex->nrf = 0;   /* interim response: wait for the final one */
-        ex->rhblen = 0;
-        ex->rf_in_value = 0;
-        return 0;
-    }
-    ex->up_status = status;
-    ex->resp_head_done = 1;
-    timer_stop(ex);
-    for (size_t i = 0; i < ex->nrf; i++) {
-        qx_resp_field_t *f = &ex->rf[i];
-        if (f->name_len == 10 && strncasecmp(ex->rhb + f->name_off, "connection", 10) == 0) {
-            conn = ex->rhb + f->value_off;
-            connlen = f->value_len;
-        }
-    }
-    if (conn && !qx_h1_conn_names_fields(conn, connlen))
-        conn = NULL; /* "keep-alive" or "close": no per-field check needed */
-    for (size_t i = 0; i < ex->nrf; i++) {
-        qx_resp_field_t *f = &ex->rf[i];
-        char *name = ex->rhb + f->name_off;
-        if (f->name_len == 0 || !qx_h1_response_field_allowed(name, f->name_len, conn, connlen))
-            continue;
-        /* 204 has no body, and says nothing of one (RFC 9110 §8.6): an
-         * upstream's Content-Length there would have the client wait for
-         * bytes that never come. */
-        if (status == 204 && f->name_len == 14 && strncasecmp(name, "content-length", 14) == 0)
-            continue;
-        for (uint32_t k = 0; k < f->name_len; k++) /* HTTP/3 field names are lowercase */
-            name[k] = (char)((name[k] >= 'A' && name[k] <= 'Z') ? name[k] + 32 : name[k]);
-        hdrs[n++] = (qx_hdr_t){name, f->name_len, ex->rhb + f->value_off, f->value_len};
-    }
-    int has_body = !(ex->is_head || status == 204 || status == 304 ||
-                     ((p->flags & F_CONTENT_LENGTH) && p->content_length == 0));
-    if (has_body &&
-        ensure_resp_buf(ex, (p->flags & F_CONTENT_LENGTH) ? (int64_t)p->content_length : -1) != 0)
-        return -1;
-    ex->status = status;
-    if (ex->front_gone)
-        return -1;
-    if (ex->fops->respond(ex, status, hdrs, n, has_body) != 0)
-        return -1;
-    if (!has_body)
-        ex->resp_eof = 1;
-    body_timer_start(ex);
-    /* 1: no body follows whatever the fields say (HEAD, 204, 304): bytes an
-     * upstream sends anyway are then extra, and its socket is not reused. */
-    return has_body ? 0 : 1;
-}
-
-static int p_on_body(llhttp_t *p, const char *at, size_t len)
-{
-    qx_exchange_t *ex = p->data;
-    uint64_t cap = ex->snap->cfg->limits.max_upstream_response_body_bytes;
-    if (ex->resp_body + len > cap) {
-        QX_WARN_RL("upstream %s: response body over max_upstream_response_body_bytes (%" PRIu64
-                   "); stream reset",
-                   ex->up_name, cap);
-        qx_cnt_add(&up_row(ex)->body_over_limit, 1);
-        fail(ex, 502);
-        return HPE_USER;
-    }
-    qx_ring_t *r = &ex->resp;
-    if (len > qx_ring_free(r)) { /* reads are sized so this cannot be (uc_read_buf) */
-        QX_ERROR_RL("response window overflow on stream %" PRId64, ex->stream_id);
-        fail(ex, 502);
-        return HPE_USER;
-    }
-    if (r->fill == r->ack) /* the client's clock starts when it has something to take */
-        ex->cl_progress_ms = uv_now(&ex->w->loop);
-    const uint8_t *src = (const uint8_t *)at;
-    if (src >= r->data && src < r->data + r->cap) {
-        /* Read into the window already, at or after its fill point, in
-         * one contiguous run: at most a move back over chunk framing. */
-        uint8_t *dst = r->data + (r->fill & (r->cap - 1));
-        if (dst != src)
-            memmove(dst, src, len);
-        r->fill += len;
-    } else {
-        qx_ring_write(r, src, len);
-    }
-    ex->resp_body += len;
-    if (!ex->front_gone)
-        ex->fops->resume(ex);
-    return 0;
-}
-
-static int p_on_message_complete(llhttp_t *p)
-{
-    qx_exchange_t *ex = p->data;
-    if (!ex->resp_head_done)
-        return 0; /* end of an interim (1xx) response */
-    ex->resp_complete = 1;
-    ex->resp_eof = 1;
-    ex->state = QX_EX_DONE;
-    if (!ex->front_gone)
-        ex->fops->resume(ex);
-    if (!ex->req_fin)
-        discard_request_body(ex); /* answered before the body finished */
-    return HPE_PAUSED;
-}
-
-static const llhttp_settings_t parser_settings = {
-    .on_header_field = p_on_header_field,
-    .on_header_value = p_on_header_value,
-    .on_headers_complete = p_on_headers_complete,
-    .on_body = p_on_body,
-    .on_message_complete = p_on_message_complete,
-};
 
 /* ---- request body from the front ---------------------------------------- */
 
@@ -1384,7 +1077,7 @@ void qx_exchange_body_end(qx_exchange_t *ex)
 {
     if (ex->req_fin)
         return;
-    ex->req_fin = 1;
+    ex->req_fin = ex->ups.req_fin = 1;
     if (ex->req_cl >= 0 && ex->req_body_in != (uint64_t)ex->req_cl && !ex->req_discard &&
         ex->state != QX_EX_DONE) {
         fail(ex, 400); /* content-length disagrees with the body */
@@ -1398,9 +1091,6 @@ void qx_exchange_resp_acked(qx_exchange_t *ex, size_t n)
     qx_ring_mark_acked(&ex->resp, n);
     if (n > 0)
         ex->cl_progress_ms = uv_now(&ex->w->loop);
-    if (ex->resp_paused && ex->uc && qx_ring_free(&ex->resp) >= QX_UP_READ_MIN) {
-        ex->resp_paused = 0;
+    if (ex->ups.ops && ex->ups.ops->window(&ex->ups))
         ex->up_progress_ms = uv_now(&ex->w->loop); /* its clock ran not while paused */
-        qx_upconn_read_start(ex->uc);
-    }
 }

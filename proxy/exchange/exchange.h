@@ -1,15 +1,17 @@
 /*
  * exchange.h - one proxied request: the bridge between a front stream
- * (HTTP/3 now; HTTP/2 and HTTP/1.1 later, through qx_front_ops_t) and an
- * HTTP/1.1 upstream connection from the pool.
+ * (HTTP/3, HTTP/2 or HTTP/1.1, through qx_front_ops_t) and an upstream
+ * stream (through qx_upstream_ops_t: HTTP/1.1 today, upstream/h1_up.c),
+ * neither of which it asks the protocol of.
  *
  * The front feeds the request in (headers, body bytes, end); the exchange
- * routes it, checks limits, takes a pooled connection, writes the HTTP/1.1
- * head and streams the body with a bounded window; it parses the response
- * with llhttp and hands the head and the body back to the front through
- * its ops. Each direction holds at most QX_STREAM_WINDOW bytes: the front
- * extends the client's flow control only as request bytes are written
- * upstream, and upstream reads stop while the response window is full.
+ * routes it, checks limits, takes a connection from the upstream's pool
+ * (waiting in its queue, trying another endpoint when a connect fails)
+ * and opens an upstream stream on it; it hands the response head and body
+ * back to the front through its ops. Each direction holds at most
+ * QX_STREAM_WINDOW bytes: the front extends the client's flow control only
+ * as request bytes are written upstream, and the upstream stream stops
+ * reading while the response window is full.
  *
  * Lifetime: created by the front when a request stream opens, and ended by
  * qx_exchange_front_closed() when the front stream is gone. After that call
@@ -22,9 +24,9 @@
 #include "base/arena.h"
 #include "base/ring.h"
 #include "conf/snapshot.h"
-#include "llhttp.h"
-#include "upstream/h1.h"
+#include "upstream/h1.h" /* qx_h1_reason, which the HTTP/1.1 front uses through this header */
 #include "upstream/pool.h"
+#include "upstream/upstream.h"
 
 #include <netinet/in.h>
 #include <stdint.h>
@@ -35,11 +37,9 @@
 #define QX_MAX_HEADERS 128
 #define QX_DISCARD_MAX (8 * 1024 * 1024) /* request body read and dropped after an early answer */
 #define QX_EX_INLINE 1024                /* a body window this small lives in the exchange itself */
-#define QX_EX_FIELDS 32        /* header fields held in the exchange; more move to the arena */
-#define QX_EX_CACHE 256        /* finished exchanges a worker keeps for reuse */
-#define QX_UP_READ (64 * 1024) /* one upstream read, at most */
-#define QX_UP_READ_MIN 4096    /* a response window with less room pauses the upstream */
-#define QX_CONNECT_ATTEMPTS 3  /* endpoints a request tries when connects fail */
+#define QX_EX_FIELDS 32       /* header fields held in the exchange; more move to the arena */
+#define QX_EX_CACHE 256       /* finished exchanges a worker keeps for reuse */
+#define QX_CONNECT_ATTEMPTS 3 /* endpoints a request tries when connects fail */
 
 typedef struct qx_wctx qx_wctx_t;
 typedef struct qx_exchange qx_exchange_t;
@@ -65,14 +65,11 @@ typedef struct qx_front_ops {
 
 typedef enum {
     QX_EX_HEAD,       /* receiving the request head */
+    QX_EX_QUEUED,     /* waiting in the pool's queue for room to connect */
     QX_EX_CONNECTING, /* waiting for an upstream connection */
     QX_EX_UPSTREAM,   /* request going up, waiting for / reading the response */
     QX_EX_DONE,       /* response fully produced (or failed); waiting for the front */
 } qx_exchange_state_t;
-
-typedef struct qx_resp_field {
-    uint32_t name_off, name_len, value_off, value_len;
-} qx_resp_field_t;
 
 struct qx_exchange {
     qx_wctx_t *w;
@@ -123,37 +120,16 @@ struct qx_exchange {
     size_t up;    /* flat endpoint index in snap (SIZE_MAX: none) */
     int attempts; /* endpoints tried (connect failures move to the next) */
     const char *up_name;
-    qx_upconn_t *uc;
-    int reused;
+    int reused; /* the stream's connection was a kept-alive one */
     int retried;
-    char *head; /* the HTTP/1.1 request head, kept for a retry */
-    size_t headlen;
-    int chunked;
-    int head_sent;
-    int writing;
-    size_t wpayload; /* body bytes in the pending write */
-    int wterm;       /* the pending write carries the chunked terminator */
-    char chunkhdr[24];
-    uint64_t req_body_sent;
-    int req_done; /* head + whole body (+ terminator) written */
 
     /* response */
-    llhttp_t parser;
-    llhttp_settings_t *psettings;
-    int resp_any; /* any byte came back */
     int resp_head_done;
-    int status;          /* the status sent to the client (0 = none yet) */
-    int up_status;       /* the upstream's final status (0 = none), for the access log */
-    size_t rhblen;       /* bytes used in rhb */
-    qx_resp_field_t *rf; /* rf_inline, or a larger array in the arena */
-    size_t nrf, rfcap;
-    int rf_in_value;
-    int resp_too_big_head;
-    int resp_complete; /* llhttp saw the message end */
+    int status;        /* the status sent to the client (0 = none yet) */
+    int up_status;     /* the upstream's final status (0 = none), for the access log */
+    int resp_complete; /* the whole response was produced */
     int resp_eof;      /* no more body bytes will come */
-    int resp_paused;
-    int resp_reset; /* we reset the client stream */
-    int resp_sized; /* the window holds the whole (content-length) body */
+    int resp_reset;    /* we reset the client stream */
     uint64_t resp_body;
     qx_ring_t resp;
     uint8_t *respbuf;
@@ -166,10 +142,8 @@ struct qx_exchange {
      * fully rewritten before use. */
     uv_timer_t timer; /* connect timeout, then request timeout */
     qx_arena_t arena;
-    char *rhb; /* response header bytes */
-    size_t rhbcap;
+    qx_up_stream_t ups; /* the upstream stream (its response head storage is kept) */
     qx_hdr_t hdrs_inline[QX_EX_FIELDS];
-    qx_resp_field_t rf_inline[QX_EX_FIELDS];
     uint8_t req_inline[QX_EX_INLINE];
     uint8_t resp_inline[QX_EX_INLINE];
 };

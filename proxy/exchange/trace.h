@@ -18,7 +18,7 @@
 #ifndef QX_TRACE_H
 #define QX_TRACE_H
 
-#include "upstream/h1.h"
+#include "upstream/upstream.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -4,37 +4,20 @@
  * and which response headers may travel back to the client.
  *
  * Pure functions over caller-owned buffers, so they are unit tested without
- * a loop (unit/h1_test.c).
+ * a loop (unit/upstream/h1_test.c). The codec that uses them on a
+ * connection is h1_up.c.
  */
 #ifndef QX_H1_H
 #define QX_H1_H
+
+#include "upstream/upstream.h"
 
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
-typedef struct qx_hdr {
-    const char *name; /* lowercase for requests from HTTP/3 */
-    size_t namelen;
-    const char *value;
-    size_t valuelen;
-} qx_hdr_t;
-
-/* A request as the front received it; strings are not NUL-terminated. */
-typedef struct qx_h1_req {
-    const char *method;
-    size_t methodlen;
-    const char *path;
-    size_t pathlen;
-    const char *authority; /* :authority, or the Host header; may be NULL */
-    size_t authoritylen;
-    const qx_hdr_t *hdrs; /* regular fields, in arrival order */
-    size_t nhdrs;
-    const char *client_ip;  /* NUL-terminated textual address, for X-Forwarded-For */
-    int has_body;           /* a body follows the head (the front saw no end of stream) */
-    int64_t content_length; /* from the request, -1 when absent */
-    int early;              /* forwarded from 0-RTT: adds Early-Data: 1 (RFC 8470) */
-} qx_h1_req_t;
+/* The request view every upstream codec takes (upstream.h). */
+typedef qx_up_req_t qx_h1_req_t;
 
 /* Nonzero when name (any case) is a hop-by-hop field that a proxy must not
  * forward: connection, keep-alive, proxy-connection, transfer-encoding, te,
