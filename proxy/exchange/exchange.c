@@ -31,6 +31,7 @@ static void format_ip(const struct sockaddr *client, char *client_ip);
 static void exchange_free(qx_exchange_t *ex);
 static void *grow_fields(qx_exchange_t *ex, const void *arr, size_t *cap, size_t elem, size_t used);
 static int try_retry(qx_exchange_t *ex, int replay);
+static void note_grpc_status(qx_exchange_t *ex, const qx_hdr_t *hdrs, size_t n);
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -255,6 +256,8 @@ qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *f
     ex->ups.resp = &ex->resp;
     ex->ups.scratch = &w->up_scratch;
     ex->ups.req_fin = 0;
+    ex->ups.req_trailers = NULL;
+    ex->ups.nreq_trailers = 0;
     ex->ups.resp_fits = 0;
     ex->ups.paused = 0;
     ex->w = w;
@@ -371,17 +374,20 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
                            secs);
         qx_cnt_add(&w->metrics.bytes_in, ex->req_body_in);
         qx_cnt_add(&w->metrics.bytes_out, ex->resp_body);
-        char ups[12] = "-";
+        char ups[12] = "-", grpc[32] = "";
         if (ex->up_status > 0)
             snprintf(ups, sizeof(ups), "%d", ex->up_status);
+        if (ex->grpc_status)
+            snprintf(grpc, sizeof(grpc), " grpc_status=%.*s",
+                     (int)QX_MIN(ex->grpc_statuslen, (size_t)8), ex->grpc_status);
         QX_INFO("access proto=%s method=%s authority=%.*s path=%.*s status=%d upstream=%s "
                 "upstream_status=%s early_data=%d bytes_in=%" PRIu64 " bytes_out=%" PRIu64
-                " duration_ms=%.3f trace_id=%s request_id=%s%s",
+                " duration_ms=%.3f trace_id=%s request_id=%s%s%s",
                 ex->fops->proto, ex->method, (int)ex->authoritylen,
                 ex->authority ? ex->authority : "", (int)ex->pathlen, ex->path ? ex->path : "",
                 status, ex->up_name ? ex->up_name : "-", ups, ex->early ? 1 : 0, ex->req_body_in,
                 ex->resp_body, secs * 1000.0, ex->trace ? ex->trace->trace_id : "-",
-                ex->trace ? ex->trace->request_id : "-", clean ? "" : " incomplete=1");
+                ex->trace ? ex->trace->request_id : "-", grpc, clean ? "" : " incomplete=1");
     }
     uv_close((uv_handle_t *)&ex->timer, on_timer_closed);
 }
@@ -435,6 +441,30 @@ int qx_exchange_header(qx_exchange_t *ex, const char *name, size_t namelen, cons
 too_big:
     ex->bad_request = 431;
     return QX_ERR_LIMIT;
+}
+
+int qx_exchange_trailer(qx_exchange_t *ex, const char *name, size_t namelen, const char *value,
+                        size_t valuelen)
+{
+    if (ex->req_trailer_cap == 0) {
+        ex->req_trailers = qx_arena_alloc(&ex->arena, 8 * sizeof(qx_hdr_t));
+        if (ex->req_trailers == NULL)
+            return QX_ERR_LIMIT;
+        ex->req_trailer_cap = 8;
+    }
+    if (ex->nreq_trailers == ex->req_trailer_cap) {
+        qx_hdr_t *more = grow_fields(ex, ex->req_trailers, &ex->req_trailer_cap, sizeof(qx_hdr_t),
+                                     ex->nreq_trailers);
+        if (more == NULL)
+            return QX_ERR_LIMIT;
+        ex->req_trailers = more;
+    }
+    char *n = qx_arena_strndup(&ex->arena, name, namelen);
+    char *v = qx_arena_strndup(&ex->arena, value, valuelen);
+    if (n == NULL || v == NULL)
+        return QX_ERR_LIMIT;
+    ex->req_trailers[ex->nreq_trailers++] = (qx_hdr_t){n, namelen, v, valuelen};
+    return 0;
 }
 
 /* A field array is full: a copy with twice the room, in the arena
@@ -867,6 +897,7 @@ static int up_head(void *user, int status, const qx_hdr_t *hdrs, size_t n, int h
     qx_exchange_t *ex = user;
     ex->up_status = status;
     ex->resp_head_done = 1;
+    note_grpc_status(ex, hdrs, n);
     timer_stop(ex);
     if (has_body && ensure_resp_buf(ex, content_length) != 0)
         return -1;
@@ -889,6 +920,25 @@ static void up_body(void *user, size_t n)
     ex->resp_body += n;
     if (!ex->front_gone)
         ex->fops->resume(ex);
+}
+
+/* The response's grpc-status, for the access log. */
+static void note_grpc_status(qx_exchange_t *ex, const qx_hdr_t *hdrs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (hdrs[i].namelen == 11 && memcmp(hdrs[i].name, "grpc-status", 11) == 0) {
+            ex->grpc_status = hdrs[i].value;
+            ex->grpc_statuslen = hdrs[i].valuelen;
+        }
+    }
+}
+
+static void up_trailers(void *user, const qx_hdr_t *hdrs, size_t n)
+{
+    qx_exchange_t *ex = user;
+    ex->resp_trailers = hdrs;
+    ex->nresp_trailers = n;
+    note_grpc_status(ex, hdrs, n);
 }
 
 static void up_end(void *user)
@@ -950,6 +1000,7 @@ static const qx_up_sink_t up_sink = {
     .progress = up_progress,
     .head = up_head,
     .body = up_body,
+    .trailers = up_trailers,
     .end = up_end,
     .consumed = up_consumed,
     .error = up_error,
@@ -1077,6 +1128,9 @@ void qx_exchange_body_end(qx_exchange_t *ex)
 {
     if (ex->req_fin)
         return;
+    if (ex->nreq_trailers > 0) /* filtered once, before the codec sees the end */
+        ex->ups.req_trailers = qx_up_trailers_copy(&ex->arena, ex->req_trailers, ex->nreq_trailers,
+                                                   &ex->ups.nreq_trailers);
     ex->req_fin = ex->ups.req_fin = 1;
     if (ex->req_cl >= 0 && ex->req_body_in != (uint64_t)ex->req_cl && !ex->req_discard &&
         ex->state != QX_EX_DONE) {

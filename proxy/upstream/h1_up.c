@@ -32,7 +32,16 @@ typedef struct h1_up {
     int complete; /* llhttp saw the message end */
     uint64_t resp_body;
     char chunkhdr[24];
+    /* A chunked response's trailer section, in the request's arena (the
+     * head's storage must not move once the front points at it). */
+    char *tb;
+    qx_up_field_t *tf;
+    uint32_t tblen, ntf;
+    int in_tvalue;
 } h1_up_t;
+
+#define H1_TRAILER_BYTES 4096 /* trailer names and values kept, at most; more are dropped */
+#define H1_TRAILER_FIELDS 16
 
 _Static_assert(sizeof(h1_up_t) <= QX_UP_PRIV, "h1_up_t must fit qx_up_stream_t.priv");
 
@@ -334,12 +343,68 @@ static void uc_read_buf(void *user, uv_buf_t *buf)
 
 static const qx_upconn_cb_t conn_cb = {uc_on_connect, uc_on_write, uc_on_read, uc_read_buf};
 
+/* Trailer bytes into the arena's trailer buffer; a section larger than
+ * H1_TRAILER_BYTES or H1_TRAILER_FIELDS loses the fields past it (the
+ * body is complete and correct; only metadata is cut). */
+static int trailer_piece(qx_up_stream_t *st, int value, const char *at, size_t len)
+{
+    h1_up_t *h = h1(st);
+    if (h->tb == NULL) {
+        h->tb = qx_arena_alloc(st->arena, H1_TRAILER_BYTES);
+        h->tf = qx_arena_alloc(st->arena, H1_TRAILER_FIELDS * sizeof(*h->tf));
+        if (h->tb == NULL || h->tf == NULL) {
+            h->tb = NULL;
+            return 0;
+        }
+    }
+    if (!value && (h->in_tvalue || h->ntf == 0)) {
+        if (h->ntf == H1_TRAILER_FIELDS)
+            return 0;
+        h->tf[h->ntf++] = (qx_up_field_t){h->tblen, 0, h->tblen, 0};
+        h->in_tvalue = 0;
+    }
+    if (h->ntf == 0 || h->tblen + len > H1_TRAILER_BYTES)
+        return 0;
+    qx_up_field_t *f = &h->tf[h->ntf - 1];
+    if (value && !h->in_tvalue) {
+        h->in_tvalue = 1;
+        f->value_off = h->tblen;
+    }
+    memcpy(h->tb + h->tblen, at, len);
+    h->tblen += (uint32_t)len;
+    if (value)
+        f->value_len += (uint32_t)len;
+    else
+        f->name_len += (uint32_t)len;
+    return 0;
+}
+
+/* The trailer section as fields for sink->trailers (copied and filtered
+ * by qx_up_trailers_copy). */
+static void trailers_deliver(qx_up_stream_t *st)
+{
+    h1_up_t *h = h1(st);
+    qx_hdr_t raw[H1_TRAILER_FIELDS];
+    size_t n = 0, k = 0;
+    if (h->tb == NULL || h->ntf == 0)
+        return;
+    for (uint32_t i = 0; i < h->ntf; i++) {
+        const qx_up_field_t *f = &h->tf[i];
+        if (f->name_len == 0)
+            continue;
+        raw[n++] = (qx_hdr_t){h->tb + f->name_off, f->name_len, h->tb + f->value_off, f->value_len};
+    }
+    const qx_hdr_t *t = qx_up_trailers_copy(st->arena, raw, n, &k);
+    if (k > 0 && st->sink->trailers)
+        st->sink->trailers(st->user, t, k);
+}
+
 static int p_on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     qx_up_stream_t *st = p->data;
     h1_up_t *h = h1(st);
     if (h->head_done)
-        return 0; /* trailers are not forwarded; hb must not move (sink->head) */
+        return trailer_piece(st, 0, at, len); /* hb must not move (sink->head) */
     if (h->in_value || st->nf == 0) {
         if (qx_up_field_add(st) == NULL)
             return -1;
@@ -356,7 +421,7 @@ static int p_on_header_value(llhttp_t *p, const char *at, size_t len)
     qx_up_stream_t *st = p->data;
     h1_up_t *h = h1(st);
     if (h->head_done)
-        return 0;
+        return trailer_piece(st, 1, at, len);
     qx_up_field_t *f = &st->f[st->nf - 1];
     if (!h->in_value) {
         h->in_value = 1;
@@ -481,6 +546,7 @@ static int p_on_message_complete(llhttp_t *p)
     if (!h->head_done)
         return 0; /* end of an interim (1xx) response */
     h->complete = 1;
+    trailers_deliver(st);
     st->sink->end(st->user);
     return HPE_PAUSED;
 }

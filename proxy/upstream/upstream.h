@@ -119,6 +119,10 @@ typedef struct qx_up_sink {
                 int64_t content_length);
     /* n body bytes were appended to *resp. */
     void (*body)(void *user, size_t n);
+    /* The response's trailer fields (names lowercase), just before end();
+     * not called when there are none. The strings live in the request's
+     * arena (valid until the next open()). */
+    void (*trailers)(void *user, const qx_hdr_t *hdrs, size_t n);
     /* The response is complete. */
     void (*end)(void *user);
     /* n request body bytes left *req for good (the client may send more). */
@@ -165,12 +169,15 @@ struct qx_up_stream {
     const qx_up_sink_t *sink;
     void *user;
     /* Set by the user before open(). */
-    qx_ring_t *req;         /* the request body window */
-    qx_ring_t *resp;        /* the response body window (data NULL until sink->head) */
-    uint8_t **scratch;      /* the worker's QX_UP_READ read buffer, allocated on first use */
-    uint64_t resp_body_max; /* a longer response body is QX_UP_E_TOO_BIG */
-    int req_fin;            /* no more body comes into *req */
-    int resp_fits;          /* set in sink->head: *resp holds the whole body (never pause) */
+    qx_ring_t *req;               /* the request body window */
+    qx_ring_t *resp;              /* the response body window (data NULL until sink->head) */
+    uint8_t **scratch;            /* the worker's QX_UP_READ read buffer, allocated on first use */
+    uint64_t resp_body_max;       /* a longer response body is QX_UP_E_TOO_BIG */
+    int req_fin;                  /* no more body comes into *req */
+    const qx_hdr_t *req_trailers; /* the request's trailer fields, set before req_fin (h2c sends
+                                     them; HTTP/1.1 drops them) */
+    size_t nreq_trailers;
+    int resp_fits; /* set in sink->head: *resp holds the whole body (never pause) */
     /* Set by the codec. */
     int paused; /* the codec stopped reading: *resp is short of room */
     /* The response head's bytes and fields (kept with the stream; the
@@ -190,6 +197,13 @@ struct qx_up_stream {
 /* The codec for requests to endpoint |ep| (HTTP/1.1 for every endpoint
  * today; the place an upstream's protocol setting picks h2c). */
 const qx_upstream_ops_t *qx_upstream_ops_for(const qx_endpoint_t *ep);
+
+/* Copies n fields into |arena| as trailers: names lowercased, fields that
+ * are not allowed in a trailer section (framing, routing, hop-by-hop and
+ * pseudo-fields) left out. Returns the copy (*out_n fields; NULL with 0
+ * when none is left or the arena is spent). */
+const qx_hdr_t *qx_up_trailers_copy(qx_arena_t *arena, const qx_hdr_t *hdrs, size_t n,
+                                    size_t *out_n);
 
 /* Memory the stream keeps between requests: set up once, trimmed when a
  * stream is kept for reuse, freed with its owner. */
