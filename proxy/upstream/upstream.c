@@ -4,6 +4,7 @@
 
 #include "base/qx.h"
 #include "upstream/h1_up.h"
+#include "upstream/h2c_up.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +12,8 @@
 
 const qx_upstream_ops_t *qx_upstream_ops_for(const qx_endpoint_t *ep)
 {
-    (void)ep;
+    if (ep != NULL && ep->protocol == QX_UP_PROTO_H2C)
+        return &qx_h2c_upstream_ops;
     return &qx_h1_upstream_ops;
 }
 

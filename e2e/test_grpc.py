@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""gRPC through qrux to an h2c app: Debian's python3-grpcio serves
+qxtest.Echo (e2e/grpc_echo.proto, e2e/grpc_app.py) over cleartext HTTP/2
+behind a route with `protocol: h2c`, and calls it as a client over TLS to
+qrux's HTTPS listener (HTTP/2). Stubs are generated at test time with
+python3-grpc-tools (grpc_tools.protoc) into the test's temp dir.
+
+Cases: unary (request metadata up, response trailers down), server
+streaming, client streaming, bidi streaming with 10,000 messages, a 20 MB
+message each way, a deadline that expires (DEADLINE_EXCEEDED), an app error
+status passed through with its message (and in the access log), many calls
+at once on one connection (streams multiplexed over the h2c session); gRPC
+on the HTTP/1.1 front refused with a clear error; an HTTP/1.1 app's chunked
+trailers reaching an HTTP/2 client; GET /config showing the route's
+protocol.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Env, free_port, run, spawn, wait_until  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PY = sys.executable
+MiB = 1024 * 1024
+
+
+def gen_stubs(env):
+    out = os.path.join(env.dir, "stubs")
+    os.makedirs(out, exist_ok=True)
+    rc, so, se = run([PY, "-m", "grpc_tools.protoc", "-I" + HERE, "--python_out=" + out,
+                      "--grpc_python_out=" + out, os.path.join(HERE, "grpc_echo.proto")],
+                     timeout=60)
+    if rc != 0:
+        raise RuntimeError("grpc_tools.protoc failed: %s" % se.decode(errors="replace"))
+    sys.path.insert(0, out)
+    return out
+
+
+class App:
+    """e2e/grpc_app.py on a free port."""
+
+    def __init__(self, env, stubs):
+        self.port = free_port("tcp")
+        self.proc = spawn([PY, os.path.join(HERE, "grpc_app.py"), stubs, str(self.port)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        line = self.proc.stdout.readline().decode(errors="replace")
+        if not line.startswith("ready"):
+            raise RuntimeError("grpc_app did not start: %r" % line)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+class H1Trailers:
+    """A raw HTTP/1.1 app answering every request with a chunked body and a
+    trailer section (x-check, x-sum)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.one, args=(c,), daemon=True).start()
+
+    def one(self, c):
+        buf = b""
+        with c:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                          b"Transfer-Encoding: chunked\r\nTrailer: x-check, x-sum\r\n\r\n"
+                          b"5\r\nhello\r\n6\r\n world\r\n0\r\n"
+                          b"X-Check: ok\r\nx-sum: 11\r\nContent-Length: 99\r\n\r\n")
+
+
+def qrux_config(env, app_port, h1_port):
+    tport = free_port("tcp")
+    aport = free_port("tcp")
+    port = free_port("udp")
+    cert = env.cert()
+    text = ("server:\n  listen: \"[::]:%d\"\n  cert: cert.pem\n  key: key.pem\n  workers: 1\n"
+            "  https_listen: \"[::]:%d\"\n  limits:\n    upstream_request_timeout_secs: 30\n"
+            "routes:\n"
+            "  - match: \"trailers.test\"\n    upstream: \"127.0.0.1:%d\"\n"
+            "  - match: \"*\"\n    upstream: \"127.0.0.1:%d\"\n    protocol: h2c\n"
+            "admin:\n  listen: \"127.0.0.1:%d\"\n" % (port, tport, h1_port, app_port, aport))
+    path, port = env.write_config(None, port=port, text=text)
+    return path, port, tport, aport, cert
+
+
+def channel(env, tport, cert):
+    import grpc
+    with open(cert.cert, "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return grpc.secure_channel("localhost:%d" % tport, creds,
+                               options=[("grpc.max_receive_message_length", 64 * MiB),
+                                        ("grpc.max_send_message_length", 64 * MiB)])
+
+
+def cases(env, q, ch, tport, aport, pb, pbg):
+    import grpc
+    stub = pbg.EchoStub(ch)
+
+    def unary():
+        resp, call = stub.Unary.with_call(pb.Msg(data=b"abc", text="u1"), timeout=20,
+                                          metadata=(("x-req", "meta-up"),))
+        env.eq("unary: echoed data", resp.data, b"abc")
+        env.eq("unary: request metadata reached the app", resp.text.split("|")[0], "meta-up")
+        env.check("unary: X-Forwarded-For added", resp.text.split("|")[1] != "", resp.text)
+        tr = dict(call.trailing_metadata())
+        env.eq("unary: the app's trailer reached the client", tr.get("x-app-trailer"), "t-u1")
+        env.eq("unary: status OK", call.code(), grpc.StatusCode.OK)
+    env.case("unary", unary)
+
+    def server_stream():
+        got = list(stub.ServerStream(pb.Msg(data=b"x" * 100, n=500), timeout=30))
+        env.eq("server streaming: 500 messages", len(got), 500)
+        env.eq("server streaming: in order", [m.n for m in got], list(range(500)))
+    env.case("server streaming", server_stream)
+
+    def client_stream():
+        resp = stub.ClientStream((pb.Msg(data=b"y" * i) for i in range(1000)), timeout=30)
+        env.eq("client streaming: 1000 messages counted", resp.n, 1000)
+        env.eq("client streaming: bytes summed", resp.text, str(sum(range(1000))))
+    env.case("client streaming", client_stream)
+
+    def bidi():
+        n = 10000
+        got = 0
+        ok = True
+        for i, m in enumerate(stub.Bidi((pb.Msg(data=b"%d" % i, n=i) for i in range(n)),
+                                        timeout=120)):
+            if m.n != i + 1 or m.data != b"%d" % i:
+                ok = False
+            got += 1
+        env.eq("bidi: 10,000 messages back", got, n)
+        env.check("bidi: each answered in order, intact", ok)
+    env.case("bidi 10,000", bidi)
+
+    def big():
+        data = bytes(range(256)) * (20 * MiB // 256)
+        resp = stub.Unary(pb.Msg(data=data, text="big"), timeout=120)
+        env.eq("20 MB message: length back", len(resp.data), len(data))
+        env.check("20 MB message: intact both ways", resp.data == data)
+        env.eq("20 MB message: the app saw all of it", resp.n, len(data))
+    env.case("20 MB", big)
+
+    def deadline():
+        try:
+            stub.Unary(pb.Msg(n=-2), timeout=1)
+            env.check("deadline: DEADLINE_EXCEEDED", False, "the call succeeded")
+        except grpc.RpcError as e:
+            env.eq("deadline: DEADLINE_EXCEEDED", e.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+    env.case("deadline", deadline)
+
+    def app_error():
+        try:
+            stub.Unary(pb.Msg(n=-1, text="seven"), timeout=10)
+            env.check("app error: INVALID_ARGUMENT", False, "the call succeeded")
+        except grpc.RpcError as e:
+            env.eq("app error: INVALID_ARGUMENT", e.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            env.eq("app error: message passed through", e.details(), "bad n: seven")
+        lines = env.wait_access(q, timeout=5, grpc_status="3")
+        env.check("app error: access log shows grpc_status=3", len(lines) >= 1, q.log_tail())
+    env.case("app error", app_error)
+
+    def many():
+        futs = [stub.Unary.future(pb.Msg(data=b"%d" % i), timeout=30) for i in range(200)]
+        res = [f.result() for f in futs]
+        env.check("200 concurrent calls on one connection: all answered",
+                  all(r.data == b"%d" % i for i, r in enumerate(res)))
+    env.case("multiplexed", many)
+
+
+def grpc_over_h1(env, tport):
+    rc, so, se = run(["curl", "-sk", "--http1.1", "-o", "-", "-w", "\n%{http_code}",
+                      "-H", "content-type: application/grpc", "--data-binary", "x",
+                      "https://localhost:%d/qxtest.Echo/Unary" % tport], timeout=20)
+    body, _, code = so.decode(errors="replace").rpartition("\n")
+    env.eq("gRPC over HTTP/1.1: 415", code, "415")
+    env.check("gRPC over HTTP/1.1: the body says why", "HTTP/2" in body, body)
+
+
+def h1_trailers(env, tport):
+    rc, so, se = run(["curl", "-sk", "--http2", "-D", "-", "-o", os.devnull,
+                      "--resolve", "trailers.test:%d:127.0.0.1" % tport,
+                      "https://trailers.test:%d/t" % tport], timeout=20)
+    text = so.decode(errors="replace").lower()
+    env.check("h1 chunked trailers over h2: x-check: ok after the body", "x-check: ok" in text,
+              text)
+    env.check("h1 chunked trailers over h2: x-sum: 11", "x-sum: 11" in text, text)
+    env.check("h1 chunked trailers: a framing field from the trailer is dropped",
+              "content-length: 99" not in text, text)
+
+
+def config_shows(env, aport):
+    rc, so, se = run(["curl", "-s", "http://127.0.0.1:%d/config" % aport], timeout=10)
+    cfg = json.loads(so.decode())
+    routes = cfg["routes"]
+    env.eq("GET /config: the h2c route says protocol h2c",
+           [r.get("protocol") for r in routes], [None, "h2c"])
+
+
+def main():
+    with Env("grpc") as env:
+        stubs = gen_stubs(env)
+        import grpc_echo_pb2 as pb
+        import grpc_echo_pb2_grpc as pbg
+        app = App(env, stubs)
+        h1 = H1Trailers()
+        path, port, tport, aport, cert = qrux_config(env, app.port, h1.port)
+        from harness import Qrux
+        q = Qrux(env, path, port)
+        env.qruxes.append(q)
+        if not q.wait_ready(15):
+            raise RuntimeError("qrux not ready: %s" % q.log_tail(30))
+        ch = channel(env, tport, cert)
+        try:
+            cases(env, q, ch, tport, aport, pb, pbg)
+            env.case("gRPC over HTTP/1.1", grpc_over_h1, env, tport)
+            env.case("h1 trailers", h1_trailers, env, tport)
+            env.case("config", config_shows, env, aport)
+        finally:
+            ch.close()
+            app.stop()
+        env.check("qrux still running", q.alive(), q.log_tail())
+
+
+if __name__ == "__main__":
+    main()
