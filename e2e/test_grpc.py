@@ -101,6 +101,7 @@ def qrux_config(env, app_port, h1_port):
     cert = env.cert()
     text = ("server:\n  listen: \"[::]:%d\"\n  cert: cert.pem\n  key: key.pem\n  workers: 1\n"
             "  https_listen: \"[::]:%d\"\n  limits:\n    upstream_request_timeout_secs: 30\n"
+            "    max_request_body_bytes: 67108864\n    max_upstream_response_body_bytes: 67108864\n"
             "routes:\n"
             "  - match: \"trailers.test\"\n    upstream: \"127.0.0.1:%d\"\n"
             "  - match: \"*\"\n    upstream: \"127.0.0.1:%d\"\n    protocol: h2c\n"
@@ -193,6 +194,72 @@ def cases(env, q, ch, tport, aport, pb, pbg):
     env.case("multiplexed", many)
 
 
+def grpc_frame(msg):
+    b = msg.SerializeToString()
+    return b"\x00" + len(b).to_bytes(4, "big") + b
+
+
+def raw_h2_call(tport, path, fields, body, timeout=15):
+    """One gRPC call with python3-h2 over TLS, which enforces no deadline
+    itself (grpcio's client cancels on its own): returns (response headers,
+    trailers, data, seconds), headers as dicts."""
+    import ssl
+    import h2.config
+    import h2.connection
+    import h2.events
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", tport), timeout=timeout),
+                           server_hostname="localhost")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    hdrs = [(":method", "POST"), (":scheme", "https"), (":authority", "localhost:%d" % tport),
+            (":path", path), ("content-type", "application/grpc"), ("te", "trailers")] + fields
+    conn.send_headers(1, hdrs)
+    conn.send_data(1, body, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    head, trailers, data = {}, {}, b""
+    t0 = time.monotonic()
+    done = False
+    while not done:
+        d = sock.recv(65536)
+        if not d:
+            break
+        for ev in conn.receive_data(d):
+            if isinstance(ev, h2.events.ResponseReceived):
+                head = {k.decode(): v.decode() for k, v in ev.headers}
+            elif isinstance(ev, h2.events.TrailersReceived):
+                trailers = {k.decode(): v.decode() for k, v in ev.headers}
+            elif isinstance(ev, h2.events.DataReceived):
+                data += ev.data
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+                done = True
+        sock.sendall(conn.data_to_send())
+    sock.close()
+    return head, trailers, data, time.monotonic() - t0
+
+
+def grpc_timeout(env, tport, pb):
+    """grpc-timeout is qrux's deadline: a client that does not cancel
+    itself gets DEADLINE_EXCEEDED (4) from qrux, long before the app
+    answers (it sleeps 5 s)."""
+    head, tr, data, secs = raw_h2_call(tport, "/qxtest.Echo/Unary", [("grpc-timeout", "700m")],
+                                       grpc_frame(pb.Msg(n=-2)))
+    st = tr.get("grpc-status", head.get("grpc-status"))
+    env.eq("grpc-timeout 700m: grpc-status 4 (DEADLINE_EXCEEDED) from qrux", st, "4",
+           (head, tr, secs))
+    env.check("grpc-timeout 700m: answered before the app (%.2f s)" % secs, secs < 4.5, secs)
+    env.eq("grpc-timeout 700m: :status 200", head.get(":status"), "200", head)
+    head, tr, data, secs = raw_h2_call(tport, "/qxtest.Echo/Unary", [("grpc-timeout", "10S")],
+                                       grpc_frame(pb.Msg(data=b"in-time")))
+    env.eq("grpc-timeout 10S: answered, grpc-status 0 in trailers", tr.get("grpc-status"), "0",
+           (head, tr))
+    env.check("grpc-timeout 10S: the message came back", b"in-time" in data, data)
+
+
 def grpc_over_h1(env, tport):
     rc, so, se = run(["curl", "-sk", "--http1.1", "-o", "-", "-w", "\n%{http_code}",
                       "-H", "content-type: application/grpc", "--data-binary", "x",
@@ -217,7 +284,7 @@ def h1_trailers(env, tport):
 def config_shows(env, aport):
     rc, so, se = run(["curl", "-s", "http://127.0.0.1:%d/config" % aport], timeout=10)
     cfg = json.loads(so.decode())
-    routes = cfg["routes"]
+    routes = cfg["config"]["routes"]
     env.eq("GET /config: the h2c route says protocol h2c",
            [r.get("protocol") for r in routes], [None, "h2c"])
 
@@ -238,6 +305,7 @@ def main():
         ch = channel(env, tport, cert)
         try:
             cases(env, q, ch, tport, aport, pb, pbg)
+            env.case("grpc-timeout", grpc_timeout, env, tport, pb)
             env.case("gRPC over HTTP/1.1", grpc_over_h1, env, tport)
             env.case("h1 trailers", h1_trailers, env, tport)
             env.case("config", config_shows, env, aport)

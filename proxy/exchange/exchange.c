@@ -45,8 +45,15 @@ static void on_timer(uv_timer_t *t);
 
 static void timer_arm(qx_exchange_t *ex, int phase, uint32_t secs)
 {
+    uint64_t ms = (uint64_t)secs * 1000;
     ex->timer_phase = phase;
-    uv_timer_start(&ex->timer, on_timer, (uint64_t)secs * 1000, 0);
+    if (ex->deadline_ms && !ex->resp_complete) {
+        /* A gRPC client's deadline (grpc-timeout) may come before any of
+         * the route's timeouts: the timer wakes for it too. */
+        uint64_t now = uv_now(&ex->w->loop);
+        ms = QX_MIN(ms, ex->deadline_ms > now ? ex->deadline_ms - now : 0);
+    }
+    uv_timer_start(&ex->timer, on_timer, ms, 0);
 }
 
 /* After the response head, one timer watches both ends of the body: the
@@ -60,7 +67,8 @@ static void body_timer_start(qx_exchange_t *ex)
     const qx_limits_t *l = &ex->snap->cfg->limits;
     uint64_t now = uv_now(&ex->w->loop);
     ex->up_progress_ms = ex->cl_progress_ms = now;
-    timer_arm(ex, 3, QX_MIN(l->client_idle_timeout_secs, l->upstream_idle_timeout_secs));
+    timer_arm(ex, 3, /* capped by a gRPC deadline (timer_arm) */
+              QX_MIN(l->client_idle_timeout_secs, l->upstream_idle_timeout_secs));
 }
 
 static const qx_endpoint_t *up_ep(const qx_exchange_t *ex)
@@ -158,11 +166,13 @@ static void discard_request_body(qx_exchange_t *ex)
 }
 
 /* Answers the client ourselves with a short text body that says nothing
- * internal. Only before any response head went out. */
-static void local_response(qx_exchange_t *ex, int status)
+ * internal (|why|, when given, follows the status line). Only before any
+ * response head went out. */
+static void local_answer(qx_exchange_t *ex, int status, const char *why)
 {
-    char body[96];
-    int n = snprintf(body, sizeof(body), "%d %s\n", status, qx_h1_reason(status));
+    char body[192];
+    int n = snprintf(body, sizeof(body), "%d %s\n%s%s", status, qx_h1_reason(status),
+                     why ? why : "", why ? "\n" : "");
 
     ex_release_upstream(ex);
     timer_stop(ex);
@@ -193,6 +203,43 @@ static void local_response(qx_exchange_t *ex, int status)
         return;
     }
     body_timer_start(ex); /* a client that never takes our answer holds the stream too */
+}
+
+static void local_response(qx_exchange_t *ex, int status)
+{
+    local_answer(ex, status, NULL);
+}
+
+/* The gRPC deadline passed: the call ends with grpc-status 4
+ * (DEADLINE_EXCEEDED), as a trailers-only response before a head, in
+ * trailers after one; the upstream stream is cancelled. */
+static void grpc_deadline(qx_exchange_t *ex)
+{
+    static const qx_hdr_t fields[] = {
+        {"content-type", 12, "application/grpc", 16},
+        {"grpc-status", 11, "4", 1},
+        {"grpc-message", 12, "deadline exceeded (qrux)", 24},
+    };
+    ex_release_upstream(ex);
+    timer_stop(ex);
+    ex->state = QX_EX_DONE;
+    ex->grpc_status = "4";
+    ex->grpc_statuslen = 1;
+    if (!ex->req_fin)
+        discard_request_body(ex);
+    if (ex->front_gone)
+        return;
+    ex->resp_eof = 1;
+    ex->resp_complete = 1;
+    if (ex->status == 0) {
+        ex->status = 200;
+        if (ex->fops->respond(ex, 200, fields, QX_ARRAY_LEN(fields), 0) != 0)
+            ex->fops->abort(ex);
+        return;
+    }
+    ex->resp_trailers = &fields[1];
+    ex->nresp_trailers = 2;
+    ex->fops->resume(ex);
 }
 
 /* Something went wrong with the upstream or a limit: a status if nothing
@@ -505,6 +552,70 @@ static int parse_content_length(const char *s, size_t len, int64_t *out)
     return 0;
 }
 
+/* grpc-timeout (gRPC over HTTP/2): up to 8 digits and a unit. Returns
+ * milliseconds (at least 1), or 0 when the value is not one. */
+static uint64_t grpc_timeout_ms(const char *v, size_t len)
+{
+    uint64_t n = 0;
+    if (len < 2 || len > 9)
+        return 0;
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return 0;
+        n = n * 10 + (uint64_t)(v[i] - '0');
+    }
+    switch (v[len - 1]) {
+    case 'H':
+        n *= 3600000;
+        break;
+    case 'M':
+        n *= 60000;
+        break;
+    case 'S':
+        n *= 1000;
+        break;
+    case 'm':
+        break;
+    case 'u':
+        n /= 1000;
+        break;
+    case 'n':
+        n /= 1000000;
+        break;
+    default:
+        return 0;
+    }
+    return n ? n : 1;
+}
+
+/* A gRPC request (content-type application/grpc*): needs trailers, so
+ * HTTP/1.1 clients get a 415 that says so; its grpc-timeout becomes the
+ * request's deadline (the route's upstream_request_timeout_secs still
+ * caps it). Returns 0 to go on, -1 when answered. */
+static int grpc_request(qx_exchange_t *ex)
+{
+    uint64_t ms = 0;
+    for (size_t i = 0; i < ex->nhdrs; i++) {
+        const qx_hdr_t *h = &ex->hdrs[i];
+        if (h->namelen == 12 && strncasecmp(h->name, "content-type", 12) == 0 &&
+            h->valuelen >= 16 && strncasecmp(h->value, "application/grpc", 16) == 0 &&
+            (h->valuelen == 16 || h->value[16] == '+' || h->value[16] == ';'))
+            ex->grpc = 1;
+        else if (h->namelen == 12 && strncasecmp(h->name, "grpc-timeout", 12) == 0)
+            ms = grpc_timeout_ms(h->value, h->valuelen);
+    }
+    if (!ex->grpc)
+        return 0;
+    if (ex->fops->proto_idx == QX_P_H1) {
+        local_answer(ex, 415,
+                     "gRPC needs HTTP/2 or HTTP/3 (trailers): this request came over HTTP/1.1");
+        return -1;
+    }
+    if (ms > 0)
+        ex->deadline_ms = uv_now(&ex->w->loop) + ms;
+    return 0;
+}
+
 void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
 {
     const qx_config_t *cfg = ex->snap->cfg;
@@ -558,6 +669,8 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
         local_response(ex, 400);
         return;
     }
+    if (grpc_request(ex) != 0)
+        return;
 
     ex->route = qx_router_match(ex->snap->router, sni, sni ? strlen(sni) : 0, ex->authority,
                                 ex->authoritylen);
@@ -1029,6 +1142,11 @@ static int body_stalled(qx_exchange_t *ex)
             return QX_D_UPSTREAM_STALLED;
         next = QX_MIN(next, ex->up_progress_ms + up - now);
     }
+    if (ex->deadline_ms && !ex->resp_complete) {
+        if (now >= ex->deadline_ms)
+            return -2;
+        next = QX_MIN(next, ex->deadline_ms - now);
+    }
     ex->timer_phase = 3;
     uv_timer_start(&ex->timer, on_timer, next, 0);
     return -1;
@@ -1039,8 +1157,17 @@ static void on_timer(uv_timer_t *t)
     qx_exchange_t *ex = qx_container_of(t, qx_exchange_t, timer);
     int phase = ex->timer_phase;
     ex->timer_phase = 0;
+    if (ex->deadline_ms && !ex->resp_complete && uv_now(&ex->w->loop) >= ex->deadline_ms) {
+        QX_DEBUG("stream %" PRId64 ": gRPC deadline passed", ex->stream_id);
+        grpc_deadline(ex);
+        return;
+    }
     if (phase == 3) {
         int who = body_stalled(ex);
+        if (who == -2) {
+            grpc_deadline(ex);
+            return;
+        }
         if (who < 0)
             return;
         qx_cnt_add(&ex->w->metrics.defences[who], 1);

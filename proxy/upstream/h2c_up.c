@@ -316,8 +316,8 @@ static int add_nv(nghttp2_nv *nva, size_t *k, qx_arena_t *a, const char *name, s
         for (size_t i = 0; i < namelen; i++)
             n[i] = (char)((n[i] >= 'A' && n[i] <= 'Z') ? n[i] + 32 : n[i]);
     }
-    nva[(*k)++] = (nghttp2_nv){(uint8_t *)n, (uint8_t *)value, namelen, valuelen,
-                               NGHTTP2_NV_FLAG_NONE};
+    nva[(*k)++] =
+        (nghttp2_nv){(uint8_t *)n, (uint8_t *)value, namelen, valuelen, NGHTTP2_NV_FLAG_NONE};
     return 0;
 }
 
@@ -335,7 +335,8 @@ static int h2c_open(qx_up_stream_t *st, const qx_up_req_t *req, qx_arena_t *aren
     u->has_body = req->has_body;
     size_t max = req->nhdrs + 8;
     if (arena->used + max * (sizeof(nghttp2_nv) + 64) + 1024 > arena->cap)
-        arena->cap = arena->used + max * (sizeof(nghttp2_nv) + 64) + 1024; /* ours, not the client's */
+        arena->cap =
+            arena->used + max * (sizeof(nghttp2_nv) + 64) + 1024; /* ours, not the client's */
     nghttp2_nv *nva = qx_arena_alloc(arena, max * sizeof(*nva));
     if (nva == NULL)
         return QX_ERR_NOMEM;
@@ -772,8 +773,8 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
                  nghttp2_http2_strerror(error_code));
         u->ended = 1;
         stream_detach(st);
-        st->sink->error(st->user, QX_UP_E_BROKEN,
-                        refused ? QX_UP_REPLAY_ANY : QX_UP_REPLAY_NONE, why);
+        st->sink->error(st->user, QX_UP_E_BROKEN, refused ? QX_UP_REPLAY_ANY : QX_UP_REPLAY_NONE,
+                        why);
         return 0;
     }
     stream_detach(st);
@@ -832,8 +833,7 @@ static void uc_on_read(void *user, ssize_t nread, const char *buf)
 {
     h2c_sess_t *s = user;
     if (nread < 0) {
-        session_fail(s, nread == UV_EOF ? "connection closed by the app"
-                                        : uv_strerror((int)nread));
+        session_fail(s, nread == UV_EOF ? "connection closed by the app" : uv_strerror((int)nread));
         return;
     }
     s->in_recv = 1;

@@ -104,7 +104,8 @@ struct qx_pool {
     uint64_t retired_at_ms;
     qx_metrics_up_row_t *row; /* gauges; may be NULL */
     void *h2c; /* h2c_up.c's sessions on this pool's connections (its own list); the pool never
-                  reads it: a session whose connection lost its pool (uc->pool NULL) unlinks no more */
+                  reads it: a session whose connection lost its pool (uc->pool NULL) unlinks no more
+                */
 };
 
 /* Creates a pool for one upstream address. Returns 0 or QX_ERR_NOMEM. */
