@@ -522,7 +522,7 @@ static int ep_cmp(const void *pa, const void *pb)
 static char *endpoint_metrics(qx_runtime_t *rt, size_t *len)
 {
     qx_snapshot_t *snap = qx_runtime_snapshot(rt);
-    size_t cap = 4096 + snap->neps * 2 * 200 + QX_CONFIG_MAX_UPSTREAMS * 600;
+    size_t cap = 4096 + snap->neps * 3 * 200 + QX_CONFIG_MAX_UPSTREAMS * 600;
     char *buf = malloc(cap);
     size_t *idx = calloc(snap->neps ? snap->neps : 1, sizeof(size_t));
     size_t used = 0;
@@ -546,8 +546,12 @@ static char *endpoint_metrics(qx_runtime_t *rt, size_t *len)
         if (w_ > 0 && (size_t)w_ < cap - used)                                                     \
             used += (size_t)w_;                                                                    \
     } while (0)
-    for (int fam = 0; fam < 2; fam++) {
-        if (fam == 0)
+    for (int fam = 0; fam < 3; fam++) {
+        if (fam == 2)
+            OUT("# HELP qrux_upstream_info The protocol qrux speaks to the endpoint (a route's "
+                "protocol: h1 or h2c); always 1.\n"
+                "# TYPE qrux_upstream_info gauge\n");
+        else if (fam == 0)
             OUT("# HELP qrux_upstream_healthy 1 unless the endpoint's last %d connects failed "
                 "(passive health: it is ejected for a back-off, then tried again).\n"
                 "# TYPE qrux_upstream_healthy gauge\n",
@@ -564,7 +568,10 @@ static char *endpoint_metrics(qx_runtime_t *rt, size_t *len)
                 if (strcmp(p->name, e->name) == 0 && strcmp(p->addrstr, e->addrstr) == 0)
                     continue;
             }
-            if (fam == 0)
+            if (fam == 2)
+                OUT("qrux_upstream_info{upstream=\"%s\",address=\"%s\",protocol=\"%s\"} 1\n",
+                    e->name, e->addrstr, e->protocol == QX_UP_PROTO_H2C ? "h2c" : "h1");
+            else if (fam == 0)
                 OUT("qrux_upstream_healthy{upstream=\"%s\",address=\"%s\"} %d\n", e->name,
                     e->addrstr, qx_health_healthy(e->health));
             else

@@ -94,7 +94,69 @@ class H1Trailers:
                           b"X-Check: ok\r\nx-sum: 11\r\nContent-Length: 99\r\n\r\n")
 
 
-def qrux_config(env, app_port, h1_port):
+class GoawayApp:
+    """A raw h2c app (python3-h2, server side). Its first connection, once
+    armed, waits for two streams, sends GOAWAY naming the lower one as the
+    last it processes, and answers only that one; later connections answer
+    everything. Bodies name the connection (conn-1, conn-2, ...)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = 0
+        self.armed = False
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns += 1
+            threading.Thread(target=self.one, args=(c, self.conns), daemon=True).start()
+
+    def answer(self, conn, sid, n):
+        conn.send_headers(sid, [(":status", "200"), ("content-type", "text/plain")])
+        conn.send_data(sid, b"conn-%d" % n, end_stream=True)
+
+    def one(self, c, n):
+        import h2.config
+        import h2.connection
+        import h2.events
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        c.sendall(conn.data_to_send())
+        held = []
+        with c:
+            while True:
+                try:
+                    d = c.recv(65536)
+                except OSError:
+                    return
+                if not d:
+                    return
+                for ev in conn.receive_data(d):
+                    if not isinstance(ev, h2.events.RequestReceived):
+                        continue
+                    if n == 1 and self.armed:
+                        held.append(ev.stream_id)
+                        if len(held) == 2:
+                            low = min(held)
+                            c.sendall(conn.data_to_send())
+                            # GOAWAY by hand (h2 would refuse to send after it):
+                            # streams above |low| were never processed.
+                            c.sendall(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" +
+                                      low.to_bytes(4, "big") + b"\x00\x00\x00\x00")
+                            self.answer(conn, low, n)
+                    else:
+                        self.answer(conn, ev.stream_id, n)
+                c.sendall(conn.data_to_send())
+
+
+def qrux_config(env, app_port, h1_port, goaway_port):
     tport = free_port("tcp")
     aport = free_port("tcp")
     port = free_port("udp")
@@ -105,7 +167,9 @@ def qrux_config(env, app_port, h1_port):
             "routes:\n"
             "  - match: \"trailers.test\"\n    upstream: \"127.0.0.1:%d\"\n"
             "  - match: \"*\"\n    upstream: \"127.0.0.1:%d\"\n    protocol: h2c\n"
-            "admin:\n  listen: \"127.0.0.1:%d\"\n" % (port, tport, h1_port, app_port, aport))
+            "  - match: \"goaway.test\"\n    upstream: \"127.0.0.1:%d\"\n    protocol: h2c\n"
+            "admin:\n  listen: \"127.0.0.1:%d\"\n" % (port, tport, h1_port, app_port, goaway_port,
+                                                     aport))
     path, port = env.write_config(None, port=port, text=text)
     return path, port, tport, aport, cert
 
@@ -260,6 +324,61 @@ def grpc_timeout(env, tport, pb):
     env.check("grpc-timeout 10S: the message came back", b"in-time" in data, data)
 
 
+def grpc_over_h3(env, port, pb):
+    """A unary call over HTTP/3 framed by hand (e2e/h3probe, nghttp3):
+    the response's grpc-status comes in trailers, after the message."""
+    body = os.path.join(env.dir, "h3-grpc-body")
+    with open(body, "wb") as f:
+        f.write(grpc_frame(pb.Msg(data=b"over-h3", text="h3")))
+    cmd = [os.environ["H3PROBE_BIN"], "127.0.0.1", str(port), "-H", ":method: POST",
+           "-H", ":scheme: https", "-H", ":authority: localhost", "-H",
+           ":path: /qxtest.Echo/Unary", "-H", "content-type: application/grpc",
+           "-H", "te: trailers", "-d", body, "--timeout", "15"]
+    rc, so, se = run(cmd, timeout=30)
+    lines = so.decode(errors="replace").splitlines()
+    env.eq("gRPC over HTTP/3: h3probe exit 0", rc, 0, (lines, se[-500:]))
+    env.check("gRPC over HTTP/3: :status 200", "status 200" in lines, lines)
+    env.check("gRPC over HTTP/3: grpc-status 0 in trailers", "trailer grpc-status: 0" in lines,
+              lines)
+    env.check("gRPC over HTTP/3: the app's trailer too", "trailer x-app-trailer: t-h3" in lines,
+              lines)
+    env.check("gRPC over HTTP/3: grpc-status is not a header (it comes after the body)",
+              "header grpc-status: 0" not in lines, lines)
+    env.check("gRPC over HTTP/3: a body came back", any(l.startswith("body-sha256 ") and
+                                                        not l.endswith(" 0") for l in lines),
+              lines)
+
+
+def metrics_show(env, aport, app_port, h1_port):
+    rc, so, se = run(["curl", "-s", "http://127.0.0.1:%d/metrics" % aport], timeout=10)
+    text = so.decode(errors="replace")
+    env.check("metrics: qrux_upstream_info says h2c for the gRPC app",
+              'qrux_upstream_info{upstream="127.0.0.1:%d",address="127.0.0.1:%d",protocol="h2c"} 1'
+              % (app_port, app_port) in text, text[-2000:])
+    env.check("metrics: qrux_upstream_info says h1 for the HTTP/1.1 app",
+              'qrux_upstream_info{upstream="127.0.0.1:%d",address="127.0.0.1:%d",protocol="h1"} 1'
+              % (h1_port, h1_port) in text, text[-2000:])
+
+
+def goaway(env, tport, app):
+    """GOAWAY from the app: the stream it kept finishes on the old
+    connection; the one above its last stream id goes again on a new one."""
+    url = "https://goaway.test:%d/g" % tport
+    res = ["--resolve", "goaway.test:%d:127.0.0.1" % tport]
+    rc, so, se = run(["curl", "-sk", "--http2"] + res + [url], timeout=20)
+    env.eq("goaway: warm-up request on the first connection", so, b"conn-1")
+    app.armed = True
+    o1, o2 = os.path.join(env.dir, "g1"), os.path.join(env.dir, "g2")
+    rc, so, se = run(["curl", "-sk", "--http2", "--parallel", "--parallel-immediate",
+                      "-w", "%{http_code}\n"] + res + [url, "-o", o1, url, "-o", o2], timeout=30)
+    codes = so.decode().split()
+    env.eq("goaway: both requests 200", codes, ["200", "200"], se)
+    bodies = sorted(open(o, "rb").read() for o in (o1, o2) if os.path.exists(o))
+    env.eq("goaway: one finished on the old connection, one went again on a new one", bodies,
+           [b"conn-1", b"conn-2"])
+    env.eq("goaway: the app saw two connections", app.conns, 2)
+
+
 def grpc_over_h1(env, tport):
     rc, so, se = run(["curl", "-sk", "--http1.1", "-o", "-", "-w", "\n%{http_code}",
                       "-H", "content-type: application/grpc", "--data-binary", "x",
@@ -286,7 +405,7 @@ def config_shows(env, aport):
     cfg = json.loads(so.decode())
     routes = cfg["config"]["routes"]
     env.eq("GET /config: the h2c route says protocol h2c",
-           [r.get("protocol") for r in routes], [None, "h2c"])
+           [r.get("protocol") for r in routes], [None, "h2c", "h2c"])
 
 
 def main():
@@ -296,7 +415,8 @@ def main():
         import grpc_echo_pb2_grpc as pbg
         app = App(env, stubs)
         h1 = H1Trailers()
-        path, port, tport, aport, cert = qrux_config(env, app.port, h1.port)
+        ga = GoawayApp()
+        path, port, tport, aport, cert = qrux_config(env, app.port, h1.port, ga.port)
         from harness import Qrux
         q = Qrux(env, path, port)
         env.qruxes.append(q)
@@ -306,7 +426,10 @@ def main():
         try:
             cases(env, q, ch, tport, aport, pb, pbg)
             env.case("grpc-timeout", grpc_timeout, env, tport, pb)
+            env.case("gRPC over HTTP/3", grpc_over_h3, env, port, pb)
+            env.case("GOAWAY", goaway, env, tport, ga)
             env.case("gRPC over HTTP/1.1", grpc_over_h1, env, tport)
+            env.case("metrics", metrics_show, env, aport, app.port, h1.port)
             env.case("h1 trailers", h1_trailers, env, tport)
             env.case("config", config_shows, env, aport)
         finally:

@@ -285,7 +285,9 @@ static void session_maybe_close(h2c_sess_t *s)
 {
     if (s->dead || s->in_recv || s->writing || s->nstreams > 0 || !s->connected)
         return;
-    int close = s->goaway || !nghttp2_session_want_read(s->ng);
+    /* A pool a new snapshot dropped leaves its sessions to close as
+     * their last stream ends. */
+    int close = s->goaway || !nghttp2_session_want_read(s->ng) || s->uc->pool == NULL;
     if (!close && s->linked && s->uc->pool) {
         for (h2c_sess_t *o = s->pool->h2c; o; o = o->next) {
             if (o != s && o->nstreams == 0 && !o->goaway && o->connected)
