@@ -16,6 +16,7 @@
 #include "admin/status.h"
 #include "base/log.h"
 #include "base/qx.h"
+#include "base/str.h"
 #include "conf/dns.h"
 #include "config/config_json.h"
 #include "xdp/xdp_proxy.h"
@@ -80,10 +81,9 @@ struct qx_admin {
 /* Per-request state, from the head to the end of the body. */
 typedef struct admin_req {
     int ep;
-    int keep; /* PUT /routes: the body is kept */
-    char *body;
-    size_t len, cap;
-    size_t seen; /* body bytes received, kept or not */
+    int keep;      /* PUT /routes: the body is kept */
+    qx_buf_t body; /* kept: at most ADMIN_MAX_BODY bytes, NUL-terminated */
+    size_t seen;   /* body bytes received, kept or not */
     int too_large;
 } admin_req_t;
 
@@ -760,8 +760,8 @@ static enum MHD_Result put_routes(qx_admin_t *a, struct MHD_Connection *c, const
     qx_snapshot_t *snap = qx_runtime_snapshot(a->rt);
     qx_config_t *cfg = NULL;
     err[0] = field[0] = '\0';
-    int rv = qx_config_with_routes_json(snap->cfg, r->body ? r->body : "", r->len, &cfg, err,
-                                        sizeof(err), field, sizeof(field));
+    int rv = qx_config_with_routes_json(snap->cfg, r->body.data ? r->body.data : "", r->body.len,
+                                        &cfg, err, sizeof(err), field, sizeof(field));
     qx_snapshot_unref(snap);
     if (rv != 0) {
         if (err[0] == '\0')
@@ -836,7 +836,8 @@ static enum MHD_Result get_status_json(qx_admin_t *a, struct MHD_Connection *c)
 static enum MHD_Result put_xdp_deny(qx_admin_t *a, struct MHD_Connection *c, const admin_req_t *r)
 {
     char err[256] = "";
-    int rv = qx_xdp_proxy_deny_set(a->rt->xdp, r->body ? r->body : "", r->len, err, sizeof(err));
+    int rv = qx_xdp_proxy_deny_set(a->rt->xdp, r->body.data ? r->body.data : "", r->body.len, err,
+                                   sizeof(err));
     if (rv == QX_ERR_INVAL || rv == QX_ERR_LIMIT) {
         QX_WARN("admin: PUT /xdp/denylist: %s", err);
         return reply_error(c, MHD_HTTP_BAD_REQUEST, err, "denylist");
@@ -942,25 +943,6 @@ static enum MHD_Result reply_too_large(struct MHD_Connection *c)
     return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, err, "");
 }
 
-/* Keeps body bytes of PUT /routes, growing the buffer up to the cap. */
-static int keep_body(admin_req_t *r, const char *data, size_t n)
-{
-    if (r->len + n > r->cap) {
-        size_t cap = r->cap ? r->cap : 16384;
-        while (cap < r->len + n)
-            cap *= 2;
-        cap = QX_MIN(cap, (size_t)ADMIN_MAX_BODY);
-        char *b = realloc(r->body, cap);
-        if (b == NULL)
-            return -1;
-        r->body = b;
-        r->cap = cap;
-    }
-    memcpy(r->body + r->len, data, n);
-    r->len += n;
-    return 0;
-}
-
 /*
  * libmicrohttpd calls this first with the request head only, then once per
  * piece of body, then once more with no data. Refusals (401, 404, 405,
@@ -1015,6 +997,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r = calloc(1, sizeof(*r));
         if (r == NULL)
             return MHD_NO;
+        qx_buf_init(&r->body, 16384, (size_t)ADMIN_MAX_BODY + 1);
         r->ep = ep;
         r->keep = keep;
         r->too_large = over;
@@ -1031,13 +1014,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
              * once the body is read, so read on without keeping it, up to
              * a bound past which the connection is simply dropped. */
             r->too_large = 1;
-            free(r->body);
-            r->body = NULL;
-            r->len = r->cap = 0;
+            qx_buf_free(&r->body);
         }
         if (r->too_large)
             return r->seen > DISCARD_BODY_MAX ? MHD_NO : MHD_YES;
-        if (r->keep && keep_body(r, upload, n) != 0)
+        if (r->keep && qx_buf_put(&r->body, upload, n) != 0)
             return MHD_NO;
         return MHD_YES;
     }
@@ -1056,7 +1037,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     (void)c;
     (void)toe;
     if (r) {
-        free(r->body);
+        qx_buf_free(&r->body);
         free(r);
         *con_cls = NULL;
     }

@@ -17,9 +17,10 @@
  */
 #include "admin/inject.h"
 
-#include "config/config.h"
 #include "base/log.h"
 #include "base/qx.h"
+#include "base/str.h"
+#include "config/config.h"
 #include "config/watch.h"
 
 #include <errno.h>
@@ -33,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -55,14 +57,14 @@ typedef struct certset {
     unsigned npcert;
     gnutls_privkey_t key;
     uint64_t retired_ms;
-    struct certset *next; /* retired list */
+    SLIST_ENTRY(certset) link; /* the retired list */
 } certset_t;
 
 typedef struct inject_srv {
     const char *cert_path, *key_path, *config_path;
     pthread_mutex_t lock; /* cur, retired, opts */
     certset_t *cur;
-    certset_t *retired;
+    SLIST_HEAD(, certset) retired; /* newest first */
     qx_inject_opts_t opts;
     struct MHD_Daemon *daemon;
     int draining; /* atomic: /readyz 503 */
@@ -183,20 +185,17 @@ static void reload_cert(inject_srv_t *srv, const char *why)
     uint64_t now = now_ms();
     pthread_mutex_lock(&srv->lock);
     srv->cur->retired_ms = now;
-    srv->cur->next = srv->retired;
-    srv->retired = srv->cur;
+    SLIST_INSERT_HEAD(&srv->retired, srv->cur, link);
     srv->cur = c;
-    /* Free what was retired long ago (the list is newest first). */
-    for (certset_t **pp = &srv->retired; *pp; pp = &(*pp)->next) {
-        if (now - (*pp)->retired_ms > CERT_KEEP_RETIRED_MS) {
-            certset_t *old = *pp;
-            *pp = NULL;
-            while (old) {
-                certset_t *n = old->next;
-                certset_del(old);
-                old = n;
-            }
-            break;
+    /* Free what was retired longer ago than a client may still present
+     * (never the head: it was retired just now). */
+    certset_t *keep = SLIST_FIRST(&srv->retired), *old;
+    while ((old = SLIST_NEXT(keep, link)) != NULL) {
+        if (now - old->retired_ms > CERT_KEEP_RETIRED_MS) {
+            SLIST_REMOVE(&srv->retired, old, certset, link);
+            certset_del(old);
+        } else {
+            keep = old;
         }
     }
     pthread_mutex_unlock(&srv->lock);
@@ -241,8 +240,8 @@ static void on_config_changed(qx_watch_t *w, void *arg)
 
 typedef struct inject_req {
     int ep;
-    char *body;
-    size_t len, cap;
+    qx_buf_t body; /* at most INJECT_MAX_BODY bytes, NUL-terminated */
+    size_t seen;   /* body bytes received, kept or not */
     int too_large;
 } inject_req_t;
 
@@ -313,8 +312,8 @@ static enum MHD_Result post_mutate(inject_srv_t *srv, struct MHD_Connection *c,
     unsigned status = 200;
     const char *why = "";
     pthread_mutex_lock(&srv->lock);
-    int res = qx_inject_review(&srv->opts, r->body ? r->body : "", r->len, r->ep == EP_MUTATE_NS,
-                               &out, &outlen, &status, &why);
+    int res = qx_inject_review(&srv->opts, r->body.data ? r->body.data : "", r->body.len,
+                               r->ep == EP_MUTATE_NS, &out, &outlen, &status, &why);
     pthread_mutex_unlock(&srv->lock);
     if (res < 0) {
         free(out);
@@ -349,31 +348,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (r == NULL)
             return MHD_NO;
         r->ep = ep;
+        qx_buf_init(&r->body, 65536, (size_t)INJECT_MAX_BODY + 1);
         *con_cls = r;
         return MHD_YES;
     }
     if (*upload_size > 0) {
         size_t n = *upload_size;
         *upload_size = 0;
-        if (r->too_large || r->len + n > INJECT_MAX_BODY) {
+        r->seen += n;
+        if (r->too_large || r->seen > INJECT_MAX_BODY) {
             r->too_large = 1;
             /* Read on without keeping, up to a bound; then drop. */
-            r->len += n;
-            return r->len > 4 * (size_t)INJECT_MAX_BODY ? MHD_NO : MHD_YES;
+            return r->seen > 4 * (size_t)INJECT_MAX_BODY ? MHD_NO : MHD_YES;
         }
-        if (r->len + n > r->cap) {
-            size_t cap = r->cap ? r->cap : 65536;
-            while (cap < r->len + n)
-                cap *= 2;
-            char *b = realloc(r->body, cap);
-            if (b == NULL)
-                return MHD_NO;
-            r->body = b;
-            r->cap = cap;
-        }
-        memcpy(r->body + r->len, upload, n);
-        r->len += n;
-        return MHD_YES;
+        return qx_buf_put(&r->body, upload, n) == 0 ? MHD_YES : MHD_NO;
     }
     if (r->too_large)
         return reply_text(c, MHD_HTTP_CONTENT_TOO_LARGE, "request body over 4 MiB\n");
@@ -398,7 +386,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     inject_req_t *r = *con_cls;
     (void)cls, (void)c, (void)toe;
     if (r) {
-        free(r->body);
+        qx_buf_free(&r->body);
         free(r);
         *con_cls = NULL;
     }
@@ -520,10 +508,10 @@ static int serve(const char *listen, const char *cert, const char *key, const ch
     code = 0;
 out:
     certset_del(srv.cur);
-    while (srv.retired) {
-        certset_t *n = srv.retired->next;
-        certset_del(srv.retired);
-        srv.retired = n;
+    while (!SLIST_EMPTY(&srv.retired)) {
+        certset_t *c = SLIST_FIRST(&srv.retired);
+        SLIST_REMOVE_HEAD(&srv.retired, link);
+        certset_del(c);
     }
     qx_inject_opts_free(&srv.opts);
     return code;

@@ -4,7 +4,6 @@
 #include "base/qx.h"
 
 #include <dirent.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,97 +11,35 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-/* ------------------------------------------------------------------------
- * text buffer */
-
-static int reserve(qx_metrics_text_t *t, size_t more)
-{
-    if (t->failed)
-        return -1;
-    if (t->len + more + 1 <= t->cap)
-        return 0;
-    size_t cap = t->cap ? t->cap : 16384;
-    while (cap < t->len + more + 1)
-        cap *= 2;
-    if (cap > QX_METRICS_TEXT_MAX) {
-        t->failed = 1;
-        return -1;
-    }
-    char *d = realloc(t->data, cap);
-    if (d == NULL) {
-        t->failed = 1;
-        return -1;
-    }
-    t->data = d;
-    t->cap = cap;
-    return 0;
-}
-
-static void put(qx_metrics_text_t *t, const char *s, size_t n)
-{
-    if (reserve(t, n) != 0)
-        return;
-    memcpy(t->data + t->len, s, n);
-    t->len += n;
-    t->data[t->len] = '\0';
-}
-
-static void puts_(qx_metrics_text_t *t, const char *s)
-{
-    put(t, s, strlen(s));
-}
-
-__attribute__((format(printf, 2, 3))) static void putf(qx_metrics_text_t *t, const char *fmt, ...)
-{
-    char small[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(small, sizeof(small), fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-        t->failed = 1;
-        return;
-    }
-    if ((size_t)n < sizeof(small)) {
-        put(t, small, (size_t)n);
-        return;
-    }
-    if (reserve(t, (size_t)n) != 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(t->data + t->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    t->len += (size_t)n;
-}
-
 /* A label value as the text format wants it: backslash, double quote and
  * line feed escaped; everything else (UTF-8 included) as is. */
 static void put_label(qx_metrics_text_t *t, const char *name, const char *v)
 {
-    puts_(t, name);
-    put(t, "=\"", 2);
+    qx_buf_puts(t, name);
+    qx_buf_put(t, "=\"", 2);
     for (const char *p = v ? v : ""; *p; p++) {
         if (*p == '\\')
-            put(t, "\\\\", 2);
+            qx_buf_put(t, "\\\\", 2);
         else if (*p == '"')
-            put(t, "\\\"", 2);
+            qx_buf_put(t, "\\\"", 2);
         else if (*p == '\n')
-            put(t, "\\n", 2);
+            qx_buf_put(t, "\\n", 2);
         else
-            put(t, p, 1);
+            qx_buf_put(t, p, 1);
     }
-    put(t, "\"", 1);
+    qx_buf_put(t, "\"", 1);
 }
 
 static void family(qx_metrics_text_t *t, const char *name, const char *type, const char *help)
 {
-    putf(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    qx_buf_putf(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 /* Microseconds as seconds, exactly (no binary rounding in the output). */
 static void put_us_as_seconds(qx_metrics_text_t *t, uint64_t us)
 {
-    putf(t, "%llu.%06llu", (unsigned long long)(us / 1000000), (unsigned long long)(us % 1000000));
+    qx_buf_putf(t, "%llu.%06llu", (unsigned long long)(us / 1000000),
+                (unsigned long long)(us % 1000000));
 }
 
 static uint64_t ld(const uint64_t *p)
@@ -286,21 +223,21 @@ static void render_requests(qx_metrics_text_t *t, const req_ent_t *e, size_t n)
            "Requests answered, by method, status, upstream (\"\" when no route matched) and "
            "client protocol.");
     for (size_t i = 0; i < n; i++) {
-        puts_(t, "qrux_http_requests_total{");
+        qx_buf_puts(t, "qrux_http_requests_total{");
         put_label(t, "method", qx_metrics_method_name(e[i].method));
-        putf(t, ",status=\"%d\",", e[i].status);
+        qx_buf_putf(t, ",status=\"%d\",", e[i].status);
         put_label(t, "upstream", e[i].up);
-        put(t, ",", 1);
+        qx_buf_put(t, ",", 1);
         put_label(t, "protocol", qx_metrics_proto_name(e[i].proto));
-        putf(t, "} %llu\n", (unsigned long long)e[i].count);
+        qx_buf_putf(t, "} %llu\n", (unsigned long long)e[i].count);
     }
 }
 
 static void hist_labels(qx_metrics_text_t *t, const char *suffix, const hist_ent_t *h)
 {
-    putf(t, "qrux_http_request_duration_seconds%s{", suffix);
+    qx_buf_putf(t, "qrux_http_request_duration_seconds%s{", suffix);
     put_label(t, "method", qx_metrics_method_name(h->method));
-    put(t, ",", 1);
+    qx_buf_put(t, ",", 1);
     put_label(t, "upstream", h->up);
 }
 
@@ -314,28 +251,28 @@ static void render_histogram(qx_metrics_text_t *t, const hist_ent_t *e, size_t n
             cum += e[i].buckets[b];
             hist_labels(t, "_bucket", &e[i]);
             if (b < QX_HIST_NBUCKETS - 1)
-                putf(t, ",le=\"%g\"} %llu\n", qx_hist_bounds[b], (unsigned long long)cum);
+                qx_buf_putf(t, ",le=\"%g\"} %llu\n", qx_hist_bounds[b], (unsigned long long)cum);
             else
-                putf(t, ",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+                qx_buf_putf(t, ",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
         }
         hist_labels(t, "_sum", &e[i]);
-        puts_(t, "} ");
+        qx_buf_puts(t, "} ");
         put_us_as_seconds(t, e[i].sum_us);
-        put(t, "\n", 1);
+        qx_buf_put(t, "\n", 1);
         /* The count is the +Inf bucket: the worker bumps a bucket and the
          * count with two stores, and a scrape in between must not show a
          * histogram whose buckets disagree with its count. */
         hist_labels(t, "_count", &e[i]);
-        putf(t, "} %llu\n", (unsigned long long)cum);
+        qx_buf_putf(t, "} %llu\n", (unsigned long long)cum);
     }
 }
 
 static void up_labels(qx_metrics_text_t *t, const char *family_name, const up_ent_t *e)
 {
-    puts_(t, family_name);
-    put(t, "{", 1);
+    qx_buf_puts(t, family_name);
+    qx_buf_put(t, "{", 1);
     put_label(t, "upstream", e->up);
-    put(t, ",", 1);
+    qx_buf_put(t, ",", 1);
     put_label(t, "address", e->addr);
 }
 
@@ -346,15 +283,15 @@ static void render_upstreams(qx_metrics_text_t *t, const up_ent_t *e, size_t n)
            "carrying a request).");
     for (size_t i = 0; i < n; i++) {
         up_labels(t, "qrux_upstream_pool_connections", &e[i]);
-        putf(t, ",state=\"idle\"} %llu\n", (unsigned long long)e[i].idle);
+        qx_buf_putf(t, ",state=\"idle\"} %llu\n", (unsigned long long)e[i].idle);
         up_labels(t, "qrux_upstream_pool_connections", &e[i]);
-        putf(t, ",state=\"busy\"} %llu\n", (unsigned long long)e[i].busy);
+        qx_buf_putf(t, ",state=\"busy\"} %llu\n", (unsigned long long)e[i].busy);
     }
     family(t, "qrux_upstream_timeouts_total", "counter",
            "Upstream connects or requests that ran out of time.");
     for (size_t i = 0; i < n; i++) {
         up_labels(t, "qrux_upstream_timeouts_total", &e[i]);
-        putf(t, "} %llu\n", (unsigned long long)e[i].timeouts);
+        qx_buf_putf(t, "} %llu\n", (unsigned long long)e[i].timeouts);
     }
     family(t, "qrux_upstream_errors_total", "counter",
            "Upstream failures: connect (refused, unreachable), protocol (malformed response), "
@@ -364,7 +301,7 @@ static void render_upstreams(qx_metrics_text_t *t, const up_ent_t *e, size_t n)
         uint64_t v[3] = {e[i].connect, e[i].protocol, e[i].body};
         for (size_t k = 0; k < 3; k++) {
             up_labels(t, "qrux_upstream_errors_total", &e[i]);
-            putf(t, ",kind=\"%s\"} %llu\n", kinds[k], (unsigned long long)v[k]);
+            qx_buf_putf(t, ",kind=\"%s\"} %llu\n", kinds[k], (unsigned long long)v[k]);
         }
     }
 }
@@ -395,52 +332,54 @@ static void render_worker_scalars(qx_metrics_text_t *t, const qx_metrics_t *cons
             defences[d] += ld(&w[i]->defences[d]);
     }
     family(t, "qrux_active_connections", "gauge", "Client connections open, by protocol.");
-    putf(t, "qrux_active_connections{protocol=\"%s\"} %llu\n", qx_metrics_proto_name(QX_P_H3),
-         (unsigned long long)h3);
-    putf(t, "qrux_active_connections{protocol=\"%s\"} %llu\n", qx_metrics_proto_name(QX_P_H2),
-         (unsigned long long)h2);
-    putf(t, "qrux_active_connections{protocol=\"%s\"} %llu\n", qx_metrics_proto_name(QX_P_H1),
-         (unsigned long long)h1);
+    qx_buf_putf(t, "qrux_active_connections{protocol=\"%s\"} %llu\n",
+                qx_metrics_proto_name(QX_P_H3), (unsigned long long)h3);
+    qx_buf_putf(t, "qrux_active_connections{protocol=\"%s\"} %llu\n",
+                qx_metrics_proto_name(QX_P_H2), (unsigned long long)h2);
+    qx_buf_putf(t, "qrux_active_connections{protocol=\"%s\"} %llu\n",
+                qx_metrics_proto_name(QX_P_H1), (unsigned long long)h1);
     family(t, "qrux_quic_retry_total", "counter",
            "Retry packets sent to validate a client address (server.retry).");
-    putf(t, "qrux_quic_retry_total %llu\n", (unsigned long long)retry);
+    qx_buf_putf(t, "qrux_quic_retry_total %llu\n", (unsigned long long)retry);
     family(t, "qrux_quic_invalid_tokens_total", "counter",
            "Initial packets refused for a forged or expired Retry token.");
-    putf(t, "qrux_quic_invalid_tokens_total %llu\n", (unsigned long long)badtok);
+    qx_buf_putf(t, "qrux_quic_invalid_tokens_total %llu\n", (unsigned long long)badtok);
     family(t, "qrux_quic_refused_total", "counter",
            "New QUIC connections refused (CONNECTION_REFUSED): connection limits or draining.");
-    putf(t, "qrux_quic_refused_total %llu\n", (unsigned long long)refused);
+    qx_buf_putf(t, "qrux_quic_refused_total %llu\n", (unsigned long long)refused);
     family(t, "qrux_quic_datagrams_forwarded_total", "counter",
            "Datagrams one worker received for another worker's connection and handed over in "
            "user space (connection-ID steering missed them, e.g. it could not be attached).");
-    putf(t, "qrux_quic_datagrams_forwarded_total %llu\n", (unsigned long long)forwarded);
+    qx_buf_putf(t, "qrux_quic_datagrams_forwarded_total %llu\n", (unsigned long long)forwarded);
     family(t, "qrux_early_data_requests_total", "counter",
            "Requests that arrived in 0-RTT: accepted (forwarded with Early-Data: 1) or held "
            "until the handshake completed (server.early_data: safe).");
-    putf(t, "qrux_early_data_requests_total{result=\"accepted\"} %llu\n",
-         (unsigned long long)early_ok);
-    putf(t, "qrux_early_data_requests_total{result=\"held\"} %llu\n",
-         (unsigned long long)early_held);
+    qx_buf_putf(t, "qrux_early_data_requests_total{result=\"accepted\"} %llu\n",
+                (unsigned long long)early_ok);
+    qx_buf_putf(t, "qrux_early_data_requests_total{result=\"held\"} %llu\n",
+                (unsigned long long)early_held);
     /* "refused" is process-wide (the anti-replay check): see render_globals */
     family(t, "qrux_quic_handshakes_total", "counter", "QUIC handshakes, by result.");
-    putf(t, "qrux_quic_handshakes_total{result=\"success\"} %llu\n", (unsigned long long)hs_ok);
-    putf(t, "qrux_quic_handshakes_total{result=\"failure\"} %llu\n", (unsigned long long)hs_fail);
+    qx_buf_putf(t, "qrux_quic_handshakes_total{result=\"success\"} %llu\n",
+                (unsigned long long)hs_ok);
+    qx_buf_putf(t, "qrux_quic_handshakes_total{result=\"failure\"} %llu\n",
+                (unsigned long long)hs_fail);
     family(t, "qrux_bytes_total", "counter",
            "Body bytes: in (request bodies from clients), out (response bodies to clients).");
-    putf(t, "qrux_bytes_total{direction=\"in\"} %llu\n", (unsigned long long)in);
-    putf(t, "qrux_bytes_total{direction=\"out\"} %llu\n", (unsigned long long)out);
+    qx_buf_putf(t, "qrux_bytes_total{direction=\"in\"} %llu\n", (unsigned long long)in);
+    qx_buf_putf(t, "qrux_bytes_total{direction=\"out\"} %llu\n", (unsigned long long)out);
     family(t, "qrux_request_body_rejected_total", "counter",
            "Requests refused because their body exceeded max_request_body_bytes.");
-    putf(t, "qrux_request_body_rejected_total %llu\n", (unsigned long long)rejected);
+    qx_buf_putf(t, "qrux_request_body_rejected_total %llu\n", (unsigned long long)rejected);
     family(t, "qrux_client_stream_resets_total", "counter",
            "Request streams the client reset or stopped before the response ended.");
-    putf(t, "qrux_client_stream_resets_total %llu\n", (unsigned long long)resets);
+    qx_buf_putf(t, "qrux_client_stream_resets_total %llu\n", (unsigned long long)resets);
     family(t, "qrux_defence_total", "counter",
            "Times a defence against a hostile client or upstream fired, by defence (see "
            "SECURITY.md).");
     for (int d = 0; d < QX_D_COUNT; d++)
-        putf(t, "qrux_defence_total{defence=\"%s\"} %llu\n", qx_metrics_defence_name(d),
-             (unsigned long long)defences[d]);
+        qx_buf_putf(t, "qrux_defence_total{defence=\"%s\"} %llu\n", qx_metrics_defence_name(d),
+                    (unsigned long long)defences[d]);
 }
 
 /* One QUIC histogram summed over the workers. |us| says the sum is in
@@ -460,17 +399,17 @@ static void render_qhist(qx_metrics_text_t *t, const qx_metrics_t *const *w, siz
     for (size_t k = 0; k < QX_QHIST_NBUCKETS; k++) {
         cum += b[k];
         if (k < QX_QHIST_NBUCKETS - 1)
-            putf(t, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[k], (unsigned long long)cum);
+            qx_buf_putf(t, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[k], (unsigned long long)cum);
         else
-            putf(t, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+            qx_buf_putf(t, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
     }
-    putf(t, "%s_sum ", name);
+    qx_buf_putf(t, "%s_sum ", name);
     if (us)
         put_us_as_seconds(t, sum);
     else
-        putf(t, "%llu", (unsigned long long)sum);
+        qx_buf_putf(t, "%llu", (unsigned long long)sum);
     /* The count is the +Inf bucket, as for the request histogram. */
-    putf(t, "\n%s_count %llu\n", name, (unsigned long long)cum);
+    qx_buf_putf(t, "\n%s_count %llu\n", name, (unsigned long long)cum);
 }
 
 static void render_quic_path(qx_metrics_text_t *t, const qx_metrics_t *const *w, size_t nw)
@@ -497,19 +436,19 @@ static void render_quic_path(qx_metrics_text_t *t, const qx_metrics_t *const *w,
                  "Time from a connection's first packet to its handshake's completion.");
     family(t, "qrux_quic_packets_sent_total", "counter",
            "QUIC packets sent, as connections report them (at close and every minute).");
-    putf(t, "qrux_quic_packets_sent_total %llu\n", (unsigned long long)sent);
+    qx_buf_putf(t, "qrux_quic_packets_sent_total %llu\n", (unsigned long long)sent);
     family(t, "qrux_quic_packets_lost_total", "counter",
            "QUIC packets declared lost, as connections report them.");
-    putf(t, "qrux_quic_packets_lost_total %llu\n", (unsigned long long)lost);
+    qx_buf_putf(t, "qrux_quic_packets_lost_total %llu\n", (unsigned long long)lost);
     family(t, "qrux_quic_resumed_handshakes_total", "counter",
            "Completed QUIC handshakes that resumed a TLS session (a ticket).");
-    putf(t, "qrux_quic_resumed_handshakes_total %llu\n", (unsigned long long)resumed);
+    qx_buf_putf(t, "qrux_quic_resumed_handshakes_total %llu\n", (unsigned long long)resumed);
     family(t, "qrux_quic_early_data_handshakes_total", "counter",
            "Completed QUIC handshakes where the client sent 0-RTT data: accepted or rejected.");
-    putf(t, "qrux_quic_early_data_handshakes_total{result=\"accepted\"} %llu\n",
-         (unsigned long long)early_ok);
-    putf(t, "qrux_quic_early_data_handshakes_total{result=\"rejected\"} %llu\n",
-         (unsigned long long)early_no);
+    qx_buf_putf(t, "qrux_quic_early_data_handshakes_total{result=\"accepted\"} %llu\n",
+                (unsigned long long)early_ok);
+    qx_buf_putf(t, "qrux_quic_early_data_handshakes_total{result=\"rejected\"} %llu\n",
+                (unsigned long long)early_no);
 }
 
 static void render_globals(qx_metrics_text_t *t, const qx_metrics_globals_t *g)
@@ -517,64 +456,64 @@ static void render_globals(qx_metrics_text_t *t, const qx_metrics_globals_t *g)
     family(t, "qrux_early_data_refused_total", "counter",
            "0-RTT early data refused by the anti-replay check (a ClientHello seen before, or "
            "one the table could not remember): the client resends after the handshake.");
-    putf(t, "qrux_early_data_refused_total %llu\n", (unsigned long long)g->early_refused);
+    qx_buf_putf(t, "qrux_early_data_refused_total %llu\n", (unsigned long long)g->early_refused);
     family(t, "qrux_log_lines_suppressed_total", "counter",
            "Log lines a peer could trigger that were dropped: each call site writes at most 10 "
            "a second, then says how many it dropped.");
-    putf(t, "qrux_log_lines_suppressed_total %llu\n", (unsigned long long)g->log_suppressed);
+    qx_buf_putf(t, "qrux_log_lines_suppressed_total %llu\n", (unsigned long long)g->log_suppressed);
     if (g->extra != NULL)
-        put(t, g->extra, g->extralen);
+        qx_buf_put(t, g->extra, g->extralen);
     static const char *const src[QX_SRC_COUNT] = {"file", "api"};
     static const char *const res[QX_RELOAD_COUNT] = {"success", "error", "restart_required"};
 
     family(t, "qrux_config_generation", "gauge",
            "Generation of the configuration in force (1 at start, +1 per applied change).");
-    putf(t, "qrux_config_generation %llu\n", (unsigned long long)g->generation);
+    qx_buf_putf(t, "qrux_config_generation %llu\n", (unsigned long long)g->generation);
     family(t, "qrux_config_reloads_total", "counter",
            "Configuration updates, by source (file: the watched config, api: PUT /routes) and "
            "result.");
     for (int s = 0; s < QX_SRC_COUNT; s++) {
         for (int r = 0; r < QX_RELOAD_COUNT; r++)
-            putf(t, "qrux_config_reloads_total{source=\"%s\",result=\"%s\"} %llu\n", src[s], res[r],
-                 (unsigned long long)g->reloads[s][r]);
+            qx_buf_putf(t, "qrux_config_reloads_total{source=\"%s\",result=\"%s\"} %llu\n", src[s],
+                        res[r], (unsigned long long)g->reloads[s][r]);
     }
     family(t, "qrux_build_info", "gauge", "Always 1; the version label says which qrux runs.");
-    puts_(t, "qrux_build_info{");
+    qx_buf_puts(t, "qrux_build_info{");
     put_label(t, "version", g->version ? g->version : QX_VERSION);
-    puts_(t, "} 1\n");
+    qx_buf_puts(t, "} 1\n");
     family(t, "qrux_ready", "gauge", "1 when /readyz answers 200, else 0.");
-    putf(t, "qrux_ready %d\n", g->ready ? 1 : 0);
+    qx_buf_putf(t, "qrux_ready %d\n", g->ready ? 1 : 0);
     family(t, "qrux_xdp_attached", "gauge",
            "1 when the XDP filter pinned under xdp.pin holds an interface, else 0.");
-    putf(t, "qrux_xdp_attached %d\n", g->xdp_attached ? 1 : 0);
+    qx_buf_putf(t, "qrux_xdp_attached %d\n", g->xdp_attached ? 1 : 0);
     family(t, "qrux_xdp_packets_total", "counter",
            "Packets the XDP filter saw, by verdict (pass, drop) and reason (bpf/README.md).");
     for (int r = 0; r < QX_XDP_NREASONS; r++)
-        putf(t, "qrux_xdp_packets_total{verdict=\"%s\",reason=\"%s\"} %llu\n",
-             r >= QX_XDP_FIRST_DROP ? "drop" : "pass", qx_xdp_reason_name(r),
-             (unsigned long long)g->xdp_packets[r]);
+        qx_buf_putf(t, "qrux_xdp_packets_total{verdict=\"%s\",reason=\"%s\"} %llu\n",
+                    r >= QX_XDP_FIRST_DROP ? "drop" : "pass", qx_xdp_reason_name(r),
+                    (unsigned long long)g->xdp_packets[r]);
     if (g->cert_not_after != 0) {
         family(t, "qrux_tls_certificate_expiry_timestamp_seconds", "gauge",
                "notAfter of the serving certificate in force (the leaf of server.cert), unix "
                "seconds; follows certificate reloads. -1: it could not be read.");
-        putf(t, "qrux_tls_certificate_expiry_timestamp_seconds %lld\n",
-             (long long)g->cert_not_after);
+        qx_buf_putf(t, "qrux_tls_certificate_expiry_timestamp_seconds %lld\n",
+                    (long long)g->cert_not_after);
     }
     if (!g->have_process)
         return;
     family(t, "process_cpu_seconds_total", "counter", "User and system CPU time spent, seconds.");
-    putf(t, "process_cpu_seconds_total %.2f\n", g->cpu_seconds);
+    qx_buf_putf(t, "process_cpu_seconds_total %.2f\n", g->cpu_seconds);
     family(t, "process_resident_memory_bytes", "gauge", "Resident memory size, bytes.");
-    putf(t, "process_resident_memory_bytes %llu\n", (unsigned long long)g->rss_bytes);
+    qx_buf_putf(t, "process_resident_memory_bytes %llu\n", (unsigned long long)g->rss_bytes);
     family(t, "process_virtual_memory_bytes", "gauge", "Virtual memory size, bytes.");
-    putf(t, "process_virtual_memory_bytes %llu\n", (unsigned long long)g->vsize_bytes);
+    qx_buf_putf(t, "process_virtual_memory_bytes %llu\n", (unsigned long long)g->vsize_bytes);
     family(t, "process_open_fds", "gauge", "Open file descriptors.");
-    putf(t, "process_open_fds %llu\n", (unsigned long long)g->open_fds);
+    qx_buf_putf(t, "process_open_fds %llu\n", (unsigned long long)g->open_fds);
     family(t, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
-    putf(t, "process_max_fds %llu\n", (unsigned long long)g->max_fds);
+    qx_buf_putf(t, "process_max_fds %llu\n", (unsigned long long)g->max_fds);
     family(t, "process_start_time_seconds", "gauge",
            "Start time of the process since the unix epoch, seconds.");
-    putf(t, "process_start_time_seconds %.3f\n", g->start_time);
+    qx_buf_putf(t, "process_start_time_seconds %.3f\n", g->start_time);
 }
 
 int qx_metrics_text_render(qx_metrics_text_t *out, const qx_metrics_t *const *workers,
@@ -586,6 +525,8 @@ int qx_metrics_text_render(qx_metrics_text_t *out, const qx_metrics_t *const *wo
     size_t nreq = 0, nhist = 0, nup = 0;
     int rv = QX_ERR_NOMEM;
 
+    if (out->max == 0) /* zeroed: a growing buffer with the cap */
+        qx_buf_init(out, 16384, QX_METRICS_TEXT_MAX);
     if (nworkers > 0) {
         nreq = gather_req(&req, workers, nworkers);
         if (nreq == (size_t)-1)
@@ -618,7 +559,7 @@ void qx_metrics_text_free(qx_metrics_text_t *t)
 {
     if (t == NULL)
         return;
-    free(t->data);
+    qx_buf_free(t);
     memset(t, 0, sizeof(*t));
 }
 

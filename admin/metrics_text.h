@@ -11,20 +11,17 @@
 #define QX_METRICS_TEXT_H
 
 #include "base/metrics.h"
-#include "worker/runtime.h"
+#include "base/str.h"
 #include "bpf/xdp_quic_consts.h"
+#include "worker/runtime.h"
 
 #include <stddef.h>
 #include <stdint.h>
 
-/* A growing text buffer with a hard cap (the exposition is bounded by the
- * fixed row capacity of the workers' tables; the cap only guards a bug). */
-typedef struct qx_metrics_text {
-    char *data; /* NUL-terminated */
-    size_t len;
-    size_t cap;
-    int failed; /* an allocation failed or the cap was reached */
-} qx_metrics_text_t;
+/* A growing text buffer (NUL-terminated) with a hard cap: the exposition
+ * is bounded by the fixed row capacity of the workers' tables; the cap
+ * only guards a bug. */
+typedef qx_buf_t qx_metrics_text_t;
 
 #define QX_METRICS_TEXT_MAX (64u << 20)
 
@@ -49,7 +46,7 @@ typedef struct qx_metrics_globals {
      * qrux_xdp_attached. */
     uint64_t xdp_packets[QX_XDP_NREASONS];
     int xdp_attached;
-    int64_t cert_not_after;  /* qrux_tls_certificate_expiry_timestamp_seconds; 0: not shown */
+    int64_t cert_not_after; /* qrux_tls_certificate_expiry_timestamp_seconds; 0: not shown */
 } qx_metrics_globals_t;
 
 /*

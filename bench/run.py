@@ -9,6 +9,10 @@ In one run, on loopback only:
     loads. For each the proxy's own CPU time (utime+stime from
     /proc/PID/stat, all threads) is read before and after each load, so the
     load generator and nginx sharing the cores do not count.
+  * gtlsserver (ngtcp2's example server, package ngtcp2-server) serving the
+    same files itself, no backend: a reference for what the QUIC stack alone
+    costs per MiB and per request (small requests, downloads, new
+    connections; it has no /upload).
   * The HTTPS fallback: qrux's https_listen, nginx as a TLS reverse proxy
     and Caddy (h2), driven by h2load.
   * 1 vs 2 qrux workers with the generator and nginx pinned (taskset).
@@ -324,6 +328,12 @@ class Proxy:
             if valgrind:
                 cmd = valgrind + cmd
             e = dict(os.environ, QRUX_LOG=log_level)
+        elif kind == "gtlsserver":
+            # ngtcp2's own example server: serves env.www itself (no backend,
+            # backend_port unused). -q: no per-frame dumps, only warnings.
+            cmd = [need("gtlsserver"), "-q", "-d", env.www, "127.0.0.1", str(self.port),
+                   env.key, env.cert]
+            e = dict(os.environ)
         else:
             home = os.path.join(env.dir, "caddy-home")
             os.makedirs(home, exist_ok=True)
@@ -366,6 +376,10 @@ https://:%d {
             lines = f.read().decode(errors="replace").splitlines()
         if self.kind == "qrux":
             return [l for l in lines if re.search(r"\b(error|warn|ERROR|WARN)\b", l)]
+        if self.kind == "gtlsserver":
+            # It prints every connection's closing read (ERR_DRAINING) even
+            # with -q; those are not trouble.
+            return [l for l in lines if "ERR_DRAINING" not in l and re.search(r"(?i)error|fail", l)]
         return [l for l in lines if '"level":"error"' in l]
 
     def stop(self):
@@ -443,11 +457,15 @@ def run_h3_suite(env, proxy, out):
     check(proxy, "download", res, out)
     r["down"] = dict(res, cpu_us=cpu, cpu_us_per_mib=cpu / max(res.get("body_rx", 0) / MIB, 1e-9))
 
-    log("  1 MiB uploads: %d s, 4 connections x 2 streams" % S)
-    res, cpu = measured(proxy, lambda: h3load(["-D", str(S), "-c", "4", "-m", "2", "-d", str(MIB)],
-                                              proxy.base + "/upload"))
-    check(proxy, "upload", res, out)
-    r["up"] = dict(res, cpu_us=cpu, cpu_us_per_mib=cpu / max(res.get("body_tx", 0) / MIB, 1e-9))
+    if proxy.kind == "gtlsserver":
+        r["up"] = {"skipped": "gtlsserver serves files only (a POST is answered 404)"}
+    else:
+        log("  1 MiB uploads: %d s, 4 connections x 2 streams" % S)
+        res, cpu = measured(proxy, lambda: h3load(["-D", str(S), "-c", "4", "-m", "2", "-d",
+                                                   str(MIB)], proxy.base + "/upload"))
+        check(proxy, "upload", res, out)
+        r["up"] = dict(res, cpu_us=cpu,
+                       cpu_us_per_mib=cpu / max(res.get("body_tx", 0) / MIB, 1e-9))
 
     log("  new connections: %d s, 32 at a time, 1 request each" % S)
     res, cpu = measured(proxy, lambda: h3load(["-D", str(S), "-c", "32", "-m", "1", "-t", "2",
@@ -686,7 +704,8 @@ def fmt(v, nd=0):
 
 def report(out):
     h3 = out.get("h3", {})
-    names = [n for n in ("qrux-w1", "qrux-w2", "qrux-w1-pool512", "caddy") if n in h3]
+    names = [n for n in ("qrux-w1", "qrux-w2", "qrux-w1-pool512", "caddy", "gtlsserver")
+             if n in h3]
     if not names:
         return
     idle = out.get("idle", {})
@@ -704,6 +723,8 @@ def report(out):
         ("  requests/s in that run", lambda n: g(n, "small", "rps"), 0),
         ("  share of that CPU in the kernel (stime)", lambda n: g(n, "small", "sys_share"), 2),
         ("CPU us per MiB, 1 MiB downloads", lambda n: g(n, "down", "cpu_us_per_mib"), 0),
+        ("  UDP bytes received by h3load per body byte", lambda n: (g(n, "down", "udp_rx") or 0) /
+         max(g(n, "down", "body_rx") or 1, 1), 3),
         ("CPU us per MiB, 1 MiB uploads", lambda n: g(n, "up", "cpu_us_per_mib"), 0),
         ("CPU us per new connection (handshake + 1 request)", lambda n: g(n, "conn", "cpu_us_per_conn"), 0),
         ("  new connections/s in that run", lambda n: (g(n, "conn", "handshakes") or 0) /
@@ -722,20 +743,21 @@ def report(out):
          max((idle.get(n) or {}).get("handshakes") or 1, 1), 0),
     ]
     short = {"qrux-w1-pool512": "w1-pool512"}
+    # qrux over each reference peer that ran: (qrux column, peer column, heading)
+    ratios = [(q, ref, "%s/%s" % (q.replace("qrux-", ""), ref[:5]))
+              for ref in ("caddy", "gtlsserver") if ref in names
+              for q in ("qrux-w1", "qrux-w2") if q in names]
     head = "%-52s" % "HTTP/3 (h3load)" + "".join("%12s" % short.get(n, n) for n in names)
-    if "caddy" in names:
-        head += "%14s%14s" % ("w1/caddy", "w2/caddy")
+    head += "".join("%12s" % h for _, _, h in ratios)
     print(head)
     for label, fn, nd in rows:
         vals = [fn(n) for n in names]
         line = "%-52s" % label + "".join("%12s" % fmt(v if not isinstance(v, int) else v, nd)
                                          for v in vals)
-        if "caddy" in names:
-            c = vals[names.index("caddy")]
-            for q in ("qrux-w1", "qrux-w2"):
-                v = vals[names.index(q)] if q in names else None
-                line += "%14s" % (("%.2f" % (v / c)) if isinstance(v, (int, float)) and
-                                  isinstance(c, (int, float)) and c else "-")
+        for q, ref, _ in ratios:
+            v, c = vals[names.index(q)], vals[names.index(ref)]
+            line += "%12s" % (("%.2f" % (v / c)) if isinstance(v, (int, float)) and
+                              isinstance(c, (int, float)) and c else "-")
         print(line)
 
     https = out.get("https", {})
@@ -786,9 +808,10 @@ def main():
     ap.add_argument("--idle", type=int, default=10000,
                     help="idle connections for the RSS measure (default 10000; 0 = skip)")
     ap.add_argument("--h2-requests", type=int, default=40000, help="h2load -n (default 40000)")
-    ap.add_argument("--only", default="qrux-w1,qrux-w2,caddy,https,scaling",
+    ap.add_argument("--only", default="qrux-w1,qrux-w2,caddy,gtlsserver,https,scaling",
                     help="comma list of: qrux-w1, qrux-w2, qrux-w1-pool512 (1 worker with "
                     "max_idle_connections_per_upstream: 512; the default is 256), caddy, "
+                    "gtlsserver (ngtcp2's example server serving the files itself), "
                     "https, scaling, profile")
     ap.add_argument("--profile", action="store_true", help="also run qrux under callgrind")
     ap.add_argument("--profile-requests", type=int, default=4000,
@@ -820,12 +843,19 @@ def main():
     t_start = time.time()
     try:
         be = backend(env)
-        out["setup"]["caddy"] = subprocess.run([need("caddy"), "version"], capture_output=True
-                                               ).stdout.decode().strip()
+        if "caddy" in only:
+            out["setup"]["caddy"] = subprocess.run([need("caddy"), "version"],
+                                                   capture_output=True).stdout.decode().strip()
+
+        if "gtlsserver" in only:
+            need("gtlsserver")
+            out["setup"]["gtlsserver"] = subprocess.run(
+                ["dpkg-query", "-W", "-f", "${Package} ${Version}", "ngtcp2-server"],
+                capture_output=True).stdout.decode().strip()
 
         def make(name):
-            if name == "caddy":
-                return Proxy(env, "caddy", "caddy", be.port)
+            if name in ("caddy", "gtlsserver"):
+                return Proxy(env, name, name, be.port)
             if name == "qrux-w1-pool512":
                 return Proxy(env, "qrux", name, be.port, workers=1, pool=512)
             w = int(name[-1])
@@ -833,7 +863,7 @@ def main():
 
         out["h3"] = {}
         out["idle"] = {}
-        for name in ("qrux-w1", "qrux-w2", "qrux-w1-pool512", "caddy"):
+        for name in ("qrux-w1", "qrux-w2", "qrux-w1-pool512", "caddy", "gtlsserver"):
             if name not in only:
                 continue
             log("%s: HTTP/3 loads" % name)

@@ -19,6 +19,7 @@
 #include "config/config.h"
 
 #include "base/qx.h"
+#include "base/str.h"
 #include "config/config_internal.h"
 
 #include <arpa/inet.h>
@@ -849,8 +850,7 @@ int qx_upstream_parse(const char *s, qx_upstream_cfg_t *u)
         return QX_ERR_INVAL;
     if ((u->host = strndup(s, (size_t)(colon - s))) == NULL)
         return QX_ERR_NOMEM;
-    for (char *p = u->host; *p; p++)
-        *p = (char)tolower((unsigned char)*p);
+    qx_ascii_lower_n(u->host, strlen(u->host));
     memset(&u->addr, 0, sizeof(u->addr));
     u->addrlen = 0;
     u->port = port;
@@ -889,15 +889,14 @@ static bool valid_hostname(const char *h, size_t len)
  * dot dropped ("example.com." is the same name; the router drops it from
  * requests too). Allowed: "*", "*.suffix", a host name, an IPv6 literal
  * without brackets (what the router sees after stripping "[...]:port").
- * Keep in step with the matching in proxy/router.c.
+ * Keep in step with the matching in proxy/conf/router.c.
  */
 static int normalize_match(char *m, const char **why)
 {
     size_t len;
 
-    for (char *p = m; *p != '\0'; p++)
-        *p = (char)tolower((unsigned char)*p);
     len = strlen(m);
+    qx_ascii_lower_n(m, len);
     if (len == 0) {
         *why = "must not be empty";
         return QX_ERR_INVAL;
@@ -1109,7 +1108,8 @@ static int build_limits(qx_limits_t *l, const raw_limits_t *raw, char *err, size
                            UINT32_MAX, false, &v, err, errlen)) != 0)
         return rv;
     l->body_idle_timeout_secs = (uint32_t)v;
-    /* QUIC (issue 6): every one of these must be > 0. */
+    /* QUIC transport limits: every one of these must be > 0 (a zero would
+     * stall every connection, not disable a feature). */
     static const struct {
         const char *name;
         size_t raw_off, off;
@@ -1191,7 +1191,7 @@ static int build_server(qx_config_t *cfg, const raw_server_t *s, const char *bas
         return rv;
     cfg->drain_delay_secs = (uint32_t)v;
 
-    /* 0-RTT and address validation (issue 6) */
+    /* 0-RTT and address validation */
     static const char *const early_names[] = {"off", "safe", "all"};
     static const char *const retry_names[] = {"auto", "always", "never"};
     cfg->early_data = QX_EARLY_SAFE;

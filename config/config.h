@@ -64,7 +64,8 @@ typedef struct qx_route_cfg {
     int protocol;      /* QX_UP_PROTO_*, default h1; every upstream of the route speaks it */
 } qx_route_cfg_t;
 
-/* The admin server (issue 4). Absent `admin:` section: no admin server. */
+/* The admin server (health, metrics, routes API). Absent `admin:`
+ * section: no admin server. */
 typedef struct qx_admin_cfg {
     char *listen; /* as written; NULL when there is no admin section */
     struct sockaddr_storage addr;
@@ -83,9 +84,10 @@ typedef struct qx_xdp_cfg {
     uint32_t cid_key_rotate_secs; /* default 0: one CID key for the life of the process */
 } qx_xdp_cfg_t;
 
-/* 0-RTT policy (issue 6): off, or safe methods only, or everything. */
+/* 0-RTT policy: off, or safe methods only (replayable requests are the
+ * risk), or everything. */
 typedef enum { QX_EARLY_OFF = 0, QX_EARLY_SAFE, QX_EARLY_ALL } qx_early_data_t;
-/* Address validation with Retry (issue 6). */
+/* Address validation with Retry (against spoofed-source floods). */
 typedef enum { QX_RETRY_AUTO = 0, QX_RETRY_ALWAYS, QX_RETRY_NEVER } qx_retry_t;
 
 /* Resolution of upstream names (`dns:`). Empty lists and ndots -1 keep
@@ -104,11 +106,11 @@ typedef struct qx_config {
     char *listen; /* as written */
     struct sockaddr_storage listen_addr;
     socklen_t listen_addrlen;
-    char *https_listen; /* TCP (issue 3); NULL when not configured */
+    char *https_listen; /* the HTTPS (TCP) fallback; NULL when not configured */
     struct sockaddr_storage https_addr;
     socklen_t https_addrlen;
     uint32_t alt_svc_max_age;   /* default 86400 */
-    uint32_t drain_delay_secs;  /* default 5: keep serving after SIGTERM (issue 5) */
+    uint32_t drain_delay_secs;  /* default 5: keep serving after SIGTERM while endpoints update */
     qx_early_data_t early_data; /* default safe */
     qx_retry_t retry;           /* default auto */
     char *ticket_key_file;      /* resolved path, or NULL: shared session-ticket master key */

@@ -52,6 +52,27 @@
  * and conn-close as above; it ends once every raw request stream closed or
  * the server closed the connection.
  *
+ * Injection (--inject HEX, the QUIC transport conformance tests): no streams
+ * are opened; once the server confirmed the handshake, ngtcp2 is left
+ * alone and each --inject becomes one 1-RTT packet whose payload is
+ * exactly HEX (frames as a broken client writes them; "" is a packet
+ * without frames), protected by h3probe with the 1-RTT keys GnuTLS logs.
+ * --inject-rbits sets the reserved header bits, --inject-gap MS listens
+ * between packets, --collect MS after the last (default 2000; a
+ * CONNECTION_CLOSE ends it). It prints
+ *   server-tp max_data N bidi_remote N uni N streams_bidi N streams_uni N
+ *                             the server's transport parameters (flow control)
+ *   server-srt HEX            the stateless reset token of the server's CID
+ *   inject N pn PN len L      the N-th packet went out
+ *   rx pn PN frames T ...     a server packet, decrypted: its frame types (hex)
+ *   acked PN                  ... with an ACK covering injected packet PN
+ *   close 0x1c 0xCODE 0xFT MS ... with a CONNECTION_CLOSE (0x1c: transport,
+ *                             FT the frame type it names; 0x1d: application),
+ *                             MS milliseconds after the last injected packet
+ *   rx-undecryptable LEN TAIL a datagram that is not a 1-RTT packet of the
+ *                             connection (TAIL: its last 16 bytes, hex)
+ *   no-close                  no CONNECTION_CLOSE came
+ *
  * Exit 0 when every request got an outcome, 1 on timeout or network failure,
  * 2 on a usage error. It is a test tool: the certificate is not verified.
  */
@@ -80,6 +101,7 @@
 #define MAX_BODY (64 * 1024 * 1024)
 #define PKT_SIZE 1452
 #define MAX_RAW 16
+#define MAX_INJECT 8
 
 typedef struct {
     int bidi;
@@ -140,6 +162,22 @@ typedef struct {
     int done;          /* every request has an outcome */
     req_t req[2];
     int nreq;
+
+    /* --inject: 1-RTT packets protected by hand (inject_run) */
+    uint8_t *inject[MAX_INJECT];
+    size_t inject_len[MAX_INJECT];
+    uint64_t inject_pn[MAX_INJECT];
+    int ninject;
+    int inject_rbits;                     /* --inject-rbits: the reserved header bits set */
+    int inject_gap_ms;                    /* --inject-gap: listen that long between packets */
+    int collect_ms;                       /* --collect: listen that long after the last */
+    uint64_t inject_last_ns;              /* when the last one went out */
+    uint8_t tx_secret[64], rx_secret[64]; /* 1-RTT secrets (GnuTLS key log) */
+    size_t tx_secret_len, rx_secret_len;
+    uint8_t server_cid[NGTCP2_MAX_CIDLEN]; /* the SCID of the server's first packet */
+    size_t server_cidlen;
+    size_t client_cidlen; /* what the server writes to */
+    uint64_t rx_largest;  /* the largest server packet number decrypted */
 } probe_t;
 
 static uint64_t now_ns(void)
@@ -454,6 +492,8 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
     (void)conn;
     if (p->print_cert && print_cert_sha256(p) != 0)
         return NGTCP2_ERR_CALLBACK_FAILURE;
+    if (p->ninject > 0) /* no streams: the injected packets are the test */
+        return 0;
     if (p->nraw > 0)
         return raw_setup(p) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
     return h3_setup(p) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
@@ -464,7 +504,7 @@ static int recv_stream_data_cb(ngtcp2_conn *conn, uint32_t flags, int64_t stream
                                void *stream_user_data)
 {
     probe_t *p = user_data;
-    if (p->nraw > 0) { /* raw mode: show what a request stream got, consume all */
+    if (p->nraw > 0 || p->ninject > 0) { /* raw mode: show what a request stream got, consume all */
         if (ngtcp2_is_bidi_stream(stream_id) && len > 0) {
             printf("bidi-data %" PRId64 " ", stream_id);
             for (size_t i = 0; i < len; i++)
@@ -504,7 +544,7 @@ static int stream_close_cb(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
     probe_t *p = user_data;
     if (!(flags & NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET))
         code = NGHTTP3_H3_NO_ERROR;
-    if (p->nraw > 0) {
+    if (p->nraw > 0 || p->ninject > 0) {
         raw_t *r = raw_of(p, stream_id);
         if (r != NULL && r->bidi && !r->closed) {
             r->closed = 1;
@@ -533,7 +573,7 @@ static int stream_reset_cb(ngtcp2_conn *conn, int64_t stream_id, uint64_t final_
                            void *user_data, void *stream_user_data)
 {
     probe_t *p = user_data;
-    if (p->nraw > 0) {
+    if (p->nraw > 0 || p->ninject > 0) {
         printf("raw-reset %" PRId64 " 0x%" PRIx64 "\n", stream_id, code);
         return 0;
     }
@@ -547,7 +587,7 @@ static int stop_sending_cb(ngtcp2_conn *conn, int64_t stream_id, uint64_t code, 
                            void *stream_user_data)
 {
     probe_t *p = user_data;
-    if (p->nraw > 0) {
+    if (p->nraw > 0 || p->ninject > 0) {
         printf("raw-stop %" PRId64 " 0x%" PRIx64 "\n", stream_id, code);
         raw_t *r = raw_of(p, stream_id);
         if (r != NULL)
@@ -565,7 +605,7 @@ static int extend_max_stream_data_cb(ngtcp2_conn *conn, int64_t stream_id, uint6
                                      void *user_data, void *stream_user_data)
 {
     probe_t *p = user_data;
-    if (p->nraw > 0) {
+    if (p->nraw > 0 || p->ninject > 0) {
         raw_t *r = raw_of(p, stream_id);
         if (r != NULL)
             r->blocked = 0;
@@ -574,9 +614,339 @@ static int extend_max_stream_data_cb(ngtcp2_conn *conn, int64_t stream_id, uint6
     return nghttp3_conn_unblock_stream(p->h3, stream_id) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
 }
 
+/* Injection starts once the server confirmed the handshake (RFC 9001
+ * §4.1.2): it has dropped its Handshake keys and reads 1-RTT only. */
+static int handshake_confirmed_cb(ngtcp2_conn *conn, void *user_data)
+{
+    probe_t *p = user_data;
+    (void)conn;
+    if (p->ninject > 0)
+        p->done = 1;
+    return 0;
+}
+
 static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 {
     return ((probe_t *)ref->user_data)->conn;
+}
+
+/* ---- injected 1-RTT packets (--inject) ------------------------------------- */
+
+/* ngtcp2 writes only well-formed frames, and its public API has no way to
+ * send others. Once the handshake is confirmed, h3probe stops feeding
+ * ngtcp2 and protects packets itself with the 1-RTT secrets GnuTLS logs
+ * (RFC 9001 §5): AES-128-GCM only (tls_setup asks for nothing else), key
+ * phase 0 (nobody updated keys yet), a 4-byte packet number far above
+ * what ngtcp2 used. What the server answers is decrypted the same way and
+ * printed frame by frame. */
+
+typedef struct {
+    gnutls_aead_cipher_hd_t aead;
+    gnutls_cipher_hd_t hp; /* AES-CBC on one block with a zero IV: AES-ECB */
+    uint8_t iv[12];
+} pkt_keys_t;
+
+static int expand_label(const uint8_t *secret, size_t secretlen, const char *label, uint8_t *out,
+                        size_t outlen)
+{
+    uint8_t info[64];
+    size_t ll = strlen(label);
+    info[0] = (uint8_t)(outlen >> 8);
+    info[1] = (uint8_t)outlen;
+    info[2] = (uint8_t)(6 + ll);
+    memcpy(info + 3, "tls13 ", 6);
+    memcpy(info + 9, label, ll);
+    info[9 + ll] = 0;
+    gnutls_datum_t s = {(uint8_t *)secret, (unsigned)secretlen};
+    gnutls_datum_t i = {info, (unsigned)(10 + ll)};
+    return gnutls_hkdf_expand(GNUTLS_MAC_SHA256, &s, &i, out, outlen) == 0 ? 0 : -1;
+}
+
+static int keys_init(pkt_keys_t *k, const uint8_t *secret, size_t secretlen)
+{
+    uint8_t key[16], hp[16], zero[16] = {0};
+    if (secretlen == 0 || expand_label(secret, secretlen, "quic key", key, 16) != 0 ||
+        expand_label(secret, secretlen, "quic iv", k->iv, 12) != 0 ||
+        expand_label(secret, secretlen, "quic hp", hp, 16) != 0)
+        return -1;
+    gnutls_datum_t kd = {key, 16}, hd = {hp, 16}, ivd = {zero, 16};
+    if (gnutls_aead_cipher_init(&k->aead, GNUTLS_CIPHER_AES_128_GCM, &kd) != 0)
+        return -1;
+    return gnutls_cipher_init(&k->hp, GNUTLS_CIPHER_AES_128_CBC, &hd, &ivd) == 0 ? 0 : -1;
+}
+
+static void hp_mask(pkt_keys_t *k, const uint8_t *sample, uint8_t *mask)
+{
+    static const uint8_t zero[16];
+    gnutls_cipher_set_iv(k->hp, (void *)zero, 16);
+    gnutls_cipher_encrypt2(k->hp, sample, 16, mask, 16);
+}
+
+static void nonce_of(const pkt_keys_t *k, uint64_t pn, uint8_t *nonce)
+{
+    memcpy(nonce, k->iv, 12);
+    for (int i = 0; i < 8; i++)
+        nonce[11 - i] ^= (uint8_t)(pn >> (8 * i));
+}
+
+static int keylog_cb(gnutls_session_t s, const char *label, const gnutls_datum_t *secret)
+{
+    probe_t *p = ((ngtcp2_crypto_conn_ref *)gnutls_session_get_ptr(s))->user_data;
+    if (secret->size > sizeof(p->tx_secret))
+        return 0;
+    if (strcmp(label, "CLIENT_TRAFFIC_SECRET_0") == 0) {
+        memcpy(p->tx_secret, secret->data, secret->size);
+        p->tx_secret_len = secret->size;
+    } else if (strcmp(label, "SERVER_TRAFFIC_SECRET_0") == 0) {
+        memcpy(p->rx_secret, secret->data, secret->size);
+        p->rx_secret_len = secret->size;
+    }
+    return 0;
+}
+
+static int get_varint(const uint8_t *b, size_t len, size_t *off, uint64_t *v)
+{
+    if (*off >= len)
+        return -1;
+    size_t n = (size_t)1 << (b[*off] >> 6);
+    if (len - *off < n)
+        return -1;
+    *v = b[*off] & 0x3f;
+    for (size_t i = 1; i < n; i++)
+        *v = (*v << 8) | b[*off + i];
+    *off += n;
+    return 0;
+}
+
+/* Prints what a decrypted packet carries: "rx pn N frames T,T,...", then
+ * "acked PN" for each injected packet an ACK frame covers and
+ * "close 0x1c|0x1d 0xCODE 0xFRAME MS" for a CONNECTION_CLOSE. */
+static int print_frames(probe_t *p, uint64_t pn, const uint8_t *f, size_t len)
+{
+    size_t off = 0;
+    int closed = 0;
+    printf("rx pn %" PRIu64 " frames", pn);
+    char more[512] = "";
+    size_t ml = 0;
+    while (off < len) {
+        uint64_t t, a, b, c, d;
+        if (get_varint(f, len, &off, &t) != 0)
+            break;
+        if (t != 0x00) /* PADDING: not worth a word */
+            printf(" %" PRIx64, t);
+        int bad = 0;
+        switch (t) {
+        case 0x00:
+        case 0x01:
+        case 0x1e:
+            break;
+        case 0x02:
+        case 0x03: {
+            bad = get_varint(f, len, &off, &a) || get_varint(f, len, &off, &b) ||
+                  get_varint(f, len, &off, &c) || get_varint(f, len, &off, &d) || d > a;
+            uint64_t hi = a, lo = bad ? 0 : a - d;
+            for (uint64_t r = 0; !bad; r++) {
+                for (int i = 0; i < p->ninject; i++)
+                    if (p->inject_pn[i] >= lo && p->inject_pn[i] <= hi && ml < sizeof(more) - 40)
+                        ml += (size_t)snprintf(more + ml, sizeof(more) - ml, "acked %" PRIu64 "\n",
+                                               p->inject_pn[i]);
+                if (r == c)
+                    break;
+                if (get_varint(f, len, &off, &a) || get_varint(f, len, &off, &b) || a + 2 > lo ||
+                    b > lo - a - 2) {
+                    bad = 1;
+                    break;
+                }
+                hi = lo - a - 2;
+                lo = hi - b;
+            }
+            if (t == 0x03)
+                bad = bad || get_varint(f, len, &off, &a) || get_varint(f, len, &off, &a) ||
+                      get_varint(f, len, &off, &a);
+            break;
+        }
+        case 0x04:
+            bad = get_varint(f, len, &off, &a) || get_varint(f, len, &off, &a) ||
+                  get_varint(f, len, &off, &a);
+            break;
+        case 0x05:
+        case 0x11:
+        case 0x15:
+            bad = get_varint(f, len, &off, &a) || get_varint(f, len, &off, &a);
+            break;
+        case 0x06:
+            bad = get_varint(f, len, &off, &a) || get_varint(f, len, &off, &b) || b > len - off;
+            off += bad ? 0 : (size_t)b;
+            break;
+        case 0x07:
+            bad = get_varint(f, len, &off, &b) || b > len - off;
+            off += bad ? 0 : (size_t)b;
+            break;
+        case 0x10:
+        case 0x12:
+        case 0x13:
+        case 0x14:
+        case 0x16:
+        case 0x17:
+        case 0x19:
+            bad = get_varint(f, len, &off, &a);
+            break;
+        case 0x18:
+            bad = get_varint(f, len, &off, &a) || get_varint(f, len, &off, &a) || off >= len ||
+                  (size_t)f[off] + 17 > len - off;
+            off += bad ? 0 : 1 + (size_t)f[off] + 16;
+            break;
+        case 0x1a:
+        case 0x1b:
+            bad = len - off < 8;
+            off += 8;
+            break;
+        case 0x1c:
+        case 0x1d:
+            bad = get_varint(f, len, &off, &a) || (t == 0x1c && get_varint(f, len, &off, &b)) ||
+                  get_varint(f, len, &off, &c) || c > len - off;
+            if (!bad) {
+                off += (size_t)c;
+                closed = 1;
+                ml += (size_t)snprintf(
+                    more + ml, sizeof(more) - ml,
+                    "close 0x%" PRIx64 " 0x%" PRIx64 " 0x%" PRIx64 " %" PRIu64 "\n", t, a,
+                    t == 0x1c ? b : 0, (now_ns() - p->inject_last_ns) / 1000000);
+            }
+            break;
+        default:
+            if (t >= 0x08 && t <= 0x0f) {
+                bad = get_varint(f, len, &off, &a) || ((t & 4) && get_varint(f, len, &off, &a));
+                if (!bad && (t & 2))
+                    bad = get_varint(f, len, &off, &b) || b > len - off;
+                else
+                    b = len - off;
+                off += bad ? 0 : (size_t)b;
+            } else {
+                bad = 1;
+            }
+        }
+        if (bad) {
+            printf(" ?");
+            break;
+        }
+    }
+    printf("\n%s", more);
+    return closed;
+}
+
+/* One datagram from the server: prints it decoded, or
+ * "rx-undecryptable LEN TAIL" with its last 16 bytes (a stateless reset
+ * ends in its token). Returns 1 when it carried a CONNECTION_CLOSE. */
+static int inject_read(probe_t *p, pkt_keys_t *rx, uint8_t *d, size_t n)
+{
+    size_t pn_off = 1 + p->client_cidlen;
+    uint8_t mask[16], nonce[12], plain[65536];
+    if (!(d[0] & 0x80) && n >= pn_off + 4 + 16) {
+        uint8_t first = d[0], hdr[64];
+        hp_mask(rx, d + pn_off + 4, mask);
+        first ^= mask[0] & 0x1f;
+        size_t pnlen = (first & 3) + 1;
+        uint64_t trunc = 0;
+        memcpy(hdr, d, pn_off);
+        hdr[0] = first;
+        for (size_t i = 0; i < pnlen; i++) {
+            hdr[pn_off + i] = d[pn_off + i] ^ mask[1 + i];
+            trunc = (trunc << 8) | hdr[pn_off + i];
+        }
+        /* RFC 9000 §A.3 with the largest packet number decrypted so far */
+        uint64_t win = (uint64_t)1 << (8 * pnlen), expected = p->rx_largest + 1;
+        uint64_t pn = (expected & ~(win - 1)) | trunc;
+        if (pn + win / 2 <= expected)
+            pn += win;
+        else if (pn > expected + win / 2 && pn >= win)
+            pn -= win;
+        nonce_of(rx, pn, nonce);
+        size_t plen = sizeof(plain);
+        size_t hl = pn_off + pnlen;
+        if (!(first & 0x04) && gnutls_aead_cipher_decrypt(rx->aead, nonce, 12, hdr, hl, 16, d + hl,
+                                                          n - hl, plain, &plen) == 0) {
+            if (pn > p->rx_largest)
+                p->rx_largest = pn;
+            return print_frames(p, pn, plain, plen);
+        }
+    }
+    printf("rx-undecryptable %zu ", n);
+    for (size_t i = n >= 16 ? n - 16 : 0; i < n; i++)
+        printf("%02x", d[i]);
+    printf("\n");
+    return 0;
+}
+
+/* Reads for |ms| milliseconds, or until a CONNECTION_CLOSE when |stop|. */
+static int inject_collect(probe_t *p, pkt_keys_t *rx, int ms, int stop)
+{
+    uint64_t end = now_ns() + (uint64_t)ms * 1000000;
+    uint8_t buf[65536];
+    int closed = 0;
+    for (uint64_t now; (now = now_ns()) < end && !(closed && stop);) {
+        struct pollfd pfd = {.fd = p->fd, .events = POLLIN};
+        if (poll(&pfd, 1, (int)((end - now + 999999) / 1000000)) <= 0)
+            continue;
+        ssize_t n = recv(p->fd, buf, sizeof(buf), 0);
+        if (n > 0)
+            closed |= inject_read(p, rx, buf, (size_t)n);
+    }
+    return closed;
+}
+
+static int inject_run(probe_t *p)
+{
+    pkt_keys_t tx = {0}, rx = {0};
+    const ngtcp2_transport_params *tp = ngtcp2_conn_get_remote_transport_params(p->conn);
+    if (p->server_cidlen == 0 || tp == NULL || keys_init(&tx, p->tx_secret, p->tx_secret_len) ||
+        keys_init(&rx, p->rx_secret, p->rx_secret_len)) {
+        fprintf(stderr, "h3probe: no 1-RTT secrets or server CID to inject with\n");
+        return 1;
+    }
+    printf("server-tp max_data %" PRIu64 " bidi_remote %" PRIu64 " uni %" PRIu64
+           " streams_bidi %" PRIu64 " streams_uni %" PRIu64 "\n",
+           tp->initial_max_data, tp->initial_max_stream_data_bidi_remote,
+           tp->initial_max_stream_data_uni, tp->initial_max_streams_bidi,
+           tp->initial_max_streams_uni);
+    printf("server-srt ");
+    for (size_t i = 0; i < sizeof(tp->stateless_reset_token); i++)
+        printf("%02x", tp->stateless_reset_token[i]);
+    printf("\n");
+    int closed = 0;
+    for (int i = 0; i < p->ninject; i++) {
+        if (i > 0 && p->inject_gap_ms > 0)
+            closed |= inject_collect(p, &rx, p->inject_gap_ms, 0);
+        uint8_t pkt[PKT_SIZE + 64], nonce[12], mask[16];
+        size_t hl = 1 + p->server_cidlen + 4, clen = sizeof(pkt) - hl;
+        uint64_t pn = p->inject_pn[i] = ((uint64_t)1 << 20) + (uint64_t)i;
+        if (hl + p->inject_len[i] + 16 > sizeof(pkt))
+            return 1;
+        pkt[0] = 0x43 | (p->inject_rbits ? 0x18 : 0); /* short header, 4-byte packet number */
+        memcpy(pkt + 1, p->server_cid, p->server_cidlen);
+        for (int k = 0; k < 4; k++)
+            pkt[hl - 1 - k] = (uint8_t)(pn >> (8 * k));
+        nonce_of(&tx, pn, nonce);
+        if (gnutls_aead_cipher_encrypt(tx.aead, nonce, 12, pkt, hl, 16, p->inject[i],
+                                       p->inject_len[i], pkt + hl, &clen) != 0)
+            return 1;
+        hp_mask(&tx, pkt + hl, mask); /* the sample starts 4 bytes after the pn offset */
+        pkt[0] ^= mask[0] & 0x1f;
+        for (int k = 0; k < 4; k++)
+            pkt[hl - 4 + k] ^= mask[1 + k];
+        printf("inject %d pn %" PRIu64 " len %zu\n", i + 1, pn, hl + clen);
+        p->inject_last_ns = now_ns();
+        if (send(p->fd, pkt, hl + clen, 0) == -1)
+            perror("h3probe: send");
+    }
+    closed |= inject_collect(p, &rx, p->collect_ms, 1);
+    gnutls_aead_cipher_deinit(tx.aead);
+    gnutls_aead_cipher_deinit(rx.aead);
+    gnutls_cipher_deinit(tx.hp);
+    gnutls_cipher_deinit(rx.hp);
+    if (!closed)
+        printf("no-close\n");
+    return 0;
 }
 
 /* ---- set-up ---------------------------------------------------------------- */
@@ -584,11 +954,14 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 static int tls_setup(probe_t *p, const char *sni)
 {
     static const char prio[] = "%DISABLE_TLS13_COMPAT_MODE:NORMAL:-VERS-ALL:+VERS-TLS1.3";
+    /* --inject protects its packets itself, with AES-128-GCM only. */
+    static const char prio_inject[] = "%DISABLE_TLS13_COMPAT_MODE:NORMAL:-VERS-ALL:+VERS-TLS1.3:"
+                                      "-CIPHER-ALL:+AES-128-GCM";
     gnutls_datum_t alpn = {(unsigned char *)"h3", 2};
 
     if (gnutls_certificate_allocate_credentials(&p->cred) != 0 ||
         gnutls_init(&p->tls, GNUTLS_CLIENT) != 0 ||
-        gnutls_priority_set_direct(p->tls, prio, NULL) != 0 ||
+        gnutls_priority_set_direct(p->tls, p->ninject > 0 ? prio_inject : prio, NULL) != 0 ||
         ngtcp2_crypto_gnutls_configure_client_session(p->tls) != 0 ||
         gnutls_credentials_set(p->tls, GNUTLS_CRD_CERTIFICATE, p->cred) != 0 ||
         gnutls_alpn_set_protocols(p->tls, &alpn, 1, GNUTLS_ALPN_MANDATORY) != 0 ||
@@ -598,6 +971,8 @@ static int tls_setup(probe_t *p, const char *sni)
     p->conn_ref.get_conn = get_conn;
     p->conn_ref.user_data = p;
     gnutls_session_set_ptr(p->tls, &p->conn_ref);
+    if (p->ninject > 0)
+        gnutls_session_set_keylog_function(p->tls, keylog_cb);
     return 0;
 }
 
@@ -625,6 +1000,7 @@ static int quic_setup(probe_t *p)
         .get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb,
         .stream_stop_sending = stop_sending_cb,
         .version_negotiation = ngtcp2_crypto_version_negotiation_cb,
+        .handshake_confirmed = handshake_confirmed_cb,
     };
     ngtcp2_path path = {{(struct sockaddr *)&p->local, p->local_len},
                         {(struct sockaddr *)&p->remote, p->remote_len},
@@ -635,6 +1011,7 @@ static int quic_setup(probe_t *p)
 
     rand_cb(dcid.data, dcid.datalen, NULL);
     rand_cb(scid.data, scid.datalen, NULL);
+    p->client_cidlen = scid.datalen; /* new_cid_cb issues CIDs of this length too */
     ngtcp2_settings_default(&settings);
     settings.initial_ts = now_ns();
     settings.max_tx_udp_payload_size = PKT_SIZE;
@@ -790,6 +1167,14 @@ static int drain(probe_t *p)
             perror("h3probe: recv"); /* ECONNREFUSED: nobody listens */
             return -1;
         }
+        if (p->server_cidlen == 0 && n > 7 && (buf[0] & 0x80) &&
+            buf[1] | buf[2] | buf[3] | buf[4]) {
+            size_t dl = buf[5], sl = 6 + dl < (size_t)n ? buf[6 + dl] : 0; /* long header */
+            if (sl > 0 && sl <= NGTCP2_MAX_CIDLEN && 7 + dl + sl <= (size_t)n) {
+                memcpy(p->server_cid, buf + 7 + dl, sl);
+                p->server_cidlen = sl;
+            }
+        }
         int rv = ngtcp2_conn_read_pkt(p->conn, &path, &pi, buf, (size_t)n, now_ns());
         if (rv == NGTCP2_ERR_DRAINING) {
             const ngtcp2_ccerr *cc = ngtcp2_conn_get_ccerr(p->conn);
@@ -891,6 +1276,8 @@ static int run(probe_t *p)
             return 1;
         }
     }
+    if (p->ninject > 0)
+        return inject_run(p);
     send_close(p);
     return 0;
 }
@@ -906,6 +1293,8 @@ static void usage(void)
                     " [--retry-wait SECS] [--reset-ms MS]\n"
                     "               [--repeat N] [--stall]\n"
                     "       h3probe HOST PORT (--uni HEX[!] | --bidi HEX[-]) ...   raw streams\n"
+                    "       h3probe HOST PORT --inject HEX ... [--inject-rbits] [--inject-gap MS]"
+                    " [--collect MS]   raw 1-RTT packets\n"
                     "  -H fields go out verbatim, in order; the separator is ': ' (or ':'"
                     " when no space follows)\n");
 }
@@ -986,6 +1375,24 @@ static int add_raw(probe_t *p, int bidi, const char *spec)
     return 0;
 }
 
+/* --inject HEX: the frames of one 1-RTT packet ("" is a packet without
+ * any). */
+static int add_inject(probe_t *p, const char *hex)
+{
+    size_t n = strlen(hex);
+    if (p->ninject == MAX_INJECT || n % 2 != 0 || n / 2 > PKT_SIZE - 64 ||
+        (p->inject[p->ninject] = malloc(n / 2 + 1)) == NULL)
+        return -1;
+    for (size_t i = 0; i < n / 2; i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1)
+            return -1;
+        p->inject[p->ninject][i] = (uint8_t)v;
+    }
+    p->inject_len[p->ninject++] = n / 2;
+    return 0;
+}
+
 static int parse_args(probe_t *p, int argc, char **argv)
 {
     int npos = 0;
@@ -1033,6 +1440,15 @@ static int parse_args(probe_t *p, int argc, char **argv)
             p->print_retry = 1;
         } else if (strcmp(a, "--retry-wait") == 0 && has_val) {
             p->retry_wait_secs = atoi(argv[++i]);
+        } else if (strcmp(a, "--inject") == 0 && has_val) {
+            if (add_inject(p, argv[++i]) != 0)
+                return -1;
+        } else if (strcmp(a, "--inject-rbits") == 0) {
+            p->inject_rbits = 1;
+        } else if (strcmp(a, "--inject-gap") == 0 && has_val) {
+            p->inject_gap_ms = atoi(argv[++i]);
+        } else if (strcmp(a, "--collect") == 0 && has_val) {
+            p->collect_ms = atoi(argv[++i]);
         } else if ((strcmp(a, "--uni") == 0 || strcmp(a, "--bidi") == 0) && has_val) {
             if (add_raw(p, strcmp(a, "--bidi") == 0, argv[++i]) != 0)
                 return -1;
@@ -1051,7 +1467,7 @@ static int parse_args(probe_t *p, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    static probe_t probe = {.fd = -1, .timeout_secs = 10};
+    static probe_t probe = {.fd = -1, .timeout_secs = 10, .collect_ms = 2000};
     probe_t *p = &probe;
     unsigned char addr[sizeof(struct in6_addr)];
 

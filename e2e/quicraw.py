@@ -95,19 +95,31 @@ def _ext(t, body):
     return struct.pack(">HH", t, len(body)) + body
 
 
-def client_hello(scid, sni="localhost", alpn=b"h3"):
-    """A TLS 1.3 ClientHello that GnuTLS accepts in a QUIC handshake."""
+def tparam(pid, value):
+    """One transport parameter (RFC 9000 §18): id, length, value."""
+    return varint(pid) + varint(len(value)) + value
+
+
+def default_tparams(scid):
+    """The transport parameters a plain client sends, as [(id, value)]."""
+    return [(0x0F, scid),                  # initial_source_connection_id
+            (0x04, varint(1 << 20)),       # initial_max_data
+            (0x05, varint(1 << 18)),       # initial_max_stream_data_bidi_local
+            (0x08, varint(10)),            # initial_max_streams_bidi
+            (0x01, varint(30000))]         # max_idle_timeout (ms)
+
+
+def client_hello(scid, sni="localhost", alpn=b"h3", tparams=None):
+    """A TLS 1.3 ClientHello that GnuTLS accepts in a QUIC handshake.
+    |tparams|: [(id, value)] sent as the quic_transport_parameters
+    extension instead of default_tparams(scid), in that order (duplicates
+    too); False leaves the extension out."""
     pub = X25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     name = sni.encode()
-    def tparam(pid, value):
-        return varint(pid) + varint(len(value)) + value
-
-    tp = (tparam(0x0F, scid)                       # initial_source_connection_id
-          + tparam(0x04, varint(1 << 20))          # initial_max_data
-          + tparam(0x05, varint(1 << 18))          # initial_max_stream_data_bidi_local
-          + tparam(0x08, varint(10))               # initial_max_streams_bidi
-          + tparam(0x01, varint(30000)))           # max_idle_timeout (ms)
+    if tparams is None:
+        tparams = default_tparams(scid)
+    tp = b"".join(tparam(i, v) for i, v in tparams) if tparams is not False else None
     exts = (_ext(0, struct.pack(">HBH", len(name) + 3, 0, len(name)) + name)
             + _ext(10, struct.pack(">HH", 2, 0x001D))
             + _ext(13, struct.pack(">HHHHH", 8, 0x0403, 0x0804, 0x0805, 0x0401))
@@ -115,7 +127,7 @@ def client_hello(scid, sni="localhost", alpn=b"h3"):
             + _ext(43, b"\x02\x03\x04")
             + _ext(45, b"\x01\x01")
             + _ext(51, struct.pack(">HHH", 36, 0x001D, 32) + pub)
-            + _ext(0x39, tp))
+            + (_ext(0x39, tp) if tp is not None else b""))
     body = (b"\x03\x03" + os.urandom(32) + b"\x00" + struct.pack(">HHH", 4, 0x1301, 0x1303)
             + b"\x01\x00" + struct.pack(">H", len(exts)) + exts)
     return b"\x01" + len(body).to_bytes(3, "big") + body
@@ -124,13 +136,16 @@ def client_hello(scid, sni="localhost", alpn=b"h3"):
 # -- packets ------------------------------------------------------------------------
 
 
-def initial(dcid, scid, token=b"", payload=None, pn=0, size=1200):
+def initial(dcid, scid, token=b"", payload=None, pn=0, size=1200, key_dcid=None, **hello):
     """A protected client Initial of at least |size| bytes carrying
-    |payload| (default: a CRYPTO frame with a fresh ClientHello)."""
+    |payload| (default: a CRYPTO frame with a fresh ClientHello, made with
+    the keywords |hello| of client_hello). Its keys come from |key_dcid|
+    (default |dcid|): once the server answered, the client writes to the
+    server's CID with the keys of the DCID it started with."""
     if payload is None:
-        ch = client_hello(scid)
+        ch = client_hello(scid, **hello)
         payload = b"\x06" + varint(0) + varint(len(ch)) + ch
-    keys = Keys(dcid, server=False)
+    keys = Keys(key_dcid if key_dcid is not None else dcid, server=False)
     pn_len = 4
     head = (bytes([0xC0 | (pn_len - 1)]) + struct.pack(">I", QUIC_V1) + bytes([len(dcid)]) + dcid
             + bytes([len(scid)]) + scid + varint(len(token)) + token)
@@ -169,6 +184,8 @@ class Answer:
         self.token = b""
         self.frames = b""
         self.close_code = None
+        self.close_kind = None  # 0x1c (transport) or 0x1d (application)
+        self.close_frame_type = None  # of a 0x1c: the frame that caused it
         if not data:
             self.kind = "empty"
             return
@@ -224,8 +241,11 @@ class Answer:
         j = 0
         while j < len(f):
             t = f[j]
-            if t == 0x1C:
-                self.close_code, _ = read_varint(f, j + 1)
+            if t in (0x1C, 0x1D):
+                self.close_kind = t
+                self.close_code, k = read_varint(f, j + 1)
+                if t == 0x1C:
+                    self.close_frame_type, _ = read_varint(f, k)
                 return
             if t in (0x00, 0x01):
                 j += 1
@@ -273,15 +293,17 @@ def answers(sock, timeout):
     return out
 
 
-def handshake_start(port, src="127.0.0.1", dcid=None, token=b"", timeout=2.0, sock=None):
-    """Sends one ClientHello Initial from |src| and returns (socket, dcid,
-    [Answer]) with the server's Initials decrypted. The socket stays open
+def handshake_start(port, src="127.0.0.1", dcid=None, token=b"", timeout=2.0, sock=None,
+                    scid=None, **hello):
+    """Sends one ClientHello Initial from |src| (made with the keywords
+    |hello| of client_hello) and returns (socket, dcid, [Answer]) with the
+    server's Initials decrypted. The socket stays open
     (the caller closes it) so the server's retransmissions have a place to
     go."""
     s = sock or udp_socket(src)
     dcid = dcid if dcid is not None else os.urandom(8)
-    scid = os.urandom(8)
-    s.sendto(initial(dcid, scid, token=token), ("127.0.0.1", port))
+    scid = scid if scid is not None else os.urandom(8)
+    s.sendto(initial(dcid, scid, token=token, **hello), ("127.0.0.1", port))
     got = answers(s, timeout)
     for a in got:
         a.decrypt(dcid)

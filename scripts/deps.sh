@@ -54,9 +54,10 @@ python3-cryptography nodejs unzip python3-yaml python3-jsonschema dnsmasq-base
 python3-grpcio python3-grpc-tools"
 TEST_BACKPORTS=""
 
-# Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf.
+# Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf;
+# ngtcp2's example server gtlsserver (the QUIC stack alone, serving files).
 BENCH="caddy valgrind linux-perf"
-BENCH_BACKPORTS=""
+BENCH_BACKPORTS="ngtcp2-server:1.11.0"
 
 set_name=${1:-test}
 list_only=0

@@ -14,9 +14,9 @@ void qx_ipcount_init(qx_ipcount_t *t, const uint8_t *key)
 void qx_ipcount_free(qx_ipcount_t *t)
 {
     for (size_t b = 0; b < QX_IPCOUNT_BUCKETS; b++) {
-        while (t->buckets[b]) {
-            qx_ipcount_entry_t *e = t->buckets[b];
-            t->buckets[b] = e->next;
+        while (!LIST_EMPTY(&t->buckets[b])) {
+            qx_ipcount_entry_t *e = LIST_FIRST(&t->buckets[b]);
+            LIST_REMOVE(e, link);
             free(e);
         }
     }
@@ -57,11 +57,13 @@ static size_t bucket_of(const qx_ipcount_t *t, const uint8_t *p, uint8_t len)
 
 static qx_ipcount_entry_t *find(const qx_ipcount_t *t, const uint8_t *p, uint8_t len, size_t b)
 {
-    for (qx_ipcount_entry_t *e = t->buckets[b]; e; e = e->next) {
+    qx_ipcount_entry_t *e;
+    LIST_FOREACH(e, &t->buckets[b], link)
+    {
         if (e->len == len && memcmp(e->prefix, p, 16) == 0)
-            return e;
+            break;
     }
-    return NULL;
+    return e;
 }
 
 unsigned qx_ipcount_get(const qx_ipcount_t *t, const struct sockaddr *sa)
@@ -88,8 +90,7 @@ qx_ipcount_entry_t *qx_ipcount_take(qx_ipcount_t *t, const struct sockaddr *sa)
             return NULL;
         memcpy(e->prefix, p, 16);
         e->len = len;
-        e->next = t->buckets[b];
-        t->buckets[b] = e;
+        LIST_INSERT_HEAD(&t->buckets[b], e, link);
         t->nentries++;
     }
     e->count++;
@@ -100,13 +101,7 @@ void qx_ipcount_put(qx_ipcount_t *t, qx_ipcount_entry_t *e)
 {
     if (e == NULL || --e->count > 0)
         return;
-    qx_ipcount_entry_t **pp = &t->buckets[bucket_of(t, e->prefix, e->len)];
-    for (; *pp; pp = &(*pp)->next) {
-        if (*pp == e) {
-            *pp = e->next;
-            free(e);
-            t->nentries--;
-            return;
-        }
-    }
+    LIST_REMOVE(e, link);
+    free(e);
+    t->nentries--;
 }

@@ -19,20 +19,21 @@
 #include "base/siphash.h"
 
 #include <stdint.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 
 #define QX_IPCOUNT_BUCKETS 4096
 
 typedef struct qx_ipcount_entry {
-    struct qx_ipcount_entry *next;
-    uint8_t prefix[16]; /* IPv4: 4 bytes; IPv6: the /64, then zeros */
-    uint8_t len;        /* 4 or 8 */
+    LIST_ENTRY(qx_ipcount_entry) link; /* its bucket's chain */
+    uint8_t prefix[16];                /* IPv4: 4 bytes; IPv6: the /64, then zeros */
+    uint8_t len;                       /* 4 or 8 */
     unsigned count;
 } qx_ipcount_entry_t;
 
 typedef struct qx_ipcount {
     uint8_t key[QX_SIPHASH_KEY_LEN];
-    qx_ipcount_entry_t *buckets[QX_IPCOUNT_BUCKETS];
+    LIST_HEAD(qx_ipcount_chain, qx_ipcount_entry) buckets[QX_IPCOUNT_BUCKETS];
     unsigned nentries;
 } qx_ipcount_t;
 

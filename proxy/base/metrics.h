@@ -1,7 +1,7 @@
 /*
  * metrics.h - per-worker counters. Each worker is the only writer of its
  * qx_metrics_t (relaxed atomic stores, no read-modify-write); the admin
- * thread (issue 4) sums all workers' tables when /metrics is scraped, so a
+ * thread sums all workers' tables when /metrics is scraped, so a
  * worker never waits for it. Label spaces are bounded: methods outside the
  * standard set are OTHER, upstream labels come from the config, and the
  * tables have a fixed capacity with an overflow row.

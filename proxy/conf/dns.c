@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 
 #define RETRY_BASE_MS 1000u
 #define RETRY_MAX_MS 30000u
@@ -33,14 +34,14 @@ struct dns_name {
     unsigned fails;
     uv_timer_t timer; /* the next resolution */
     int timer_open;
-    dns_name_t *next;
+    LIST_ENTRY(dns_name) link; /* d->names; guarded by d->lock */
 };
 
 typedef struct dns_sock {
     uv_poll_t poll;
     ares_socket_t fd;
     qx_dns_t *d;
-    struct dns_sock *next;
+    LIST_ENTRY(dns_sock) link; /* d->socks */
 } dns_sock_t;
 
 struct qx_dns {
@@ -48,8 +49,8 @@ struct qx_dns {
     ares_channel ch;
     int ch_ok;
     pthread_mutex_t lock;
-    dns_name_t *names;
-    dns_sock_t *socks;
+    LIST_HEAD(, dns_name) names; /* newest first */
+    LIST_HEAD(, dns_sock) socks;
     uv_timer_t tick; /* c-ares's own timeouts */
     int once;
     size_t pending;
@@ -113,14 +114,16 @@ static void on_handle_closed(uv_handle_t *h)
 static void sock_state(void *data, ares_socket_t fd, int readable, int writable)
 {
     qx_dns_t *d = data;
-    dns_sock_t **pp = &d->socks;
-    while (*pp && (*pp)->fd != fd)
-        pp = &(*pp)->next;
-    dns_sock_t *s = *pp;
+    dns_sock_t *s;
+    LIST_FOREACH(s, &d->socks, link)
+    {
+        if (s->fd == fd)
+            break;
+    }
     if (!readable && !writable) {
         if (s == NULL)
             return;
-        *pp = s->next;
+        LIST_REMOVE(s, link);
         uv_poll_stop(&s->poll);
         s->poll.data = d;
         d->open_handles++;
@@ -137,8 +140,7 @@ static void sock_state(void *data, ares_socket_t fd, int readable, int writable)
         s->fd = fd;
         s->d = d;
         s->poll.data = s;
-        s->next = d->socks;
-        d->socks = s;
+        LIST_INSERT_HEAD(&d->socks, s, link);
     }
     uv_poll_start(&s->poll, (readable ? UV_READABLE : 0) | (writable ? UV_WRITABLE : 0), on_poll);
 }
@@ -174,23 +176,20 @@ static int addr_cmp(const void *a, const void *b)
         x, y, x->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
 }
 
-static void list_addrs(const dns_name_t *n, const struct sockaddr_storage *a, size_t na, char *buf,
-                       size_t len)
+/* The addresses, space-separated, into buf (as many as fit whole). */
+static void list_addrs(const struct sockaddr_storage *a, size_t na, char *buf, size_t len)
 {
     size_t used = 0;
     buf[0] = '\0';
     for (size_t i = 0; i < na && used + 2 < len; i++) {
-        char ip[INET6_ADDRSTRLEN] = "?";
-        if (a[i].ss_family == AF_INET6)
-            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&a[i])->sin6_addr, ip, sizeof(ip));
-        else
-            inet_ntop(AF_INET, &((const struct sockaddr_in *)&a[i])->sin_addr, ip, sizeof(ip));
+        char ip[INET6_ADDRSTRLEN];
+        if (uv_ip_name((const struct sockaddr *)&a[i], ip, sizeof(ip)) != 0)
+            snprintf(ip, sizeof(ip), "?");
         int w = snprintf(buf + used, len - used, "%s%s", i ? " " : "", ip);
         if (w < 0 || (size_t)w >= len - used)
             break;
         used += (size_t)w;
     }
-    (void)n;
 }
 
 static void free_name(dns_name_t *n);
@@ -268,7 +267,7 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
         ms = QX_MAX(ms, d->min_ttl_ms);
         ms = QX_MIN(ms, d->max_ttl_ms);
         if (changed) {
-            list_addrs(n, got, ngot, list, sizeof(list));
+            list_addrs(got, ngot, list, sizeof(list));
             QX_INFO("dns: %s -> %s (ttl %d s, next lookup in %llu s)", n->host, list, ttl,
                     (unsigned long long)(ms / 1000));
         } else if (prev != ARES_SUCCESS && prev != -1) {
@@ -328,12 +327,7 @@ static void free_name(dns_name_t *n)
 {
     qx_dns_t *d = n->d;
     pthread_mutex_lock(&d->lock);
-    for (dns_name_t **pp = &d->names; *pp; pp = &(*pp)->next) {
-        if (*pp == n) {
-            *pp = n->next;
-            break;
-        }
-    }
+    LIST_REMOVE(n, link);
     pthread_mutex_unlock(&d->lock);
     free(n->host);
     n->host = NULL;
@@ -352,6 +346,19 @@ static void maybe_free(qx_dns_t *d)
         return;
     pthread_mutex_destroy(&d->lock);
     free(d);
+}
+
+/* The name followed as |host|, or NULL. Under d->lock, or on the loop's
+ * thread (the only writer). */
+static dns_name_t *find(qx_dns_t *d, const char *host)
+{
+    dns_name_t *n;
+    LIST_FOREACH(n, &d->names, link)
+    {
+        if (strcmp(n->host, host) == 0)
+            break;
+    }
+    return n;
 }
 
 /* ---- public --------------------------------------------------------------- */
@@ -378,6 +385,8 @@ int qx_dns_new(qx_dns_t **out, uv_loop_t *loop, const qx_config_t *cfg,
     d->loop = loop;
     d->on_change = on_change;
     d->arg = arg;
+    LIST_INIT(&d->names);
+    LIST_INIT(&d->socks);
     pthread_mutex_init(&d->lock, NULL);
     d->min_ttl_ms = cfg->dns.min_ttl_secs * 1000u;
     d->max_ttl_ms = cfg->dns.max_ttl_secs * 1000u;
@@ -434,16 +443,15 @@ size_t qx_dns_sync(qx_dns_t *d, const qx_config_t *cfg)
     size_t count = 0;
     d->min_ttl_ms = cfg->dns.min_ttl_secs * 1000u;
     d->max_ttl_ms = cfg->dns.max_ttl_secs * 1000u;
-    for (dns_name_t *n = d->names; n; n = n->next)
-        n->used = 0;
+    dns_name_t *n, *next;
+    LIST_FOREACH(n, &d->names, link)
+    n->used = 0;
     for (size_t r = 0; r < cfg->nroutes; r++) {
         for (size_t j = 0; j < cfg->routes[r].nupstreams; j++) {
             const char *host = cfg->routes[r].upstreams[j].host;
             if (host == NULL)
                 continue;
-            dns_name_t *n = d->names;
-            while (n && strcmp(n->host, host) != 0)
-                n = n->next;
+            n = find(d, host);
             if (n) {
                 if (!n->used)
                     count++;
@@ -459,15 +467,14 @@ size_t qx_dns_sync(qx_dns_t *d, const qx_config_t *cfg)
             n->status = -1;
             n->used = 1;
             pthread_mutex_lock(&d->lock);
-            n->next = d->names;
-            d->names = n;
+            LIST_INSERT_HEAD(&d->names, n, link);
             pthread_mutex_unlock(&d->lock);
             count++;
             resolve(n);
         }
     }
-    for (dns_name_t *n = d->names, *next; n; n = next) {
-        next = n->next;
+    for (n = LIST_FIRST(&d->names); n; n = next) {
+        next = LIST_NEXT(n, link);
         if (!n->used && !n->in_flight)
             free_name(n);
         else if (!n->used && n->timer_open)
@@ -485,27 +492,19 @@ void qx_dns_del(qx_dns_t *d)
      * polls are closed through sock_state. */
     ares_destroy(d->ch);
     d->ch_ok = 0;
-    while (d->socks) {
-        dns_sock_t *s = d->socks;
-        d->socks = s->next;
+    while (!LIST_EMPTY(&d->socks)) {
+        dns_sock_t *s = LIST_FIRST(&d->socks);
+        LIST_REMOVE(s, link);
         uv_poll_stop(&s->poll);
         s->poll.data = d;
         d->open_handles++;
         uv_close((uv_handle_t *)&s->poll, on_handle_closed);
     }
-    while (d->names)
-        free_name(d->names);
+    while (!LIST_EMPTY(&d->names))
+        free_name(LIST_FIRST(&d->names));
     uv_timer_stop(&d->tick);
     d->open_handles++;
     uv_close((uv_handle_t *)&d->tick, on_handle_closed);
-}
-
-static dns_name_t *find(qx_dns_t *d, const char *host)
-{
-    dns_name_t *n = d->names;
-    while (n && strcmp(n->host, host) != 0)
-        n = n->next;
-    return n;
 }
 
 size_t qx_dns_addrs(qx_dns_t *d, const char *host, uint16_t port, struct sockaddr_storage *out,
@@ -551,19 +550,21 @@ size_t qx_dns_metrics(qx_dns_t *d, char *buf, size_t len)
         return 0;
     buf[0] = '\0';
     pthread_mutex_lock(&d->lock);
-    if (d->names != NULL) {
+    if (!LIST_EMPTY(&d->names)) {
         OUT("# HELP qrux_dns_resolutions_total Lookups of upstream names by outcome (not_found: "
             "no such name or no A/AAAA record; error: timeout, refused, server failure).\n"
             "# TYPE qrux_dns_resolutions_total counter\n");
-        for (dns_name_t *n = d->names; n; n = n->next) {
+        dns_name_t *n;
+        LIST_FOREACH(n, &d->names, link)
+        {
             for (int r = 0; r < QX_DNS_R_COUNT; r++)
                 OUT("qrux_dns_resolutions_total{name=\"%s\",result=\"%s\"} %llu\n", n->host,
                     result_names[r], (unsigned long long)n->results[r]);
         }
         OUT("# HELP qrux_dns_addresses Addresses an upstream name resolves to now (the last good "
             "answer).\n# TYPE qrux_dns_addresses gauge\n");
-        for (dns_name_t *n = d->names; n; n = n->next)
-            OUT("qrux_dns_addresses{name=\"%s\"} %zu\n", n->host, n->naddrs);
+        LIST_FOREACH(n, &d->names, link)
+        OUT("qrux_dns_addresses{name=\"%s\"} %zu\n", n->host, n->naddrs);
     }
 full:
     pthread_mutex_unlock(&d->lock);

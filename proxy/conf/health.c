@@ -8,7 +8,7 @@
 void qx_health_tab_init(qx_health_tab_t *t)
 {
     pthread_mutex_init(&t->lock, NULL);
-    t->head = NULL;
+    SLIST_INIT(&t->list);
     t->n = 0;
 }
 
@@ -16,9 +16,9 @@ void qx_health_tab_free(qx_health_tab_t *t)
 {
     if (t == NULL)
         return;
-    while (t->head) {
-        qx_health_t *h = t->head;
-        t->head = h->next;
+    while (!SLIST_EMPTY(&t->list)) {
+        qx_health_t *h = SLIST_FIRST(&t->list);
+        SLIST_REMOVE_HEAD(&t->list, link);
         free(h);
     }
     t->n = 0;
@@ -30,14 +30,16 @@ qx_health_t *qx_health_get(qx_health_tab_t *t, const struct sockaddr *addr, sock
     if (t == NULL || len == 0 || len > sizeof(struct sockaddr_storage))
         return NULL;
     pthread_mutex_lock(&t->lock);
-    qx_health_t *h = t->head;
-    while (h && !(h->addrlen == len && memcmp(&h->addr, addr, len) == 0))
-        h = h->next;
+    qx_health_t *h;
+    SLIST_FOREACH(h, &t->list, link)
+    {
+        if (h->addrlen == len && memcmp(&h->addr, addr, len) == 0)
+            break;
+    }
     if (h == NULL && t->n < QX_HEALTH_MAX && (h = calloc(1, sizeof(*h))) != NULL) {
         memcpy(&h->addr, addr, len);
         h->addrlen = len;
-        h->next = t->head;
-        t->head = h;
+        SLIST_INSERT_HEAD(&t->list, h, link);
         t->n++;
     }
     pthread_mutex_unlock(&t->lock);

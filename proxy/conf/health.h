@@ -18,6 +18,7 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 
 #define QX_HEALTH_FAILS 3      /* connect failures in a row that eject */
@@ -28,17 +29,17 @@
 typedef struct qx_health {
     struct sockaddr_storage addr;
     socklen_t addrlen;
-    unsigned fails;     /* atomic: connect failures in a row */
-    unsigned level;     /* atomic: ejections in a row (the back-off's exponent) */
-    uint64_t until_ms;  /* atomic: ejected until this qx_health_now_ms() */
-    uint64_t ejections; /* atomic: times ejected, for the counter */
-    qx_log_rl_t rl;     /* the warn lines about this endpoint (rate-limited) */
-    struct qx_health *next;
+    unsigned fails;              /* atomic: connect failures in a row */
+    unsigned level;              /* atomic: ejections in a row (the back-off's exponent) */
+    uint64_t until_ms;           /* atomic: ejected until this qx_health_now_ms() */
+    uint64_t ejections;          /* atomic: times ejected, for the counter */
+    qx_log_rl_t rl;              /* the warn lines about this endpoint (rate-limited) */
+    SLIST_ENTRY(qx_health) link; /* the table's list */
 } qx_health_t;
 
 typedef struct qx_health_tab {
-    pthread_mutex_t lock; /* guards the list (lookups at snapshot build) */
-    qx_health_t *head;
+    pthread_mutex_t lock;         /* guards the list (lookups at snapshot build) */
+    SLIST_HEAD(, qx_health) list; /* newest first */
     unsigned n;
 } qx_health_tab_t;
 

@@ -18,6 +18,7 @@
 #include "conf/router.h"
 
 #include "base/qx.h"
+#include "base/str.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -36,18 +37,13 @@ struct qx_router {
     int catchall; /* index of "*", or -1 */
 };
 
-static inline unsigned char ascii_lower(unsigned char c)
-{
-    return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + ('a' - 'A')) : c;
-}
-
 /* Orders a request host (any case) against an entry name (lowercase):
  * bytewise on the folded host, then shorter first. */
 static int host_cmp(const char *h, size_t hlen, const char *name, size_t nlen)
 {
     size_t n = QX_MIN(hlen, nlen);
     for (size_t i = 0; i < n; i++) {
-        unsigned char a = ascii_lower((unsigned char)h[i]), b = (unsigned char)name[i];
+        unsigned char a = (unsigned char)qx_ascii_lower(h[i]), b = (unsigned char)name[i];
         if (a != b)
             return a < b ? -1 : 1;
     }

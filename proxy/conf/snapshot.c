@@ -8,19 +8,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
-void qx_endpoint_format(const struct sockaddr *sa, char *buf, size_t len)
+/* "10.1.2.3:8080" or "[::1]:8080" into buf. */
+static void endpoint_format(const struct sockaddr *sa, char *buf, size_t len)
 {
     char ip[INET6_ADDRSTRLEN] = "?";
-    if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
-        snprintf(buf, len, "[%s]:%u", ip, (unsigned)ntohs(s6->sin6_port));
-    } else {
-        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
-        snprintf(buf, len, "%s:%u", ip, (unsigned)ntohs(s4->sin_port));
-    }
+    if (uv_ip_name(sa, ip, sizeof(ip)) != 0)
+        snprintf(ip, sizeof(ip), "?");
+    if (sa->sa_family == AF_INET6)
+        snprintf(buf, len, "[%s]:%u", ip,
+                 (unsigned)ntohs(((const struct sockaddr_in6 *)sa)->sin6_port));
+    else
+        snprintf(buf, len, "%s:%u", ip,
+                 (unsigned)ntohs(((const struct sockaddr_in *)sa)->sin_port));
 }
 
 static void ep_set(qx_endpoint_t *e, const qx_upstream_cfg_t *u, const struct sockaddr_storage *a,
@@ -30,7 +31,7 @@ static void ep_set(qx_endpoint_t *e, const qx_upstream_cfg_t *u, const struct so
     e->addrlen = len;
     e->name = u->name;
     e->protocol = u->protocol;
-    qx_endpoint_format((const struct sockaddr *)a, e->addrstr, sizeof(e->addrstr));
+    endpoint_format((const struct sockaddr *)a, e->addrstr, sizeof(e->addrstr));
     e->health = qx_health_get(ht, (const struct sockaddr *)a, len);
 }
 

@@ -74,7 +74,4 @@ void qx_snapshot_unref(qx_snapshot_t *s);
  * table. Thread-safe. */
 size_t qx_snapshot_pick(qx_snapshot_t *s, int route, size_t skip, uint64_t now_ms);
 
-/* Writes "a.b.c.d:port" or "[v6]:port" into buf (QX_EP_ADDRLEN). */
-void qx_endpoint_format(const struct sockaddr *sa, char *buf, size_t len);
-
 #endif

@@ -76,17 +76,8 @@ struct qx_wctx {
     unsigned handshakes; /* QUIC handshakes in progress (retry: auto) */
     unsigned nexchanges; /* requests in flight */
     qx_defer_t defer;    /* the worker's one deferred-work queue (defer.h) */
-    void *ex_local;      /* the exchange module's per-worker state */
-
-    /* The exchange module's per-worker state, until it moves behind
-     * ex_local (exchange.c owns these fields). */
-    uv_prepare_t pump;        /* before the next poll: request bodies go upstream */
-    qx_exchange_t *pump_head; /* exchanges with request body bytes to write */
-    qx_exchange_t *ex_cache;  /* finished exchanges kept for reuse */
-    unsigned nex_cache;
-    uint8_t *up_scratch; /* QX_UP_READ bytes: upstream reads that cannot go straight to a window */
-    struct sockaddr_storage last_client; /* the address client_ip was last formatted for */
-    char last_client_ip[INET6_ADDRSTRLEN];
+    void *ex_local;      /* the exchange module's per-worker state (exchange.c owns it;
+                            qx_exchange_cache_free frees it) */
 
     /* What only the worker can do (worker.c sets them). */
     /* A connection or request ended: a draining worker that is now idle

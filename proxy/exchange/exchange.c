@@ -26,28 +26,72 @@ static void pump_later(qx_exchange_t *ex);
 static void dispatch(qx_exchange_t *ex, int fresh_only);
 static int connect_failed(qx_exchange_t *ex, const char *why);
 static void build_and_dispatch(qx_exchange_t *ex);
-static void client_ip(qx_wctx_t *w, const struct sockaddr *client, char *out);
+typedef struct ex_local ex_local_t;
+static void client_ip(ex_local_t *L, const struct sockaddr *client, char *out);
 static void format_ip(const struct sockaddr *client, char *client_ip);
 static void exchange_free(qx_exchange_t *ex);
 static void *grow_fields(qx_exchange_t *ex, const void *arr, size_t *cap, size_t elem, size_t used);
 static int try_retry(qx_exchange_t *ex, int replay);
 static void note_grpc_status(qx_exchange_t *ex, const qx_hdr_t *hdrs, size_t n);
 
+/* ---- state --------------------------------------------------------------- */
+
+/* The moves set_state() allows, by state (see the diagram in exchange.h).
+ * A move to the same state is listed where it happens: a queued request
+ * that finds the pool still full queues again; a failed connect starts the
+ * next one. */
+#define S(x) (1u << (x))
+static const unsigned legal_moves[] = {
+    [QX_EX_HEAD] =
+        S(QX_EX_QUEUED) | S(QX_EX_CONNECTING) | S(QX_EX_UPSTREAM) | S(QX_EX_DONE) | S(QX_EX_CLOSED),
+    [QX_EX_QUEUED] =
+        S(QX_EX_QUEUED) | S(QX_EX_CONNECTING) | S(QX_EX_UPSTREAM) | S(QX_EX_DONE) | S(QX_EX_CLOSED),
+    [QX_EX_CONNECTING] =
+        S(QX_EX_QUEUED) | S(QX_EX_CONNECTING) | S(QX_EX_UPSTREAM) | S(QX_EX_DONE) | S(QX_EX_CLOSED),
+    [QX_EX_UPSTREAM] =
+        S(QX_EX_QUEUED) | S(QX_EX_CONNECTING) | S(QX_EX_RESPONSE) | S(QX_EX_DONE) | S(QX_EX_CLOSED),
+    [QX_EX_RESPONSE] = S(QX_EX_DONE) | S(QX_EX_ABORTED) | S(QX_EX_CLOSED),
+    [QX_EX_DONE] = S(QX_EX_ABORTED) | S(QX_EX_CLOSED),
+    [QX_EX_ABORTED] = S(QX_EX_CLOSED),
+    [QX_EX_CLOSED] = 0,
+};
+#undef S
+
+static void set_state(qx_exchange_t *ex, qx_exchange_state_t to)
+{
+    (void)legal_moves; /* read only where QRUX_ASSERT is checked */
+    QRUX_ASSERT((legal_moves[ex->state] & (1u << to)) != 0);
+    ex->state = to;
+}
+
+/* The front stream is gone: no op reaches it any more. */
+static int gone(const qx_exchange_t *ex)
+{
+    return ex->state == QX_EX_CLOSED;
+}
+
+/* The response is produced (or failed): request body bytes are dropped. */
+static int finished(const qx_exchange_t *ex)
+{
+    return ex->state >= QX_EX_DONE;
+}
+
 /* ---- small helpers ------------------------------------------------------ */
 
+/* One timer per exchange; what it watches follows from the state: the
+ * connect (QUEUED, CONNECTING), the response head (UPSTREAM), the body's
+ * two ends (RESPONSE, DONE). */
 static void timer_stop(qx_exchange_t *ex)
 {
-    ex->timer_phase = 0;
     uv_timer_stop(&ex->timer);
 }
 
 static void on_timer(uv_timer_t *t);
 
-static void timer_arm(qx_exchange_t *ex, int phase, uint32_t secs)
+static void timer_arm(qx_exchange_t *ex, uint32_t secs)
 {
     uint64_t ms = (uint64_t)secs * 1000;
-    ex->timer_phase = phase;
-    if (ex->deadline_ms && !ex->resp_complete) {
+    if (ex->deadline_ms && !finished(ex)) {
         /* A gRPC client's deadline (grpc-timeout) may come before any of
          * the route's timeouts: the timer wakes for it too. */
         uint64_t now = uv_now(&ex->w->loop);
@@ -67,7 +111,7 @@ static void body_timer_start(qx_exchange_t *ex)
     const qx_limits_t *l = &ex->snap->cfg->limits;
     uint64_t now = uv_now(&ex->w->loop);
     ex->up_progress_ms = ex->cl_progress_ms = now;
-    timer_arm(ex, 3, /* capped by a gRPC deadline (timer_arm) */
+    timer_arm(ex, /* capped by a gRPC deadline (timer_arm) */
               QX_MIN(l->client_idle_timeout_secs, l->upstream_idle_timeout_secs));
 }
 
@@ -151,7 +195,7 @@ static void discard_request_body(qx_exchange_t *ex)
     if (ex->req_discard)
         return;
     ex->req_discard = 1;
-    if (ex->front_gone)
+    if (gone(ex))
         return;
     /* No STOP_SENDING yet: browsers (Chromium) keep a response waiting
      * until their upload ends, so the rest of the body is read and dropped,
@@ -174,14 +218,14 @@ static void local_answer(qx_exchange_t *ex, int status, const char *why)
     int n = snprintf(body, sizeof(body), "%d %s\n%s%s", status, qx_h1_reason(status),
                      why ? why : "", why ? "\n" : "");
 
+    if (gone(ex))
+        return;
     ex_release_upstream(ex);
     timer_stop(ex);
-    ex->state = QX_EX_DONE;
+    set_state(ex, QX_EX_DONE);
     ex->status = status;
     if (!ex->req_fin)
         discard_request_body(ex);
-    if (ex->front_gone)
-        return;
     if (ensure_resp_buf(ex, n) != 0) {
         ex->fops->abort(ex);
         return;
@@ -192,7 +236,6 @@ static void local_answer(qx_exchange_t *ex, int status, const char *why)
         ex->resp_body = (uint64_t)n;
     }
     ex->resp_eof = 1;
-    ex->resp_complete = 1;
     int cl = snprintf(ex->local_clen, sizeof(ex->local_clen), "%d", n);
     qx_hdr_t hdrs[] = {
         {"content-type", 12, "text/plain; charset=utf-8", 25},
@@ -220,26 +263,27 @@ static void grpc_deadline(qx_exchange_t *ex)
         {"grpc-status", 11, "4", 1},
         {"grpc-message", 12, "deadline exceeded (qrux)", 24},
     };
+    if (gone(ex) || finished(ex))
+        return;
     ex_release_upstream(ex);
     timer_stop(ex);
-    ex->state = QX_EX_DONE;
     ex->grpc_status = "4";
     ex->grpc_statuslen = 1;
     if (!ex->req_fin)
         discard_request_body(ex);
-    if (ex->front_gone)
-        return;
     ex->resp_eof = 1;
-    ex->resp_complete = 1;
     if (ex->status == 0) {
+        set_state(ex, QX_EX_DONE);
         ex->status = 200;
         if (ex->fops->respond(ex, 200, fields, QX_ARRAY_LEN(fields), 0) != 0)
             ex->fops->abort(ex);
         return;
     }
+    set_state(ex, QX_EX_DONE);
     ex->resp_trailers = &fields[1];
     ex->nresp_trailers = 2;
     ex->fops->resume(ex);
+    body_timer_start(ex); /* the client must still take what is left */
 }
 
 /* Something went wrong with the upstream or a limit: a status if nothing
@@ -250,16 +294,15 @@ static void fail(qx_exchange_t *ex, int status)
         local_response(ex, status);
         return;
     }
+    if (ex->state >= QX_EX_ABORTED)
+        return; /* reset already, or the front is gone */
     ex_release_upstream(ex);
     timer_stop(ex);
-    ex->state = QX_EX_DONE;
+    set_state(ex, QX_EX_ABORTED);
     ex->resp_eof = 1;
     if (!ex->req_fin)
         discard_request_body(ex);
-    if (!ex->front_gone && !ex->resp_reset) {
-        ex->resp_reset = 1;
-        ex->fops->abort(ex);
-    }
+    ex->fops->abort(ex);
 }
 
 /* The exchange is done with its upstream: leaves the pool's queue, and
@@ -276,13 +319,28 @@ static void ex_release_upstream(qx_exchange_t *ex)
 
 /* ---- life cycle --------------------------------------------------------- */
 
+/* What the exchanges keep per worker, behind the context's ex_local slot:
+ * made with the worker's first exchange, freed by qx_exchange_cache_free. */
+struct ex_local {
+    qx_exchange_t *cache; /* finished exchanges kept for reuse (QX_EX_CACHE) */
+    unsigned ncache;
+    uint8_t *up_scratch; /* QX_UP_READ bytes: upstream reads that cannot go straight to a window */
+    struct sockaddr_storage last_client; /* the address client_ip was last formatted for */
+    char last_client_ip[INET6_ADDRSTRLEN];
+};
+
+static void on_pump(qx_deferred_t *d);
+
 qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *front,
                                int64_t stream_id, const struct sockaddr *client)
 {
-    qx_exchange_t *ex = w->ex_cache;
+    if (w->ex_local == NULL && (w->ex_local = calloc(1, sizeof(ex_local_t))) == NULL)
+        return NULL;
+    ex_local_t *L = w->ex_local;
+    qx_exchange_t *ex = L->cache;
     if (ex) {
-        w->ex_cache = ex->next;
-        w->nex_cache--;
+        L->cache = ex->next;
+        L->ncache--;
     } else {
         ex = malloc(sizeof(*ex));
         if (ex == NULL)
@@ -301,7 +359,7 @@ qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *f
     ex->ups.user = ex;
     ex->ups.req = &ex->req;
     ex->ups.resp = &ex->resp;
-    ex->ups.scratch = &w->up_scratch;
+    ex->ups.scratch = &L->up_scratch;
     ex->ups.req_fin = 0;
     ex->ups.req_trailers = NULL;
     ex->ups.nreq_trailers = 0;
@@ -315,23 +373,24 @@ qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *f
     ex->start_ns = uv_hrtime();
     ex->req_cl = -1;
     ex->route = -1;
+    qx_deferred_init(&ex->pump, on_pump);
     uv_timer_init(&w->loop, &ex->timer);
-    client_ip(w, client, ex->client_ip);
+    client_ip(L, client, ex->client_ip);
     w->nexchanges++;
     return ex;
 }
 
 /* Formats the client address, once per address in a row: requests come in
  * runs from one connection. */
-static void client_ip(qx_wctx_t *w, const struct sockaddr *client, char *out)
+static void client_ip(ex_local_t *L, const struct sockaddr *client, char *out)
 {
     socklen_t len =
         client->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    if (memcmp(&w->last_client, client, len) != 0 || w->last_client_ip[0] == '\0') {
-        format_ip(client, w->last_client_ip);
-        memcpy(&w->last_client, client, len);
+    if (memcmp(&L->last_client, client, len) != 0 || L->last_client_ip[0] == '\0') {
+        format_ip(client, L->last_client_ip);
+        memcpy(&L->last_client, client, len);
     }
-    memcpy(out, w->last_client_ip, INET6_ADDRSTRLEN);
+    memcpy(out, L->last_client_ip, INET6_ADDRSTRLEN);
 }
 
 static void format_ip(const struct sockaddr *client, char *client_ip)
@@ -358,12 +417,13 @@ static void on_timer_closed(uv_handle_t *h)
     /* Kept for the next request (the timer's close callback is a safe
      * point: nothing up the stack still uses this exchange), unless the
      * worker is stopping or enough are kept already. */
-    if (w->nex_cache < QX_EX_CACHE && w->state != QX_W_STOPPED) {
+    ex_local_t *L = w->ex_local;
+    if (L->ncache < QX_EX_CACHE && w->state != QX_W_STOPPED) {
         qx_arena_reset(&ex->arena);
         qx_up_stream_trim(&ex->ups);
-        ex->next = w->ex_cache;
-        w->ex_cache = ex;
-        w->nex_cache++;
+        ex->next = L->cache;
+        L->cache = ex;
+        L->ncache++;
     } else {
         exchange_free(ex);
     }
@@ -380,22 +440,25 @@ static void exchange_free(qx_exchange_t *ex)
 
 void qx_exchange_cache_free(qx_wctx_t *w)
 {
-    free(w->up_scratch);
-    w->up_scratch = NULL;
-    while (w->ex_cache) {
-        qx_exchange_t *ex = w->ex_cache;
-        w->ex_cache = ex->next;
+    ex_local_t *L = w->ex_local;
+    if (L == NULL)
+        return;
+    free(L->up_scratch);
+    while (L->cache) {
+        qx_exchange_t *ex = L->cache;
+        L->cache = ex->next;
         exchange_free(ex);
     }
-    w->nex_cache = 0;
+    free(L);
+    w->ex_local = NULL;
 }
 
 void qx_exchange_front_answered(qx_exchange_t *ex, int status)
 {
     ex->status = status;
-    ex->resp_complete = 1;
     ex->resp_eof = 1;
-    ex->state = QX_EX_DONE;
+    timer_stop(ex); /* the front closes the stream next */
+    set_state(ex, QX_EX_DONE);
 }
 
 void qx_exchange_front_closed(qx_exchange_t *ex, int error)
@@ -403,16 +466,17 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
     qx_wctx_t *w = ex->w;
     /* Complete when the whole response was handed to the front, even if
      * the client closed its connection before acknowledging the end. */
-    int clean = ex->resp_complete && !ex->resp_reset && qx_ring_unsent(&ex->resp) == 0;
+    int clean = ex->state == QX_EX_DONE && qx_ring_unsent(&ex->resp) == 0;
+    int reset = ex->state == QX_EX_ABORTED;     /* we reset the client stream */
     int status = ex->status ? ex->status : 499; /* client went away before an answer */
 
-    ex->front_gone = 1;
+    set_state(ex, QX_EX_CLOSED);
     if (ex->dispatch_due)
         qx_cnt_add(&w->metrics.defences[QX_D_RESET_BEFORE_UPSTREAM], 1);
     pump_unqueue(ex);
     ex_release_upstream(ex); /* a response cut short: its connection is closed */
     timer_stop(ex);
-    if (error && !clean && !ex->resp_reset)
+    if (error && !clean && !reset)
         qx_cnt_add(&w->metrics.streams_reset_by_client, 1);
 
     double secs = (double)(uv_hrtime() - ex->start_ns) / 1e9;
@@ -799,8 +863,8 @@ static void build_and_dispatch(qx_exchange_t *ex)
 static void start_upstream(qx_exchange_t *ex)
 {
     const qx_limits_t *lim = &ex->snap->cfg->limits;
-    ex->state = QX_EX_UPSTREAM;
-    timer_arm(ex, 2, lim->upstream_request_timeout_secs);
+    set_state(ex, QX_EX_UPSTREAM);
+    timer_arm(ex, lim->upstream_request_timeout_secs);
     ex->ups.ops->start(&ex->ups);
 }
 
@@ -828,7 +892,7 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
         const qx_endpoint_t *up = &ex->snap->eps[ex->up];
         pool = qx_wctx_pool_find(w, (const struct sockaddr *)&up->addr, up->addrlen);
     }
-    ex->state = QX_EX_CONNECTING;
+    int was_queued = ex->state == QX_EX_QUEUED;
     if (pool)
         rv = ex->ups.ops->connect(&ex->ups, pool, fresh_only, &reused);
     if (rv == QX_ERR_LIMIT) {
@@ -842,10 +906,10 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
             return;
         }
         ex->wait_pool = pool;
-        ex->state = QX_EX_QUEUED;
+        set_state(ex, QX_EX_QUEUED);
         qx_cnt_add(&w->metrics.defences[QX_D_UPSTREAM_QUEUED], 1);
-        if (ex->timer_phase != 1)
-            timer_arm(ex, 1, ex->snap->cfg->limits.upstream_connect_timeout_secs);
+        if (!was_queued) /* the connect timeout covers the whole wait */
+            timer_arm(ex, ex->snap->cfg->limits.upstream_connect_timeout_secs);
         return;
     }
     if (rv != 0) {
@@ -863,7 +927,8 @@ static void dispatch(qx_exchange_t *ex, int fresh_only)
         start_upstream(ex);
         return;
     }
-    timer_arm(ex, 1, ex->snap->cfg->limits.upstream_connect_timeout_secs);
+    set_state(ex, QX_EX_CONNECTING);
+    timer_arm(ex, ex->snap->cfg->limits.upstream_connect_timeout_secs);
 }
 
 /* A connect to the exchange's endpoint failed (refused, unreachable,
@@ -878,7 +943,7 @@ static int connect_failed(qx_exchange_t *ex, const char *why)
     uint64_t now = qx_health_now_ms(), ms = 0;
     qx_cnt_add(&up_row(ex)->connect_errors, 1);
     size_t n = ex->snap->ep_count[ex->route];
-    int again = !ex->front_gone && (size_t)ex->attempts < QX_MIN(n, (size_t)QX_CONNECT_ATTEMPTS);
+    int again = !gone(ex) && (size_t)ex->attempts < QX_MIN(n, (size_t)QX_CONNECT_ATTEMPTS);
     up_warn(ex, "connect failed: %s%s", why, again ? "; trying another address" : "");
     if (e && qx_health_fail(e->health, now, &ms))
         QX_WARN("upstream %s (%s): ejected for %llu s after %d connect failures in a row", e->name,
@@ -925,7 +990,7 @@ static int idempotent(int method_idx)
  * app, or only the head and the request is idempotent. */
 static int try_retry(qx_exchange_t *ex, int replay)
 {
-    if (!ex->reused || ex->retried || ex->front_gone || replay == QX_UP_REPLAY_NONE)
+    if (!ex->reused || ex->retried || gone(ex) || replay == QX_UP_REPLAY_NONE)
         return 0;
     /* RFC 9110 §9.2.2: a request that is not idempotent is never sent
      * twice once its head may have reached the upstream: the app may have
@@ -943,56 +1008,33 @@ static int try_retry(qx_exchange_t *ex, int replay)
 
 /* Body bytes arrive a datagram (or a TLS record) at a time; writing each
  * at once would be a write per ~1,200 bytes. They are written together
- * once the loop has handled this round's input, before it polls again (the
- * worker's uv_prepare). Not a uv_check: one queued from another check
- * (the HTTPS front's flush) would wait for the next I/O event, while the
- * front waits for the window this write frees. */
+ * once the loop has handled this turn's input: the exchange's item on the
+ * worker's deferred-work queue (defer.h), which runs after the poll. The
+ * front's flush waits for the window this write frees, so the pump must
+ * not wait for the next I/O event: an item queued while the queue runs
+ * (from a front's flush on the same queue) runs in the same turn, and one
+ * queued from anywhere else (another check handle, a timer, a write
+ * callback) keeps the next poll from blocking. */
 static void pump_later(qx_exchange_t *ex)
 {
-    qx_wctx_t *w = ex->w;
-    if (ex->pump_queued)
-        return;
-    ex->pump_queued = 1;
-    ex->pump_prev = NULL;
-    ex->pump_next = w->pump_head;
-    if (w->pump_head)
-        w->pump_head->pump_prev = ex;
-    else
-        uv_prepare_start(&w->pump, qx_exchange_on_pump);
-    w->pump_head = ex;
+    qx_defer(&ex->w->defer, &ex->pump);
 }
 
 static void pump_unqueue(qx_exchange_t *ex)
 {
-    qx_wctx_t *w = ex->w;
-    if (!ex->pump_queued)
-        return;
-    if (ex->pump_prev)
-        ex->pump_prev->pump_next = ex->pump_next;
-    else
-        w->pump_head = ex->pump_next;
-    if (ex->pump_next)
-        ex->pump_next->pump_prev = ex->pump_prev;
-    ex->pump_queued = 0;
-    ex->pump_prev = ex->pump_next = NULL;
-    if (w->pump_head == NULL)
-        uv_prepare_stop(&w->pump);
+    qx_defer_cancel(&ex->w->defer, &ex->pump);
 }
 
-void qx_exchange_on_pump(uv_prepare_t *h)
+static void on_pump(qx_deferred_t *d)
 {
-    qx_wctx_t *w = qx_container_of(h, qx_wctx_t, pump);
-    while (w->pump_head) {
-        qx_exchange_t *ex = w->pump_head;
-        pump_unqueue(ex);
-        if (ex->dispatch_due) {
-            ex->dispatch_due = 0;
-            /* Not answered meanwhile (or still waiting for a connection). */
-            if (ex->state == QX_EX_HEAD || ex->state == QX_EX_QUEUED)
-                dispatch(ex, 0);
-        } else if (ex->state == QX_EX_UPSTREAM) {
-            ex->ups.ops->send(&ex->ups);
-        }
+    qx_exchange_t *ex = qx_container_of(d, qx_exchange_t, pump);
+    if (ex->dispatch_due) {
+        ex->dispatch_due = 0;
+        /* Not answered meanwhile (or still waiting for a connection). */
+        if (ex->state == QX_EX_HEAD || ex->state == QX_EX_QUEUED)
+            dispatch(ex, 0);
+    } else if (ex->state == QX_EX_UPSTREAM || ex->state == QX_EX_RESPONSE) {
+        ex->ups.ops->send(&ex->ups);
     }
 }
 
@@ -1009,13 +1051,13 @@ static int up_head(void *user, int status, const qx_hdr_t *hdrs, size_t n, int h
 {
     qx_exchange_t *ex = user;
     ex->up_status = status;
-    ex->resp_head_done = 1;
+    set_state(ex, QX_EX_RESPONSE);
     note_grpc_status(ex, hdrs, n);
     timer_stop(ex);
     if (has_body && ensure_resp_buf(ex, content_length) != 0)
         return -1;
     ex->status = status;
-    if (ex->front_gone)
+    if (gone(ex))
         return -1;
     if (ex->fops->respond(ex, status, hdrs, n, has_body) != 0)
         return -1;
@@ -1031,7 +1073,7 @@ static void up_body(void *user, size_t n)
     if (ex->resp.fill - n == ex->resp.ack) /* the client's clock starts when it has something */
         ex->cl_progress_ms = uv_now(&ex->w->loop);
     ex->resp_body += n;
-    if (!ex->front_gone)
+    if (!gone(ex))
         ex->fops->resume(ex);
 }
 
@@ -1057,10 +1099,9 @@ static void up_trailers(void *user, const qx_hdr_t *hdrs, size_t n)
 static void up_end(void *user)
 {
     qx_exchange_t *ex = user;
-    ex->resp_complete = 1;
     ex->resp_eof = 1;
-    ex->state = QX_EX_DONE;
-    if (!ex->front_gone)
+    set_state(ex, QX_EX_DONE);
+    if (!gone(ex))
         ex->fops->resume(ex);
     if (!ex->req_fin)
         discard_request_body(ex); /* answered before the body finished */
@@ -1072,9 +1113,9 @@ static void up_consumed(void *user, size_t n)
     /* upstream_request_timeout_secs is "no response within": while the body
      * is still going up and moving, the clock starts again, so a slow but
      * steady upload is not a 504; a stalled one still is. */
-    if (n > 0 && ex->timer_phase == 2 && !ex->resp_head_done)
-        timer_arm(ex, 2, ex->snap->cfg->limits.upstream_request_timeout_secs);
-    if (!ex->front_gone && n > 0)
+    if (n > 0 && ex->state == QX_EX_UPSTREAM)
+        timer_arm(ex, ex->snap->cfg->limits.upstream_request_timeout_secs);
+    if (!gone(ex) && n > 0)
         ex->fops->consumed(ex, n);
 }
 
@@ -1086,11 +1127,11 @@ static void up_error(void *user, int err, int replay, const char *why)
         if (try_retry(ex, replay))
             return;
         up_warn(ex, "%s", why);
-        if (!ex->resp_head_done)
+        if (ex->state == QX_EX_UPSTREAM) /* no response head came */
             qx_cnt_add(&up_row(ex)->protocol_errors, 1);
         break;
     case QX_UP_E_PROTO:
-        if (ex->resp_reset)
+        if (ex->state == QX_EX_ABORTED)
             return;
         QX_DEBUG("upstream %s: bad response: %s", ex->up_name, why);
         qx_cnt_add(&up_row(ex)->protocol_errors, 1);
@@ -1142,12 +1183,11 @@ static int body_stalled(qx_exchange_t *ex)
             return QX_D_UPSTREAM_STALLED;
         next = QX_MIN(next, ex->up_progress_ms + up - now);
     }
-    if (ex->deadline_ms && !ex->resp_complete) {
+    if (ex->deadline_ms && !finished(ex)) {
         if (now >= ex->deadline_ms)
             return -2;
         next = QX_MIN(next, ex->deadline_ms - now);
     }
-    ex->timer_phase = 3;
     uv_timer_start(&ex->timer, on_timer, next, 0);
     return -1;
 }
@@ -1155,14 +1195,14 @@ static int body_stalled(qx_exchange_t *ex)
 static void on_timer(uv_timer_t *t)
 {
     qx_exchange_t *ex = qx_container_of(t, qx_exchange_t, timer);
-    int phase = ex->timer_phase;
-    ex->timer_phase = 0;
-    if (ex->deadline_ms && !ex->resp_complete && uv_now(&ex->w->loop) >= ex->deadline_ms) {
+    const qx_limits_t *l = &ex->snap->cfg->limits;
+    QRUX_ASSERT(ex->state >= QX_EX_QUEUED && ex->state <= QX_EX_DONE);
+    if (ex->deadline_ms && !finished(ex) && uv_now(&ex->w->loop) >= ex->deadline_ms) {
         QX_DEBUG("stream %" PRId64 ": gRPC deadline passed", ex->stream_id);
         grpc_deadline(ex);
         return;
     }
-    if (phase == 3) {
+    if (ex->state == QX_EX_RESPONSE || ex->state == QX_EX_DONE) {
         int who = body_stalled(ex);
         if (who == -2) {
             grpc_deadline(ex);
@@ -1181,11 +1221,11 @@ static void on_timer(uv_timer_t *t)
         fail(ex, 504);
         return;
     }
-    if (phase == 1 && ex->state == QX_EX_CONNECTING) {
+    if (ex->state == QX_EX_CONNECTING) {
         /* The connect itself timed out (not a wait for a pooled slot). */
         char why[64];
         snprintf(why, sizeof(why), "timed out after %u s",
-                 (unsigned)ex->snap->cfg->limits.upstream_connect_timeout_secs);
+                 (unsigned)l->upstream_connect_timeout_secs);
         qx_cnt_add(&up_row(ex)->timeouts, 1);
         if (connect_failed(ex, why))
             return;
@@ -1193,9 +1233,10 @@ static void on_timer(uv_timer_t *t)
         return;
     }
     qx_cnt_add(&up_row(ex)->timeouts, 1);
-    up_warn(ex, "%s timeout after %u s", phase == 1 ? "connect" : "request",
-            (unsigned)(phase == 1 ? ex->snap->cfg->limits.upstream_connect_timeout_secs
-                                  : ex->snap->cfg->limits.upstream_request_timeout_secs));
+    int queued = ex->state == QX_EX_QUEUED; /* else UPSTREAM: no response head in time */
+    up_warn(
+        ex, "%s timeout after %u s", queued ? "connect" : "request",
+        (unsigned)(queued ? l->upstream_connect_timeout_secs : l->upstream_request_timeout_secs));
     fail(ex, 504);
 }
 
@@ -1204,18 +1245,18 @@ static void on_timer(uv_timer_t *t)
 void qx_exchange_body(qx_exchange_t *ex, const uint8_t *data, size_t len)
 {
     uint64_t max = ex->snap->cfg->limits.max_request_body_bytes;
-    if (ex->req_window_due && len > 0 && !ex->req_discard && ex->state != QX_EX_DONE) {
+    if (ex->req_window_due && len > 0 && !ex->req_discard && !finished(ex)) {
         ex->req_window_due = 0;
         if (ring_init(&ex->req, &ex->reqbuf, ex->req_inline, -1) < 0) {
             fail(ex, 503);
             return;
         }
     }
-    if (ex->req_discard || ex->state == QX_EX_DONE || ex->reqbuf == NULL) {
+    if (ex->req_discard || finished(ex) || ex->reqbuf == NULL) {
         /* Dropped bytes are not the request's: bytes_in counts what was
          * accepted for the upstream. */
         ex->req_discarded += len;
-        if (!ex->front_gone) {
+        if (!gone(ex)) {
             ex->fops->consumed(ex, len);
             if (ex->req_discarded > QX_DISCARD_MAX && !ex->req_stopped) {
                 ex->req_stopped = 1;
@@ -1227,7 +1268,7 @@ void qx_exchange_body(qx_exchange_t *ex, const uint8_t *data, size_t len)
     ex->req_body_in += len;
     if (ex->req_body_in > max) {
         qx_cnt_add(&ex->w->metrics.request_body_rejected, 1);
-        if (!ex->front_gone)
+        if (!gone(ex))
             ex->fops->consumed(ex, len);
         if (ex->status == 0) {
             local_response(ex, 413);
@@ -1260,7 +1301,7 @@ void qx_exchange_body_end(qx_exchange_t *ex)
                                                    &ex->ups.nreq_trailers);
     ex->req_fin = ex->ups.req_fin = 1;
     if (ex->req_cl >= 0 && ex->req_body_in != (uint64_t)ex->req_cl && !ex->req_discard &&
-        ex->state != QX_EX_DONE) {
+        !finished(ex)) {
         fail(ex, 400); /* content-length disagrees with the body */
         return;
     }

@@ -22,6 +22,7 @@
 #define QX_EXCHANGE_H
 
 #include "base/arena.h"
+#include "base/defer.h"
 #include "base/ring.h"
 #include "conf/snapshot.h"
 #include "upstream/h1.h" /* qx_h1_reason, which the HTTP/1.1 front uses through this header */
@@ -63,12 +64,42 @@ typedef struct qx_front_ops {
     void (*abort)(qx_exchange_t *ex);
 } qx_front_ops_t;
 
+/*
+ * The exchange's states, in the order a request normally walks them; one
+ * set_state() in exchange.c asserts every move (QRUX_ASSERT). The one
+ * timer watches what the state says: the connect in QUEUED and
+ * CONNECTING, the response head in UPSTREAM, the body's two ends in
+ * RESPONSE and DONE.
+ *
+ *   HEAD -> [QUEUED ->] CONNECTING -> UPSTREAM -> RESPONSE -> DONE -> CLOSED
+ *   (the usual walk; a kept-alive idle connection goes straight to UPSTREAM)
+ *
+ *   HEAD -> QUEUED|CONNECTING|UPSTREAM   routed, at the next pump (UPSTREAM:
+ *                                        a kept-alive connection was idle)
+ *   QUEUED -> QUEUED                     the pool was still full when woken
+ *   CONNECTING -> CONNECTING|QUEUED      a connect failed: the next endpoint
+ *   UPSTREAM -> QUEUED|CONNECTING        a reused connection broke before
+ *                                        any reply: the request goes again
+ *   HEAD..RESPONSE -> DONE               our own answer (400, 413, 421, 502,
+ *                                        503, 504; before RESPONSE), or the
+ *                                        response's end
+ *   RESPONSE|DONE -> ABORTED             failed after the head went out (or
+ *                                        the client stalled on the body):
+ *                                        the client stream is reset
+ *   any -> CLOSED                        qx_exchange_front_closed (terminal)
+ *
+ * The request body is an axis of its own (req_fin, req_discard,
+ * req_stopped), as is the upstream stream's progress (the codec's).
+ */
 typedef enum {
-    QX_EX_HEAD,       /* receiving the request head */
+    QX_EX_HEAD,       /* receiving the request head; routed requests wait for the pump here */
     QX_EX_QUEUED,     /* waiting in the pool's queue for room to connect */
-    QX_EX_CONNECTING, /* waiting for an upstream connection */
-    QX_EX_UPSTREAM,   /* request going up, waiting for / reading the response */
-    QX_EX_DONE,       /* response fully produced (or failed); waiting for the front */
+    QX_EX_CONNECTING, /* a new upstream connection's connect is under way */
+    QX_EX_UPSTREAM,   /* the request goes up; no response head yet */
+    QX_EX_RESPONSE,   /* the response head went to the front; the body flows */
+    QX_EX_DONE,       /* the whole response is produced (the upstream's, or our own answer) */
+    QX_EX_ABORTED,    /* failed after the head went out: the client stream was reset */
+    QX_EX_CLOSED,     /* the front stream is gone; no op reaches it (terminal) */
 } qx_exchange_state_t;
 
 struct qx_exchange {
@@ -77,17 +108,14 @@ struct qx_exchange {
     void *front; /* the front's connection */
     int64_t stream_id;
     qx_exchange_t *prev, *next; /* the front connection's list */
-    qx_exchange_state_t state;
-    int front_gone;
+    qx_exchange_state_t state;  /* moved only by set_state() */
     qx_snapshot_t *snap;
     uint64_t start_ns;
-    int timer_phase;                      /* 0 none, 1 connect, 2 request, 3 body (stall) */
-    uint64_t up_progress_ms;              /* loop time the upstream last sent body bytes */
-    uint64_t cl_progress_ms;              /* ... the client last took response bytes */
-    qx_exchange_t *pump_prev, *pump_next; /* the worker's pump list */
-    int pump_queued;
-    int dispatch_due;    /* routed: the upstream is asked for at the next pump */
-    qx_pool_wait_t wait; /* in wait_pool's queue for a connection (max_connections) */
+    uint64_t up_progress_ms; /* loop time the upstream last sent body bytes */
+    uint64_t cl_progress_ms; /* ... the client last took response bytes */
+    qx_deferred_t pump;      /* on the worker's deferred-work queue: dispatch, or write the body */
+    int dispatch_due;        /* routed: the upstream is asked for at the next pump */
+    qx_pool_wait_t wait;     /* in wait_pool's queue for a connection (max_connections) */
     qx_pool_t *wait_pool;
 
     /* request */
@@ -128,12 +156,9 @@ struct qx_exchange {
     int retried;
 
     /* response */
-    int resp_head_done;
-    int status;        /* the status sent to the client (0 = none yet) */
-    int up_status;     /* the upstream's final status (0 = none), for the access log */
-    int resp_complete; /* the whole response was produced */
-    int resp_eof;      /* no more body bytes will come */
-    int resp_reset;    /* we reset the client stream */
+    int status;    /* the status sent to the client (0 = none yet) */
+    int up_status; /* the upstream's final status (0 = none), for the access log */
+    int resp_eof;  /* no more body bytes will come */
     uint64_t resp_body;
     /* The response's trailer fields (strings in the arena): a front sends
      * them after the last body byte, in place of ending the stream with
@@ -198,12 +223,9 @@ void qx_exchange_resp_acked(qx_exchange_t *ex, size_t n);
  * the access log and the metrics record that status. */
 void qx_exchange_front_answered(qx_exchange_t *ex, int status);
 
-/* The worker's uv_prepare callback: writes the request bodies that came in
- * since the last poll (see pump_later in exchange.c). */
-void qx_exchange_on_pump(uv_prepare_t *h);
-
-/* Frees what the exchanges keep per worker: the cached exchanges and the
- * upstream read scratch buffer (its loop has ended). */
+/* Frees what the exchanges keep per worker (the context's ex_local: the
+ * cached exchanges, the upstream read scratch buffer) once its loop has
+ * ended. Accepts a worker that never had an exchange. */
 void qx_exchange_cache_free(qx_wctx_t *w);
 
 /* The front stream is closed (done, reset, or its connection died).

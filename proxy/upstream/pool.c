@@ -34,6 +34,9 @@ int qx_pool_new(qx_pool_t **out, uv_loop_t *loop, const struct sockaddr *addr, s
     p->max_idle = max_idle;
     p->idle_timeout_ms = idle_timeout_ms;
     p->row = row;
+    TAILQ_INIT(&p->waiters);
+    TAILQ_INIT(&p->idle);
+    LIST_INIT(&p->busy);
     *out = p;
     return 0;
 }
@@ -62,37 +65,25 @@ int qx_pool_wait(qx_pool_t *p, qx_pool_wait_t *wt)
 {
     if (p->nwaiters >= QX_MAX(p->max_conns, 1u))
         return QX_ERR_LIMIT;
-    wt->next = NULL;
-    wt->prev = p->waiters_tail;
-    if (p->waiters_tail)
-        p->waiters_tail->next = wt;
-    else
-        p->waiters = wt;
-    p->waiters_tail = wt;
+    TAILQ_INSERT_TAIL(&p->waiters, wt, link);
+    wt->queued = 1;
     p->nwaiters++;
     return 0;
 }
 
 void qx_pool_unwait(qx_pool_t *p, qx_pool_wait_t *wt)
 {
-    if (wt->prev == NULL && p->waiters != wt)
-        return; /* not queued */
-    if (wt->prev)
-        wt->prev->next = wt->next;
-    else
-        p->waiters = wt->next;
-    if (wt->next)
-        wt->next->prev = wt->prev;
-    else
-        p->waiters_tail = wt->prev;
-    wt->prev = wt->next = NULL;
+    if (!wt->queued)
+        return;
+    TAILQ_REMOVE(&p->waiters, wt, link);
+    wt->queued = 0;
     p->nwaiters--;
 }
 
 /* A connection closed or went idle: the oldest waiter may try again. */
 static void kick_waiter(qx_pool_t *p)
 {
-    qx_pool_wait_t *wt = p->waiters;
+    qx_pool_wait_t *wt = TAILQ_FIRST(&p->waiters);
     if (wt == NULL)
         return;
     qx_pool_unwait(p, wt);
@@ -108,49 +99,25 @@ void qx_pool_kick(qx_pool_t *p)
 
 static void idle_unlink(qx_pool_t *p, qx_upconn_t *uc)
 {
-    if (uc->prev)
-        uc->prev->next = uc->next;
-    else
-        p->idle_head = uc->next;
-    if (uc->next)
-        uc->next->prev = uc->prev;
-    else
-        p->idle_tail = uc->prev;
-    uc->prev = uc->next = NULL;
+    TAILQ_REMOVE(&p->idle, uc, idle_link);
     p->nidle--;
 }
 
 static void idle_push_front(qx_pool_t *p, qx_upconn_t *uc)
 {
-    uc->prev = NULL;
-    uc->next = p->idle_head;
-    if (p->idle_head)
-        p->idle_head->prev = uc;
-    else
-        p->idle_tail = uc;
-    p->idle_head = uc;
+    TAILQ_INSERT_HEAD(&p->idle, uc, idle_link);
     p->nidle++;
 }
 
 static void busy_link(qx_pool_t *p, qx_upconn_t *uc)
 {
-    uc->prev = NULL;
-    uc->next = p->busy_head;
-    if (p->busy_head)
-        p->busy_head->prev = uc;
-    p->busy_head = uc;
+    LIST_INSERT_HEAD(&p->busy, uc, busy_link);
     p->nbusy++;
 }
 
 static void busy_unlink(qx_pool_t *p, qx_upconn_t *uc)
 {
-    if (uc->prev)
-        uc->prev->next = uc->next;
-    else
-        p->busy_head = uc->next;
-    if (uc->next)
-        uc->next->prev = uc->prev;
-    uc->prev = uc->next = NULL;
+    LIST_REMOVE(uc, busy_link);
     p->nbusy--;
 }
 
@@ -189,21 +156,20 @@ void qx_pool_del(qx_pool_t *p)
 {
     if (p == NULL)
         return;
-    while (p->idle_head)
-        upconn_close(p->idle_head);
+    while (!TAILQ_EMPTY(&p->idle))
+        upconn_close(TAILQ_FIRST(&p->idle));
     p->nidle = p->nbusy = 0;
     gauges(p);
     /* Busy connections are detached; their users release (close) them
      * later without touching the pool. */
-    while (p->busy_head) {
-        qx_upconn_t *uc = p->busy_head;
-        p->busy_head = uc->next;
-        uc->prev = uc->next = NULL;
+    while (!LIST_EMPTY(&p->busy)) {
+        qx_upconn_t *uc = LIST_FIRST(&p->busy);
+        LIST_REMOVE(uc, busy_link);
         uc->pool = NULL;
     }
     p->row = NULL;
     /* Waiters try again and find no pool (a 502): none may point here. */
-    while (p->waiters)
+    while (!TAILQ_EMPTY(&p->waiters))
         kick_waiter(p);
     free(p);
 }
@@ -284,8 +250,8 @@ static int still_open(qx_upconn_t *uc)
 int qx_pool_checkout(qx_pool_t *p, void *user, const qx_upconn_cb_t *cb, int fresh_only,
                      qx_upconn_t **out, int *reused)
 {
-    while (!fresh_only && p->idle_head) {
-        qx_upconn_t *uc = p->idle_head;
+    while (!fresh_only && !TAILQ_EMPTY(&p->idle)) {
+        qx_upconn_t *uc = TAILQ_FIRST(&p->idle);
         if (!still_open(uc)) {
             upconn_close(uc);
             continue;
@@ -360,15 +326,17 @@ void qx_pool_release(qx_upconn_t *uc, int reusable)
 
 void qx_pool_close_idle(qx_pool_t *p)
 {
-    while (p->idle_head)
-        upconn_close(p->idle_head);
+    while (!TAILQ_EMPTY(&p->idle))
+        upconn_close(TAILQ_FIRST(&p->idle));
 }
 
 void qx_pool_sweep(qx_pool_t *p, uint64_t now_ms)
 {
     /* The tail is the least recently used. */
-    while (p->idle_tail && now_ms - p->idle_tail->idle_since_ms >= p->idle_timeout_ms)
-        upconn_close(p->idle_tail);
+    qx_upconn_t *uc;
+    while ((uc = TAILQ_LAST(&p->idle, qx_upconn_idle)) != NULL &&
+           now_ms - uc->idle_since_ms >= p->idle_timeout_ms)
+        upconn_close(uc);
 }
 
 int qx_upconn_write(qx_upconn_t *uc, const uv_buf_t *bufs, unsigned n)

@@ -3,8 +3,8 @@
  * of idle keep-alive ones.
  *
  * A qx_upconn_t is a thin TCP wrapper (connect, one write at a time, read
- * start/stop, close); the HTTP/1.1 logic lives in the exchange that uses
- * it. The pool hands out an idle connection checked alive (an idle socket
+ * start/stop, close); the protocol on it is an upstream codec's
+ * (upstream.h; HTTP/1.1: h1_up.c), which is the connection's user. The pool hands out an idle connection checked alive (an idle socket
  * is watched for EOF and stray bytes, and peeked once more at checkout:
  * one with anything to read is never handed out), or starts a new
  * connect. At most max_idle connections stay idle; idle ones older than
@@ -20,6 +20,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <uv.h>
 
@@ -48,7 +49,8 @@ void qx_fd_give(qx_fd_budget_t *b);
  * max_connections: ready() is called (from the pool, once) when one may be
  * had; the waiter then asks again with qx_pool_checkout. */
 typedef struct qx_pool_wait {
-    struct qx_pool_wait *prev, *next;
+    TAILQ_ENTRY(qx_pool_wait) link; /* the pool's queue */
+    int queued;
     void (*ready)(struct qx_pool_wait *wt);
 } qx_pool_wait_t;
 
@@ -68,8 +70,9 @@ struct qx_upconn {
     uv_tcp_t tcp;
     uv_connect_t creq;
     uv_write_t wreq;
-    qx_pool_t *pool;          /* NULL once the pool is gone */
-    qx_upconn_t *prev, *next; /* the pool's idle or busy list */
+    qx_pool_t *pool;                  /* NULL once the pool is gone */
+    LIST_ENTRY(qx_upconn) busy_link;  /* the pool's busy list (CONNECTING, BUSY) */
+    TAILQ_ENTRY(qx_upconn) idle_link; /* the pool's idle list (IDLE) */
     void *user;
     const qx_upconn_cb_t *cb;
     qx_upconn_state_t state;
@@ -88,16 +91,14 @@ struct qx_pool {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     unsigned max_idle;
-    unsigned max_conns;      /* idle + busy at most (0: no cap) */
-    qx_fd_budget_t *fds;     /* may be NULL */
-    qx_pool_wait_t *waiters; /* oldest first; at most max_conns of them */
-    qx_pool_wait_t *waiters_tail;
+    unsigned max_conns;                 /* idle + busy at most (0: no cap) */
+    qx_fd_budget_t *fds;                /* may be NULL */
+    TAILQ_HEAD(, qx_pool_wait) waiters; /* oldest first; at most max_conns of them */
     unsigned nwaiters;
     uint64_t idle_timeout_ms;
-    qx_upconn_t *idle_head; /* most recently used first */
-    qx_upconn_t *idle_tail;
+    TAILQ_HEAD(qx_upconn_idle, qx_upconn) idle; /* most recently used first */
     unsigned nidle;
-    qx_upconn_t *busy_head; /* connecting or busy; detached by qx_pool_del */
+    LIST_HEAD(, qx_upconn) busy; /* connecting or busy; detached by qx_pool_del */
     unsigned nbusy;
     uint64_t pub_idle, pub_busy; /* what gauges() last added to the row */
     qx_pool_t *retired_next;     /* the worker's list of pools a new snapshot dropped */

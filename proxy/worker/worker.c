@@ -96,7 +96,6 @@ int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot
     pthread_mutex_init(&w->inbox_lock, NULL);
     uv_timer_init(&w->ctx.loop, &w->tick);
     uv_timer_init(&w->ctx.loop, &w->grace);
-    uv_prepare_init(&w->ctx.loop, &w->ctx.pump);
     return 0;
 }
 
@@ -196,7 +195,6 @@ static void stop_now(qx_worker_t *w)
     }
     del_retired(w);
     uv_close((uv_handle_t *)&w->tick, NULL);
-    uv_close((uv_handle_t *)&w->ctx.pump, NULL);
     qx_defer_close(&w->ctx.defer);
     uv_close((uv_handle_t *)&w->grace, NULL);
     uv_close((uv_handle_t *)&w->wakeup, NULL);

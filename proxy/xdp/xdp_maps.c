@@ -150,7 +150,8 @@ int qx_xdp_maps_set_rate(const qx_xdp_maps_t *m, uint32_t rate, uint32_t burst)
 
 /* ---- deny list ---------------------------------------------------------- */
 
-int qx_xdp_parse_cidr(const char *s, struct qx_xdp_lpm4 *k4, struct qx_xdp_lpm6 *k6)
+/* Parses one CIDR into an LPM key: returns 4 or 6 (the family) or -1. */
+static int parse_cidr(const char *s, struct qx_xdp_lpm4 *k4, struct qx_xdp_lpm6 *k6)
 {
     char addr[INET6_ADDRSTRLEN + 1];
     const char *slash = strchr(s, '/');
@@ -271,7 +272,7 @@ int qx_xdp_deny_set(const qx_xdp_maps_t *m, const char *body, size_t len, char *
         const char *s = json_string_value(json_array_get(a, i));
         struct qx_xdp_lpm4 k4;
         struct qx_xdp_lpm6 k6;
-        int fam = s ? qx_xdp_parse_cidr(s, &k4, &k6) : -1;
+        int fam = s ? parse_cidr(s, &k4, &k6) : -1;
         if (fam < 0) {
             snprintf(err, errlen,
                      "[%zu]: not an IPv4 or IPv6 CIDR (\"192.0.2.0/24\", \"2001:db8::/32\")", i);

@@ -61,7 +61,4 @@ json_t *qx_xdp_deny_get(const qx_xdp_maps_t *m);
  * QX_XDP_DENY_MAX per family or QX_ERR_IO. */
 int qx_xdp_deny_set(const qx_xdp_maps_t *m, const char *body, size_t len, char *err, size_t errlen);
 
-/* Parses one CIDR into an LPM key: returns 4 or 6 (the family) or -1. */
-int qx_xdp_parse_cidr(const char *s, struct qx_xdp_lpm4 *k4, struct qx_xdp_lpm6 *k6);
-
 #endif

@@ -1,5 +1,5 @@
 /*
- * arena_test.c - the per-request string arena (proxy/arena.c): the cap,
+ * arena_test.c - the per-request string arena (proxy/base/arena.c): the cap,
  * 8-byte alignment, block spill-over, strndup, and reuse after free.
  */
 #include "base/arena.h"

@@ -1,5 +1,5 @@
 /*
- * cid_test.c - qrux's server connection IDs (proxy/cid.c): the worker id
+ * cid_test.c - qrux's server connection IDs (proxy/base/cid.c): the worker id
  * stays where the steering program reads it, the MAC verifies under the
  * current and the previous key, and not under a retired or unknown one.
  */

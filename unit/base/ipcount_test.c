@@ -1,5 +1,5 @@
 /*
- * ipcount_test.c - per-address connection counts (proxy/ipcount.h): IPv4
+ * ipcount_test.c - per-address connection counts (proxy/base/ipcount.h): IPv4
  * per address, IPv6 per /64 (and IPv4-mapped IPv6 as IPv4), exact counts
  * for addresses that the old unkeyed FNV-1a bucket put together, the
  * bucket depending on the key, and entries freed at zero.
@@ -128,10 +128,11 @@ static void bucket_follows_key(void **state)
         qx_ipcount_entry_t *e2 = qx_ipcount_take(t2, (struct sockaddr *)&a);
         size_t b1 = 0, b2 = 0;
         for (size_t b = 0; b < QX_IPCOUNT_BUCKETS; b++) {
-            for (qx_ipcount_entry_t *e = t1->buckets[b]; e; e = e->next)
-                b1 = e == e1 ? b : b1;
-            for (qx_ipcount_entry_t *e = t2->buckets[b]; e; e = e->next)
-                b2 = e == e2 ? b : b2;
+            qx_ipcount_entry_t *e;
+            LIST_FOREACH(e, &t1->buckets[b], link)
+            b1 = e == e1 ? b : b1;
+            LIST_FOREACH(e, &t2->buckets[b], link)
+            b2 = e == e2 ? b : b2;
         }
         differ += b1 != b2;
     }

@@ -1,5 +1,5 @@
 /*
- * log_test.c - the rate-limited log lines (proxy/log.h): a flood from one
+ * log_test.c - the rate-limited log lines (proxy/base/log.h): a flood from one
  * call site writes QX_LOG_RL_BURST lines per window, the next window's
  * first line says how many were dropped, and two call sites have their own
  * budgets.

@@ -1,5 +1,5 @@
 /*
- * metrics_test.c - per-worker counters (proxy/metrics.c): method labels,
+ * metrics_test.c - per-worker counters (proxy/base/metrics.c): method labels,
  * request rows per (method, status, upstream), histogram buckets and sums,
  * upstream rows, fixed capacity, and freeing the interned labels.
  */

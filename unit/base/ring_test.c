@@ -1,5 +1,5 @@
 /*
- * ring_test.c - the body window ring (proxy/ring.h): accounting of the
+ * ring_test.c - the body window ring (proxy/base/ring.h): accounting of the
  * three offsets, bytes and iovecs across the wrap-around point, and
  * offsets that wrap their 64-bit counters.
  */

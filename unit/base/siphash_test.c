@@ -1,5 +1,5 @@
 /*
- * siphash_test.c - SipHash-2-4 (proxy/siphash.h) against the reference
+ * siphash_test.c - SipHash-2-4 (proxy/base/siphash.h) against the reference
  * vectors of the SipHash paper and its reference code (key 00..0f, input
  * 00..len-1), across the 8-byte block boundary.
  */

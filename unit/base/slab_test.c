@@ -1,5 +1,5 @@
 /*
- * slab_test.c - the per-worker allocator for ngtcp2/nghttp3 (proxy/slab.c):
+ * slab_test.c - the per-worker allocator for ngtcp2/nghttp3 (proxy/base/slab.c):
  * freed blocks are handed out again, contents survive realloc, calloc
  * zeroes and refuses overflowing sizes, alignment, big blocks, the cap on
  * what is kept, and trim.

@@ -1,5 +1,5 @@
 /*
- * sockbuf_test.c - large UDP socket buffers (proxy/sockbuf.c) on a real
+ * sockbuf_test.c - large UDP socket buffers (proxy/base/sockbuf.c) on a real
  * socket: what qx_sockbuf_set reports is what the kernel reports; with
  * CAP_NET_ADMIN (root, as in CI) the buffers reach the size asked for even
  * past net.core.rmem_max; without it they stop at the cap and the result

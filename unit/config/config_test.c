@@ -348,7 +348,7 @@ static void test_reject_limits(void **state)
     expect_reject(SERVER "  limits: 3\n" ROUTES, "server.limits: must be a mapping, not a scalar");
 }
 
-/* The HTTPS fallback listener (issue 3) and the keys that go with it. */
+/* The HTTPS fallback listener and the keys that go with it. */
 static void test_https_listen(void **state)
 {
     (void)state;

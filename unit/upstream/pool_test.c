@@ -1,5 +1,5 @@
 /*
- * pool_test.c - upstream connections and the idle pool (proxy/pool.c)
+ * pool_test.c - upstream connections and the idle pool (proxy/upstream/pool.c)
  * against a real loopback listener served by the same uv loop: connect,
  * reuse, close on release, max_idle, eviction of idle sockets the peer
  * closed or wrote to, the idle sweep, refused connects, fresh_only, the
@@ -9,8 +9,8 @@
  * (STYLE.md §12): a handle the pool forgot to close fails it.
  */
 #include "base/metrics.h"
-#include "upstream/pool.h"
 #include "base/qx.h"
+#include "upstream/pool.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -360,7 +360,7 @@ static void test_connect_reuse_close(void **state)
     /* Reusable: it goes idle, the socket stays open. */
     qx_pool_release(uc, 1);
     expect_pool(f, 1, 0);
-    assert_ptr_equal(f->pool->idle_head, uc);
+    assert_ptr_equal(TAILQ_FIRST(&f->pool->idle), uc);
     nap(f, 5);
     assert_false(f->srv[0]->eof);
     expect_pool(f, 1, 0);
@@ -589,7 +589,7 @@ static void test_sweep(void **state)
     expect_pool(f, 2, 0);
     qx_pool_sweep(f->pool, uv_now(&f->loop));
     expect_pool(f, 1, 0);
-    assert_ptr_equal(f->pool->idle_head, c);
+    assert_ptr_equal(TAILQ_FIRST(&f->pool->idle), c);
     RUN_UNTIL(f, sb->eof);
     assert_false(sc->eof);
 
@@ -643,13 +643,13 @@ static void test_fresh_only(void **state)
     assert_ptr_not_equal(b, a);
     assert_int_equal(f->nsrv, 2);
     expect_pool(f, 1, 1);
-    assert_ptr_equal(f->pool->idle_head, a);
+    assert_ptr_equal(TAILQ_FIRST(&f->pool->idle), a);
 
     qx_pool_release(b, 1);
     expect_pool(f, 2, 0);
     /* Most recently used first. */
-    assert_ptr_equal(f->pool->idle_head, b);
-    assert_ptr_equal(f->pool->idle_tail, a);
+    assert_ptr_equal(TAILQ_FIRST(&f->pool->idle), b);
+    assert_ptr_equal(TAILQ_LAST(&f->pool->idle, qx_upconn_idle), a);
 
     assert_int_equal(cleanup(f), 0);
 }

@@ -1,5 +1,5 @@
 /*
- * xdp_proxy_test.c - the proxy's side of the XDP filter (proxy/xdp_proxy.c)
+ * xdp_proxy_test.c - the proxy's side of the XDP filter (proxy/xdp/xdp_proxy.c)
  * against the real program with its maps pinned in a bpffs of the test's
  * own: the rate and the CID keys reach the filter, a key change keeps the
  * previous generation valid and retires the one before, a re-attach (new

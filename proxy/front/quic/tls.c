@@ -31,6 +31,7 @@ static const char priority_x25519[] = PRIORITY_BASE ":%SERVER_PRECEDENCE";
 
 #define TLS_EXT_KEY_SHARE 51
 #define TLS_GROUP_X25519 0x001d
+#define TLS_EXT_QUIC_TP 57 /* quic_transport_parameters, RFC 9001 §8.2 */
 
 struct qx_tls {
     int refcnt; /* atomic */
@@ -193,10 +194,63 @@ void qx_tls_keys_free(qx_tls_keys_t *k)
 
 /* ---- sessions ------------------------------------------------------------- */
 
-/* Does a key_share extension (RFC 8446 §4.2.8) hold an X25519 share? */
-static int find_x25519_share(void *ctx, unsigned tls_id, const unsigned char *data, unsigned len)
+/* What choose_priority reads in a ClientHello's extensions. */
+typedef struct {
+    int x25519;  /* the key_share extension holds an X25519 share */
+    int quic_tp; /* a quic_transport_parameters extension came */
+    int tp_dup;  /* ... naming one parameter twice */
+} hello_scan_t;
+
+/* A QUIC variable-length integer (RFC 9000 §16) at data[*off], within
+ * len; advances *off. Returns -1 when it runs past the end. */
+static int read_varint(const unsigned char *data, size_t len, size_t *off, uint64_t *v)
 {
-    int *found = ctx;
+    if (*off >= len)
+        return -1;
+    size_t n = (size_t)1 << (data[*off] >> 6);
+    if (len - *off < n)
+        return -1;
+    *v = data[*off] & 0x3f;
+    for (size_t i = 1; i < n; i++)
+        *v = (*v << 8) | data[*off + i];
+    *off += n;
+    return 0;
+}
+
+/* Does a transport parameter list (RFC 9000 §18) name one id twice
+ * (§7.4: SHOULD be a TRANSPORT_PARAMETER_ERROR)? ngtcp2 keeps the last
+ * value silently. A malformed list is left to ngtcp2's decoder, which
+ * refuses it; past TP_CHECKED ids (no client sends that many) the rest go
+ * unchecked. */
+#define TP_CHECKED 128
+static int tp_has_duplicate(const unsigned char *data, size_t len)
+{
+    uint64_t ids[TP_CHECKED];
+    size_t n = 0;
+    for (size_t off = 0; off < len && n < TP_CHECKED;) {
+        uint64_t id, vlen;
+        if (read_varint(data, len, &off, &id) != 0 || read_varint(data, len, &off, &vlen) != 0 ||
+            vlen > len - off)
+            return 0;
+        off += (size_t)vlen;
+        for (size_t i = 0; i < n; i++)
+            if (ids[i] == id)
+                return 1;
+        ids[n++] = id;
+    }
+    return 0;
+}
+
+/* One extension of the ClientHello: a key_share (RFC 8446 §4.2.8) with
+ * an X25519 share, the QUIC transport parameters (RFC 9001 §8.2). */
+static int scan_hello_ext(void *ctx, unsigned tls_id, const unsigned char *data, unsigned len)
+{
+    hello_scan_t *scan = ctx;
+    if (tls_id == TLS_EXT_QUIC_TP) {
+        scan->quic_tp = 1;
+        scan->tp_dup = tp_has_duplicate(data, len);
+        return 0;
+    }
     if (tls_id != TLS_EXT_KEY_SHARE || len < 2)
         return 0;
     size_t end = QX_MIN((size_t)len, 2 + (((size_t)data[0] << 8) | data[1]));
@@ -204,7 +258,7 @@ static int find_x25519_share(void *ctx, unsigned tls_id, const unsigned char *da
         unsigned group = ((unsigned)data[off] << 8) | data[off + 1];
         size_t klen = ((size_t)data[off + 2] << 8) | data[off + 3];
         if (group == TLS_GROUP_X25519)
-            *found = 1;
+            scan->x25519 = 1;
         off += 4 + klen;
     }
     return 0;
@@ -213,19 +267,34 @@ static int find_x25519_share(void *ctx, unsigned tls_id, const unsigned char *da
 /* Before GnuTLS reads a ClientHello: our preferences decide when the
  * client offered an X25519 share, the client's otherwise (see
  * priority_x25519). QUIC carries the TLS records itself, so the session's
- * transport pointer is free to hold the credentials. */
+ * transport pointer is free to hold the credentials.
+ *
+ * It also refuses a ClientHello GnuTLS would take but QUIC must not:
+ * - without quic_transport_parameters: a missing_extension alert, which
+ *   the connection closes with as CRYPTO_ERROR 0x16d (RFC 9001 §8.2).
+ *   GnuTLS does not require the extension, and ngtcp2 would go on to
+ *   write 1-RTT packets with no negotiated version (an assertion fails);
+ * - with a parameter named twice: TRANSPORT_PARAMETER_ERROR (RFC 9000
+ *   §7.4), set as the TLS error ngtcp2 reports instead of the alert. */
 static int choose_priority(gnutls_session_t s, unsigned htype, unsigned when, unsigned incoming,
                            const gnutls_datum_t *msg)
 {
     const qx_tls_t *t = gnutls_transport_get_ptr(s);
-    int found = 0;
+    hello_scan_t scan = {0};
     (void)when;
     if (!incoming || htype != GNUTLS_HANDSHAKE_CLIENT_HELLO || t == NULL)
         return 0;
-    if (gnutls_ext_raw_parse(&found, find_x25519_share, msg, GNUTLS_EXT_RAW_FLAG_TLS_CLIENT_HELLO) <
-        0)
+    if (gnutls_ext_raw_parse(&scan, scan_hello_ext, msg, GNUTLS_EXT_RAW_FLAG_TLS_CLIENT_HELLO) < 0)
         return 0; /* GnuTLS will refuse the message itself */
-    gnutls_priority_set(s, found ? t->prio_x25519 : t->prio);
+    if (!scan.quic_tp)
+        return GNUTLS_E_MISSING_EXTENSION;
+    if (scan.tp_dup) {
+        ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(s);
+        if (ref != NULL)
+            ngtcp2_conn_set_tls_error(ref->get_conn(ref), NGTCP2_ERR_TRANSPORT_PARAM);
+        return GNUTLS_E_RECEIVED_ILLEGAL_EXTENSION;
+    }
+    gnutls_priority_set(s, scan.x25519 ? t->prio_x25519 : t->prio);
     return 0;
 }
 
