@@ -107,6 +107,7 @@ class GoawayApp:
         self.port = self.sock.getsockname()[1]
         self.conns = 0
         self.armed = False
+        self.echo = set()
         threading.Thread(target=self.serve, daemon=True).start()
 
     def serve(self):
@@ -130,6 +131,7 @@ class GoawayApp:
         conn.initiate_connection()
         c.sendall(conn.data_to_send())
         held = []
+        tr = {}
         with c:
             while True:
                 try:
@@ -139,9 +141,34 @@ class GoawayApp:
                 if not d:
                     return
                 for ev in conn.receive_data(d):
+                    if isinstance(ev, h2.events.TrailersReceived):
+                        tr[ev.stream_id] = [(k.decode(), v.decode()) for k, v in ev.headers]
+                        continue
+                    if isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        continue
+                    if isinstance(ev, h2.events.StreamEnded) and ev.stream_id in self.echo:
+                        self.echo.discard(ev.stream_id)
+                        conn.send_headers(ev.stream_id, [(":status", "200")])
+                        conn.send_data(ev.stream_id, b"trailers-seen")
+                        conn.send_headers(ev.stream_id, [("echo-" + k, v) for k, v in
+                                                         tr.get(ev.stream_id, [])],
+                                          end_stream=True)
+                        continue
                     if not isinstance(ev, h2.events.RequestReceived):
                         continue
-                    if n == 1 and self.armed:
+                    path = dict((k.decode(), v.decode()) for k, v in ev.headers)[":path"]
+                    if path == "/rst":
+                        conn.reset_stream(ev.stream_id, 2)  # INTERNAL_ERROR before a head
+                    elif path == "/rst-after":
+                        conn.send_headers(ev.stream_id, [(":status", "200")])
+                        conn.send_data(ev.stream_id, b"partial")
+                        c.sendall(conn.data_to_send())
+                        time.sleep(0.3)  # the head reaches the client first
+                        conn.reset_stream(ev.stream_id, 2)
+                    elif path == "/trailers":
+                        self.echo.add(ev.stream_id)  # answered at the end of the stream
+                    elif n == 1 and self.armed:
                         held.append(ev.stream_id)
                         if len(held) == 2:
                             low = min(held)
@@ -263,7 +290,7 @@ def grpc_frame(msg):
     return b"\x00" + len(b).to_bytes(4, "big") + b
 
 
-def raw_h2_call(tport, path, fields, body, timeout=15):
+def raw_h2_call(tport, path, fields, body, timeout=15, authority=None, trailers=None):
     """One gRPC call with python3-h2 over TLS, which enforces no deadline
     itself (grpcio's client cancels on its own): returns (response headers,
     trailers, data, seconds), headers as dicts."""
@@ -279,12 +306,15 @@ def raw_h2_call(tport, path, fields, body, timeout=15):
                            server_hostname="localhost")
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
-    hdrs = [(":method", "POST"), (":scheme", "https"), (":authority", "localhost:%d" % tport),
+    hdrs = [(":method", "POST"), (":scheme", "https"),
+            (":authority", authority or "localhost:%d" % tport),
             (":path", path), ("content-type", "application/grpc"), ("te", "trailers")] + fields
     conn.send_headers(1, hdrs)
-    conn.send_data(1, body, end_stream=True)
+    conn.send_data(1, body, end_stream=trailers is None)
+    if trailers is not None:
+        conn.send_headers(1, trailers, end_stream=True)
     sock.sendall(conn.data_to_send())
-    head, trailers, data = {}, {}, b""
+    head, trailers, data, reset = {}, {}, b"", None
     t0 = time.monotonic()
     done = False
     while not done:
@@ -299,10 +329,15 @@ def raw_h2_call(tport, path, fields, body, timeout=15):
             elif isinstance(ev, h2.events.DataReceived):
                 data += ev.data
                 conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-            elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+            elif isinstance(ev, h2.events.StreamReset):
+                reset = ev.error_code
+                done = True
+            elif isinstance(ev, h2.events.StreamEnded):
                 done = True
         sock.sendall(conn.data_to_send())
     sock.close()
+    if reset is not None:
+        head["reset"] = int(reset)
     return head, trailers, data, time.monotonic() - t0
 
 
@@ -379,6 +414,33 @@ def goaway(env, tport, app):
     env.eq("goaway: the app saw two connections", app.conns, 2)
 
 
+def app_resets(env, tport):
+    """RST_STREAM from an h2c app: 502 before the head; after it the
+    client's stream is reset too (the response is cut, never completed)."""
+    res = ["--resolve", "goaway.test:%d:127.0.0.1" % tport]
+    rc, so, se = run(["curl", "-sk", "--http2", "-o", os.devnull, "-w", "%{http_code}"] + res +
+                     ["https://goaway.test:%d/rst" % tport], timeout=20)
+    env.eq("app RST_STREAM before the head: 502", so, b"502")
+    head, tr, data, secs = raw_h2_call(tport, "/rst-after", [], b"",
+                                       authority="goaway.test:%d" % tport)
+    env.eq("app RST_STREAM after the head: the head came (200)", head.get(":status"), "200", head)
+    env.check("app RST_STREAM after the head: the client stream is reset",
+              head.get("reset") is not None, head)
+
+
+def request_trailers(env, tport):
+    """A client's request trailers (HTTP/2) reach the h2c app."""
+    head, tr, data, secs = raw_h2_call(tport, "/trailers", [], b"body-bytes",
+                                       authority="goaway.test:%d" % tport,
+                                       trailers=[("x-req-trailer", "rt-1"),
+                                                 ("content-type", "text/x-not-here")])
+    env.eq("request trailers: 200", head.get(":status"), "200", head)
+    env.eq("request trailers: the app saw x-req-trailer", tr.get("echo-x-req-trailer"), "rt-1",
+           tr)
+    env.check("request trailers: a field not allowed in trailers is not passed on",
+              "echo-content-type" not in tr, tr)
+
+
 def grpc_over_h1(env, tport):
     rc, so, se = run(["curl", "-sk", "--http1.1", "-o", "-", "-w", "\n%{http_code}",
                       "-H", "content-type: application/grpc", "--data-binary", "x",
@@ -428,6 +490,8 @@ def main():
             env.case("grpc-timeout", grpc_timeout, env, tport, pb)
             env.case("gRPC over HTTP/3", grpc_over_h3, env, port, pb)
             env.case("GOAWAY", goaway, env, tport, ga)
+            env.case("app resets", app_resets, env, tport)
+            env.case("request trailers", request_trailers, env, tport)
             env.case("gRPC over HTTP/1.1", grpc_over_h1, env, tport)
             env.case("metrics", metrics_show, env, aport, app.port, h1.port)
             env.case("h1 trailers", h1_trailers, env, tport)
