@@ -441,6 +441,51 @@ def request_trailers(env, tport):
               "echo-content-type" not in tr, tr)
 
 
+def stalled_client(env, q, tport, pb):
+    """A client that stops reading a server stream: qrux holds one window
+    (64 KiB) for it and the app is slowed by flow control; qrux's memory
+    does not follow the 100 MB the app has to send."""
+    import ssl
+    import h2.config
+    import h2.connection
+    import h2.events
+    before = q.vmhwm_kib()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", tport), timeout=10),
+                           server_hostname="localhost")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":scheme", "https"),
+                          (":authority", "localhost:%d" % tport),
+                          (":path", "/qxtest.Echo/ServerStream"),
+                          ("content-type", "application/grpc"), ("te", "trailers")])
+    conn.send_data(1, grpc_frame(pb.Msg(data=b"z" * 1000, n=100000)), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    got = 0
+    end = time.monotonic() + 3
+    sock.settimeout(0.5)
+    while time.monotonic() < end:
+        try:
+            d = sock.recv(65536)
+        except socket.timeout:
+            continue
+        if not d:
+            break
+        for ev in conn.receive_data(d):
+            if isinstance(ev, h2.events.DataReceived):
+                got += len(ev.data)  # never acknowledged: the window stays shut
+        sock.sendall(conn.data_to_send())
+    after = q.vmhwm_kib()
+    sock.close()
+    env.check("stalled client: got no more than its window (%d bytes)" % got, got <= 65535, got)
+    env.check("stalled client: qrux's peak memory grew by %d KiB (< 16 MiB) while the app "
+              "had 100 MB to send" % (after - before), after - before < 16 * 1024,
+              (before, after))
+
+
 def grpc_over_h1(env, tport):
     rc, so, se = run(["curl", "-sk", "--http1.1", "-o", "-", "-w", "\n%{http_code}",
                       "-H", "content-type: application/grpc", "--data-binary", "x",
@@ -486,6 +531,8 @@ def main():
             raise RuntimeError("qrux not ready: %s" % q.log_tail(30))
         ch = channel(env, tport, cert)
         try:
+            # First, while qrux's peak memory is still its start-up one.
+            env.case("stalled client", stalled_client, env, q, tport, pb)
             cases(env, q, ch, tport, aport, pb, pbg)
             env.case("grpc-timeout", grpc_timeout, env, tport, pb)
             env.case("gRPC over HTTP/3", grpc_over_h3, env, port, pb)
