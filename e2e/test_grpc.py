@@ -100,11 +100,12 @@ class GoawayApp:
     last it processes, and answers only that one; later connections answer
     everything. Bodies name the connection (conn-1, conn-2, ...)."""
 
-    def __init__(self):
+    def __init__(self, max_streams=None):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
+        self.max_streams = max_streams
         self.conns = 0
         self.armed = False
         self.echo = set()
@@ -127,8 +128,12 @@ class GoawayApp:
         import h2.config
         import h2.connection
         import h2.events
+        import h2.settings
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         conn.initiate_connection()
+        if self.max_streams:
+            conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS:
+                                  self.max_streams})
         c.sendall(conn.data_to_send())
         held = []
         tr = {}
@@ -166,6 +171,9 @@ class GoawayApp:
                         c.sendall(conn.data_to_send())
                         time.sleep(0.3)  # the head reaches the client first
                         conn.reset_stream(ev.stream_id, 2)
+                    elif path == "/slow":
+                        time.sleep(0.5)  # keeps the stream open while others come
+                        self.answer(conn, ev.stream_id, n)
                     elif path == "/trailers":
                         self.echo.add(ev.stream_id)  # answered at the end of the stream
                     elif n == 1 and self.armed:
@@ -183,7 +191,7 @@ class GoawayApp:
                 c.sendall(conn.data_to_send())
 
 
-def qrux_config(env, app_port, h1_port, goaway_port):
+def qrux_config(env, app_port, h1_port, goaway_port, limit_port):
     tport = free_port("tcp")
     aport = free_port("tcp")
     port = free_port("udp")
@@ -195,8 +203,9 @@ def qrux_config(env, app_port, h1_port, goaway_port):
             "  - match: \"trailers.test\"\n    upstream: \"127.0.0.1:%d\"\n"
             "  - match: \"*\"\n    upstream: \"127.0.0.1:%d\"\n    protocol: h2c\n"
             "  - match: \"goaway.test\"\n    upstream: \"127.0.0.1:%d\"\n    protocol: h2c\n"
+            "  - match: \"limit.test\"\n    upstream: \"127.0.0.1:%d\"\n    protocol: h2c\n"
             "admin:\n  listen: \"127.0.0.1:%d\"\n" % (port, tport, h1_port, app_port, goaway_port,
-                                                     aport))
+                                                     limit_port, aport))
     path, port = env.write_config(None, port=port, text=text)
     return path, port, tport, aport, cert
 
@@ -486,6 +495,26 @@ def stalled_client(env, q, tport, pb):
               (before, after))
 
 
+def max_streams(env, tport, app):
+    """An app that allows one stream per connection: three requests at
+    once take three connections, none waits behind another."""
+    url = "https://limit.test:%d/slow" % tport
+    res = ["--resolve", "limit.test:%d:127.0.0.1" % tport]
+    rc, so, se = run(["curl", "-sk", "--http2"] + res + [url], timeout=20)
+    env.eq("max streams 1: warm-up (the app's SETTINGS are known)", so, b"conn-1")
+    outs = [os.path.join(env.dir, "m%d" % i) for i in range(3)]
+    cmd = ["curl", "-sk", "--http2", "--parallel", "--parallel-immediate", "-w",
+           "%{http_code}\n"] + res
+    for o in outs:
+        cmd += [url, "-o", o]
+    rc, so, se = run(cmd, timeout=30)
+    env.eq("max streams 1: three requests at once, all 200", so.decode().split(),
+           ["200"] * 3, se)
+    bodies = sorted(open(o, "rb").read() for o in outs if os.path.exists(o))
+    env.eq("max streams 1: each on its own connection", bodies, [b"conn-1", b"conn-2", b"conn-3"])
+    env.eq("max streams 1: the app saw three connections", app.conns, 3)
+
+
 def grpc_over_h1(env, tport):
     rc, so, se = run(["curl", "-sk", "--http1.1", "-o", "-", "-w", "\n%{http_code}",
                       "-H", "content-type: application/grpc", "--data-binary", "x",
@@ -512,7 +541,7 @@ def config_shows(env, aport):
     cfg = json.loads(so.decode())
     routes = cfg["config"]["routes"]
     env.eq("GET /config: the h2c route says protocol h2c",
-           [r.get("protocol") for r in routes], [None, "h2c", "h2c"])
+           [r.get("protocol") for r in routes], [None, "h2c", "h2c", "h2c"])
 
 
 def main():
@@ -523,7 +552,8 @@ def main():
         app = App(env, stubs)
         h1 = H1Trailers()
         ga = GoawayApp()
-        path, port, tport, aport, cert = qrux_config(env, app.port, h1.port, ga.port)
+        lim = GoawayApp(max_streams=1)
+        path, port, tport, aport, cert = qrux_config(env, app.port, h1.port, ga.port, lim.port)
         from harness import Qrux
         q = Qrux(env, path, port)
         env.qruxes.append(q)
@@ -537,6 +567,7 @@ def main():
             env.case("grpc-timeout", grpc_timeout, env, tport, pb)
             env.case("gRPC over HTTP/3", grpc_over_h3, env, port, pb)
             env.case("GOAWAY", goaway, env, tport, ga)
+            env.case("max concurrent streams", max_streams, env, tport, lim)
             env.case("app resets", app_resets, env, tport)
             env.case("request trailers", request_trailers, env, tport)
             env.case("gRPC over HTTP/1.1", grpc_over_h1, env, tport)

@@ -53,8 +53,9 @@ struct h2c_sess {
     qx_up_stream_t *streams;
     unsigned nstreams;
     int connected;
-    int goaway; /* the app sent GOAWAY (or we failed): no new stream */
-    int dead;   /* the connection is gone: freed once out of nghttp2 */
+    int settled; /* the app's SETTINGS came */
+    int goaway;  /* the app sent GOAWAY (or we failed): no new stream */
+    int dead;    /* the connection is gone: freed once out of nghttp2 */
     int in_recv;
     int writing;
     uint8_t **scratch; /* the worker's read buffer */
@@ -90,10 +91,16 @@ static void pool_unlink(h2c_sess_t *s)
         s->next->prev = s->prev;
 }
 
+/* Streams the session takes: the app's SETTINGS_MAX_CONCURRENT_STREAMS;
+ * before its SETTINGS come, what the app said last on this pool (a new
+ * connection in a burst would otherwise take streams the app then holds
+ * back; nghttp2 queues those, they do not fail). */
 static unsigned session_limit(h2c_sess_t *s)
 {
     uint32_t peer =
         nghttp2_session_get_remote_settings(s->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+    if (!s->settled && s->linked && s->pool->h2c_streams > 0)
+        peer = s->pool->h2c_streams;
     return QX_MIN(peer, (uint32_t)H2C_MAX_STREAMS);
 }
 
@@ -708,6 +715,14 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
         st = stream_of(ng, frame->hd.stream_id);
         if (fin && st && !h2(st)->ended && h2(st)->head_done)
             response_end(st);
+        break;
+    case NGHTTP2_SETTINGS:
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) {
+            s->settled = 1;
+            if (s->linked && s->uc->pool)
+                s->pool->h2c_streams = QX_MAX(1u, nghttp2_session_get_remote_settings(
+                                                      ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS));
+        }
         break;
     case NGHTTP2_GOAWAY:
         /* Streams above last_stream_id are closed by nghttp2 as refused

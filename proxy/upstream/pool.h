@@ -4,11 +4,11 @@
  *
  * A qx_upconn_t is a thin TCP wrapper (connect, one write at a time, read
  * start/stop, close); the protocol on it is an upstream codec's
- * (upstream.h; HTTP/1.1: h1_up.c), which is the connection's user. The pool hands out an idle connection checked alive (an idle socket
- * is watched for EOF and stray bytes, and peeked once more at checkout:
- * one with anything to read is never handed out), or starts a new
- * connect. At most max_idle connections stay idle; idle ones older than
- * idle_timeout_ms are closed by qx_pool_sweep().
+ * (upstream.h; HTTP/1.1: h1_up.c), which is the connection's user. The pool hands out an idle
+ * connection checked alive (an idle socket is watched for EOF and stray bytes, and peeked once more
+ * at checkout: one with anything to read is never handed out), or starts a new connect. At most
+ * max_idle connections stay idle; idle ones older than idle_timeout_ms are closed by
+ * qx_pool_sweep().
  *
  * Owned by one worker's loop; no locks. Connections are freed only in
  * their uv_close callback (STYLE.md §9).
@@ -104,6 +104,8 @@ struct qx_pool {
     qx_pool_t *retired_next;     /* the worker's list of pools a new snapshot dropped */
     uint64_t retired_at_ms;
     qx_metrics_up_row_t *row; /* gauges; may be NULL */
+    uint32_t
+        h2c_streams; /* h2c_up.c: the app's last SETTINGS_MAX_CONCURRENT_STREAMS (0: none yet) */
     void *h2c; /* h2c_up.c's sessions on this pool's connections (its own list); the pool never
                   reads it: a session whose connection lost its pool (uc->pool NULL) unlinks no more
                 */
