@@ -515,6 +515,16 @@ def max_streams(env, tport, app):
     env.eq("max streams 1: the app saw three connections", app.conns, 3)
 
 
+def h1_front_to_h2c(env, tport):
+    """A plain request over HTTP/1.1 goes to an h2c app as HTTP/2."""
+    rc, so, se = run(["curl", "-sk", "--http1.1", "-w", " %{http_code} %{http_version}",
+                      "--resolve", "goaway.test:%d:127.0.0.1" % tport,
+                      "https://goaway.test:%d/h1" % tport], timeout=20)
+    body, code, ver = so.decode().rsplit(" ", 2)
+    env.eq("HTTP/1.1 client to an h2c app: 200 over HTTP/1.1", (code, ver), ("200", "1.1"))
+    env.check("HTTP/1.1 client to an h2c app: the app's body", body.startswith("conn-"), body)
+
+
 def grpc_over_h1(env, tport):
     rc, so, se = run(["curl", "-sk", "--http1.1", "-o", "-", "-w", "\n%{http_code}",
                       "-H", "content-type: application/grpc", "--data-binary", "x",
@@ -569,6 +579,7 @@ def main():
             env.case("GOAWAY", goaway, env, tport, ga)
             env.case("max concurrent streams", max_streams, env, tport, lim)
             env.case("app resets", app_resets, env, tport)
+            env.case("HTTP/1.1 front to h2c", h1_front_to_h2c, env, tport)
             env.case("request trailers", request_trailers, env, tport)
             env.case("gRPC over HTTP/1.1", grpc_over_h1, env, tport)
             env.case("metrics", metrics_show, env, aport, app.port, h1.port)
