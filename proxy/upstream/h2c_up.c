@@ -819,18 +819,23 @@ static void uc_on_connect(void *user, int status)
     }
     s->connected = 1;
     qx_upconn_read_start(s->uc);
-    /* Each waiting stream starts (the exchange calls start()); the list
-     * may change meanwhile, so walk a snapshot of who waits. */
+    /* Each waiting stream starts (the exchange calls start()). A failure
+     * meanwhile must not free the session under this loop: it is held as
+     * during a read, and goes after it. */
+    s->in_recv = 1;
     qx_up_stream_t *st = s->streams;
-    while (st) {
+    while (st && !s->dead) {
         qx_up_stream_t *next = h2(st)->next;
         if (h2(st)->waiting) {
             h2(st)->waiting = 0;
             st->sink->connected(st->user, 0);
-            if (s->dead)
-                return;
         }
         st = next;
+    }
+    s->in_recv = 0;
+    if (s->dead) {
+        session_destroy(s);
+        return;
     }
     session_send(s);
 }
