@@ -69,9 +69,31 @@
  *   close 0x1c 0xCODE 0xFT MS ... with a CONNECTION_CLOSE (0x1c: transport,
  *                             FT the frame type it names; 0x1d: application),
  *                             MS milliseconds after the last injected packet
- *   rx-undecryptable LEN TAIL a datagram that is not a 1-RTT packet of the
- *                             connection (TAIL: its last 16 bytes, hex)
+ *   rx-undecryptable LEN 0xFB TAIL  a datagram that is not a 1-RTT packet of
+ *                             the connection (FB: its first byte, TAIL: its
+ *                             last 16 bytes, hex)
  *   no-close                  no CONNECTION_CLOSE came
+ *
+ * --inject-hs HEX sends one Handshake packet carrying HEX instead, before
+ * the client's Finished, with the Handshake keys GnuTLS logs; ngtcp2 goes
+ * on and prints conn-close as above, or
+ *   inject-hs pn PN len L     the packet went out
+ *   handshake-confirmed       the handshake completed all the same
+ * --session-file FILE saves a session ticket and the server's transport
+ * parameters there ("session-saved") when FILE does not exist, else
+ * resumes with them offering 0-RTT; --inject-0rtt HEX then sends one 0-RTT
+ * packet carrying HEX right after the first Initial ("inject-0rtt pn PN
+ * len L", or "no-0rtt" when the ticket gave no early-data keys).
+ *
+ * Connection flow control (test_attacks_h3_credit.py): --print-max-data prints at
+ * the end
+ *   max-data N                the server's last MAX_DATA (credit left + bytes sent)
+ *   max-data-left-peak N      the most credit ever held unused, looked at after
+ *                             each packet read: never above the server's
+ *                             initial_max_data unless it credits bytes it
+ *                             never received (or grew its window)
+ *   stream-sent N             stream bytes sent (what connection flow control counts)
+ * --bidi-file FILE is --bidi with FILE's bytes (too long for a command line).
  *
  * Exit 0 when every request got an outcome, 1 on timeout or network failure,
  * 2 on a usage error. It is a test tool: the certificate is not verified.
@@ -100,7 +122,7 @@
 #define MAX_FIELDS 8192
 #define MAX_BODY (64 * 1024 * 1024)
 #define PKT_SIZE 1452
-#define MAX_RAW 16
+#define MAX_RAW 512
 #define MAX_INJECT 8
 
 typedef struct {
@@ -139,6 +161,9 @@ typedef struct {
     int reset_ms;               /* --reset-ms: body held open, then RESET_STREAM (cancel) */
     uint64_t reset_at;          /* when (ns), 0 once sent */
     int stall;                  /* --stall: response bodies get no flow control */
+    int print_max_data;         /* --print-max-data */
+    uint64_t stream_sent;       /* new stream bytes written (what connection flow control counts) */
+    uint64_t left_peak;         /* the most connection credit ever held unused */
     const char *new_token_file; /* --new-token-file: NEW_TOKEN written here (hex) */
     uint8_t token[512];         /* --token: sent in the first Initial */
     size_t token_len;
@@ -178,6 +203,28 @@ typedef struct {
     size_t server_cidlen;
     size_t client_cidlen; /* what the server writes to */
     uint64_t rx_largest;  /* the largest server packet number decrypted */
+    uint8_t client_scid[NGTCP2_MAX_CIDLEN];
+
+    /* --inject-hs: one Handshake packet, before the client's Finished */
+    uint8_t *hs_inject;
+    size_t hs_inject_len;
+    int hs_sent;
+    uint8_t hs_secret[64]; /* CLIENT_HANDSHAKE_TRAFFIC_SECRET */
+    size_t hs_secret_len;
+
+    /* --session-file: a ticket and the server's 0-RTT transport parameters
+     * saved by one run, resumed by the next; --inject-0rtt: one 0-RTT
+     * packet right after the first Initial */
+    const char *session_file;
+    gnutls_datum_t session; /* loaded: resume with it */
+    uint8_t tp0[512];       /* loaded: the 0-RTT transport parameters */
+    size_t tp0_len;
+    uint8_t *zrtt_inject;
+    size_t zrtt_inject_len;
+    uint8_t early_secret[64]; /* CLIENT_EARLY_TRAFFIC_SECRET */
+    size_t early_secret_len;
+    uint8_t client_dcid[NGTCP2_MAX_CIDLEN]; /* the DCID of the first Initial */
+    size_t client_dcidlen;
 } probe_t;
 
 static uint64_t now_ns(void)
@@ -486,13 +533,19 @@ static int raw_setup(probe_t *p)
     return 0;
 }
 
+/* Does h3probe write packets by hand (and open no streams)? */
+static int injecting(const probe_t *p)
+{
+    return p->ninject > 0 || p->hs_inject != NULL || p->zrtt_inject != NULL;
+}
+
 static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
 {
     probe_t *p = user_data;
     (void)conn;
     if (p->print_cert && print_cert_sha256(p) != 0)
         return NGTCP2_ERR_CALLBACK_FAILURE;
-    if (p->ninject > 0) /* no streams: the injected packets are the test */
+    if (injecting(p)) /* no streams: the injected packets are the test */
         return 0;
     if (p->nraw > 0)
         return raw_setup(p) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
@@ -620,7 +673,9 @@ static int handshake_confirmed_cb(ngtcp2_conn *conn, void *user_data)
 {
     probe_t *p = user_data;
     (void)conn;
-    if (p->ninject > 0)
+    if (p->hs_inject != NULL || p->zrtt_inject != NULL)
+        printf("handshake-confirmed\n");
+    if (injecting(p))
         p->done = 1;
     return 0;
 }
@@ -700,7 +755,140 @@ static int keylog_cb(gnutls_session_t s, const char *label, const gnutls_datum_t
     } else if (strcmp(label, "SERVER_TRAFFIC_SECRET_0") == 0) {
         memcpy(p->rx_secret, secret->data, secret->size);
         p->rx_secret_len = secret->size;
+    } else if (strcmp(label, "CLIENT_HANDSHAKE_TRAFFIC_SECRET") == 0) {
+        memcpy(p->hs_secret, secret->data, secret->size);
+        p->hs_secret_len = secret->size;
+    } else if (strcmp(label, "CLIENT_EARLY_TRAFFIC_SECRET") == 0) {
+        memcpy(p->early_secret, secret->data, secret->size);
+        p->early_secret_len = secret->size;
     }
+    return 0;
+}
+
+/* A long-header packet (RFC 9000 §17.2) of type |first| (0xd3: 0-RTT,
+ * 0xe3: Handshake; 4-byte packet number) to |dcid|, carrying exactly
+ * |frames|, protected with the keys of |secret|. Its packet number is far
+ * above what ngtcp2 will use. Prints "inject-WHAT pn PN len L". */
+static int long_inject(probe_t *p, uint8_t first, const uint8_t *dcid, size_t dl,
+                       const uint8_t *secret, size_t secretlen, const uint8_t *frames, size_t flen,
+                       const char *what)
+{
+    pkt_keys_t k = {0};
+    uint8_t pkt[PKT_SIZE + 64], nonce[12], mask[16];
+    uint64_t pn = (uint64_t)1 << 20;
+    size_t n = 0, cl = p->client_cidlen;
+    size_t len = 4 + flen + 16; /* the Length field: pn, payload, tag */
+    if (dl == 0 || keys_init(&k, secret, secretlen) != 0 || len > PKT_SIZE - 64)
+        return -1;
+    pkt[n++] = first | (p->inject_rbits ? 0x0c : 0);
+    pkt[n++] = 0, pkt[n++] = 0, pkt[n++] = 0, pkt[n++] = 1;
+    pkt[n++] = (uint8_t)dl;
+    memcpy(pkt + n, dcid, dl);
+    n += dl;
+    pkt[n++] = (uint8_t)cl;
+    memcpy(pkt + n, p->client_scid, cl);
+    n += cl;
+    pkt[n++] = (uint8_t)(0x40 | len >> 8), pkt[n++] = (uint8_t)len;
+    for (int i = 3; i >= 0; i--)
+        pkt[n++] = (uint8_t)(pn >> (8 * i));
+    size_t clen = sizeof(pkt) - n;
+    nonce_of(&k, pn, nonce);
+    int rv =
+        gnutls_aead_cipher_encrypt(k.aead, nonce, 12, pkt, n, 16, frames, flen, pkt + n, &clen);
+    if (rv == 0) {
+        hp_mask(&k, pkt + n, mask);
+        pkt[0] ^= mask[0] & 0x0f;
+        for (int i = 0; i < 4; i++)
+            pkt[n - 4 + i] ^= mask[1 + i];
+        printf("inject-%s pn %" PRIu64 " len %zu\n", what, pn, n + clen);
+        if (send(p->fd, pkt, n + clen, 0) == -1)
+            perror("h3probe: send");
+    }
+    gnutls_aead_cipher_deinit(k.aead);
+    gnutls_cipher_deinit(k.hp);
+    return rv == 0 ? 0 : -1;
+}
+
+/* --inject-hs: a Handshake packet (RFC 9000 §17.2.4), sent once the client
+ * has its Handshake keys and before ngtcp2 sends the client's Finished
+ * (the server drops its Handshake keys once the handshake completes).
+ * What the server answers, ngtcp2 reads as usual ("conn-close", or
+ * "handshake-confirmed" when the handshake completes). */
+static int hs_inject_send(probe_t *p)
+{
+    p->hs_sent = 1;
+    return long_inject(p, 0xe3, p->server_cid, p->server_cidlen, p->hs_secret, p->hs_secret_len,
+                       p->hs_inject, p->hs_inject_len, "hs");
+}
+
+/* --inject-0rtt: a 0-RTT packet (RFC 9000 §17.2.3) right after the first
+ * Initial of a resumed session, to the DCID the client chose. */
+static int zrtt_inject_send(probe_t *p)
+{
+    if (p->early_secret_len == 0) {
+        printf("no-0rtt\n"); /* no ticket allowing early data, or not resumed */
+        return -1;
+    }
+    return long_inject(p, 0xd3, p->client_dcid, p->client_dcidlen, p->early_secret,
+                       p->early_secret_len, p->zrtt_inject, p->zrtt_inject_len, "0rtt");
+}
+
+/* --session-file, saving: the ticket and the 0-RTT transport parameters
+ * as two lines of hex, once a NewSessionTicket arrives. */
+static int save_ticket(gnutls_session_t s, unsigned htype, unsigned when, unsigned incoming,
+                       const gnutls_datum_t *msg)
+{
+    probe_t *p = ((ngtcp2_crypto_conn_ref *)gnutls_session_get_ptr(s))->user_data;
+    gnutls_datum_t d;
+    uint8_t tp[512];
+    (void)when, (void)incoming, (void)msg;
+    if (htype != GNUTLS_HANDSHAKE_NEW_SESSION_TICKET || gnutls_session_get_data2(s, &d) != 0)
+        return 0;
+    ngtcp2_ssize tplen = ngtcp2_conn_encode_0rtt_transport_params(p->conn, tp, sizeof(tp));
+    FILE *f = tplen > 0 ? fopen(p->session_file, "w") : NULL;
+    if (f != NULL) {
+        for (unsigned i = 0; i < d.size; i++)
+            fprintf(f, "%02x", d.data[i]);
+        fputc('\n', f);
+        for (ngtcp2_ssize i = 0; i < tplen; i++)
+            fprintf(f, "%02x", tp[i]);
+        fputc('\n', f);
+        if (fclose(f) == 0)
+            printf("session-saved\n");
+    }
+    gnutls_free(d.data);
+    return 0;
+}
+
+/* One line of hex from |f| into |out|; returns the bytes read. */
+static size_t unhex_line(FILE *f, uint8_t *out, size_t cap)
+{
+    char *line = NULL;
+    size_t lcap = 0, n = 0;
+    ssize_t len = getline(&line, &lcap, f);
+    unsigned v;
+    while (len > 0 && n < cap && (ssize_t)(2 * n + 2) <= len &&
+           sscanf(line + 2 * n, "%2x", &v) == 1)
+        out[n++] = (uint8_t)v;
+    free(line);
+    return n;
+}
+
+/* --session-file, resuming: reads what save_ticket wrote. Returns 0, 1
+ * when there is no file yet, -1 when it is unreadable. */
+static int load_ticket(probe_t *p)
+{
+    static uint8_t data[8192];
+    FILE *f = fopen(p->session_file, "r");
+    if (f == NULL)
+        return 1;
+    size_t n = unhex_line(f, data, sizeof(data));
+    p->tp0_len = unhex_line(f, p->tp0, sizeof(p->tp0));
+    fclose(f);
+    if (n == 0 || p->tp0_len == 0)
+        return -1;
+    p->session.data = data;
+    p->session.size = (unsigned)n;
     return 0;
 }
 
@@ -836,7 +1024,7 @@ static int print_frames(probe_t *p, uint64_t pn, const uint8_t *f, size_t len)
 }
 
 /* One datagram from the server: prints it decoded, or
- * "rx-undecryptable LEN TAIL" with its last 16 bytes (a stateless reset
+ * "rx-undecryptable LEN 0xFB TAIL" with its first and last 16 bytes (a stateless reset
  * ends in its token). Returns 1 when it carried a CONNECTION_CLOSE. */
 static int inject_read(probe_t *p, pkt_keys_t *rx, uint8_t *d, size_t n)
 {
@@ -871,7 +1059,7 @@ static int inject_read(probe_t *p, pkt_keys_t *rx, uint8_t *d, size_t n)
             return print_frames(p, pn, plain, plen);
         }
     }
-    printf("rx-undecryptable %zu ", n);
+    printf("rx-undecryptable %zu 0x%02x ", n, d[0]);
     for (size_t i = n >= 16 ? n - 16 : 0; i < n; i++)
         printf("%02x", d[i]);
     printf("\n");
@@ -959,9 +1147,12 @@ static int tls_setup(probe_t *p, const char *sni)
                                       "-CIPHER-ALL:+AES-128-GCM";
     gnutls_datum_t alpn = {(unsigned char *)"h3", 2};
 
+    /* Early data (0-RTT) whenever resuming: QUIC carries it, not TLS. */
+    unsigned flags = p->session_file ? GNUTLS_ENABLE_EARLY_DATA | GNUTLS_NO_END_OF_EARLY_DATA : 0;
+
     if (gnutls_certificate_allocate_credentials(&p->cred) != 0 ||
-        gnutls_init(&p->tls, GNUTLS_CLIENT) != 0 ||
-        gnutls_priority_set_direct(p->tls, p->ninject > 0 ? prio_inject : prio, NULL) != 0 ||
+        gnutls_init(&p->tls, GNUTLS_CLIENT | flags) != 0 ||
+        gnutls_priority_set_direct(p->tls, injecting(p) ? prio_inject : prio, NULL) != 0 ||
         ngtcp2_crypto_gnutls_configure_client_session(p->tls) != 0 ||
         gnutls_credentials_set(p->tls, GNUTLS_CRD_CERTIFICATE, p->cred) != 0 ||
         gnutls_alpn_set_protocols(p->tls, &alpn, 1, GNUTLS_ALPN_MANDATORY) != 0 ||
@@ -971,8 +1162,19 @@ static int tls_setup(probe_t *p, const char *sni)
     p->conn_ref.get_conn = get_conn;
     p->conn_ref.user_data = p;
     gnutls_session_set_ptr(p->tls, &p->conn_ref);
-    if (p->ninject > 0)
+    if (injecting(p))
         gnutls_session_set_keylog_function(p->tls, keylog_cb);
+    if (p->session_file != NULL) {
+        int rv = load_ticket(p);
+        if (rv < 0 ||
+            (rv == 0 && gnutls_session_set_data(p->tls, p->session.data, p->session.size) != 0)) {
+            fprintf(stderr, "h3probe: %s: no usable session\n", p->session_file);
+            return -1;
+        }
+        if (rv == 1)
+            gnutls_handshake_set_hook_function(p->tls, GNUTLS_HANDSHAKE_NEW_SESSION_TICKET,
+                                               GNUTLS_HOOK_POST, save_ticket);
+    }
     return 0;
 }
 
@@ -1012,6 +1214,9 @@ static int quic_setup(probe_t *p)
     rand_cb(dcid.data, dcid.datalen, NULL);
     rand_cb(scid.data, scid.datalen, NULL);
     p->client_cidlen = scid.datalen; /* new_cid_cb issues CIDs of this length too */
+    memcpy(p->client_scid, scid.data, scid.datalen);
+    memcpy(p->client_dcid, dcid.data, dcid.datalen);
+    p->client_dcidlen = dcid.datalen;
     ngtcp2_settings_default(&settings);
     settings.initial_ts = now_ns();
     settings.max_tx_udp_payload_size = PKT_SIZE;
@@ -1034,6 +1239,11 @@ static int quic_setup(probe_t *p)
         return -1;
     }
     ngtcp2_conn_set_tls_native_handle(p->conn, p->tls);
+    if (p->tp0_len > 0 &&
+        ngtcp2_conn_decode_and_set_0rtt_transport_params(p->conn, p->tp0, p->tp0_len) != 0) {
+        fprintf(stderr, "h3probe: the saved 0-RTT transport parameters do not decode\n");
+        return -1;
+    }
     if (p->stall) /* a stalled client is still alive: it answers and PINGs */
         ngtcp2_conn_set_keep_alive_timeout(p->conn, NGTCP2_SECONDS);
     return 0;
@@ -1107,6 +1317,8 @@ static int flush(probe_t *p)
         ngtcp2_ssize n =
             ngtcp2_conn_writev_stream(p->conn, &ps.path, &pi, buf, sizeof(buf), &ndata, flags, sid,
                                       (const ngtcp2_vec *)vec, (size_t)nvec, now_ns());
+        if (ndata > 0)
+            p->stream_sent += (uint64_t)ndata;
         if (r != NULL) {
             if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
                 r->blocked = 1;
@@ -1176,6 +1388,8 @@ static int drain(probe_t *p)
             }
         }
         int rv = ngtcp2_conn_read_pkt(p->conn, &path, &pi, buf, (size_t)n, now_ns());
+        if (ngtcp2_conn_get_max_data_left(p->conn) > p->left_peak)
+            p->left_peak = ngtcp2_conn_get_max_data_left(p->conn);
         if (rv == NGTCP2_ERR_DRAINING) {
             const ngtcp2_ccerr *cc = ngtcp2_conn_get_ccerr(p->conn);
             printf("conn-close 0x%" PRIx64 " %s\n", cc->error_code,
@@ -1215,6 +1429,8 @@ static int run(probe_t *p)
         p->reset_at = now_ns() + (uint64_t)p->reset_ms * 1000000;
 
     if (flush(p) != 0)
+        return 1;
+    if (p->zrtt_inject != NULL && zrtt_inject_send(p) != 0)
         return 1;
     while (!p->done) {
         uint64_t now = now_ns(), expiry = ngtcp2_conn_get_expiry(p->conn);
@@ -1271,6 +1487,10 @@ static int run(probe_t *p)
             p->got_retry = 0;
             sleep((unsigned)p->retry_wait_secs);
         }
+        if (p->hs_inject && !p->hs_sent && p->hs_secret_len > 0 && hs_inject_send(p) != 0) {
+            fprintf(stderr, "h3probe: cannot inject the Handshake packet\n");
+            return 1;
+        }
         if (flush(p) != 0) {
             send_close(p);
             return 1;
@@ -1295,6 +1515,10 @@ static void usage(void)
                     "       h3probe HOST PORT (--uni HEX[!] | --bidi HEX[-]) ...   raw streams\n"
                     "       h3probe HOST PORT --inject HEX ... [--inject-rbits] [--inject-gap MS]"
                     " [--collect MS]   raw 1-RTT packets\n"
+                    "       h3probe HOST PORT --inject-hs HEX [--inject-rbits]   a raw Handshake"
+                    " packet\n"
+                    "       h3probe HOST PORT --session-file FILE [--inject-0rtt HEX]   save a"
+                    " ticket, or resume with it\n"
                     "  -H fields go out verbatim, in order; the separator is ': ' (or ':'"
                     " when no space follows)\n");
 }
@@ -1375,6 +1599,32 @@ static int add_raw(probe_t *p, int bidi, const char *spec)
     return 0;
 }
 
+/* --bidi-file FILE: a raw request stream whose bytes are FILE's (for
+ * streams too long for a command line); ended like --bidi. */
+static int add_raw_file(probe_t *p, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL || p->nraw == MAX_RAW) {
+        if (f)
+            fclose(f);
+        return -1;
+    }
+    raw_t *r = &p->raw[p->nraw];
+    r->bidi = r->fin = 1;
+    r->sid = -1;
+    r->len = 0;
+    r->data = malloc(MAX_BODY);
+    size_t n;
+    while (r->data && r->len < MAX_BODY &&
+           (n = fread(r->data + r->len, 1, MAX_BODY - r->len, f)) > 0)
+        r->len += n;
+    fclose(f);
+    if (r->data == NULL)
+        return -1;
+    p->nraw++;
+    return 0;
+}
+
 /* --inject HEX: the frames of one 1-RTT packet ("" is a packet without
  * any). */
 static int add_inject(probe_t *p, const char *hex)
@@ -1443,12 +1693,29 @@ static int parse_args(probe_t *p, int argc, char **argv)
         } else if (strcmp(a, "--inject") == 0 && has_val) {
             if (add_inject(p, argv[++i]) != 0)
                 return -1;
+        } else if (strcmp(a, "--inject-hs") == 0 && has_val) {
+            if (add_inject(p, argv[++i]) != 0) /* parsed like --inject, then moved */
+                return -1;
+            p->hs_inject = p->inject[--p->ninject];
+            p->hs_inject_len = p->inject_len[p->ninject];
+        } else if (strcmp(a, "--inject-0rtt") == 0 && has_val) {
+            if (add_inject(p, argv[++i]) != 0) /* parsed like --inject, then moved */
+                return -1;
+            p->zrtt_inject = p->inject[--p->ninject];
+            p->zrtt_inject_len = p->inject_len[p->ninject];
+        } else if (strcmp(a, "--session-file") == 0 && has_val) {
+            p->session_file = argv[++i];
         } else if (strcmp(a, "--inject-rbits") == 0) {
             p->inject_rbits = 1;
         } else if (strcmp(a, "--inject-gap") == 0 && has_val) {
             p->inject_gap_ms = atoi(argv[++i]);
         } else if (strcmp(a, "--collect") == 0 && has_val) {
             p->collect_ms = atoi(argv[++i]);
+        } else if (strcmp(a, "--bidi-file") == 0 && has_val) {
+            if (add_raw_file(p, argv[++i]) != 0)
+                return -1;
+        } else if (strcmp(a, "--print-max-data") == 0) {
+            p->print_max_data = 1;
         } else if ((strcmp(a, "--uni") == 0 || strcmp(a, "--bidi") == 0) && has_val) {
             if (add_raw(p, strcmp(a, "--bidi") == 0, argv[++i]) != 0)
                 return -1;
@@ -1492,6 +1759,11 @@ int main(int argc, char **argv)
         rc = run(p);
     else
         fprintf(stderr, "h3probe: set-up failed\n");
+    if (p->print_max_data && p->conn) {
+        uint64_t left = ngtcp2_conn_get_max_data_left(p->conn);
+        printf("max-data %" PRIu64 "\nmax-data-left-peak %" PRIu64 "\nstream-sent %" PRIu64 "\n",
+               left + p->stream_sent, p->left_peak, p->stream_sent);
+    }
 
     for (int i = 0; i < p->nreq; i++)
         gnutls_hash_deinit(p->req[i].sha, NULL);

@@ -113,13 +113,14 @@ def client_hello(scid, sni="localhost", alpn=b"h3", tparams=None):
     """A TLS 1.3 ClientHello that GnuTLS accepts in a QUIC handshake.
     |tparams|: [(id, value)] sent as the quic_transport_parameters
     extension instead of default_tparams(scid), in that order (duplicates
-    too); False leaves the extension out."""
+    too; a bytes item goes in as it is); False leaves the extension out."""
     pub = X25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     name = sni.encode()
     if tparams is None:
         tparams = default_tparams(scid)
-    tp = b"".join(tparam(i, v) for i, v in tparams) if tparams is not False else None
+    tp = (b"".join(p if isinstance(p, bytes) else tparam(*p) for p in tparams)
+          if tparams is not False else None)
     exts = (_ext(0, struct.pack(">HBH", len(name) + 3, 0, len(name)) + name)
             + _ext(10, struct.pack(">HH", 2, 0x001D))
             + _ext(13, struct.pack(">HHHHH", 8, 0x0403, 0x0804, 0x0805, 0x0401))

@@ -9,6 +9,8 @@ that no stray byte reaches another request, and that qrux serves on:
   CL+TE              Content-Length and Transfer-Encoding together: 502
   bad chunking       a chunk size that is not hex, or overflows: 502 / reset
   1xx storm          1,000 interim responses, then 200: bounded, answered
+  1xx with framing   a 1xx with Content-Length or Transfer-Encoding ends at
+                     its blank line (RFC 9112 6.3): the final 200 relayed
   204/304 with body  204/304 to the client, the body dropped, the socket not
                      reused
   bad status         `20`, `099`, `1000`: 502, never relayed
@@ -51,6 +53,11 @@ CANNED = {
     "/badchunk-overflow": resp("HTTP/1.1 200 OK", ["Transfer-Encoding: chunked"],
                                b"fffffffffffffffffff\r\nhello\r\n"),
     "/1xx-storm": resp("HTTP/1.1 103 Early Hints", ["Link: </a>; rel=preload"]) * 1000 + OK5,
+    # A 1xx has no content whatever its fields say: the bytes after its
+    # blank line are the final response, never the 1xx's body.
+    "/1xx-cl": resp("HTTP/1.1 103 Early Hints", ["Link: </a>; rel=preload", "Content-Length: 5"])
+    + OK5,
+    "/1xx-chunked": resp("HTTP/1.1 100 Continue", ["Transfer-Encoding: chunked"]) + OK5,
     "/204-body": resp("HTTP/1.1 204 No Content", ["Content-Length: 5"], b"hello"),
     "/304-body": resp("HTTP/1.1 304 Not Modified", ["Content-Length: 5"], b"hello"),
     "/status-20": resp("HTTP/1.1 20 OK", ["Content-Length: 5"], b"hello"),
@@ -191,6 +198,18 @@ def no_body_status(env, p, ev, path, status):
     env.eq("%s: HTTP/2 client gets %d" % (path, status), st2, status)
 
 
+def interim_framing(env, p):
+    for path in ("/1xx-cl", "/1xx-chunked"):
+        st, data, _ = h1_get(p, path)
+        env.check("%s: HTTP/1.1 client gets the final 200 hello" % path,
+                  st == 200 and data.endswith(b"\r\n\r\nhello"), data[:300])
+        st2, _, body = h2_get(p.tport, "localhost", path)
+        env.check("%s: HTTP/2 client gets the final 200 hello" % path,
+                  st2 == 200 and body == b"hello", "%r %r" % (st2, body[:100]))
+    env.check("1xx with framing fields: no response window overflow logged",
+              "window overflow" not in p.q.log_text(), p.q.log_tail())
+
+
 def unsolicited(env, p, ev):
     # Request 1 is answered, then the origin sends a second response 50 ms
     # later into the idle pooled socket. qrux is stopped meanwhile so the
@@ -279,6 +298,7 @@ def main():
         st, data, _ = h1_get(p, "/1xx-storm")
         env.check("1xx storm: the final 200 relayed", st == 200 and data.endswith(b"hello"),
                   data[:200])
+        env.case("1xx with framing fields", interim_framing, env, p)
         env.case("204 with a body", no_body_status, env, p, ev, "/204-body", 204)
         env.case("304 with a body", no_body_status, env, p, ev, "/304-body", 304)
         env.case("unsolicited response", unsolicited, env, p, ev)

@@ -85,7 +85,7 @@ fuzz_env_t *fuzz_env_new(const char *yaml)
     if (qx_worker_init(&e->w, 0, &e->shared, snap) != 0)
         abort();
     /* What the worker's thread does before its loop: the endpoint's
-     * handles (its flush and kick) are set up, the socket polled. */
+     * handles are set up, the socket polled. */
     if (qx_quic_ep_start(e->w.quic) != 0)
         abort();
     e->w.ctx.state = QX_W_RUNNING;

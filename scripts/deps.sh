@@ -46,11 +46,12 @@ RUN_BACKPORTS="ngtcp2-client:1.11.0"
 # Initials in e2e/quicraw.py), nodejs and unzip (the Kubernetes test tools:
 # scripts/k8s-tools.sh), python3-yaml (the chart tests read rendered YAML),
 # python3-jsonschema (the Grafana dashboard's schema check), dnsmasq-base
-# (the resolver of the DNS tests), python3-grpcio and python3-grpc-tools (the
+# (the resolver of the DNS tests), gdb (holds one worker thread back at its
+# start: e2e/test_startup_held.py), python3-grpcio and python3-grpc-tools (the
 # gRPC app and client of e2e/test_grpc.py, stubs generated at test time).
 TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
 python3-h2 python3-hpack podman buildah runc debootstrap catatonit clang-format libclang-rt-14-dev
-python3-cryptography nodejs unzip python3-yaml python3-jsonschema dnsmasq-base
+python3-cryptography nodejs unzip python3-yaml python3-jsonschema dnsmasq-base gdb
 python3-grpcio python3-grpc-tools"
 TEST_BACKPORTS=""
 

@@ -52,7 +52,8 @@ void qx_buf_free(qx_buf_t *b)
     b->failed = 0;
 }
 
-int qx_buf_reserve(qx_buf_t *b, size_t more)
+/* Room for |more| bytes after len (and the NUL of a growing buffer). */
+static int reserve(qx_buf_t *b, size_t more)
 {
     if (b->failed)
         return QX_ERR_LIMIT;
@@ -79,7 +80,7 @@ int qx_buf_reserve(qx_buf_t *b, size_t more)
 
 int qx_buf_put(qx_buf_t *b, const void *s, size_t n)
 {
-    int rv = qx_buf_reserve(b, n);
+    int rv = reserve(b, n);
     if (rv != 0)
         return rv;
     if (n > 0)
@@ -110,7 +111,7 @@ int qx_buf_putf(qx_buf_t *b, const char *fmt, ...)
         return qx_buf_put(b, small, (size_t)n);
     /* Longer: formatted again, straight into the buffer (room for the
      * NUL vsnprintf writes, which a fixed buffer may not have). */
-    int rv = qx_buf_reserve(b, (size_t)n + (b->fixed ? 1 : 0));
+    int rv = reserve(b, (size_t)n + (b->fixed ? 1 : 0));
     if (rv != 0)
         return rv;
     va_start(ap, fmt);

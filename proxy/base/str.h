@@ -52,13 +52,8 @@ void qx_buf_init_fixed(qx_buf_t *b, char *mem, size_t cap);
  * Accepts NULL and a zeroed buffer. */
 void qx_buf_free(qx_buf_t *b);
 
-/* Room for |more| bytes after len (and the NUL of a growing buffer).
- * Returns 0, QX_ERR_LIMIT (past max; the buffer is marked failed) or
- * QX_ERR_NOMEM (likewise). */
-int qx_buf_reserve(qx_buf_t *b, size_t more);
-
-/* Appends. Return 0 or the error of qx_buf_reserve (also when the buffer
- * had failed before: QX_ERR_LIMIT). */
+/* Appends. Return 0, QX_ERR_LIMIT (past max, or the buffer had failed
+ * before) or QX_ERR_NOMEM; on an error the buffer is marked failed. */
 int qx_buf_put(qx_buf_t *b, const void *s, size_t n);
 int qx_buf_puts(qx_buf_t *b, const char *s);
 __attribute__((format(printf, 2, 3))) int qx_buf_putf(qx_buf_t *b, const char *fmt, ...);

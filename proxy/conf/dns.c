@@ -535,39 +535,25 @@ void qx_dns_why(qx_dns_t *d, const char *host, char *buf, size_t len)
     pthread_mutex_unlock(&d->lock);
 }
 
-size_t qx_dns_metrics(qx_dns_t *d, char *buf, size_t len)
+void qx_dns_metrics(qx_dns_t *d, qx_buf_t *out)
 {
-    size_t used = 0;
-    int w;
-#define OUT(...)                                                                                   \
-    do {                                                                                           \
-        w = snprintf(buf + used, len - used, __VA_ARGS__);                                         \
-        if (w < 0 || (size_t)w >= len - used)                                                      \
-            goto full;                                                                             \
-        used += (size_t)w;                                                                         \
-    } while (0)
-    if (len == 0)
-        return 0;
-    buf[0] = '\0';
     pthread_mutex_lock(&d->lock);
     if (!LIST_EMPTY(&d->names)) {
-        OUT("# HELP qrux_dns_resolutions_total Lookups of upstream names by outcome (not_found: "
-            "no such name or no A/AAAA record; error: timeout, refused, server failure).\n"
-            "# TYPE qrux_dns_resolutions_total counter\n");
+        qx_buf_puts(out, "# HELP qrux_dns_resolutions_total Lookups of upstream names by outcome "
+                         "(not_found: no such name or no A/AAAA record; error: timeout, refused, "
+                         "server failure).\n"
+                         "# TYPE qrux_dns_resolutions_total counter\n");
         dns_name_t *n;
         LIST_FOREACH(n, &d->names, link)
         {
             for (int r = 0; r < QX_DNS_R_COUNT; r++)
-                OUT("qrux_dns_resolutions_total{name=\"%s\",result=\"%s\"} %llu\n", n->host,
-                    result_names[r], (unsigned long long)n->results[r]);
+                qx_buf_putf(out, "qrux_dns_resolutions_total{name=\"%s\",result=\"%s\"} %llu\n",
+                            n->host, result_names[r], (unsigned long long)n->results[r]);
         }
-        OUT("# HELP qrux_dns_addresses Addresses an upstream name resolves to now (the last good "
-            "answer).\n# TYPE qrux_dns_addresses gauge\n");
+        qx_buf_puts(out, "# HELP qrux_dns_addresses Addresses an upstream name resolves to now "
+                         "(the last good answer).\n# TYPE qrux_dns_addresses gauge\n");
         LIST_FOREACH(n, &d->names, link)
-        OUT("qrux_dns_addresses{name=\"%s\"} %zu\n", n->host, n->naddrs);
+        qx_buf_putf(out, "qrux_dns_addresses{name=\"%s\"} %zu\n", n->host, n->naddrs);
     }
-full:
     pthread_mutex_unlock(&d->lock);
-    return used;
-#undef OUT
 }

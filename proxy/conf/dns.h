@@ -23,6 +23,7 @@
 #ifndef QX_DNS_H
 #define QX_DNS_H
 
+#include "base/str.h"
 #include "config/config.h"
 
 #include <stddef.h>
@@ -68,8 +69,8 @@ size_t qx_dns_addrs(qx_dns_t *d, const char *host, uint16_t port, struct sockadd
 void qx_dns_why(qx_dns_t *d, const char *host, char *buf, size_t len);
 
 /* Appends qrux_dns_resolutions_total and qrux_dns_addresses lines for every
- * name followed to buf (at most len, NUL-terminated). Returns the length
- * written. Thread-safe. */
-size_t qx_dns_metrics(qx_dns_t *d, char *buf, size_t len);
+ * name followed to |out| (whole lines: past its cap, |out| is marked
+ * failed). Thread-safe. */
+void qx_dns_metrics(qx_dns_t *d, qx_buf_t *out);
 
 #endif

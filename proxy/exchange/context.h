@@ -61,8 +61,20 @@ typedef struct qx_shared {
     void *arg;
 } qx_shared_t;
 
-/* A worker's life; only moves down the list (worker.c: set_state). Written
- * by the worker's thread, read by others (forwarding, /livez). */
+/*
+ * A worker's life (worker.c: set_state() asserts the moves). Written by the
+ * worker's thread, read by others (forwarding, /livez, the start-up
+ * watchdog).
+ *
+ *   STARTING --> RUNNING --> DRAINING --> STOPPED
+ *       |           |                       ^
+ *       +-----------+-----------------------+
+ *
+ * STARTING: built, its loop not running yet. RUNNING: serving. DRAINING:
+ * no new connections, GOAWAY sent, in-flight requests finish (up to
+ * graceful_shutdown_secs). STOPPED: everything closed (also straight from
+ * STARTING when its listeners cannot start, or from RUNNING on a stop).
+ */
 typedef enum { QX_W_STARTING, QX_W_RUNNING, QX_W_DRAINING, QX_W_STOPPED } qx_worker_state_t;
 
 struct qx_wctx {

@@ -1088,17 +1088,17 @@ static void note_grpc_status(qx_exchange_t *ex, const qx_hdr_t *hdrs, size_t n)
     }
 }
 
-static void up_trailers(void *user, const qx_hdr_t *hdrs, size_t n)
+/* The trailers are copied into the request's arena (names lowercased,
+ * fields a trailer section may not carry left out): the front sends them
+ * after the last body byte. */
+static void up_end(void *user, const qx_hdr_t *trailers, size_t ntrailers)
 {
     qx_exchange_t *ex = user;
-    ex->resp_trailers = hdrs;
-    ex->nresp_trailers = n;
-    note_grpc_status(ex, hdrs, n);
-}
-
-static void up_end(void *user)
-{
-    qx_exchange_t *ex = user;
+    if (ntrailers > 0) {
+        ex->resp_trailers =
+            qx_up_trailers_copy(&ex->arena, trailers, ntrailers, &ex->nresp_trailers);
+        note_grpc_status(ex, ex->resp_trailers, ex->nresp_trailers);
+    }
     ex->resp_eof = 1;
     set_state(ex, QX_EX_DONE);
     if (!gone(ex))
@@ -1154,7 +1154,6 @@ static const qx_up_sink_t up_sink = {
     .progress = up_progress,
     .head = up_head,
     .body = up_body,
-    .trailers = up_trailers,
     .end = up_end,
     .consumed = up_consumed,
     .error = up_error,

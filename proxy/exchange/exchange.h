@@ -111,7 +111,7 @@ struct qx_exchange {
     qx_exchange_state_t state;  /* moved only by set_state() */
     qx_snapshot_t *snap;
     uint64_t start_ns;
-    uint64_t up_progress_ms; /* loop time the upstream last sent body bytes */
+    uint64_t up_progress_ms; /* loop time the upstream last sent bytes */
     uint64_t cl_progress_ms; /* ... the client last took response bytes */
     qx_deferred_t pump;      /* on the worker's deferred-work queue: dispatch, or write the body */
     int dispatch_due;        /* routed: the upstream is asked for at the next pump */
@@ -169,14 +169,13 @@ struct qx_exchange {
     size_t grpc_statuslen;
     qx_ring_t resp;
     uint8_t *respbuf;
-    const char *local_body; /* our own error body */
-    char local_clen[24];    /* our own answer's content-length value */
-    char status_text[4];    /* the status as 3 digits, for fronts that point at it */
+    char local_clen[24]; /* our own answer's content-length value */
+    char status_text[4]; /* the status as 3 digits, for fronts that point at it */
 
     /* Everything above is cleared for each request; what follows is kept
      * while the exchange waits in its worker's cache (QX_EX_CACHE), or
      * fully rewritten before use. */
-    uv_timer_t timer; /* connect timeout, then request timeout */
+    uv_timer_t timer; /* what it watches follows from the state (above) */
     qx_arena_t arena;
     qx_up_stream_t ups; /* the upstream stream (its response head storage is kept) */
     qx_hdr_t hdrs_inline[QX_EX_FIELDS];

@@ -54,6 +54,11 @@ static h1_up_t *h1(qx_up_stream_t *st)
     return (h1_up_t *)(void *)st->priv.bytes;
 }
 
+qx_upconn_t *qx_h1_up_conn(qx_up_stream_t *st)
+{
+    return st->ops == &qx_h1_upstream_ops ? h1(st)->uc : NULL;
+}
+
 /* Gives the connection back: to the idle list when |reusable|. A pending
  * write dies with it; its body bytes are reported consumed now, as no
  * write callback will. */
@@ -379,24 +384,20 @@ static int trailer_piece(qx_up_stream_t *st, int value, const char *at, size_t l
     return 0;
 }
 
-/* The trailer section as fields for sink->trailers (copied and filtered
- * by qx_up_trailers_copy). */
-static void trailers_deliver(qx_up_stream_t *st)
+/* The response is complete: its trailer section, if any, goes with
+ * sink->end (the user copies and filters it). */
+static void trailers_end(qx_up_stream_t *st)
 {
     h1_up_t *h = h1(st);
-    qx_hdr_t raw[H1_TRAILER_FIELDS];
-    size_t n = 0, k = 0;
-    if (h->tb == NULL || h->ntf == 0)
-        return;
-    for (uint32_t i = 0; i < h->ntf; i++) {
+    qx_hdr_t t[H1_TRAILER_FIELDS];
+    size_t n = 0;
+    for (uint32_t i = 0; h->tb != NULL && i < h->ntf; i++) {
         const qx_up_field_t *f = &h->tf[i];
-        if (f->name_len == 0)
-            continue;
-        raw[n++] = (qx_hdr_t){h->tb + f->name_off, f->name_len, h->tb + f->value_off, f->value_len};
+        if (f->name_len > 0)
+            t[n++] =
+                (qx_hdr_t){h->tb + f->name_off, f->name_len, h->tb + f->value_off, f->value_len};
     }
-    const qx_hdr_t *t = qx_up_trailers_copy(st->arena, raw, n, &k);
-    if (k > 0 && st->sink->trailers)
-        st->sink->trailers(st->user, t, k);
+    st->sink->end(st->user, n ? t : NULL, n);
 }
 
 static int p_on_header_field(llhttp_t *p, const char *at, size_t len)
@@ -474,7 +475,10 @@ static int p_on_headers_complete(llhttp_t *p)
         st->nf = 0;    /* interim response: wait for the final one */
         st->hblen = 0;
         h->in_value = 0;
-        return 0;
+        /* A 1xx ends at its blank line whatever its fields say (RFC 9112
+         * §6.3): a Content-Length or Transfer-Encoding there must not make
+         * llhttp take the final response for its body. */
+        return 1;
     }
     h->head_done = 1;
     for (size_t i = 0; i < st->nf; i++) {
@@ -546,8 +550,7 @@ static int p_on_message_complete(llhttp_t *p)
     if (!h->head_done)
         return 0; /* end of an interim (1xx) response */
     h->complete = 1;
-    trailers_deliver(st);
-    st->sink->end(st->user);
+    trailers_end(st);
     return HPE_PAUSED;
 }
 

@@ -16,4 +16,9 @@
 
 extern const qx_upstream_ops_t qx_h1_upstream_ops;
 
+/* The connection the stream holds now (NULL: none). For the upstream
+ * response fuzz target, which hands reads to the connection's callbacks
+ * as libuv would. */
+qx_upconn_t *qx_h1_up_conn(qx_up_stream_t *st);
+
 #endif

@@ -646,13 +646,7 @@ static void response_end(qx_up_stream_t *st)
     if (u->ended)
         return;
     u->ended = 1;
-    if (u->ntr > 0 && st->sink->trailers) {
-        size_t n = 0;
-        const qx_hdr_t *t = qx_up_trailers_copy(st->arena, u->tr, u->ntr, &n);
-        if (n > 0)
-            st->sink->trailers(st->user, t, n);
-    }
-    st->sink->end(st->user);
+    st->sink->end(st->user, u->ntr ? u->tr : NULL, u->ntr);
 }
 
 static void response_head(nghttp2_session *ng, qx_up_stream_t *st, int fin)

@@ -3,12 +3,13 @@
  * of idle keep-alive ones.
  *
  * A qx_upconn_t is a thin TCP wrapper (connect, one write at a time, read
- * start/stop, close); the protocol on it is an upstream codec's
- * (upstream.h; HTTP/1.1: h1_up.c), which is the connection's user. The pool hands out an idle
- * connection checked alive (an idle socket is watched for EOF and stray bytes, and peeked once more
- * at checkout: one with anything to read is never handed out), or starts a new connect. At most
- * max_idle connections stay idle; idle ones older than idle_timeout_ms are closed by
- * qx_pool_sweep().
+ * start/stop, close) that knows no protocol: the upstream codec that
+ * checks it out (upstream.h; HTTP/1.1: h1_up.c) is its user. The pool
+ * hands out an idle connection checked alive (an idle socket
+ * is watched for EOF and stray bytes, and peeked once more at checkout:
+ * one with anything to read is never handed out), or starts a new
+ * connect. At most max_idle connections stay idle; idle ones older than
+ * idle_timeout_ms are closed by qx_pool_sweep().
  *
  * Owned by one worker's loop; no locks. Connections are freed only in
  * their uv_close callback (STYLE.md §9).

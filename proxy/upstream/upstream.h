@@ -33,8 +33,8 @@
  *   - h2c: connect() finds (or starts) a session on the pool's connection
  *     with a free stream slot instead of taking the connection for itself;
  *     the session (on that connection) multiplexes many qx_up_stream_t,
- *     whose private part holds the stream id. Trailers come as
- *     sink->end()'s fields. GOAWAY or REFUSED_STREAM for a stream the app
+ *     whose private part holds the stream id. Trailers (gRPC's status)
+ *     come as sink->end()'s fields. GOAWAY or REFUSED_STREAM for a stream the app
  *     never processed is sink->error(QX_UP_E_BROKEN, QX_UP_REPLAY_ANY), so
  *     the exchange retries it as it retries a dead keep-alive connection
  *     today; streams under the last stream id finish normally.
@@ -55,6 +55,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define QX_UP_READ (64 * 1024)     /* one upstream read, at most */
 #define QX_UP_READ_MIN 4096        /* a response window with less room pauses the upstream */
@@ -119,12 +120,10 @@ typedef struct qx_up_sink {
                 int64_t content_length);
     /* n body bytes were appended to *resp. */
     void (*body)(void *user, size_t n);
-    /* The response's trailer fields (names lowercase), just before end();
-     * not called when there are none. The strings live in the request's
-     * arena (valid until the next open()). */
-    void (*trailers)(void *user, const qx_hdr_t *hdrs, size_t n);
-    /* The response is complete. */
-    void (*end)(void *user);
+    /* The response is complete; |trailers| are its trailer fields (n 0:
+     * none; HTTP/1.1's chunked trailers come too), valid during the call
+     * (the user copies what it keeps). */
+    void (*end)(void *user, const qx_hdr_t *trailers, size_t ntrailers);
     /* n request body bytes left *req for good (the client may send more). */
     void (*consumed)(void *user, size_t n);
     /* The stream failed (QX_UP_E_*); replay is QX_UP_REPLAY_* for
@@ -213,11 +212,33 @@ void qx_up_stream_free(qx_up_stream_t *st);
 
 /* For codecs: the response head storage. Resets it (at open). */
 void qx_up_head_reset(qx_up_stream_t *st, qx_arena_t *arena);
+
+/* The slow paths of the two below (growing hb, or the field array). */
+int qx_up_head_grow(qx_up_stream_t *st, const char *at, size_t len);
+qx_up_field_t *qx_up_field_grow(qx_up_stream_t *st);
+
 /* Appends len bytes to hb. Returns 0, or QX_ERR_LIMIT past
- * QX_UP_MAX_HEAD, QX_ERR_NOMEM. */
-int qx_up_head_append(qx_up_stream_t *st, const char *at, size_t len);
+ * QX_UP_MAX_HEAD, QX_ERR_NOMEM. Inline: a parser calls it per span. */
+static inline int qx_up_head_append(qx_up_stream_t *st, const char *at, size_t len)
+{
+    if (len == 0)
+        return 0; /* a parser may hand over an empty span; hb may not exist yet */
+    if (st->hblen + len > st->hbcap) /* hbcap never passes QX_UP_MAX_HEAD */
+        return qx_up_head_grow(st, at, len);
+    memcpy(st->hb + st->hblen, at, len);
+    st->hblen += len;
+    return 0;
+}
+
 /* A new field starting at hb's end. Returns it, or NULL past
  * QX_UP_MAX_HEADERS fields (or when the arena is spent). */
-qx_up_field_t *qx_up_field_add(qx_up_stream_t *st);
+static inline qx_up_field_t *qx_up_field_add(qx_up_stream_t *st)
+{
+    if (st->nf == st->fcap)
+        return qx_up_field_grow(st);
+    qx_up_field_t *f = &st->f[st->nf++];
+    *f = (qx_up_field_t){(uint32_t)st->hblen, 0, 0, 0};
+    return f;
+}
 
 #endif

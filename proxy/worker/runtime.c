@@ -210,10 +210,12 @@ qx_lifecycle_t qx_runtime_lifecycle(qx_runtime_t *rt)
     return (qx_lifecycle_t)__atomic_load_n(&rt->lifecycle, __ATOMIC_ACQUIRE);
 }
 
-/* The lifecycle only moves forward (STARTING -> LIVE -> DRAINING ->
- * STOPPED); a late or repeated move is ignored. */
+/* The lifecycle's one setter. Any forward move is legal (runtime.h draws
+ * them); the main thread and the admin thread race (POST /drain while the
+ * workers start), so a late or repeated move is ignored, not a bug. */
 void qx_runtime_set_lifecycle(qx_runtime_t *rt, qx_lifecycle_t lc)
 {
+    QRUX_ASSERT(lc >= QX_LC_STARTING && lc <= QX_LC_STOPPED);
     int cur = __atomic_load_n(&rt->lifecycle, __ATOMIC_ACQUIRE);
     while ((int)lc > cur) {
         if (__atomic_compare_exchange_n(&rt->lifecycle, &cur, (int)lc, 0, __ATOMIC_ACQ_REL,

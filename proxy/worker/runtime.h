@@ -20,6 +20,16 @@
 #include <stdint.h>
 #include <uv.h>
 
+/*
+ * The process's lifecycle (/startupz, /readyz, /livez answer from it),
+ * set only with qx_runtime_set_lifecycle(); it only moves forward:
+ *
+ *   STARTING ---> LIVE ---> DRAINING ---> STOPPED
+ *
+ * and may skip a state (SIGTERM during start-up drains at once; a start
+ * that fails stops). LIVE once every worker's loop runs; DRAINING on
+ * SIGTERM or POST /drain; STOPPED when the workers have exited.
+ */
 typedef enum {
     QX_LC_STARTING = 0, /* config loaded, listeners being bound / workers starting */
     QX_LC_LIVE,         /* serving; /readyz 200 */

@@ -9,7 +9,6 @@
 #include "front/tcp/tcp_front.h"
 #include "worker/runtime.h"
 
-#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,10 +19,11 @@
 static void on_wakeup(uv_async_t *h);
 
 /* The worker's thread is the only writer; the admin thread (livez) and
- * other workers (forwarding) read it. States only move forward. */
+ * other workers (forwarding) read it. The moves context.h draws: forward
+ * only, and DRAINING only from RUNNING. */
 static void set_state(qx_worker_t *w, qx_worker_state_t s)
 {
-    assert(s >= w->ctx.state);
+    QRUX_ASSERT(s > w->ctx.state && (s != QX_W_DRAINING || w->ctx.state == QX_W_RUNNING));
     __atomic_store_n(&w->ctx.state, s, __ATOMIC_RELEASE);
 }
 static void on_inbox(uv_async_t *h);
@@ -31,7 +31,7 @@ static void on_inbox(uv_async_t *h);
 #define INBOX_MAX 1024
 
 struct qx_fwd_pkt {
-    struct qx_fwd_pkt *next;
+    STAILQ_ENTRY(qx_fwd_pkt) link;
     struct sockaddr_storage local, remote;
     socklen_t locallen, remotelen;
     size_t len;
@@ -57,12 +57,13 @@ int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot
     int rv;
 
     memset(w, 0, sizeof(*w));
+    STAILQ_INIT(&w->inbox);
     w->ctx.id = id;
     w->ctx.shared = shared;
     w->ctx.maybe_done = maybe_done;
     w->ctx.pool_find = pool_find;
     w->ctx.forward = forward;
-    set_state(w, QX_W_STARTING);
+    w->ctx.state = QX_W_STARTING; /* where every worker starts; no move */
     if (uv_loop_init(&w->ctx.loop) != 0)
         return QX_ERR_IO;
     if (qx_defer_init(&w->ctx.defer, &w->ctx.loop) != 0)
@@ -318,8 +319,7 @@ static int forward(qx_wctx_t *ctx, unsigned to, const struct sockaddr *local, so
         free(p);
         return QX_ERR_LIMIT;
     }
-    p->next = w->inbox;
-    w->inbox = p;
+    STAILQ_INSERT_TAIL(&w->inbox, p, link);
     w->ninbox++;
     uv_async_send(&w->inbox_async); /* under the lock: see wake() */
     pthread_mutex_unlock(&w->inbox_lock);
@@ -329,27 +329,20 @@ static int forward(qx_wctx_t *ctx, unsigned to, const struct sockaddr *local, so
 static void on_inbox(uv_async_t *h)
 {
     qx_worker_t *w = qx_container_of(h, qx_worker_t, inbox_async);
+    struct qx_fwd_list list = STAILQ_HEAD_INITIALIZER(list);
     pthread_mutex_lock(&w->inbox_lock);
-    struct qx_fwd_pkt *list = w->inbox;
-    w->inbox = NULL;
+    STAILQ_CONCAT(&list, &w->inbox);
     w->ninbox = 0;
     pthread_mutex_unlock(&w->inbox_lock);
-    /* The list is newest first; deliver in arrival order. */
-    struct qx_fwd_pkt *rev = NULL;
-    while (list) {
-        struct qx_fwd_pkt *next = list->next;
-        list->next = rev;
-        rev = list;
-        list = next;
-    }
-    while (rev) {
-        struct qx_fwd_pkt *next = rev->next;
+    /* In arrival order. */
+    struct qx_fwd_pkt *p;
+    while ((p = STAILQ_FIRST(&list)) != NULL) {
+        STAILQ_REMOVE_HEAD(&list, link);
         qx_cnt_add(&w->ctx.metrics.quic_forwarded, 1);
         if (w->quic)
-            qx_quic_ep_input(w->quic, (struct sockaddr *)&rev->local, rev->locallen,
-                             (struct sockaddr *)&rev->remote, rev->remotelen, rev->data, rev->len);
-        free(rev);
-        rev = next;
+            qx_quic_ep_input(w->quic, (struct sockaddr *)&p->local, p->locallen,
+                             (struct sockaddr *)&p->remote, p->remotelen, p->data, p->len);
+        free(p);
     }
 }
 
@@ -401,10 +394,10 @@ void qx_worker_free(qx_worker_t *w)
     del_retired(w);
     qx_exchange_cache_free(&w->ctx);
     free(w->ctx.pools);
-    while (w->inbox) {
-        struct qx_fwd_pkt *next = w->inbox->next;
-        free(w->inbox);
-        w->inbox = next;
+    struct qx_fwd_pkt *p;
+    while ((p = STAILQ_FIRST(&w->inbox)) != NULL) {
+        STAILQ_REMOVE_HEAD(&w->inbox, link);
+        free(p);
     }
     pthread_mutex_destroy(&w->inbox_lock);
     qx_metrics_free(&w->ctx.metrics);

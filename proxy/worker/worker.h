@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/queue.h>
 #include <uv.h>
 
 typedef struct qx_tcp_front qx_tcp_front_t;
@@ -28,7 +29,7 @@ struct qx_worker {
     uv_async_t wakeup;
     uv_async_t inbox_async; /* datagrams other workers forward to us */
     pthread_mutex_t inbox_lock;
-    struct qx_fwd_pkt *inbox; /* guarded by inbox_lock */
+    STAILQ_HEAD(qx_fwd_list, qx_fwd_pkt) inbox; /* guarded by inbox_lock; oldest first */
     unsigned ninbox;
     int cmd;            /* atomic: QX_W_DRAINING or QX_W_STOPPED requested by main */
     qx_pool_t *retired; /* pools a newer snapshot dropped, kept while requests need them */

@@ -16,9 +16,9 @@
  */
 #include "xdp/xdp.h"
 #include "base/qx.h"
+#include "bpf/xdp_quic_consts.h"
 #include "xdp/xdp_maps.h"
 #include "xdp_quic.skel.h"
-#include "bpf/xdp_quic_consts.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -91,7 +91,8 @@ static void fail(const char *fmt, ...)
 }
 
 /* libbpf's own messages only when something fails: warnings go to stderr. */
-static int libbpf_print(enum libbpf_print_level level, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static int libbpf_print(enum libbpf_print_level level,
+                                                              const char *fmt, va_list ap)
 {
     if (level != LIBBPF_WARN)
         return 0;

@@ -3,7 +3,8 @@
  * against a real loopback listener served by the same uv loop: connect,
  * reuse, close on release, max_idle, eviction of idle sockets the peer
  * closed or wrote to, the idle sweep, refused connects, fresh_only, the
- * metrics gauges, and pool deletion with a busy connection.
+ * metrics gauges, pool deletion with a busy connection, and the queue of
+ * requests waiting for a connection.
  *
  * Every test counts its callbacks and ends with uv_loop_close() == 0
  * (STYLE.md §12): a handle the pool forgot to close fails it.
@@ -741,6 +742,78 @@ static void test_queued_write(void **state)
     assert_int_equal(cleanup(f), 0);
 }
 
+/* Requests over max_connections wait in a queue, oldest first: a
+ * connection going idle or closing calls the oldest waiter once; a waiter
+ * that left (or never joined) is not called; the queue holds at most
+ * max_conns; deleting the pool calls whoever still waits. */
+typedef struct waiter {
+    qx_pool_wait_t wt;
+    int nready;
+    int order; /* when it was called (1, 2, ...) */
+} waiter_t;
+
+static int ready_seq;
+
+static void on_ready(qx_pool_wait_t *wt)
+{
+    waiter_t *w = qx_container_of(wt, waiter_t, wt);
+    w->nready++;
+    w->order = ++ready_seq;
+}
+
+static void test_waiters(void **state)
+{
+    fixture_t *f = *state;
+    user_t u = {0};
+    waiter_t w1 = {.wt.ready = on_ready}, w2 = {.wt.ready = on_ready}, w3 = {.wt.ready = on_ready},
+             w4 = {.wt.ready = on_ready};
+    ready_seq = 0;
+    pool_new(f, &f->addr, 4, 60000);
+    f->pool->max_conns = 2;
+
+    qx_upconn_t *a = connect_new(f, &u, 0);
+    qx_upconn_t *b = connect_new(f, &u, 0);
+    srvconn_t *sb = srv_for(f, b);
+    qx_upconn_t *uc = NULL;
+    int reused = -1;
+    assert_int_equal(qx_pool_checkout(f->pool, &u, &ucb, 0, &uc, &reused), QX_ERR_LIMIT);
+
+    assert_int_equal(qx_pool_wait(f->pool, &w1.wt), 0);
+    assert_int_equal(qx_pool_wait(f->pool, &w2.wt), 0);
+    assert_int_equal(qx_pool_wait(f->pool, &w3.wt), QX_ERR_LIMIT); /* max_conns wait already */
+    assert_int_equal(f->pool->nwaiters, 2);
+    qx_pool_unwait(f->pool, &w3.wt); /* never queued: nothing happens */
+    assert_int_equal(f->pool->nwaiters, 2);
+    /* w1 leaves and comes back: now behind w2. */
+    qx_pool_unwait(f->pool, &w1.wt);
+    assert_int_equal(f->pool->nwaiters, 1);
+    assert_int_equal(qx_pool_wait(f->pool, &w1.wt), 0);
+
+    /* a goes idle: the oldest waiter (w2) is called, once. */
+    qx_pool_release(a, 1);
+    assert_int_equal(w2.nready, 1);
+    assert_int_equal(w2.order, 1);
+    assert_int_equal(w1.nready, 0);
+    assert_int_equal(f->pool->nwaiters, 1);
+    qx_pool_unwait(f->pool, &w2.wt); /* already out of the queue */
+    assert_int_equal(f->pool->nwaiters, 1);
+    /* b closes: w1 is next. */
+    qx_pool_release(b, 0);
+    RUN_UNTIL(f, sb->eof);
+    assert_int_equal(w1.nready, 1);
+    assert_int_equal(w1.order, 2);
+    assert_int_equal(f->pool->nwaiters, 0);
+    assert_int_equal(w3.nready, 0);
+
+    /* Whoever waits when the pool goes is called (and finds no pool). */
+    assert_int_equal(qx_pool_wait(f->pool, &w4.wt), 0);
+    qx_pool_del(f->pool);
+    f->pool = NULL;
+    assert_int_equal(w4.nready, 1);
+    assert_int_equal(w1.nready + w2.nready + w3.nready, 2);
+    assert_int_equal(cleanup(f), 0);
+}
+
 int main(void)
 {
 #define T(t) cmocka_unit_test_setup_teardown(t, setup, teardown)
@@ -758,6 +831,7 @@ int main(void)
         T(test_release_while_connecting),
         T(test_pool_del_detaches_busy),
         T(test_queued_write),
+        T(test_waiters),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -166,7 +166,7 @@ static void ex_unlink(qx_quic_conn_t *qc, qx_exchange_t *ex)
 /* A draining connection closes once its last request is done. */
 static void maybe_close_drained(qx_quic_conn_t *qc)
 {
-    if (qc->goaway && qc->exchanges == NULL) {
+    if (qc->state == QX_QC_GOAWAY && qc->exchanges == NULL) {
         ngtcp2_ccerr_set_application_error(&qc->ccerr, NGHTTP3_H3_NO_ERROR, NULL, 0);
         qx_quic_conn_close(qc, 0);
     }
@@ -293,7 +293,7 @@ static int h3_end_headers(nghttp3_conn *conn, int64_t stream_id, int fin, void *
     if (stream_user_data) {
         qx_exchange_t *ex = stream_user_data;
         /* Headers completed in 0-RTT: the early-data policy applies. */
-        ex->early = qc->rx_early && !qc->handshake_done;
+        ex->early = qc->rx_early && qc->state == QX_QC_HANDSHAKE;
         qx_exchange_headers_done(ex, qc->sni[0] ? qc->sni : NULL, fin);
     }
     return 0;
@@ -411,7 +411,7 @@ void qx_h3_goaway_notice(qx_quic_conn_t *qc)
 
 void qx_h3_goaway(qx_quic_conn_t *qc)
 {
-    qc->goaway = 1;
+    qx_quic_conn_goaway(qc);
     if (qc->h3)
         nghttp3_conn_shutdown(qc->h3);
     qx_quic_conn_mark(qc);

@@ -40,7 +40,7 @@
 #define PATH_REPORT_NS (60 * NGTCP2_SECONDS) /* a long connection reports its path this often */
 
 typedef struct cid_entry {
-    struct cid_entry *next;
+    SLIST_ENTRY(cid_entry) link; /* its hash bucket */
     ngtcp2_cid cid;
     qx_quic_conn_t *qc;
 } cid_entry_t;
@@ -55,16 +55,13 @@ struct qx_quic_ep {
     int family;
     uv_poll_t poll;
     int poll_events;
-    uv_check_t flush;  /* writes what this loop turn produced */
-    uv_idle_t kick;    /* active while something is queued: poll without blocking */
     uv_timer_t goaway; /* drain: from the GOAWAY notice to the final GOAWAY */
     int closing;
     int accepting;
     unsigned nconns;
     unsigned nblocked; /* connections holding a stashed packet */
-    qx_quic_conn_t *conns;
-    qx_quic_conn_t *dirty;
-    cid_entry_t *buckets[CID_BUCKETS];
+    struct qx_quic_conn_list conns;
+    SLIST_HEAD(cid_chain, cid_entry) buckets[CID_BUCKETS];
     uint8_t rxbuf[65536];
     uint8_t txbuf[TX_BATCH_BYTES]; /* a GSO batch of same-size datagrams */
     int no_gso;                    /* the kernel refused UDP_SEGMENT once */
@@ -101,7 +98,8 @@ static size_t cid_hash(const qx_quic_ep_t *ep, const uint8_t *p, size_t len)
 
 static qx_quic_conn_t *cid_find(qx_quic_ep_t *ep, const uint8_t *p, size_t len)
 {
-    for (cid_entry_t *e = ep->buckets[cid_hash(ep, p, len)]; e; e = e->next) {
+    for (cid_entry_t *e = SLIST_FIRST(&ep->buckets[cid_hash(ep, p, len)]); e;
+         e = SLIST_NEXT(e, link)) {
         if (e->cid.datalen == len && memcmp(e->cid.data, p, len) == 0)
             return e->qc;
     }
@@ -119,8 +117,7 @@ static int cid_add(qx_quic_conn_t *qc, const ngtcp2_cid *cid)
     size_t b = cid_hash(ep, cid->data, cid->datalen);
     e->cid = *cid;
     e->qc = qc;
-    e->next = ep->buckets[b];
-    ep->buckets[b] = e;
+    SLIST_INSERT_HEAD(&ep->buckets[b], e, link);
     qc->cids[qc->ncids++] = *cid;
     return 0;
 }
@@ -128,11 +125,10 @@ static int cid_add(qx_quic_conn_t *qc, const ngtcp2_cid *cid)
 static void cid_remove(qx_quic_conn_t *qc, const ngtcp2_cid *cid)
 {
     qx_quic_ep_t *ep = qc->ep;
-    cid_entry_t **pp = &ep->buckets[cid_hash(ep, cid->data, cid->datalen)];
-    for (; *pp; pp = &(*pp)->next) {
-        cid_entry_t *e = *pp;
+    struct cid_chain *chain = &ep->buckets[cid_hash(ep, cid->data, cid->datalen)];
+    for (cid_entry_t *e = SLIST_FIRST(chain); e; e = SLIST_NEXT(e, link)) {
         if (e->qc == qc && ngtcp2_cid_eq(&e->cid, cid)) {
-            *pp = e->next;
+            SLIST_REMOVE(chain, e, cid_entry, link);
             free(e);
             break;
         }
@@ -272,42 +268,39 @@ static int send_pkts(qx_quic_ep_t *ep, const struct sockaddr *local, const struc
 static void conn_timer_cb(uv_timer_t *t);
 static void report_path(qx_quic_conn_t *qc, uint64_t now);
 
-static void on_kick(uv_idle_t *h)
+/* Queues qc's flush on the worker's deferred-work queue (defer.h): it runs
+ * after this loop turn's I/O, also when the mark comes from a timer. */
+/* The moves quic_conn.h draws: one step down the list, or a close from
+ * any state before CLOSING. */
+static void set_state(qx_quic_conn_t *qc, qx_quic_conn_state_t s)
 {
-    (void)h;
-}
-
-/* Queues qc for the flush. The check handle runs after the poll phase, but
- * libuv only polls without blocking when an idle handle is active: without
- * the kick, a mark made from a timer callback would wait for the next
- * unrelated event. */
-static void enqueue(qx_quic_conn_t *qc)
-{
-    qx_quic_ep_t *ep = qc->ep;
-    if (ep->dirty == NULL && !ep->closing)
-        uv_idle_start(&ep->kick, on_kick);
-    qc->dirty = 1;
-    qc->dnext = ep->dirty;
-    ep->dirty = qc;
+    QRUX_ASSERT(s == qc->state + 1 || (s == QX_QC_CLOSING && qc->state < QX_QC_CLOSING));
+    qc->state = s;
 }
 
 void qx_quic_conn_mark(qx_quic_conn_t *qc)
 {
-    if (qc->dirty || qc->closing)
+    if (qc->state >= QX_QC_CLOSING)
         return;
-    enqueue(qc);
+    qx_defer(&qc->ep->w->defer, &qc->flush);
 }
 
 void qx_quic_conn_close(qx_quic_conn_t *qc, int quietly)
 {
-    if (qc->closing)
+    if (qc->state >= QX_QC_CLOSING)
         return;
-    qc->closing = 1;
+    qc->closed_in = qc->state;
+    set_state(qc, QX_QC_CLOSING);
     qc->close_quietly = quietly;
-    /* Onto the flush list (unless already there): the flush performs the
+    /* Onto the flush queue (unless already there): the flush performs the
      * deletion. */
-    if (!qc->dirty)
-        enqueue(qc);
+    qx_defer(&qc->ep->w->defer, &qc->flush);
+}
+
+void qx_quic_conn_goaway(qx_quic_conn_t *qc)
+{
+    if (qc->state == QX_QC_OPEN)
+        set_state(qc, QX_QC_GOAWAY);
 }
 
 static void conn_timer_closed(uv_handle_t *h)
@@ -336,12 +329,17 @@ static void release_tls(qx_quic_conn_t *qc)
 }
 
 /* Frees the connection now. Never called from inside an ngtcp2 or nghttp3
- * callback: only from the flush (uv_check) or endpoint shutdown. */
+ * callback: only from the flush (the deferred-work queue) or endpoint
+ * shutdown. */
 static void conn_del(qx_quic_conn_t *qc)
 {
     qx_quic_ep_t *ep = qc->ep;
     qx_wctx_t *w = ep->w;
 
+    if (qc->state < QX_QC_CLOSING) { /* the endpoint closes, or conn_new failed */
+        qc->closed_in = qc->state;
+        set_state(qc, QX_QC_CLOSING);
+    }
     if (!qc->close_quietly && qc->conn && !ngtcp2_conn_in_closing_period(qc->conn) &&
         !ngtcp2_conn_in_draining_period(qc->conn)) {
         ngtcp2_path_storage ps;
@@ -353,7 +351,7 @@ static void conn_del(qx_quic_conn_t *qc)
             send_pkt(ep, (const struct sockaddr *)&qc->local, (const struct sockaddr *)&qc->remote,
                      qc->remotelen, ep->txbuf, (size_t)n);
     }
-    if (!qc->handshake_done) {
+    if (qc->closed_in == QX_QC_HANDSHAKE) {
         qx_cnt_add(&w->metrics.quic_handshakes_failed, 1);
         if (qc->counted)
             w->handshakes--;
@@ -368,14 +366,10 @@ static void conn_del(qx_quic_conn_t *qc)
     qc->ip_entry = NULL;
 
     qx_h3_teardown(qc);
+    qx_defer_cancel(&w->defer, &qc->flush); /* the teardown may have marked it */
     while (qc->ncids > 0)
         cid_remove(qc, &qc->cids[qc->ncids - 1]);
-    if (qc->prev)
-        qc->prev->next = qc->next;
-    else
-        ep->conns = qc->next;
-    if (qc->next)
-        qc->next->prev = qc->prev;
+    LIST_REMOVE(qc, link);
     ep->nconns--;
     if (qc->stash)
         ep->nblocked--;
@@ -384,6 +378,7 @@ static void conn_del(qx_quic_conn_t *qc)
         ngtcp2_conn_del(qc->conn);
     qc->conn = NULL;
     release_tls(qc);
+    set_state(qc, QX_QC_DEAD);
     uv_close((uv_handle_t *)&qc->timer, conn_timer_closed);
     qx_wctx_maybe_done(w);
 }
@@ -471,7 +466,7 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
     size_t maxpkt = ngtcp2_conn_get_max_tx_udp_payload_size(qc->conn);
     size_t batch = ep->no_gso ? 1 : TX_BATCH_PKTS;
 
-    if (qc->tls && qc->handshake_done)
+    if (qc->tls && qc->state >= QX_QC_OPEN)
         release_tls(qc); /* not inside the callback: gnutls may be on the stack */
     if (qc->stash) {
         int rv =
@@ -597,7 +592,7 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
 static void conn_timer_cb(uv_timer_t *t)
 {
     qx_quic_conn_t *qc = qx_container_of(t, qx_quic_conn_t, timer);
-    if (qc->closing)
+    if (qc->state >= QX_QC_CLOSING)
         return;
     uint64_t now = now_ns();
     int rv = ngtcp2_conn_handle_expiry(qc->conn, now);
@@ -606,37 +601,24 @@ static void conn_timer_cb(uv_timer_t *t)
         return;
     }
     /* A long connection reports its path every minute, not only at close. */
-    if (qc->handshake_done && now - qc->reported_ns >= PATH_REPORT_NS)
+    if (qc->state >= QX_QC_OPEN && now - qc->reported_ns >= PATH_REPORT_NS)
         report_path(qc, now);
     qx_quic_conn_mark(qc);
 }
 
-/* The flush: after every loop turn's I/O, write what each touched
- * connection has, and delete those that are closing. */
-static void on_flush(uv_check_t *h)
+/* The flush, run from the worker's deferred-work queue after the loop
+ * turn's I/O: write what the connection has, or delete it when it is
+ * closing. */
+static void on_flush(qx_deferred_t *d)
 {
-    qx_quic_ep_t *ep = qx_container_of(h, qx_quic_ep_t, flush);
-    while (ep->dirty) {
-        qx_quic_conn_t *qc = ep->dirty;
-        ep->dirty = qc->dnext;
-        qc->dirty = 0;
-        qc->dnext = NULL;
-        if (!qc->closing) {
-            int rv = qx_quic_conn_write(qc);
-            if (rv != 0)
-                conn_fail(qc, rv);
-        }
-        if (qc->closing) {
-            /* conn_fail may have re-queued it: unlink before deleting. */
-            qx_quic_conn_t **pp = &ep->dirty;
-            while (*pp && *pp != qc)
-                pp = &(*pp)->dnext;
-            if (*pp)
-                *pp = qc->dnext;
-            conn_del(qc);
-        }
+    qx_quic_conn_t *qc = qx_container_of(d, qx_quic_conn_t, flush);
+    if (qc->state < QX_QC_CLOSING) {
+        int rv = qx_quic_conn_write(qc);
+        if (rv != 0)
+            conn_fail(qc, rv); /* queues it again; conn_del takes it off */
     }
-    uv_idle_stop(&ep->kick);
+    if (qc->state == QX_QC_CLOSING)
+        conn_del(qc);
 }
 
 /* ---- ngtcp2 callbacks that belong to the transport ---------------------- */
@@ -718,7 +700,7 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
     uint8_t token[NGTCP2_CRYPTO_MAX_REGULAR_TOKENLEN];
 
     qx_quic_conn_read_sni(qc);
-    qc->handshake_done = 1;
+    set_state(qc, QX_QC_OPEN);
     /* A completed handshake proves the address (RFC 9000 §8.1): from here
      * on the connection counts toward its address's cap. */
     if (qc->ip_entry == NULL)
@@ -750,7 +732,7 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
             ngtcp2_conn_submit_new_token(conn, token, (size_t)tlen);
     }
     qx_h3_handshake_done(qc);
-    if (qc->goaway || w->state == QX_W_DRAINING)
+    if (w->state == QX_W_DRAINING)
         qx_h3_goaway(qc);
     return 0;
 }
@@ -835,10 +817,8 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     qc->remotelen = remotelen;
     ngtcp2_ccerr_default(&qc->ccerr);
     uv_timer_init(&w->loop, &qc->timer);
-    qc->next = ep->conns;
-    if (ep->conns)
-        ep->conns->prev = qc;
-    ep->conns = qc;
+    qx_deferred_init(&qc->flush, on_flush);
+    LIST_INSERT_HEAD(&ep->conns, qc, link);
     ep->nconns++;
 
     ngtcp2_settings_default(&settings);
@@ -904,7 +884,6 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
 
 fail:
     qc->close_quietly = 1;
-    qc->handshake_done = 0;
     conn_del(qc);
     return NULL;
 }
@@ -1124,7 +1103,7 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
         if (qc == NULL)
             return;
     }
-    if (qc->closing)
+    if (qc->state >= QX_QC_CLOSING)
         return;
 
     ngtcp2_path path = {
@@ -1241,7 +1220,7 @@ static void on_poll(uv_poll_t *h, int status, int events)
     if (events & UV_READABLE)
         read_datagrams(ep);
     if (events & UV_WRITABLE) {
-        for (qx_quic_conn_t *qc = ep->conns; qc; qc = qc->next) {
+        for (qx_quic_conn_t *qc = LIST_FIRST(&ep->conns); qc; qc = LIST_NEXT(qc, link)) {
             if (qc->stash)
                 qx_quic_conn_mark(qc);
         }
@@ -1269,6 +1248,7 @@ int qx_quic_ep_new(qx_quic_ep_t **out, qx_wctx_t *w, const struct sockaddr *addr
     qx_quic_ep_t *ep = calloc(1, sizeof(*ep));
     if (ep == NULL)
         return QX_ERR_NOMEM;
+    LIST_INIT(&ep->conns);
     ep->w = w;
     ep->family = addr->sa_family;
     ep->accepting = 1;
@@ -1343,10 +1323,7 @@ int qx_quic_ep_start(qx_quic_ep_t *ep)
 {
     if (uv_poll_init(&ep->w->loop, &ep->poll, ep->fd) != 0)
         return QX_ERR_IO;
-    uv_check_init(&ep->w->loop, &ep->flush);
-    uv_idle_init(&ep->w->loop, &ep->kick);
     uv_timer_init(&ep->w->loop, &ep->goaway);
-    uv_check_start(&ep->flush, on_flush);
     ep->poll_events = 0;
     ep_poll_update(ep);
     return 0;
@@ -1355,12 +1332,11 @@ int qx_quic_ep_start(qx_quic_ep_t *ep)
 static void on_goaway_final(uv_timer_t *t)
 {
     qx_quic_ep_t *ep = qx_container_of(t, qx_quic_ep_t, goaway);
-    for (qx_quic_conn_t *qc = ep->conns; qc; qc = qc->next) {
-        qc->goaway = 1;
-        if (qc->handshake_done)
-            qx_h3_goaway(qc);
-        else
+    for (qx_quic_conn_t *qc = LIST_FIRST(&ep->conns); qc; qc = LIST_NEXT(qc, link)) {
+        if (qc->state == QX_QC_HANDSHAKE)
             qx_quic_conn_close(qc, 0);
+        else if (qc->state < QX_QC_CLOSING)
+            qx_h3_goaway(qc);
     }
 }
 
@@ -1371,8 +1347,8 @@ static void on_goaway_final(uv_timer_t *t)
 void qx_quic_ep_drain(qx_quic_ep_t *ep)
 {
     ep->accepting = 0;
-    for (qx_quic_conn_t *qc = ep->conns; qc; qc = qc->next) {
-        if (qc->handshake_done)
+    for (qx_quic_conn_t *qc = LIST_FIRST(&ep->conns); qc; qc = LIST_NEXT(qc, link)) {
+        if (qc->state == QX_QC_OPEN)
             qx_h3_goaway_notice(qc);
     }
     uv_timer_start(&ep->goaway, on_goaway_final, GOAWAY_NOTICE_MS, 0);
@@ -1405,21 +1381,15 @@ void qx_quic_ep_close(qx_quic_ep_t *ep)
     if (ep == NULL)
         return;
     ep->accepting = 0;
-    ep->dirty = NULL;
-    while (ep->conns) {
-        qx_quic_conn_t *qc = ep->conns;
+    qx_quic_conn_t *qc;
+    while ((qc = LIST_FIRST(&ep->conns)) != NULL) {
         ngtcp2_ccerr_set_application_error(&qc->ccerr, NGHTTP3_H3_NO_ERROR, NULL, 0);
-        qc->closing = 1;
         conn_del(qc);
     }
     /* closing counts the handles still to close, plus one. */
-    ep->closing = 5;
-    ep->kick.data = ep;
-    uv_close((uv_handle_t *)&ep->kick, ep_closed);
+    ep->closing = 3;
     ep->poll.data = ep;
-    ep->flush.data = ep;
     ep->goaway.data = ep;
     uv_close((uv_handle_t *)&ep->poll, ep_closed);
-    uv_close((uv_handle_t *)&ep->flush, ep_closed);
     uv_close((uv_handle_t *)&ep->goaway, ep_closed);
 }

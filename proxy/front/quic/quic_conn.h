@@ -6,6 +6,7 @@
 #ifndef QX_QUIC_CONN_H
 #define QX_QUIC_CONN_H
 
+#include "base/defer.h"
 #include "exchange/exchange.h"
 #include "front/quic/h3_ctrl.h"
 #include "front/quic/quic.h"
@@ -15,12 +16,37 @@
 #include <nghttp3/nghttp3.h>
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto.h>
+#include <sys/queue.h>
 #include <uv.h>
 
 #define QX_SCID_LEN 18
 #define QX_MAX_CIDS 10
 
 typedef struct qx_quic_conn qx_quic_conn_t;
+LIST_HEAD(qx_quic_conn_list, qx_quic_conn);
+
+/*
+ * A connection's life (quic.c: set_state() asserts the moves). Only
+ * forward:
+ *
+ *   HANDSHAKE --> OPEN --> GOAWAY --> CLOSING --> DEAD
+ *       |          |                    ^
+ *       +----------+--------------------+
+ *
+ * OPEN: the handshake completed (HTTP/3 requests, the session released).
+ * GOAWAY: the final HTTP/3 GOAWAY went out (the worker drains); the
+ * connection closes once its last request is done. CLOSING: a close was
+ * asked (qx_quic_conn_close, with or without CONNECTION_CLOSE); nothing is
+ * read or written any more, the flush deletes it. DEAD: deleted, its timer
+ * handle closing, freed in its close callback.
+ */
+typedef enum {
+    QX_QC_HANDSHAKE,
+    QX_QC_OPEN,
+    QX_QC_GOAWAY,
+    QX_QC_CLOSING,
+    QX_QC_DEAD,
+} qx_quic_conn_state_t;
 
 struct qx_quic_conn {
     qx_quic_ep_t *ep;
@@ -36,9 +62,10 @@ struct qx_quic_conn {
     uv_timer_t timer;
     char sni[256];
     qx_exchange_t *exchanges; /* requests on this connection */
-    ngtcp2_ccerr ccerr;       /* set by a failing callback */
-    uint64_t max_streams;     /* initial_max_streams_bidi granted to the client */
-    int handshake_done;
+    qx_quic_conn_state_t state;
+    qx_quic_conn_state_t closed_in; /* the state a close was asked in (its accounting) */
+    ngtcp2_ccerr ccerr;             /* set by a failing callback */
+    uint64_t max_streams;           /* initial_max_streams_bidi granted to the client */
     /* Path statistics for the metrics (qx_metrics_quic_path): reported at
      * close and once a minute; the packet counts as deltas since the last
      * report. */
@@ -54,25 +81,27 @@ struct qx_quic_conn {
     int counted;                       /* counted in the process and per-IP connection totals */
     struct qx_ipcount_entry *ip_entry; /* counted toward its address's cap (ipcount.h) */
     qx_h3_ctrl_t h3ctrl;               /* the client control stream's MAX_PUSH_ID rule */
-    int goaway;
-    int dirty;         /* on the endpoint's flush list */
-    int closing;       /* scheduled for deletion */
-    int close_quietly; /* no CONNECTION_CLOSE (idle timeout, draining) */
+    int close_quietly; /* CLOSING without CONNECTION_CLOSE (idle timeout, draining) */
     uint8_t *stash;    /* a packet the socket refused with EAGAIN */
     size_t stashlen;
-    size_t stashgso;             /* its GSO segment size (0: one datagram) */
-    uint8_t stashecn;            /* its ECN codepoint */
-    qx_quic_conn_t *prev, *next; /* all connections */
-    qx_quic_conn_t *dnext;       /* flush list */
+    size_t stashgso;               /* its GSO segment size (0: one datagram) */
+    uint8_t stashecn;              /* its ECN codepoint */
+    LIST_ENTRY(qx_quic_conn) link; /* the endpoint's connections */
+    qx_deferred_t flush;           /* on the worker's deferred-work queue */
 };
 
 /* ---- quic.c, for h3.c ---- */
 
-/* Queues a flush of conn's pending output at the end of this loop turn. */
+/* Queues a flush of conn's pending output at the end of this loop turn
+ * (the worker's deferred-work queue). */
 void qx_quic_conn_mark(qx_quic_conn_t *qc);
 
-/* Schedules closing with qc->ccerr (or quietly). */
+/* Schedules closing with qc->ccerr (or quietly): CLOSING, unless the
+ * connection is closing already. */
 void qx_quic_conn_close(qx_quic_conn_t *qc, int quietly);
+
+/* The final GOAWAY went out: OPEN -> GOAWAY (no-op in any other state). */
+void qx_quic_conn_goaway(qx_quic_conn_t *qc);
 
 qx_wctx_t *qx_quic_conn_worker(qx_quic_conn_t *qc);
 

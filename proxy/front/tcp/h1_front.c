@@ -706,7 +706,7 @@ static int h1_respond(qx_exchange_t *ex, int status, const qx_hdr_t *hdrs, size_
     char line[64];
     int has_cl = 0;
 
-    if (h->resp != RESP_NONE || h->c->state != QX_TC_OPEN)
+    if (h->resp != RESP_NONE || (h->c->state != QX_TC_OPEN && h->c->state != QX_TC_CLOSE_REQ))
         return QX_ERR_IO;
     for (size_t i = 0; i < n; i++)
         if (name_is(hdrs[i].name, hdrs[i].namelen, "content-length"))

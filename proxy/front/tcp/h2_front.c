@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/queue.h>
 
 #define H2_IDLE_MS 120000       /* a connection without streams closes after this */
 #define H2_GOAWAY_DELAY_MS 1000 /* drain: shutdown notice, then the real GOAWAY */
@@ -46,8 +47,8 @@ typedef struct h2_conn h2_conn_t;
 
 typedef struct h2_stream {
     h2_conn_t *h;
-    qx_exchange_t *ex; /* NULL once ended */
-    struct h2_stream *prev, *next;
+    qx_exchange_t *ex;          /* NULL once ended */
+    LIST_ENTRY(h2_stream) link; /* the connection's streams, or its spares */
     int32_t id;
     uint64_t unconsumed; /* request body bytes the exchange holds, not yet credited */
     int stop;       /* the exchange wants no more body: RST_STREAM(NO_ERROR) after the answer */
@@ -59,9 +60,9 @@ struct h2_conn {
     qx_tcp_conn_t *c;
     qx_wctx_t *w;
     nghttp2_session *s;
-    h2_stream_t *streams;
+    LIST_HEAD(, h2_stream) streams;
     unsigned nstreams;
-    h2_stream_t *spare; /* free list, at most QX_H2_MAX_STREAMS long */
+    LIST_HEAD(, h2_stream) spare; /* free list, at most QX_H2_MAX_STREAMS long */
     unsigned nspare;
     int draining;    /* shutdown notice sent */
     int goaway_sent; /* the final GOAWAY is queued */
@@ -90,9 +91,9 @@ static const qx_front_ops_t h2_ops;
 
 static h2_stream_t *stream_new(h2_conn_t *h, int32_t id)
 {
-    h2_stream_t *st = h->spare;
+    h2_stream_t *st = LIST_FIRST(&h->spare);
     if (st) {
-        h->spare = st->next;
+        LIST_REMOVE(st, link);
         h->nspare--;
     } else {
         st = malloc(sizeof(*st));
@@ -102,26 +103,17 @@ static h2_stream_t *stream_new(h2_conn_t *h, int32_t id)
     memset(st, 0, sizeof(*st));
     st->h = h;
     st->id = id;
-    st->next = h->streams;
-    if (h->streams)
-        h->streams->prev = st;
-    h->streams = st;
+    LIST_INSERT_HEAD(&h->streams, st, link);
     h->nstreams++;
     return st;
 }
 
 static void stream_del(h2_conn_t *h, h2_stream_t *st)
 {
-    if (st->prev)
-        st->prev->next = st->next;
-    else
-        h->streams = st->next;
-    if (st->next)
-        st->next->prev = st->prev;
+    LIST_REMOVE(st, link);
     h->nstreams--;
     if (h->nspare < QX_H2_MAX_STREAMS) {
-        st->next = h->spare;
-        h->spare = st;
+        LIST_INSERT_HEAD(&h->spare, st, link);
         h->nspare++;
     } else {
         free(st);
@@ -644,14 +636,13 @@ static void h2_free(void *app, int error)
 {
     h2_conn_t *h = app;
     /* nghttp2_session_del calls no callback: end the exchanges here. */
-    while (h->streams) {
-        h2_stream_t *st = h->streams;
+    h2_stream_t *st;
+    while ((st = LIST_FIRST(&h->streams)) != NULL) {
         stream_end(h, st, error || st->ex != NULL);
         stream_del(h, st);
     }
-    while (h->spare) {
-        h2_stream_t *st = h->spare;
-        h->spare = st->next;
+    while ((st = LIST_FIRST(&h->spare)) != NULL) {
+        LIST_REMOVE(st, link);
         free(st);
     }
     nghttp2_session_del(h->s);
@@ -677,6 +668,8 @@ int qx_h2_front_new(qx_tcp_conn_t *c, void **app, const qx_tcp_app_ops_t **ops)
         return QX_ERR_NOMEM;
     h->c = c;
     h->w = c->w;
+    LIST_INIT(&h->streams);
+    LIST_INIT(&h->spare);
     h->reset_tokens = H2_RESET_BURST;
     h->reset_refill_ms = uv_now(&c->w->loop);
     h->active_ms = h->reset_refill_ms;

@@ -20,9 +20,12 @@
 #ifndef QX_TCP_CONN_H
 #define QX_TCP_CONN_H
 
+#include "base/defer.h"
+
 #include <openssl/ssl.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <uv.h>
@@ -51,12 +54,40 @@ typedef struct qx_tcp_app_ops {
     void (*free)(void *app, int error);
 } qx_tcp_app_ops_t;
 
+/*
+ * A connection's life (tcp_front.c: set_state() asserts the moves); only
+ * forward:
+ *
+ *   HANDSHAKE ---> OPEN ---> CLOSE_REQ ---> CLOSING ---> LINGER
+ *       |                       ^
+ *       +---(a TLS alert to send)
+ *
+ *   any state above ---> ABORT_REQ ---> DEAD
+ *   any state above ------------------> DEAD   (a teardown outside the flush)
+ *
+ * A request to close (qx_tcp_conn_close) only changes the state; the flush
+ * at the end of the loop turn does the work: CLOSE_REQ writes what is
+ * staged, sends close_notify and becomes CLOSING; CLOSING sends the FIN
+ * once the output is drained (LINGER); ABORT_REQ is torn down. A teardown
+ * outside the flush (a refused accept, the worker stopping) goes straight
+ * to DEAD.
+ */
 typedef enum {
     QX_TC_HANDSHAKE, /* TLS handshake in progress */
     QX_TC_OPEN,      /* a front (h1 or h2) runs on it */
-    QX_TC_CLOSING,   /* close_notify and FIN sent (or going), reading to discard */
+    QX_TC_CLOSE_REQ, /* a graceful close asked: output still goes out, no more input */
+    QX_TC_CLOSING,   /* front gone; close_notify queued, output draining, reading to discard */
+    QX_TC_LINGER,    /* FIN sent (uv_shutdown), reading to discard until EOF or the timer */
+    QX_TC_ABORT_REQ, /* to be torn down at the flush; nothing more is read or written */
     QX_TC_DEAD,      /* handles closing; freed in their close callbacks */
 } qx_tcp_conn_state_t;
+
+/* The read side, beside the state: whether the socket is being read. */
+typedef enum {
+    QX_TR_PAUSED,  /* not reading (not yet, or the front is not taking bytes) */
+    QX_TR_READING, /* uv_read_start in force */
+    QX_TR_EOF,     /* the socket reached EOF (or failed): never read again */
+} qx_tcp_read_t;
 
 struct qx_tcp_conn {
     qx_tcp_front_t *f;
@@ -66,16 +97,12 @@ struct qx_tcp_conn {
     uv_write_t wreq;
     uv_shutdown_t sreq;
     qx_tcp_conn_state_t state;
-    qx_tcp_conn_t *prev, *next; /* the front's connections */
-    qx_tcp_conn_t *dnext;       /* the front's flush list */
-    int dirty;                  /* on the flush list */
-    int want_input;             /* call input() at the flush */
-    int close_req;              /* 0, QX_TC_CLOSE_GRACEFUL or QX_TC_CLOSE_ABORT */
-    int reading;                /* uv_read_start in force */
-    int writing;                /* a uv_write in flight */
-    int peer_eof;               /* the socket reached EOF */
-    int shut;                   /* uv_shutdown issued */
-    int nhandles;               /* handles still to close before free */
+    LIST_ENTRY(qx_tcp_conn) link; /* the front's connections */
+    qx_deferred_t flush;          /* on the worker's deferred-work queue */
+    qx_tcp_read_t rd;
+    int want_input; /* call input() at the flush */
+    int writing;    /* a uv_write in flight */
+    int nhandles;   /* handles still to close before free */
     SSL *ssl;
     BIO *rbio, *wbio; /* network side: ciphertext in / out */
     char *wbuf;       /* the write in flight */
@@ -117,7 +144,8 @@ void qx_tcp_conn_want_input(qx_tcp_conn_t *c);
 void qx_tcp_conn_timer(qx_tcp_conn_t *c, uint64_t ms);
 
 /* Closes the connection (QX_TC_CLOSE_*); deferred to the end of the loop
- * turn. A graceful close flushes what was written first. */
+ * turn. A graceful close flushes what was written first; an abort after a
+ * graceful close wins, a graceful close after an abort does nothing. */
 void qx_tcp_conn_close(qx_tcp_conn_t *c, int how);
 
 /* Nonzero once the worker drains: answers say `Connection: close`. */

@@ -13,11 +13,11 @@
  * is positive. Writes are staged so that the small pieces a front produces
  * in one loop turn leave as few TLS records and one write.
  *
- * Like the QUIC endpoint, connections touched in a loop turn go on a flush
- * list that a uv_check handle works through after I/O: it runs the front's
- * output, encrypts and writes, and performs deferred closes, so a close
- * requested from inside an exchange or nghttp2 callback never frees the
- * object that callback runs on.
+ * Like the QUIC endpoint's, connections touched in a loop turn queue their
+ * flush on the worker's deferred-work queue (defer.h), which runs after
+ * I/O: the flush runs the front's output, encrypts and writes, and performs
+ * deferred closes, so a close requested from inside an exchange or nghttp2
+ * callback never frees the object that callback runs on.
  */
 #include "front/tcp/tcp_front.h"
 
@@ -76,11 +76,7 @@ struct qx_tcp_front {
     int nhandles;  /* front handles still to close before free */
     int draining;
     uv_tcp_t lsn;
-    uv_check_t flush;
-    uv_idle_t kick; /* active while the flush list is not empty */
-    int kicking;
-    qx_tcp_conn_t *conns;
-    qx_tcp_conn_t *dirty;
+    LIST_HEAD(, qx_tcp_conn) conns;
     unsigned nconns;
     uint64_t altsvc_gen;          /* snapshot generation altsvc was built from */
     qx_tcp_ip_t *ips[IP_BUCKETS]; /* keyed with ip_key: a peer cannot pick its bucket */
@@ -91,6 +87,36 @@ struct qx_tcp_front {
 };
 
 static void conn_teardown(qx_tcp_conn_t *c);
+
+/* ------------------------------------------------------------------------ */
+/* Connection: state (the diagram is in tcp_conn.h)                         */
+/* ------------------------------------------------------------------------ */
+
+#define TC_BIT(s) (1u << (s))
+static const unsigned tc_moves[] = {
+    [QX_TC_HANDSHAKE] =
+        TC_BIT(QX_TC_OPEN) | TC_BIT(QX_TC_CLOSE_REQ) | TC_BIT(QX_TC_ABORT_REQ) | TC_BIT(QX_TC_DEAD),
+    [QX_TC_OPEN] = TC_BIT(QX_TC_CLOSE_REQ) | TC_BIT(QX_TC_ABORT_REQ) | TC_BIT(QX_TC_DEAD),
+    [QX_TC_CLOSE_REQ] = TC_BIT(QX_TC_CLOSING) | TC_BIT(QX_TC_ABORT_REQ) | TC_BIT(QX_TC_DEAD),
+    [QX_TC_CLOSING] = TC_BIT(QX_TC_LINGER) | TC_BIT(QX_TC_ABORT_REQ) | TC_BIT(QX_TC_DEAD),
+    [QX_TC_LINGER] = TC_BIT(QX_TC_ABORT_REQ) | TC_BIT(QX_TC_DEAD),
+    [QX_TC_ABORT_REQ] = TC_BIT(QX_TC_DEAD),
+    [QX_TC_DEAD] = 0,
+};
+
+static void set_state(qx_tcp_conn_t *c, qx_tcp_conn_state_t s)
+{
+    (void)tc_moves; /* read only where QRUX_ASSERT is checked */
+    QRUX_ASSERT(tc_moves[c->state] & TC_BIT(s));
+    c->state = s;
+}
+
+/* Asks for the teardown at the flush (the caller marks the connection). */
+static void request_abort(qx_tcp_conn_t *c)
+{
+    if (c->state < QX_TC_ABORT_REQ)
+        set_state(c, QX_TC_ABORT_REQ);
+}
 
 /* ------------------------------------------------------------------------ */
 /* OpenSSL context                                                          */
@@ -200,32 +226,19 @@ static size_t out_pending(const qx_tcp_conn_t *c)
 size_t qx_tcp_conn_room(const qx_tcp_conn_t *c)
 {
     size_t p = out_pending(c);
-    if (c->state != QX_TC_OPEN || c->close_req)
+    if (c->state != QX_TC_OPEN)
         return 0;
     return p >= OUT_MAX ? 0 : OUT_MAX - p;
 }
 
-static void on_kick(uv_idle_t *h)
-{
-    (void)h; /* only there to keep the poll from blocking */
-}
-
+/* The flush runs after the poll; a mark made before it (in a timer, or a
+ * write or close callback run from the pending queue) does not wait for the
+ * next I/O event (defer.h keeps the poll from blocking). */
 void qx_tcp_conn_mark(qx_tcp_conn_t *c)
 {
-    qx_tcp_front_t *f = c->f;
-    if (c->dirty || c->state == QX_TC_DEAD || f->closing)
+    if (c->state == QX_TC_DEAD || c->f->closing)
         return;
-    c->dirty = 1;
-    c->dnext = f->dirty;
-    f->dirty = c;
-    /* The flush is a check handle, which runs after the poll. A mark made
-     * before it (in a timer, or a write or close callback run from the
-     * pending queue) must not wait for the next I/O event: an active idle
-     * handle makes the poll return at once. */
-    if (!f->kicking && f->started) {
-        f->kicking = 1;
-        uv_idle_start(&f->kick, on_kick);
-    }
+    qx_defer(&c->w->defer, &c->flush);
 }
 
 void qx_tcp_conn_want_input(qx_tcp_conn_t *c)
@@ -253,7 +266,7 @@ static int stage_flush(qx_tcp_conn_t *c)
 int qx_tcp_conn_write(qx_tcp_conn_t *c, const void *buf, size_t len)
 {
     const uint8_t *p = buf;
-    if (c->state != QX_TC_OPEN || c->close_req == QX_TC_CLOSE_ABORT)
+    if (c->state != QX_TC_OPEN && c->state != QX_TC_CLOSE_REQ)
         return QX_ERR_IO;
     if (c->stage == NULL) {
         c->stage = malloc(STAGE_CAP);
@@ -285,7 +298,7 @@ static void on_write(uv_write_t *req, int status)
         return; /* cancelled by the close */
     if (status != 0) {
         QX_DEBUG("tcp: write failed: %s", uv_strerror(status));
-        c->close_req = QX_TC_CLOSE_ABORT;
+        request_abort(c);
     }
     qx_tcp_conn_mark(c); /* more to write, or the front may write again */
 }
@@ -335,23 +348,24 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 static void read_start(qx_tcp_conn_t *c)
 {
-    if (c->reading || c->peer_eof || c->state == QX_TC_DEAD)
+    if (c->rd != QX_TR_PAUSED || c->state == QX_TC_DEAD)
         return;
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
-        c->reading = 1;
+        c->rd = QX_TR_READING;
 }
 
-static void read_stop(qx_tcp_conn_t *c)
+/* Stops reading; at_eof: for good (the socket reached EOF or failed). */
+static void read_stop(qx_tcp_conn_t *c, int at_eof)
 {
-    if (!c->reading)
-        return;
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->reading = 0;
+    if (c->rd == QX_TR_READING)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    if (c->rd != QX_TR_EOF)
+        c->rd = at_eof ? QX_TR_EOF : QX_TR_PAUSED;
 }
 
 ssize_t qx_tcp_conn_read(qx_tcp_conn_t *c, void *buf, size_t cap)
 {
-    if (c->state != QX_TC_OPEN || c->close_req)
+    if (c->state != QX_TC_OPEN)
         return 0;
     if (cap > INT32_MAX)
         cap = INT32_MAX;
@@ -362,9 +376,9 @@ ssize_t qx_tcp_conn_read(qx_tcp_conn_t *c, void *buf, size_t cap)
     if (BIO_ctrl_pending(c->wbio) > 0)
         qx_tcp_conn_mark(c); /* e.g. a TLS 1.3 key update answer */
     if (e == SSL_ERROR_WANT_READ) {
-        if (c->peer_eof)
+        if (c->rd == QX_TR_EOF)
             return QX_TCP_EOF; /* EOF without close_notify: the same for HTTP */
-        if (!c->reading)
+        if (c->rd == QX_TR_PAUSED)
             qx_tcp_conn_mark(c); /* the flush starts reading again */
         return 0;
     }
@@ -395,7 +409,7 @@ static int conn_open(qx_tcp_conn_t *c)
         lowercase(c->sni);
     }
     SSL_get0_alpn_selected(c->ssl, &alpn, &alpnlen);
-    c->state = QX_TC_OPEN;
+    set_state(c, QX_TC_OPEN);
     qx_tcp_conn_timer(c, 0);
     if (alpnlen == 2 && memcmp(alpn, "h2", 2) == 0) {
         rv = qx_h2_front_new(c, &c->app, &c->ops);
@@ -419,7 +433,7 @@ static void handshake(qx_tcp_conn_t *c)
     int rv = SSL_do_handshake(c->ssl);
     if (rv == 1) {
         if (conn_open(c) != 0) {
-            c->close_req = QX_TC_CLOSE_ABORT;
+            request_abort(c);
             return;
         }
         c->ops->input(c->app);
@@ -433,53 +447,52 @@ static void handshake(qx_tcp_conn_t *c)
     QX_DEBUG("tcp: TLS handshake failed: %s", buf);
     ERR_clear_error();
     /* Let the alert go out, then close. */
-    c->close_req = QX_TC_CLOSE_GRACEFUL;
+    set_state(c, QX_TC_CLOSE_REQ);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     qx_tcp_conn_t *c = qx_container_of((uv_tcp_t *)s, qx_tcp_conn_t, tcp);
-    if (c->state == QX_TC_DEAD)
-        return;
+    if (c->state >= QX_TC_ABORT_REQ)
+        return; /* the flush tears it down */
     if (nread < 0) {
-        read_stop(c);
-        c->peer_eof = 1;
-        if (nread != UV_EOF || (c->state == QX_TC_CLOSING && c->shut)) {
+        read_stop(c, 1);
+        if (nread != UV_EOF || c->state == QX_TC_LINGER) {
             if (nread != UV_EOF)
                 QX_DEBUG("tcp: read: %s", uv_strerror((int)nread));
-            c->close_req = QX_TC_CLOSE_ABORT;
-        } else if (c->state == QX_TC_OPEN && c->ops) {
+            request_abort(c);
+        } else if ((c->state == QX_TC_OPEN || c->state == QX_TC_CLOSE_REQ) && c->ops) {
             c->ops->input(c->app); /* the front sees QX_TCP_EOF once rbio is empty */
-        } else if (c->state != QX_TC_CLOSING) {
-            c->close_req = QX_TC_CLOSE_ABORT;
+        } else if (c->state < QX_TC_CLOSING) {
+            request_abort(c);
         }
         qx_tcp_conn_mark(c);
         return;
     }
     if (nread == 0)
         return;
-    if (c->state == QX_TC_CLOSING) {
+    if (c->state == QX_TC_CLOSING || c->state == QX_TC_LINGER) {
         /* Lingering: the client's bytes are dropped, so that our close
          * does not turn into a reset that destroys the answer it has not
          * read yet. */
         c->discarded += (uint64_t)nread;
         if (c->discarded > LINGER_BYTES) {
-            c->close_req = QX_TC_CLOSE_ABORT;
+            request_abort(c);
             qx_tcp_conn_mark(c);
         }
         return;
     }
     if (BIO_write(c->rbio, buf->base, (int)nread) != (int)nread) {
-        c->close_req = QX_TC_CLOSE_ABORT;
+        request_abort(c);
         qx_tcp_conn_mark(c);
         return;
     }
     if (c->state == QX_TC_HANDSHAKE)
         handshake(c);
-    else if (c->state == QX_TC_OPEN && !c->close_req)
+    else if (c->state == QX_TC_OPEN)
         c->ops->input(c->app);
     if (BIO_ctrl_pending(c->rbio) > RBIO_MAX)
-        read_stop(c); /* the front is not taking bytes: stop the peer */
+        read_stop(c, 0); /* the front is not taking bytes: stop the peer */
     qx_tcp_conn_mark(c);
 }
 
@@ -493,14 +506,17 @@ static void on_timer(uv_timer_t *t)
     switch (c->state) {
     case QX_TC_HANDSHAKE:
         QX_DEBUG("tcp: TLS handshake timed out");
-        c->close_req = QX_TC_CLOSE_ABORT;
+        request_abort(c);
         break;
     case QX_TC_OPEN:
-        if (!c->close_req)
-            c->ops->timeout(c->app);
+        c->ops->timeout(c->app);
         break;
+    case QX_TC_CLOSE_REQ:
+    case QX_TC_ABORT_REQ:
+        break; /* the flush is due anyway */
     case QX_TC_CLOSING:
-        c->close_req = QX_TC_CLOSE_ABORT; /* linger over */
+    case QX_TC_LINGER:
+        request_abort(c); /* linger over */
         break;
     case QX_TC_DEAD:
         return;
@@ -522,8 +538,10 @@ void qx_tcp_conn_close(qx_tcp_conn_t *c, int how)
 {
     if (c->state == QX_TC_DEAD)
         return;
-    if (how > c->close_req)
-        c->close_req = how;
+    if (how == QX_TC_CLOSE_ABORT)
+        request_abort(c);
+    else if (c->state < QX_TC_CLOSE_REQ)
+        set_state(c, QX_TC_CLOSE_REQ);
     qx_tcp_conn_mark(c);
 }
 
@@ -565,11 +583,17 @@ static void on_conn_handle_closed(uv_handle_t *h)
 
 /* ---- per-IP counts ------------------------------------------------------- */
 
+/* The key an address counts under: an IPv6 client with its /64 (one host
+ * or one customer holds a whole /64: counting each address alone would give
+ * it a cap per address), an IPv4 one (or IPv4-mapped, as on a "[::]"
+ * listener) alone, in its mapped form. Keep in step with base/ipcount.c,
+ * the QUIC front's table. */
 static void ip_bytes(const struct sockaddr_storage *ss, uint8_t out[16])
 {
     memset(out, 0, 16);
     if (ss->ss_family == AF_INET6) {
-        memcpy(out, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+        memcpy(out, a, IN6_IS_ADDR_V4MAPPED(a) ? 16 : 8);
     } else {
         out[10] = out[11] = 0xff;
         memcpy(out + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
@@ -620,18 +644,15 @@ static void conn_teardown(qx_tcp_conn_t *c)
     qx_tcp_front_t *f = c->f;
     if (c->state == QX_TC_DEAD)
         return;
-    int clean = c->state == QX_TC_CLOSING;
-    c->state = QX_TC_DEAD;
+    set_state(c, QX_TC_DEAD);
+    qx_defer_cancel(&c->w->defer, &c->flush);
     if (c->app) {
-        c->ops->free(c->app, !clean);
+        /* A front still there did not finish (a graceful close frees it
+         * when the connection starts CLOSING). */
+        c->ops->free(c->app, 1);
         c->app = NULL;
     }
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        f->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    LIST_REMOVE(c, link);
     f->nconns--;
     if (c->counted) {
         c->counted = 0;
@@ -664,8 +685,8 @@ static void on_shutdown(uv_shutdown_t *req, int status)
     qx_tcp_conn_t *c = qx_container_of(req, qx_tcp_conn_t, sreq);
     if (c->state == QX_TC_DEAD)
         return;
-    if (status != 0 || c->peer_eof)
-        c->close_req = QX_TC_CLOSE_ABORT;
+    if (status != 0 || c->rd == QX_TR_EOF)
+        request_abort(c);
     else
         qx_tcp_conn_timer(c, LINGER_MS);
     qx_tcp_conn_mark(c);
@@ -675,8 +696,8 @@ static void on_shutdown(uv_shutdown_t *req, int status)
  * read (dropping) until the peer closes or the linger time is over. */
 static void conn_begin_close(qx_tcp_conn_t *c)
 {
-    int was_open = c->state == QX_TC_OPEN;
-    c->state = QX_TC_CLOSING;
+    int was_open = c->app != NULL; /* CLOSE_REQ came from OPEN, not from a failed handshake */
+    set_state(c, QX_TC_CLOSING);
     if (c->app) {
         c->ops->free(c->app, 0);
         c->app = NULL;
@@ -693,28 +714,28 @@ static void conn_begin_close(qx_tcp_conn_t *c)
 }
 
 /* ------------------------------------------------------------------------ */
-/* The flush (uv_check)                                                     */
+/* The flush (the worker's deferred-work queue)                             */
 /* ------------------------------------------------------------------------ */
 
 static void conn_flush(qx_tcp_conn_t *c)
 {
-    if (c->close_req == QX_TC_CLOSE_ABORT) {
+    if (c->state == QX_TC_ABORT_REQ) {
         conn_teardown(c);
         return;
     }
-    if (c->state == QX_TC_OPEN && !c->close_req) {
+    if (c->state == QX_TC_OPEN) {
         if (c->want_input) {
             c->want_input = 0;
             c->ops->input(c->app);
         }
-        if (!c->close_req)
+        if (c->state == QX_TC_OPEN)
             c->ops->output(c->app);
-        if (c->close_req == QX_TC_CLOSE_ABORT) {
+        if (c->state == QX_TC_ABORT_REQ) {
             conn_teardown(c);
             return;
         }
     }
-    if (c->close_req == QX_TC_CLOSE_GRACEFUL && c->state != QX_TC_CLOSING)
+    if (c->state == QX_TC_CLOSE_REQ)
         conn_begin_close(c);
     if (c->state == QX_TC_OPEN && stage_flush(c) != 0) {
         conn_teardown(c);
@@ -724,39 +745,28 @@ static void conn_flush(qx_tcp_conn_t *c)
         conn_teardown(c);
         return;
     }
-    if (c->state == QX_TC_CLOSING) {
+    if (c->state == QX_TC_CLOSING || c->state == QX_TC_LINGER) {
         /* Output drained: send FIN, keep reading to discard. */
-        if (!c->writing && BIO_ctrl_pending(c->wbio) == 0 && !c->shut) {
-            c->shut = 1;
+        if (c->state == QX_TC_CLOSING && !c->writing && BIO_ctrl_pending(c->wbio) == 0) {
+            set_state(c, QX_TC_LINGER);
             if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
                 conn_teardown(c);
         }
         return;
     }
     /* Reading resumes once the front has taken most of what waits. */
-    if (c->state != QX_TC_DEAD && !c->reading && !c->peer_eof &&
-        BIO_ctrl_pending(c->rbio) < RBIO_MAX / 2)
+    if (c->state != QX_TC_DEAD && c->rd == QX_TR_PAUSED && BIO_ctrl_pending(c->rbio) < RBIO_MAX / 2)
         read_start(c);
 }
 
-static void on_flush(uv_check_t *h)
+/* conn_flush may queue c again (a front asked for input): it runs once
+ * more in the queue's next pass, in this loop turn. */
+static void on_flush(qx_deferred_t *d)
 {
-    qx_tcp_front_t *f = qx_container_of(h, qx_tcp_front_t, flush);
-    unsigned before = f->nconns;
-    while (f->dirty && !f->closing) {
-        qx_tcp_conn_t *c = f->dirty;
-        f->dirty = c->dnext;
-        c->dirty = 0;
-        c->dnext = NULL;
-        conn_flush(c);
-        /* conn_flush may have queued c again (a front asked for input):
-         * it is simply handled once more in this loop. */
-    }
-    if (f->kicking && !f->closing) {
-        f->kicking = 0;
-        uv_idle_stop(&f->kick);
-    }
-    if (f->nconns < before && !f->closing)
+    qx_tcp_conn_t *c = qx_container_of(d, qx_tcp_conn_t, flush);
+    qx_tcp_front_t *f = c->f;
+    conn_flush(c);
+    if (c->state == QX_TC_DEAD && !f->closing)
         qx_wctx_maybe_done(f->w);
 }
 
@@ -797,12 +807,10 @@ static void conn_accept(qx_tcp_front_t *f)
     c->f = f;
     c->w = w;
     c->state = QX_TC_HANDSHAKE;
+    qx_deferred_init(&c->flush, on_flush);
     uv_tcp_init(&w->loop, &c->tcp);
     uv_timer_init(&w->loop, &c->timer);
-    c->next = f->conns;
-    if (f->conns)
-        f->conns->prev = c;
-    f->conns = c;
+    LIST_INSERT_HEAD(&f->conns, c, link);
     f->nconns++;
     if (uv_accept((uv_stream_t *)&f->lsn, (uv_stream_t *)&c->tcp) != 0) {
         conn_teardown(c);
@@ -865,6 +873,7 @@ int qx_tcp_front_new(qx_tcp_front_t **out, qx_wctx_t *w, const struct sockaddr *
     if (f == NULL)
         return QX_ERR_NOMEM;
     f->w = w;
+    LIST_INIT(&f->conns);
     f->accepting = 1;
     if (addr->sa_family == AF_INET6) {
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, name, sizeof(name));
@@ -912,13 +921,9 @@ int qx_tcp_front_start(qx_tcp_front_t *f)
         return QX_ERR_TLS;
     }
     uv_tcp_init(&w->loop, &f->lsn);
-    uv_check_init(&w->loop, &f->flush);
-    uv_idle_init(&w->loop, &f->kick);
     f->started = 1;
     f->lsn_open = 1;
     f->lsn.data = f;
-    f->flush.data = f;
-    f->kick.data = f;
     int rv = uv_tcp_open(&f->lsn, f->fd);
     if (rv == 0) {
         f->fd = -1; /* the handle owns it now */
@@ -928,7 +933,6 @@ int qx_tcp_front_start(qx_tcp_front_t *f)
         QX_ERROR("server.https_listen: cannot listen: %s", uv_strerror(rv));
         return QX_ERR_IO;
     }
-    uv_check_start(&f->flush, on_flush);
     return 0;
 }
 
@@ -961,10 +965,10 @@ void qx_tcp_front_drain(qx_tcp_front_t *f)
     if (f->started)
         close_listener(f);
     f->accepting = 0;
-    for (qx_tcp_conn_t *c = f->conns; c; c = c->next) {
+    for (qx_tcp_conn_t *c = LIST_FIRST(&f->conns); c; c = LIST_NEXT(c, link)) {
         if (c->state == QX_TC_HANDSHAKE)
             qx_tcp_conn_close(c, QX_TC_CLOSE_ABORT);
-        else if (c->state == QX_TC_OPEN && !c->close_req)
+        else if (c->state == QX_TC_OPEN)
             c->ops->drain(c->app);
     }
 }
@@ -974,12 +978,8 @@ void qx_tcp_front_close(qx_tcp_front_t *f)
     if (f == NULL || f->closing)
         return;
     f->accepting = 0;
-    f->dirty = NULL;
-    while (f->conns) {
-        qx_tcp_conn_t *c = f->conns;
-        c->dirty = 0;
-        conn_teardown(c);
-    }
+    while (!LIST_EMPTY(&f->conns))
+        conn_teardown(LIST_FIRST(&f->conns)); /* takes it off the flush queue too */
     f->closing = 1;
     if (!f->started) {
         if (f->fd >= 0)
@@ -988,11 +988,14 @@ void qx_tcp_front_close(qx_tcp_front_t *f)
         return;
     }
     /* Freed when the last handle has closed (a listener closed by a
-     * drain may still be pending: it is counted too). */
+     * drain may still be pending: it is counted too), or now when a drain
+     * closed the listener already. */
     close_listener(f);
-    f->nhandles += 2;
-    uv_close((uv_handle_t *)&f->flush, on_front_handle_closed);
-    uv_close((uv_handle_t *)&f->kick, on_front_handle_closed);
+    if (f->nhandles == 0) {
+        if (f->fd >= 0)
+            close(f->fd);
+        free(f);
+    }
 }
 
 unsigned qx_tcp_front_nconns(const qx_tcp_front_t *f)
