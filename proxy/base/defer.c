@@ -85,8 +85,8 @@ void qx_defer_run(qx_defer_t *q)
     for (unsigned n = 0; n < QX_DEFER_PASSES && !TAILQ_EMPTY(&q->items); n++) {
         qx_deferred_t *d;
         TAILQ_CONCAT(&q->now, &q->items, link);
-        TAILQ_FOREACH(d, &q->now, link)
-        d->where = 2;
+        TAILQ_FOREACH (d, &q->now, link)
+            d->where = 2;
         while ((d = TAILQ_FIRST(&q->now)) != NULL) {
             TAILQ_REMOVE(&q->now, d, link);
             d->where = 0;

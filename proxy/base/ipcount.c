@@ -58,8 +58,7 @@ static size_t bucket_of(const qx_ipcount_t *t, const uint8_t *p, uint8_t len)
 static qx_ipcount_entry_t *find(const qx_ipcount_t *t, const uint8_t *p, uint8_t len, size_t b)
 {
     qx_ipcount_entry_t *e;
-    LIST_FOREACH(e, &t->buckets[b], link)
-    {
+    LIST_FOREACH (e, &t->buckets[b], link) {
         if (e->len == len && memcmp(e->prefix, p, 16) == 0)
             break;
     }

@@ -115,8 +115,7 @@ static void sock_state(void *data, ares_socket_t fd, int readable, int writable)
 {
     qx_dns_t *d = data;
     dns_sock_t *s;
-    LIST_FOREACH(s, &d->socks, link)
-    {
+    LIST_FOREACH (s, &d->socks, link) {
         if (s->fd == fd)
             break;
     }
@@ -353,8 +352,7 @@ static void maybe_free(qx_dns_t *d)
 static dns_name_t *find(qx_dns_t *d, const char *host)
 {
     dns_name_t *n;
-    LIST_FOREACH(n, &d->names, link)
-    {
+    LIST_FOREACH (n, &d->names, link) {
         if (strcmp(n->host, host) == 0)
             break;
     }
@@ -444,8 +442,8 @@ size_t qx_dns_sync(qx_dns_t *d, const qx_config_t *cfg)
     d->min_ttl_ms = cfg->dns.min_ttl_secs * 1000u;
     d->max_ttl_ms = cfg->dns.max_ttl_secs * 1000u;
     dns_name_t *n, *next;
-    LIST_FOREACH(n, &d->names, link)
-    n->used = 0;
+    LIST_FOREACH (n, &d->names, link)
+        n->used = 0;
     for (size_t r = 0; r < cfg->nroutes; r++) {
         for (size_t j = 0; j < cfg->routes[r].nupstreams; j++) {
             const char *host = cfg->routes[r].upstreams[j].host;
@@ -544,16 +542,15 @@ void qx_dns_metrics(qx_dns_t *d, qx_buf_t *out)
                          "server failure).\n"
                          "# TYPE qrux_dns_resolutions_total counter\n");
         dns_name_t *n;
-        LIST_FOREACH(n, &d->names, link)
-        {
+        LIST_FOREACH (n, &d->names, link) {
             for (int r = 0; r < QX_DNS_R_COUNT; r++)
                 qx_buf_putf(out, "qrux_dns_resolutions_total{name=\"%s\",result=\"%s\"} %llu\n",
                             n->host, result_names[r], (unsigned long long)n->results[r]);
         }
         qx_buf_puts(out, "# HELP qrux_dns_addresses Addresses an upstream name resolves to now "
                          "(the last good answer).\n# TYPE qrux_dns_addresses gauge\n");
-        LIST_FOREACH(n, &d->names, link)
-        qx_buf_putf(out, "qrux_dns_addresses{name=\"%s\"} %zu\n", n->host, n->naddrs);
+        LIST_FOREACH (n, &d->names, link)
+            qx_buf_putf(out, "qrux_dns_addresses{name=\"%s\"} %zu\n", n->host, n->naddrs);
     }
     pthread_mutex_unlock(&d->lock);
 }

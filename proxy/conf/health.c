@@ -31,8 +31,7 @@ qx_health_t *qx_health_get(qx_health_tab_t *t, const struct sockaddr *addr, sock
         return NULL;
     pthread_mutex_lock(&t->lock);
     qx_health_t *h;
-    SLIST_FOREACH(h, &t->list, link)
-    {
+    SLIST_FOREACH (h, &t->list, link) {
         if (h->addrlen == len && memcmp(&h->addr, addr, len) == 0)
             break;
     }

@@ -129,10 +129,10 @@ static void bucket_follows_key(void **state)
         size_t b1 = 0, b2 = 0;
         for (size_t b = 0; b < QX_IPCOUNT_BUCKETS; b++) {
             qx_ipcount_entry_t *e;
-            LIST_FOREACH(e, &t1->buckets[b], link)
-            b1 = e == e1 ? b : b1;
-            LIST_FOREACH(e, &t2->buckets[b], link)
-            b2 = e == e2 ? b : b2;
+            LIST_FOREACH (e, &t1->buckets[b], link)
+                b1 = e == e1 ? b : b1;
+            LIST_FOREACH (e, &t2->buckets[b], link)
+                b2 = e == e2 ? b : b2;
         }
         differ += b1 != b2;
     }
