@@ -106,7 +106,6 @@ static const unsigned tc_moves[] = {
 
 static void set_state(qx_tcp_conn_t *c, qx_tcp_conn_state_t s)
 {
-    (void)tc_moves; /* read only where QRUX_ASSERT is checked */
     QRUX_ASSERT(tc_moves[c->state] & TC_BIT(s));
     c->state = s;
 }
