@@ -447,7 +447,7 @@ def app_resets(env, tport):
               head.get("reset") is not None, head)
 
 
-def request_trailers(env, tport):
+def request_trailers(env, tport, port):
     """A client's request trailers (HTTP/2) reach the h2c app."""
     head, tr, data, secs = raw_h2_call(tport, "/trailers", [], b"body-bytes",
                                        authority="goaway.test:%d" % tport,
@@ -458,6 +458,17 @@ def request_trailers(env, tport):
            tr)
     env.check("request trailers: a field not allowed in trailers is not passed on",
               "echo-content-type" not in tr, tr)
+    # The same from an HTTP/3 client (h3probe --trailer).
+    body = os.path.join(env.dir, "h3-trailer-body")
+    with open(body, "wb") as f:
+        f.write(b"body-bytes")
+    rc, so, se = run([os.environ["H3PROBE_BIN"], "127.0.0.1", str(port), "-H", ":method: POST",
+                      "-H", ":scheme: https", "-H", ":authority: goaway.test", "-H",
+                      ":path: /trailers", "-d", body, "--trailer", "x-req-trailer: rt-h3",
+                      "--timeout", "15"], timeout=30)
+    lines = so.decode(errors="replace").splitlines()
+    env.check("request trailers over HTTP/3: the app saw them", "trailer echo-x-req-trailer: rt-h3"
+              in lines, lines)
 
 
 def stalled_client(env, q, tport, pb):
@@ -593,7 +604,7 @@ def main():
             env.case("max concurrent streams", max_streams, env, tport, lim)
             env.case("app resets", app_resets, env, tport)
             env.case("HTTP/1.1 front to h2c", h1_front_to_h2c, env, tport)
-            env.case("request trailers", request_trailers, env, tport)
+            env.case("request trailers", request_trailers, env, tport, port)
             env.case("gRPC over HTTP/1.1", grpc_over_h1, env, tport)
             env.case("metrics", metrics_show, env, aport, app.port, h1.port)
             env.case("h1 trailers", h1_trailers, env, tport)
