@@ -3,8 +3,8 @@
  * dual-stack when bound to [::]), the table from connection IDs to
  * connections, packet receive and send, version negotiation and stateless
  * resets. Connections stay on the worker that accepted them: a server CID
- * carries the worker id in its first byte for the CID-steering BPF program
- * of issue 7.
+ * carries the worker id in its first byte, which the CID-steering BPF
+ * program (steer.c) reads to pick this worker's socket.
  */
 #ifndef QX_QUIC_H
 #define QX_QUIC_H

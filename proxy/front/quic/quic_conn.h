@@ -1,6 +1,6 @@
 /*
  * quic_conn.h - one QUIC connection and its HTTP/3 session; shared by
- * quic.c (transport, packets, timers) and h3.c (nghttp3 and the front ops).
+ * quic.c (transport, packets, timers) and h3_front.c (nghttp3 and the front ops).
  * Not a public interface.
  */
 #ifndef QX_QUIC_CONN_H
@@ -90,7 +90,7 @@ struct qx_quic_conn {
     qx_deferred_t flush;           /* on the worker's deferred-work queue */
 };
 
-/* ---- quic.c, for h3.c ---- */
+/* ---- quic.c, for h3_front.c ---- */
 
 /* Queues a flush of conn's pending output at the end of this loop turn
  * (the worker's deferred-work queue). */
@@ -112,7 +112,7 @@ const nghttp3_mem *qx_quic_conn_h3_mem(qx_quic_conn_t *qc);
  * is processed. */
 void qx_quic_conn_read_sni(qx_quic_conn_t *qc);
 
-/* ---- h3.c, for quic.c ---- */
+/* ---- h3_front.c, for quic.c ---- */
 
 /* Creates the HTTP/3 session once 1-RTT keys exist. Returns 0 or an
  * ngtcp2 error for the callback. */

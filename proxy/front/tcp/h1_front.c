@@ -130,7 +130,9 @@ static int name_is(const char *s, size_t len, const char *lit)
     return len == n && strncasecmp(s, lit, n) == 0;
 }
 
-/* Trims optional whitespace (llhttp leaves trailing OWS in values). */
+/* Trims optional whitespace at both ends of a value (RFC 9110 §5.5).
+ * llhttp skips the leading OWS but passes the trailing one on; the
+ * leading side is trimmed too so that the rule does not rest on that. */
 static void trim(const char **s, size_t *len)
 {
     while (*len > 0 && ((*s)[0] == ' ' || (*s)[0] == '\t')) {

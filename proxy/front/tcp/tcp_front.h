@@ -1,5 +1,5 @@
 /*
- * tcp_front.h - the HTTPS fallback listener of a worker (issue 3): TCP +
+ * tcp_front.h - the HTTPS fallback listener of a worker: TCP +
  * TLS (OpenSSL 3) with ALPN h2 / http/1.1, feeding the same exchange,
  * router and pool as HTTP/3, and advertising HTTP/3 with Alt-Svc.
  * One listening socket per worker (SO_REUSEPORT); accepted connections
