@@ -523,7 +523,7 @@ static char *endpoint_metrics(qx_runtime_t *rt, size_t *len)
 {
     qx_snapshot_t *snap = qx_runtime_snapshot(rt);
     qx_buf_t b;
-    qx_buf_init(&b, 4096, 4096 + snap->neps * 2 * 200 + QX_CONFIG_MAX_UPSTREAMS * 600);
+    qx_buf_init(&b, 4096, 4096 + snap->neps * 3 * 200 + QX_CONFIG_MAX_UPSTREAMS * 600);
     size_t *idx = calloc(snap->neps ? snap->neps : 1, sizeof(size_t));
     *len = 0;
     if (idx == NULL) {
@@ -537,8 +537,12 @@ static char *endpoint_metrics(qx_runtime_t *rt, size_t *len)
     sort_snap = snap;
     qsort(idx, snap->neps, sizeof(size_t), ep_cmp);
     pthread_mutex_unlock(&sort_lock);
-    for (int fam = 0; fam < 2; fam++) {
-        if (fam == 0)
+    for (int fam = 0; fam < 3; fam++) {
+        if (fam == 2)
+            qx_buf_putf(&b, "# HELP qrux_upstream_info The protocol qrux speaks to the endpoint (a "
+                            "route's protocol: h1 or h2c); always 1.\n"
+                            "# TYPE qrux_upstream_info gauge\n");
+        else if (fam == 0)
             qx_buf_putf(
                 &b,
                 "# HELP qrux_upstream_healthy 1 unless the endpoint's last %d connects failed "
@@ -559,7 +563,11 @@ static char *endpoint_metrics(qx_runtime_t *rt, size_t *len)
                 if (strcmp(p->name, e->name) == 0 && strcmp(p->addrstr, e->addrstr) == 0)
                     continue;
             }
-            if (fam == 0)
+            if (fam == 2)
+                qx_buf_putf(
+                    &b, "qrux_upstream_info{upstream=\"%s\",address=\"%s\",protocol=\"%s\"} 1\n",
+                    e->name, e->addrstr, e->protocol == QX_UP_PROTO_H2C ? "h2c" : "h1");
+            else if (fam == 0)
                 qx_buf_putf(&b, "qrux_upstream_healthy{upstream=\"%s\",address=\"%s\"} %d\n",
                             e->name, e->addrstr, qx_health_healthy(e->health));
             else

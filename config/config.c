@@ -96,6 +96,7 @@ typedef struct raw_route {
     char **upstreams;
     unsigned nupstreams;
     char *websocket;
+    char *protocol;
 } raw_route_t;
 
 typedef struct raw_admin {
@@ -195,6 +196,7 @@ static const cyaml_schema_field_t route_fields[] = {
     CYAML_FIELD_SEQUENCE_COUNT("upstreams", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, raw_route_t,
                                upstreams, nupstreams, &upstream_entry, 0, CYAML_UNLIMITED),
     OPT_STR("websocket", raw_route_t, websocket),
+    OPT_STR("protocol", raw_route_t, protocol),
     CYAML_FIELD_END,
 };
 
@@ -997,6 +999,15 @@ static int build_route(qx_route_cfg_t *r, const qx_route_spec_t *s, size_t i, ch
         return qx_config_fail_at(err, errlen, field, fieldlen, path, "must not be empty");
     }
 
+    snprintf(path, sizeof(path), "routes[%zu].protocol", i);
+    if (s->protocol == NULL || strcmp(s->protocol, "h1") == 0)
+        r->protocol = QX_UP_PROTO_H1;
+    else if (strcmp(s->protocol, "h2c") == 0)
+        r->protocol = QX_UP_PROTO_H2C;
+    else
+        return qx_config_fail_at(err, errlen, field, fieldlen, path, "\"%s\" is not one of h1, h2c",
+                                 s->protocol);
+
     size_t n = r->single ? 1 : s->nupstreams;
     r->upstreams = calloc(n, sizeof(*r->upstreams));
     if (r->upstreams == NULL)
@@ -1011,6 +1022,7 @@ static int build_route(qx_route_cfg_t *r, const qx_route_spec_t *s, size_t i, ch
                            errlen, field, fieldlen);
         if (rv != 0)
             return rv;
+        r->upstreams[j].protocol = r->protocol;
     }
     return 0;
 }
@@ -1451,6 +1463,7 @@ static int build_config(qx_config_t *cfg, raw_doc_t *raw, const char *basedir, c
             .nupstreams = r->nupstreams,
             .has_upstreams = listed,
             .websocket = -1,
+            .protocol = r->protocol,
         };
         if (r->websocket != NULL) {
             bool b;

@@ -51,7 +51,12 @@ typedef struct qx_upstream_cfg {
     uint16_t port;
     struct sockaddr_storage addr;
     socklen_t addrlen;
+    int protocol; /* QX_UP_PROTO_*: its route's `protocol` */
 } qx_upstream_cfg_t;
+
+/* What an upstream speaks (a route's `protocol`): HTTP/1.1, the default,
+ * or cleartext HTTP/2 with prior knowledge (gRPC apps). */
+enum { QX_UP_PROTO_H1 = 0, QX_UP_PROTO_H2C = 1 };
 
 typedef struct qx_route_cfg {
     char *match; /* lowercased: "host", "*.suffix" or "*" */
@@ -59,6 +64,7 @@ typedef struct qx_route_cfg {
     size_t nupstreams; /* >= 1 */
     int single;        /* 1 when written as `upstream:`, 0 for `upstreams:` */
     int no_websocket;  /* `websocket: false`: upgrades and extended CONNECT get 403 */
+    int protocol;      /* QX_UP_PROTO_*, default h1; every upstream of the route speaks it */
 } qx_route_cfg_t;
 
 /* The admin server (health, metrics, routes API). Absent `admin:`

@@ -21,6 +21,7 @@ typedef struct qx_route_spec {
     size_t nupstreams;            /* may be 0 (then "must not be empty") */
     bool has_upstreams;           /* the `upstreams` key is present */
     int websocket;                /* -1 absent (on), 0 false, 1 true */
+    const char *protocol;         /* "h1" or "h2c"; NULL when absent (h1) */
 } qx_route_spec_t;
 
 /*

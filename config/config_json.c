@@ -60,6 +60,8 @@ static json_t *route_to_json(const qx_route_cfg_t *r)
     /* Only when off: the default stays out of documents written before it. */
     if (r->no_websocket && set(o, "websocket", json_false()) != 0)
         goto fail;
+    if (r->protocol == QX_UP_PROTO_H2C && set(o, "protocol", json_string("h2c")) != 0)
+        goto fail;
     if (r->single && r->nupstreams == 1) {
         if (set(o, "upstream", json_string(r->upstreams[0].name)) != 0)
             goto fail;
@@ -295,6 +297,7 @@ static int dup_route(qx_route_cfg_t *d, const qx_route_cfg_t *r)
 
     d->single = r->single;
     d->no_websocket = r->no_websocket;
+    d->protocol = r->protocol;
     if ((d->match = dup_str(r->match, &ok)) == NULL && !ok)
         return QX_ERR_NOMEM;
     if (r->nupstreams == 0)
@@ -411,6 +414,11 @@ static int route_spec(qx_route_spec_t *spec, const json_t *v, size_t i, const ch
             if (!json_is_string(val))
                 return wrong_type(e, path, "a string", val);
             spec->upstream = json_string_value(val);
+        } else if (strcmp(key, "protocol") == 0) {
+            snprintf(path, sizeof(path), "routes[%zu].protocol", i);
+            if (!json_is_string(val))
+                return wrong_type(e, path, "a string", val);
+            spec->protocol = json_string_value(val);
         } else if (strcmp(key, "upstreams") == 0) {
             snprintf(path, sizeof(path), "routes[%zu].upstreams", i);
             if (!json_is_array(val))

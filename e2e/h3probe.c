@@ -26,6 +26,9 @@
  *                             then cancelled with RESET_STREAM(H3_REQUEST_CANCELLED)
  *   timeout                   --timeout ran out first
  *
+ * --trailer 'name: value' (up to 8) ends the request body with a trailer
+ * section (a HEADERS frame after the DATA).
+ *
  * Attacks (test_attacks_quic.py): --repeat N sends the last -H field N more
  * times (nghttp3's encoder puts it in the QPACK dynamic table once and
  * refers to it: a small HEADERS frame that decodes to N copies); --stall
@@ -159,10 +162,12 @@ typedef struct {
     size_t body_len;
     uint8_t *body_buf; /* what -d allocated (--body points into argv) */
     int timeout_secs;
-    int print_cert;             /* --print-cert-sha256 */
-    int print_retry;            /* --print-retry */
-    int retry_wait_secs;        /* --retry-wait: hold the post-Retry Initial this long */
-    int reset_ms;               /* --reset-ms: body held open, then RESET_STREAM (cancel) */
+    int print_cert;         /* --print-cert-sha256 */
+    int print_retry;        /* --print-retry */
+    int retry_wait_secs;    /* --retry-wait: hold the post-Retry Initial this long */
+    int reset_ms;           /* --reset-ms: body held open, then RESET_STREAM (cancel) */
+    const char *trailer[8]; /* --trailer 'name: value': sent after the body (-d/--body) */
+    size_t ntrailer;
     uint64_t reset_at;          /* when (ns), 0 once sent */
     int stall;                  /* --stall: response bodies get no flow control */
     int half_close;             /* --half-close: the body's end waits for the response's */
@@ -277,6 +282,23 @@ static nghttp3_ssize read_body(nghttp3_conn *conn, int64_t stream_id, nghttp3_ve
     /* The whole body in one go: it lives as long as the process, which
      * nghttp3 needs (it keeps pointing at it until the bytes are acked). */
     *pflags |= NGHTTP3_DATA_FLAG_EOF;
+    if (p->ntrailer > 0) {
+        /* The fields point into argv, which outlives the connection. */
+        nghttp3_nv nva[8];
+        size_t n = 0;
+        for (size_t i = 0; i < p->ntrailer; i++) {
+            const char *t = p->trailer[i], *colon = strchr(t, ':');
+            if (colon == NULL)
+                continue;
+            const char *v = colon + 1;
+            while (*v == ' ')
+                v++;
+            nva[n++] = (nghttp3_nv){(uint8_t *)t, (uint8_t *)v, (size_t)(colon - t), strlen(v),
+                                    NGHTTP3_NV_FLAG_NONE};
+        }
+        if (nghttp3_conn_submit_trailers(conn, stream_id, nva, n) == 0)
+            *pflags |= NGHTTP3_DATA_FLAG_NO_END_STREAM; /* the trailers end the stream */
+    }
     if (p->body_len == 0)
         return 0;
     vec[0].base = p->body;
@@ -1547,7 +1569,7 @@ static void usage(void)
                     "[-d FILE | --body STRING] [-o FILE] [--also-get PATH]\n"
                     "               [--timeout SECS] [--print-cert-sha256]\n"
                     "               [--token HEX] [--new-token-file FILE] [--print-retry]"
-                    " [--retry-wait SECS] [--reset-ms MS]\n"
+                    " [--retry-wait SECS] [--reset-ms MS] [--trailer 'name: value']\n"
                     "               [--repeat N] [--stall] [--half-close]\n"
                     "       h3probe HOST PORT (--uni HEX[!] | --bidi HEX[-]) ...   raw streams\n"
                     "       h3probe HOST PORT --inject HEX ... [--inject-rbits] [--inject-gap MS]"
@@ -1713,6 +1735,8 @@ static int parse_args(probe_t *p, int argc, char **argv)
                 return -1;
         } else if (strcmp(a, "--new-token-file") == 0 && has_val) {
             p->new_token_file = argv[++i];
+        } else if (strcmp(a, "--trailer") == 0 && has_val && p->ntrailer < 8) {
+            p->trailer[p->ntrailer++] = argv[++i];
         } else if (strcmp(a, "--reset-ms") == 0 && has_val) {
             p->reset_ms = atoi(argv[++i]);
         } else if (strcmp(a, "--repeat") == 0 && has_val) {

@@ -48,11 +48,12 @@ RUN_BACKPORTS="ngtcp2-client:1.11.0"
 # python3-jsonschema (the Grafana dashboard's schema check), dnsmasq-base
 # (the resolver of the DNS tests), gdb (holds one worker thread back at its
 # start: e2e/test_startup_held.py), python3-websockets (the WebSocket tests'
-# app and client).
+# app and client), python3-grpcio and python3-grpc-tools (the gRPC app and
+# client of e2e/test_grpc.py, stubs generated at test time).
 TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
 python3-h2 python3-hpack podman buildah runc debootstrap catatonit clang-format libclang-rt-14-dev
 python3-cryptography nodejs unzip python3-yaml python3-jsonschema dnsmasq-base gdb
-python3-websockets"
+python3-websockets python3-grpcio python3-grpc-tools"
 TEST_BACKPORTS=""
 
 # Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf;

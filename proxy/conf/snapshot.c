@@ -30,6 +30,7 @@ static void ep_set(qx_endpoint_t *e, const qx_upstream_cfg_t *u, const struct so
     memcpy(&e->addr, a, len);
     e->addrlen = len;
     e->name = u->name;
+    e->protocol = u->protocol;
     endpoint_format((const struct sockaddr *)a, e->addrstr, sizeof(e->addrstr));
     e->health = qx_health_get(ht, (const struct sockaddr *)a, len);
 }

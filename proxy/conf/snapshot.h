@@ -33,6 +33,7 @@ typedef struct qx_endpoint {
     const char *name;            /* the upstream as configured (the config owns it) */
     char addrstr[QX_EP_ADDRLEN]; /* "10.1.2.3:8080", "[::1]:8080" */
     qx_health_t *health;         /* passive health; NULL without a table */
+    int protocol;                /* QX_UP_PROTO_* (config.h): the codec requests use */
 } qx_endpoint_t;
 
 typedef struct qx_snapshot {

@@ -33,6 +33,7 @@ static void format_ip(const struct sockaddr *client, char *client_ip);
 static void exchange_free(qx_exchange_t *ex);
 static void *grow_fields(qx_exchange_t *ex, const void *arr, size_t *cap, size_t elem, size_t used);
 static int try_retry(qx_exchange_t *ex, int replay);
+static void note_grpc_status(qx_exchange_t *ex, const qx_hdr_t *hdrs, size_t n);
 
 /* ---- state --------------------------------------------------------------- */
 
@@ -89,7 +90,14 @@ static void on_timer(uv_timer_t *t);
 
 static void timer_arm(qx_exchange_t *ex, uint32_t secs)
 {
-    uv_timer_start(&ex->timer, on_timer, (uint64_t)secs * 1000, 0);
+    uint64_t ms = (uint64_t)secs * 1000;
+    if (ex->deadline_ms && !finished(ex)) {
+        /* A gRPC client's deadline (grpc-timeout) may come before any of
+         * the route's timeouts: the timer wakes for it too. */
+        uint64_t now = uv_now(&ex->w->loop);
+        ms = QX_MIN(ms, ex->deadline_ms > now ? ex->deadline_ms - now : 0);
+    }
+    uv_timer_start(&ex->timer, on_timer, ms, 0);
 }
 
 /* After the response head, one timer watches both ends of the body: the
@@ -103,7 +111,8 @@ static void body_timer_start(qx_exchange_t *ex)
     const qx_limits_t *l = &ex->snap->cfg->limits;
     uint64_t now = uv_now(&ex->w->loop);
     ex->up_progress_ms = ex->cl_progress_ms = now;
-    timer_arm(ex, QX_MIN(l->client_idle_timeout_secs, l->upstream_idle_timeout_secs));
+    timer_arm(ex, /* capped by a gRPC deadline (timer_arm) */
+              QX_MIN(l->client_idle_timeout_secs, l->upstream_idle_timeout_secs));
 }
 
 static const qx_endpoint_t *up_ep(const qx_exchange_t *ex)
@@ -201,12 +210,13 @@ static void discard_request_body(qx_exchange_t *ex)
 }
 
 /* Answers the client ourselves with a short text body that says nothing
- * internal. Only before any response head went out. */
-static void local_response(qx_exchange_t *ex, int status)
+ * internal (|why|, when given, follows the status line). Only before any
+ * response head went out. */
+static void local_answer(qx_exchange_t *ex, int status, const char *why)
 {
-    char body[96];
-    int n = snprintf(body, sizeof(body), "%d %s%s%s\n", status, qx_h1_reason(status),
-                     ex->local_why ? ": " : "", ex->local_why ? ex->local_why : "");
+    char body[192];
+    int n = snprintf(body, sizeof(body), "%d %s\n%s%s", status, qx_h1_reason(status),
+                     why ? why : "", why ? "\n" : "");
 
     if (gone(ex))
         return;
@@ -236,6 +246,44 @@ static void local_response(qx_exchange_t *ex, int status)
         return;
     }
     body_timer_start(ex); /* a client that never takes our answer holds the stream too */
+}
+
+static void local_response(qx_exchange_t *ex, int status)
+{
+    local_answer(ex, status, NULL);
+}
+
+/* The gRPC deadline passed: the call ends with grpc-status 4
+ * (DEADLINE_EXCEEDED), as a trailers-only response before a head, in
+ * trailers after one; the upstream stream is cancelled. */
+static void grpc_deadline(qx_exchange_t *ex)
+{
+    static const qx_hdr_t fields[] = {
+        {"content-type", 12, "application/grpc", 16},
+        {"grpc-status", 11, "4", 1},
+        {"grpc-message", 12, "deadline exceeded (qrux)", 24},
+    };
+    if (gone(ex) || finished(ex))
+        return;
+    ex_release_upstream(ex);
+    timer_stop(ex);
+    ex->grpc_status = "4";
+    ex->grpc_statuslen = 1;
+    if (!ex->req_fin)
+        discard_request_body(ex);
+    ex->resp_eof = 1;
+    if (ex->status == 0) {
+        set_state(ex, QX_EX_DONE);
+        ex->status = 200;
+        if (ex->fops->respond(ex, 200, fields, QX_ARRAY_LEN(fields), 0) != 0)
+            ex->fops->abort(ex);
+        return;
+    }
+    set_state(ex, QX_EX_DONE);
+    ex->resp_trailers = &fields[1];
+    ex->nresp_trailers = 2;
+    ex->fops->resume(ex);
+    body_timer_start(ex); /* the client must still take what is left */
 }
 
 /* Something went wrong with the upstream or a limit: a status if nothing
@@ -313,6 +361,8 @@ qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *f
     ex->ups.resp = &ex->resp;
     ex->ups.scratch = &L->up_scratch;
     ex->ups.req_fin = 0;
+    ex->ups.req_trailers = NULL;
+    ex->ups.nreq_trailers = 0;
     ex->ups.resp_fits = 0;
     ex->ups.paused = 0;
     ex->w = w;
@@ -447,17 +497,20 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
                            secs);
         qx_cnt_add(&w->metrics.bytes_in, ex->req_body_in);
         qx_cnt_add(&w->metrics.bytes_out, ex->resp_body);
-        char ups[12] = "-";
+        char ups[12] = "-", grpc[32] = "";
         if (ex->up_status > 0)
             snprintf(ups, sizeof(ups), "%d", ex->up_status);
+        if (ex->grpc_status)
+            snprintf(grpc, sizeof(grpc), " grpc_status=%.*s",
+                     (int)QX_MIN(ex->grpc_statuslen, (size_t)8), ex->grpc_status);
         QX_INFO("access proto=%s method=%s authority=%.*s path=%.*s status=%d upstream=%s "
                 "upstream_status=%s early_data=%d bytes_in=%" PRIu64 " bytes_out=%" PRIu64
-                " duration_ms=%.3f trace_id=%s request_id=%s%s",
+                " duration_ms=%.3f trace_id=%s request_id=%s%s%s",
                 ex->fops->proto, ex->method, (int)ex->authoritylen,
                 ex->authority ? ex->authority : "", (int)ex->pathlen, ex->path ? ex->path : "",
                 status, ex->up_name ? ex->up_name : "-", ups, ex->early ? 1 : 0, ex->req_body_in,
                 ex->resp_body, secs * 1000.0, ex->trace ? ex->trace->trace_id : "-",
-                ex->trace ? ex->trace->request_id : "-", clean ? "" : " incomplete=1");
+                ex->trace ? ex->trace->request_id : "-", grpc, clean ? "" : " incomplete=1");
     }
     uv_close((uv_handle_t *)&ex->timer, on_timer_closed);
 }
@@ -516,6 +569,30 @@ too_big:
     return QX_ERR_LIMIT;
 }
 
+int qx_exchange_trailer(qx_exchange_t *ex, const char *name, size_t namelen, const char *value,
+                        size_t valuelen)
+{
+    if (ex->req_trailer_cap == 0) {
+        ex->req_trailers = qx_arena_alloc(&ex->arena, 8 * sizeof(qx_hdr_t));
+        if (ex->req_trailers == NULL)
+            return QX_ERR_LIMIT;
+        ex->req_trailer_cap = 8;
+    }
+    if (ex->nreq_trailers == ex->req_trailer_cap) {
+        qx_hdr_t *more = grow_fields(ex, ex->req_trailers, &ex->req_trailer_cap, sizeof(qx_hdr_t),
+                                     ex->nreq_trailers);
+        if (more == NULL)
+            return QX_ERR_LIMIT;
+        ex->req_trailers = more;
+    }
+    char *n = qx_arena_strndup(&ex->arena, name, namelen);
+    char *v = qx_arena_strndup(&ex->arena, value, valuelen);
+    if (n == NULL || v == NULL)
+        return QX_ERR_LIMIT;
+    ex->req_trailers[ex->nreq_trailers++] = (qx_hdr_t){n, namelen, v, valuelen};
+    return 0;
+}
+
 /* A field array is full: a copy with twice the room, in the arena
  * (counted against the request's QX_MAX_HEADER_BYTES), up to
  * QX_MAX_HEADERS fields. Returns it, or NULL at the limit. */
@@ -563,14 +640,12 @@ static int ws_admit(qx_exchange_t *ex, const qx_route_cfg_t *route)
 {
     qx_metrics_t *m = &ex->w->metrics;
     if (route->no_websocket) {
-        ex->local_why = "WebSocket is turned off for this route";
-        local_response(ex, 403);
+        local_answer(ex, 403, "WebSocket is turned off for this route");
         return -1;
     }
     if (__atomic_load_n(&m->websocket_tunnels, __ATOMIC_RELAXED) >=
         ex->snap->cfg->limits.max_websocket_tunnels) {
-        ex->local_why = "too many WebSocket tunnels";
-        local_response(ex, 503);
+        local_answer(ex, 503, "too many WebSocket tunnels");
         return -1;
     }
     qx_cnt_add(&m->websocket_tunnels, 1);
@@ -578,6 +653,70 @@ static int ws_admit(qx_exchange_t *ex, const qx_route_cfg_t *route)
     ex->has_body = 1;
     ex->req_fin = ex->ups.req_fin = 0;
     ex->req_cl = -1;
+    return 0;
+}
+
+/* grpc-timeout (gRPC over HTTP/2): up to 8 digits and a unit. Returns
+ * milliseconds (at least 1), or 0 when the value is not one. */
+static uint64_t grpc_timeout_ms(const char *v, size_t len)
+{
+    uint64_t n = 0;
+    if (len < 2 || len > 9)
+        return 0;
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return 0;
+        n = n * 10 + (uint64_t)(v[i] - '0');
+    }
+    switch (v[len - 1]) {
+    case 'H':
+        n *= 3600000;
+        break;
+    case 'M':
+        n *= 60000;
+        break;
+    case 'S':
+        n *= 1000;
+        break;
+    case 'm':
+        break;
+    case 'u':
+        n /= 1000;
+        break;
+    case 'n':
+        n /= 1000000;
+        break;
+    default:
+        return 0;
+    }
+    return n ? n : 1;
+}
+
+/* A gRPC request (content-type application/grpc*): needs trailers, so
+ * HTTP/1.1 clients get a 415 that says so; its grpc-timeout becomes the
+ * request's deadline (the route's upstream_request_timeout_secs still
+ * caps it). Returns 0 to go on, -1 when answered. */
+static int grpc_request(qx_exchange_t *ex)
+{
+    uint64_t ms = 0;
+    for (size_t i = 0; i < ex->nhdrs; i++) {
+        const qx_hdr_t *h = &ex->hdrs[i];
+        if (h->namelen == 12 && strncasecmp(h->name, "content-type", 12) == 0 &&
+            h->valuelen >= 16 && strncasecmp(h->value, "application/grpc", 16) == 0 &&
+            (h->valuelen == 16 || h->value[16] == '+' || h->value[16] == ';'))
+            ex->grpc = 1;
+        else if (h->namelen == 12 && strncasecmp(h->name, "grpc-timeout", 12) == 0)
+            ms = grpc_timeout_ms(h->value, h->valuelen);
+    }
+    if (!ex->grpc)
+        return 0;
+    if (ex->fops->proto_idx == QX_P_H1) {
+        local_answer(ex, 415,
+                     "gRPC needs HTTP/2 or HTTP/3 (trailers): this request came over HTTP/1.1");
+        return -1;
+    }
+    if (ms > 0)
+        ex->deadline_ms = uv_now(&ex->w->loop) + ms;
     return 0;
 }
 
@@ -606,13 +745,11 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
          * (nghttp2, nghttp3 check it); WebSocket is the one qrux carries. */
         if (ex->method_idx != QX_M_CONNECT || ex->protocollen != 9 ||
             memcmp(ex->protocol, "websocket", 9) != 0) {
-            ex->local_why = "only the websocket protocol is supported";
-            local_response(ex, 501);
+            local_answer(ex, 501, "only the websocket protocol is supported");
             return;
         }
         if (fin) {
-            ex->local_why = "a WebSocket tunnel needs an open stream";
-            local_response(ex, 400);
+            local_answer(ex, 400, "a WebSocket tunnel needs an open stream");
             return;
         }
         ex->ws = QX_WS_CONNECT;
@@ -652,6 +789,8 @@ void qx_exchange_headers_done(qx_exchange_t *ex, const char *sni, int fin)
         local_response(ex, 400);
         return;
     }
+    if (grpc_request(ex) != 0)
+        return;
 
     ex->route = qx_router_match(ex->snap->router, sni, sni ? strlen(sni) : 0, ex->authority,
                                 ex->authoritylen);
@@ -1022,6 +1161,7 @@ static int up_head(void *user, int status, const qx_hdr_t *hdrs, size_t n, int h
     qx_exchange_t *ex = user;
     ex->up_status = status;
     set_state(ex, QX_EX_RESPONSE);
+    note_grpc_status(ex, hdrs, n);
     timer_stop(ex);
     if (status == 101)
         return tunnel_open(ex, hdrs, n);
@@ -1057,12 +1197,28 @@ static void up_body(void *user, size_t n)
         ex->fops->resume(ex);
 }
 
-/* Trailers are not passed on yet: the front ops have no place for them. */
+/* The response's grpc-status, for the access log. */
+static void note_grpc_status(qx_exchange_t *ex, const qx_hdr_t *hdrs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (hdrs[i].namelen == 11 && memcmp(hdrs[i].name, "grpc-status", 11) == 0) {
+            ex->grpc_status = hdrs[i].value;
+            ex->grpc_statuslen = hdrs[i].valuelen;
+        }
+    }
+}
+
+/* The trailers are copied into the request's arena (names lowercased,
+ * fields a trailer section may not carry left out): the front sends them
+ * after the last body byte. */
 static void up_end(void *user, const qx_hdr_t *trailers, size_t ntrailers)
 {
     qx_exchange_t *ex = user;
-    (void)trailers;
-    (void)ntrailers;
+    if (ntrailers > 0) {
+        ex->resp_trailers =
+            qx_up_trailers_copy(&ex->arena, trailers, ntrailers, &ex->nresp_trailers);
+        note_grpc_status(ex, ex->resp_trailers, ex->nresp_trailers);
+    }
     ex->resp_eof = 1;
     if (ex->tunnel && !ex->req_fin) {
         /* The app ended its side of the tunnel; the client's may still
@@ -1157,6 +1313,11 @@ static int body_stalled(qx_exchange_t *ex)
             return QX_D_UPSTREAM_STALLED;
         next = QX_MIN(next, ex->up_progress_ms + up - now);
     }
+    if (ex->deadline_ms && !finished(ex)) {
+        if (now >= ex->deadline_ms)
+            return -2;
+        next = QX_MIN(next, ex->deadline_ms - now);
+    }
     uv_timer_start(&ex->timer, on_timer, next, 0);
     return -1;
 }
@@ -1179,8 +1340,17 @@ static void on_timer(uv_timer_t *t)
         fail(ex, 504);
         return;
     }
+    if (ex->deadline_ms && !finished(ex) && uv_now(&ex->w->loop) >= ex->deadline_ms) {
+        QX_DEBUG("stream %" PRId64 ": gRPC deadline passed", ex->stream_id);
+        grpc_deadline(ex);
+        return;
+    }
     if (ex->state == QX_EX_RESPONSE || ex->state == QX_EX_DONE) {
         int who = body_stalled(ex);
+        if (who == -2) {
+            grpc_deadline(ex);
+            return;
+        }
         if (who < 0)
             return;
         qx_cnt_add(&ex->w->metrics.defences[who], 1);
@@ -1269,6 +1439,9 @@ void qx_exchange_body_end(qx_exchange_t *ex)
 {
     if (ex->req_fin)
         return;
+    if (ex->nreq_trailers > 0) /* filtered once, before the codec sees the end */
+        ex->ups.req_trailers = qx_up_trailers_copy(&ex->arena, ex->req_trailers, ex->nreq_trailers,
+                                                   &ex->ups.nreq_trailers);
     ex->req_fin = ex->ups.req_fin = 1;
     if (ex->tunnel && ex->resp_eof && ex->state == QX_EX_RESPONSE)
         set_state(ex, QX_EX_DONE); /* the app had ended its side of the tunnel already */

@@ -140,7 +140,11 @@ struct qx_exchange {
     int req_stopped;        /* STOP_SENDING sent */
     qx_ring_t req;
     uint8_t *reqbuf;
-    int req_window_due;        /* body of unknown length: its window comes with its first byte */
+    int req_window_due;     /* body of unknown length: its window comes with its first byte */
+    qx_hdr_t *req_trailers; /* the client's trailer fields, in the arena */
+    size_t nreq_trailers, req_trailer_cap;
+    int grpc;                  /* content-type application/grpc*: errors answered the gRPC way */
+    uint64_t deadline_ms;      /* loop time the request must be answered by (grpc-timeout), or 0 */
     uint64_t front_uncredited; /* the front's own: body bytes handed in, not yet credited */
 
     /* WebSocket (websocket.h): the request is an opening handshake; once
@@ -168,9 +172,15 @@ struct qx_exchange {
     int up_status; /* the upstream's final status (0 = none), for the access log */
     int resp_eof;  /* no more body bytes will come */
     uint64_t resp_body;
+    /* The response's trailer fields (strings in the arena): a front sends
+     * them after the last body byte, in place of ending the stream with
+     * it (HTTP/2, HTTP/3); HTTP/1.1 drops them. */
+    const qx_hdr_t *resp_trailers;
+    size_t nresp_trailers;
+    const char *grpc_status; /* the response's grpc-status value, for the access log */
+    size_t grpc_statuslen;
     qx_ring_t resp;
     uint8_t *respbuf;
-    const char *local_why; /* what our own answer's body adds to its status line, or NULL */
     char local_clen[24];   /* our own answer's content-length value */
     char status_text[4];   /* the status as 3 digits, for fronts that point at it */
 
@@ -194,6 +204,11 @@ qx_exchange_t *qx_exchange_new(qx_wctx_t *w, const qx_front_ops_t *fops, void *f
  * Returns 0, or QX_ERR_LIMIT (too many / too large: 431 follows). */
 int qx_exchange_header(qx_exchange_t *ex, const char *name, size_t namelen, const char *value,
                        size_t valuelen);
+
+/* One request trailer field (after the body, before the stream ends).
+ * Returns 0, or QX_ERR_LIMIT (too many / too large: the field is dropped). */
+int qx_exchange_trailer(qx_exchange_t *ex, const char *name, size_t namelen, const char *value,
+                        size_t valuelen);
 
 /* The head is complete; fin says the stream ended with it. Routes and
  * dispatches, or answers an error. */

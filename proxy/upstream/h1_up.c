@@ -35,7 +35,16 @@ typedef struct h1_up {
     int up_fin;    /* the tunnel's upstream end: EOF read */
     int shut;      /* the tunnel's client end: FIN sent up */
     char chunkhdr[24];
+    /* A chunked response's trailer section, in the request's arena (the
+     * head's storage must not move once the front points at it). */
+    char *tb;
+    qx_up_field_t *tf;
+    uint32_t tblen, ntf;
+    int in_tvalue;
 } h1_up_t;
+
+#define H1_TRAILER_BYTES 4096 /* trailer names and values kept, at most; more are dropped */
+#define H1_TRAILER_FIELDS 16
 
 _Static_assert(sizeof(h1_up_t) <= QX_UP_PRIV, "h1_up_t must fit qx_up_stream_t.priv");
 
@@ -427,12 +436,64 @@ static void uc_read_buf(void *user, uv_buf_t *buf)
 
 static const qx_upconn_cb_t conn_cb = {uc_on_connect, uc_on_write, uc_on_read, uc_read_buf};
 
+/* Trailer bytes into the arena's trailer buffer; a section larger than
+ * H1_TRAILER_BYTES or H1_TRAILER_FIELDS loses the fields past it (the
+ * body is complete and correct; only metadata is cut). */
+static int trailer_piece(qx_up_stream_t *st, int value, const char *at, size_t len)
+{
+    h1_up_t *h = h1(st);
+    if (h->tb == NULL) {
+        h->tb = qx_arena_alloc(st->arena, H1_TRAILER_BYTES);
+        h->tf = qx_arena_alloc(st->arena, H1_TRAILER_FIELDS * sizeof(*h->tf));
+        if (h->tb == NULL || h->tf == NULL) {
+            h->tb = NULL;
+            return 0;
+        }
+    }
+    if (!value && (h->in_tvalue || h->ntf == 0)) {
+        if (h->ntf == H1_TRAILER_FIELDS)
+            return 0;
+        h->tf[h->ntf++] = (qx_up_field_t){h->tblen, 0, h->tblen, 0};
+        h->in_tvalue = 0;
+    }
+    if (h->ntf == 0 || h->tblen + len > H1_TRAILER_BYTES)
+        return 0;
+    qx_up_field_t *f = &h->tf[h->ntf - 1];
+    if (value && !h->in_tvalue) {
+        h->in_tvalue = 1;
+        f->value_off = h->tblen;
+    }
+    memcpy(h->tb + h->tblen, at, len);
+    h->tblen += (uint32_t)len;
+    if (value)
+        f->value_len += (uint32_t)len;
+    else
+        f->name_len += (uint32_t)len;
+    return 0;
+}
+
+/* The response is complete: its trailer section, if any, goes with
+ * sink->end (the user copies and filters it). */
+static void trailers_end(qx_up_stream_t *st)
+{
+    h1_up_t *h = h1(st);
+    qx_hdr_t t[H1_TRAILER_FIELDS];
+    size_t n = 0;
+    for (uint32_t i = 0; h->tb != NULL && i < h->ntf; i++) {
+        const qx_up_field_t *f = &h->tf[i];
+        if (f->name_len > 0)
+            t[n++] =
+                (qx_hdr_t){h->tb + f->name_off, f->name_len, h->tb + f->value_off, f->value_len};
+    }
+    st->sink->end(st->user, n ? t : NULL, n);
+}
+
 static int p_on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     qx_up_stream_t *st = p->data;
     h1_up_t *h = h1(st);
     if (h->head_done)
-        return 0; /* trailers are not forwarded; hb must not move (sink->head) */
+        return trailer_piece(st, 0, at, len); /* hb must not move (sink->head) */
     if (h->in_value || st->nf == 0) {
         if (qx_up_field_add(st) == NULL)
             return -1;
@@ -449,7 +510,7 @@ static int p_on_header_value(llhttp_t *p, const char *at, size_t len)
     qx_up_stream_t *st = p->data;
     h1_up_t *h = h1(st);
     if (h->head_done)
-        return 0;
+        return trailer_piece(st, 1, at, len);
     qx_up_field_t *f = &st->f[st->nf - 1];
     if (!h->in_value) {
         h->in_value = 1;
@@ -628,7 +689,7 @@ static int p_on_message_complete(llhttp_t *p)
     if (st->tunnel)
         return HPE_PAUSED; /* the rest is the tunnel's (uc_on_read) */
     h->complete = 1;
-    st->sink->end(st->user, NULL, 0);
+    trailers_end(st);
     return HPE_PAUSED;
 }
 

@@ -90,6 +90,11 @@ static void kick_waiter(qx_pool_t *p)
     wt->ready(wt);
 }
 
+void qx_pool_kick(qx_pool_t *p)
+{
+    kick_waiter(p);
+}
+
 /* ---- idle list ---------------------------------------------------------- */
 
 static void idle_unlink(qx_pool_t *p, qx_upconn_t *uc)

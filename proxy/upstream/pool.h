@@ -105,6 +105,11 @@ struct qx_pool {
     qx_pool_t *retired_next;     /* the worker's list of pools a new snapshot dropped */
     uint64_t retired_at_ms;
     qx_metrics_up_row_t *row; /* gauges; may be NULL */
+    uint32_t
+        h2c_streams; /* h2c_up.c: the app's last SETTINGS_MAX_CONCURRENT_STREAMS (0: none yet) */
+    void *h2c; /* h2c_up.c's sessions on this pool's connections (its own list); the pool never
+                  reads it: a session whose connection lost its pool (uc->pool NULL) unlinks no more
+                */
 };
 
 /* Creates a pool for one upstream address. Returns 0 or QX_ERR_NOMEM. */
@@ -137,6 +142,10 @@ void qx_pool_unwait(qx_pool_t *p, qx_pool_wait_t *wt);
 /* Ends the user's use: back to the idle list when reusable (and the pool
  * has room), otherwise closed. No callback reaches the user afterwards. */
 void qx_pool_release(qx_upconn_t *uc, int reusable);
+
+/* A stream slot freed on a shared (HTTP/2) connection: the oldest waiter
+ * may try again, as when a connection closes. */
+void qx_pool_kick(qx_pool_t *p);
 
 /* Closes every idle connection now (the pool stays usable). */
 void qx_pool_close_idle(qx_pool_t *p);

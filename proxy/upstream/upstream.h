@@ -62,7 +62,7 @@
 #define QX_UP_FIELDS 32            /* response fields held in the stream; more move to the arena */
 #define QX_UP_MAX_HEADERS 128      /* response fields, at most */
 #define QX_UP_MAX_HEAD (64 * 1024) /* response head bytes, at most */
-#define QX_UP_PRIV 256             /* the codec's own per-stream state */
+#define QX_UP_PRIV 320             /* the codec's own per-stream state */
 
 typedef struct qx_up_stream qx_up_stream_t;
 
@@ -128,8 +128,8 @@ typedef struct qx_up_sink {
     /* n body bytes were appended to *resp. */
     void (*body)(void *user, size_t n);
     /* The response is complete; |trailers| are its trailer fields (n 0:
-     * none; HTTP/1.1's chunked trailers are not passed on), valid during
-     * the call. */
+     * none; HTTP/1.1's chunked trailers come too), valid during the call
+     * (the user copies what it keeps). */
     void (*end)(void *user, const qx_hdr_t *trailers, size_t ntrailers);
     /* n request body bytes left *req for good (the client may send more). */
     void (*consumed)(void *user, size_t n);
@@ -175,12 +175,15 @@ struct qx_up_stream {
     const qx_up_sink_t *sink;
     void *user;
     /* Set by the user before open(). */
-    qx_ring_t *req;         /* the request body window */
-    qx_ring_t *resp;        /* the response body window (data NULL until sink->head) */
-    uint8_t **scratch;      /* the worker's QX_UP_READ read buffer, allocated on first use */
-    uint64_t resp_body_max; /* a longer response body is QX_UP_E_TOO_BIG */
-    int req_fin;            /* no more body comes into *req */
-    int resp_fits;          /* set in sink->head: *resp holds the whole body (never pause) */
+    qx_ring_t *req;               /* the request body window */
+    qx_ring_t *resp;              /* the response body window (data NULL until sink->head) */
+    uint8_t **scratch;            /* the worker's QX_UP_READ read buffer, allocated on first use */
+    uint64_t resp_body_max;       /* a longer response body is QX_UP_E_TOO_BIG */
+    int req_fin;                  /* no more body comes into *req */
+    const qx_hdr_t *req_trailers; /* the request's trailer fields, set before req_fin (h2c sends
+                                     them; HTTP/1.1 drops them) */
+    size_t nreq_trailers;
+    int resp_fits; /* set in sink->head: *resp holds the whole body (never pause) */
     /* Set by the codec. */
     int paused; /* the codec stopped reading: *resp is short of room */
     int tunnel; /* the app switched to WebSocket: *req and *resp carry raw bytes */
@@ -201,6 +204,13 @@ struct qx_up_stream {
 /* The codec for requests to endpoint |ep| (HTTP/1.1 for every endpoint
  * today; the place an upstream's protocol setting picks h2c). */
 const qx_upstream_ops_t *qx_upstream_ops_for(const qx_endpoint_t *ep);
+
+/* Copies n fields into |arena| as trailers: names lowercased, fields that
+ * are not allowed in a trailer section (framing, routing, hop-by-hop and
+ * pseudo-fields) left out. Returns the copy (*out_n fields; NULL with 0
+ * when none is left or the arena is spent). */
+const qx_hdr_t *qx_up_trailers_copy(qx_arena_t *arena, const qx_hdr_t *hdrs, size_t n,
+                                    size_t *out_n);
 
 /* Memory the stream keeps between requests: set up once, trimmed when a
  * stream is kept for reuse, freed with its owner. */

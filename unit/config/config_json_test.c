@@ -64,6 +64,7 @@ static const char base_yaml[] = "server:\n"
                                 "  - match: \"*\"\n"
                                 "    upstreams:\n"
                                 "      - \"localhost:81\"\n"
+                                "    protocol: h2c\n"
                                 "admin:\n"
                                 "  listen: \"[::]:9901\"\n"
                                 "  token_file: secrets/token\n"
@@ -84,7 +85,7 @@ static const char base_yaml[] = "server:\n"
 static const char base_routes_json[] =
     "[{\"match\":\"api.example.com\",\"upstream\":\"127.0.0.1:8080\"},"
     "{\"match\":\"*.example.org\",\"upstreams\":[\"10.0.0.1:8080\",\"[::1]:9090\"]},"
-    "{\"match\":\"*\",\"upstreams\":[\"localhost:81\"]}]";
+    "{\"match\":\"*\",\"protocol\":\"h2c\",\"upstreams\":[\"localhost:81\"]}]";
 
 static qx_config_t *load_(const char *yaml, const char *basedir, const char *file, int line)
 {
@@ -561,7 +562,11 @@ static const reject_case_t rejects[] = {
      "routes[0].upstreams[1]: must be a string, not a number", "routes[0].upstreams[1]"},
     {"{\"routes\": [" R("*", "\"upstreams\":[null]") "]}",
      "routes[0].upstreams[0]: must be a string, not null", "routes[0].upstreams[0]"},
+    {"{\"routes\": [" R("*", UP("127.0.0.1:1") ",\"protocol\":2") "]}",
+     "routes[0].protocol: must be a string, not a number", "routes[0].protocol"},
     /* what the route means: the loader's own checks */
+    {"{\"routes\": [" R("*", UP("127.0.0.1:1") ",\"protocol\":\"grpc\"") "]}",
+     "routes[0].protocol: \"grpc\" is not one of h1, h2c", "routes[0].protocol"},
     {"{\"routes\": [{\"upstream\": \"127.0.0.1:1\"}]}", "routes[0].match: is required",
      "routes[0].match"},
     {"{\"routes\": [" R("a.example.com", UP("127.0.0.1:1") ",\"upstreams\":[\"127.0.0.1:2\"]") "]}",

@@ -620,6 +620,33 @@ static void test_reject_routes(void **state)
                   "routes[1].match: \"*\" is already used by routes[0]");
 }
 
+/* A route's `protocol`: h1 (the default) or h2c, on every upstream of the
+ * route; anything else is refused naming the field. */
+static void test_route_protocol(void **state)
+{
+    (void)state;
+    qx_config_t *cfg = expect_ok(SERVER "routes:\n"
+                                        "  - match: a\n    upstream: \"127.0.0.1:1\"\n"
+                                        "  - match: b\n    upstream: \"127.0.0.1:2\"\n"
+                                        "    protocol: h1\n"
+                                        "  - match: c\n    upstreams: [\"127.0.0.1:3\", "
+                                        "\"127.0.0.1:4\"]\n    protocol: h2c\n",
+                                 NULL);
+    assert_int_equal(cfg->routes[0].protocol, QX_UP_PROTO_H1);
+    assert_int_equal(cfg->routes[0].upstreams[0].protocol, QX_UP_PROTO_H1);
+    assert_int_equal(cfg->routes[1].protocol, QX_UP_PROTO_H1);
+    assert_int_equal(cfg->routes[2].protocol, QX_UP_PROTO_H2C);
+    assert_int_equal(cfg->routes[2].upstreams[0].protocol, QX_UP_PROTO_H2C);
+    assert_int_equal(cfg->routes[2].upstreams[1].protocol, QX_UP_PROTO_H2C);
+    qx_config_del(cfg);
+    expect_reject(SERVER "routes:\n  - match: a\n    upstream: \"127.0.0.1:1\"\n"
+                         "    protocol: h2\n",
+                  "routes[0].protocol: \"h2\" is not one of h1, h2c");
+    expect_reject(SERVER ROUTES "  - match: b\n    upstream: \"127.0.0.1:1\"\n"
+                                "    protocol: \"\"\n",
+                  "routes[1].protocol: \"\" is not one of h1, h2c");
+}
+
 /* ------------------------------------------------------------------------ */
 /* admin section                                                            */
 /* ------------------------------------------------------------------------ */
@@ -1094,6 +1121,7 @@ int main(void)
         cmocka_unit_test(test_reject_required),
         cmocka_unit_test(test_reject_listen),
         cmocka_unit_test(test_reject_routes),
+        cmocka_unit_test(test_route_protocol),
         cmocka_unit_test(test_upstream_parse),
         cmocka_unit_test(test_dns_section),
         cmocka_unit_test(test_admin_absent),

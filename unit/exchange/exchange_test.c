@@ -611,10 +611,146 @@ static void test_too_big_after_head_aborts(void **state)
     assert_int_equal(W.metrics.streams_reset_by_client, 0); /* we reset it, not the client */
 }
 
+/* Response trailers from the codec (sink->end's) are copied for the
+ * front, which sends them after the last body byte; grpc-status is noted
+ * for the access log. Request trailers are filtered and handed to the
+ * codec before it sees the end of the body. */
+static void test_trailers_both_ways(void **state)
+{
+    (void)state;
+    qx_exchange_t *ex = request("POST", NULL, 0);
+    turn();
+    assert_int_equal(ex->state, QX_EX_UPSTREAM);
+    qx_exchange_body(ex, (const uint8_t *)"abc", 3);
+    assert_int_equal(qx_exchange_trailer(ex, "x-sum", 5, "3", 1), 0);
+    assert_int_equal(qx_exchange_trailer(ex, "content-length", 14, "3", 1), 0);
+    assert_null(U.st->req_trailers); /* not before the end */
+    qx_exchange_body_end(ex);
+    assert_int_equal(U.st->req_fin, 1);
+    assert_int_equal(U.st->nreq_trailers, 1); /* content-length is no trailer */
+    assert_memory_equal(U.st->req_trailers[0].name, "x-sum", 5);
+
+    assert_int_equal(up_answer_head(200, -1), 0);
+    up_answer_body("ok", 2);
+    char tr_status[] = "0"; /* the codec's storage: valid during the call only */
+    qx_hdr_t tr[] = {{"Grpc-Status", 11, tr_status, 1},
+                     {"content-length", 14, "2", 1},
+                     {"grpc-message", 12, "", 0}};
+    U.st->sink->end(U.st->user, tr, 3);
+    tr_status[0] = 'X';
+    assert_int_equal(ex->state, QX_EX_DONE);
+    assert_int_equal(ex->nresp_trailers, 2); /* content-length is no trailer */
+    assert_memory_equal(ex->resp_trailers[0].name, "grpc-status", 11); /* lowercased copy */
+    assert_memory_equal(ex->resp_trailers[0].value, "0", 1);
+    assert_memory_equal(ex->resp_trailers[1].name, "grpc-message", 12);
+    assert_int_equal(ex->grpc_statuslen, 1);
+    assert_memory_equal(ex->grpc_status, "0", 1);
+    assert_int_equal(F.eof, 1);
+    qx_exchange_front_closed(ex, 0);
+    turn();
+}
+
+static const qx_front_ops_t h1_front_ops = {
+    .proto = "h1",
+    .proto_idx = QX_P_H1,
+    .respond = f_respond,
+    .resume = f_resume,
+    .consumed = f_consumed,
+    .stop_reading = f_stop_reading,
+    .abort = f_abort,
+};
+
+/* gRPC over HTTP/1.1 cannot carry its trailers: 415 before any upstream. */
+static void test_grpc_over_h1_415(void **state)
+{
+    (void)state;
+    struct sockaddr_in client = {.sin_family = AF_INET, .sin_port = htons(50000)};
+    client.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    qx_exchange_t *ex = qx_exchange_new(&W, &h1_front_ops, &F, 0, (const struct sockaddr *)&client);
+    assert_non_null(ex);
+    assert_int_equal(qx_exchange_header(ex, ":method", 7, "POST", 4), 0);
+    assert_int_equal(qx_exchange_header(ex, ":scheme", 7, "https", 5), 0);
+    assert_int_equal(qx_exchange_header(ex, ":authority", 10, "localhost", 9), 0);
+    assert_int_equal(qx_exchange_header(ex, ":path", 5, "/s/M", 4), 0);
+    assert_int_equal(qx_exchange_header(ex, "content-type", 12, "application/grpc+proto", 22), 0);
+    qx_exchange_headers_done(ex, NULL, 1);
+    assert_int_equal(F.status, 415);
+    assert_int_equal(ex->state, QX_EX_DONE);
+    assert_non_null(strstr(F.body, "gRPC needs HTTP/2 or HTTP/3"));
+    turn();
+    assert_int_equal(U.connects, 0);
+    qx_exchange_front_closed(ex, 0);
+    turn();
+}
+
+/* grpc-timeout is the deadline: with no response by then the call ends
+ * with a trailers-only response, grpc-status 4, and the upstream stream is
+ * released. A content-type that only starts like gRPC's is not gRPC. */
+static void test_grpc_timeout(void **state)
+{
+    (void)state;
+    assert_int_equal(grpc_timeout_ms("100m", 4), 100);
+    assert_int_equal(grpc_timeout_ms("2S", 2), 2000);
+    assert_int_equal(grpc_timeout_ms("1H", 2), 3600000);
+    assert_int_equal(grpc_timeout_ms("5u", 2), 1);          /* under a millisecond: 1 */
+    assert_int_equal(grpc_timeout_ms("123456789S", 10), 0); /* 9 digits: not a timeout */
+    assert_int_equal(grpc_timeout_ms("10x", 3), 0);
+    assert_int_equal(grpc_timeout_ms("S", 1), 0);
+
+    struct sockaddr_in client = {.sin_family = AF_INET, .sin_port = htons(50000)};
+    client.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    qx_exchange_t *ex = qx_exchange_new(&W, &front_ops, &F, 0, (const struct sockaddr *)&client);
+    assert_non_null(ex);
+    assert_int_equal(qx_exchange_header(ex, ":method", 7, "POST", 4), 0);
+    assert_int_equal(qx_exchange_header(ex, ":scheme", 7, "https", 5), 0);
+    assert_int_equal(qx_exchange_header(ex, ":authority", 10, "localhost", 9), 0);
+    assert_int_equal(qx_exchange_header(ex, ":path", 5, "/s/M", 4), 0);
+    assert_int_equal(qx_exchange_header(ex, "content-type", 12, "application/grpc", 16), 0);
+    assert_int_equal(qx_exchange_header(ex, "grpc-timeout", 12, "30m", 3), 0);
+    qx_exchange_headers_done(ex, NULL, 1);
+    assert_int_equal(ex->grpc, 1);
+    turn();
+    assert_int_equal(ex->state, QX_EX_UPSTREAM);
+    uint64_t t0 = uv_now(&W.loop);
+    while (F.responds == 0 && uv_now(&W.loop) - t0 < 5000)
+        uv_run(&W.loop, UV_RUN_ONCE);
+    assert_int_equal(F.responds, 1);
+    assert_int_equal(F.status, 200);
+    assert_int_equal(F.has_body, 0);
+    int found = 0;
+    for (size_t i = 0; i < F.nhdrs; i++)
+        if (F.hdrs[i].namelen == 11 && memcmp(F.hdrs[i].name, "grpc-status", 11) == 0 &&
+            F.hdrs[i].valuelen == 1 && F.hdrs[i].value[0] == '4')
+            found = 1;
+    assert_true(found);
+    assert_true(uv_now(&W.loop) - t0 < 1000); /* the deadline, not the route's 120 s */
+    assert_int_equal(U.releases, 1);
+    assert_int_equal(ex->state, QX_EX_DONE);
+    qx_exchange_front_closed(ex, 0);
+    turn();
+
+    /* application/grpcx is another type: no deadline taken from it. */
+    ex = qx_exchange_new(&W, &front_ops, &F, 4, (const struct sockaddr *)&client);
+    assert_int_equal(qx_exchange_header(ex, ":method", 7, "POST", 4), 0);
+    assert_int_equal(qx_exchange_header(ex, ":scheme", 7, "https", 5), 0);
+    assert_int_equal(qx_exchange_header(ex, ":authority", 10, "localhost", 9), 0);
+    assert_int_equal(qx_exchange_header(ex, ":path", 5, "/s/M", 4), 0);
+    assert_int_equal(qx_exchange_header(ex, "content-type", 12, "application/grpcx", 17), 0);
+    assert_int_equal(qx_exchange_header(ex, "grpc-timeout", 12, "30m", 3), 0);
+    qx_exchange_headers_done(ex, NULL, 1);
+    assert_int_equal(ex->grpc, 0);
+    assert_int_equal(ex->deadline_ms, 0);
+    qx_exchange_front_closed(ex, 0);
+    turn();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_get_200, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_trailers_both_ways, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_grpc_over_h1_415, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_grpc_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_post_window, setup, teardown),
         cmocka_unit_test_setup_teardown(test_early_answer_discards_body, setup, teardown),
         cmocka_unit_test_setup_teardown(test_own_413, setup, teardown),

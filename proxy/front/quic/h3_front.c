@@ -23,6 +23,22 @@ static qx_quic_conn_t *conn_of(qx_exchange_t *ex)
     return ex->front;
 }
 
+/* The response's trailer fields in a HEADERS frame that ends the stream
+ * (gRPC's grpc-status comes this way). The strings outlive the frame
+ * (exchange.h). Returns 0, or -1: the stream ends without them. */
+static int send_trailers(nghttp3_conn *conn, int64_t stream_id, const qx_exchange_t *ex)
+{
+    nghttp3_nv nva[QX_MAX_HEADERS];
+    const uint8_t nocopy = NGHTTP3_NV_FLAG_NO_COPY_NAME | NGHTTP3_NV_FLAG_NO_COPY_VALUE;
+    size_t n = QX_MIN(ex->nresp_trailers, (size_t)QX_MAX_HEADERS);
+    for (size_t i = 0; i < n; i++) {
+        const qx_hdr_t *t = &ex->resp_trailers[i];
+        nva[i] =
+            (nghttp3_nv){(uint8_t *)t->name, (uint8_t *)t->value, t->namelen, t->valuelen, nocopy};
+    }
+    return nghttp3_conn_submit_trailers(conn, stream_id, nva, n) == 0 ? 0 : -1;
+}
+
 static nghttp3_ssize read_data(nghttp3_conn *conn, int64_t stream_id, nghttp3_vec *vec,
                                size_t veccnt, uint32_t *pflags, void *conn_user_data,
                                void *stream_user_data)
@@ -46,9 +62,11 @@ static nghttp3_ssize read_data(nghttp3_conn *conn, int64_t stream_id, nghttp3_ve
         total += iov[i].iov_len;
     }
     qx_ring_mark_sent(&ex->resp, total);
-    if (ex->resp_eof && qx_ring_unsent(&ex->resp) == 0)
+    if (ex->resp_eof && qx_ring_unsent(&ex->resp) == 0) {
         *pflags |= NGHTTP3_DATA_FLAG_EOF;
-    else if (k == 0)
+        if (ex->nresp_trailers > 0 && send_trailers(conn, stream_id, ex) == 0)
+            *pflags |= NGHTTP3_DATA_FLAG_NO_END_STREAM; /* the trailers end the stream */
+    } else if (k == 0)
         return NGHTTP3_ERR_WOULDBLOCK;
     return k;
 }
@@ -248,6 +266,24 @@ static int h3_recv_header(nghttp3_conn *conn, int64_t stream_id, int32_t token, 
     return 0;
 }
 
+/* A request trailer field: kept for an upstream that takes them (h2c). */
+static int h3_recv_trailer(nghttp3_conn *conn, int64_t stream_id, int32_t token,
+                           nghttp3_rcbuf *name, nghttp3_rcbuf *value, uint8_t flags,
+                           void *user_data, void *stream_user_data)
+{
+    (void)conn;
+    (void)stream_id;
+    (void)token;
+    (void)flags;
+    (void)user_data;
+    if (stream_user_data == NULL)
+        return 0;
+    nghttp3_vec n = nghttp3_rcbuf_get_buf(name);
+    nghttp3_vec v = nghttp3_rcbuf_get_buf(value);
+    qx_exchange_trailer(stream_user_data, (const char *)n.base, n.len, (const char *)v.base, v.len);
+    return 0;
+}
+
 static int h3_end_headers(nghttp3_conn *conn, int64_t stream_id, int fin, void *user_data,
                           void *stream_user_data)
 {
@@ -302,6 +338,7 @@ static const nghttp3_callbacks h3_callbacks = {
     .begin_headers = h3_begin_headers,
     .recv_header = h3_recv_header,
     .end_headers = h3_end_headers,
+    .recv_trailer = h3_recv_trailer,
     .stop_sending = h3_stop_sending,
     .end_stream = h3_end_stream,
     .reset_stream = h3_reset_stream,

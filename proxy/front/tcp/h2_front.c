@@ -147,6 +147,21 @@ static void idle_timer(h2_conn_t *h)
 
 /* ---- front ops ---------------------------------------------------------- */
 
+/* The response's trailer fields in a HEADERS frame that ends the stream
+ * (gRPC's grpc-status comes this way). Returns 0, or -1: the stream then
+ * ends with the last DATA frame, without them. */
+static int send_trailers(nghttp2_session *session, int32_t stream_id, const qx_exchange_t *ex)
+{
+    nghttp2_nv nva[QX_MAX_HEADERS];
+    size_t n = QX_MIN(ex->nresp_trailers, (size_t)QX_MAX_HEADERS);
+    for (size_t i = 0; i < n; i++) {
+        const qx_hdr_t *t = &ex->resp_trailers[i];
+        nva[i] = (nghttp2_nv){(uint8_t *)t->name, (uint8_t *)t->value, t->namelen, t->valuelen,
+                              NGHTTP2_NV_FLAG_NONE};
+    }
+    return nghttp2_submit_trailer(session, stream_id, nva, n) == 0 ? 0 : -1;
+}
+
 static ssize_t read_data(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
                          uint32_t *flags, nghttp2_data_source *source, void *user_data)
 {
@@ -170,9 +185,11 @@ static ssize_t read_data(nghttp2_session *session, int32_t stream_id, uint8_t *b
     /* Copied into nghttp2's frame buffer: the window space is free. */
     qx_ring_mark_sent(&ex->resp, total);
     qx_exchange_resp_acked(ex, total);
-    if (ex->resp_eof && qx_ring_unsent(&ex->resp) == 0)
+    if (ex->resp_eof && qx_ring_unsent(&ex->resp) == 0) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
-    else if (total == 0)
+        if (ex->nresp_trailers > 0 && send_trailers(session, stream_id, ex) == 0)
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM; /* the trailers end the stream */
+    } else if (total == 0)
         return NGHTTP2_ERR_DEFERRED; /* resume() brings it back */
     return (ssize_t)total;
 }
@@ -340,10 +357,18 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
 {
     (void)flags;
     (void)user_data;
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
-        return 0; /* trailers are not forwarded */
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
     h2_stream_t *st = stream_of(s, frame->hd.stream_id);
     if (st == NULL || st->ex == NULL)
+        return 0;
+    if (frame->headers.cat == NGHTTP2_HCAT_HEADERS) {
+        /* Trailers (nghttp2 let only those through after the head): kept
+         * for an upstream that takes them (h2c); too many are dropped. */
+        qx_exchange_trailer(st->ex, (const char *)name, namelen, (const char *)value, valuelen);
+        return 0;
+    }
+    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
     if (namelen == 6 && memcmp(name, "expect", 6) == 0 && valuelen == 12 &&
         strncasecmp((const char *)value, "100-continue", 12) == 0)
