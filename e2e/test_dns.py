@@ -87,17 +87,31 @@ def common_port(hosts):
     raise RuntimeError("no common free port")
 
 
+class DnsmasqGone(RuntimeError):
+    pass
+
+
 class Dnsmasq:
     """dnsmasq answering only from its own data for *.qxtest."""
 
-    def __init__(self, env, port, hosts_file, records):
+    def __init__(self, env, hosts_file, records):
         self.env = env
-        self.port = port
         self.hosts_file = hosts_file
         self.records = records
         self.log = os.path.join(env.dir, "dnsmasq.log")
+        self.err = os.path.join(env.dir, "dnsmasq.stderr")
         self.proc = None
-        self.start()
+        # A port free for UDP and TCP (dnsmasq takes both); another test
+        # running beside may still take it between the check and dnsmasq's
+        # bind, so a start that fails at once tries another port.
+        for attempt in range(5):
+            self.port = free_port("udp")
+            try:
+                self.start()
+                return
+            except DnsmasqGone as e:
+                print("dnsmasq on port %d: %s; another port" % (self.port, e))
+        raise RuntimeError("dnsmasq would not start on 5 ports (%s)" % self.err)
 
     def start(self):
         cmd = [need("dnsmasq"), "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null",
@@ -108,14 +122,19 @@ class Dnsmasq:
         if os.geteuid() == 0:
             cmd += ["--user=root", "--group=root"]
         cmd += ["--host-record=%s" % r for r in self.records]
-        self.proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(self.err, "ab") as err:
+            self.proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=err)
         if not wait_until(lambda: self.answers(), 10):
             raise RuntimeError("dnsmasq did not answer on port %d" % self.port)
 
     def answers(self):
         """A query for a name we do not have gets an answer (NXDOMAIN)."""
         if self.proc.poll() is not None:
-            raise RuntimeError("dnsmasq exited: %s" % open(self.log).read()[-2000:])
+            said = ""
+            for f in (self.err, self.log):
+                if os.path.exists(f):
+                    said += open(f, errors="replace").read()[-1000:]
+            raise DnsmasqGone("dnsmasq exited: %s" % said.strip())
         q = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
              b"\x05probe\x06qxtest\x00\x00\x01\x00\x01")
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -164,12 +183,11 @@ def main():
         hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "::1"]
         port = common_port(hosts)
         servers = {h: IdServer(h, port) for h in hosts}
-        dport = common_port(["127.0.0.1"])
         hosts_file = os.path.join(env.dir, "dns-hosts")
         with open(hosts_file, "w") as f:
             f.write("127.0.0.2 two.qxtest\n127.0.0.3 two.qxtest\n127.0.0.2 chg.qxtest\n")
-        dns = Dnsmasq(env, dport, hosts_file,
-                      ["v6.qxtest,::1", "api.ns.svc.qxtest,127.0.0.4"])
+        dns = Dnsmasq(env, hosts_file, ["v6.qxtest,::1", "api.ns.svc.qxtest,127.0.0.4"])
+        dport = dns.port
         hosts_now = ["127.0.0.2 two.qxtest", "127.0.0.3 two.qxtest", "127.0.0.2 chg.qxtest"]
 
         tport = free_port("tcp")
