@@ -26,7 +26,9 @@ Idle h2c sessions (raw h2c apps counting accepted and closed sockets, a
 second qrux): a reload that drops a route closes its app's idle session at
 once (GOAWAY, then EOF) and leaves the kept route's open; with
 upstream_keepalive_timeout_secs 2 (set by a reload) a session that carried
-no stream that long is closed by qrux, and the next request opens another.
+no stream that long is closed by qrux, and the next request opens another;
+the wait queue of an h2c upstream holds connections x streams (four
+requests at once, one connection of two streams: all 200).
 """
 
 import json
@@ -258,12 +260,15 @@ class IdleApp:
                     return
 
 
-def idle_config(env, port, tport, keep_port, drop_port, keepalive=None, drop=True):
+def idle_config(env, port, tport, keep_port, drop_port, queue_port, keepalive=None, drop=True):
     text = ("server:\n  listen: \"[::]:%d\"\n  cert: cert.pem\n  key: key.pem\n  workers: 1\n"
-            "  https_listen: \"[::]:%d\"\n" % (port, tport))
+            "  https_listen: \"[::]:%d\"\n  limits:\n    max_connections_per_upstream: 1\n"
+            % (port, tport))
     if keepalive:
-        text += "  limits:\n    upstream_keepalive_timeout_secs: %d\n" % keepalive
+        text += "    upstream_keepalive_timeout_secs: %d\n" % keepalive
     text += "routes:\n"
+    text += "  - match: \"queue.test\"\n    upstream: \"127.0.0.1:%d\"\n    protocol: h2c\n" % (
+        queue_port)
     if drop:
         text += "  - match: \"drop.test\"\n    upstream: \"127.0.0.1:%d\"\n    protocol: h2c\n" % (
             drop_port)
@@ -274,9 +279,9 @@ def idle_config(env, port, tport, keep_port, drop_port, keepalive=None, drop=Tru
 def idle_sessions(env):
     """Sessions that carry no stream: dropped by a reload, they close at
     once; past upstream_keepalive_timeout_secs, they close too."""
-    keep, drop = IdleApp(), IdleApp()
+    keep, drop, qa = IdleApp(), IdleApp(), GoawayApp(max_streams=2)
     port, tport = free_port("udp"), free_port("tcp")
-    path, _ = idle_config(env, port, tport, keep.port, drop.port)
+    path, _ = idle_config(env, port, tport, keep.port, drop.port, qa.port)
     from harness import Qrux
     q = Qrux(env, path, port)
     env.qruxes.append(q)
@@ -289,7 +294,7 @@ def idle_sessions(env):
         return so
 
     def reload(gen, **kw):
-        idle_config(env, port, tport, keep.port, drop.port, **kw)
+        idle_config(env, port, tport, keep.port, drop.port, qa.port, **kw)
         rx = "config reload .*generation %d" % gen
         return wait_until(lambda: any(re.search(rx, ln)
                                       for ln in q.log_text().splitlines()), 10)
@@ -314,6 +319,21 @@ def idle_sessions(env):
               wait_until(lambda: keep.closed == 1, 15), (keep.conns, keep.closed))
     env.eq("idle: ... with GOAWAY first", keep.goaways, 1)
     env.eq("idle: the next request opens another connection", get("keep.test"), b"conn-2")
+
+    # The wait queue of an h2c upstream holds connections x streams: with
+    # max_connections_per_upstream 1 and two streams per connection, two
+    # requests go and two wait (a queue of one connection's worth would
+    # answer the fourth 503).
+    url = "https://queue.test:%d/slow" % tport
+    res = ["--resolve", "queue.test:%d:127.0.0.1" % tport]
+    rc, so, se = run(["curl", "-sk", "--http2"] + res + [url], timeout=20)
+    env.eq("queue: warm-up (the app's SETTINGS are known)", so, b"conn-1")
+    cmd = ["curl", "-sk", "--http2", "--parallel", "--parallel-immediate", "-w",
+           "%{http_code}\n"] + res + [url, "-o", os.devnull] * 4
+    rc, so, se = run(cmd, timeout=30)
+    env.eq("queue: four requests at once on one connection of two streams, all 200",
+           so.decode().split(), ["200"] * 4, se)
+    env.eq("queue: the app saw one connection", qa.conns, 1)
     env.check("idle: qrux still running", q.alive(), q.log_tail())
 
 
