@@ -74,6 +74,7 @@ typedef struct raw_limits {
     char *max_connections_per_upstream;
     char *websocket_idle_timeout_secs;
     char *max_websocket_tunnels;
+    char *max_websocket_tunnels_per_connection;
 } raw_limits_t;
 
 typedef struct raw_server {
@@ -168,6 +169,8 @@ static const cyaml_schema_field_t limits_fields[] = {
     OPT_STR("max_connections_per_upstream", raw_limits_t, max_connections_per_upstream),
     OPT_STR("websocket_idle_timeout_secs", raw_limits_t, websocket_idle_timeout_secs),
     OPT_STR("max_websocket_tunnels", raw_limits_t, max_websocket_tunnels),
+    OPT_STR("max_websocket_tunnels_per_connection", raw_limits_t,
+            max_websocket_tunnels_per_connection),
     CYAML_FIELD_END,
 };
 
@@ -1150,6 +1153,9 @@ static int build_limits(qx_limits_t *l, const raw_limits_t *raw, char *err, size
          offsetof(qx_limits_t, websocket_idle_timeout_secs), 300, 86400},
         {"max_websocket_tunnels", offsetof(raw_limits_t, max_websocket_tunnels),
          offsetof(qx_limits_t, max_websocket_tunnels), 1024, 1000000},
+        {"max_websocket_tunnels_per_connection",
+         offsetof(raw_limits_t, max_websocket_tunnels_per_connection),
+         offsetof(qx_limits_t, max_websocket_tunnels_per_connection), 100, 1000000},
     };
     for (size_t i = 0; i < QX_ARRAY_LEN(quic_limits); i++) {
         const char *s = *(char *const *)(const void *)((const char *)raw + quic_limits[i].raw_off);

@@ -42,6 +42,8 @@ typedef struct qx_limits {
     uint32_t max_connections_per_upstream; /* default 1024 per worker; requests queue past it */
     uint32_t websocket_idle_timeout_secs;  /* default 300: a tunnel with no byte either way */
     uint32_t max_websocket_tunnels;        /* default 1024 open tunnels per worker; more get 503 */
+    uint32_t max_websocket_tunnels_per_connection; /* default 100 on one HTTP/2 or HTTP/3
+                                                      connection; more get 503 */
 } qx_limits_t;
 
 typedef struct qx_upstream_cfg {

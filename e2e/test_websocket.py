@@ -557,6 +557,73 @@ def limits(env, q):
 
 
 # ---------------------------------------------------------------------------
+# limits: max_websocket_tunnels_per_connection 2 (HTTP/2: many streams, one
+# connection)
+
+
+def h2_tunnels(port, n):
+    """Opens |n| extended CONNECT streams to /echo on one HTTP/2
+    connection, one after the other (each kept open); returns each one's
+    (status, body) and the socket (closed by the caller)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    s = client_ssl(("h2",)).wrap_socket(socket.create_connection(("127.0.0.1", port),
+                                                                 timeout=10),
+                                        server_hostname="localhost")
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    s.sendall(c.data_to_send())
+    out = []
+    settled = False
+    for _ in range(n):
+        sid = c.get_next_available_stream_id()
+        status, body, ended = None, b"", False
+        end = time.time() + 15
+        while time.time() < end and not ended and not (status == b"200"):
+            if settled and status is None and not c.streams.get(sid):
+                c.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
+                                     (":scheme", "https"), (":path", "/echo"),
+                                     (":authority", "localhost:%d" % port),
+                                     ("sec-websocket-version", "13")])
+                s.sendall(c.data_to_send())
+            try:
+                data = s.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                break
+            for e in c.receive_data(data):
+                if isinstance(e, h2.events.RemoteSettingsChanged):
+                    settled = True
+                elif isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid:
+                    status = dict(e.headers).get(b":status")
+                elif isinstance(e, h2.events.DataReceived) and e.stream_id == sid:
+                    body += e.data
+                    c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+                elif isinstance(e, h2.events.StreamEnded) and e.stream_id == sid:
+                    ended = True
+            s.sendall(c.data_to_send())
+        out.append((status, body))
+    return out, s
+
+
+def limits_per_connection(env, q):
+    got, s1 = h2_tunnels(q.tport, 3)
+    again, s2 = h2_tunnels(q.tport, 1)
+    s1.close()
+    s2.close()
+    env.eq("per connection: the first two tunnels on one HTTP/2 connection open (200)",
+           [g[0] for g in got[:2]], [b"200", b"200"], got)
+    env.eq("per connection: the third on that connection gets 503", got[2][0], b"503", got)
+    env.check("per connection: ... with a body that says why",
+              b"too many WebSocket tunnels on this connection" in got[2][1], got[2])
+    env.eq("per connection: another connection still opens one (200)", again[0][0], b"200",
+           again)
+
+
+# ---------------------------------------------------------------------------
 # metrics
 
 
@@ -602,6 +669,8 @@ def main():
         ql = start_qrux(env, app, limits={"max_websocket_tunnels": 1,
                                           "websocket_idle_timeout_secs": 2})
         env.case("limits", limits, env, ql)
+        qc = start_qrux(env, app, limits={"max_websocket_tunnels_per_connection": 2})
+        env.case("limits per connection", limits_per_connection, env, qc)
 
 
 if __name__ == "__main__":

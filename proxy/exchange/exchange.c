@@ -486,6 +486,8 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
     double secs = (double)(uv_hrtime() - ex->start_ns) / 1e9;
     if (ex->ws_counted)
         qx_cnt_sub(&w->metrics.websocket_tunnels, 1);
+    if (ex->ws_conn_counted)
+        (*ex->conn_tunnels)--; /* the front ends its exchanges before freeing the count */
     if (ex->tunnel)
         QX_INFO("websocket closed proto=%s authority=%.*s path=%.*s upstream=%s bytes_in=%" PRIu64
                 " bytes_out=%" PRIu64 " duration_ms=%.3f app_end=%d client_end=%d reset=%d",
@@ -633,7 +635,8 @@ static int parse_content_length(const char *s, size_t len, int64_t *out)
 
 /* A WebSocket handshake for |route|: answered here (and nonzero returned)
  * when the route turns WebSocket off (403) or the worker holds
- * max_websocket_tunnels already (503). Otherwise it counts in the gauge,
+ * max_websocket_tunnels already, or its connection
+ * max_websocket_tunnels_per_connection (503). Otherwise it counts in the gauge,
  * and the rest of the client's stream (HTTP/1.1: of its connection) is the
  * tunnel's, whatever the front saw of a body. */
 static int ws_admit(qx_exchange_t *ex, const qx_route_cfg_t *route)
@@ -647,6 +650,15 @@ static int ws_admit(qx_exchange_t *ex, const qx_route_cfg_t *route)
         ex->snap->cfg->limits.max_websocket_tunnels) {
         local_answer(ex, 503, "too many WebSocket tunnels");
         return -1;
+    }
+    if (ex->conn_tunnels != NULL &&
+        *ex->conn_tunnels >= ex->snap->cfg->limits.max_websocket_tunnels_per_connection) {
+        local_answer(ex, 503, "too many WebSocket tunnels on this connection");
+        return -1;
+    }
+    if (ex->conn_tunnels != NULL) {
+        (*ex->conn_tunnels)++;
+        ex->ws_conn_counted = 1;
     }
     qx_cnt_add(&m->websocket_tunnels, 1);
     ex->ws_counted = 1;

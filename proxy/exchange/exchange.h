@@ -153,11 +153,16 @@ struct qx_exchange {
      * both directions. */
     char *protocol; /* :protocol of an extended CONNECT, or NULL */
     size_t protocollen;
-    int ws;             /* QX_WS_* */
-    int ws_counted;     /* in the worker's websocket_tunnels gauge */
-    int tunnel;         /* the app answered 101: the tunnel is open */
-    uint64_t tunnel_ms; /* loop time of the tunnel's last byte, either way */
-    char ws_key[28];    /* the Sec-WebSocket-Key qrux sent for an extended CONNECT */
+    int ws;         /* QX_WS_* */
+    int ws_counted; /* in the worker's websocket_tunnels gauge */
+    /* The front connection's count of open tunnels, set by a front that
+     * carries many streams (HTTP/2, HTTP/3) right after qx_exchange_new;
+     * NULL: one stream per connection (HTTP/1.1). */
+    unsigned *conn_tunnels;
+    int ws_conn_counted; /* counted in *conn_tunnels */
+    int tunnel;          /* the app answered 101: the tunnel is open */
+    uint64_t tunnel_ms;  /* loop time of the tunnel's last byte, either way */
+    char ws_key[28];     /* the Sec-WebSocket-Key qrux sent for an extended CONNECT */
 
     /* upstream */
     int route;
@@ -181,8 +186,8 @@ struct qx_exchange {
     size_t grpc_statuslen;
     qx_ring_t resp;
     uint8_t *respbuf;
-    char local_clen[24];   /* our own answer's content-length value */
-    char status_text[4];   /* the status as 3 digits, for fronts that point at it */
+    char local_clen[24]; /* our own answer's content-length value */
+    char status_text[4]; /* the status as 3 digits, for fronts that point at it */
 
     /* Everything above is cleared for each request; what follows is kept
      * while the exchange waits in its worker's cache (QX_EX_CACHE), or

@@ -152,6 +152,7 @@ static void test_websocket(void **state)
     assert_int_equal(cfg->routes[2].no_websocket, 0);
     assert_int_equal(cfg->limits.websocket_idle_timeout_secs, 300);
     assert_int_equal(cfg->limits.max_websocket_tunnels, 1024);
+    assert_int_equal(cfg->limits.max_websocket_tunnels_per_connection, 100);
     qx_config_del(cfg);
     expect_reject(SERVER "routes:\n"
                          "  - match: \"*\"\n"
@@ -162,6 +163,8 @@ static void test_websocket(void **state)
                   "websocket_idle_timeout_secs");
     expect_reject(SERVER "  limits:\n    max_websocket_tunnels: 0\n" ROUTES,
                   "max_websocket_tunnels");
+    expect_reject(SERVER "  limits:\n    max_websocket_tunnels_per_connection: 0\n" ROUTES,
+                  "max_websocket_tunnels_per_connection");
 }
 
 static void test_defaults(void **state)

@@ -242,6 +242,7 @@ static int h3_begin_headers(nghttp3_conn *conn, int64_t stream_id, void *user_da
                                         (const struct sockaddr *)&qc->remote);
     if (ex == NULL)
         return NGHTTP3_ERR_CALLBACK_FAILURE;
+    ex->conn_tunnels = &qc->ws_tunnels;
     ex_link(qc, ex);
     nghttp3_conn_set_stream_user_data(conn, stream_id, ex);
     return 0;

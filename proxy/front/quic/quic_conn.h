@@ -81,6 +81,7 @@ struct qx_quic_conn {
     int counted;                       /* counted in the process and per-IP connection totals */
     struct qx_ipcount_entry *ip_entry; /* counted toward its address's cap (ipcount.h) */
     qx_h3_ctrl_t h3ctrl;               /* the client control stream's MAX_PUSH_ID rule */
+    unsigned ws_tunnels;               /* WebSocket tunnels open (the exchanges count) */
     int close_quietly; /* CLOSING without CONNECTION_CLOSE (idle timeout, draining) */
     uint8_t *stash;    /* a packet the socket refused with EAGAIN */
     size_t stashlen;

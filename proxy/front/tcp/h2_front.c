@@ -64,12 +64,13 @@ struct h2_conn {
     unsigned nstreams;
     LIST_HEAD(, h2_stream) spare; /* free list, at most QX_H2_MAX_STREAMS long */
     unsigned nspare;
-    int draining;    /* shutdown notice sent */
-    int goaway_sent; /* the final GOAWAY is queued */
-    int failed;      /* a fatal session error: flush what is queued, then close */
-    int input_held;  /* input stopped because output was backed up */
-    int calm;        /* over the reset budget: GOAWAY queued, input ignored */
-    int perr;        /* counted as a protocol error (once per connection) */
+    int draining;        /* shutdown notice sent */
+    int goaway_sent;     /* the final GOAWAY is queued */
+    int failed;          /* a fatal session error: flush what is queued, then close */
+    int input_held;      /* input stopped because output was backed up */
+    int calm;            /* over the reset budget: GOAWAY queued, input ignored */
+    unsigned ws_tunnels; /* WebSocket tunnels open on this connection (the exchanges count) */
+    int perr;            /* counted as a protocol error (once per connection) */
     double reset_tokens;
     uint64_t reset_refill_ms;
     uint64_t active_ms; /* loop time of the last byte read or body byte sent */
@@ -347,6 +348,7 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
         stream_del(h, st);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
+    st->ex->conn_tunnels = &h->ws_tunnels;
     nghttp2_session_set_stream_user_data(s, frame->hd.stream_id, st);
     return 0;
 }
