@@ -7,6 +7,7 @@
 #include "base/qx.h"
 #include "base/siphash.h"
 #include "base/sockbuf.h"
+#include "base/str.h"
 #include "exchange/context.h"
 #include "front/quic/quic_conn.h"
 #include "front/quic/quic_mem.h"
@@ -686,9 +687,7 @@ void qx_quic_conn_read_sni(qx_quic_conn_t *qc)
         return; /* read already, before the session was released */
     if (gnutls_server_name_get(qc->tls, qc->sni, &len, &type, 0) == 0 && type == GNUTLS_NAME_DNS) {
         qc->sni[len] = '\0';
-        for (size_t i = 0; i < len; i++)
-            if (qc->sni[i] >= 'A' && qc->sni[i] <= 'Z')
-                qc->sni[i] = (char)(qc->sni[i] + 32);
+        qx_ascii_lower_n(qc->sni, len);
     } else {
         qc->sni[0] = '\0';
     }
@@ -1280,10 +1279,7 @@ int qx_quic_ep_new(qx_quic_ep_t **out, qx_wctx_t *w, const struct sockaddr *addr
         free(ep);
         return QX_ERR_NOMEM;
     }
-    if (addr->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, name, sizeof(name));
-    else
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)addr)->sin_addr, name, sizeof(name));
+    uv_ip_name(addr, name, sizeof(name));
 
     ep->fd = socket(addr->sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (ep->fd == -1)
