@@ -353,7 +353,8 @@ static void conn_del(qx_quic_conn_t *qc)
                      qc->remotelen, ep->txbuf, (size_t)n);
     }
     if (qc->closed_in == QX_QC_HANDSHAKE) {
-        qx_cnt_add(&w->metrics.quic_handshakes_failed, 1);
+        if (!qc->retried_away)
+            qx_cnt_add(&w->metrics.quic_handshakes_failed, 1);
         if (qc->counted)
             w->handshakes--;
     } else {
@@ -1042,6 +1043,8 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
         return;
 
     qx_quic_conn_t *qc = cid_find(ep, vc.dcid, vc.dcidlen);
+    ngtcp2_pkt_hd hd;
+    int fresh = 0, retried = 0;
     if (qc == NULL && !(data[0] & 0x80) && vc.dcidlen == QX_SCID_LEN && vc.dcid[0] != ep->w->id &&
         vc.dcid[0] < ep->w->shared->nworkers && !forwarded) {
         /* One of our CIDs, owned by another worker (migration, NAT
@@ -1056,9 +1059,7 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
             send_stateless_reset(ep, &vc, len, local, remote, remotelen);
             return;
         }
-        ngtcp2_pkt_hd hd;
         ngtcp2_cid odcid;
-        int retried = 0;
         if (ngtcp2_accept(&hd, data, len) != 0)
             return;
         if (!may_accept(ep)) {
@@ -1101,6 +1102,7 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
                       av != ADDR_UNVALIDATED);
         if (qc == NULL)
             return;
+        fresh = 1;
     }
     if (qc->state >= QX_QC_CLOSING)
         return;
@@ -1111,6 +1113,19 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
     };
     ngtcp2_pkt_info pi = {.ecn = ecn}; /* ngtcp2 counts the marks for its ACKs */
     rv = ngtcp2_conn_read_pkt(qc->conn, &path, &pi, data, len, now_ns());
+    if (rv == NGTCP2_ERR_RETRY && fresh && !retried) {
+        /* The client's first Initial does not start its CRYPTO data at
+         * offset 0 (a ClientHello over two Initials, the first lost or
+         * overtaken), which ngtcp2 cannot start from: a Retry makes the
+         * client start over, with a token. Once only: a client that came
+         * with a Retry token is closed as for any other error. The
+         * half-made connection goes without a word. */
+        send_retry(ep, &hd, local, remote, remotelen);
+        qc->retried_away = 1;
+        qc->close_quietly = 1;
+        conn_del(qc);
+        return;
+    }
     if (rv != 0) {
         conn_fail(qc, rv);
         return;
