@@ -83,6 +83,7 @@ struct qx_quic_conn {
     qx_h3_ctrl_t h3ctrl;               /* the client control stream's MAX_PUSH_ID rule */
     unsigned ws_tunnels;               /* WebSocket tunnels open (the exchanges count) */
     int close_quietly; /* CLOSING without CONNECTION_CLOSE (idle timeout, draining) */
+    int retried_away;  /* answered by a Retry at its first packet: not a failed handshake */
     uint8_t *stash;    /* a packet the socket refused with EAGAIN */
     size_t stashlen;
     size_t stashgso;               /* its GSO segment size (0: one datagram) */
