@@ -21,11 +21,12 @@ BUILD_DIR := build
 SAN_DIR := build-san
 # The e2e files that run a second time against the sanitizer build (about
 # 2x slower there): the request, error, HTTP/2 and attack paths and the
-# admin server. The others run in the main tree only: test_https (testssl.sh
+# admin server, and the WebSocket tunnels and gRPC (h2c, trailers). The
+# others run in the main tree only: test_https (testssl.sh
 # alone takes minutes), test_streaming and test_quic (large and lossy
 # transfers), test_quic_transport (timing-heavy), test_chromium,
 # test_reload, test_drain and test_lifecycle (process lifecycle).
-SAN_E2E := test_proxy_basic;test_errors;test_malformed;test_h2_conformance;test_attacks_h2;test_routing;test_admin;test_attacks_quic;test_attacks_admin
+SAN_E2E := test_proxy_basic;test_errors;test_malformed;test_h2_conformance;test_attacks_h2;test_routing;test_admin;test_attacks_quic;test_attacks_admin;test_websocket;test_grpc
 FUZZ_SECS ?= 30
 FUZZ_LONG_SECS ?= 600
 FUZZ_RUNS ?= 10000000

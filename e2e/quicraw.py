@@ -174,6 +174,18 @@ def garbage_initial(dcid, scid=b"\x01" * 8, size=1200):
     return head + struct.pack(">H", 0x4000 | len(body)) + body
 
 
+# Retry integrity (RFC 9001 §5.8): the fixed key and nonce of QUIC v1
+RETRY_KEY_V1 = bytes.fromhex("be0c690b9f66575a1d766b54e368c84e")
+RETRY_NONCE_V1 = bytes.fromhex("461599d35d632bf2239825bb")
+
+
+def retry_tag_ok(data, odcid):
+    """Whether the Retry packet |data| ends with the integrity tag that the
+    client whose first Initial went to |odcid| expects."""
+    pseudo = bytes([len(odcid)]) + odcid + data[:-16]
+    return AESGCM(RETRY_KEY_V1).encrypt(RETRY_NONCE_V1, b"", pseudo) == data[-16:]
+
+
 class Answer:
     """What one datagram from the server says."""
 

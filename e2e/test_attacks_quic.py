@@ -14,6 +14,9 @@ the bound it measured ("BOUND ...") for SECURITY.md.
   finish. Bound: at most retry_handshakes_threshold handshakes are started,
   every later Initial gets a Retry, and a real client (gtlsclient) that
   follows the Retry is served during the flood.
+- CRYPTO from the middle first: first Initials carrying only the second
+  half of a ClientHello each get a Retry, count in qrux_quic_retry_total
+  and not as failed handshakes, and give back their handshake slot.
 - per-IP cap with colliding addresses: 127.0.0.1's bucket under the old
   unkeyed FNV-1a hash is shared by an address found in a second; half-open
   handshakes from it, or forged from 127.0.0.1 itself, no longer lock
@@ -248,6 +251,39 @@ def initial_flood(env, be):
     served(env, q, "Initial flood")
 
 
+def crypto_late(env, be):
+    # First Initials that carry only the ClientHello's second half: each
+    # gets a Retry (ngtcp2 cannot start from them), and the connection
+    # state qrux made for it is returned: with room for one handshake,
+    # a whole ClientHello afterwards still starts one without a Retry.
+    q = start(env, be, retry="auto", limits={"retry_handshakes_threshold": 1})
+    m0 = metrics(q)
+    n = 5
+    retried = 0
+    for _ in range(n):
+        scid = os.urandom(8)
+        ch = quicraw.client_hello(scid)
+        half = b"\x06" + quicraw.varint(len(ch) // 2) + quicraw.varint(len(ch) - len(ch) // 2)
+        s = quicraw.udp_socket()
+        s.sendto(quicraw.initial(os.urandom(8), scid, payload=half + ch[len(ch) // 2:]),
+                 ("127.0.0.1", q.port))
+        retried += sum(1 for a in quicraw.answers(s, 1.0) if a.kind == "retry")
+        s.close()
+    m1 = metrics(q)
+    env.eq("CRYPTO from the middle first: each of %d Initials got one Retry" % n, retried, n)
+    env.eq("CRYPTO from the middle first: qrux_quic_retry_total counted them",
+           m1.get(M_RETRY, 0) - m0.get(M_RETRY, 0), n)
+    env.eq("CRYPTO from the middle first: not counted as failed handshakes",
+           m1.get(M_HS_FAIL, 0) - m0.get(M_HS_FAIL, 0), 0)
+    s, dcid, got = quicraw.handshake_start(q.port, timeout=1.0)
+    s.close()
+    env.check("CRYPTO from the middle first: the handshake slot was returned (a whole "
+              "ClientHello starts a handshake, threshold 1, no Retry)",
+              any(a.has_crypto() for a in got) and all(a.kind != "retry" for a in got),
+              [a.kind for a in got])
+    served(env, q, "CRYPTO from the middle first")
+
+
 def fnv_bucket(addr4):
     h = 2166136261
     for b in addr4:
@@ -346,6 +382,7 @@ def main():
         env.case("garbage", garbage, env, be)
         env.case("odd connection IDs", odd_cids, env, be)
         env.case("Initial flood", initial_flood, env, be)
+        env.case("CRYPTO from the middle first", crypto_late, env, be)
         env.case("per-IP cap with colliding addresses", per_ip_collisions, env, be)
         env.case("QPACK dynamic-table bomb", qpack_bomb, env, be)
         env.case("HTTP/3 flow-control stall", flow_control_stall, env, be)

@@ -49,6 +49,10 @@ Transport parameters (ClientHello), RFC 9000 §7.3, §7.4, §18.2; RFC 9001 §8:
   tls: no quic_transport_parameters extension   RFC 9001 §8.2  0x16d
   tls: no application protocol in common        RFC 9001 §8.1  0x178
   initial: CRYPTO 100 kB past the ClientHello   §7.5 (see below)
+  initial: the first Initial's CRYPTO starts in the ClientHello's middle
+           (its first half lost or overtaken)   §8.1  a Retry with a valid tag;
+           the whole ClientHello with its token starts the handshake; the
+           same half again with the token gets no second Retry
 
 Frames in 1-RTT packets:
   a PING (control: read and acknowledged)             §19.2  ok
@@ -424,6 +428,50 @@ def main():
                       any(a.has_crypto() for a in more), seen)
             served("initial CRYPTO past the buffer")
         env.case("initial: CRYPTO 100 kB past the ClientHello", initial_crypto_far)
+
+        def initial_crypto_late(again):
+            # The ClientHello's second half arrives first (a ClientHello over
+            # two Initials, the first one lost or overtaken): ngtcp2 asks for
+            # a Retry, so that the client starts over with a token.
+            scid, dcid = os.urandom(8), os.urandom(8)
+            ch = quicraw.client_hello(scid)
+            half = crypto(len(ch) // 2, ch[len(ch) // 2:])
+            s = quicraw.udp_socket()
+            s.sendto(quicraw.initial(dcid, scid, payload=half), ("127.0.0.1", q.port))
+            got = quicraw.answers(s, DEADLINE)
+            seen = [(a.kind, a.dcid.hex()) for a in got]
+            retries = [a for a in got if a.kind == "retry"]
+            env.check("initial CRYPTO from the middle first: one Retry, to the client's SCID",
+                      len(retries) == 1 and retries[0].dcid == scid and retries[0].token, seen)
+            if not retries:
+                s.close()
+                return
+            r = retries[0]
+            env.check("initial CRYPTO from the middle first: the Retry's integrity tag is valid",
+                      quicraw.retry_tag_ok(r.data, dcid), r.data.hex())
+            if again:
+                # With the token, the same out-of-order start: no second Retry.
+                s.sendto(quicraw.initial(r.scid, scid, token=r.token, payload=half),
+                         ("127.0.0.1", q.port))
+                more = quicraw.answers(s, DEADLINE)
+                s.close()
+                env.check("initial CRYPTO from the middle with the Retry token: no second Retry",
+                          all(a.kind != "retry" for a in more), [a.kind for a in more])
+                served("initial CRYPTO from the middle twice")
+                return
+            s, _, more = quicraw.handshake_start(q.port, dcid=r.scid, token=r.token, scid=scid,
+                                                 sock=s)
+            s.close()
+            seen = [(a.kind, a.close_code, a.has_crypto()) for a in more]
+            env.check("initial CRYPTO from the middle first: the ClientHello with the Retry's "
+                      "token starts the handshake (server Initial with CRYPTO, no close)",
+                      any(a.has_crypto() for a in more) and
+                      all(a.kind != "retry" and a.close_kind is None for a in more), seen)
+            served("initial CRYPTO from the middle first")
+        env.case("initial: CRYPTO from the ClientHello's middle first (Retry)",
+                 initial_crypto_late, False)
+        env.case("initial: CRYPTO from the middle again with the Retry token",
+                 initial_crypto_late, True)
 
         # -- 1-RTT --------------------------------------------------------------------
         def inject(packets, collect=None, gap=None):

@@ -2,15 +2,15 @@
  * trace.h). */
 #include "exchange/trace.h"
 
+#include "base/str.h"
+
 #include <string.h>
-#include <strings.h>
 
 static const char hexdig[] = "0123456789abcdef";
 
 static int name_is(const qx_hdr_t *h, const char *name)
 {
-    size_t n = strlen(name);
-    return h->namelen == n && strncasecmp(h->name, name, n) == 0;
+    return qx_name_is(h->name, h->namelen, name);
 }
 
 static int lower_hex(const char *s, size_t n)

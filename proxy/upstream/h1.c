@@ -2,6 +2,7 @@
 #include "upstream/h1.h"
 
 #include "base/qx.h"
+#include "base/str.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -77,8 +78,7 @@ int qx_h1_conn_names_fields(const char *list, size_t listlen)
 
 static int name_is(const qx_hdr_t *h, const char *lit)
 {
-    size_t n = strlen(lit);
-    return h->namelen == n && strncasecmp(h->name, lit, n) == 0;
+    return qx_name_is(h->name, h->namelen, lit);
 }
 
 static int has_ctl(const char *s, size_t len)

@@ -2,6 +2,7 @@
 #include "upstream/h1_up.h"
 
 #include "base/qx.h"
+#include "base/str.h"
 #include "llhttp.h"
 #include "upstream/h1.h"
 
@@ -577,8 +578,7 @@ static int tunnel_head(qx_up_stream_t *st, llhttp_t *p)
         if (f->name_len == 0 || !qx_h1_response_field_allowed(name, f->name_len, conn, clen) ||
             (f->name_len == 14 && strncasecmp(name, "content-length", 14) == 0))
             continue;
-        for (uint32_t k = 0; k < f->name_len; k++)
-            name[k] = (char)((name[k] >= 'A' && name[k] <= 'Z') ? name[k] + 32 : name[k]);
+        qx_ascii_lower_n(name, f->name_len);
         hdrs[n++] = (qx_hdr_t){name, f->name_len, st->hb + f->value_off, f->value_len};
     }
     if (st->sink->head(st->user, 101, hdrs, n, 1, -1) != 0)
@@ -637,8 +637,7 @@ static int p_on_headers_complete(llhttp_t *p)
          * bytes that never come. */
         if (status == 204 && f->name_len == 14 && strncasecmp(name, "content-length", 14) == 0)
             continue;
-        for (uint32_t k = 0; k < f->name_len; k++) /* HTTP/2 and /3 field names are lowercase */
-            name[k] = (char)((name[k] >= 'A' && name[k] <= 'Z') ? name[k] + 32 : name[k]);
+        qx_ascii_lower_n(name, f->name_len); /* HTTP/2 and /3 field names are lowercase */
         hdrs[n++] = (qx_hdr_t){name, f->name_len, st->hb + f->value_off, f->value_len};
     }
     int has_body = !(h->is_head || status == 204 || status == 304 ||

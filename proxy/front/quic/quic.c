@@ -7,6 +7,7 @@
 #include "base/qx.h"
 #include "base/siphash.h"
 #include "base/sockbuf.h"
+#include "base/str.h"
 #include "exchange/context.h"
 #include "front/quic/quic_conn.h"
 #include "front/quic/quic_mem.h"
@@ -352,7 +353,8 @@ static void conn_del(qx_quic_conn_t *qc)
                      qc->remotelen, ep->txbuf, (size_t)n);
     }
     if (qc->closed_in == QX_QC_HANDSHAKE) {
-        qx_cnt_add(&w->metrics.quic_handshakes_failed, 1);
+        if (!qc->retried_away)
+            qx_cnt_add(&w->metrics.quic_handshakes_failed, 1);
         if (qc->counted)
             w->handshakes--;
     } else {
@@ -689,9 +691,7 @@ void qx_quic_conn_read_sni(qx_quic_conn_t *qc)
         return; /* read already, before the session was released */
     if (gnutls_server_name_get(qc->tls, qc->sni, &len, &type, 0) == 0 && type == GNUTLS_NAME_DNS) {
         qc->sni[len] = '\0';
-        for (size_t i = 0; i < len; i++)
-            if (qc->sni[i] >= 'A' && qc->sni[i] <= 'Z')
-                qc->sni[i] = (char)(qc->sni[i] + 32);
+        qx_ascii_lower_n(qc->sni, len);
     } else {
         qc->sni[0] = '\0';
     }
@@ -1047,6 +1047,8 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
         return;
 
     qx_quic_conn_t *qc = cid_find(ep, vc.dcid, vc.dcidlen);
+    ngtcp2_pkt_hd hd;
+    int fresh = 0, retried = 0;
     if (qc == NULL && !(data[0] & 0x80) && vc.dcidlen == QX_SCID_LEN && vc.dcid[0] != ep->w->id &&
         vc.dcid[0] < ep->w->shared->nworkers && !forwarded) {
         /* One of our CIDs, owned by another worker (migration, NAT
@@ -1061,9 +1063,7 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
             send_stateless_reset(ep, &vc, len, local, remote, remotelen);
             return;
         }
-        ngtcp2_pkt_hd hd;
         ngtcp2_cid odcid;
-        int retried = 0;
         if (ngtcp2_accept(&hd, data, len) != 0)
             return;
         if (!may_accept(ep)) {
@@ -1106,6 +1106,7 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
                       av != ADDR_UNVALIDATED);
         if (qc == NULL)
             return;
+        fresh = 1;
     }
     if (qc->state >= QX_QC_CLOSING)
         return;
@@ -1116,6 +1117,19 @@ static void on_datagram(qx_quic_ep_t *ep, const struct sockaddr *local, socklen_
     };
     ngtcp2_pkt_info pi = {.ecn = ecn}; /* ngtcp2 counts the marks for its ACKs */
     rv = ngtcp2_conn_read_pkt(qc->conn, &path, &pi, data, len, now_ns());
+    if (rv == NGTCP2_ERR_RETRY && fresh && !retried) {
+        /* The client's first Initial does not start its CRYPTO data at
+         * offset 0 (a ClientHello over two Initials, the first lost or
+         * overtaken), which ngtcp2 cannot start from: a Retry makes the
+         * client start over, with a token. Once only: a client that came
+         * with a Retry token is closed as for any other error. The
+         * half-made connection goes without a word. */
+        send_retry(ep, &hd, local, remote, remotelen);
+        qc->retried_away = 1;
+        qc->close_quietly = 1;
+        conn_del(qc);
+        return;
+    }
     if (rv != 0) {
         conn_fail(qc, rv);
         return;
@@ -1269,10 +1283,7 @@ int qx_quic_ep_new(qx_quic_ep_t **out, qx_wctx_t *w, const struct sockaddr *addr
         free(ep);
         return QX_ERR_NOMEM;
     }
-    if (addr->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, name, sizeof(name));
-    else
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)addr)->sin_addr, name, sizeof(name));
+    uv_ip_name(addr, name, sizeof(name));
 
     ep->fd = socket(addr->sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (ep->fd == -1)

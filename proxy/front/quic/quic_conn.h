@@ -84,6 +84,7 @@ struct qx_quic_conn {
     unsigned ws_tunnels;               /* WebSocket tunnels open (the exchanges count) */
     unsigned fin_due;                  /* exchanges with h3_fin_due set (qx_h3_fin_declined) */
     int close_quietly; /* CLOSING without CONNECTION_CLOSE (idle timeout, draining) */
+    int retried_away;  /* answered by a Retry at its first packet: not a failed handshake */
     uint8_t *stash;    /* a packet the socket refused with EAGAIN */
     size_t stashlen;
     size_t stashgso;               /* its GSO segment size (0: one datagram) */

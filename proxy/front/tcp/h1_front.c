@@ -12,6 +12,7 @@
 
 #include "base/log.h"
 #include "base/qx.h"
+#include "base/str.h"
 #include "exchange/context.h"
 #include "exchange/websocket.h"
 
@@ -125,12 +126,6 @@ static int p_header_value(llhttp_t *p, const char *at, size_t n)
     return head_append(rp, at, n);
 }
 
-static int name_is(const char *s, size_t len, const char *lit)
-{
-    size_t n = strlen(lit);
-    return len == n && strncasecmp(s, lit, n) == 0;
-}
-
 /* Trims optional whitespace at both ends of a value (RFC 9110 §5.5).
  * llhttp skips the leading OWS but passes the trailing one on; the
  * leading side is trimmed too so that the rule does not rest on that. */
@@ -180,15 +175,15 @@ static int p_header_value_complete(llhttp_t *p)
     trim(&v, &vlen);
     f->value_off = (uint32_t)(v - rp->buf);
     f->value_len = (uint32_t)vlen;
-    if (name_is(name, f->name_len, "host")) {
+    if (qx_name_is(name, f->name_len, "host")) {
         rp->nhost++;
-    } else if (name_is(name, f->name_len, "transfer-encoding")) {
+    } else if (qx_name_is(name, f->name_len, "transfer-encoding")) {
         rp->nte++;
-        rp->te_chunked = name_is(v, vlen, "chunked");
-    } else if (name_is(name, f->name_len, "content-length")) {
+        rp->te_chunked = qx_name_is(v, vlen, "chunked");
+    } else if (qx_name_is(name, f->name_len, "content-length")) {
         rp->ncl++;
-    } else if (name_is(name, f->name_len, "expect")) {
-        rp->expect_continue = name_is(v, vlen, "100-continue");
+    } else if (qx_name_is(name, f->name_len, "expect")) {
+        rp->expect_continue = qx_name_is(v, vlen, "100-continue");
     }
     return 0;
 }
@@ -281,7 +276,7 @@ static int check_head(qx_h1_reqp_t *rp)
         return refuse(rp, 400, "Host missing or repeated");
     for (size_t i = 0; i < rp->nfields; i++) {
         const qx_h1_field_t *f = &rp->fields[i];
-        if (name_is(rp->buf + f->name_off, f->name_len, "host") &&
+        if (qx_name_is(rp->buf + f->name_off, f->name_len, "host") &&
             !authority_ok(rp->buf + f->value_off, f->value_len))
             return refuse(rp, 400, "invalid Host");
     }
@@ -590,9 +585,7 @@ static void begin_exchange(qx_h1_conn_t *h)
         char *name = rp->buf + f->name_off;
         /* HTTP/3 and HTTP/2 field names are lowercase; the exchange and
          * the upstream head builder expect the same from here. */
-        for (uint32_t k = 0; k < f->name_len; k++)
-            if (name[k] >= 'A' && name[k] <= 'Z')
-                name[k] = (char)(name[k] + 32);
+        qx_ascii_lower_n(name, f->name_len);
         qx_exchange_header(h->ex, name, f->name_len, rp->buf + f->value_off, f->value_len);
     }
     h->req_fin = !rp->has_body;
@@ -778,7 +771,7 @@ static int h1_respond(qx_exchange_t *ex, int status, const qx_hdr_t *hdrs, size_
         h->close_after = 1;
     }
     for (size_t i = 0; i < n; i++)
-        if (name_is(hdrs[i].name, hdrs[i].namelen, "content-length"))
+        if (qx_name_is(hdrs[i].name, hdrs[i].namelen, "content-length"))
             has_cl = 1;
     h->resp_nobody = !has_body;
     h->resp_chunked = has_body && !has_cl && h->rp.http_minor == 1;
@@ -792,7 +785,7 @@ static int h1_respond(qx_exchange_t *ex, int status, const qx_hdr_t *hdrs, size_
     for (size_t i = 0; i < n; i++) {
         const qx_hdr_t *f = &hdrs[i];
         /* Ours replaces the app's: this listener's HTTP/3 port is ours. */
-        if (name_is(f->name, f->namelen, "alt-svc"))
+        if (qx_name_is(f->name, f->namelen, "alt-svc"))
             continue;
         put(h, f->name, f->namelen);
         puts_(h, ": ");

@@ -24,6 +24,7 @@
 #include "base/log.h"
 #include "base/qx.h"
 #include "base/siphash.h"
+#include "base/str.h"
 #include "exchange/context.h"
 #include "front/tcp/h1_front.h"
 #include "front/tcp/h2_front.h"
@@ -388,13 +389,6 @@ ssize_t qx_tcp_conn_read(qx_tcp_conn_t *c, void *buf, size_t cap)
     return QX_ERR_TLS;
 }
 
-static void lowercase(char *s)
-{
-    for (; *s; s++)
-        if (*s >= 'A' && *s <= 'Z')
-            *s = (char)(*s + 32);
-}
-
 /* The handshake finished: remember the SNI, pick the front by ALPN. */
 static int conn_open(qx_tcp_conn_t *c)
 {
@@ -405,7 +399,7 @@ static int conn_open(qx_tcp_conn_t *c)
 
     if (sni != NULL) {
         snprintf(c->sni, sizeof(c->sni), "%s", sni);
-        lowercase(c->sni);
+        qx_ascii_lower_n(c->sni, strlen(c->sni));
     }
     SSL_get0_alpn_selected(c->ssl, &alpn, &alpnlen);
     set_state(c, QX_TC_OPEN);
@@ -874,13 +868,11 @@ int qx_tcp_front_new(qx_tcp_front_t **out, qx_wctx_t *w, const struct sockaddr *
     f->w = w;
     LIST_INIT(&f->conns);
     f->accepting = 1;
-    if (addr->sa_family == AF_INET6) {
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, name, sizeof(name));
+    uv_ip_name(addr, name, sizeof(name));
+    if (addr->sa_family == AF_INET6)
         port = ntohs(((const struct sockaddr_in6 *)addr)->sin6_port);
-    } else {
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)addr)->sin_addr, name, sizeof(name));
+    else
         port = ntohs(((const struct sockaddr_in *)addr)->sin_port);
-    }
     f->fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (f->fd == -1)
         goto fail;
