@@ -75,6 +75,7 @@ typedef struct raw_limits {
     char *websocket_idle_timeout_secs;
     char *max_websocket_tunnels;
     char *max_websocket_tunnels_per_connection;
+    char *upstream_keepalive_timeout_secs;
 } raw_limits_t;
 
 typedef struct raw_server {
@@ -171,6 +172,7 @@ static const cyaml_schema_field_t limits_fields[] = {
     OPT_STR("max_websocket_tunnels", raw_limits_t, max_websocket_tunnels),
     OPT_STR("max_websocket_tunnels_per_connection", raw_limits_t,
             max_websocket_tunnels_per_connection),
+    OPT_STR("upstream_keepalive_timeout_secs", raw_limits_t, upstream_keepalive_timeout_secs),
     CYAML_FIELD_END,
 };
 
@@ -1156,6 +1158,8 @@ static int build_limits(qx_limits_t *l, const raw_limits_t *raw, char *err, size
         {"max_websocket_tunnels_per_connection",
          offsetof(raw_limits_t, max_websocket_tunnels_per_connection),
          offsetof(qx_limits_t, max_websocket_tunnels_per_connection), 100, 1000000},
+        {"upstream_keepalive_timeout_secs", offsetof(raw_limits_t, upstream_keepalive_timeout_secs),
+         offsetof(qx_limits_t, upstream_keepalive_timeout_secs), 60, 3600},
     };
     for (size_t i = 0; i < QX_ARRAY_LEN(quic_limits); i++) {
         const char *s = *(char *const *)(const void *)((const char *)raw + quic_limits[i].raw_off);

@@ -44,6 +44,8 @@ typedef struct qx_limits {
     uint32_t max_websocket_tunnels;        /* default 1024 open tunnels per worker; more get 503 */
     uint32_t max_websocket_tunnels_per_connection; /* default 100 on one HTTP/2 or HTTP/3
                                                       connection; more get 503 */
+    uint32_t upstream_keepalive_timeout_secs; /* default 60: an idle upstream connection (an h2c
+                                                 one with no stream) is closed after this */
 } qx_limits_t;
 
 typedef struct qx_upstream_cfg {

@@ -22,10 +22,18 @@ RST_STREAM before (502) and after the head (client stream reset), request
 trailers reaching the app; an HTTP/1.1 client to an h2c app; gRPC over the
 HTTP/1.1 front refused with 415; an HTTP/1.1 app's chunked trailers reaching
 an HTTP/2 client; GET /config and qrux_upstream_info showing the protocol.
+Idle h2c sessions (raw h2c apps counting accepted and closed sockets, a
+second qrux): a reload that drops a route closes its app's idle session at
+once (GOAWAY, then EOF) and leaves the kept route's open; with
+upstream_keepalive_timeout_secs 2 (set by a reload) a session that carried
+no stream that long is closed by qrux, and the next request opens another;
+the wait queue of an h2c upstream holds connections x streams (four
+requests at once, one connection of two streams: all 200).
 """
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -198,6 +206,135 @@ class GoawayApp:
                     else:
                         self.answer(conn, ev.stream_id, n)
                 c.sendall(conn.data_to_send())
+
+
+class IdleApp:
+    """A raw h2c app (python3-h2, server side) answering every request
+    with conn-N, counting the connections it accepted, those that ended
+    with EOF from qrux, and the GOAWAY frames qrux sent."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = 0
+        self.closed = 0
+        self.goaways = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns += 1
+            threading.Thread(target=self.one, args=(c, self.conns), daemon=True).start()
+
+    def one(self, c, n):
+        import h2.config
+        import h2.connection
+        import h2.events
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        c.sendall(conn.data_to_send())
+        with c:
+            while True:
+                try:
+                    d = c.recv(65536)
+                except OSError:
+                    return
+                if not d:
+                    self.closed += 1
+                    return
+                for ev in conn.receive_data(d):
+                    if isinstance(ev, h2.events.ConnectionTerminated):
+                        self.goaways += 1
+                    elif isinstance(ev, h2.events.RequestReceived):
+                        conn.send_headers(ev.stream_id, [(":status", "200")])
+                        conn.send_data(ev.stream_id, b"conn-%d" % n, end_stream=True)
+                try:
+                    c.sendall(conn.data_to_send())
+                except OSError:
+                    return
+
+
+def idle_config(env, port, tport, keep_port, drop_port, queue_port, keepalive=None, drop=True):
+    text = ("server:\n  listen: \"[::]:%d\"\n  cert: cert.pem\n  key: key.pem\n  workers: 1\n"
+            "  https_listen: \"[::]:%d\"\n  limits:\n    max_connections_per_upstream: 1\n"
+            % (port, tport))
+    if keepalive:
+        text += "    upstream_keepalive_timeout_secs: %d\n" % keepalive
+    text += "routes:\n"
+    text += "  - match: \"queue.test\"\n    upstream: \"127.0.0.1:%d\"\n    protocol: h2c\n" % (
+        queue_port)
+    if drop:
+        text += "  - match: \"drop.test\"\n    upstream: \"127.0.0.1:%d\"\n    protocol: h2c\n" % (
+            drop_port)
+    text += "  - match: \"*\"\n    upstream: \"127.0.0.1:%d\"\n    protocol: h2c\n" % keep_port
+    return env.write_config(None, port=port, name="idle.yaml", text=text)
+
+
+def idle_sessions(env):
+    """Sessions that carry no stream: dropped by a reload, they close at
+    once; past upstream_keepalive_timeout_secs, they close too."""
+    keep, drop, qa = IdleApp(), IdleApp(), GoawayApp(max_streams=2)
+    port, tport = free_port("udp"), free_port("tcp")
+    path, _ = idle_config(env, port, tport, keep.port, drop.port, qa.port)
+    from harness import Qrux
+    q = Qrux(env, path, port)
+    env.qruxes.append(q)
+    if not q.wait_ready(15):
+        raise RuntimeError("qrux not ready: %s" % q.log_tail(30))
+
+    def get(host):
+        rc, so, se = run(["curl", "-sk", "--http2", "--resolve", "%s:%d:127.0.0.1" % (host, tport),
+                          "https://%s:%d/i" % (host, tport)], timeout=20)
+        return so
+
+    def reload(gen, **kw):
+        idle_config(env, port, tport, keep.port, drop.port, qa.port, **kw)
+        rx = "config reload .*generation %d" % gen
+        return wait_until(lambda: any(re.search(rx, ln)
+                                      for ln in q.log_text().splitlines()), 10)
+
+    env.eq("idle: the kept route's app answers", get("keep.test"), b"conn-1")
+    env.eq("idle: the dropped route's app answers", get("drop.test"), b"conn-1")
+    env.eq("idle: one session open on each app, none closed",
+           (keep.conns, keep.closed, drop.conns, drop.closed), (1, 0, 1, 0))
+    env.check("idle: reload without drop.test (generation 2)", reload(2, drop=False),
+              q.log_tail())
+    # The default idle timeout is 60 s: only the reload can close it now.
+    env.check("idle: the dropped route's idle session is closed by qrux",
+              wait_until(lambda: drop.closed == 1, 15), (drop.conns, drop.closed))
+    env.eq("idle: ... with GOAWAY first", drop.goaways, 1)
+    env.eq("idle: the kept route's session stays open", (keep.conns, keep.closed), (1, 0))
+    env.eq("idle: the kept session still serves", get("keep.test"), b"conn-1")
+
+    env.check("idle: reload with upstream_keepalive_timeout_secs 2 (generation 3)",
+              reload(3, drop=False, keepalive=2), q.log_tail())
+    env.eq("idle: a request on the kept session", get("keep.test"), b"conn-1")
+    env.check("idle: the session without a stream for 2 s is closed by qrux",
+              wait_until(lambda: keep.closed == 1, 15), (keep.conns, keep.closed))
+    env.eq("idle: ... with GOAWAY first", keep.goaways, 1)
+    env.eq("idle: the next request opens another connection", get("keep.test"), b"conn-2")
+
+    # The wait queue of an h2c upstream holds connections x streams: with
+    # max_connections_per_upstream 1 and two streams per connection, two
+    # requests go and two wait (a queue of one connection's worth would
+    # answer the fourth 503).
+    url = "https://queue.test:%d/slow" % tport
+    res = ["--resolve", "queue.test:%d:127.0.0.1" % tport]
+    rc, so, se = run(["curl", "-sk", "--http2"] + res + [url], timeout=20)
+    env.eq("queue: warm-up (the app's SETTINGS are known)", so, b"conn-1")
+    cmd = ["curl", "-sk", "--http2", "--parallel", "--parallel-immediate", "-w",
+           "%{http_code}\n"] + res + [url, "-o", os.devnull] * 4
+    rc, so, se = run(cmd, timeout=30)
+    env.eq("queue: four requests at once on one connection of two streams, all 200",
+           so.decode().split(), ["200"] * 4, se)
+    env.eq("queue: the app saw one connection", qa.conns, 1)
+    env.check("idle: qrux still running", q.alive(), q.log_tail())
 
 
 def qrux_config(env, app_port, h1_port, goaway_port, limit_port):
@@ -609,6 +746,7 @@ def main():
             env.case("metrics", metrics_show, env, aport, app.port, h1.port)
             env.case("h1 trailers", h1_trailers, env, tport)
             env.case("config", config_shows, env, aport)
+            env.case("idle h2c sessions", idle_sessions, env)
         finally:
             ch.close()
             app.stop()

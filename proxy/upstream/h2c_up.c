@@ -58,7 +58,8 @@ struct h2c_sess {
     int dead;    /* the connection is gone: freed once out of nghttp2 */
     int in_recv;
     int writing;
-    uint8_t **scratch; /* the worker's read buffer */
+    uint64_t idle_since_ms; /* the loop's time when the last stream left (or it connected) */
+    uint8_t **scratch;      /* the worker's read buffer */
     uint8_t *wbuf;
     size_t wcap;
 };
@@ -68,6 +69,7 @@ static nghttp2_session_callbacks *callbacks;
 static void session_send(h2c_sess_t *s);
 static void session_fail(h2c_sess_t *s, const char *why);
 static void session_maybe_close(h2c_sess_t *s);
+static void pool_sweep(qx_pool_t *p, uint64_t now_ms);
 
 static h2c_up_t *h2(qx_up_stream_t *st)
 {
@@ -146,6 +148,8 @@ static void stream_detach(qx_up_stream_t *st)
     if (u->next)
         h2(u->next)->prev = u->prev;
     s->nstreams--;
+    if (s->nstreams == 0 && s->uc)
+        s->idle_since_ms = uv_now(s->uc->tcp.loop);
     u->s = NULL;
     u->waiting = 0;
     if (s->linked && s->uc->pool)
@@ -198,6 +202,9 @@ static int session_new(h2c_sess_t **out, qx_pool_t *pool)
         free(s);
         return QX_ERR_NOMEM;
     }
+    if (pool->conn_streams == 0)
+        pool->conn_streams = H2C_MAX_STREAMS;
+    pool->shared_sweep = pool_sweep;
     s->next = pool->h2c;
     if (s->next)
         s->next->prev = s;
@@ -292,9 +299,10 @@ static void session_maybe_close(h2c_sess_t *s)
 {
     if (s->dead || s->in_recv || s->writing || s->nstreams > 0 || !s->connected)
         return;
-    /* A pool a new snapshot dropped leaves its sessions to close as
-     * their last stream ends. */
-    int close = s->goaway || !nghttp2_session_want_read(s->ng) || s->uc->pool == NULL;
+    /* A pool a new snapshot dropped (or deleted) leaves its sessions to
+     * close as their last stream ends. */
+    int close = s->goaway || !nghttp2_session_want_read(s->ng) || s->uc->pool == NULL ||
+                s->uc->pool->retired;
     if (!close && s->linked && s->uc->pool) {
         for (h2c_sess_t *o = s->pool->h2c; o; o = o->next) {
             if (o != s && o->nstreams == 0 && !o->goaway && o->connected)
@@ -304,6 +312,37 @@ static void session_maybe_close(h2c_sess_t *s)
     if (close) {
         s->dead = 1;
         session_destroy(s);
+    }
+}
+
+/* Ends a session that carries no stream: GOAWAY(NO_ERROR) goes out, then
+ * the connection closes (session_send closes it once the frame is
+ * written). No stream is linked to it meanwhile. */
+static void session_goaway(h2c_sess_t *s)
+{
+    s->goaway = 1;
+    pool_unlink(s);
+    nghttp2_session_terminate_session(s->ng, NGHTTP2_NO_ERROR);
+    session_send(s);
+}
+
+/* The pool's sweep (qx_pool_sweep, qx_pool_retire, qx_pool_del): a session
+ * that carried no stream for the pool's idle timeout goes, as an idle
+ * HTTP/1.1 connection would; in a retired pool every one without a stream
+ * goes now. Each close may unlink others' neighbours (a waiter kicked),
+ * so the walk starts over after each. */
+static void pool_sweep(qx_pool_t *p, uint64_t now_ms)
+{
+    for (;;) {
+        h2c_sess_t *s = p->h2c;
+        while (s && (s->dead || s->goaway || s->in_recv || !s->connected || s->nstreams > 0 ||
+                     (!p->retired && now_ms - s->idle_since_ms < p->idle_timeout_ms)))
+            s = s->next;
+        if (s == NULL)
+            return;
+        QX_DEBUG("h2c: session without a stream closed (%s)",
+                 p->retired ? "pool retired" : "idle timeout");
+        session_goaway(s);
     }
 }
 
@@ -713,9 +752,11 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
     case NGHTTP2_SETTINGS:
         if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) {
             s->settled = 1;
-            if (s->linked && s->uc->pool)
+            if (s->linked && s->uc->pool) {
                 s->pool->h2c_streams = QX_MAX(1u, nghttp2_session_get_remote_settings(
                                                       ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS));
+                s->pool->conn_streams = QX_MIN(s->pool->h2c_streams, (uint32_t)H2C_MAX_STREAMS);
+            }
         }
         break;
     case NGHTTP2_GOAWAY:
@@ -812,6 +853,7 @@ static void uc_on_connect(void *user, int status)
         return;
     }
     s->connected = 1;
+    s->idle_since_ms = uv_now(s->uc->tcp.loop);
     qx_upconn_read_start(s->uc);
     /* Each waiting stream starts (the exchange calls start()). A failure
      * meanwhile must not free the session under this loop: it is held as

@@ -63,7 +63,10 @@ void qx_fd_give(qx_fd_budget_t *b)
 
 int qx_pool_wait(qx_pool_t *p, qx_pool_wait_t *wt)
 {
-    if (p->nwaiters >= QX_MAX(p->max_conns, 1u))
+    /* As many as the connections could carry at once: one request each,
+     * or conn_streams each on a shared (HTTP/2) connection. */
+    uint64_t cap = (uint64_t)QX_MAX(p->max_conns, 1u) * QX_MAX(p->conn_streams, 1u);
+    if (p->nwaiters >= cap)
         return QX_ERR_LIMIT;
     TAILQ_INSERT_TAIL(&p->waiters, wt, link);
     wt->queued = 1;
@@ -156,6 +159,9 @@ void qx_pool_del(qx_pool_t *p)
 {
     if (p == NULL)
         return;
+    p->retired = 1;
+    if (p->shared_sweep)
+        p->shared_sweep(p, uv_now(p->loop));
     while (!TAILQ_EMPTY(&p->idle))
         upconn_close(TAILQ_FIRST(&p->idle));
     p->nidle = p->nbusy = 0;
@@ -337,6 +343,17 @@ void qx_pool_sweep(qx_pool_t *p, uint64_t now_ms)
     while ((uc = TAILQ_LAST(&p->idle, qx_upconn_idle)) != NULL &&
            now_ms - uc->idle_since_ms >= p->idle_timeout_ms)
         upconn_close(uc);
+    if (p->shared_sweep)
+        p->shared_sweep(p, now_ms);
+}
+
+void qx_pool_retire(qx_pool_t *p)
+{
+    p->retired = 1;
+    p->max_idle = 0;
+    qx_pool_close_idle(p);
+    if (p->shared_sweep)
+        p->shared_sweep(p, uv_now(p->loop));
 }
 
 int qx_upconn_write(qx_upconn_t *uc, const uv_buf_t *bufs, unsigned n)

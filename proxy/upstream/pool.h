@@ -94,7 +94,7 @@ struct qx_pool {
     unsigned max_idle;
     unsigned max_conns;                 /* idle + busy at most (0: no cap) */
     qx_fd_budget_t *fds;                /* may be NULL */
-    TAILQ_HEAD(, qx_pool_wait) waiters; /* oldest first; at most max_conns of them */
+    TAILQ_HEAD(, qx_pool_wait) waiters; /* oldest first; at most max_conns (x conn_streams) */
     unsigned nwaiters;
     uint64_t idle_timeout_ms;
     TAILQ_HEAD(qx_upconn_idle, qx_upconn) idle; /* most recently used first */
@@ -110,6 +110,14 @@ struct qx_pool {
     void *h2c; /* h2c_up.c's sessions on this pool's connections (its own list); the pool never
                   reads it: a session whose connection lost its pool (uc->pool NULL) unlinks no more
                 */
+    /* Set by a codec whose connections carry many streams (h2c_up.c): the
+     * streams one connection takes at once (0: one), which sizes the wait
+     * queue, and the sweep of its sessions: those without a stream for
+     * idle_timeout_ms close, and every one without a stream once the pool
+     * is retired (the rest close as their last stream ends). */
+    unsigned conn_streams;
+    void (*shared_sweep)(qx_pool_t *p, uint64_t now_ms);
+    int retired; /* qx_pool_retire: no connection is kept once its user is done */
 };
 
 /* Creates a pool for one upstream address. Returns 0 or QX_ERR_NOMEM. */
@@ -133,7 +141,7 @@ int qx_pool_checkout(qx_pool_t *p, void *user, const qx_upconn_cb_t *cb, int fre
                      qx_upconn_t **out, int *reused);
 
 /* Queues |wt| until a connection may be had. Returns 0, or QX_ERR_LIMIT
- * when max_conns requests wait already (answer 503). */
+ * when max_conns requests (times conn_streams) wait already (answer 503). */
 int qx_pool_wait(qx_pool_t *p, qx_pool_wait_t *wt);
 
 /* Leaves the queue (the request ended first). Accepts a waiter not queued. */
@@ -150,8 +158,14 @@ void qx_pool_kick(qx_pool_t *p);
 /* Closes every idle connection now (the pool stays usable). */
 void qx_pool_close_idle(qx_pool_t *p);
 
-/* Closes idle connections idle for longer than the timeout. */
+/* Closes idle connections idle for longer than the timeout (and shared
+ * sessions that carried no stream as long). */
 void qx_pool_sweep(qx_pool_t *p, uint64_t now_ms);
+
+/* A new snapshot dropped the pool: its idle connections (and shared
+ * sessions without a stream) close now, it keeps none from here on; it
+ * stays usable for requests that began under the old snapshot. */
+void qx_pool_retire(qx_pool_t *p);
 
 /* Writes n buffers (at most QX_UPCONN_MAX_BUFS; one write at a time:
  * QX_ERR_INVAL when a write is pending). Returns 1 when every byte was

@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define POOL_IDLE_TIMEOUT_MS 60000
 #define TICK_MS 1000
 #define RETIRED_POOL_MS 30000 /* how long a dropped upstream's pool stays findable */
 
@@ -48,6 +47,7 @@ static int forward(qx_wctx_t *ctx, unsigned to, const struct sockaddr *local, so
 static void pool_limits(qx_worker_t *w, qx_pool_t *p, const qx_config_t *cfg)
 {
     p->max_conns = cfg->limits.max_connections_per_upstream;
+    p->idle_timeout_ms = (uint64_t)cfg->limits.upstream_keepalive_timeout_secs * 1000;
     p->fds = &w->ctx.shared->fds;
 }
 
@@ -76,7 +76,7 @@ int qx_worker_init(qx_worker_t *w, unsigned id, qx_shared_t *shared, qx_snapshot
         const qx_endpoint_t *up = &snap->eps[i];
         rv = qx_pool_new(&w->ctx.pools[i], &w->ctx.loop, (const struct sockaddr *)&up->addr,
                          up->addrlen, cfg->limits.max_idle_connections_per_upstream,
-                         POOL_IDLE_TIMEOUT_MS,
+                         (uint64_t)cfg->limits.upstream_keepalive_timeout_secs * 1000,
                          qx_metrics_upstream(&w->ctx.metrics, up->name, up->addrstr));
         if (rv != 0)
             return rv;
@@ -260,7 +260,8 @@ static void adopt_snapshot(qx_worker_t *w)
         }
         if (pools[i] == NULL &&
             qx_pool_new(&pools[i], &w->ctx.loop, (const struct sockaddr *)&up->addr, up->addrlen,
-                        snap->cfg->limits.max_idle_connections_per_upstream, POOL_IDLE_TIMEOUT_MS,
+                        snap->cfg->limits.max_idle_connections_per_upstream,
+                        (uint64_t)snap->cfg->limits.upstream_keepalive_timeout_secs * 1000,
                         qx_metrics_upstream(&w->ctx.metrics, up->name, up->addrstr)) != 0)
             pools[i] = NULL; /* dispatch answers 502 for a missing pool */
         if (pools[i])
@@ -273,8 +274,7 @@ static void adopt_snapshot(qx_worker_t *w)
         qx_pool_t *p = w->ctx.pools[j];
         if (p == NULL)
             continue;
-        qx_pool_close_idle(p);
-        p->max_idle = 0;
+        qx_pool_retire(p);
         p->retired_at_ms = uv_now(&w->ctx.loop);
         p->retired_next = w->retired;
         w->retired = p;

@@ -153,6 +153,7 @@ static void test_websocket(void **state)
     assert_int_equal(cfg->limits.websocket_idle_timeout_secs, 300);
     assert_int_equal(cfg->limits.max_websocket_tunnels, 1024);
     assert_int_equal(cfg->limits.max_websocket_tunnels_per_connection, 100);
+    assert_int_equal(cfg->limits.upstream_keepalive_timeout_secs, 60);
     qx_config_del(cfg);
     expect_reject(SERVER "routes:\n"
                          "  - match: \"*\"\n"
@@ -322,6 +323,7 @@ static const char *const limit_names[] = {
     "max_tcp_connections",
     "max_tcp_connections_per_ip",
     "max_connections_per_upstream",
+    "upstream_keepalive_timeout_secs",
 };
 
 /* Every upstream gets its own metrics row: a config with more than
