@@ -108,7 +108,8 @@ struct qx_exchange {
     void *front; /* the front's connection */
     int64_t stream_id;
     qx_exchange_t *prev, *next; /* the front connection's list */
-    qx_exchange_state_t state;  /* moved only by set_state() */
+    int h3_fin_due; /* HTTP/3 front: its bare FIN waits to be offered again (h3_front.c) */
+    qx_exchange_state_t state; /* moved only by set_state() */
     qx_snapshot_t *snap;
     uint64_t start_ns;
     uint64_t up_progress_ms; /* loop time the upstream last sent bytes */

@@ -154,6 +154,10 @@ static void ex_link(qx_quic_conn_t *qc, qx_exchange_t *ex)
 
 static void ex_unlink(qx_quic_conn_t *qc, qx_exchange_t *ex)
 {
+    if (ex->h3_fin_due) {
+        ex->h3_fin_due = 0;
+        qc->fin_due--;
+    }
     if (ex->prev)
         ex->prev->next = ex->next;
     else
@@ -395,6 +399,31 @@ void qx_h3_teardown(qx_quic_conn_t *qc)
         nghttp3_conn_del(qc->h3);
         qc->h3 = NULL;
     }
+}
+
+void qx_h3_fin_declined(qx_quic_conn_t *qc, int64_t stream_id)
+{
+    for (qx_exchange_t *ex = qc->exchanges; ex; ex = ex->next) {
+        if (ex->stream_id == stream_id) {
+            if (!ex->h3_fin_due) {
+                ex->h3_fin_due = 1;
+                qc->fin_due++;
+            }
+            return;
+        }
+    }
+}
+
+int64_t qx_h3_fin_take(qx_quic_conn_t *qc)
+{
+    for (qx_exchange_t *ex = qc->fin_due ? qc->exchanges : NULL; ex; ex = ex->next) {
+        if (ex->h3_fin_due) {
+            ex->h3_fin_due = 0;
+            qc->fin_due--;
+            return ex->stream_id;
+        }
+    }
+    return -1;
 }
 
 void qx_h3_handshake_done(qx_quic_conn_t *qc)

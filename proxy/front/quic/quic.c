@@ -490,7 +490,9 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
         nghttp3_vec vec[16];
         nghttp3_ssize sveccnt = 0;
 
-        if (qc->h3 && ngtcp2_conn_get_max_data_left(qc->conn)) {
+        if (qc->h3 && qc->fin_due > 0 && (stream_id = qx_h3_fin_take(qc)) >= 0) {
+            fin = 1; /* a bare FIN ngtcp2 did not take before: nghttp3 will not offer it again */
+        } else if (qc->h3 && ngtcp2_conn_get_max_data_left(qc->conn)) {
             sveccnt = nghttp3_conn_writev_stream(qc->h3, &stream_id, &fin, vec, QX_ARRAY_LEN(vec));
             if (sveccnt < 0) {
                 ngtcp2_ccerr_set_application_error(
@@ -524,6 +526,8 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
         if (ndatalen >= 0 && qc->h3 &&
             nghttp3_conn_add_write_offset(qc->h3, stream_id, (size_t)ndatalen) != 0)
             return NGTCP2_ERR_CALLBACK_FAILURE;
+        if (fin && sveccnt == 0 && ndatalen < 0 && stream_id >= 0)
+            qx_h3_fin_declined(qc, stream_id); /* congestion, pacing or a full packet */
         if (n == 0)
             break;
         qc->pkts_sent++;

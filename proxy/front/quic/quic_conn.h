@@ -82,6 +82,7 @@ struct qx_quic_conn {
     struct qx_ipcount_entry *ip_entry; /* counted toward its address's cap (ipcount.h) */
     qx_h3_ctrl_t h3ctrl;               /* the client control stream's MAX_PUSH_ID rule */
     unsigned ws_tunnels;               /* WebSocket tunnels open (the exchanges count) */
+    unsigned fin_due;                  /* exchanges with h3_fin_due set (qx_h3_fin_declined) */
     int close_quietly; /* CLOSING without CONNECTION_CLOSE (idle timeout, draining) */
     int retried_away;  /* answered by a Retry at its first packet: not a failed handshake */
     uint8_t *stash;    /* a packet the socket refused with EAGAIN */
@@ -122,6 +123,15 @@ int qx_h3_setup(qx_quic_conn_t *qc);
 
 /* Ends every exchange of a dying connection, then frees nghttp3. */
 void qx_h3_teardown(qx_quic_conn_t *qc);
+
+/* A stream's bare FIN (no bytes with it) that nghttp3 handed out and
+ * ngtcp2 did not take: nghttp3 unschedules a stream as it hands out its
+ * last vector and learns it went only from add_write_offset, so with no
+ * byte left to keep the stream scheduled it never offers that FIN again.
+ * qx_h3_fin_declined notes it; qx_h3_fin_take returns one such stream
+ * (clearing its note; -1: none) for the writer to offer itself. */
+void qx_h3_fin_declined(qx_quic_conn_t *qc, int64_t stream_id);
+int64_t qx_h3_fin_take(qx_quic_conn_t *qc);
 
 /* The handshake completed: requests held back from early data go on. */
 void qx_h3_handshake_done(qx_quic_conn_t *qc);
