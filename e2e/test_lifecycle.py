@@ -3,7 +3,8 @@
 errors (exit 2, the field named, nothing bound), relative cert paths, the
 `ready` line, and SIGTERM/SIGINT (with server.drain_delay_secs: 0): in-flight
 requests finish, new connections are not taken, exit 0; a request that
-outlives graceful_shutdown_secs does not hold the process.
+outlives graceful_shutdown_secs does not hold the process; SIGTERMs that
+keep coming while qrux stops do not turn its exit 0 into a kill.
 """
 
 import os
@@ -176,6 +177,32 @@ def grace_expires(env, be):
     env.check("the cut request did not get a 200", r.status() != 200, r.summary())
 
 
+def signal_storm(env, be):
+    """SIGTERMs arriving while qrux is on its way out (the kubelet's
+    SIGTERM right after a preStop hook saw the drain end, or an impatient
+    operator): the first drains, the second stops at once, the rest find
+    qrux past its signal watchers and must not kill it: exit 0, never 143."""
+    q = env.qrux(routes=[("*", be.addr)], extra_server=NO_DRAIN_DELAY)
+    sent = 0
+    deadline = time.monotonic() + 15
+    rc = None
+    while time.monotonic() < deadline:
+        try:
+            q.proc.send_signal(signal.SIGTERM)
+            sent += 1
+        except ProcessLookupError:
+            pass
+        rc = q.proc.poll()
+        if rc is not None:
+            break
+        time.sleep(0.001)
+    q.signalled = True
+    if rc is None:
+        rc = q.wait_exit(10)
+    env.eq("a stream of SIGTERMs while qrux stops (%d sent): exit 0, not killed by one" % sent,
+           rc, 0, q.log_tail())
+
+
 def env_wait_download(run_, timeout):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -193,6 +220,7 @@ def main():
         env.case("relative cert paths, workers: 0", relative_paths, env, be)
         env.case("graceful shutdown", graceful, env, be)
         env.case("grace period expires", grace_expires, env, be)
+        env.case("signals while stopping", signal_storm, env, be)
 
 
 if __name__ == "__main__":

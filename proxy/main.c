@@ -389,6 +389,12 @@ static void on_exited(uv_async_t *h)
     uv_close((uv_handle_t *)&m->sigint, NULL);
     uv_close((uv_handle_t *)&m->sighup, NULL);
     uv_close((uv_handle_t *)&m->sigusr1, NULL);
+    /* libuv puts the default action back as the last watcher of a signal
+     * closes: a SIGTERM now (the kubelet's, right after a preStop hook saw
+     * the drain end) would kill the process on its way out, exit 143
+     * instead of 0. Everything is done; the signals have nothing to add. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     uv_close((uv_handle_t *)&m->exited, NULL);
     uv_close((uv_handle_t *)&m->started, NULL);
     uv_close((uv_handle_t *)&m->start_watchdog, NULL);
