@@ -50,10 +50,12 @@ bench: DEPS_SET = bench
 
 all: build
 
-# The test set also brings the Kubernetes test tools (helm, kubectl, validators)
-# into $(BUILD_DIR)/k8s-tools from e2e/k8s/package-lock.json; fast when done.
+# The test set also unpacks bookworm-backports' libcurl 8.14 (HTTP/3, for
+# e2e/test_curl_h3.py) into $(BUILD_DIR)/backports and brings the Kubernetes
+# test tools (helm, kubectl, validators) into $(BUILD_DIR)/k8s-tools from
+# e2e/k8s/package-lock.json; both fast when done.
 deps:
-	@scripts/deps.sh $(DEPS_SET)
+	@scripts/deps.sh $(DEPS_SET) $(BUILD_DIR)
 	@case "$(DEPS_SET)" in test|bench) scripts/k8s-tools.sh $(BUILD_DIR) ;; esac
 
 build: deps

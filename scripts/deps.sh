@@ -5,8 +5,11 @@
 #
 #   scripts/deps.sh build   compiler, CMake, the libraries (the Dockerfile's build stage)
 #   scripts/deps.sh run     build + what `make run` needs (the demo backend, openssl, gtlsclient)
-#   scripts/deps.sh test    run + every test peer (`make test`, CI); the default
-#   scripts/deps.sh bench   test + the benchmark's peers and profilers (`make bench`)
+#   scripts/deps.sh test [BUILD_DIR]   run + every test peer (`make test`, CI);
+#                           the default; also unpacks TEST_UNPACK into
+#                           BUILD_DIR (default build/, from the source root)
+#   scripts/deps.sh bench [BUILD_DIR]  test + the benchmark's peers and profilers (`make bench`)
+#   scripts/deps.sh unpack [BUILD_DIR] only TEST_UNPACK (e2e/test_curl_h3.py calls it)
 #   scripts/deps.sh runtime only the shared libraries the qrux binary links (the
 #                           Dockerfile's slim runtime stage; nothing else needs it)
 #   scripts/deps.sh --list SET   prints the packages of SET and exits
@@ -49,12 +52,24 @@ RUN_BACKPORTS="ngtcp2-client:1.11.0"
 # (the resolver of the DNS tests), gdb (holds one worker thread back at its
 # start: e2e/test_startup_held.py), python3-websockets (the WebSocket tests'
 # app and client), python3-grpcio and python3-grpc-tools (the gRPC app and
-# client of e2e/test_grpc.py, stubs generated at test time).
+# client of e2e/test_grpc.py, stubs generated at test time), python3-pycurl
+# (the HTTP/3 client of e2e/test_curl_h3.py, on the libcurl of TEST_UNPACK).
 TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
 python3-h2 python3-hpack podman buildah runc debootstrap catatonit clang-format libclang-rt-14-dev
 python3-cryptography nodejs unzip python3-yaml python3-jsonschema dnsmasq-base gdb
-python3-websockets python3-grpcio python3-grpc-tools"
+python3-websockets python3-grpcio python3-grpc-tools python3-pycurl"
 TEST_BACKPORTS=""
+# Unpacked, never installed: bookworm-backports packages whose installation
+# would upgrade a library the system's programs link. libcurl3-gnutls 8.14 is
+# built with ngtcp2/nghttp3 (HTTP/3); bookworm's 7.88 stays the system's
+# (git's HTTPS helper links it). `apt-get download` fetches the .deb from the
+# mirror apt already uses, `dpkg-deb -x` unpacks it into BUILD_DIR/backports,
+# and e2e/test_curl_h3.py loads it through LD_LIBRARY_PATH for its own
+# process only. Its other dependencies are bookworm's libraries, installed
+# with python3-pycurl (which pulls bookworm's libcurl3-gnutls), and the ngtcp2
+# 1.11 / nghttp3 1.8 libraries of BUILD_BACKPORTS. NAME:MINIMUM_VERSION as
+# above.
+TEST_UNPACK="libcurl3-gnutls:8.14.1"
 
 # Benchmark (`make bench`): Caddy (the peer proxy), valgrind and linux-perf;
 # ngtcp2's example server gtlsserver (the QUIC stack alone, serving files).
@@ -67,6 +82,8 @@ if [ "$set_name" = "--list" ]; then
     list_only=1
     set_name=${2:-test}
 fi
+build_dir=${2:-build}
+UNPACK=""
 
 case "$set_name" in
 build)
@@ -80,17 +97,24 @@ run)
 test)
     PKGS="$BUILD $RUN $TEST"
     BP="$BUILD_BACKPORTS $RUN_BACKPORTS $TEST_BACKPORTS"
+    UNPACK="$TEST_UNPACK"
     ;;
 bench)
     PKGS="$BUILD $RUN $TEST $BENCH"
     BP="$BUILD_BACKPORTS $RUN_BACKPORTS $TEST_BACKPORTS $BENCH_BACKPORTS"
+    UNPACK="$TEST_UNPACK"
+    ;;
+unpack)
+    PKGS=""
+    BP=""
+    UNPACK="$TEST_UNPACK"
     ;;
 runtime)
     PKGS="$RUNTIME"
     BP="$RUNTIME_BACKPORTS"
     ;;
 *)
-    echo "deps: unknown set '$set_name' (build, run, test, bench or runtime)" >&2
+    echo "deps: unknown set '$set_name' (build, run, test, bench, runtime or unpack)" >&2
     exit 2
     ;;
 esac
@@ -99,6 +123,7 @@ if [ "$list_only" = 1 ]; then
     # shellcheck disable=SC2086
     echo $PKGS
     for e in $BP; do echo "${e%%:*}/bookworm-backports"; done
+    for e in $UNPACK; do echo "${e%%:*}/bookworm-backports (unpacked into BUILD_DIR/backports)"; done
     exit 0
 fi
 
@@ -110,9 +135,11 @@ fi
 bp_names=""
 for e in $BP; do bp_names="$bp_names ${e%%:*}"; done
 
-# One dpkg-query for all packages; unknown ones print nothing on stdout.
+# One dpkg-query for all packages; unknown ones print nothing on stdout (and
+# none at all for the unpack set: without names it would list every package).
+status=""
 # shellcheck disable=SC2086
-status=$(dpkg-query -W -f='${Package} ${Version} ${Status}\n' $PKGS $bp_names 2>/dev/null |
+[ -z "$PKGS$bp_names" ] || status=$(dpkg-query -W -f='${Package} ${Version} ${Status}\n' $PKGS $bp_names 2>/dev/null |
     awk '$NF == "installed" && $(NF-1) == "ok" { print $1, $2 }' || true)
 installed=$(echo "$status" | awk '{ printf " %s ", $1 }')
 
@@ -133,19 +160,20 @@ for e in $BP; do
     fi
 done
 
-if [ -z "$missing" ] && [ -z "$missing_bp" ]; then
-    exit 0
-fi
-
-SUDO=""
-if [ "$(id -u)" != 0 ]; then
-    if ! command -v sudo >/dev/null 2>&1; then
-        echo "deps: not root and no sudo; as root run: $0 $set_name" >&2
-        exit 1
-    fi
-    SUDO="sudo"
-fi
 export DEBIAN_FRONTEND=noninteractive
+
+# sudo when not root, found when something has to be installed.
+SUDO=""
+need_root()
+{
+    if [ "$(id -u)" != 0 ] && [ -z "$SUDO" ]; then
+        if ! command -v sudo >/dev/null 2>&1; then
+            echo "deps: not root and no sudo; as root run: $0 $set_name" >&2
+            exit 1
+        fi
+        SUDO="sudo"
+    fi
+}
 
 # bookworm-backports from the mirror this machine already uses: the first
 # Debian URI of its apt sources (deb822 or one-line format). Packages come
@@ -168,21 +196,83 @@ enable_backports()
         echo "deps: no Debian mirror found in the apt sources to take bookworm-backports from" >&2
         exit 1
     fi
+    need_root
     echo "deps: enabling bookworm-backports from $mirror ($BP_SOURCES)" >&2
     printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
         "$mirror" | $SUDO tee "$BP_SOURCES" >/dev/null
 }
 
-if [ -n "$missing_bp" ]; then
-    enable_backports
+if [ -n "$missing" ] || [ -n "$missing_bp" ]; then
+    need_root
+    if [ -n "$missing_bp" ]; then
+        enable_backports
+    fi
+    echo "deps: installing:$missing${missing_bp:+ (bookworm-backports:$missing_bp)}" >&2
+    $SUDO apt-get update -qq
+    if [ -n "$missing" ]; then
+        # shellcheck disable=SC2086
+        $SUDO apt-get install -y -qq --no-install-recommends $missing >&2
+    fi
+    if [ -n "$missing_bp" ]; then
+        # shellcheck disable=SC2086
+        $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports $missing_bp >&2
+    fi
 fi
-echo "deps: installing:$missing${missing_bp:+ (bookworm-backports:$missing_bp)}" >&2
-$SUDO apt-get update -qq
-if [ -n "$missing" ]; then
-    # shellcheck disable=SC2086
-    $SUDO apt-get install -y -qq --no-install-recommends $missing >&2
-fi
-if [ -n "$missing_bp" ]; then
-    # shellcheck disable=SC2086
-    $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports $missing_bp >&2
-fi
+
+[ -n "$UNPACK" ] || exit 0
+
+# UNPACK into BUILD_DIR/backports (relative to the source root). Its .stamp
+# lists "NAME VERSION" per package unpacked: when every entry is there at its
+# minimum version, nothing else runs (no apt, no network). flock: parallel
+# tests may call this at once.
+case "$build_dir" in
+/*) dest="$build_dir/backports" ;;
+*) dest="$(cd "$(dirname "$0")/.." && pwd)/$build_dir/backports" ;;
+esac
+mkdir -p "$dest"
+exec 9>"$dest/.lock"
+flock 9
+todo=""
+for e in $UNPACK; do
+    have=$(awk -v p="${e%%:*}" '$1 == p { print $2 }' "$dest/.stamp" 2>/dev/null || true)
+    if [ -z "$have" ] || ! dpkg --compare-versions "$have" ge "${e#*:}"; then
+        todo="$todo $e"
+    fi
+done
+[ -n "$todo" ] || exit 0
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+# apt-get download run by root fetches as the _apt user, which must be able
+# to write the directory.
+chown _apt "$tmp" 2>/dev/null || true
+# The newest bookworm-backports .deb of $1 into $tmp; its file name on stdout.
+fetch_deb()
+{
+    rm -f "$tmp"/*.deb
+    (cd "$tmp" && apt-get download -q=2 -t bookworm-backports "$1" >&2) || return 1
+    ls "$tmp"/*.deb
+}
+for e in $todo; do
+    name=${e%%:*}
+    min=${e#*:}
+    deb=$(fetch_deb "$name" || true)
+    ver=""
+    [ -z "$deb" ] || ver=$(dpkg-deb -f "$deb" Version)
+    if [ -z "$ver" ] || ! dpkg --compare-versions "$ver" ge "$min"; then
+        # The suite not enabled yet, or stale package lists.
+        enable_backports
+        need_root
+        $SUDO apt-get update -qq
+        deb=$(fetch_deb "$name")
+        ver=$(dpkg-deb -f "$deb" Version)
+    fi
+    if ! dpkg --compare-versions "$ver" ge "$min"; then
+        echo "deps: bookworm-backports has $name $ver, $min or newer needed" >&2
+        exit 1
+    fi
+    echo "deps: unpacking $name $ver (bookworm-backports) into $dest" >&2
+    dpkg-deb -x "$deb" "$dest"
+    { grep -v "^$name " "$dest/.stamp" 2>/dev/null || true; echo "$name $ver"; } >"$tmp/stamp"
+    cp "$tmp/stamp" "$dest/.stamp"
+done
