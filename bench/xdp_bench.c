@@ -3,7 +3,7 @@
  * verdict, through bpf_prog_test_run_opts with |repeat| (the kernel runs
  * the program that many times on one frame and reports the mean). The
  * program is loaded from the same skeleton qrux embeds; nothing is
- * attached. Needs CAP_BPF.
+ * attached. Needs CAP_BPF and CAP_PERFMON.
  *
  *   xdp_bench [REPEAT]        (default 1000000; one JSON line per case)
  */
@@ -35,7 +35,7 @@ int main(int argc, char **argv)
     unsigned repeat = argc > 1 ? (unsigned)strtoul(argv[1], NULL, 10) : 1000000;
     struct xdp_quic *skel = xdp_quic__open_and_load();
     if (skel == NULL) {
-        fprintf(stderr, "xdp_bench: cannot load the program (needs CAP_BPF)\n");
+        fprintf(stderr, "xdp_bench: cannot load the program (needs CAP_BPF and CAP_PERFMON)\n");
         return 1;
     }
     qx_xdp_maps_t m;

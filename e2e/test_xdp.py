@@ -42,6 +42,9 @@ FLOOD_NET = "10.214.1."  # .10 .. .10+FLOOD_SOURCES-1 on the client
 FLOOD_SOURCES, FLOOD_PER_SOURCE = 30, 40
 RATE, BURST = 5, 10
 TOKEN = "xdp-e2e-token"
+# What the loader needs and nothing else (setpriv's names): attach checks for
+# these before it loads anything.
+LOADER_CAPS = "-all,+bpf,+perfmon,+net_admin"
 BIG = 20 * 1024 * 1024
 
 _mounts = []
@@ -237,6 +240,12 @@ def main():
                                "--pin", pin, caps="-bpf,-sys_admin,-net_admin")
             env.check("attach without capabilities: exit 1, names CAP_BPF and CAP_NET_ADMIN",
                       rc == 1 and "CAP_BPF" in err and "CAP_NET_ADMIN" in err, err)
+            # The verifier refuses the program's variable packet offsets to
+            # a loader without CAP_PERFMON: attach says so before loading.
+            rc, out, err = xdp(env, "attach", "--iface", IF_SRV, "--quic-port", str(port),
+                               "--pin", pin, caps="-perfmon,-sys_admin")
+            env.check("attach without CAP_PERFMON alone: exit 1, names only CAP_PERFMON",
+                      rc == 1 and "missing capabilities: CAP_PERFMON (" in err, err)
             rc, out, err = xdp(env, "status", "--pin", pin)
             env.check("status with nothing attached: exit 3", rc == 3, out + err)
         env.case("loader errors", loader_errors)
@@ -254,9 +263,11 @@ def main():
         env.check("without the filter: GET /bytes/1000 -> 200, exact bytes",
                   r.status() == 200 and r.files.get("1000") == pattern(1000), r.summary())
 
+        # With exactly the capabilities the docs name, as the init container has them.
         rc, out, err = xdp(env, "attach", "--iface", IF_SRV, "--quic-port", str(port), "--pin",
-                           pin, "--rate", str(RATE), "--burst", str(BURST))
-        env.check("attach: exit 0, auto mode picks generic on a veth",
+                           pin, "--rate", str(RATE), "--burst", str(BURST), caps=LOADER_CAPS)
+        env.check("attach with only CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN: exit 0, auto mode "
+                  "picks generic on a veth",
                   rc == 0 and "generic mode" in out and "veth" in out, out + err)
         _, link, _ = sh(in_ns(NS_SRV, ["ip", "-d", "link", "show", IF_SRV]))
         env.check("ip link shows one XDP program in generic mode",
@@ -424,15 +435,29 @@ def main():
             rc, out, err = sh(nobody)
             env.check("before --pin-owner, uid 65532 cannot read the maps",
                       "maps: not readable" in out or rc != 0, out + err)
+            owner = ("--pin-owner", "65532:65532")
             rc, out, err = xdp(env, "attach", "--iface", IF_SRV, "--quic-port", str(port),
-                               "--pin", pin, "--rate", str(RATE), "--burst", str(BURST),
-                               "--pin-owner", "65532:65532")
-            env.check("attach --pin-owner 65532:65532: exit 0", rc == 0, out + err)
+                               "--pin", pin, "--rate", str(RATE), "--burst", str(BURST), *owner,
+                               caps=LOADER_CAPS + ",+chown")
+            env.check("attach --pin-owner 65532:65532 (+CAP_CHOWN only): exit 0", rc == 0,
+                      out + err)
             rc, out, err = sh(nobody)
             env.check("then uid 65532 reads status and counters",
                       rc == 0 and "mode generic" in out and "short_header" in out, out + err)
+            # The init container restarts: the pins are 65532's now, and root
+            # without CAP_DAC_OVERRIDE can only get at them by taking them back.
+            rc, out, err = xdp(env, "attach", "--iface", IF_SRV, "--quic-port", str(port),
+                               "--pin", pin, "--rate", str(RATE), "--burst", str(BURST), *owner,
+                               caps=LOADER_CAPS + ",+chown")
+            env.check("attach --pin-owner again with the same capabilities: exit 0, replaced",
+                      rc == 0 and "replaced the program" in out, out + err)
+            rc, out, err = sh(nobody)
+            env.check("uid 65532 still reads the pins", rc == 0 and "mode generic" in out,
+                      out + err)
+            env.check("qrux still sees the filter", wait_until(
+                lambda: metrics(env).get("attached") == 1, 10), metrics(env))
 
-            rc, out, err = xdp(env, "detach", "--pin", pin)
+            rc, out, err = xdp(env, "detach", "--pin", pin, caps=LOADER_CAPS + ",+chown")
             env.check("detach: exit 0", rc == 0 and "detached" in out, out + err)
             _, link, _ = sh(in_ns(NS_SRV, ["ip", "-d", "link", "show", IF_SRV]))
             env.check("no XDP program on the interface", "prog/xdp" not in link, link)

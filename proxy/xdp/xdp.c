@@ -42,6 +42,9 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#ifndef CAP_PERFMON
+#define CAP_PERFMON 38
+#endif
 #ifndef CAP_BPF
 #define CAP_BPF 39
 #endif
@@ -74,8 +77,8 @@ static void usage(FILE *f)
             "away from its peer and caps the MTU, which slows the TCP fallback), else\n"
             "native when the driver supports it, else generic.\n"
             "--pin-owner: hand DIR and its pins to the proxy's user (it opens them by path).\n"
-            "Needs CAP_BPF and CAP_NET_ADMIN (and CAP_CHOWN for --pin-owner), and write\n"
-            "access to DIR.\n",
+            "Needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (and CAP_CHOWN for --pin-owner),\n"
+            "and write access to DIR.\n",
             QX_XDP_DEFAULT_RATE, QX_XDP_DEFAULT_BURST);
 }
 
@@ -101,24 +104,32 @@ __attribute__((format(printf, 2, 0))) static int libbpf_print(enum libbpf_print_
 
 /* ---- checks before anything is touched --------------------------------- */
 
-/* 0 when the effective set holds CAP_NET_ADMIN and CAP_BPF (or
- * CAP_SYS_ADMIN, which kernels before 5.8 need instead); else names the
- * missing ones. */
+/* 0 when the effective set holds CAP_NET_ADMIN, CAP_BPF and CAP_PERFMON
+ * (or CAP_SYS_ADMIN, which covers both and which kernels before 5.8 need
+ * instead); else names the missing ones. CAP_PERFMON because the verifier
+ * refuses pointer arithmetic with a variable offset on packet pointers
+ * (the IPv4 header length, the QUIC DCID length) to a loader without it
+ * (Spectre v1 hardening): "pointer arithmetic with it prohibited for !root". */
 static int check_caps(void)
 {
     struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
     struct __user_cap_data_struct d[2];
+    char missing[64] = "";
     memset(d, 0, sizeof(d));
     if (syscall(SYS_capget, &h, d) == -1)
         return 0; /* cannot tell: let the kernel decide */
 #define HAS(c) ((d[(c) / 32].effective >> ((c) % 32)) & 1)
-    int net = HAS(CAP_NET_ADMIN), bpf = HAS(CAP_BPF) || HAS(CAP_SYS_ADMIN);
+    int sys = HAS(CAP_SYS_ADMIN), net = HAS(CAP_NET_ADMIN), bpf = HAS(CAP_BPF) || sys,
+        perfmon = HAS(CAP_PERFMON) || sys;
 #undef HAS
-    if (net && bpf)
+    if (net && bpf && perfmon)
         return 0;
-    fail("missing capabilities: %s%s%s (attach needs CAP_BPF and CAP_NET_ADMIN; "
-         "in a pod: securityContext.capabilities.add [BPF, NET_ADMIN])",
-         bpf ? "" : "CAP_BPF", !bpf && !net ? " and " : "", net ? "" : "CAP_NET_ADMIN");
+    snprintf(missing, sizeof(missing), "%s%s%s%s%s", bpf ? "" : "CAP_BPF",
+             !bpf && (!perfmon || !net) ? ", " : "", perfmon ? "" : "CAP_PERFMON",
+             !perfmon && !net ? ", " : "", net ? "" : "CAP_NET_ADMIN");
+    fail("missing capabilities: %s (attach needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN; "
+         "in a pod: securityContext.capabilities.add [BPF, PERFMON, NET_ADMIN])",
+         missing);
     return -1;
 }
 
@@ -242,24 +253,68 @@ static void drop_link(const char *pin, int fd)
     unlink(path);
 }
 
+/* Every pin, the link first. */
+static const char *const pin_names[] = {QX_XDP_PIN_LINK,    QX_XDP_MAP_CONFIG, QX_XDP_MAP_KEYS,
+                                        QX_XDP_MAP_BUCKETS, QX_XDP_MAP_DENY4,  QX_XDP_MAP_DENY6,
+                                        QX_XDP_MAP_COUNTERS};
+
 /* --pin-owner: the proxy, when it runs as another user, opens the pins by
- * path; bpffs checks the file modes like any file system. */
+ * path; bpffs checks the file modes like any file system. The pins first,
+ * the directory last: once DIR (mode 0700) is the proxy's, a loader
+ * without CAP_DAC_OVERRIDE can no longer reach into it. The token buckets
+ * stay root's: the proxy never opens them. */
 static int give_pins(const xdp_args_t *a)
 {
-    static const char *const names[] = {QX_XDP_PIN_LINK,  QX_XDP_MAP_CONFIG, QX_XDP_MAP_KEYS,
-                                        QX_XDP_MAP_DENY4, QX_XDP_MAP_DENY6,  QX_XDP_MAP_COUNTERS};
     char path[PATH_MAX];
     uid_t uid = (uid_t)a->owner_uid;
     gid_t gid = a->owner_gid >= 0 ? (gid_t)a->owner_gid : (gid_t)-1;
 
+    for (size_t i = 0; i < QX_ARRAY_LEN(pin_names); i++) {
+        if (strcmp(pin_names[i], QX_XDP_MAP_BUCKETS) == 0)
+            continue;
+        pin_path(path, sizeof(path), a->pin, pin_names[i]);
+        if (chown(path, uid, gid) == -1) {
+            fail("--pin-owner: chown %s: %s", path, strerror(errno));
+            return -1;
+        }
+    }
     if (chown(a->pin, uid, gid) == -1) {
         fail("--pin-owner: chown %s: %s", a->pin, strerror(errno));
         return -1;
     }
-    for (size_t i = 0; i < QX_ARRAY_LEN(names); i++) {
-        pin_path(path, sizeof(path), a->pin, names[i]);
+    return 0;
+}
+
+/* The reverse, before a re-attach or a detach reads the pins: after an
+ * earlier --pin-owner, DIR and the pins belong to the proxy's user, and a
+ * loader that runs as root with only the capabilities it needs (no
+ * CAP_DAC_OVERRIDE) could neither enter DIR nor open a pin. Takes them back
+ * with CAP_CHOWN; attach --pin-owner gives them away again at the end.
+ * Returns 0 (also when there is nothing to take back) or -1 with a
+ * message. */
+static int reclaim_pins(const char *pin)
+{
+    char path[PATH_MAX];
+    struct stat st;
+    uid_t uid = geteuid();
+    gid_t gid = getegid();
+
+    if (stat(pin, &st) == -1)
+        return 0; /* nothing pinned yet (or not reachable: the caller says so) */
+    if (st.st_uid != uid && chown(pin, uid, gid) == -1) {
+        fail("%s belongs to uid %u (an earlier --pin-owner); taking it back needs CAP_CHOWN: "
+             "%s",
+             pin, (unsigned)st.st_uid, strerror(errno));
+        return -1;
+    }
+    for (size_t i = 0; i < QX_ARRAY_LEN(pin_names); i++) {
+        pin_path(path, sizeof(path), pin, pin_names[i]);
+        if (lstat(path, &st) == -1 || st.st_uid == uid)
+            continue;
         if (chown(path, uid, gid) == -1) {
-            fail("--pin-owner: chown %s: %s", path, strerror(errno));
+            fail("%s belongs to uid %u (an earlier --pin-owner); taking it back needs "
+                 "CAP_CHOWN: %s",
+                 path, (unsigned)st.st_uid, strerror(errno));
             return -1;
         }
     }
@@ -284,6 +339,8 @@ static int cmd_attach(const xdp_args_t *a)
         fail("cannot create %s: %s", a->pin, strerror(errno));
         return 1;
     }
+    if (a->owner_uid >= 0 && reclaim_pins(a->pin) != 0)
+        return 1;
 
     skel = xdp_quic__open();
     if (skel == NULL) {
@@ -301,9 +358,14 @@ static int cmd_attach(const xdp_args_t *a)
     }
     if (xdp_quic__load(skel) != 0) {
         int e = errno;
-        if (e == EPERM || e == EACCES)
-            fail("loading the program: %s (needs CAP_BPF and CAP_NET_ADMIN, and write access "
-                 "to %s)",
+        struct stat st;
+        if (e == EACCES && stat(a->pin, &st) == 0 && st.st_uid != geteuid())
+            fail("loading the program: %s (%s belongs to uid %u from an earlier --pin-owner: "
+                 "pass --pin-owner again)",
+                 strerror(e), a->pin, (unsigned)st.st_uid);
+        else if (e == EPERM || e == EACCES)
+            fail("loading the program: %s (needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, and "
+                 "read and write access to the pins under %s)",
                  strerror(e), a->pin);
         else
             fail("loading the program: %s (maps pinned under %s by another version? run "
@@ -405,12 +467,12 @@ out:
 
 static int cmd_detach(const char *pin)
 {
-    static const char *const maps[] = {QX_XDP_MAP_CONFIG, QX_XDP_MAP_KEYS,  QX_XDP_MAP_BUCKETS,
-                                       QX_XDP_MAP_DENY4,  QX_XDP_MAP_DENY6, QX_XDP_MAP_COUNTERS};
     char path[PATH_MAX];
     unsigned ifindex = 0, prog = 0;
     int found = 0;
 
+    if (reclaim_pins(pin) != 0)
+        return 1;
     int fd = pinned_link(pin, &ifindex, &prog);
     pin_path(path, sizeof(path), pin, QX_XDP_PIN_LINK);
     if (fd >= 0 || access(path, F_OK) == 0) {
@@ -427,8 +489,8 @@ static int cmd_detach(const char *pin)
         }
         found = 1;
     }
-    for (size_t i = 0; i < QX_ARRAY_LEN(maps); i++) {
-        pin_path(path, sizeof(path), pin, maps[i]);
+    for (size_t i = 1; i < QX_ARRAY_LEN(pin_names); i++) { /* the maps: the link is done */
+        pin_path(path, sizeof(path), pin, pin_names[i]);
         if (unlink(path) == 0)
             found = 1;
         else if (errno != ENOENT) {

@@ -5,8 +5,9 @@
  * libbpf skeleton. attach loads it, pins its maps and its bpf_link under a
  * bpffs directory (default /sys/fs/bpf/qrux) so that it outlives the init
  * container that ran the loader, and replaces the program in place when run
- * again. It needs CAP_BPF and CAP_NET_ADMIN (CAP_SYS_ADMIN instead of
- * CAP_BPF before Linux 5.8) and write access to the pin directory.
+ * again. It needs CAP_BPF, CAP_PERFMON (the verifier's rule for variable
+ * offsets into the packet) and CAP_NET_ADMIN (CAP_SYS_ADMIN instead of the
+ * first two before Linux 5.8) and write access to the pin directory.
  */
 #ifndef QX_XDP_H
 #define QX_XDP_H

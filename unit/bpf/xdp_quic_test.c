@@ -4,7 +4,7 @@
  * bpf_prog_test_run_opts: a fixture table {description, frame, expected
  * verdict and reason}, truncations at every offset, the deny list, the CID
  * keys (new, previous, retired, none) and the Initial token bucket.
- * Needs CAP_BPF (CI runs as root).
+ * Needs CAP_BPF and CAP_PERFMON (CI runs as root).
  */
 #include "base/cid.h"
 #include "base/qx.h"
@@ -77,7 +77,8 @@ static int setup(void **state)
     (void)state;
     skel = xdp_quic__open_and_load();
     if (skel == NULL) {
-        fprintf(stderr, "loading the XDP program failed (needs CAP_BPF, run as root)\n");
+        fprintf(stderr,
+                "loading the XDP program failed (needs CAP_BPF and CAP_PERFMON, run as root)\n");
         return -1;
     }
     qx_xdp_maps_init(&maps);
