@@ -39,7 +39,7 @@ NS_SRV, NS_CLI = PREFIX + "-srv", PREFIX + "-cli"
 IF_SRV, IF_CLI = PREFIX + "s", PREFIX + "c"  # <= 15 characters
 SRV4, CLI4, DENIED4 = "10.214.0.1", "10.214.0.2", "10.214.0.66"
 FLOOD_NET = "10.214.1."  # .10 .. .10+FLOOD_SOURCES-1 on the client
-FLOOD_SOURCES, FLOOD_PER_SOURCE = 30, 40
+FLOOD_SOURCES = 30
 RATE, BURST = 5, 10
 TOKEN = "xdp-e2e-token"
 # What the loader needs and nothing else (setpriv's names): attach checks for
@@ -376,38 +376,57 @@ def main():
 
         # -- an Initial flood from many sources ----------------------------
         def flood():
+            # The flood runs until the legit client is done (a stop file
+            # ends it): FLOOD_SOURCES sources, one Initial each per round,
+            # a round every 10 ms, far above RATE. It prints the rounds sent.
             before = metrics(env)
-            t0 = time.monotonic()
-            procs = []
-            code = ("import socket,sys,os,struct\n"
+            stop = os.path.join(env.dir, "flood-stop")
+            code = ("import socket,sys,os,struct,time\n"
+                    "socks=[]\n"
                     "for i in range(int(sys.argv[2])):\n"
                     "    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-                    "    s.bind(('%s%%d'%%(10+i),0))\n"
-                    "    for _ in range(int(sys.argv[3])):\n"
+                    "    s.bind(('%s%%d'%%(10+i),0)); socks.append(s)\n"
+                    "rounds=0\n"
+                    "while not os.path.exists(sys.argv[3]):\n"
+                    "    for s in socks:\n"
                     "        h=bytes([0xc0])+struct.pack('>I',1)+bytes([8])+os.urandom(8)"
                     "+bytes([8])+os.urandom(8)+bytes([0])\n"
                     "        s.sendto(h+bytes(1200-len(h)),('%s',int(sys.argv[1])))\n"
-                    % (FLOOD_NET, SRV4))
-            procs.append(spawn(in_ns(NS_CLI, ["/usr/bin/python3", "-c", code, str(port),
-                                              str(FLOOD_SOURCES), str(FLOOD_PER_SOURCE)])))
-            legit = gtls(env, port, "/bytes/2000", timeout=60)
-            for p in procs:
-                p.wait(timeout=120)
+                    "    rounds+=1; time.sleep(0.01)\n"
+                    "print(rounds)\n" % (FLOOD_NET, SRV4))
+            t0 = time.monotonic()
+            proc = spawn(in_ns(NS_CLI, ["/usr/bin/python3", "-c", code, str(port),
+                                        str(FLOOD_SOURCES), stop]), stdout=subprocess.PIPE)
+            try:
+                flooding = wait_until(
+                    lambda: delta(before, metrics(env), "rate_limited") >= FLOOD_SOURCES, 30)
+                env.check("the flood is on before the legit client starts (rate_limited rising)",
+                          flooding, metrics(env))
+                legit = gtls(env, port, "/bytes/2000", timeout=60)
+                mid = metrics(env)
+                still = proc.poll() is None
+            finally:
+                open(stop, "w").close()
+                out, _ = proc.communicate(timeout=60)
             elapsed = time.monotonic() - t0
             time.sleep(0.5)
             after = metrics(env)
-            sent = FLOOD_SOURCES * FLOOD_PER_SOURCE
+            env.check("the flood was still running when the legit client finished", still,
+                      "flood exited early: rc=%s" % proc.returncode)
+            env.check("a legit client connects during the flood: 200, exact bytes",
+                      legit.status() == 200 and legit.files.get("2000") == pattern(2000),
+                      legit.summary())
+            env.check("drops went on while the legit client ran",
+                      delta(before, mid, "rate_limited") > FLOOD_SOURCES, mid)
+            sent = FLOOD_SOURCES * int(out.decode().strip() or 0)
             # Each source may pass its burst plus what refills while the
             # flood runs; everything beyond must be dropped.
             allowed = FLOOD_SOURCES * (BURST + RATE * elapsed + 1)
             dropped = delta(before, after, "rate_limited")
             env.check("flood of %d Initials from %d sources: at least %d rate_limited"
                       % (sent, FLOOD_SOURCES, max(0, sent - allowed)),
-                      dropped >= sent - allowed and dropped > 0,
+                      sent > 0 and dropped >= sent - allowed and dropped > 0,
                       "dropped %d in %.1f s: %s" % (dropped, elapsed, after))
-            env.check("a legit client connects during the flood: 200, exact bytes",
-                      legit.status() == 200 and legit.files.get("2000") == pattern(2000),
-                      legit.summary())
         env.case("initial flood", flood)
 
         # -- re-attach, detach ---------------------------------------------
