@@ -193,6 +193,27 @@ static void fixtures(void **state)
         expect(t[i].what, f, frame(f, t[i].spec, p, plen), t[i].reason);
     }
 
+    /* RFC 9287: a peer may grease the fixed bit (0x40) once the other side
+     * allows it; the filter never looks at it. */
+    size_t plen = initial(p, 1200);
+    p[0] &= (uint8_t)~0x40;
+    expect("greased fixed bit, full Initial", f, frame(f, &v4, p, plen), QX_XDP_PASS_INITIAL);
+    plen = initial(p, 1000);
+    p[0] &= (uint8_t)~0x40;
+    expect("greased fixed bit, short Initial", f, frame(f, &v4, p, plen),
+           QX_XDP_DROP_INITIAL_SMALL);
+    plen = long_hdr(p, QX_QUIC_V1, 2, 8, 8, 150);
+    p[0] &= (uint8_t)~0x40;
+    expect("greased fixed bit, Handshake", f, frame(f, &v6, p, plen), QX_XDP_PASS_LONG);
+    plen = short_hdr(p, cid_cur, 60);
+    p[0] = 0x00;
+    expect("greased fixed bit, short header, current key", f, frame(f, &v4, p, plen),
+           QX_XDP_PASS_SHORT);
+    plen = short_hdr(p, forged, 60);
+    p[0] = 0x1f;
+    expect("greased fixed bit, short header, forged", f, frame(f, &v4, p, plen),
+           QX_XDP_DROP_BAD_CID);
+
     /* Not IP at all (ARP). */
     memset(f, 0, 60);
     f[12] = 0x08;
