@@ -149,12 +149,34 @@ void qx_xdp_proxy_del(qx_xdp_proxy_t *p)
     free(p);
 }
 
+/* Under the lock. A `qrux xdp attach` run again while qrux runs reuses the
+ * pinned maps (same ids: sync_maps sees no change) but writes its own
+ * --rate/--burst: put qrux's numbers back, or the filter and qrux's Retry
+ * decision would count with different buckets. */
+static void keep_rate(qx_xdp_proxy_t *p)
+{
+    struct qx_xdp_config cur;
+    uint32_t zero = 0;
+    if (p->maps.config < 0 || bpf_map_lookup_elem(p->maps.config, &zero, &cur) != 0)
+        return;
+    if (cur.rate == p->cfg.initial_rate && cur.burst == p->cfg.initial_burst)
+        return;
+    if (qx_xdp_maps_set_rate(&p->maps, p->cfg.initial_rate, p->cfg.initial_burst) != 0) {
+        QX_WARN("xdp: cannot update the maps under %s", p->cfg.pin);
+        return;
+    }
+    QX_INFO("xdp: the filter's Initial rate was %u/s burst %u (attach --rate/--burst); back to "
+            "xdp.initial_rate %u/s, initial_burst %u",
+            cur.rate, cur.burst, p->cfg.initial_rate, p->cfg.initial_burst);
+}
+
 void qx_xdp_proxy_tick(qx_xdp_proxy_t *p, uint64_t now_s)
 {
     if (p == NULL)
         return;
     pthread_mutex_lock(&p->lock);
     sync_maps(p, 0);
+    keep_rate(p);
     if (p->cfg.cid_key_rotate_secs > 0) {
         if (p->next_rotate_s == 0) {
             p->next_rotate_s = now_s + p->cfg.cid_key_rotate_secs;

@@ -39,8 +39,9 @@ void qx_xdp_proxy_close(qx_xdp_proxy_t *p);
 /* Frees after the loop has run the close callback. Accepts NULL. */
 void qx_xdp_proxy_del(qx_xdp_proxy_t *p);
 
-/* Reopens the maps when the pins changed (detach, attach), rotates the CID
- * key when due and publishes keys and rate; |now_s| is a monotonic clock
+/* Reopens the maps when the pins changed (detach, attach), puts qrux's
+ * Initial rate back when an attach changed it, rotates the CID key when
+ * due and publishes keys and rate; |now_s| is a monotonic clock
  * in seconds. The timer calls it; tests may too. */
 void qx_xdp_proxy_tick(qx_xdp_proxy_t *p, uint64_t now_s);
 

@@ -1,10 +1,11 @@
 /*
  * xdp_proxy_test.c - the proxy's side of the XDP filter (proxy/xdp/xdp_proxy.c)
  * against the real program with its maps pinned in a bpffs of the test's
- * own: the rate and the CID keys reach the filter, a key change keeps the
- * previous generation valid and retires the one before, a re-attach (new
- * pins) is noticed and the keys follow, a restarted proxy takes the next
- * generation, the deny list goes through. Needs root (mount, CAP_BPF).
+ * own: the rate and the CID keys reach the filter (the rate again after an
+ * attach changed it), a key change keeps the previous generation valid and
+ * retires the one before, a re-attach (new pins) is noticed and the keys
+ * follow, a restarted proxy takes the next generation, the deny list goes
+ * through. Needs root (mount, CAP_BPF).
  */
 #include "base/cid.h"
 #include "base/qx.h"
@@ -94,6 +95,19 @@ static void keys_rate_rotation_reattach(void **state)
 
     /* The proxy's rate is the filter's. */
     struct qx_xdp_config got;
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(s->maps.qx_config), &zero, &got), 0);
+    assert_int_equal(got.rate, 7);
+    assert_int_equal(got.burst, 9);
+    assert_int_equal(got.ports[0], PORT);
+
+    /* `qrux xdp attach --rate 50 --burst 100` again while qrux runs: same
+     * maps, other numbers. The next tick puts qrux's back. */
+    struct qx_xdp_config other = got;
+    other.rate = 50;
+    other.burst = 100;
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(s->maps.qx_config), &zero, &other, BPF_ANY),
+                     0);
+    qx_xdp_proxy_tick(p, 100); /* also schedules the first key change at 110 */
     assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(s->maps.qx_config), &zero, &got), 0);
     assert_int_equal(got.rate, 7);
     assert_int_equal(got.burst, 9);
