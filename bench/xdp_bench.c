@@ -76,22 +76,27 @@ int main(int argc, char **argv)
         const char *name;
         size_t len;
         int reason;
-        uint32_t rate; /* Initial bucket on (huge rate) or off */
-    } c[16];
+        uint32_t rate, burst; /* Initial bucket: off (0), huge, or 1/s burst 1 (exhausted) */
+        int no_key;           /* run with the CID keys unloaded */
+    } c[24];
     size_t n = 0;
     struct {
         uint8_t f[FRAME_MAX];
-    } frames[16];
+    } frames[24];
 
-#define ADD(NAME, SPEC, PAYLOAD_EXPR, REASON, RATE)                                                \
+#define ADD_(NAME, SPEC, PAYLOAD_EXPR, REASON, RATE, BURST, NO_KEY)                                \
     do {                                                                                           \
         size_t plen = (PAYLOAD_EXPR);                                                              \
         c[n].len = frame(frames[n].f, &(SPEC), pl, plen);                                          \
         c[n].name = (NAME);                                                                        \
         c[n].reason = (REASON);                                                                    \
         c[n].rate = (RATE);                                                                        \
+        c[n].burst = (BURST);                                                                      \
+        c[n].no_key = (NO_KEY);                                                                    \
         n++;                                                                                       \
     } while (0)
+#define ADD(NAME, SPEC, PAYLOAD_EXPR, REASON, RATE)                                                \
+    ADD_(NAME, SPEC, PAYLOAD_EXPR, REASON, RATE, 1000000, 0)
 
     ADD("tcp (not QUIC)", tcp, (memset(pl, 0, 100), 100), QX_XDP_PASS_OTHER, 0);
     ADD("initial pass, no bucket", v4, initial(pl, 1200), QX_XDP_PASS_INITIAL, 0);
@@ -102,14 +107,35 @@ int main(int argc, char **argv)
     ADD("short header, forged (drop)", v4, short_hdr(pl, forged, 1200), QX_XDP_DROP_BAD_CID, 0);
     ADD("denied source (drop)", denied, initial(pl, 1200), QX_XDP_DROP_DENY, 0);
     ADD("unknown version", v4, long_hdr(pl, 0x1a2a3a4a, 0, 8, 8, 100), QX_XDP_PASS_VERSION, 0);
+    ADD("handshake (long header)", v4, long_hdr(pl, QX_QUIC_V1, 2, 18, 8, 1200), QX_XDP_PASS_LONG,
+        0);
+    ADD("truncated long header (drop)", v4, long_hdr(pl, QX_QUIC_V1, 2, 20, 0, 20),
+        QX_XDP_DROP_TOO_SHORT, 0);
+    ADD("cid over 20 bytes (drop)", v4, long_hdr(pl, QX_QUIC_V1, 0, 21, 8, 1200),
+        QX_XDP_DROP_CID_LONG, 0);
+    ADD("initial dcid under 8 (drop)", v4, long_hdr(pl, QX_QUIC_V1, 0, 4, 8, 1200),
+        QX_XDP_DROP_DCID_SHORT, 0);
+    ADD_("initial over the bucket (drop)", v4, initial(pl, 1200), QX_XDP_DROP_RATE, 1, 1, 0);
+    ADD_("short header, no key loaded", v4, short_hdr(pl, forged, 1200), QX_XDP_PASS_NO_KEY, 0,
+         1000000, 1);
     (void)f;
 
     printf("%-30s %8s %10s\n", "case", "verdict", "ns/packet");
     for (size_t i = 0; i < n; i++) {
         uint32_t ret, ns;
         cfg.rate = c[i].rate;
-        cfg.burst = 1000000;
+        cfg.burst = c[i].burst;
         bpf_map_update_elem(m.config, &zero, &cfg, BPF_ANY);
+        struct qx_xdp_cid_key none = {0};
+        for (uint32_t slot = 0; slot < 2 && c[i].no_key; slot++)
+            bpf_map_update_elem(m.keys, &slot, &none, BPF_ANY);
+        if (!c[i].no_key)
+            qx_xdp_maps_publish_keys(&m, &keys);
+        if (c[i].reason == QX_XDP_DROP_RATE) {
+            /* Empty the source's bucket first: the timed runs all find it so. */
+            uint32_t r0, ns0;
+            run(skel, frames[i].f, c[i].len, 2, &r0, &ns0);
+        }
         if (run(skel, frames[i].f, c[i].len, repeat, &ret, &ns) != 0) {
             fprintf(stderr, "xdp_bench: test run failed for %s\n", c[i].name);
             return 1;
