@@ -36,6 +36,7 @@ from harness import (Env, GtlsRun, Qrux, need, pattern, pattern_sha256, qrux_bin
 
 PREFIX = "qxx%d" % (os.getpid() % 100000)
 NS_SRV, NS_CLI = PREFIX + "-srv", PREFIX + "-cli"
+NS_OTHER = PREFIX + "-oth"  # another pod on the node, same bpffs
 IF_SRV, IF_CLI = PREFIX + "s", PREFIX + "c"  # <= 15 characters
 SRV4, CLI4, DENIED4 = "10.214.0.1", "10.214.0.2", "10.214.0.66"
 FLOOD_NET = "10.214.1."  # .10 .. .10+FLOOD_SOURCES-1 on the client
@@ -63,7 +64,7 @@ def must(cmd, timeout=30):
 
 
 def cleanup():
-    for ns in (NS_SRV, NS_CLI):
+    for ns in (NS_SRV, NS_CLI, NS_OTHER):
         subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
     for m in _mounts:
         subprocess.run(["umount", m], stderr=subprocess.DEVNULL)
@@ -249,6 +250,43 @@ def main():
             rc, out, err = xdp(env, "status", "--pin", pin)
             env.check("status with nothing attached: exit 3", rc == 3, out + err)
         env.case("loader errors", loader_errors)
+
+        # -- two pods on one node, one pin directory by mistake ------------
+        def shared_pins():
+            # Another network namespace with an interface of the same
+            # ifindex as IF_SRV (every namespace numbers from 1): its link,
+            # pinned in the same directory, must not be replaced or removed
+            # from the server namespace.
+            def ifindex(ns, ifc):
+                return int(must(["ip", "-n", ns, "-o", "link", "show", "dev", ifc]).split(":")[0])
+            must(["ip", "netns", "add", NS_OTHER])
+            must(["ip", "-n", NS_OTHER, "link", "add", "oth0", "type", "veth", "peer", "name",
+                  "oth1"])
+            want = ifindex(NS_SRV, IF_SRV)
+            other = [i for i in ("oth0", "oth1") if ifindex(NS_OTHER, i) == want]
+            env.check("the other namespace has an interface with ifindex %d" % want, other,
+                      must(["ip", "-n", NS_OTHER, "-o", "link"]))
+            if not other:
+                return
+            must(["ip", "-n", NS_OTHER, "link", "set", other[0], "up"])
+            rc, out, err = sh(in_ns(NS_OTHER, [qrux_bin(), "xdp", "attach", "--iface", other[0],
+                                               "--quic-port", str(port), "--pin", pin]))
+            env.check("attach in the other namespace: exit 0", rc == 0, out + err)
+            rc, out, err = xdp(env, "attach", "--iface", IF_SRV, "--quic-port", str(port),
+                               "--pin", pin)
+            env.check("attach here over its pins: exit 1, says the link is another namespace's",
+                      rc == 1 and "another network namespace" in err, out + err)
+            rc, out, err = xdp(env, "detach", "--pin", pin)
+            env.check("detach here: exit 1, refused likewise",
+                      rc == 1 and "another network namespace" in err, out + err)
+            link = must(["ip", "-n", NS_OTHER, "-d", "link", "show", other[0]])
+            env.check("the other namespace keeps its program", "prog/xdp" in link, link)
+            _, link, _ = sh(in_ns(NS_SRV, ["ip", "-d", "link", "show", IF_SRV]))
+            env.check("nothing attached here", "prog/xdp" not in link, link)
+            rc, out, err = sh(in_ns(NS_OTHER, [qrux_bin(), "xdp", "detach", "--pin", pin]))
+            env.check("detach from the other namespace: exit 0, pins gone",
+                      rc == 0 and not os.path.exists(pin), out + err)
+        env.case("shared pin directory", shared_pins)
 
         # -- qrux first, the filter after: qrux picks it up ----------------
         q = Qrux(env, cfg, port)

@@ -241,6 +241,37 @@ static int pinned_link(const char *pin, unsigned *ifindex, unsigned *prog_id)
     return fd;
 }
 
+/* 1 when the XDP program on interface |ifindex| of this network namespace
+ * is |prog|, the one a pinned link holds. A link only records an ifindex,
+ * and every pod numbers its interfaces from 1: a pin directory shared by
+ * two pods on a node (one bpffs) holds a link whose ifindex also exists
+ * here, on another interface. */
+static int link_is_here(unsigned ifindex, unsigned prog)
+{
+    LIBBPF_OPTS(bpf_xdp_query_opts, q);
+    return bpf_xdp_query((int)ifindex, 0, &q) == 0 && q.prog_id == prog;
+}
+
+/* Refuses (message, -1) a live link pinned under |pin| that holds an
+ * interface of another network namespace: replacing or removing it would
+ * change another pod's filter. 0 when there is no link, a dead one
+ * (its interface gone) or one of ours. */
+static int check_link_here(const char *pin)
+{
+    unsigned ifindex = 0, prog = 0;
+    int fd = pinned_link(pin, &ifindex, &prog);
+    if (fd < 0)
+        return 0;
+    close(fd);
+    if (ifindex == 0 || link_is_here(ifindex, prog))
+        return 0;
+    fail("%s/%s holds prog id %u on an interface of another network namespace (ifindex %u "
+         "there): another pod's pins? Give each pod its own pin directory (--pin), or detach "
+         "it from that namespace",
+         pin, QX_XDP_PIN_LINK, prog, ifindex);
+    return -1;
+}
+
 /* Detaches and unpins the link (the maps stay). */
 static void drop_link(const char *pin, int fd)
 {
@@ -341,6 +372,8 @@ static int cmd_attach(const xdp_args_t *a)
     }
     if (a->owner_uid >= 0 && reclaim_pins(a->pin) != 0)
         return 1;
+    if (check_link_here(a->pin) != 0)
+        return 1; /* before the maps are opened: they are the other pod's too */
 
     skel = xdp_quic__open();
     if (skel == NULL) {
@@ -471,7 +504,7 @@ static int cmd_detach(const char *pin)
     unsigned ifindex = 0, prog = 0;
     int found = 0;
 
-    if (reclaim_pins(pin) != 0)
+    if (reclaim_pins(pin) != 0 || check_link_here(pin) != 0)
         return 1;
     int fd = pinned_link(pin, &ifindex, &prog);
     pin_path(path, sizeof(path), pin, QX_XDP_PIN_LINK);
@@ -521,6 +554,11 @@ static int cmd_status(const char *pin)
         return 3;
     }
     close(fd);
+    if (!link_is_here(ifindex, prog)) {
+        printf("attached in another network namespace: ifindex %u there, prog id %u\n", ifindex,
+               prog);
+        return 0;
+    }
     if_indextoname(ifindex, name);
     LIBBPF_OPTS(bpf_xdp_query_opts, q);
     bpf_xdp_query((int)ifindex, 0, &q);
