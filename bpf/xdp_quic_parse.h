@@ -1,8 +1,9 @@
 /*
  * xdp_quic_parse.h - from the Ethernet frame to the UDP payload: VLAN tags
  * (802.1Q, 802.1ad, up to two) skipped, IPv4 without fragments, IPv6 with
- * UDP as the first next header. Anything else is not ours to judge and the
- * caller passes it to the stack.
+ * UDP after up to three hop-by-hop, routing or destination-options headers.
+ * Anything else (fragments included) is not ours to judge and the caller
+ * passes it to the stack.
  *
  * Every read is preceded by a check against data_end (the verifier insists);
  * nothing here calls a helper that can move the packet.
@@ -19,6 +20,7 @@
 #include <linux/udp.h>
 
 #define QX_MAX_VLANS 2
+#define QX_MAX_EXTHDRS 3 /* IPv6 extension headers walked before UDP */
 
 struct qx_vlan_hdr {
     __be16 tci;
@@ -74,9 +76,24 @@ static __always_inline int qx_parse_udp(struct xdp_md *ctx, struct qx_pkt *p)
         const struct ipv6hdr *ip6 = (const void *)l3;
         if ((const __u8 *)(ip6 + 1) > end)
             return -1;
-        if (ip6->nexthdr != IPPROTO_UDP)
+        __u8 next = ip6->nexthdr;
+        const __u8 *h = (const __u8 *)(ip6 + 1);
+        /* Hop-by-hop, routing and destination options before UDP: the
+         * stack delivers such a datagram to qrux like any other, so a
+         * sender must not get past the checks by adding one. A fragment
+         * header (or more than QX_MAX_EXTHDRS) ends the walk: not ours. */
+#pragma unroll
+        for (int i = 0; i < QX_MAX_EXTHDRS; i++) {
+            if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS)
+                break;
+            if (h + 2 > end)
+                return -1;
+            next = h[0];
+            h += ((__u32)h[1] + 1) * 8;
+        }
+        if (next != IPPROTO_UDP)
             return -1;
-        udp = (const void *)(ip6 + 1);
+        udp = (const void *)h;
         p->v6 = 1;
         __builtin_memcpy(p->src, &ip6->saddr, 16);
     } else {

@@ -26,7 +26,8 @@ typedef struct frame_spec {
     int proto;       /* IPPROTO_UDP unless set */
     uint16_t dport;  /* PORT unless set */
     const char *src; /* source address; a default per family */
-    int frag;        /* IPv4 more-fragments bit */
+    int frag;        /* IPv4 more-fragments bit; IPv6: a fragment header after the others */
+    int exthdrs;     /* IPv6: destination-options headers (16 bytes each) before L4 */
 } frame_spec_t;
 
 static inline size_t put16(uint8_t *p, uint16_t v)
@@ -54,13 +55,31 @@ static inline size_t frame(uint8_t *f, const frame_spec_t *s, const uint8_t *pay
     int proto = s->proto ? s->proto : IPPROTO_UDP;
     size_t l4len = proto == IPPROTO_UDP ? 8 + plen : 20 + plen;
     if (s->v6) {
+        size_t ext = (size_t)s->exthdrs * 16 + (s->frag ? 8 : 0);
         f[o] = 0x60;
-        put16(f + o + 4, (uint16_t)l4len);
-        f[o + 6] = (uint8_t)proto;
+        put16(f + o + 4, (uint16_t)(ext + l4len));
         f[o + 7] = 64;
         inet_pton(AF_INET6, s->src ? s->src : "2001:db8:1:2::10", f + o + 8);
         inet_pton(AF_INET6, "2001:db8:ffff::1", f + o + 24);
+        uint8_t *next = f + o + 6; /* where the next header's number goes */
         o += 40;
+        for (int i = 0; i < s->exthdrs; i++) {
+            *next = 60; /* destination options */
+            next = f + o;
+            memset(f + o, 0, 16);
+            f[o + 1] = 1;  /* (1 + 1) * 8 bytes */
+            f[o + 2] = 1;  /* PadN */
+            f[o + 3] = 12; /* over the rest */
+            o += 16;
+        }
+        if (s->frag) {
+            *next = 44; /* fragment: offset 0, more fragments */
+            next = f + o;
+            memset(f + o, 0, 8);
+            f[o + 3] = 1;
+            o += 8;
+        }
+        *next = (uint8_t)proto;
     } else {
         f[o] = 0x45;
         put16(f + o + 2, (uint16_t)(20 + l4len));

@@ -114,7 +114,10 @@ static void fixtures(void **state)
     static const frame_spec_t v4 = {0}, v6 = {.v6 = 1}, vlan4 = {.vlans = 1},
                               qinq6 = {.v6 = 1, .vlans = 2}, other_port = {.dport = 4434},
                               tcp = {.proto = IPPROTO_TCP}, frag = {.frag = 1},
-                              v4_443 = {.dport = 443};
+                              v4_443 = {.dport = 443}, ext1 = {.v6 = 1, .exthdrs = 1},
+                              ext3_vlan = {.v6 = 1, .vlans = 1, .exthdrs = 3},
+                              ext4 = {.v6 = 1, .exthdrs = 4}, frag6 = {.v6 = 1, .frag = 1},
+                              ext_frag6 = {.v6 = 1, .exthdrs = 1, .frag = 1};
     uint8_t forged[QX_CID_LEN];
     memcpy(forged, cid_cur, sizeof(forged));
     forged[QX_CID_MAC_OFF] ^= 0x80;
@@ -170,6 +173,20 @@ static void fixtures(void **state)
         {"other UDP port", &other_port, 0, 0, 0, 0, 0, 300, NULL, QX_XDP_PASS_OTHER},
         {"TCP to the QUIC port", &tcp, 3, 0, 0, 0, 0, 10, NULL, QX_XDP_PASS_OTHER},
         {"IPv4 fragment", &frag, 0, 0, 0, 0, 0, 300, NULL, QX_XDP_PASS_OTHER},
+        /* IPv6 extension headers do not get a datagram past the checks. */
+        {"IPv6 + dest options, full Initial", &ext1, 0, 0, 0, 0, 0, 1200, NULL,
+         QX_XDP_PASS_INITIAL},
+        {"IPv6 + dest options, short Initial", &ext1, 0, 0, 0, 0, 0, 300, NULL,
+         QX_XDP_DROP_INITIAL_SMALL},
+        {"VLAN IPv6 + 3 ext headers, forged short header", &ext3_vlan, 2, 0, 0, 0, 0, 60, forged,
+         QX_XDP_DROP_BAD_CID},
+        {"VLAN IPv6 + 3 ext headers, short header, current key", &ext3_vlan, 2, 0, 0, 0, 0, 60,
+         cid_cur, QX_XDP_PASS_SHORT},
+        {"IPv6 + 4 ext headers: beyond the walk", &ext4, 0, 0, 0, 0, 0, 300, NULL,
+         QX_XDP_PASS_OTHER},
+        {"IPv6 fragment header", &frag6, 0, 0, 0, 0, 0, 300, NULL, QX_XDP_PASS_OTHER},
+        {"IPv6 dest options then fragment header", &ext_frag6, 0, 0, 0, 0, 0, 300, NULL,
+         QX_XDP_PASS_OTHER},
     };
     uint8_t p[FRAME_MAX], f[FRAME_MAX];
     (void)state;
@@ -224,10 +241,12 @@ static void fixtures(void **state)
 /* Every prefix of a valid frame: cut in the link, IP or UDP header it is
  * not QUIC (the stack drops it); cut in the QUIC header it is too short;
  * cut after the header an Initial is under 1200 bytes and a short header
- * is complete. IP and UDP lengths still claim the whole datagram. */
+ * is complete. IP and UDP lengths still claim the whole datagram. Five
+ * encapsulations, one with IPv6 extension headers. */
 static void truncated(void **state)
 {
-    static const frame_spec_t specs[] = {{0}, {.v6 = 1}, {.vlans = 2}, {.v6 = 1, .vlans = 1}};
+    static const frame_spec_t specs[] = {
+        {0}, {.v6 = 1}, {.vlans = 2}, {.v6 = 1, .vlans = 1}, {.v6 = 1, .exthdrs = 2}};
     uint8_t p[FRAME_MAX], f[FRAME_MAX];
     char what[96];
     (void)state;
