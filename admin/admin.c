@@ -786,8 +786,6 @@ static enum MHD_Result put_routes(qx_admin_t *a, struct MHD_Connection *c, const
     return reply_json(c, MHD_HTTP_OK, o);
 }
 
-/* PUT /xdp/denylist: the whole list, validated before anything changes.
- * Without the filter's maps: 409 (there is nothing to hold the list). */
 /* ------------------------------------------------------------------------
  * status page */
 
@@ -830,6 +828,8 @@ static enum MHD_Result get_status_json(qx_admin_t *a, struct MHD_Connection *c)
     return reply_json(c, MHD_HTTP_OK, o);
 }
 
+/* PUT /xdp/denylist: the whole list, validated before anything changes.
+ * Without the filter's maps: 409 (there is nothing to hold the list). */
 static enum MHD_Result put_xdp_deny(qx_admin_t *a, struct MHD_Connection *c, const admin_req_t *r)
 {
     char err[256] = "";
