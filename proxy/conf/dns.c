@@ -486,8 +486,13 @@ void qx_dns_del(qx_dns_t *d)
     if (d == NULL)
         return;
     d->closing = 1;
-    /* Answers still out come back now with ARES_EDESTRUCTION; the sockets'
-     * polls are closed through sock_state. */
+    /* The tick's close is counted before anything else: the answers still
+     * out come back from inside ares_destroy (ARES_EDESTRUCTION), before
+     * c-ares closes its sockets through sock_state, and the last of them
+     * must not find the resolver free to go. */
+    uv_timer_stop(&d->tick);
+    d->open_handles++;
+    uv_close((uv_handle_t *)&d->tick, on_handle_closed);
     ares_destroy(d->ch);
     d->ch_ok = 0;
     while (!LIST_EMPTY(&d->socks)) {
@@ -500,9 +505,6 @@ void qx_dns_del(qx_dns_t *d)
     }
     while (!LIST_EMPTY(&d->names))
         free_name(LIST_FIRST(&d->names));
-    uv_timer_stop(&d->tick);
-    d->open_handles++;
-    uv_close((uv_handle_t *)&d->tick, on_handle_closed);
 }
 
 size_t qx_dns_addrs(qx_dns_t *d, const char *host, uint16_t port, struct sockaddr_storage *out,
