@@ -21,7 +21,8 @@ list and ndots:5, in a mount namespace of its own) expanding `api` and
 name), names added by a reload (one resolving, one not: no config error),
 the resolver stopped (the last good addresses keep serving, failures
 counted, logged once), and `qrux check` warning about a name it cannot
-resolve, with a name server that refuses and one that never answers.
+resolve, with a name server that refuses and one that never answers (and
+qrux stopped while its lookup hangs there: exit 0).
 """
 
 import http.client
@@ -464,11 +465,17 @@ def main():
                                    extra_server="dns:\n  servers: [%s]\n"
                                    % yaml_str("127.0.0.1:%d" % silent.getsockname()[1]))
         rc, so, se = run([env.qrux_alias(), "check", "--config", path], timeout=60)
-        silent.close()
         out = so.decode() + se.decode()
         env.eq("qrux check with a name server that never answers: exit 0", rc, 0, out)
         env.check("... and warns naming the name",
                   "hangs.qxtest:%d" % port in out and "warning" in out, out)
+        # ... and qrux stopped while its lookup hangs there: a clean exit.
+        q3 = env.qrux([("*", "hangs.qxtest:%d" % port)],
+                      extra_server="  drain_delay_secs: 0\ndns:\n  servers: [%s]\n"
+                      % yaml_str("127.0.0.1:%d" % silent.getsockname()[1]))
+        q3.signal(signal.SIGTERM)
+        env.eq("SIGTERM with a lookup hanging: exit 0", q3.wait_exit(30), 0, q3.log_tail())
+        silent.close()
         q.stop()
         for s in servers.values():
             s.shutdown()
