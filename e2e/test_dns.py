@@ -272,6 +272,9 @@ def main():
             v = dns_metric(ms, "qrux_dns_resolutions_total", name="two.qxtest", result="ok")
             env.check("qrux_dns_resolutions_total{two.qxtest,ok} >= 1 (%s)" % v,
                       v is not None and v >= 1)
+            env.check("the record's TTL (dnsmasq's 1 s) is honoured within [1, 2] s",
+                      "dns: two.qxtest -> 127.0.0.2 127.0.0.3 (ttl 1 s, next lookup in 1 s)"
+                      in q.log_text(), q.log_tail(40))
             env.eq("qrux_dns_addresses{two.qxtest} 2",
                    dns_metric(ms, "qrux_dns_addresses", name="two.qxtest"), 2.0)
             for h in ("127.0.0.2", "127.0.0.3"):
@@ -434,6 +437,9 @@ def main():
                    c2.get("api.test"), (200, "127.0.0.4"))
             env.eq("... 'api.other' the Service of namespace 'other' (second search domain)",
                    c2.get("other.test"), (200, "127.0.0.5"))
+            env.check("the 1 s TTL is raised to the default dns.min_ttl_secs, 5 s",
+                      "dns: api -> 127.0.0.4 (ttl 1 s, next lookup in 5 s)" in q2.log_text(),
+                      q2.log_tail(30))
             q2.stop()
 
         env.case("start with a name that does not resolve", case_start)
