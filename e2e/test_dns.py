@@ -9,15 +9,16 @@ answers with its own address, so a test sees which endpoint served it.
 Requests go through qrux's HTTPS listener (HTTP/1.1 over TLS, Python's
 http.client).
 
-Cases: a name with two addresses (requests alternate), a record changed
-(new requests follow within the TTL, one in flight finishes on the old
-address, the config generation stays), a record removed (its endpoint
-drains: the backend sees qrux's idle connections close), a name that never
-resolves (502, a log line naming it, /readyz 503 with
-ready_requires_upstream, ready once it resolves), an AAAA-only name over
-[::1], a search domain (dns.search/ndots), a pod's /etc/resolv.conf (search
-list and ndots:5, in a mount namespace of its own) expanding `api` and
-`api.other`, one address of a name dead (that endpoint ejected, not the
+Cases: a name with two addresses (requests alternate), a record changed (new
+requests follow within the TTL, one in flight finishes on the old address,
+the config generation stays), a record removed (its endpoint drains: the
+backend sees qrux's idle connections close), a name that never resolves
+(502, a log line naming it, /readyz 503 with ready_requires_upstream, ready
+once it resolves), a name whose last record is removed (its last good
+address keeps serving, not_found counted, logged once), an AAAA-only name
+over [::1], a search domain (dns.search/ndots), a pod's /etc/resolv.conf
+(search list and ndots:5, in a mount namespace of its own) expanding `api`
+and `api.other`, one address of a name dead (that endpoint ejected, not the
 name), names added by a reload (one resolving, one not: no config error),
 the resolver stopped (the last good addresses keep serving, failures
 counted, logged once), and `qrux check` warning about a name it cannot
@@ -340,6 +341,30 @@ def main():
                    metric(ms, "qrux_upstream_healthy", upstream="two.qxtest:%d" % port,
                           address="127.0.0.3:%d" % port), None)
 
+        def case_emptied():
+            ms = scrape(adm)[0]
+            nf0 = dns_metric(ms, "qrux_dns_resolutions_total", name="chg.qxtest",
+                             result="not_found") or 0
+            hosts_now[2] = "# chg.qxtest gone"
+            dns.set_hosts(hosts_now)
+
+            def counted():
+                v = dns_metric(scrape(adm)[0], "qrux_dns_resolutions_total", name="chg.qxtest",
+                               result="not_found") or 0
+                return v >= nf0 + 2
+            env.check("the name's last record removed: lookups counted not_found",
+                      wait_until(counted, 15, interval=0.3), q.log_tail())
+            env.eq("... the last good address keeps serving",
+                   [cl.get("chg.test") for _ in range(3)], [(200, "127.0.0.5")] * 3)
+            env.eq("... qrux_dns_addresses{chg.qxtest} stays 1",
+                   dns_metric(scrape(adm)[0], "qrux_dns_addresses", name="chg.qxtest"), 1.0)
+            lines = [ln for ln in q.log_text().splitlines()
+                     if "dns: chg.qxtest: lookup failed" in ln]
+            env.eq("... logged once, not per retry", len(lines), 1, "\n".join(lines))
+            env.check("... saying what is kept",
+                      lines and "Domain name not found" in lines[0]
+                      and "keeping the last 1 address" in lines[0], lines)
+
         def case_never_resolves_later():
             hosts_now.append("127.0.0.5 never.qxtest")
             dns.set_hosts(hosts_now)
@@ -447,6 +472,7 @@ def main():
         env.case("AAAA-only and search domains", case_v6_and_search)
         env.case("a changed record", case_changed)
         env.case("a removed record", case_removed)
+        env.case("a name emptied", case_emptied)
         env.case("the name appears later", case_never_resolves_later)
         env.case("one address of a name dead", case_ejected)
         env.case("a pod's resolv.conf", case_pod_resolv_conf)
