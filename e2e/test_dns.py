@@ -420,7 +420,9 @@ def main():
             routes2 = routes + [("late.test", "late.qxtest:%d" % port),
                                 ("nope.test", "nope.qxtest:%d" % port)]
             gen0 = metric(scrape(adm)[0], "qrux_config_generation")
-            env.write_config(routes2, limits=limits, port=q.port, extra_server=extra)
+            tmp, _ = env.write_config(routes2, limits=limits, port=q.port, name="reload.yaml",
+                                      extra_server=extra)
+            os.rename(tmp, q.config_path)  # whole, as a ConfigMap update lands
             q.signal(signal.SIGHUP)
             env.check("a reload naming a new name that does not resolve is in force (no config "
                       "error)", wait_until(lambda: (metric(scrape(adm)[0],
