@@ -19,11 +19,12 @@ address keeps serving, not_found counted, logged once), an AAAA-only name
 over [::1], a search domain (dns.search/ndots), a pod's /etc/resolv.conf
 (search list and ndots:5, in a mount namespace of its own) expanding `api`
 and `api.other`, one address of a name dead (that endpoint ejected, not the
-name), names added by a reload (one resolving, one not: no config error),
-the resolver stopped (the last good addresses keep serving, failures
-counted, logged once), and `qrux check` warning about a name it cannot
-resolve, with a name server that refuses and one that never answers (and
-qrux stopped while its lookup hangs there: exit 0).
+name), names added by a reload (one resolving, one not: no config error; a
+change of dns.servers refused as restart-only), the resolver stopped (the
+last good addresses keep serving, failures counted, logged once), and `qrux
+check` warning about a name it cannot resolve, with a name server that
+refuses and one that never answers (and qrux stopped while its lookup hangs
+there: exit 0).
 """
 
 import http.client
@@ -438,6 +439,20 @@ def main():
             env.eq("... and /readyz 503 naming it", (r.status, r.text.strip()),
                    (503, "upstream nope.qxtest:%d does not resolve: Domain name not found" % port))
             env.eq("the other routes keep serving", cl.get("two.test"), (200, "127.0.0.2"))
+            # dns.servers is set up once: a reload changing it is refused.
+            gen1 = metric(scrape(adm)[0], "qrux_config_generation")
+            moved = extra.replace("127.0.0.1:%d" % dport, "127.0.0.1:%d" % (dport ^ 1))
+            env.check("the servers' line is in the config", moved != extra, extra)
+            tmp, _ = env.write_config(routes2, limits=limits, port=q.port, name="reload.yaml",
+                                      extra_server=moved)
+            os.rename(tmp, q.config_path)
+            q.signal(signal.SIGHUP)
+            msg = "dns.servers: changing it needs a restart; the running config is kept"
+            env.check("a reload changing dns.servers is refused as restart-only",
+                      wait_until(lambda: msg in q.log_text(), 10, interval=0.2), q.log_tail())
+            env.eq("... the generation stays", metric(scrape(adm)[0], "qrux_config_generation"),
+                   gen1)
+            env.eq("... GET /config says why", adm.get("/config").json().get("last_error"), msg)
 
         def case_pod_resolv_conf():
             if os.geteuid() != 0:
