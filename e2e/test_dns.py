@@ -516,8 +516,9 @@ def main():
         rc, so, se = run([env.qrux_alias(), "check", "--config", path], timeout=60)
         out = so.decode() + se.decode()
         env.eq("qrux check with a name server that never answers: exit 0", rc, 0, out)
-        env.check("... and warns naming the name",
-                  "hangs.qxtest:%d" % port in out and "warning" in out, out)
+        env.check("... and warns naming the name and why",
+                  "upstream hangs.qxtest:%d not resolved: no answer from the name server within "
+                  "5 s" % port in out and "warning" in out, out)
         # ... and qrux stopped while its lookup hangs there: a clean exit.
         q3 = env.qrux([("*", "hangs.qxtest:%d" % port)],
                       extra_server="  drain_delay_secs: 0\ndns:\n  servers: [%s]\n"

@@ -522,17 +522,19 @@ size_t qx_dns_addrs(qx_dns_t *d, const char *host, uint16_t port, struct sockadd
     return k;
 }
 
-void qx_dns_why(qx_dns_t *d, const char *host, char *buf, size_t len)
+int qx_dns_why(qx_dns_t *d, const char *host, char *buf, size_t len)
 {
     pthread_mutex_lock(&d->lock);
     dns_name_t *n = find(d, host);
-    if (n == NULL || n->status == -1)
+    int answered = n != NULL && n->status != -1;
+    if (!answered)
         snprintf(buf, len, "not resolved yet");
     else if (n->naddrs > 0)
         snprintf(buf, len, "resolves");
     else
         snprintf(buf, len, "does not resolve: %s", ares_strerror(n->status));
     pthread_mutex_unlock(&d->lock);
+    return answered;
 }
 
 void qx_dns_metrics(qx_dns_t *d, qx_buf_t *out)

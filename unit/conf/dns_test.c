@@ -130,7 +130,7 @@ static void test_del_with_queries_out(void **state)
     socklen_t l[1];
     assert_int_equal(qx_dns_addrs(d, "hang-a.qxtest", 80, a, l, 1), 0);
     char why[64];
-    qx_dns_why(d, "hang-a.qxtest", why, sizeof(why));
+    assert_int_equal(qx_dns_why(d, "hang-a.qxtest", why, sizeof(why)), 0);
     assert_string_equal(why, "not resolved yet");
 
     qx_dns_del(d);
