@@ -455,7 +455,9 @@ http {
 class Qrux:
     """The binary under test, started from a config file; collects stderr."""
 
-    def __init__(self, env, config_path, port, log_level="info", extra_env=None):
+    def __init__(self, env, config_path, port, log_level="info", extra_env=None, wrap=None):
+        """wrap: argv run in front of qrux's (it must exec it, so the
+        process is qrux's), e.g. unshare for a private /etc/resolv.conf."""
         self.env = env
         self.port = port
         self.config_path = config_path
@@ -468,8 +470,8 @@ class Qrux:
         e["QRUX_LOG"] = log_level
         if extra_env:
             e.update(extra_env)
-        self.proc = spawn([env.qrux_alias(), "--config", config_path], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, env=e)
+        self.proc = spawn(list(wrap or []) + [env.qrux_alias(), "--config", config_path],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=e)
         self.pid = self.proc.pid
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

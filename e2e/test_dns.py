@@ -9,14 +9,22 @@ answers with its own address, so a test sees which endpoint served it.
 Requests go through qrux's HTTPS listener (HTTP/1.1 over TLS, Python's
 http.client).
 
-Cases: a name with two addresses (requests alternate), a record changed
-(new requests follow within the TTL, one in flight finishes on the old
-address, the config generation stays), a record removed (its endpoint
-drains), a name that never resolves (502, a log line naming it, /readyz 503
-with ready_requires_upstream, ready once it resolves), an AAAA-only name
-over [::1], a search domain expanded as a pod's resolver does, the resolver
-stopped (the last good addresses keep serving, failures counted, logged
-once), and `qrux check` warning about a name it cannot resolve.
+Cases: a name with two addresses (requests alternate), a record changed (new
+requests follow within the TTL, one in flight finishes on the old address,
+the config generation stays), a record removed (its endpoint drains: the
+backend sees qrux's idle connections close), a name that never resolves
+(502, a log line naming it, /readyz 503 with ready_requires_upstream, ready
+once it resolves), a name whose last record is removed (its last good
+address keeps serving, not_found counted, logged once), an AAAA-only name
+over [::1], a search domain (dns.search/ndots), a pod's /etc/resolv.conf
+(search list and ndots:5, in a mount namespace of its own) expanding `api`
+and `api.other`, one address of a name dead (that endpoint ejected, not the
+name), names added by a reload (one resolving, one not: no config error; a
+change of dns.servers refused as restart-only), the resolver stopped (the
+last good addresses keep serving, failures counted, logged once), and `qrux
+check` warning about a name it cannot resolve, with a name server that
+refuses and one that never answers (and qrux stopped while its lookup hangs
+there: exit 0).
 """
 
 import http.client
@@ -31,7 +39,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Env, free_port, need, run, spawn, wait_until, yaml_str, _kill_group  # noqa: E402
+from harness import (Env, Qrux, free_port, need, run, spawn, wait_until, yaml_str,  # noqa: E402
+                     _kill_group)
 from test_admin import Admin, metric, scrape  # noqa: E402
 
 
@@ -47,6 +56,18 @@ class IdHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *a):
         pass
+
+    def setup(self):
+        super().setup()
+        with self.server.lock:
+            self.server.open += 1
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            with self.server.lock:
+                self.server.open -= 1
 
     def do_GET(self):
         if self.path.startswith("/slow"):
@@ -64,6 +85,8 @@ class IdServer(http.server.ThreadingHTTPServer):
     def __init__(self, host, port):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.ident = host
+        self.lock = threading.Lock()
+        self.open = 0  # connections the client (qrux) holds open
         super().__init__((host, port), IdHandler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -184,11 +207,14 @@ def main():
         port = common_port(hosts)
         servers = {h: IdServer(h, port) for h in hosts}
         hosts_file = os.path.join(env.dir, "dns-hosts")
+        # 127.0.0.6 has no backend: connects to it are refused.
+        hosts_now = ["127.0.0.2 two.qxtest", "127.0.0.3 two.qxtest", "127.0.0.2 chg.qxtest",
+                     "127.0.0.4 ej.qxtest", "127.0.0.6 ej.qxtest"]
         with open(hosts_file, "w") as f:
-            f.write("127.0.0.2 two.qxtest\n127.0.0.3 two.qxtest\n127.0.0.2 chg.qxtest\n")
-        dns = Dnsmasq(env, hosts_file, ["v6.qxtest,::1", "api.ns.svc.qxtest,127.0.0.4"])
+            f.write("".join(ln + "\n" for ln in hosts_now))
+        dns = Dnsmasq(env, hosts_file, ["v6.qxtest,::1", "api.ns.svc.qxtest,127.0.0.4",
+                                        "api.other.svc.qxtest,127.0.0.5"])
         dport = dns.port
-        hosts_now = ["127.0.0.2 two.qxtest", "127.0.0.3 two.qxtest", "127.0.0.2 chg.qxtest"]
 
         tport = free_port("tcp")
         aport = free_port("tcp")
@@ -200,8 +226,10 @@ def main():
                  % (tport, aport)) + dns_yaml
         routes = [("two.test", "two.qxtest:%d" % port), ("chg.test", "chg.qxtest:%d" % port),
                   ("v6.test", "v6.qxtest:%d" % port), ("pod.test", "api:%d" % port),
-                  ("never.test", "never.qxtest:%d" % port)]
-        q = env.qrux(routes, extra_server=extra, wait=False)
+                  ("never.test", "never.qxtest:%d" % port), ("ej.test", "ej.qxtest:%d" % port)]
+        # Idle upstream connections outlive the test unless a drain closes them.
+        limits = {"upstream_keepalive_timeout_secs": 600}
+        q = env.qrux(routes, limits=limits, extra_server=extra, wait=False)
         cl = Client(tport)
         adm = Admin(aport)
 
@@ -246,6 +274,9 @@ def main():
             v = dns_metric(ms, "qrux_dns_resolutions_total", name="two.qxtest", result="ok")
             env.check("qrux_dns_resolutions_total{two.qxtest,ok} >= 1 (%s)" % v,
                       v is not None and v >= 1)
+            env.check("the record's TTL (dnsmasq's 1 s) is honoured within [1, 2] s",
+                      "dns: two.qxtest -> 127.0.0.2 127.0.0.3 (ttl 1 s, next lookup in 1 s)"
+                      in q.log_text(), q.log_tail(40))
             env.eq("qrux_dns_addresses{two.qxtest} 2",
                    dns_metric(ms, "qrux_dns_addresses", name="two.qxtest"), 2.0)
             for h in ("127.0.0.2", "127.0.0.3"):
@@ -256,6 +287,8 @@ def main():
                           address="127.0.0.3:%d" % port, state="idle")
             env.check("pool per endpoint: idle connection to 127.0.0.3 (%s)" % idle,
                       idle is not None and idle >= 1)
+            env.check("the backend at 127.0.0.3 holds qrux's kept-alive connection (%d open)"
+                      % servers["127.0.0.3"].open, servers["127.0.0.3"].open >= 1)
 
         def case_v6_and_search():
             st, body = cl.get("v6.test")
@@ -301,9 +334,37 @@ def main():
                           address="127.0.0.3:%d" % port, state="idle")
             env.check("record removed: its idle connections are closed (idle gauge %s)" % idle,
                       not idle)
+            be = servers["127.0.0.3"]
+            env.check("record removed: the backend at 127.0.0.3 sees qrux's connections close "
+                      "(%d still open; keep-alive timeout 600 s)" % be.open,
+                      wait_until(lambda: be.open == 0, 10, interval=0.2), q.log_tail())
             env.eq("record removed: its health series is gone",
                    metric(ms, "qrux_upstream_healthy", upstream="two.qxtest:%d" % port,
                           address="127.0.0.3:%d" % port), None)
+
+        def case_emptied():
+            ms = scrape(adm)[0]
+            nf0 = dns_metric(ms, "qrux_dns_resolutions_total", name="chg.qxtest",
+                             result="not_found") or 0
+            hosts_now[2] = "# chg.qxtest gone"
+            dns.set_hosts(hosts_now)
+
+            def counted():
+                v = dns_metric(scrape(adm)[0], "qrux_dns_resolutions_total", name="chg.qxtest",
+                               result="not_found") or 0
+                return v >= nf0 + 2
+            env.check("the name's last record removed: lookups counted not_found",
+                      wait_until(counted, 15, interval=0.3), q.log_tail())
+            env.eq("... the last good address keeps serving",
+                   [cl.get("chg.test") for _ in range(3)], [(200, "127.0.0.5")] * 3)
+            env.eq("... qrux_dns_addresses{chg.qxtest} stays 1",
+                   dns_metric(scrape(adm)[0], "qrux_dns_addresses", name="chg.qxtest"), 1.0)
+            lines = [ln for ln in q.log_text().splitlines()
+                     if "dns: chg.qxtest: lookup failed" in ln]
+            env.eq("... logged once, not per retry", len(lines), 1, "\n".join(lines))
+            env.check("... saying what is kept",
+                      lines and "Domain name not found" in lines[0]
+                      and "keeping the last 1 address" in lines[0], lines)
 
         def case_never_resolves_later():
             hosts_now.append("127.0.0.5 never.qxtest")
@@ -334,12 +395,105 @@ def main():
             env.check("... with what is kept", lines and "keeping the last 1 address" in lines[0],
                       lines)
 
+        def case_ejected():
+            seq = [cl.get("ej.test") for _ in range(10)]
+            env.eq("one address of ej.qxtest dead: every request 200 from the live one", seq,
+                   [(200, "127.0.0.4")] * 10)
+            ms, _, _ = scrape(adm)
+            up = "ej.qxtest:%d" % port
+            dead, live = "127.0.0.6:%d" % port, "127.0.0.4:%d" % port
+            env.eq("the dead address is ejected (healthy 0)",
+                   metric(ms, "qrux_upstream_healthy", upstream=up, address=dead), 0.0)
+            env.eq("... not the name: its live address stays healthy",
+                   metric(ms, "qrux_upstream_healthy", upstream=up, address=live), 1.0)
+            v = metric(ms, "qrux_upstream_ejections_total", upstream=up, address=dead)
+            env.check("ejection counted for the dead address (%s)" % v, v is not None and v >= 1)
+            env.eq("no ejection for the live address",
+                   metric(ms, "qrux_upstream_ejections_total", upstream=up, address=live), 0.0)
+            errs = metric(ms, "qrux_upstream_errors_total", upstream=up, address=dead,
+                          kind="connect")
+            env.check("connect errors labelled by name and address (%s)" % errs,
+                      errs is not None and errs >= 3)
+
+        def case_reload():
+            hosts_now.append("127.0.0.5 late.qxtest")
+            dns.set_hosts(hosts_now)
+            routes2 = routes + [("late.test", "late.qxtest:%d" % port),
+                                ("nope.test", "nope.qxtest:%d" % port)]
+            gen0 = metric(scrape(adm)[0], "qrux_config_generation")
+            tmp, _ = env.write_config(routes2, limits=limits, port=q.port, name="reload.yaml",
+                                      extra_server=extra)
+            os.rename(tmp, q.config_path)  # whole, as a ConfigMap update lands
+            q.signal(signal.SIGHUP)
+            env.check("a reload naming a new name that does not resolve is in force (no config "
+                      "error)", wait_until(lambda: (metric(scrape(adm)[0],
+                                                           "qrux_config_generation") or 0) > gen0,
+                                           10, interval=0.2), q.log_tail())
+            env.check("the new name that resolves serves after the reload",
+                      wait_until(lambda: cl.get("late.test") == (200, "127.0.0.5"), 10,
+                                 interval=0.2), q.log_tail())
+            st, body = cl.get("nope.test")
+            env.eq("the new name that does not resolve: 502", st, 502, body)
+            wait_until(lambda: adm.code("/readyz") == 503, 5, interval=0.2)  # checked 1/s
+            r = adm.get("/readyz")
+            env.eq("... and /readyz 503 naming it", (r.status, r.text.strip()),
+                   (503, "upstream nope.qxtest:%d does not resolve: Domain name not found" % port))
+            env.eq("the other routes keep serving", cl.get("two.test"), (200, "127.0.0.2"))
+            # dns.servers is set up once: a reload changing it is refused.
+            gen1 = metric(scrape(adm)[0], "qrux_config_generation")
+            moved = extra.replace("127.0.0.1:%d" % dport, "127.0.0.1:%d" % (dport ^ 1))
+            env.check("the servers' line is in the config", moved != extra, extra)
+            tmp, _ = env.write_config(routes2, limits=limits, port=q.port, name="reload.yaml",
+                                      extra_server=moved)
+            os.rename(tmp, q.config_path)
+            q.signal(signal.SIGHUP)
+            msg = "dns.servers: changing it needs a restart; the running config is kept"
+            env.check("a reload changing dns.servers is refused as restart-only",
+                      wait_until(lambda: msg in q.log_text(), 10, interval=0.2), q.log_tail())
+            env.eq("... the generation stays", metric(scrape(adm)[0], "qrux_config_generation"),
+                   gen1)
+            env.eq("... GET /config says why", adm.get("/config").json().get("last_error"), msg)
+
+        def case_pod_resolv_conf():
+            if os.geteuid() != 0:
+                env.check("a pod's resolv.conf: needs root for a mount namespace (CI runs as "
+                          "root)", False)
+                return
+            rc = os.path.join(env.dir, "pod-resolv.conf")
+            with open(rc, "w") as f:  # as the kubelet writes it for a pod in namespace "ns"
+                f.write("search ns.svc.qxtest svc.qxtest\nnameserver 127.0.0.1\n"
+                        "options ndots:5\n")
+            t2 = free_port("tcp")
+            path, p2 = env.write_config(
+                [("api.test", "api:%d" % port), ("other.test", "api.other:%d" % port)],
+                name="pod.yaml",
+                extra_server='  https_listen: "127.0.0.1:%d"\ndns:\n  servers: [%s]\n'
+                % (t2, yaml_str("127.0.0.1:%d" % dport)))
+            wrap = [need("unshare"), "-m", "sh", "-c",
+                    'mount --bind "$0" /etc/resolv.conf && exec "$@"', rc]
+            q2 = Qrux(env, path, p2, wrap=wrap)
+            env.qruxes.append(q2)
+            env.check("qrux with the pod's resolv.conf starts", q2.wait_ready(15), q2.log_tail())
+            c2 = Client(t2)
+            env.eq("resolv.conf search + ndots:5: 'api' is the Service of the pod's namespace",
+                   c2.get("api.test"), (200, "127.0.0.4"))
+            env.eq("... 'api.other' the Service of namespace 'other' (second search domain)",
+                   c2.get("other.test"), (200, "127.0.0.5"))
+            env.check("the 1 s TTL is raised to the default dns.min_ttl_secs, 5 s",
+                      "dns: api -> 127.0.0.4 (ttl 1 s, next lookup in 5 s)" in q2.log_text(),
+                      q2.log_tail(30))
+            q2.stop()
+
         env.case("start with a name that does not resolve", case_start)
         env.case("a name with two addresses", case_two)
         env.case("AAAA-only and search domains", case_v6_and_search)
         env.case("a changed record", case_changed)
         env.case("a removed record", case_removed)
+        env.case("a name emptied", case_emptied)
         env.case("the name appears later", case_never_resolves_later)
+        env.case("one address of a name dead", case_ejected)
+        env.case("a pod's resolv.conf", case_pod_resolv_conf)
+        env.case("names added by a reload", case_reload)
         env.case("the resolver stopped", case_resolver_stopped)
 
         # qrux check: a warning, not an error.
@@ -351,6 +505,27 @@ def main():
         env.eq("qrux check with a name that does not resolve: exit 0", rc, 0, out)
         env.check("qrux check warns naming it",
                   "nothing-here.qxtest:%d" % port in out and "warning" in out, out)
+        # A name server that takes the query and never answers (a cluster
+        # DNS address unreachable from where `qrux check` runs): a warning
+        # after its wait, not a crash.
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
+        path, _ = env.write_config([("*", "hangs.qxtest:%d" % port)], name="silent.yaml",
+                                   extra_server="dns:\n  servers: [%s]\n"
+                                   % yaml_str("127.0.0.1:%d" % silent.getsockname()[1]))
+        rc, so, se = run([env.qrux_alias(), "check", "--config", path], timeout=60)
+        out = so.decode() + se.decode()
+        env.eq("qrux check with a name server that never answers: exit 0", rc, 0, out)
+        env.check("... and warns naming the name and why",
+                  "upstream hangs.qxtest:%d not resolved: no answer from the name server within "
+                  "5 s" % port in out and "warning" in out, out)
+        # ... and qrux stopped while its lookup hangs there: a clean exit.
+        q3 = env.qrux([("*", "hangs.qxtest:%d" % port)],
+                      extra_server="  drain_delay_secs: 0\ndns:\n  servers: [%s]\n"
+                      % yaml_str("127.0.0.1:%d" % silent.getsockname()[1]))
+        q3.signal(signal.SIGTERM)
+        env.eq("SIGTERM with a lookup hanging: exit 0", q3.wait_exit(30), 0, q3.log_tail())
+        silent.close()
         q.stop()
         for s in servers.values():
             s.shutdown()

@@ -301,7 +301,10 @@ static size_t resolve_now(qx_dns_t *dns, uv_loop_t *loop, const qx_config_t *cfg
             if (u->host == NULL || qx_dns_addrs(dns, u->host, u->port, a, l, 1) > 0)
                 continue;
             char why[160];
-            qx_dns_why(dns, u->host, why, sizeof(why));
+            if (!qx_dns_why(dns, u->host, why, sizeof(why)))
+                snprintf(why, sizeof(why),
+                         "not resolved: no answer from the name server within %llu s",
+                         (unsigned long long)(ms / 1000));
             QX_WARN("routes[%zu] (%s): upstream %s %s", r, cfg->routes[r].match, u->name, why);
             bad++;
         }

@@ -486,8 +486,13 @@ void qx_dns_del(qx_dns_t *d)
     if (d == NULL)
         return;
     d->closing = 1;
-    /* Answers still out come back now with ARES_EDESTRUCTION; the sockets'
-     * polls are closed through sock_state. */
+    /* The tick's close is counted before anything else: the answers still
+     * out come back from inside ares_destroy (ARES_EDESTRUCTION), before
+     * c-ares closes its sockets through sock_state, and the last of them
+     * must not find the resolver free to go. */
+    uv_timer_stop(&d->tick);
+    d->open_handles++;
+    uv_close((uv_handle_t *)&d->tick, on_handle_closed);
     ares_destroy(d->ch);
     d->ch_ok = 0;
     while (!LIST_EMPTY(&d->socks)) {
@@ -500,9 +505,6 @@ void qx_dns_del(qx_dns_t *d)
     }
     while (!LIST_EMPTY(&d->names))
         free_name(LIST_FIRST(&d->names));
-    uv_timer_stop(&d->tick);
-    d->open_handles++;
-    uv_close((uv_handle_t *)&d->tick, on_handle_closed);
 }
 
 size_t qx_dns_addrs(qx_dns_t *d, const char *host, uint16_t port, struct sockaddr_storage *out,
@@ -520,17 +522,19 @@ size_t qx_dns_addrs(qx_dns_t *d, const char *host, uint16_t port, struct sockadd
     return k;
 }
 
-void qx_dns_why(qx_dns_t *d, const char *host, char *buf, size_t len)
+int qx_dns_why(qx_dns_t *d, const char *host, char *buf, size_t len)
 {
     pthread_mutex_lock(&d->lock);
     dns_name_t *n = find(d, host);
-    if (n == NULL || n->status == -1)
+    int answered = n != NULL && n->status != -1;
+    if (!answered)
         snprintf(buf, len, "not resolved yet");
     else if (n->naddrs > 0)
         snprintf(buf, len, "resolves");
     else
         snprintf(buf, len, "does not resolve: %s", ares_strerror(n->status));
     pthread_mutex_unlock(&d->lock);
+    return answered;
 }
 
 void qx_dns_metrics(qx_dns_t *d, qx_buf_t *out)

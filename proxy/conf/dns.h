@@ -65,8 +65,10 @@ size_t qx_dns_addrs(qx_dns_t *d, const char *host, uint16_t port, struct sockadd
                     socklen_t *lens, size_t cap);
 
 /* Why |host| has no address, in words ("not resolved yet", "does not
- * resolve: Domain name not found"). Thread-safe. */
-void qx_dns_why(qx_dns_t *d, const char *host, char *buf, size_t len);
+ * resolve: Domain name not found"). Returns 1 when a lookup of it has
+ * finished, 0 when none has yet (its first answer is still awaited).
+ * Thread-safe. */
+int qx_dns_why(qx_dns_t *d, const char *host, char *buf, size_t len);
 
 /* Appends qrux_dns_resolutions_total and qrux_dns_addresses lines for every
  * name followed to |out| (whole lines: past its cap, |out| is marked
