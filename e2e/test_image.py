@@ -24,8 +24,10 @@ Dockerfile with buildah (storage in QRUX_IMAGE_ROOT, the build tree). Then:
 - afterwards nothing of it runs, nothing is mounted under the state
   directory, and its cgroups are gone.
 
-The images stay in the storage (a second run builds from the layer cache in
-seconds); `scripts/image.sh clean` removes them.
+The images stay in the storage as the build's cache (a second run builds
+from it in seconds): the base images, qrux:test and the build stage tagged
+qrux-build:cache; what older builds left there is pruned by the build (no
+dangling image afterwards). `scripts/image.sh clean` removes them all.
 """
 
 import hashlib
@@ -211,6 +213,12 @@ def main(env):
     _, id2, _ = podman("image", "inspect", "--format", "{{.Id}}", IMAGE)
     env.check("second build: same image from the cache", rc == 0 and id1 == id2 and id1,
               (id1, id2, err.decode(errors="replace")[-2000:]))
+    # What earlier builds left (an older checkout's untagged layers) is
+    # pruned; the build stage's cache is kept under its own tag.
+    rc, out, err = podman("images", "-q", "--filter", "dangling=true")
+    env.eq("no dangling images in the storage after the build", (rc, out.split()), (0, []), err)
+    rc, out, err = podman("image", "exists", "localhost/qrux-build:cache")
+    env.eq("build stage tagged localhost/qrux-build:cache", rc, 0, err)
 
     check_image(env)
 
