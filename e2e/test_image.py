@@ -8,14 +8,15 @@ Dockerfile with buildah (storage in QRUX_IMAGE_ROOT, the build tree). Then:
 
 - the image: user 65532:65532, the three exposed ports, the OCI labels, no
   HEALTHCHECK, at most 90 MB uncompressed, every library `ldd` needs present,
-  `qrux --help` / `--version` (and the `xdp` / `inject` roles when the binary
-  has them) in the same image;
+  `qrux --help` / `--version`, `qrux xdp --help` and `qrux inject --help` in
+  the same image; a key only root can read is refused by `qrux check` there;
 - one container run the way the README says (host network, read-only root
   without podman's tmpfs mounts on /tmp and /run, all capabilities dropped,
   no-new-privileges, memory and pids limits, the config directory and the key
   mounted read-only, the key 0400 owned by 65532) with e2e/backend.py on the
   host's loopback behind it: the process runs as uid 65532 with no
-  capabilities and NoNewPrivs (read from /proc), its root is read-only,
+  capabilities and NoNewPrivs (read from /proc), its root and both mounts are
+  read-only, the key is 0400 owned by 65532:65532 inside,
   /readyz is 200, HTTP/3 with gtlsclient and HTTPS h2 with curl (Alt-Svc
   advertising h3) return the exact bytes, a config change in the mounted
   directory (written the way the kubelet writes a ConfigMap) is applied,
@@ -176,16 +177,50 @@ def check_image(env):
     env.check("qrux --help in the image", rc == 0 and "--config" in out + err, out + err)
     rc, out, err = podman("run", "--rm", "--network=none", IMAGE, "--version")
     env.check("qrux --version in the image", rc == 0 and (out + err).strip(), out + err)
-    # The other roles share the image: a role the binary has must answer
-    # --help here too (until it exists, qrux names it an unknown command).
+    # The other two roles share the image: each answers --help with its own
+    # usage, exit 0.
     for role in ("xdp", "inject"):
         rc, out, err = podman("run", "--rm", "--network=none", "--read-only", "--cap-drop=all",
                               IMAGE, role, "--help")
-        if "unknown command '%s'" % role in err:
-            print("note: this qrux has no '%s' role yet: %s" % (role, err.strip()), flush=True)
-            continue
-        env.check("qrux %s --help in the image" % role, rc == 0 and (out + err).strip(),
+        env.check("qrux %s --help in the image" % role,
+                  rc == 0 and (out + err).lstrip().startswith("usage: qrux %s " % role),
                   (rc, out + err))
+
+
+def ro_mounts(pid):
+    """{mount point: read-only?} of the container's /etc/qrux and
+    /etc/qrux-tls, from its /proc/PID/mountinfo."""
+    got = {}
+    with open("/proc/%d/mountinfo" % pid) as f:
+        for ln in f:
+            fields = ln.split()
+            if fields[4] in ("/etc/qrux", "/etc/qrux-tls"):
+                got[fields[4]] = "ro" in fields[5].split(",")
+    return got
+
+
+def check_key_owner(env, tls, conf):
+    """The README's key rule, the other way round: a key only root can read
+    (0400, owned by 0) is refused by `qrux check` in the image, naming the key;
+    the same key owned by 65532 passes."""
+    d = os.path.join(env.dir, "cfg-check")
+    os.makedirs(d, 0o755)
+    with open(os.path.join(d, "qrux.yaml"), "w") as f:
+        f.write(conf)
+    key = os.path.join(tls, "key.pem")
+    args = ["run", "--rm", "--network=none", "--read-only", "--cap-drop=all",
+            "--security-opt=no-new-privileges", "-v", "%s:/etc/qrux:ro" % d,
+            "-v", "%s:/etc/qrux-tls:ro" % tls, IMAGE, "check", "--config", "/etc/qrux/qrux.yaml"]
+    os.chown(key, 0, 0)
+    try:
+        rc, out, err = podman(*args)
+    finally:
+        os.chown(key, UID, UID)
+    env.check("key 0400 owned by root: qrux check refuses it (exit 2, Permission denied)",
+              rc == 2 and "/etc/qrux-tls/key.pem: Permission denied" in out + err,
+              (rc, out + err))
+    rc, out, err = podman(*args)
+    env.eq("key 0400 owned by 65532: qrux check passes", rc, 0, out + err)
 
 
 def proc_status(pid):
@@ -243,6 +278,8 @@ def main(env):
                              extra_server='  https_listen: "[::]:%d"\n  drain_delay_secs: 2\n'
                              % port + admin_yaml(admin))
 
+    check_key_owner(env, tls, conf(be1.addr))
+
     cfgdir = os.path.join(env.dir, "cfg")
     cm = AtomicDir(cfgdir, {"qrux.yaml": conf(be1.addr)})
     os.chmod(cfgdir, 0o755)
@@ -276,6 +313,13 @@ def main(env):
                               "echo x > /qx-probe")
         env.check("root filesystem is read-only (even for uid 0)",
                   rc != 0 and "Read-only file system" in out + err, (rc, out + err))
+        # The config and TLS directories are read-only mounts, and the key is
+        # seen inside as the README says: 0400, owned by 65532:65532.
+        env.eq("read-only mounts /etc/qrux and /etc/qrux-tls", ro_mounts(pid),
+               {"/etc/qrux": True, "/etc/qrux-tls": True})
+        rc, out, err = podman("exec", NAME, "stat", "-c", "%a %u:%g", "/etc/qrux-tls/key.pem")
+        env.eq("key in the container: mode 0400, owner 65532:65532", (rc, out.strip()),
+               (0, "400 %d:%d" % (UID, UID)), err)
 
         # HTTP/3 with gtlsclient
         r = env.gtls(port, "/bytes/100000")
