@@ -7,7 +7,8 @@ images from the machine's apt mirror, imports them with podman and builds the
 Dockerfile with buildah (storage in QRUX_IMAGE_ROOT, the build tree). Then:
 
 - the image: user 65532:65532, the three exposed ports, the OCI labels, no
-  HEALTHCHECK, at most 90 MB uncompressed, every library `ldd` needs present,
+  HEALTHCHECK, at most 90 MB uncompressed, every library `ldd` needs present
+  and each package of deps.sh's runtime set owning one of them,
   `qrux --help` / `--version`, `qrux xdp --help` and `qrux inject --help` in
   the same image; a key only root can read is refused by `qrux check` there;
 - one container run the way the README says (host network, read-only root
@@ -34,6 +35,7 @@ dangling image afterwards). `scripts/image.sh clean` removes them all.
 import hashlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -159,6 +161,16 @@ def check_image(env):
            open(os.path.join(SRC, "CMakeLists.txt")).read().split("project(qrux VERSION ")[1]
            .split()[0].rstrip(")"))
     env.eq("label licenses", labels.get("org.opencontainers.image.licenses"), "MIT")
+    # The source label is the checkout's remote (what scripts/image.sh passes;
+    # empty when the checkout has none), and a `docker build` without
+    # --build-arg labels the version CMakeLists.txt has.
+    rc, remote, _ = run(["git", "-C", SRC, "remote", "get-url", "origin"], timeout=30)
+    env.eq("label source: the checkout's origin", labels.get("org.opencontainers.image.source"),
+           remote.decode().strip() if rc == 0 else "")
+    with open(os.path.join(SRC, "Dockerfile")) as f:
+        default = re.search(r"^ARG QRUX_VERSION=(\S+)$", f.read(), re.M)
+    env.eq("the Dockerfile's default QRUX_VERSION is CMakeLists.txt's",
+           default and default.group(1), labels.get("org.opencontainers.image.version"))
     env.check("no HEALTHCHECK", not cfg.get("Healthcheck") and "Healthcheck" not in info, cfg)
     env.eq("entrypoint", cfg.get("Entrypoint"), ["/usr/local/bin/qrux"])
     env.eq("default command", cfg.get("Cmd"), ["--config", "/etc/qrux/qrux.yaml"])
@@ -171,6 +183,17 @@ def check_image(env):
                           "/usr/local/bin/qrux")
     env.check("ldd: every library present", rc == 0 and "not found" not in out, out + err)
     print("ldd in the image:\n" + out, flush=True)
+    # The runtime set of scripts/deps.sh holds only what qrux links: each of
+    # its packages owns one of the libraries ldd resolves in the image.
+    rc, out, err = podman("run", "--rm", "--network=none", "--entrypoint", "sh", IMAGE, "-c",
+                          "for l in $(ldd /usr/local/bin/qrux | awk '/=>/ { print $1 }'); do "
+                          "dpkg -S \"*/$l\"; done")
+    owners = {ln.split(":")[0] for ln in out.splitlines() if ":" in ln}
+    rc2, listed, _ = run([os.path.join(SRC, "scripts", "deps.sh"), "--list", "runtime"], timeout=30)
+    runtime = {w.split("/")[0] for w in listed.decode().split()}
+    env.check("every package of the runtime set owns a library qrux links",
+              rc == 0 and rc2 == 0 and runtime and runtime <= owners,
+              (sorted(runtime - owners), sorted(owners), err))
 
     rc, out, err = podman("run", "--rm", "--network=none", "--read-only", "--cap-drop=all",
                           IMAGE, "--help")
