@@ -21,7 +21,7 @@
 #
 # State lives under ${QRUX_IMAGE_ROOT:-<repo>/build/image}: storage/ (images,
 # layers), run/ (runroot), tmp/ (podman's tmp_dir), the two conf files, the
-# debootstrap trees. Expect ~6 GB there after a build. Needs root.
+# debootstrap trees. Expect about 1.1 GB there after a build. Needs root.
 #
 # Why the containers.conf settings: crun fails on this kernel's hybrid cgroup
 # layout (runc works, with cgroupfs); the default nofile limit is above the
