@@ -7,15 +7,17 @@ images from the machine's apt mirror, imports them with podman and builds the
 Dockerfile with buildah (storage in QRUX_IMAGE_ROOT, the build tree). Then:
 
 - the image: user 65532:65532, the three exposed ports, the OCI labels, no
-  HEALTHCHECK, at most 90 MB uncompressed, every library `ldd` needs present,
-  `qrux --help` / `--version` (and the `xdp` / `inject` roles when the binary
-  has them) in the same image;
+  HEALTHCHECK, at most 90 MB uncompressed, every library `ldd` needs present
+  and each package of deps.sh's runtime set owning one of them,
+  `qrux --help` / `--version`, `qrux xdp --help` and `qrux inject --help` in
+  the same image; a key only root can read is refused by `qrux check` there;
 - one container run the way the README says (host network, read-only root
   without podman's tmpfs mounts on /tmp and /run, all capabilities dropped,
   no-new-privileges, memory and pids limits, the config directory and the key
   mounted read-only, the key 0400 owned by 65532) with e2e/backend.py on the
   host's loopback behind it: the process runs as uid 65532 with no
-  capabilities and NoNewPrivs (read from /proc), its root is read-only,
+  capabilities and NoNewPrivs (read from /proc), its root and both mounts are
+  read-only, the key is 0400 owned by 65532:65532 inside,
   /readyz is 200, HTTP/3 with gtlsclient and HTTPS h2 with curl (Alt-Svc
   advertising h3) return the exact bytes, a config change in the mounted
   directory (written the way the kubelet writes a ConfigMap) is applied,
@@ -24,13 +26,16 @@ Dockerfile with buildah (storage in QRUX_IMAGE_ROOT, the build tree). Then:
 - afterwards nothing of it runs, nothing is mounted under the state
   directory, and its cgroups are gone.
 
-The images stay in the storage (a second run builds from the layer cache in
-seconds); `scripts/image.sh clean` removes them.
+The images stay in the storage as the build's cache (a second run builds
+from it in seconds): the base images, qrux:test and the build stage tagged
+qrux-build:cache; what older builds left there is pruned by the build (no
+dangling image afterwards). `scripts/image.sh clean` removes them all.
 """
 
 import hashlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -156,6 +161,16 @@ def check_image(env):
            open(os.path.join(SRC, "CMakeLists.txt")).read().split("project(qrux VERSION ")[1]
            .split()[0].rstrip(")"))
     env.eq("label licenses", labels.get("org.opencontainers.image.licenses"), "MIT")
+    # The source label is the checkout's remote (what scripts/image.sh passes;
+    # empty when the checkout has none), and a `docker build` without
+    # --build-arg labels the version CMakeLists.txt has.
+    rc, remote, _ = run(["git", "-C", SRC, "remote", "get-url", "origin"], timeout=30)
+    env.eq("label source: the checkout's origin", labels.get("org.opencontainers.image.source"),
+           remote.decode().strip() if rc == 0 else "")
+    with open(os.path.join(SRC, "Dockerfile")) as f:
+        default = re.search(r"^ARG QRUX_VERSION=(\S+)$", f.read(), re.M)
+    env.eq("the Dockerfile's default QRUX_VERSION is CMakeLists.txt's",
+           default and default.group(1), labels.get("org.opencontainers.image.version"))
     env.check("no HEALTHCHECK", not cfg.get("Healthcheck") and "Healthcheck" not in info, cfg)
     env.eq("entrypoint", cfg.get("Entrypoint"), ["/usr/local/bin/qrux"])
     env.eq("default command", cfg.get("Cmd"), ["--config", "/etc/qrux/qrux.yaml"])
@@ -168,22 +183,67 @@ def check_image(env):
                           "/usr/local/bin/qrux")
     env.check("ldd: every library present", rc == 0 and "not found" not in out, out + err)
     print("ldd in the image:\n" + out, flush=True)
+    # The runtime set of scripts/deps.sh holds only what qrux links: each of
+    # its packages owns one of the libraries ldd resolves in the image.
+    rc, out, err = podman("run", "--rm", "--network=none", "--entrypoint", "sh", IMAGE, "-c",
+                          "for l in $(ldd /usr/local/bin/qrux | awk '/=>/ { print $1 }'); do "
+                          "dpkg -S \"*/$l\"; done")
+    owners = {ln.split(":")[0] for ln in out.splitlines() if ":" in ln}
+    rc2, listed, _ = run([os.path.join(SRC, "scripts", "deps.sh"), "--list", "runtime"], timeout=30)
+    runtime = {w.split("/")[0] for w in listed.decode().split()}
+    env.check("every package of the runtime set owns a library qrux links",
+              rc == 0 and rc2 == 0 and runtime and runtime <= owners,
+              (sorted(runtime - owners), sorted(owners), err))
 
     rc, out, err = podman("run", "--rm", "--network=none", "--read-only", "--cap-drop=all",
                           IMAGE, "--help")
     env.check("qrux --help in the image", rc == 0 and "--config" in out + err, out + err)
     rc, out, err = podman("run", "--rm", "--network=none", IMAGE, "--version")
     env.check("qrux --version in the image", rc == 0 and (out + err).strip(), out + err)
-    # The other roles share the image: a role the binary has must answer
-    # --help here too (until it exists, qrux names it an unknown command).
+    # The other two roles share the image: each answers --help with its own
+    # usage, exit 0.
     for role in ("xdp", "inject"):
         rc, out, err = podman("run", "--rm", "--network=none", "--read-only", "--cap-drop=all",
                               IMAGE, role, "--help")
-        if "unknown command '%s'" % role in err:
-            print("note: this qrux has no '%s' role yet: %s" % (role, err.strip()), flush=True)
-            continue
-        env.check("qrux %s --help in the image" % role, rc == 0 and (out + err).strip(),
+        env.check("qrux %s --help in the image" % role,
+                  rc == 0 and (out + err).lstrip().startswith("usage: qrux %s " % role),
                   (rc, out + err))
+
+
+def ro_mounts(pid):
+    """{mount point: read-only?} of the container's /etc/qrux and
+    /etc/qrux-tls, from its /proc/PID/mountinfo."""
+    got = {}
+    with open("/proc/%d/mountinfo" % pid) as f:
+        for ln in f:
+            fields = ln.split()
+            if fields[4] in ("/etc/qrux", "/etc/qrux-tls"):
+                got[fields[4]] = "ro" in fields[5].split(",")
+    return got
+
+
+def check_key_owner(env, tls, conf):
+    """The README's key rule, the other way round: a key only root can read
+    (0400, owned by 0) is refused by `qrux check` in the image, naming the key;
+    the same key owned by 65532 passes."""
+    d = os.path.join(env.dir, "cfg-check")
+    os.makedirs(d, 0o755)
+    with open(os.path.join(d, "qrux.yaml"), "w") as f:
+        f.write(conf)
+    key = os.path.join(tls, "key.pem")
+    args = ["run", "--rm", "--network=none", "--read-only", "--cap-drop=all",
+            "--security-opt=no-new-privileges", "-v", "%s:/etc/qrux:ro" % d,
+            "-v", "%s:/etc/qrux-tls:ro" % tls, IMAGE, "check", "--config", "/etc/qrux/qrux.yaml"]
+    os.chown(key, 0, 0)
+    try:
+        rc, out, err = podman(*args)
+    finally:
+        os.chown(key, UID, UID)
+    env.check("key 0400 owned by root: qrux check refuses it (exit 2, Permission denied)",
+              rc == 2 and "/etc/qrux-tls/key.pem: Permission denied" in out + err,
+              (rc, out + err))
+    rc, out, err = podman(*args)
+    env.eq("key 0400 owned by 65532: qrux check passes", rc, 0, out + err)
 
 
 def proc_status(pid):
@@ -211,6 +271,12 @@ def main(env):
     _, id2, _ = podman("image", "inspect", "--format", "{{.Id}}", IMAGE)
     env.check("second build: same image from the cache", rc == 0 and id1 == id2 and id1,
               (id1, id2, err.decode(errors="replace")[-2000:]))
+    # What earlier builds left (an older checkout's untagged layers) is
+    # pruned; the build stage's cache is kept under its own tag.
+    rc, out, err = podman("images", "-q", "--filter", "dangling=true")
+    env.eq("no dangling images in the storage after the build", (rc, out.split()), (0, []), err)
+    rc, out, err = podman("image", "exists", "localhost/qrux-build:cache")
+    env.eq("build stage tagged localhost/qrux-build:cache", rc, 0, err)
 
     check_image(env)
 
@@ -234,6 +300,8 @@ def main(env):
                              [("*", upstream)], workers=2,
                              extra_server='  https_listen: "[::]:%d"\n  drain_delay_secs: 2\n'
                              % port + admin_yaml(admin))
+
+    check_key_owner(env, tls, conf(be1.addr))
 
     cfgdir = os.path.join(env.dir, "cfg")
     cm = AtomicDir(cfgdir, {"qrux.yaml": conf(be1.addr)})
@@ -268,6 +336,13 @@ def main(env):
                               "echo x > /qx-probe")
         env.check("root filesystem is read-only (even for uid 0)",
                   rc != 0 and "Read-only file system" in out + err, (rc, out + err))
+        # The config and TLS directories are read-only mounts, and the key is
+        # seen inside as the README says: 0400, owned by 65532:65532.
+        env.eq("read-only mounts /etc/qrux and /etc/qrux-tls", ro_mounts(pid),
+               {"/etc/qrux": True, "/etc/qrux-tls": True})
+        rc, out, err = podman("exec", NAME, "stat", "-c", "%a %u:%g", "/etc/qrux-tls/key.pem")
+        env.eq("key in the container: mode 0400, owner 65532:65532", (rc, out.strip()),
+               (0, "400 %d:%d" % (UID, UID)), err)
 
         # HTTP/3 with gtlsclient
         r = env.gtls(port, "/bytes/100000")

@@ -21,9 +21,11 @@ set -eu
 # Build: the libraries the README names (Set-up, Layout). libyaml-dev:
 # Debian's libcyaml-dev does not pull it in but libcyaml.pc links -lyaml.
 # python3: CMakeLists.txt finds it (the e2e tests) to configure at all.
-BUILD="build-essential cmake pkg-config git ca-certificates python3
+# clang and bpftool: the XDP program and its skeleton. Nothing only a test
+# needs (cmocka is in the test set: without it CMake builds no unit tests).
+BUILD="build-essential cmake pkg-config ca-certificates python3
 libnghttp2-dev libssl-dev libgnutls28-dev libuv1-dev libcyaml-dev libyaml-dev node-llhttp
-libmicrohttpd-dev libjansson-dev libbpf-dev clang bpftool libcmocka-dev libc-ares-dev"
+libmicrohttpd-dev libjansson-dev libbpf-dev clang bpftool libc-ares-dev"
 # Packages taken from bookworm-backports, each as NAME:MINIMUM_VERSION (an
 # older one installed from bookworm is upgraded).
 BUILD_BACKPORTS="libngtcp2-dev:1.11.0 libngtcp2-crypto-gnutls-dev:1.11.0 libnghttp3-dev:1.8.0"
@@ -40,21 +42,23 @@ RUNTIME_BACKPORTS="libngtcp2-16:1.11.0 libngtcp2-crypto-gnutls8:1.11.0 libnghttp
 RUN="nginx-light openssl curl"
 RUN_BACKPORTS="ngtcp2-client:1.11.0"
 
-# Test peers: Chromium, curl, h2load (nghttp2-client), slowhttptest
-# (slowloris), testssl.sh, promtool (prometheus), python3-h2/hpack (raw
-# HTTP/2), podman/buildah/runc/debootstrap (the container image, run for
-# real; catatonit: the pause process of `podman kube play`), iproute2 (network
-# namespaces), clang-format, libclang-rt-14-dev (libFuzzer and the sanitizer
-# runtimes of clang 14: the build-san tree), python3-cryptography (raw QUIC
-# Initials in e2e/quicraw.py), nodejs and unzip (the Kubernetes test tools:
-# scripts/k8s-tools.sh), python3-yaml (the chart tests read rendered YAML),
-# python3-jsonschema (the Grafana dashboard's schema check), dnsmasq-base
-# (the resolver of the DNS tests), gdb (holds one worker thread back at its
-# start: e2e/test_startup_held.py), python3-websockets (the WebSocket tests'
-# app and client), python3-grpcio and python3-grpc-tools (the gRPC app and
-# client of e2e/test_grpc.py, stubs generated at test time), python3-pycurl
-# (the HTTP/3 client of e2e/test_curl_h3.py, on the libcurl of TEST_UNPACK).
-TEST="chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
+# Test peers: libcmocka-dev (the unit tests), git (scripts/image.sh reads the
+# checkout's remote for the image's source label), Chromium, curl, h2load
+# (nghttp2-client), slowhttptest (slowloris), testssl.sh, promtool
+# (prometheus), python3-h2/hpack (raw HTTP/2), podman/buildah/runc/debootstrap
+# (the container image, run for real; catatonit: the pause process of `podman
+# kube play`), iproute2 (network namespaces), clang-format, libclang-rt-14-dev
+# (libFuzzer and the sanitizer runtimes of clang 14: the build-san tree),
+# python3-cryptography (raw QUIC Initials in e2e/quicraw.py), nodejs and unzip
+# (the Kubernetes test tools: scripts/k8s-tools.sh), python3-yaml (the chart
+# tests read rendered YAML), python3-jsonschema (the Grafana dashboard's
+# schema check), dnsmasq-base (the resolver of the DNS tests), gdb (holds one
+# worker thread back at its start: e2e/test_startup_held.py),
+# python3-websockets (the WebSocket tests' app and client), python3-grpcio and
+# python3-grpc-tools (the gRPC app and client of e2e/test_grpc.py, stubs
+# generated at test time), python3-pycurl (the HTTP/3 client of
+# e2e/test_curl_h3.py, on the libcurl of TEST_UNPACK).
+TEST="libcmocka-dev git chromium procps iproute2 prometheus nghttp2-client slowhttptest testssl.sh
 python3-h2 python3-hpack podman buildah runc debootstrap catatonit clang-format libclang-rt-14-dev
 python3-cryptography nodejs unzip python3-yaml python3-jsonschema dnsmasq-base gdb
 python3-websockets python3-grpcio python3-grpc-tools python3-pycurl"

@@ -9,7 +9,10 @@
 #                            as ...:bookworm-slim (skipped when both are present)
 #   scripts/image.sh build   base if needed, then `buildah bud` of the Dockerfile
 #                            into localhost/qrux:test (layers cached: a second
-#                            build with nothing changed takes seconds)
+#                            build with nothing changed takes seconds); the
+#                            build stage tagged localhost/qrux-build:cache so
+#                            its layers stay cached, then the untagged images
+#                            of earlier builds pruned
 #   scripts/image.sh env     prints the `export CONTAINERS_CONF=...` lines that
 #                            point podman and buildah at this storage:
 #                            eval "$(scripts/image.sh env)"; podman images
@@ -18,7 +21,7 @@
 #
 # State lives under ${QRUX_IMAGE_ROOT:-<repo>/build/image}: storage/ (images,
 # layers), run/ (runroot), tmp/ (podman's tmp_dir), the two conf files, the
-# debootstrap trees. Expect ~6 GB there after a build. Needs root.
+# debootstrap trees. Expect about 1.1 GB there after a build. Needs root.
 #
 # Why the containers.conf settings: crun fails on this kernel's hybrid cgroup
 # layout (runc works, with cgroupfs); the default nofile limit is above the
@@ -28,6 +31,7 @@ set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 root=${QRUX_IMAGE_ROOT:-$repo/build/image}
 IMAGE=${QRUX_IMAGE:-localhost/qrux:test}
+BUILD_CACHE=localhost/qrux-build:cache
 BASE=docker.io/library/debian:bookworm
 SLIM=docker.io/library/debian:bookworm-slim
 
@@ -207,9 +211,18 @@ cmd_build()
         tail -n 40 "$root/build.log" >&2
         die "buildah bud failed; see $root/build.log"
     }
-    # No `podman image prune` here: the build stage's cached layers are
-    # untagged images no tag refers to, and pruning them would make every
-    # build a cold one. `clean` removes everything.
+    # The build stage's last layer gets a tag of its own (all cache hits,
+    # seconds): its chain is the compile's cache, which no tag of the final
+    # image refers to. Then the prune drops what earlier builds left behind
+    # (the untagged chains of an older checkout) and keeps both caches: the
+    # storage holds the base images, qrux:test, the build stage and nothing
+    # else of ours. `clean` removes everything.
+    buildah bud --pull=never --isolation=chroot --network=host --layers --force-rm \
+        --target build -t "$BUILD_CACHE" -f "$repo/Dockerfile" "$repo" >>"$root/build.log" 2>&1 || {
+        tail -n 40 "$root/build.log" >&2
+        die "buildah bud --target build failed; see $root/build.log"
+    }
+    podman image prune -f >>"$root/build.log" 2>&1 || die "podman image prune failed; see $root/build.log"
     podman image inspect --format '{{.Id}} {{.Size}}' "$IMAGE" |
         awk -v i="$IMAGE" '{ printf "image: built %s (%s, %.1f MB)\n", i, substr($1, 1, 12), $2 / 1e6 }' >&2
 }
