@@ -976,7 +976,7 @@ static int print_frames(probe_t *p, uint64_t pn, const uint8_t *f, size_t len)
     char more[512] = "";
     size_t ml = 0;
     while (off < len) {
-        uint64_t t, a, b, c, d;
+        uint64_t t, a, b = 0, c, d;
         if (get_varint(f, len, &off, &t) != 0)
             break;
         if (t != 0x00) /* PADDING: not worth a word */

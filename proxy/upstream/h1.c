@@ -218,7 +218,7 @@ ssize_t qx_h1_build_request(char *buf, size_t cap, const qx_h1_req_t *req, int *
             puts_(&o, "\r\nSec-WebSocket-Version: 13\r\n");
         }
     } else if (req->content_length >= 0) {
-        char num[32];
+        char num[48]; /* the name, 19 digits, CRLF */
         int n =
             snprintf(num, sizeof(num), "Content-Length: %lld\r\n", (long long)req->content_length);
         put(&o, num, (size_t)n);
