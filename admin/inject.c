@@ -18,9 +18,13 @@
  *    config/watch.c follows) and the TLS Secret (tls.crt, tls.key and the
  *    admin-token the admin server needs off loopback).
  *  - with XDP: the init container "qrux-xdp" running `qrux xdp attach` as
- *    root with CAP_BPF and CAP_NET_ADMIN only, and bpffs from the host; it
- *    is ordered before the sidecar, so the filter is in place before qrux
- *    binds.
+ *    root with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_CHOWN and
+ *    CAP_DAC_OVERRIDE only (security_context() says why each); it is ordered before the sidecar, so
+ * the filter is in place before qrux binds. Both mount the pod's own directory of the node's bpffs
+ * (hostPath /sys/fs/bpf, subPathExpr qrux-<pod uid>) on /sys/fs/bpf: the init container pins there
+ * and hands the pins to 65532, and the sidecar (still 65532, CAP_BPF added only to pass the
+ *    RuntimeDefault seccomp gate on bpf()) opens them, so its counters,
+ *    CID key and deny list reach the filter.
  *  - a preStop hook that starts the drain (POST /drain) and holds the
  *    kubelet's SIGTERM until qrux has drained or the drain delay ran out.
  *  - kubectl.kubernetes.io/default-container naming the app, and the
@@ -374,23 +378,54 @@ bad_name:
 /* ------------------------------------------------------------------------
  * the objects added */
 
-static json_t *security_context(int xdp)
+/* Who runs as what. The sidecar: the image's user, no capability. With
+ * XDP, the sidecar also gets CAP_BPF added: not for its own use (a
+ * non-root process only gets an added capability as an ambient one, which
+ * Kubernetes does not set, so its effective set stays empty), but because
+ * a runtime's RuntimeDefault seccomp profile admits bpf() only to a
+ * container whose capability set holds CAP_BPF (or CAP_SYS_ADMIN). Past
+ * that gate, the kernel (6.5 and later) lets it open the pinned maps by
+ * path like files, and --pin-owner made them its own.
+ *
+ * The XDP init container: root, because the same ambient rule would leave
+ * a non-root user without the capabilities; CAP_BPF (bpf() for programs
+ * and maps), CAP_PERFMON (without it the verifier refuses the program's
+ * packet parsing: EACCES at load, e2e/test_inject.py runs it both ways),
+ * CAP_NET_ADMIN (the link on the interface), CAP_CHOWN
+ * (--pin-owner hands the pins to 65532) and CAP_DAC_OVERRIDE (run again,
+ * after the pod's sandbox was recreated, it reuses pins that 65532 owns,
+ * in a directory of mode 0700). Nothing else. */
+enum sc_kind { SC_SIDECAR, SC_SIDECAR_XDP, SC_XDP_INIT };
+
+static json_t *security_context(enum sc_kind kind)
 {
-    if (xdp) {
-        /* Loading and attaching XDP and pinning under bpffs: CAP_BPF
-         * (bpf() for programs and maps) and CAP_NET_ADMIN (the link on the
-         * interface). Root, because an added capability reaches a
-         * non-root process's effective set only as an ambient one, which
-         * Kubernetes does not set. Nothing else. */
-        return json_pack("{s:b,s:i,s:b,s:b,s:{s:[s],s:[ss]},s:{s:s}}", "runAsNonRoot", 0,
+    if (kind == SC_XDP_INIT)
+        return json_pack("{s:b,s:i,s:b,s:b,s:{s:[s],s:[sssss]},s:{s:s}}", "runAsNonRoot", 0,
                          "runAsUser", 0, "readOnlyRootFilesystem", 1, "allowPrivilegeEscalation", 0,
-                         "capabilities", "drop", "ALL", "add", "BPF", "NET_ADMIN", "seccompProfile",
-                         "type", "RuntimeDefault");
-    }
-    return json_pack("{s:b,s:i,s:i,s:b,s:b,s:{s:[s]},s:{s:s}}", "runAsNonRoot", 1, "runAsUser",
-                     65532, "runAsGroup", 65532, "readOnlyRootFilesystem", 1,
-                     "allowPrivilegeEscalation", 0, "capabilities", "drop", "ALL", "seccompProfile",
-                     "type", "RuntimeDefault");
+                         "capabilities", "drop", "ALL", "add", "BPF", "PERFMON", "NET_ADMIN",
+                         "CHOWN", "DAC_OVERRIDE", "seccompProfile", "type", "RuntimeDefault");
+    json_t *sc = json_pack(
+        "{s:b,s:i,s:i,s:b,s:b,s:{s:[s]},s:{s:s}}", "runAsNonRoot", 1, "runAsUser", QX_INJECT_UID,
+        "runAsGroup", QX_INJECT_UID, "readOnlyRootFilesystem", 1, "allowPrivilegeEscalation", 0,
+        "capabilities", "drop", "ALL", "seccompProfile", "type", "RuntimeDefault");
+    if (sc != NULL && kind == SC_SIDECAR_XDP)
+        json_object_set_new(json_object_get(sc, "capabilities"), "add", json_pack("[s]", "BPF"));
+    return sc;
+}
+
+/* With XDP, both containers: the pod's UID (downward API), which names the
+ * pod's own directory on the node's bpffs, and that directory on
+ * /sys/fs/bpf. */
+static json_t *pod_uid_env(void)
+{
+    return json_pack("[{s:s,s:{s:{s:s}}}]", "name", QX_INJECT_POD_UID_ENV, "valueFrom", "fieldRef",
+                     "fieldPath", "metadata.uid");
+}
+
+static json_t *bpffs_mount(void)
+{
+    return json_pack("{s:s,s:s,s:s}", "name", QX_INJECT_VOL_BPFFS, "mountPath", QX_INJECT_BPFFS_DIR,
+                     "subPathExpr", QX_INJECT_BPFFS_SUBPATH);
 }
 
 static json_t *probe(const char *path, int period, int failures)
@@ -421,7 +456,7 @@ static json_t *sidecar(const qx_inject_opts_t *o, const pod_plan_t *p)
          * quickly), liveness is patient */
         "startupProbe", probe("/startupz", 1, 60), "readinessProbe", probe("/readyz", 2, 1),
         "livenessProbe", probe("/livez", 10, 3), "resources", p->resources, "securityContext",
-        security_context(0),
+        security_context(p->xdp ? SC_SIDECAR_XDP : SC_SIDECAR),
         /* mounts: whole directories, never subPath */
         "volumeMounts", "name", QX_INJECT_VOL_CONFIG, "mountPath", QX_INJECT_CONFIG_DIR, "readOnly",
         1, "name", QX_INJECT_VOL_TLS, "mountPath", QX_INJECT_TLS_DIR, "readOnly", 1,
@@ -430,6 +465,12 @@ static json_t *sidecar(const qx_inject_opts_t *o, const pod_plan_t *p)
         addr, "--token-file", QX_INJECT_TLS_DIR "/admin-token", "--wait", wait);
     if (c != NULL && p->native)
         json_object_set_new(c, "restartPolicy", json_string("Always"));
+    if (c != NULL && p->xdp) {
+        /* the pod's pinned maps, read-write: counters for /metrics, the
+         * CID key, the rate, the deny list of the admin API */
+        json_object_set_new(c, "env", pod_uid_env());
+        json_array_append_new(json_object_get(c, "volumeMounts"), bpffs_mount());
+    }
     return c;
 }
 
@@ -437,14 +478,13 @@ static json_t *xdp_init(const qx_inject_opts_t *o)
 {
     char port[16];
     snprintf(port, sizeof(port), "%d", o->port);
-    json_t *c =
-        json_pack("{s:s,s:s,s:s,s:[ssssssss],s:o,s:{s:{s:s},s:{s:s}},s:[{s:s,s:s}]}", "name",
-                  QX_INJECT_XDP_INIT, "image", o->image, "imagePullPolicy", o->pull_policy, "args",
-                  "xdp", "attach", "--iface", o->xdp_iface, "--quic-port", port, "--pin",
-                  QX_INJECT_PIN_DIR, "securityContext", security_context(1), "resources",
-                  "requests", "cpu", "10m", "limits", "memory", "64Mi", "volumeMounts", "name",
-                  QX_INJECT_VOL_BPFFS, "mountPath", QX_INJECT_BPFFS_DIR);
-    return c;
+    return json_pack("{s:s,s:s,s:s,s:[ssssssssss],s:o,s:o,s:{s:{s:s},s:{s:s}},s:[o]}", "name",
+                     QX_INJECT_XDP_INIT, "image", o->image, "imagePullPolicy", o->pull_policy,
+                     "args", "xdp", "attach", "--iface", o->xdp_iface, "--quic-port", port, "--pin",
+                     QX_INJECT_PIN_DIR, "--pin-owner", QX_INJECT_UID_STR ":" QX_INJECT_UID_STR,
+                     "env", pod_uid_env(), "securityContext", security_context(SC_XDP_INIT),
+                     "resources", "requests", "cpu", "10m", "limits", "memory", "64Mi",
+                     "volumeMounts", bpffs_mount());
 }
 
 static json_t *volumes(const pod_plan_t *p)

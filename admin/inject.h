@@ -24,7 +24,17 @@
 #define QX_INJECT_CONFIG_DIR "/etc/qrux"
 #define QX_INJECT_TLS_DIR "/etc/qrux-tls"
 #define QX_INJECT_BPFFS_DIR "/sys/fs/bpf"
-#define QX_INJECT_PIN_DIR "/sys/fs/bpf/qrux"
+/* With XDP, both qrux containers mount the node's bpffs through this
+ * subPathExpr on /sys/fs/bpf: one directory per pod (qrux-<pod uid>), so
+ * the pods of a node never share maps, keys or a link, and neither
+ * container sees another pod's pins. The filter is pinned at the root of
+ * that mount, which the sidecar's qrux.yaml names as `xdp: pin:`. */
+#define QX_INJECT_POD_UID_ENV "QRUX_POD_UID"
+#define QX_INJECT_BPFFS_SUBPATH "qrux-$(" QX_INJECT_POD_UID_ENV ")"
+#define QX_INJECT_PIN_DIR QX_INJECT_BPFFS_DIR
+/* The image's user (the sidecar runs as it; the pins are handed to it). */
+#define QX_INJECT_UID 65532
+#define QX_INJECT_UID_STR "65532"
 
 /* Labels and annotations read and written on pods. */
 #define QX_INJECT_LABEL "qrux.io/inject"

@@ -160,10 +160,26 @@ def reviews(env, node_env, cfg):
         env.eq("xdp: init container first", (xw, pod["spec"]["initContainers"][0]["name"]),
                ("initContainers", "qrux-xdp"))
         env.eq("xdp: runs qrux xdp attach", x["args"][:2], ["xdp", "attach"])
-        env.eq("xdp: only CAP_BPF and CAP_NET_ADMIN", x["securityContext"]["capabilities"],
-               {"drop": ["ALL"], "add": ["BPF", "NET_ADMIN"]})
+        env.eq("xdp: root with only the capabilities attach needs",
+               (x["securityContext"]["runAsUser"], x["securityContext"]["capabilities"]),
+               (0, {"drop": ["ALL"],
+                    "add": ["BPF", "PERFMON", "NET_ADMIN", "CHOWN", "DAC_OVERRIDE"]}))
+        env.eq("xdp: pins on its mount, handed to the sidecar's user",
+               x["args"][-4:], ["--pin", "/sys/fs/bpf", "--pin-owner", "65532:65532"])
         env.eq("xdp: bpffs hostPath", vols["qrux-bpffs"]["hostPath"],
                {"path": "/sys/fs/bpf", "type": "Directory"})
+        bpffs = {"name": "qrux-bpffs", "mountPath": "/sys/fs/bpf",
+                 "subPathExpr": "qrux-$(QRUX_POD_UID)"}
+        uid_env = [{"name": "QRUX_POD_UID",
+                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}]
+        env.eq("xdp: both containers mount the pod's own bpffs directory, read-write",
+               ([m for m in x["volumeMounts"] if m["name"] == "qrux-bpffs"],
+                [m for m in q["volumeMounts"] if m["name"] == "qrux-bpffs"]), ([bpffs], [bpffs]))
+        env.eq("xdp: the pod's uid from the downward API in both", (x["env"], q["env"]),
+               (uid_env, uid_env))
+        env.eq("xdp: the sidecar stays 65532, CAP_BPF added (the seccomp gate on bpf())",
+               (q["securityContext"]["runAsUser"], q["securityContext"]["capabilities"]),
+               (65532, {"drop": ["ALL"], "add": ["BPF"]}))
 
         # The pod's own init containers: XDP, then the native sidecar, then theirs.
         pod = golden(env, node_env, inj, "optin-existing-init")
@@ -516,6 +532,267 @@ def shutdown_orders(env):
         code = q.wait_exit(30)
         env.eq("%s: qrux exited 0" % mode, code, 0, q.log_tail())
 
+# ---------------------------------------------------------------------------
+# The XDP pod's two qrux containers, run as the kubelet runs them
+
+
+class PodNet:
+    """Network namespaces standing in for pod sandboxes (eth0, a veth whose
+    peer sits in a client namespace) and a bpffs standing in for the node's
+    /sys/fs/bpf (mode 0700, as systemd mounts it). Removed in close()."""
+
+    def __init__(self, env):
+        self.env = env
+        self.tag = "qxi%d" % os.getpid()
+        self.nets = []
+        self.node = os.path.join(env.dir, "node-bpffs")
+        os.makedirs(self.node)
+        self.sh(["mount", "-t", "bpf", "-o", "mode=0700", "bpf", self.node])
+        self.mounted = True
+
+    def sh(self, cmd, check=True, timeout=60):
+        rc, out, err = run(cmd, timeout=timeout)
+        out, err = out.decode(errors="replace"), err.decode(errors="replace")
+        if check and rc != 0:
+            raise RuntimeError("%s: rc=%s %s %s" % (" ".join(cmd), rc, out, err))
+        return rc, out, err
+
+    def sandbox(self, n):
+        """Sandbox |n|: namespace <tag>p<n> with eth0 10.216.<n>.1, its peer
+        10.216.<n>.2 in <tag>c<n>. Returns the pod namespace's name."""
+        pod, cli = "%sp%d" % (self.tag, n), "%sc%d" % (self.tag, n)
+        for ns in (pod, cli):
+            self.sh(["ip", "netns", "add", ns])
+            self.nets.append(ns)
+        self.sh(["ip", "link", "add", "eth0", "netns", pod, "type", "veth", "peer", "name",
+                 "eth0", "netns", cli])
+        for ns, a in ((pod, "10.216.%d.1" % n), (cli, "10.216.%d.2" % n)):
+            self.sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+            self.sh(["ip", "-n", ns, "addr", "add", a + "/24", "dev", "eth0"])
+            self.sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        return pod
+
+    def container(self, ns, c, pod_uid, volumes, user=None):
+        """The argv that runs container |c| of the pod as a runtime would:
+        in the sandbox |ns|, its bpffs mount (hostPath + subPathExpr, the
+        directory made by the kubelet with the mode of the volume's root),
+        then its user and capabilities (uid 0: the added ones in every set;
+        another uid: none effective, the added ones only in the bounding
+        set, as Kubernetes does it)."""
+        envs = {e["name"]: e for e in c.get("env", [])}
+        binds = []
+        for m in c["volumeMounts"]:
+            vol = volumes[m["name"]]
+            if "hostPath" not in vol:
+                continue
+            sub = m.get("subPathExpr", "")
+            for name in re.findall(r"\$\((\w+)\)", sub):
+                e = envs.get(name)
+                if e is None or e["valueFrom"]["fieldRef"]["fieldPath"] != "metadata.uid":
+                    raise RuntimeError("subPathExpr names %s, not the pod's uid" % name)
+                sub = sub.replace("$(%s)" % name, pod_uid)
+            if vol["hostPath"]["path"] != "/sys/fs/bpf":
+                raise RuntimeError("unexpected hostPath %s" % vol["hostPath"])
+            src = os.path.join(self.node, sub)
+            if not os.path.isdir(src):
+                # the kubelet's mkdirat with the volume root's Go FileMode:
+                # its permission bits (Go's sticky flag is not S_ISVTX)
+                os.mkdir(src, os.stat(self.node).st_mode & 0o777)
+            binds += [src, m["mountPath"]]
+        sc = c["securityContext"]
+        add = ",".join("+" + a.lower() for a in sc["capabilities"].get("add", []))
+        bounding = "-all" + ("," + add if add else "")
+        if user is None:
+            user = sc["runAsUser"]
+        who = ([] if user == 0 else
+               ["--reuid=%d" % user, "--regid=%d" % sc.get("runAsGroup", user),
+                "--clear-groups"])
+        script = 'while [ "$1" != -- ]; do mount --bind "$1" "$2" && shift 2 || exit 99; ' \
+                 'done; shift; exec "$@"'
+        return (["ip", "netns", "exec", ns, "sh", "-c", script, "sh"] + binds + ["--"] +
+                [need("setpriv")] + who + ["--inh-caps=-all", "--bounding-set=" + bounding])
+
+    def close(self):
+        for ns in self.nets:
+            subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+        if self.mounted:
+            subprocess.run(["umount", self.node], stderr=subprocess.DEVNULL)
+            self.mounted = False
+
+
+def without(c, cap):
+    """Container |c| with capability |cap| not added."""
+    sc = c["securityContext"]
+    caps = dict(sc["capabilities"], add=[a for a in sc["capabilities"]["add"] if a != cap])
+    return dict(c, securityContext=dict(sc, capabilities=caps))
+
+
+def xdp_pod(env, cfg):
+    """The XDP pod of optin-annotations as the webhook makes it, its two qrux
+    containers run from the patch (args, env, bpffs mount, user,
+    capabilities) in network namespaces: the init container attaches and
+    hands the pins over; the sidecar, uid 65532 with no effective
+    capability, opens them: its CID key reaches the filter (a junk short
+    header is then dropped as bad_cid), the deny list API writes the map,
+    /metrics reads the counters. A second pod on the node keeps its own
+    filter and leaves the first one's alone; the init container run again in
+    a new sandbox reuses the pins it handed over."""
+    inj = k8s.Injector(env, config=cfg)
+    try:
+        review = load("optin-annotations.review")
+        st, reply = inj.review(review)
+        pod = k8s.apply_patch(review["request"]["object"], k8s.patch_of(reply))
+    finally:
+        inj.stop()
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    _, x = container(pod, "qrux-xdp")
+    _, q = container(pod, "qrux")
+    aport, port = 9901, 8443  # the pod's own namespace: the injected ports
+    env.eq("the sidecar listens where the init container filters",
+           x["args"][x["args"].index("--quic-port") + 1], str(port))
+
+    os.chmod(env.dir, 0o711)  # the sidecar (65532) reads its config and cert here
+    tok = os.path.join(env.dir, "xdp-admin-token")
+    with open(tok, "w") as f:
+        f.write("xdp-pod-token\n")
+    env.cert()
+    tls = os.path.join(env.dir, "xdp-tls")
+    os.makedirs(tls)
+    for n in ("cert.pem", "key.pem"):
+        shutil.copy(os.path.join(env.dir, n), tls)
+    for p in [tls, tok] + [os.path.join(tls, n) for n in os.listdir(tls)]:
+        os.chmod(p, 0o755 if os.path.isdir(p) else 0o644)
+    path, _ = env.write_config(
+        [("*", "127.0.0.1:%d" % free_port("tcp"))], port=port, name="xdp-pod.yaml",
+        extra_server="admin:\n  listen: \"127.0.0.1:%d\"\n  token_file: \"%s\"\n"
+                     "xdp:\n  pin: \"/sys/fs/bpf\"\n" % (aport, tok))
+    with open(path) as f:
+        text = f.read().replace('"cert.pem"', '"xdp-tls/cert.pem"').replace(
+            '"key.pem"', '"xdp-tls/key.pem"')
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o644)
+
+    net = PodNet(env)
+    side = None
+    try:
+        uid1, uid2 = "0b5e0a1e-0000-4000-8000-000000000001", "0b5e0a1e-0000-4000-8000-000000000002"
+        ns1 = net.sandbox(1)
+        rc, out, err = net.sh(net.container(ns1, without(x, "PERFMON"), uid1, volumes) +
+                              [qrux_bin()] + x["args"], check=False)
+        env.check("init container without CAP_PERFMON: the verifier refuses the program "
+                  "(why it has it)", rc != 0 and "Permission denied" in err, err[-300:])
+        rc, out, err = net.sh(net.container(ns1, x, uid1, volumes) + [qrux_bin()] + x["args"],
+                              check=False)
+        env.check("init container: qrux xdp attach exit 0, pinned on its mount",
+                  rc == 0 and "pinned under /sys/fs/bpf" in out, out + err)
+        own = os.path.join(net.node, "qrux-" + uid1)
+        st = os.stat(own)
+        env.eq("the pod's bpffs directory is the sidecar's (--pin-owner)",
+               (st.st_uid, st.st_gid, oct(st.st_mode & 0o777)), (65532, 65532, "0o700"))
+        env.eq("nothing pinned outside the pod's directory",
+               sorted(n for n in os.listdir(net.node) if not n.endswith(".debug")),
+               ["qrux-" + uid1])  # *.debug: the kernel's preloaded iterators
+
+        def in1(cmd):
+            return ["ip", "netns", "exec", ns1] + cmd
+
+        def admin(path, method="GET", body=None):
+            cmd = [need("curl"), "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method,
+                   "-H", "Authorization: Bearer xdp-pod-token",
+                   "http://127.0.0.1:%d%s" % (aport, path)]
+            if body is not None:
+                cmd += ["-H", "Content-Type: application/json", "--data-binary", body]
+            _, out, _ = net.sh(in1(cmd), check=False)
+            text, _, code = out.rpartition("\n")
+            return (int(code) if code.isdigit() else None), text
+
+        def status(ns, d):
+            return net.sh(["ip", "netns", "exec", ns, qrux_bin(), "xdp", "status", "--pin", d],
+                          check=False)
+
+        def packets(reason):
+            _, text = admin("/metrics")
+            m = re.search(r'qrux_xdp_packets_total\{verdict="\w+",reason="%s"\} (\d+)' % reason,
+                          text)
+            return int(m.group(1)) if m else None
+
+        def junk_short_headers(n):
+            code = ("import socket,os\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                    "for _ in range(%d): s.sendto(bytes([0x40])+os.urandom(59),"
+                    "('10.216.1.1',%d))\n" % (n, port))
+            net.sh(["ip", "netns", "exec", "%sc1" % net.tag, "/usr/bin/python3", "-c", code])
+
+        rc, out, _ = status(ns1, own)
+        env.check("before the sidecar: no CID key in the filter", "none" in out, out)
+
+        e = dict(os.environ, QRUX_LOG="info")
+        logpath = os.path.join(env.dir, "xdp-sidecar.log")
+        with open(logpath, "wb") as log:
+            side = harness.spawn(net.container(ns1, q, uid1, volumes) +
+                                 [env.qrux_alias(), "--config", path],
+                                 stdout=subprocess.DEVNULL, stderr=log, env=e)
+
+        def side_log():
+            with open(logpath, errors="replace") as f:
+                return f.read()[-1500:]
+        env.check("sidecar ready", wait_until(lambda: admin("/readyz")[0] == 200, 20), side_log())
+        with open("/proc/%d/status" % side.pid) as f:
+            st = dict(ln.split(":", 1) for ln in f.read().splitlines() if ":" in ln)
+        env.eq("the sidecar runs as 65532 with no effective capability",
+               (st["Uid"].split()[0], st["CapEff"].strip()), ("65532", "0000000000000000"))
+        env.check("the sidecar opened the pod's maps: qrux_xdp_attached 1",
+                  wait_until(lambda: "qrux_xdp_attached 1" in admin("/metrics")[1], 10),
+                  side_log())
+        rc, out, _ = status(ns1, own)
+        env.check("its CID key is in the filter", re.search(r"CID keys: generation \d+", out),
+                  out)
+        before = packets("bad_cid")
+        junk_short_headers(20)
+        env.check("junk short headers: dropped as bad_cid (the key checks them)",
+                  wait_until(lambda: (packets("bad_cid") or 0) - (before or 0) >= 20, 10),
+                  "bad_cid %s -> %s, no_key %s" % (before, packets("bad_cid"),
+                                                   packets("no_key")))
+        stc, body = admin("/xdp/denylist", "PUT", '["10.216.9.0/24"]')
+        env.eq("PUT /xdp/denylist from the sidecar: 200", stc, 200, body)
+        rc, out, _ = status(ns1, own)
+        env.check("the deny list reached the pinned map", "deny list: 1 prefixes" in out, out)
+
+        # A second pod on the node: its own directory, its own filter.
+        ns2 = net.sandbox(2)
+        rc, out, err = net.sh(net.container(ns2, x, uid2, volumes) + [qrux_bin()] + x["args"],
+                              check=False)
+        env.eq("second pod's init container: exit 0", rc, 0, out + err)
+        rc, out, _ = status(ns1, own)
+        env.check("the first pod keeps its filter, key and deny list",
+                  rc == 0 and "attached: interface eth0" in out and "generation" in out and
+                  "deny list: 1 prefixes" in out, out)
+        rc, out, _ = status(ns2, os.path.join(net.node, "qrux-" + uid2))
+        env.check("the second pod has a filter of its own (no key yet, empty deny list)",
+                  rc == 0 and "none" in out and "deny list: 0 prefixes" in out, out)
+        env.eq("the sidecar still sees its filter",
+               "qrux_xdp_attached 1" in admin("/metrics")[1], True)
+
+        # The first pod's sandbox recreated: the init container runs again
+        # with the same uid, over pins 65532 owns.
+        ns3 = net.sandbox(3)
+        argv = [qrux_bin()] + x["args"]
+        rc, out, err = net.sh(net.container(ns3, without(x, "DAC_OVERRIDE"), uid1, volumes) +
+                              argv, check=False)
+        env.check("init container again without CAP_DAC_OVERRIDE: refused (why it has it)",
+                  rc != 0, out + err)
+        rc, out, err = net.sh(net.container(ns3, x, uid1, volumes) + argv, check=False)
+        env.check("init container again, its capabilities: exit 0, maps reused",
+                  rc == 0 and "pinned under" in out, out + err)
+        rc, out, _ = status(ns3, own)
+        env.check("the deny list survived the new sandbox", "deny list: 1 prefixes" in out, out)
+    finally:
+        if side is not None and side.poll() is None:
+            side.send_signal(signal.SIGKILL)
+            side.wait(10)
+        net.close()
+
+
 
 def main():
     with Env("inject") as env:
@@ -530,6 +807,7 @@ def main():
         env.case("start refusals", start_refusals, env)
         env.case("--lint", lint, env, helm)
         env.case("shutdown in the kubelet's orders", shutdown_orders, env)
+        env.case("the XDP pod's containers, run", xdp_pod, env, cfg)
 
 
 if __name__ == "__main__":

@@ -510,6 +510,60 @@ def kustomize(env, kubectl, node_env):
               json.dumps(again["spec"])[:600])
 
 
+def tls_kept(env, helm):
+    """The generated TLS (the injector's serving certificate and CA, the
+    demo's certificate and admin token) is made once and read back with
+    `lookup` on every upgrade: rendered against an API server that holds
+    the Secrets of a first install, the chart gives the same bytes and the
+    webhook's caBundle is the kept CA. Against an empty one it makes new
+    ones (so the comparison can fail)."""
+    def secrets(docs):
+        return {d["metadata"]["name"]: d for d in by_kind(docs, "Secret")}
+
+    def render_on(api, name):
+        rc, text, err = render(helm, env, name, ["--set", "demo.enabled=true", "--kubeconfig",
+                                                 api.kubeconfig, "--dry-run=server",
+                                                 "--disable-openapi-validation"])
+        env.eq("%s: helm template --dry-run=server" % name, rc, 0, err[-1500:])
+        return yaml_docs(text) if rc == 0 else []
+
+    empty = k8s.FakeAPIServer(env.dir)
+    try:
+        first = render_on(empty, "install")
+        again = render_on(empty, "install-again")
+        env.check("lookup asked the API server for the injector's Secret",
+                  "/api/v1/namespaces/%s/secrets/qrux-injector-tls" % NS in empty.gets,
+                  str(empty.gets))
+    finally:
+        empty.close()
+    s1 = secrets(first)
+    env.eq("install: the injector's and the demo's Secrets",
+           sorted(s1), ["qrux-injector-tls", "qrux-tls"])
+    env.check("without a first install: new certificates and token each time",
+              all(s1[n]["data"] != secrets(again)[n]["data"] for n in s1))
+    stored = []  # as the first install left them: owned by the release
+    for d in s1.values():
+        d = copy.deepcopy(d)
+        d["metadata"].setdefault("annotations", {}).update(
+            {"meta.helm.sh/release-name": "qrux", "meta.helm.sh/release-namespace": NS})
+        stored.append(d)
+    kept = k8s.FakeAPIServer(env.dir, stored)
+    try:
+        up = render_on(kept, "upgrade")
+    finally:
+        kept.close()
+    s2 = secrets(up)
+    env.check("upgrade: the injector's certificate, key and CA kept",
+              s2.get("qrux-injector-tls", {}).get("data") == s1["qrux-injector-tls"]["data"])
+    env.check("upgrade: the demo's certificate and admin token kept",
+              s2.get("qrux-tls", {}).get("data") == s1["qrux-tls"]["data"])
+    mwc = by_kind(up, "MutatingWebhookConfiguration")
+    env.check("upgrade: the webhooks' caBundle is the kept CA",
+              mwc and all(w["clientConfig"]["caBundle"] ==
+                          s1["qrux-injector-tls"]["data"]["ca.crt"]
+                          for w in mwc[0]["webhooks"]))
+
+
 def main():
     with Env("k8s") as env:
         helm, kubectl, node_env = k8s.tools()
@@ -518,6 +572,7 @@ def main():
         env.case("monitoring values refusals", monitoring_refusals, env, helm)
         env.case("the validator refuses what it must", validator_negatives, env, helm, node_env)
         env.case("NOTES.txt", notes, env, helm)
+        env.case("generated TLS kept across upgrades (lookup)", tls_kept, env, helm)
         env.case("kustomize base", kustomize, env, kubectl, node_env)
 
 

@@ -202,3 +202,93 @@ def patch_of(reply):
     if p is None:
         return None
     return json.loads(base64.b64decode(p))
+
+
+# ---------------------------------------------------------------------------
+# An API server stand-in for `helm ... --dry-run=server`: enough of the
+# discovery documents for helm to build its objects, and GET of the Secrets
+# it is given (what the chart's `lookup` reads); every other object is 404,
+# as in an empty cluster. Plain HTTP on loopback.
+
+
+class FakeAPIServer:
+    GROUPS = {"": ["configmaps", "namespaces", "pods", "secrets", "serviceaccounts",
+                   "services"],
+              "apps": ["deployments"], "policy": ["poddisruptionbudgets"],
+              "admissionregistration.k8s.io": ["mutatingwebhookconfigurations"]}
+    KINDS = {"configmaps": "ConfigMap", "namespaces": "Namespace", "pods": "Pod",
+             "secrets": "Secret", "serviceaccounts": "ServiceAccount", "services": "Service",
+             "deployments": "Deployment", "poddisruptionbudgets": "PodDisruptionBudget",
+             "mutatingwebhookconfigurations": "MutatingWebhookConfiguration"}
+
+    def __init__(self, directory, secrets=()):
+        import http.server
+        import threading
+        self.secrets = {"/api/v1/namespaces/%s/secrets/%s" % (s["metadata"]["namespace"],
+                                                              s["metadata"]["name"]): s
+                        for s in secrets}
+        self.gets = []
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                fake.gets.append(path)
+                code, obj = fake.answer(path)
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.kubeconfig = os.path.join(directory, "kubeconfig-%d" % self.server.server_port)
+        with open(self.kubeconfig, "w") as f:
+            json.dump({"apiVersion": "v1", "kind": "Config", "current-context": "fake",
+                       "clusters": [{"name": "fake", "cluster": {
+                           "server": "http://127.0.0.1:%d" % self.server.server_port}}],
+                       "contexts": [{"name": "fake", "context": {"cluster": "fake",
+                                                                  "user": "fake"}}],
+                       "users": [{"name": "fake", "user": {}}]}, f)
+
+    def resources(self, group):
+        gv = group + "/v1" if group else "v1"
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
+                "resources": [{"name": r, "singularName": r[:-1], "kind": self.KINDS[r],
+                               "namespaced": r not in ("namespaces",
+                                                       "mutatingwebhookconfigurations"),
+                               "verbs": ["get", "list", "create", "update"]}
+                              for r in self.GROUPS[group]]}
+
+    def answer(self, path):
+        if path == "/version":
+            return 200, {"major": "1", "minor": "35", "gitVersion": "v1.35.0",
+                         "platform": "linux/amd64"}
+        if path == "/api":
+            return 200, {"kind": "APIVersions", "versions": ["v1"]}
+        if path == "/apis":
+            return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+                {"name": g, "versions": [{"groupVersion": g + "/v1", "version": "v1"}],
+                 "preferredVersion": {"groupVersion": g + "/v1", "version": "v1"}}
+                for g in self.GROUPS if g]}
+        if path == "/api/v1":
+            return 200, self.resources("")
+        for g in self.GROUPS:
+            if g and path == "/apis/%s/v1" % g:
+                return 200, self.resources(g)
+        if path in self.secrets:
+            return 200, self.secrets[path]
+        if path.endswith("/secrets"):  # helm's release records: none
+            return 200, {"kind": "SecretList", "apiVersion": "v1", "items": []}
+        return 404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                     "reason": "NotFound", "code": 404}
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

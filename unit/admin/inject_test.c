@@ -216,6 +216,102 @@ static void test_patch(void **state)
 }
 
 /* Every prefix of a valid review is garbage the server must answer. */
+/* The container named |name| in the patch's /spec/initContainers value. */
+static json_t *init_named(json_t *patch, const char *name)
+{
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(json_array_get(patch, 0), "value"), i, c)
+    {
+        if (strcmp(json_string_value(json_object_get(c, "name")), name) == 0)
+            return c;
+    }
+    fail_msg("no init container %s", name);
+    return NULL;
+}
+
+/* The mount of the bpffs volume in |c|, or NULL. */
+static json_t *bpffs_mount_of(json_t *c)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(c, "volumeMounts"), i, m)
+    {
+        if (strcmp(json_string_value(json_object_get(m, "name")), QX_INJECT_VOL_BPFFS) == 0)
+            return m;
+    }
+    return NULL;
+}
+
+/* With XDP both containers mount the pod's own bpffs directory (never the
+ * node's whole /sys/fs/bpf, never one path shared by the node's pods); the
+ * init container hands the pins to 65532; the sidecar stays 65532 with
+ * CAP_BPF added (the seccomp gate) and nothing else. */
+static void test_xdp_layout(void **state)
+{
+    qx_inject_opts_t o;
+    json_t *reply, *patch;
+    unsigned status;
+    (void)state;
+    assert_int_equal(qx_inject_opts_init(&o), 0);
+    o.xdp = 1;
+
+    const char *pod = POD_HEAD "{\"metadata\":{\"labels\":{\"qrux.io/inject\":\"true\"}},"
+                               "\"spec\":{\"containers\":[{\"name\":\"app\"}]}}}}";
+    assert_int_equal(review(&o, pod, 0, &reply, &status), QX_REVIEW_INJECTED);
+    patch = patch_of(reply);
+    assert_non_null(patch);
+    json_t *x = init_named(patch, QX_INJECT_XDP_INIT), *q = init_named(patch, QX_INJECT_SIDECAR);
+    json_t *args = json_object_get(x, "args");
+    size_t n = json_array_size(args);
+    assert_true(n >= 4);
+    assert_string_equal(json_string_value(json_array_get(args, n - 4)), "--pin");
+    assert_string_equal(json_string_value(json_array_get(args, n - 3)), "/sys/fs/bpf");
+    assert_string_equal(json_string_value(json_array_get(args, n - 2)), "--pin-owner");
+    assert_string_equal(json_string_value(json_array_get(args, n - 1)), "65532:65532");
+    for (int k = 0; k < 2; k++) {
+        json_t *c = k == 0 ? x : q;
+        json_t *m = bpffs_mount_of(c);
+        assert_non_null(m);
+        assert_string_equal(json_string_value(json_object_get(m, "mountPath")), "/sys/fs/bpf");
+        assert_string_equal(json_string_value(json_object_get(m, "subPathExpr")),
+                            "qrux-$(QRUX_POD_UID)");
+        assert_null(json_object_get(m, "readOnly"));
+        json_t *e = json_array_get(json_object_get(c, "env"), 0);
+        assert_string_equal(json_string_value(json_object_get(e, "name")), "QRUX_POD_UID");
+        assert_string_equal(
+            json_string_value(json_object_get(
+                json_object_get(json_object_get(e, "valueFrom"), "fieldRef"), "fieldPath")),
+            "metadata.uid");
+    }
+    json_t *sc = json_object_get(q, "securityContext");
+    assert_int_equal(json_integer_value(json_object_get(sc, "runAsUser")), 65532);
+    assert_true(json_is_true(json_object_get(sc, "runAsNonRoot")));
+    json_t *want = json_pack("{s:[s],s:[s]}", "drop", "ALL", "add", "BPF");
+    assert_true(json_equal(json_object_get(sc, "capabilities"), want));
+    json_decref(want);
+    want = json_pack("{s:[s],s:[sssss]}", "drop", "ALL", "add", "BPF", "PERFMON", "NET_ADMIN",
+                     "CHOWN", "DAC_OVERRIDE");
+    assert_true(
+        json_equal(json_object_get(json_object_get(x, "securityContext"), "capabilities"), want));
+    json_decref(want);
+    json_decref(patch);
+    json_decref(reply);
+
+    /* Without XDP the sidecar has neither the mount nor the capability. */
+    o.xdp = 0;
+    assert_int_equal(review(&o, pod, 0, &reply, &status), QX_REVIEW_INJECTED);
+    patch = patch_of(reply);
+    q = init_named(patch, QX_INJECT_SIDECAR);
+    assert_null(bpffs_mount_of(q));
+    assert_null(json_object_get(q, "env"));
+    assert_null(json_object_get(
+        json_object_get(json_object_get(q, "securityContext"), "capabilities"), "add"));
+    json_decref(patch);
+    json_decref(reply);
+    qx_inject_opts_free(&o);
+}
+
 static void test_truncated(void **state)
 {
     qx_inject_opts_t o;
@@ -241,9 +337,8 @@ static void test_truncated(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_base64),
-        cmocka_unit_test(test_opts_refusals),
-        cmocka_unit_test(test_patch),
+        cmocka_unit_test(test_base64),    cmocka_unit_test(test_opts_refusals),
+        cmocka_unit_test(test_patch),     cmocka_unit_test(test_xdp_layout),
         cmocka_unit_test(test_truncated),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -84,4 +84,10 @@ admin:
   # the probes do not.
   listen: "0.0.0.0:{{ .Values.sidecar.adminPort }}"
   token_file: /etc/qrux-tls/admin-token
+# The XDP filter's maps, in every namespace's config: a pod gets the filter
+# from sidecar.xdp or its qrux.io/xdp annotation, and the injector mounts
+# the pod's own bpffs directory there. Without the filter qrux runs
+# normally (qrux_xdp_attached 0).
+xdp:
+  pin: /sys/fs/bpf
 {{- end -}}
