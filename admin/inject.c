@@ -18,8 +18,8 @@
  *    config/watch.c follows) and the TLS Secret (tls.crt, tls.key and the
  *    admin-token the admin server needs off loopback).
  *  - with XDP: the init container "qrux-xdp" running `qrux xdp attach` as
- *    root with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_CHOWN and
- *    CAP_DAC_OVERRIDE only (security_context() says why each); it is ordered before the sidecar, so
+ *    root with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_CHOWN only
+ *    (security_context() says why each); it is ordered before the sidecar, so
  * the filter is in place before qrux binds. Both mount the pod's own directory of the node's bpffs
  * (hostPath /sys/fs/bpf, subPathExpr qrux-<pod uid>) on /sys/fs/bpf: the init container pins there
  * and hands the pins to 65532, and the sidecar (still 65532, CAP_BPF added only to pass the
@@ -391,19 +391,20 @@ bad_name:
  * a non-root user without the capabilities; CAP_BPF (bpf() for programs
  * and maps), CAP_PERFMON (without it the verifier refuses the program's
  * packet parsing: EACCES at load, e2e/test_inject.py runs it both ways),
- * CAP_NET_ADMIN (the link on the interface), CAP_CHOWN
- * (--pin-owner hands the pins to 65532) and CAP_DAC_OVERRIDE (run again,
- * after the pod's sandbox was recreated, it reuses pins that 65532 owns,
- * in a directory of mode 0700). Nothing else. */
+ * CAP_NET_ADMIN (the link on the interface) and CAP_CHOWN (--pin-owner
+ * hands the pins to 65532; run again, after the pod's sandbox was
+ * recreated, attach takes the 65532-owned directory of mode 0700 and its
+ * pins back before it reuses them, so no CAP_DAC_OVERRIDE). Nothing
+ * else. */
 enum sc_kind { SC_SIDECAR, SC_SIDECAR_XDP, SC_XDP_INIT };
 
 static json_t *security_context(enum sc_kind kind)
 {
     if (kind == SC_XDP_INIT)
-        return json_pack("{s:b,s:i,s:b,s:b,s:{s:[s],s:[sssss]},s:{s:s}}", "runAsNonRoot", 0,
+        return json_pack("{s:b,s:i,s:b,s:b,s:{s:[s],s:[ssss]},s:{s:s}}", "runAsNonRoot", 0,
                          "runAsUser", 0, "readOnlyRootFilesystem", 1, "allowPrivilegeEscalation", 0,
                          "capabilities", "drop", "ALL", "add", "BPF", "PERFMON", "NET_ADMIN",
-                         "CHOWN", "DAC_OVERRIDE", "seccompProfile", "type", "RuntimeDefault");
+                         "CHOWN", "seccompProfile", "type", "RuntimeDefault");
     json_t *sc = json_pack(
         "{s:b,s:i,s:i,s:b,s:b,s:{s:[s]},s:{s:s}}", "runAsNonRoot", 1, "runAsUser", QX_INJECT_UID,
         "runAsGroup", QX_INJECT_UID, "readOnlyRootFilesystem", 1, "allowPrivilegeEscalation", 0,

@@ -163,7 +163,7 @@ def reviews(env, node_env, cfg):
         env.eq("xdp: root with only the capabilities attach needs",
                (x["securityContext"]["runAsUser"], x["securityContext"]["capabilities"]),
                (0, {"drop": ["ALL"],
-                    "add": ["BPF", "PERFMON", "NET_ADMIN", "CHOWN", "DAC_OVERRIDE"]}))
+                    "add": ["BPF", "PERFMON", "NET_ADMIN", "CHOWN"]}))
         env.eq("xdp: pins on its mount, handed to the sidecar's user",
                x["args"][-4:], ["--pin", "/sys/fs/bpf", "--pin-owner", "65532:65532"])
         env.eq("xdp: bpffs hostPath", vols["qrux-bpffs"]["hostPath"],
@@ -572,6 +572,12 @@ class PodNet:
             self.sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
         return pod
 
+    def remove_sandbox(self, n):
+        """Deletes sandbox |n|'s two namespaces (and with them its veth)."""
+        for ns in ("%sp%d" % (self.tag, n), "%sc%d" % (self.tag, n)):
+            self.sh(["ip", "netns", "del", ns])
+            self.nets.remove(ns)
+
     def container(self, ns, c, pod_uid, volumes, user=None):
         """The argv that runs container |c| of the pod as a runtime would:
         in the sandbox |ns|, its bpffs mount (hostPath + subPathExpr, the
@@ -636,7 +642,8 @@ def xdp_pod(env, cfg):
     header is then dropped as bad_cid), the deny list API writes the map,
     /metrics reads the counters. A second pod on the node keeps its own
     filter and leaves the first one's alone; the init container run again in
-    a new sandbox reuses the pins it handed over."""
+    a new sandbox (the old one removed, as the kubelet does) reuses the pins
+    it handed over, with no CAP_DAC_OVERRIDE: attach takes them back."""
     inj = k8s.Injector(env, config=cfg)
     try:
         review = load("optin-annotations.review")
@@ -680,8 +687,8 @@ def xdp_pod(env, cfg):
         ns1 = net.sandbox(1)
         rc, out, err = net.sh(net.container(ns1, without(x, "PERFMON"), uid1, volumes) +
                               [qrux_bin()] + x["args"], check=False)
-        env.check("init container without CAP_PERFMON: the verifier refuses the program "
-                  "(why it has it)", rc != 0 and "Permission denied" in err, err[-300:])
+        env.check("init container without CAP_PERFMON: refused, and the loader names it "
+                  "(why it has it)", rc != 0 and "CAP_PERFMON" in err, err[-300:])
         rc, out, err = net.sh(net.container(ns1, x, uid1, volumes) + [qrux_bin()] + x["args"],
                               check=False)
         env.check("init container: qrux xdp attach exit 0, pinned on its mount",
@@ -773,14 +780,21 @@ def xdp_pod(env, cfg):
         env.eq("the sidecar still sees its filter",
                "qrux_xdp_attached 1" in admin("/metrics")[1], True)
 
-        # The first pod's sandbox recreated: the init container runs again
-        # with the same uid, over pins 65532 owns.
+        # The first pod's sandbox recreated: the kubelet stops its
+        # containers and removes the old sandbox (its eth0 and the link's
+        # interface go with it), then the init container runs again with
+        # the same uid, over pins 65532 owns.
+        side.send_signal(signal.SIGTERM)
+        env.eq("the first sandbox's sidecar stops: exit 0", side.wait(30), 0, side_log())
+        side = None
+        net.remove_sandbox(1)
+        rc, out, _ = net.sh([qrux_bin(), "xdp", "status", "--pin", own], check=False)
+        env.check("the old sandbox gone: its pinned link is dead", "not attached" in out,
+                  out)
         ns3 = net.sandbox(3)
         argv = [qrux_bin()] + x["args"]
-        rc, out, err = net.sh(net.container(ns3, without(x, "DAC_OVERRIDE"), uid1, volumes) +
-                              argv, check=False)
-        env.check("init container again without CAP_DAC_OVERRIDE: refused (why it has it)",
-                  rc != 0, out + err)
+        env.eq("the init container's capabilities: exactly these",
+               x["securityContext"]["capabilities"]["add"], ["BPF", "PERFMON", "NET_ADMIN", "CHOWN"])
         rc, out, err = net.sh(net.container(ns3, x, uid1, volumes) + argv, check=False)
         env.check("init container again, its capabilities: exit 0, maps reused",
                   rc == 0 and "pinned under" in out, out + err)
