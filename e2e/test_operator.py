@@ -161,6 +161,9 @@ def examples(env):
     for n in names:
         rc, so, se = run([qrux_bin(), "check", "--config", os.path.join(ex, n)], 20)
         env.eq("examples: qrux check %s" % n, (rc, b": ok (" in so), (0, True), se)
+    rc, so, se = run([qrux_bin(), "check", "--config", os.path.join(ex, "minimal.yaml")], 20)
+    env.eq("examples: what check prints", so.decode(),
+           "%s: ok (1 route, listen [::]:8443)\n" % os.path.join(ex, "minimal.yaml"))
 
 
 def errors(env):

@@ -606,7 +606,8 @@ static int run_check(const char *path)
         uv_loop_close(&loop);
     }
     if (rv == 0)
-        printf("%s: ok (%zu routes, listen %s)\n", path, cfg->nroutes, cfg->listen);
+        printf("%s: ok (%zu route%s, listen %s)\n", path, cfg->nroutes,
+               cfg->nroutes == 1 ? "" : "s", cfg->listen);
     qx_tls_del(tls);
     qx_tls_tcp_del(tls_tcp);
     qx_config_del(cfg);
