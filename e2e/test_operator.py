@@ -279,6 +279,15 @@ def config_and_drain_words(env):
     cfg = json.loads(body)
     env.eq("config: GET /config server.workers is the number running",
            cfg["config"]["server"]["workers"], int(m.group(1)) if m else None)
+    # admin/README.md is the metrics reference: every family a scrape shows
+    # is named there.
+    st, _, body = http_get(aport, "/metrics")
+    fams = re.findall(rb"^# TYPE (\S+) ", body, re.M)
+    with open(os.path.join(SRC, "admin", "README.md")) as f:
+        adoc = f.read()
+    env.check("docs: a scrape has metric families", st == 200 and len(fams) > 20, fams)
+    missing = [n.decode() for n in fams if n.decode() not in adoc]
+    env.eq("docs: every metric family of /metrics is in admin/README.md", missing, [])
     q.signalled = True  # the drain ends with qrux exiting 0: that is this test's doing
     r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
                         "http://127.0.0.1:%d/drain" % aport], capture_output=True, timeout=10)
