@@ -99,6 +99,15 @@ def demo_ownership(env):
     env.check("demo: /readyz turns 200",
               wait_until(lambda: http_get(d.aport, "/readyz")[0] == 200, 10))
     env.check("demo: qrux and nginx run", len(d.owned()) >= 2, d.owned())
+    # The page names the protocols as qrux's access log writes them.
+    for flag, proto in (("--http1.1", "h1"), ("--http2", "h2")):
+        r = subprocess.run(["curl", "-sk", flag, "https://localhost:%d/" % d.port],
+                           capture_output=True, timeout=20)
+        env.check("demo: the page over %s names proto %s" % (flag, proto),
+                  ("<code>%s</code>" % proto).encode() in r.stdout, r.stdout[-300:])
+        env.check("demo: ... as the access log writes it",
+                  wait_until(lambda: "access proto=%s " % proto in d.logtext(), 5),
+                  d.logtext()[-300:])
     # make killed alone (SIGKILL: no chance to forward anything).
     os.kill(d.parent.pid, signal.SIGKILL)
     d.parent.wait(5)
