@@ -274,6 +274,42 @@ def restart_only_docs(env):
             f.write(base)
 
 
+def key_table(env):
+    """README's table of config keys says what a reload does with each key
+    as the code does it: the rows marked restart are exactly the fields
+    proxy/worker/runtime.c refuses on reload, no key has two rows, and
+    every key of config/examples/qrux.yaml has one."""
+    import yaml
+    with open(os.path.join(SRC, "proxy", "worker", "runtime.c")) as f:
+        src = f.read()
+    fn = src[src.index("static const char *restart_field"):]
+    fn = fn[:fn.index("\n}\n")]
+    code_restart = set(re.findall(r'return "([a-z_.]+)";', fn))
+    with open(os.path.join(SRC, "README.md")) as f:
+        readme = f.read()
+    rows = re.findall(r"^\| `([a-z_.\[\]]+)` \| [^|]+ \| (live|restart)[^|]* \|", readme, re.M)
+    keys = [k for k, _ in rows]
+    env.check("docs: the README has the key table", len(rows) > 40, len(rows))
+    env.eq("docs: no key has two rows", sorted(k for k in set(keys) if keys.count(k) > 1), [])
+    doc_restart = set(k for k, r in rows if r == "restart")
+    env.eq("docs: restart in the README, not refused on reload",
+           sorted(doc_restart - code_restart), [])
+    env.eq("docs: refused on reload, not restart in the README",
+           sorted(code_restart - doc_restart), [])
+    with open(os.path.join(SRC, "config", "examples", "qrux.yaml")) as f:
+        ex = yaml.safe_load(f)
+
+    def leaves(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from leaves(v, prefix + k + ".")
+            else:
+                yield prefix + k
+    ex_keys = set(leaves({k: v for k, v in ex.items() if k != "routes"}, ""))
+    ex_keys |= set("routes[]." + k for r in ex["routes"] for k in r)
+    env.eq("docs: every key of the example config has a row", sorted(ex_keys - set(keys)), [])
+
+
 def config_and_drain_words(env):
     """GET /config shows the workers that run (not the configured 0), and
     the drain log line after POST /drain says what a signal will do."""
@@ -424,6 +460,7 @@ def main():
         env.case("second instance", second_instance, env)
         env.case("config and drain words", config_and_drain_words, env)
         env.case("restart-only keys in the docs", restart_only_docs, env)
+        env.case("the README's key table", key_table, env)
         env.case("examples", examples, env)
         env.case("errors", errors, env)
         env.case("demo", demo_ownership, env)
