@@ -99,6 +99,23 @@ def demo_ownership(env):
     env.check("demo: /readyz turns 200",
               wait_until(lambda: http_get(d.aport, "/readyz")[0] == 200, 10))
     env.check("demo: qrux and nginx run", len(d.owned()) >= 2, d.owned())
+    # The request id: the client's reaches the app (the demo's /headers) and
+    # the access log; without one qrux makes one and sends it up.
+    r = subprocess.run(["curl", "-sk", "--http2", "-H", "x-request-id: op-demo-1",
+                        "https://localhost:%d/headers" % d.port], capture_output=True, timeout=20)
+    env.check("demo: /headers shows the client's request id", b"X-Request-Id: op-demo-1\n"
+              in r.stdout, r.stdout)
+    env.check("demo: ... and the access log has it",
+              wait_until(lambda: "request_id=op-demo-1" in d.logtext(), 5), d.logtext()[-300:])
+    r = subprocess.run(["curl", "-sk", "--http2", "https://localhost:%d/headers" % d.port],
+                       capture_output=True, timeout=20)
+    m = re.search(rb"X-Request-Id: ([0-9a-f-]{36})\n", r.stdout)
+    env.check("demo: without one, the app gets a generated request id", m, r.stdout)
+    env.check("demo: ... the one in the access log",
+              m and wait_until(lambda: "request_id=%s" % m.group(1).decode() in d.logtext(), 5),
+              d.logtext()[-300:])
+    env.check("demo: ... and a traceparent", re.search(rb"Traceparent: 00-[0-9a-f]{32}-", r.stdout),
+              r.stdout)
     # The page names the protocols as qrux's access log writes them.
     for flag, proto in (("--http1.1", "h1"), ("--http2", "h2")):
         r = subprocess.run(["curl", "-sk", flag, "https://localhost:%d/" % d.port],
