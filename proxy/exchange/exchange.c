@@ -1281,7 +1281,7 @@ static void up_error(void *user, int err, int replay, const char *why)
     case QX_UP_E_PROTO:
         if (ex->state == QX_EX_ABORTED)
             return;
-        QX_DEBUG("upstream %s: bad response: %s", ex->up_name, why);
+        up_warn(ex, "bad response: %s", why);
         qx_cnt_add(&up_row(ex)->protocol_errors, 1);
         break;
     case QX_UP_E_TOO_BIG:
