@@ -12,6 +12,10 @@ the rest in qrux_log_lines_suppressed_total). When the dead app comes up,
 it is tried again after its back-off and back in rotation (healthy 1, the
 requests spread over both again).
 
+With admin.ready_requires_upstream, one accepting upstream per route is
+ready (the 'ready' line, /readyz 200); a route with none keeps /readyz at
+503 and the start-up line says started, not ready.
+
 Requests go over HTTPS (HTTP/1.1 over TLS, Python's http.client) to
 qrux's TCP listener; the backends are e2e/backend.py.
 """
@@ -146,7 +150,20 @@ def main():
                       wait_until(lambda: adm.code("/readyz") == 200, 5) and q.wait_ready(5),
                       q.log_tail())
 
+        def ready_with_one():
+            # Ready means one upstream of every route accepts, not all of them.
+            aport2 = free_port("tcp")
+            q2 = env.qrux([("*", [dead, live.addr])], wait=False,
+                          extra_server='admin:\n  listen: "127.0.0.1:%d"\n'
+                          '  ready_requires_upstream: true\n' % aport2)
+            env.check("one of two upstreams of the only route dead: the 'ready' line",
+                      q2.wait_ready(15), q2.log_tail())
+            r = Admin(aport2).get("/readyz")
+            env.eq("... and /readyz 200 'ready'", (r.status, r.text), (200, "ready\n"), r)
+            q2.stop()
+
         t0 = time.monotonic()
+        env.case("ready with one upstream of two", ready_with_one)
         env.case("one of two upstreams dead", pair)
         env.case("the only upstream dead", only_dead)
         env.case("the dead app comes back", comes_back)
