@@ -232,6 +232,20 @@ def errors(env):
     check("did-you-mean", (good % (port, cert.cert, cert.key)).replace("listen:", "listn:"), 2,
           rb"server\.listn: unknown key \(line 2\); did you mean listen\?")
 
+    # check reads ticket_key_file and admin.token_file too (the README says so)
+    check("ticket-missing", (good % (port, cert.cert, cert.key)).replace(
+        "routes:", '  ticket_key_file: "%s"\nroutes:' % os.path.join(d, "no.key")), 2,
+        rb"server\.ticket_key_file: cannot read \S*no\.key: No such file or directory")
+    short = os.path.join(d, "short.key")
+    with open(short, "wb") as f:
+        f.write(os.urandom(10))
+    check("ticket-short", (good % (port, cert.cert, cert.key)).replace(
+        "routes:", '  ticket_key_file: "%s"\nroutes:' % short), 2,
+        rb"server\.ticket_key_file: \S*short\.key holds 10 bytes; at least 32")
+    check("token-missing", (good % (port, cert.cert, cert.key)) +
+          'admin:\n  token_file: "%s"\n' % os.path.join(d, "no-token"), 2,
+          rb"admin\.token_file: cannot read \S*no-token: No such file or directory")
+
     rc, so, se = run([qrux_bin(), "chek", "--config", "x.yaml"], 10)
     env.eq("errors: unknown command: exit 2", rc, 2)
     env.check("errors: unknown command: named", b"unknown command 'chek'" in se, se[:300])
