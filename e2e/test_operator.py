@@ -348,7 +348,8 @@ def config_and_drain_words(env):
     be = env.backend()
     aport = free_port("tcp")
     q = env.qrux(routes=[("*", be.addr)], workers=0,
-                 extra_server='admin:\n  listen: "127.0.0.1:%d"\n' % aport)
+                 extra_server='  drain_delay_secs: 60\nadmin:\n  listen: "127.0.0.1:%d"\n'
+                 % aport)
     m = re.search(r"ready: .* workers=(\d+)", q.log_text())
     env.check("config: the ready line names the workers", m, q.log_tail(3))
     st, _, body = http_get(aport, "/config")
@@ -373,6 +374,12 @@ def config_and_drain_words(env):
                          "SIGTERM continues the drain" in q.log_text(), 5), q.log_tail(3))
     env.check("drain: ... and not 'signal again to stop now'",
               "signal again to stop now" not in q.log_text(), q.log_tail(3))
+    q.proc.send_signal(signal.SIGTERM)
+    env.check("drain: the SIGTERM after POST /drain says the drain continues",
+              wait_until(lambda: "SIGTERM: the drain POST /drain started continues; signal again "
+                         "to stop now" in q.log_text(), 5), q.log_tail(3))
+    env.check("drain: ... and qrux keeps draining (no 'stopping now')",
+              q.alive() and "stopping now" not in q.log_text(), q.log_tail(3))
 
 
 def second_instance(env):

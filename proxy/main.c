@@ -462,8 +462,11 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     /* Only OS signals count toward "the second one": a preStop hook's
      * POST /drain followed by the kubelet's SIGTERM must keep draining. */
-    if (m->signals++ == 0) {
-        start_drain(m, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    const char *name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+    if (m->signals++ == 0 && m->draining) {
+        QX_INFO("%s: the drain POST /drain started continues; signal again to stop now", name);
+    } else if (m->signals == 1) {
+        start_drain(m, name);
     } else {
         QX_INFO("second signal: stopping now");
         uv_timer_stop(&m->drain_delay);
