@@ -214,6 +214,16 @@ def errors(env):
         f.write("not pem\n")
     check("key-garbage", good % (port, cert.cert, garbage), 2,
           rb"server\.key: \S*garbage\.pem: no PEM private key in the file")
+    damaged = os.path.join(d, "damaged.pem")
+    with open(damaged, "w") as f:
+        f.write("-----BEGIN PRIVATE KEY-----\nnot*base64!!\n-----END PRIVATE KEY-----\n")
+    check("key-damaged", good % (port, cert.cert, damaged), 2,
+          rb"server\.key: \S*damaged\.pem: damaged PEM private key \(Base64 decoding error\)")
+    damaged_c = os.path.join(d, "damaged-cert.pem")
+    with open(damaged_c, "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\nnot*base64!!\n-----END CERTIFICATE-----\n")
+    check("cert-damaged", good % (port, damaged_c, cert.key), 2,
+          rb"server\.cert: \S*damaged-cert\.pem: damaged PEM certificate \(")
     check("cert-missing", good % (port, os.path.join(d, "nope.pem"), cert.key), 2,
           rb"server\.cert: \S*nope\.pem: No such file or directory")
     check("cert-is-key", good % (port, cert.key, cert.key), 2,
