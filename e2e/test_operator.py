@@ -445,7 +445,8 @@ def second_instance(env):
 
 def json_logs(env):
     """QRUX_LOG_FORMAT=json: every line is one JSON object with ts, level and
-    msg; an access line carries its fields as keys (numbers as numbers)."""
+    msg; an access line carries its fields as keys (numbers as numbers, no
+    answer from an app null)."""
     import json
     from harness import Qrux
     be = env.backend()
@@ -484,6 +485,29 @@ def json_logs(env):
                (a.get("upstream_status"), a.get("early_data")), (200, 0), a)
         env.check("json logs: duration_ms is a number",
                   isinstance(a.get("duration_ms"), (int, float)), a)
+    # A request no app answered (its only upstream refuses): the keys keep
+    # their types, no answer is null; the warn line is JSON too.
+    dead, tport3 = free_port("tcp"), free_port("tcp")
+    path3, port3 = env.write_config([("dead.test", "127.0.0.1:%d" % dead), ("*", be.addr)],
+                                    name="logjson-dead.yaml",
+                                    extra_server='  https_listen: "[::]:%d"\n' % tport3)
+    q3 = Qrux(env, path3, port3, extra_env={"QRUX_LOG_FORMAT": "json"})
+    env.qruxes.append(q3)
+    env.check("json logs (dead upstream): ready", q3.wait_ready(15), q3.log_tail(5))
+    r = subprocess.run(["curl", "-sk", "--http2", "-o", "/dev/null", "-w", "%{http_code}",
+                        "--resolve", "dead.test:%d:127.0.0.1" % tport3,
+                        "https://dead.test:%d/" % tport3], capture_output=True, timeout=20)
+    env.eq("json logs: a request to a dead upstream", r.stdout, b"502")
+    wait_until(lambda: '"msg":"access"' in q3.log_text(), 5)
+    objs = [json.loads(ln) for ln in q3.log_text().splitlines() if ln.startswith("{")]
+    acc = [o for o in objs if o.get("msg") == "access"]
+    env.check("json logs: the 502 line: status a number, upstream_status null",
+              len(acc) == 1 and acc[0].get("status") == 502 and "upstream_status" in acc[0]
+              and acc[0]["upstream_status"] is None and acc[0].get("upstream") ==
+              "127.0.0.1:%d" % dead, acc)
+    env.check("json logs: the warn line with the reason is a JSON object",
+              any(o.get("level") == "warn" and "connect failed: connection refused" in
+                  o.get("msg", "") for o in objs), objs[-3:])
     # The same from the config file, without the environment variable.
     path2, port2 = env.write_config([("*", be.addr)], name="logjson.yaml",
                                     extra_server="log:\n  format: json\n")
