@@ -427,6 +427,21 @@ def second_instance(env):
               text[-400:])
     p.send_signal(signal.SIGKILL)
     p.wait(5)
+    # --takeover with the admin port of the running one: exit 1, and the
+    # message says the admin port is not shared.
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen(1)
+    with open(path) as f:
+        text = f.read()
+    path_adm, _ = env.write_config(None, text=text + 'admin:\n  listen: "127.0.0.1:%d"\n'
+                                   % held.getsockname()[1], name="takeover-admin.yaml")
+    rc, so, se = run([qrux_bin(), "--takeover", "--config", path_adm], 20)
+    held.close()
+    env.eq("--takeover, admin port taken: exit 1", rc, 1, se[-300:])
+    env.check("--takeover, admin port taken: says to give it an admin.listen of its own",
+              b"cannot listen on 127.0.0.1:" in se and b"an admin.listen of its own" in se,
+              se[-400:])
     # Only the TCP port held by someone else.
     blocker = socket.socket(socket.AF_INET6)
     blocker.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)

@@ -804,7 +804,11 @@ int main(int argc, char **argv)
             QX_ERROR("config %s: %s", config_path, err);
             return EXIT_CONFIG;
         }
-        QX_ERROR("%s", err); /* a taken port is a run-time failure, not a config error */
+        /* a taken port is a run-time failure, not a config error */
+        QX_ERROR("%s%s", err,
+                 takeover ? " (--takeover shares the proxy's addresses, not the admin port: "
+                            "give this process an admin.listen of its own)"
+                          : "");
         return 1;
     }
     m.admin = admin;
