@@ -577,19 +577,27 @@ static size_t edit_distance(const char *a, const char *b)
 }
 
 /* The known key of |parent| nearest to |key| (a typo: a distance of at most
- * a third of the key's length, at least 1), or NULL. */
+ * a third of the key's length, at least 1), else the one known key that
+ * starts with |key| (a unit left off: drain_delay, max_request_body), or
+ * NULL. */
 static const char *nearest_key(const char *parent, const char *key)
 {
-    const cyaml_schema_field_t *f = schema_fields_at(parent);
-    const char *best = NULL;
-    size_t bestd = QX_MAX((size_t)1, strlen(key) / 3) + 1;
-    for (; f != NULL && f->key != NULL; f++) {
+    const cyaml_schema_field_t *fields = schema_fields_at(parent);
+    const char *best = NULL, *prefixed = NULL;
+    size_t bestd = QX_MAX((size_t)1, strlen(key) / 3) + 1, nprefixed = 0, klen = strlen(key);
+    for (const cyaml_schema_field_t *f = fields; f != NULL && f->key != NULL; f++) {
         size_t d = edit_distance(key, f->key);
         if (d < bestd) {
             bestd = d;
             best = f->key;
         }
+        if (klen >= 4 && strncmp(f->key, key, klen) == 0) {
+            prefixed = f->key;
+            nprefixed++;
+        }
     }
+    if (best == NULL && nprefixed == 1)
+        best = prefixed;
     return best;
 }
 

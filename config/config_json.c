@@ -123,7 +123,12 @@ static json_t *limits_to_json(const qx_limits_t *l)
         set(o, "upstream_idle_timeout_secs", u64(l->upstream_idle_timeout_secs)) != 0 ||
         set(o, "max_tcp_connections", u64(l->max_tcp_connections)) != 0 ||
         set(o, "max_tcp_connections_per_ip", u64(l->max_tcp_connections_per_ip)) != 0 ||
-        set(o, "max_connections_per_upstream", u64(l->max_connections_per_upstream)) != 0) {
+        set(o, "max_connections_per_upstream", u64(l->max_connections_per_upstream)) != 0 ||
+        set(o, "websocket_idle_timeout_secs", u64(l->websocket_idle_timeout_secs)) != 0 ||
+        set(o, "max_websocket_tunnels", u64(l->max_websocket_tunnels)) != 0 ||
+        set(o, "max_websocket_tunnels_per_connection",
+            u64(l->max_websocket_tunnels_per_connection)) != 0 ||
+        set(o, "upstream_keepalive_timeout_secs", u64(l->upstream_keepalive_timeout_secs)) != 0) {
         json_decref(o);
         return NULL;
     }

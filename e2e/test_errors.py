@@ -2,7 +2,8 @@
 """Errors as the client sees them: 502 (refused, garbage), 504 (connect
 timeout, no response in time), 413 (request body over the limit), a reset
 stream for an upstream body over its cap or cut short, H3_MESSAGE_ERROR for
-a malformed request - and qrux keeps serving after each of them.
+a malformed request - and qrux keeps serving after each of them. Each
+upstream failure leaves a warn line naming the upstream and the reason.
 
 Limits in this file: connect timeout 1 s, request timeout 2 s, request body
 1 MiB, upstream response body 1 MiB.
@@ -11,12 +12,13 @@ Limits in this file: connect timeout 1 s, request timeout 2 s, request body
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (H3_MESSAGE_ERROR, Blackhole, Env, free_port, pattern,  # noqa: E402
-                     pattern_sha256)
+                     pattern_sha256, wait_until)
 
 MiB = 1024 * 1024
 H3_INTERNAL_ERROR = 0x102
@@ -53,10 +55,16 @@ def bad_gateway(env, q, be, dead_port):
     error_body_ok(env, "502 refused", r, [dead_port])
     env.check("502 refused: stream closed cleanly", r.clean(0), r.summary())
     env.check("502 is in the access log", len(env.wait_access(q, status=502)) >= 1, q.log_tail())
+    env.check("502 refused: a warn line with the upstream and the reason",
+              "warn  upstream 127.0.0.1:%d: connect failed: connection refused" % dead_port
+              in q.log_text(), q.log_tail())
 
     r = env.gtls(q, "/garbage", timeout=20)
     env.eq("upstream answers garbage (not HTTP) -> 502", r.status(), 502, r.summary())
     error_body_ok(env, "502 garbage", r, [be.port])
+    want = "warn  upstream %s: bad response: Expected HTTP/ (HPE_INVALID_CONSTANT)" % be.addr
+    env.check("502 garbage: a warn line with the upstream and the reason",
+              wait_until(lambda: want in q.log_text(), 5), q.log_tail())
     still_serving(env, q, "502s")
 
 
@@ -67,6 +75,9 @@ def gateway_timeout(env, q, bh):
     env.eq("upstream connect times out -> 504", r.status(), 504, r.summary())
     env.check("504 connect timeout after ~1 s (took %.2fs, want 0.9..4)" % dt, 0.9 <= dt <= 4.0)
     error_body_ok(env, "504 connect", r, [bh.port])
+    env.check("504 connect: a warn line with the upstream and the reason",
+              "warn  upstream %s: connect failed: timed out after 1 s" % bh.addr in q.log_text(),
+              q.log_tail())
 
     t0 = time.monotonic()
     r = env.gtls(q, "/hang", timeout=20)
@@ -74,6 +85,10 @@ def gateway_timeout(env, q, bh):
     env.eq("upstream accepts and never answers -> 504", r.status(), 504, r.summary())
     env.check("504 request timeout after ~2 s (took %.2fs, want 1.9..5)" % dt, 1.9 <= dt <= 5.0)
     error_body_ok(env, "504 hang", r, [])
+    env.check("504 hang: a warn line with the upstream and the reason",
+              re.search(r"warn  upstream 127\.0\.0\.1:\d+: request timeout after 2 s",
+                        q.log_text()),
+              q.log_tail())
     env.check("504s are in the access log", len(env.wait_access(q, status=504)) >= 2,
               q.log_tail())
 

@@ -12,6 +12,13 @@ the rest in qrux_log_lines_suppressed_total). When the dead app comes up,
 it is tried again after its back-off and back in rotation (healthy 1, the
 requests spread over both again).
 
+An upstream whose connect times out (a blackhole) is failed over the same
+way, after upstream_connect_timeout_secs.
+
+With admin.ready_requires_upstream, one accepting upstream per route is
+ready (the 'ready' line, /readyz 200); a route with none keeps /readyz at
+503 and the start-up line says started, not ready.
+
 Requests go over HTTPS (HTTP/1.1 over TLS, Python's http.client) to
 qrux's TCP listener; the backends are e2e/backend.py.
 """
@@ -24,7 +31,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import E2E_DIR, Env, free_port, spawn, wait_until, _readline_timeout  # noqa: E402
+from harness import (E2E_DIR, Blackhole, Env, free_port, spawn, wait_until,  # noqa: E402
+                     _readline_timeout)
 from test_admin import Admin, metric, scrape  # noqa: E402
 
 
@@ -146,7 +154,49 @@ def main():
                       wait_until(lambda: adm.code("/readyz") == 200, 5) and q.wait_ready(5),
                       q.log_tail())
 
+        def ready_with_one():
+            # Ready means one upstream of every route accepts, not all of them.
+            aport2 = free_port("tcp")
+            q2 = env.qrux([("*", [dead, live.addr])], wait=False,
+                          extra_server='admin:\n  listen: "127.0.0.1:%d"\n'
+                          '  ready_requires_upstream: true\n' % aport2)
+            env.check("one of two upstreams of the only route dead: the 'ready' line",
+                      q2.wait_ready(15), q2.log_tail())
+            r = Admin(aport2).get("/readyz")
+            env.eq("... and /readyz 200 'ready'", (r.status, r.text), (200, "ready\n"), r)
+            q2.stop()
+
+        def connect_timeout():
+            # An upstream that never answers the SYN: after
+            # upstream_connect_timeout_secs the request goes to the next one.
+            bh = Blackhole()
+            try:
+                tport2 = free_port("tcp")
+                q3 = env.qrux([("*", [bh.addr, live.addr])],
+                              limits={"upstream_connect_timeout_secs": 1},
+                              extra_server='  https_listen: "127.0.0.1:%d"\n' % tport2)
+                c3 = Client(tport2)
+                seq, took = [], []
+                for _ in range(4):
+                    t = time.monotonic()
+                    seq.append(c3.get("any.test"))
+                    took.append(time.monotonic() - t)
+                env.eq("connect timeout on one of two: every request 200",
+                       [st for st, _ in seq], [200] * 4, seq)
+                env.check("... served by the live one", all(b == str(live.port) for _, b in seq),
+                          seq)
+                env.check("... after waiting out the connect timeout (%s)"
+                          % ["%.2f" % x for x in took], max(took) >= 0.9, took)
+                env.check("... the warn line says so",
+                          "warn  upstream %s: connect failed: timed out after 1 s; trying "
+                          "another address" % bh.addr in q3.log_text(), q3.log_tail())
+                q3.stop()
+            finally:
+                bh.close()
+
         t0 = time.monotonic()
+        env.case("connect timeout: the next upstream", connect_timeout)
+        env.case("ready with one upstream of two", ready_with_one)
         env.case("one of two upstreams dead", pair)
         env.case("the only upstream dead", only_dead)
         env.case("the dead app comes back", comes_back)

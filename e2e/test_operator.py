@@ -99,6 +99,32 @@ def demo_ownership(env):
     env.check("demo: /readyz turns 200",
               wait_until(lambda: http_get(d.aport, "/readyz")[0] == 200, 10))
     env.check("demo: qrux and nginx run", len(d.owned()) >= 2, d.owned())
+    # The request id: the client's reaches the app (the demo's /headers) and
+    # the access log; without one qrux makes one and sends it up.
+    r = subprocess.run(["curl", "-sk", "--http2", "-H", "x-request-id: op-demo-1",
+                        "https://localhost:%d/headers" % d.port], capture_output=True, timeout=20)
+    env.check("demo: /headers shows the client's request id", b"X-Request-Id: op-demo-1\n"
+              in r.stdout, r.stdout)
+    env.check("demo: ... and the access log has it",
+              wait_until(lambda: "request_id=op-demo-1" in d.logtext(), 5), d.logtext()[-300:])
+    r = subprocess.run(["curl", "-sk", "--http2", "https://localhost:%d/headers" % d.port],
+                       capture_output=True, timeout=20)
+    m = re.search(rb"X-Request-Id: ([0-9a-f-]{36})\n", r.stdout)
+    env.check("demo: without one, the app gets a generated request id", m, r.stdout)
+    env.check("demo: ... the one in the access log",
+              m and wait_until(lambda: "request_id=%s" % m.group(1).decode() in d.logtext(), 5),
+              d.logtext()[-300:])
+    env.check("demo: ... and a traceparent", re.search(rb"Traceparent: 00-[0-9a-f]{32}-", r.stdout),
+              r.stdout)
+    # The page names the protocols as qrux's access log writes them.
+    for flag, proto in (("--http1.1", "h1"), ("--http2", "h2")):
+        r = subprocess.run(["curl", "-sk", flag, "https://localhost:%d/" % d.port],
+                           capture_output=True, timeout=20)
+        env.check("demo: the page over %s names proto %s" % (flag, proto),
+                  ("<code>%s</code>" % proto).encode() in r.stdout, r.stdout[-300:])
+        env.check("demo: ... as the access log writes it",
+                  wait_until(lambda: "access proto=%s " % proto in d.logtext(), 5),
+                  d.logtext()[-300:])
     # make killed alone (SIGKILL: no chance to forward anything).
     os.kill(d.parent.pid, signal.SIGKILL)
     d.parent.wait(5)
@@ -161,6 +187,9 @@ def examples(env):
     for n in names:
         rc, so, se = run([qrux_bin(), "check", "--config", os.path.join(ex, n)], 20)
         env.eq("examples: qrux check %s" % n, (rc, b": ok (" in so), (0, True), se)
+    rc, so, se = run([qrux_bin(), "check", "--config", os.path.join(ex, "minimal.yaml")], 20)
+    env.eq("examples: what check prints", so.decode(),
+           "%s: ok (1 route, listen [::]:8443)\n" % os.path.join(ex, "minimal.yaml"))
 
 
 def errors(env):
@@ -185,6 +214,16 @@ def errors(env):
         f.write("not pem\n")
     check("key-garbage", good % (port, cert.cert, garbage), 2,
           rb"server\.key: \S*garbage\.pem: no PEM private key in the file")
+    damaged = os.path.join(d, "damaged.pem")
+    with open(damaged, "w") as f:
+        f.write("-----BEGIN PRIVATE KEY-----\nnot*base64!!\n-----END PRIVATE KEY-----\n")
+    check("key-damaged", good % (port, cert.cert, damaged), 2,
+          rb"server\.key: \S*damaged\.pem: damaged PEM private key \(Base64 decoding error\)")
+    damaged_c = os.path.join(d, "damaged-cert.pem")
+    with open(damaged_c, "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\nnot*base64!!\n-----END CERTIFICATE-----\n")
+    check("cert-damaged", good % (port, damaged_c, cert.key), 2,
+          rb"server\.cert: \S*damaged-cert\.pem: damaged PEM certificate \(")
     check("cert-missing", good % (port, os.path.join(d, "nope.pem"), cert.key), 2,
           rb"server\.cert: \S*nope\.pem: No such file or directory")
     check("cert-is-key", good % (port, cert.key, cert.key), 2,
@@ -202,6 +241,20 @@ def errors(env):
           rb"tabs are not allowed for indentation \(line 2\)")
     check("did-you-mean", (good % (port, cert.cert, cert.key)).replace("listen:", "listn:"), 2,
           rb"server\.listn: unknown key \(line 2\); did you mean listen\?")
+
+    # check reads ticket_key_file and admin.token_file too (the README says so)
+    check("ticket-missing", (good % (port, cert.cert, cert.key)).replace(
+        "routes:", '  ticket_key_file: "%s"\nroutes:' % os.path.join(d, "no.key")), 2,
+        rb"server\.ticket_key_file: cannot read \S*no\.key: No such file or directory")
+    short = os.path.join(d, "short.key")
+    with open(short, "wb") as f:
+        f.write(os.urandom(10))
+    check("ticket-short", (good % (port, cert.cert, cert.key)).replace(
+        "routes:", '  ticket_key_file: "%s"\nroutes:' % short), 2,
+        rb"server\.ticket_key_file: \S*short\.key holds 10 bytes; at least 32")
+    check("token-missing", (good % (port, cert.cert, cert.key)) +
+          'admin:\n  token_file: "%s"\n' % os.path.join(d, "no-token"), 2,
+          rb"admin\.token_file: cannot read \S*no-token: No such file or directory")
 
     rc, so, se = run([qrux_bin(), "chek", "--config", "x.yaml"], 10)
     env.eq("errors: unknown command: exit 2", rc, 2)
@@ -262,6 +315,42 @@ def restart_only_docs(env):
             f.write(base)
 
 
+def key_table(env):
+    """README's table of config keys says what a reload does with each key
+    as the code does it: the rows marked restart are exactly the fields
+    proxy/worker/runtime.c refuses on reload, no key has two rows, and
+    every key of config/examples/qrux.yaml has one."""
+    import yaml
+    with open(os.path.join(SRC, "proxy", "worker", "runtime.c")) as f:
+        src = f.read()
+    fn = src[src.index("static const char *restart_field"):]
+    fn = fn[:fn.index("\n}\n")]
+    code_restart = set(re.findall(r'return "([a-z_.]+)";', fn))
+    with open(os.path.join(SRC, "README.md")) as f:
+        readme = f.read()
+    rows = re.findall(r"^\| `([a-z_.\[\]]+)` \| [^|]+ \| (live|restart)[^|]* \|", readme, re.M)
+    keys = [k for k, _ in rows]
+    env.check("docs: the README has the key table", len(rows) > 40, len(rows))
+    env.eq("docs: no key has two rows", sorted(k for k in set(keys) if keys.count(k) > 1), [])
+    doc_restart = set(k for k, r in rows if r == "restart")
+    env.eq("docs: restart in the README, not refused on reload",
+           sorted(doc_restart - code_restart), [])
+    env.eq("docs: refused on reload, not restart in the README",
+           sorted(code_restart - doc_restart), [])
+    with open(os.path.join(SRC, "config", "examples", "qrux.yaml")) as f:
+        ex = yaml.safe_load(f)
+
+    def leaves(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from leaves(v, prefix + k + ".")
+            else:
+                yield prefix + k
+    ex_keys = set(leaves({k: v for k, v in ex.items() if k != "routes"}, ""))
+    ex_keys |= set("routes[]." + k for r in ex["routes"] for k in r)
+    env.eq("docs: every key of the example config has a row", sorted(ex_keys - set(keys)), [])
+
+
 def config_and_drain_words(env):
     """GET /config shows the workers that run (not the configured 0), and
     the drain log line after POST /drain says what a signal will do."""
@@ -269,13 +358,23 @@ def config_and_drain_words(env):
     be = env.backend()
     aport = free_port("tcp")
     q = env.qrux(routes=[("*", be.addr)], workers=0,
-                 extra_server='admin:\n  listen: "127.0.0.1:%d"\n' % aport)
+                 extra_server='  drain_delay_secs: 60\nadmin:\n  listen: "127.0.0.1:%d"\n'
+                 % aport)
     m = re.search(r"ready: .* workers=(\d+)", q.log_text())
     env.check("config: the ready line names the workers", m, q.log_tail(3))
     st, _, body = http_get(aport, "/config")
     cfg = json.loads(body)
     env.eq("config: GET /config server.workers is the number running",
            cfg["config"]["server"]["workers"], int(m.group(1)) if m else None)
+    # admin/README.md is the metrics reference: every family a scrape shows
+    # is named there.
+    st, _, body = http_get(aport, "/metrics")
+    fams = re.findall(rb"^# TYPE (\S+) ", body, re.M)
+    with open(os.path.join(SRC, "admin", "README.md")) as f:
+        adoc = f.read()
+    env.check("docs: a scrape has metric families", st == 200 and len(fams) > 20, fams)
+    missing = [n.decode() for n in fams if n.decode() not in adoc]
+    env.eq("docs: every metric family of /metrics is in admin/README.md", missing, [])
     q.signalled = True  # the drain ends with qrux exiting 0: that is this test's doing
     r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
                         "http://127.0.0.1:%d/drain" % aport], capture_output=True, timeout=10)
@@ -285,6 +384,12 @@ def config_and_drain_words(env):
                          "SIGTERM continues the drain" in q.log_text(), 5), q.log_tail(3))
     env.check("drain: ... and not 'signal again to stop now'",
               "signal again to stop now" not in q.log_text(), q.log_tail(3))
+    q.proc.send_signal(signal.SIGTERM)
+    env.check("drain: the SIGTERM after POST /drain says the drain continues",
+              wait_until(lambda: "SIGTERM: the drain POST /drain started continues; signal again "
+                         "to stop now" in q.log_text(), 5), q.log_tail(3))
+    env.check("drain: ... and qrux keeps draining (no 'stopping now')",
+              q.alive() and "stopping now" not in q.log_text(), q.log_tail(3))
 
 
 def second_instance(env):
@@ -322,6 +427,21 @@ def second_instance(env):
               text[-400:])
     p.send_signal(signal.SIGKILL)
     p.wait(5)
+    # --takeover with the admin port of the running one: exit 1, and the
+    # message says the admin port is not shared.
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen(1)
+    with open(path) as f:
+        text = f.read()
+    path_adm, _ = env.write_config(None, text=text + 'admin:\n  listen: "127.0.0.1:%d"\n'
+                                   % held.getsockname()[1], name="takeover-admin.yaml")
+    rc, so, se = run([qrux_bin(), "--takeover", "--config", path_adm], 20)
+    held.close()
+    env.eq("--takeover, admin port taken: exit 1", rc, 1, se[-300:])
+    env.check("--takeover, admin port taken: says to give it an admin.listen of its own",
+              b"cannot listen on 127.0.0.1:" in se and b"an admin.listen of its own" in se,
+              se[-400:])
     # Only the TCP port held by someone else.
     blocker = socket.socket(socket.AF_INET6)
     blocker.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -340,7 +460,8 @@ def second_instance(env):
 
 def json_logs(env):
     """QRUX_LOG_FORMAT=json: every line is one JSON object with ts, level and
-    msg; an access line carries its fields as keys (numbers as numbers)."""
+    msg; an access line carries its fields as keys (numbers as numbers, no
+    answer from an app null)."""
     import json
     from harness import Qrux
     be = env.backend()
@@ -379,6 +500,29 @@ def json_logs(env):
                (a.get("upstream_status"), a.get("early_data")), (200, 0), a)
         env.check("json logs: duration_ms is a number",
                   isinstance(a.get("duration_ms"), (int, float)), a)
+    # A request no app answered (its only upstream refuses): the keys keep
+    # their types, no answer is null; the warn line is JSON too.
+    dead, tport3 = free_port("tcp"), free_port("tcp")
+    path3, port3 = env.write_config([("dead.test", "127.0.0.1:%d" % dead), ("*", be.addr)],
+                                    name="logjson-dead.yaml",
+                                    extra_server='  https_listen: "[::]:%d"\n' % tport3)
+    q3 = Qrux(env, path3, port3, extra_env={"QRUX_LOG_FORMAT": "json"})
+    env.qruxes.append(q3)
+    env.check("json logs (dead upstream): ready", q3.wait_ready(15), q3.log_tail(5))
+    r = subprocess.run(["curl", "-sk", "--http2", "-o", "/dev/null", "-w", "%{http_code}",
+                        "--resolve", "dead.test:%d:127.0.0.1" % tport3,
+                        "https://dead.test:%d/" % tport3], capture_output=True, timeout=20)
+    env.eq("json logs: a request to a dead upstream", r.stdout, b"502")
+    wait_until(lambda: '"msg":"access"' in q3.log_text(), 5)
+    objs = [json.loads(ln) for ln in q3.log_text().splitlines() if ln.startswith("{")]
+    acc = [o for o in objs if o.get("msg") == "access"]
+    env.check("json logs: the 502 line: status a number, upstream_status null",
+              len(acc) == 1 and acc[0].get("status") == 502 and "upstream_status" in acc[0]
+              and acc[0]["upstream_status"] is None and acc[0].get("upstream") ==
+              "127.0.0.1:%d" % dead, acc)
+    env.check("json logs: the warn line with the reason is a JSON object",
+              any(o.get("level") == "warn" and "connect failed: connection refused" in
+                  o.get("msg", "") for o in objs), objs[-3:])
     # The same from the config file, without the environment variable.
     path2, port2 = env.write_config([("*", be.addr)], name="logjson.yaml",
                                     extra_server="log:\n  format: json\n")
@@ -403,6 +547,7 @@ def main():
         env.case("second instance", second_instance, env)
         env.case("config and drain words", config_and_drain_words, env)
         env.case("restart-only keys in the docs", restart_only_docs, env)
+        env.case("the README's key table", key_table, env)
         env.case("examples", examples, env)
         env.case("errors", errors, env)
         env.case("demo", demo_ownership, env)

@@ -462,8 +462,11 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     /* Only OS signals count toward "the second one": a preStop hook's
      * POST /drain followed by the kubelet's SIGTERM must keep draining. */
-    if (m->signals++ == 0) {
-        start_drain(m, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    const char *name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+    if (m->signals++ == 0 && m->draining) {
+        QX_INFO("%s: the drain POST /drain started continues; signal again to stop now", name);
+    } else if (m->signals == 1) {
+        start_drain(m, name);
     } else {
         QX_INFO("second signal: stopping now");
         uv_timer_stop(&m->drain_delay);
@@ -606,7 +609,8 @@ static int run_check(const char *path)
         uv_loop_close(&loop);
     }
     if (rv == 0)
-        printf("%s: ok (%zu routes, listen %s)\n", path, cfg->nroutes, cfg->listen);
+        printf("%s: ok (%zu route%s, listen %s)\n", path, cfg->nroutes,
+               cfg->nroutes == 1 ? "" : "s", cfg->listen);
     qx_tls_del(tls);
     qx_tls_tcp_del(tls_tcp);
     qx_config_del(cfg);
@@ -800,7 +804,11 @@ int main(int argc, char **argv)
             QX_ERROR("config %s: %s", config_path, err);
             return EXIT_CONFIG;
         }
-        QX_ERROR("%s", err); /* a taken port is a run-time failure, not a config error */
+        /* a taken port is a run-time failure, not a config error */
+        QX_ERROR("%s%s", err,
+                 takeover ? " (--takeover shares the proxy's addresses, not the admin port: "
+                            "give this process an admin.listen of its own)"
+                          : "");
         return 1;
     }
     m.admin = admin;

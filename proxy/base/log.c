@@ -57,8 +57,7 @@ static size_t json_str(char *out, size_t cap, size_t n, const char *s, size_t le
     return n;
 }
 
-/* A value that is a plain decimal number (an integer or with a fraction)
- * goes out as a JSON number. */
+/* A value that is a plain decimal number (an integer or with a fraction). */
 static int is_number(const char *s, size_t len)
 {
     size_t i = 0, digits = 0, dots = 0;
@@ -73,31 +72,61 @@ static int is_number(const char *s, size_t len)
     return digits > 0 && s[len - 1] != '.' && (len == 1 || s[0] != '0' || s[1] == '.');
 }
 
+static int key_in(const char *k, size_t klen, const char *const *set)
+{
+    for (; *set != NULL; set++)
+        if (strlen(*set) == klen && memcmp(*set, k, klen) == 0)
+            return 1;
+    return 0;
+}
+
+/* The lines whose "k=v" fields become JSON keys, and the types of those
+ * keys, fixed whatever the value, so a log store maps each key once: the
+ * numeric keys are JSON numbers, every other key a string, and a value "-"
+ * (no upstream chosen, no answer from it) is null. */
+static const char *const record_msgs[] = {"access", "websocket closed", NULL};
+static const char *const numeric_keys[] = {
+    "status",      "upstream_status", "early_data", "bytes_in",   "bytes_out", "duration_ms",
+    "grpc_status", "incomplete",      "app_end",    "client_end", "reset",     NULL};
+static const char *const nullable_keys[] = {"upstream", "upstream_status", "trace_id", "request_id",
+                                            NULL};
+
 /* One JSON object: ts, level, msg. An access line ("access k=v k=v ...")
- * becomes msg "access" and one field per key (numbers as numbers), so log
- * pipelines need no parser of their own. */
+ * becomes msg "access" and one field per key, typed as above, so log
+ * pipelines need no parser of their own; so does a "websocket closed" line. */
 static void json_line(const char *when, qx_log_level_t lvl, const char *msg, size_t msglen)
 {
     char out[4096];
     size_t n = (size_t)snprintf(out, sizeof(out), "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"",
                                 when, level_names[lvl]);
-    if (msglen > 7 && memcmp(msg, "access ", 7) == 0) {
-        n = json_str(out, sizeof(out), n, "access", 6);
+    const char *rec = NULL;
+    for (const char *const *m = record_msgs; *m != NULL && rec == NULL; m++) {
+        size_t ml = strlen(*m);
+        if (msglen > ml + 1 && memcmp(msg, *m, ml) == 0 && msg[ml] == ' ')
+            rec = *m;
+    }
+    if (rec != NULL) {
+        n = json_str(out, sizeof(out), n, rec, strlen(rec));
         out[n++] = '"';
-        const char *p = msg + 7, *end = msg + msglen;
+        const char *p = msg + strlen(rec) + 1, *end = msg + msglen;
         while (p < end && n + 16 < sizeof(out)) {
             const char *sp = memchr(p, ' ', (size_t)(end - p));
             const char *tok_end = sp ? sp : end;
             const char *eq = memchr(p, '=', (size_t)(tok_end - p));
             if (eq != NULL && eq > p) {
-                const char *v = eq + 1;
-                size_t vlen = (size_t)(tok_end - v);
+                const char *k = p, *v = eq + 1;
+                size_t klen = (size_t)(eq - p), vlen = (size_t)(tok_end - v);
                 out[n++] = ',';
                 out[n++] = '"';
-                n = json_str(out, sizeof(out), n, p, (size_t)(eq - p));
+                n = json_str(out, sizeof(out), n, k, klen);
                 memcpy(out + n, "\":", 2);
                 n += 2;
-                if (is_number(v, vlen)) {
+                int numeric = key_in(k, klen, numeric_keys);
+                if ((vlen == 1 && v[0] == '-' && key_in(k, klen, nullable_keys)) ||
+                    (numeric && !is_number(v, vlen))) {
+                    memcpy(out + n, "null", 4);
+                    n += 4;
+                } else if (numeric) {
                     n = json_str(out, sizeof(out), n, v, vlen);
                 } else {
                     out[n++] = '"';

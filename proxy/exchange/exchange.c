@@ -502,9 +502,14 @@ void qx_exchange_front_closed(qx_exchange_t *ex, int error)
         char ups[12] = "-", grpc[32] = "";
         if (ex->up_status > 0)
             snprintf(ups, sizeof(ups), "%d", ex->up_status);
-        if (ex->grpc_status)
-            snprintf(grpc, sizeof(grpc), " grpc_status=%.*s",
-                     (int)QX_MIN(ex->grpc_statuslen, (size_t)8), ex->grpc_status);
+        if (ex->grpc_status) {
+            /* the app's value: digits only, or "-" (a space would start a field) */
+            int digits = ex->grpc_statuslen > 0 && ex->grpc_statuslen <= 8;
+            for (size_t i = 0; digits && i < ex->grpc_statuslen; i++)
+                digits = ex->grpc_status[i] >= '0' && ex->grpc_status[i] <= '9';
+            snprintf(grpc, sizeof(grpc), " grpc_status=%.*s", digits ? (int)ex->grpc_statuslen : 1,
+                     digits ? ex->grpc_status : "-");
+        }
         QX_INFO("access proto=%s method=%s authority=%.*s path=%.*s status=%d upstream=%s "
                 "upstream_status=%s early_data=%d bytes_in=%" PRIu64 " bytes_out=%" PRIu64
                 " duration_ms=%.3f trace_id=%s request_id=%s%s%s",
@@ -1276,7 +1281,7 @@ static void up_error(void *user, int err, int replay, const char *why)
     case QX_UP_E_PROTO:
         if (ex->state == QX_EX_ABORTED)
             return;
-        QX_DEBUG("upstream %s: bad response: %s", ex->up_name, why);
+        up_warn(ex, "bad response: %s", why);
         qx_cnt_add(&up_row(ex)->protocol_errors, 1);
         break;
     case QX_UP_E_TOO_BIG:

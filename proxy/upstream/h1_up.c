@@ -401,7 +401,13 @@ static void uc_on_read(void *user, ssize_t nread, const char *buf)
         return;
     }
     if (err != HPE_OK) {
-        st->sink->error(st->user, QX_UP_E_PROTO, QX_UP_REPLAY_NONE, llhttp_errno_name(err));
+        /* llhttp's reason ("Invalid status code", "Expected HTTP/") for the
+         * log line, then its error name */
+        char why[160];
+        const char *reason = llhttp_get_error_reason(&h->parser);
+        snprintf(why, sizeof(why), "%s%s%s%s", reason ? reason : "", reason ? " (" : "",
+                 llhttp_errno_name(err), reason ? ")" : "");
+        st->sink->error(st->user, QX_UP_E_PROTO, QX_UP_REPLAY_NONE, why);
         return;
     }
     if (!st->resp_fits && st->resp->data && qx_ring_free(st->resp) < QX_UP_READ_MIN) {

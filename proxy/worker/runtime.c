@@ -155,9 +155,9 @@ int qx_runtime_publish(qx_runtime_t *rt, qx_config_t *cfg, int source, uint64_t 
     pthread_mutex_unlock(&rt->lock);
 
     count(rt, source, QX_RELOAD_OK);
-    QX_INFO("config: generation %llu in force (%zu routes, from %s)",
+    QX_INFO("config: generation %llu in force (%zu route%s, from %s)",
             (unsigned long long)snap->generation, snap->cfg->nroutes,
-            source == QX_SRC_API ? "api" : "file");
+            snap->cfg->nroutes == 1 ? "" : "s", source == QX_SRC_API ? "api" : "file");
     for (unsigned i = 0; i < rt->nworkers; i++)
         qx_worker_notify(&rt->workers[i]);
     qx_snapshot_unref(old); /* workers and requests hold their own references */

@@ -109,11 +109,59 @@ static void below_level_costs_nothing(void **state)
     qx_log_level = QX_LOG_INFO;
 }
 
+static void json_access(void)
+{
+    QX_INFO("access proto=h1 method=123 authority=8080 path=/a=b\"c status=421 upstream=- "
+            "upstream_status=- early_data=0 bytes_in=0 bytes_out=24 duration_ms=0.014 "
+            "trace_id=- request_id=-");
+    QX_INFO("access proto=h2 method=GET authority=localhost path=/ status=200 "
+            "upstream=127.0.0.1:8080 upstream_status=200 early_data=1 bytes_in=3 bytes_out=7 "
+            "duration_ms=1.500 trace_id=4bf9 request_id=r-1 grpc_status=x9");
+    QX_INFO("websocket closed proto=h3 authority=a path=/ws upstream=127.0.0.1:1 bytes_in=5 "
+            "bytes_out=6 duration_ms=2.000 app_end=1 client_end=0 reset=0");
+    QX_WARN("upstream 127.0.0.1:1: connect failed: \"refused\"");
+}
+
+/* QRUX_LOG_FORMAT=json: an access line's keys have one type whatever the
+ * value (a log store maps each key once): numbers for the numeric keys,
+ * strings for the others even when they look like numbers, null for "-". */
+static void json_keys_have_fixed_types(void **state)
+{
+    (void)state;
+    qx_log_level = QX_LOG_INFO;
+    qx_log_json = 1;
+    char *out = capture(json_access);
+    qx_log_json = 0;
+    const char *want[] = {
+        "\"level\":\"info\",\"msg\":\"access\",\"proto\":\"h1\",\"method\":\"123\","
+        "\"authority\":\"8080\",\"path\":\"/a=b\\\"c\",\"status\":421,\"upstream\":null,"
+        "\"upstream_status\":null,\"early_data\":0,\"bytes_in\":0,\"bytes_out\":24,"
+        "\"duration_ms\":0.014,\"trace_id\":null,\"request_id\":null}\n",
+        "\"msg\":\"access\",\"proto\":\"h2\",\"method\":\"GET\",\"authority\":\"localhost\","
+        "\"path\":\"/\",\"status\":200,\"upstream\":\"127.0.0.1:8080\",\"upstream_status\":200,"
+        "\"early_data\":1,\"bytes_in\":3,\"bytes_out\":7,\"duration_ms\":1.500,"
+        "\"trace_id\":\"4bf9\",\"request_id\":\"r-1\",\"grpc_status\":null}\n",
+        "\"msg\":\"websocket closed\",\"proto\":\"h3\",\"authority\":\"a\",\"path\":\"/ws\","
+        "\"upstream\":\"127.0.0.1:1\",\"bytes_in\":5,\"bytes_out\":6,\"duration_ms\":2.000,"
+        "\"app_end\":1,\"client_end\":0,\"reset\":0}\n",
+        "\"level\":\"warn\",\"msg\":\"upstream 127.0.0.1:1: connect failed: \\\"refused\\\"\"}\n",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        if (strstr(out, want[i]) == NULL)
+            fail_msg("missing %s\nin %s", want[i], out);
+    }
+    /* one object per line, each starting with ts */
+    assert_int_equal(count_lines(out, "{\"ts\":\""), 4);
+    assert_int_equal(count_lines(out, "\n"), 4);
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(flood_is_bounded),
         cmocka_unit_test(below_level_costs_nothing),
+        cmocka_unit_test(json_keys_have_fixed_types),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -578,6 +578,21 @@ static void test_reject_routes(void **state)
                   "routes[0].upstrem: unknown key (line 7); did you mean upstream?");
     expect_reject("server:\n  listen: \"[::]:1\"\n  limits:\n    max_request_body_byte: 1\n",
                   "did you mean max_request_body_bytes?");
+    /* A key with its unit left off: the one known key it starts. */
+    expect_reject("server:\n  listen: \"[::]:1\"\n  limits:\n    max_request_body: 1\n",
+                  "server.limits.max_request_body: unknown key (line 4); did you mean "
+                  "max_request_body_bytes?");
+    expect_reject("server:\n  drain_delay: 1\n",
+                  "server.drain_delay: unknown key (line 2); did you mean drain_delay_secs?");
+    /* ... not when several start with it */
+    {
+        char err[512] = "";
+        qx_config_t *cfg = NULL;
+        assert_int_equal(
+            load_str("server:\n  limits:\n    max_quic: 1\n", NULL, &cfg, err, sizeof(err)),
+            QX_ERR_CONFIG);
+        assert_string_equal(err, "server.limits.max_quic: unknown key (line 3)");
+    }
     expect_reject("server:\n  zzzzzz: 1\n", "server.zzzzzz: unknown key (line 2)");
     /* log.format: text or json, nothing else. */
     expect_reject(SERVER ROUTES "log:\n  format: yaml\n",

@@ -5,6 +5,7 @@
 #include "base/qx.h"
 #include "exchange/context.h"
 
+#include <gnutls/abstract.h>
 #include <gnutls/crypto.h>
 #include <gnutls/x509.h>
 #include <ngtcp2/ngtcp2.h>
@@ -62,6 +63,56 @@ static int64_t leaf_not_after(gnutls_certificate_credentials_t cred)
     return t;
 }
 
+/* GnuTLS reports a pair that does not load without saying which file is at
+ * fault ("Base64 decoding error"): each is loaded alone to name it. */
+/* gnutls_strerror() without its closing period, for inside parentheses. */
+static int why_len(int r)
+{
+    size_t n = strlen(gnutls_strerror(r));
+    return (int)(n > 0 && gnutls_strerror(r)[n - 1] == '.' ? n - 1 : n);
+}
+
+static void name_bad_file(const char *cert, const char *key, int rv, char *err, size_t errlen)
+{
+    gnutls_datum_t d = {NULL, 0};
+    int r = gnutls_load_file(cert, &d);
+    if (r >= 0) {
+        gnutls_x509_crt_t *crts = NULL;
+        unsigned n = 0;
+        r = gnutls_x509_crt_list_import2(&crts, &n, &d, GNUTLS_X509_FMT_PEM, 0);
+        if (r >= 0) {
+            for (unsigned i = 0; i < n; i++)
+                gnutls_x509_crt_deinit(crts[i]);
+            gnutls_free(crts);
+        }
+        gnutls_free(d.data);
+    }
+    if (r < 0) {
+        snprintf(err, errlen, "server.cert: %s: damaged PEM certificate (%.*s)", cert, why_len(r),
+                 gnutls_strerror(r));
+        return;
+    }
+    d.data = NULL;
+    d.size = 0;
+    r = gnutls_load_file(key, &d);
+    if (r >= 0) {
+        gnutls_privkey_t pk;
+        r = gnutls_privkey_init(&pk);
+        if (r >= 0) {
+            r = gnutls_privkey_import_x509_raw(pk, &d, GNUTLS_X509_FMT_PEM, NULL, 0);
+            gnutls_privkey_deinit(pk);
+        }
+        gnutls_free(d.data);
+    }
+    if (r < 0) {
+        snprintf(err, errlen, "server.key: %s: damaged PEM private key (%.*s)", key, why_len(r),
+                 gnutls_strerror(r));
+        return;
+    }
+    snprintf(err, errlen, "server.cert/server.key: cannot load %s / %s: %s", cert, key,
+             gnutls_strerror(rv));
+}
+
 int qx_tls_new(qx_tls_t **out, const char *cert, const char *key, char *err, size_t errlen)
 {
     int rv;
@@ -79,8 +130,7 @@ int qx_tls_new(qx_tls_t **out, const char *cert, const char *key, char *err, siz
         goto fail;
     }
     if (rv < 0) {
-        snprintf(err, errlen, "server.cert/server.key: cannot load %s / %s: %s", cert, key,
-                 gnutls_strerror(rv));
+        name_bad_file(cert, key, rv, err, errlen);
         goto fail;
     }
     t->not_after = leaf_not_after(t->cred);
