@@ -233,6 +233,56 @@ def quic_path_stats(env, be):
     q.stop()
 
 
+# A long connection reports its path every minute (quic.c PATH_REPORT_NS),
+# not only when it closes: one h3 request whose response trickles for 85 s
+# (one byte a second) keeps its connection open past the first report. It
+# starts before the other cases and is checked after them, so its minute
+# overlaps their work.
+LONG_SECS = 85
+
+
+def long_conn_start(env, be):
+    q, tport, adm = start(env, [("*", be.addr)], workers=1)
+    run = env.gtls_start(q, "/slow/%d?ms=1000&chunk=1" % LONG_SECS, timeout=LONG_SECS + 120)
+    return q, adm, run
+
+
+def long_conn_check(env, long):
+    q, adm, run = long
+
+    def scrape_l():
+        ms, _ = parse_metrics(adm.get("/metrics").text)
+        return {"srtt": ms.get(("qrux_quic_smoothed_rtt_seconds_count", frozenset())),
+                "cwnd": ms.get(("qrux_quic_cwnd_bytes_count", frozenset())),
+                "sent": ms.get(("qrux_quic_packets_sent_total", frozenset())),
+                "open": ms.get(("qrux_active_connections", frozenset({("protocol", "h3")})))}
+    # Poll while the client still waits for its response: a report seen
+    # with the connection still open can only be the periodic one.
+    sampled, last = None, None
+    while run.proc.poll() is None and sampled is None:
+        last = scrape_l()
+        if last["open"] == 1.0 and last["srtt"] == 1.0:
+            sampled = last
+        else:
+            time.sleep(1)
+    env.check("long connection: its path reported while it is still open (%s)" % sampled,
+              sampled is not None and sampled["cwnd"] == 1.0 and (sampled["sent"] or 0) > 10,
+              last)
+    r = run.finish()
+    env.eq("long connection: the trickled response arrived whole (200, %d bytes)" % LONG_SECS,
+           (r.status(), len(r.body())),
+           (200, LONG_SECS), r.summary())
+    # Closed: reported once more, with the packets sent since the first report.
+    m = wait_until(lambda: (lambda g: g if g["srtt"] == 2.0 else None)(scrape_l()), 15) \
+        or scrape_l()
+    env.eq("long connection: reported again at close (2 reports, gauge 0)",
+           (m["srtt"], m["cwnd"], m["open"]), (2.0, 2.0, 0.0))
+    env.check("long connection: packets sent after the first report counted (%s > %s)"
+              % (m["sent"], sampled and sampled["sent"]),
+              sampled is not None and (m["sent"] or 0) > sampled["sent"])
+    q.stop()
+
+
 # ---------------------------------------------------------------------------
 # 3. status page
 
@@ -494,11 +544,13 @@ def dashboard_and_alerts(env, be):
 def main():
     with Env("observability") as env:
         be = env.backend()
+        long = long_conn_start(env, be)
         env.case("trace context and request ids", trace_context, env, be)
         env.case("certificate expiry gauge", cert_expiry, env, be)
         env.case("QUIC path statistics", quic_path_stats, env, be)
         env.case("status page and status.json", status_page, env, be)
         env.case("dashboard and alerts against a real scrape", dashboard_and_alerts, env, be)
+        env.case("QUIC path statistics of a long connection", long_conn_check, env, long)
 
 
 if __name__ == "__main__":
