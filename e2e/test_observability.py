@@ -346,6 +346,13 @@ def status_page(env, be):
     env.check("the page loads nothing from elsewhere (no src=/href= to another origin)",
               not re.search(rb'(src|href)\s*=\s*["\']?(https?:)?//', page.body), page.body[:200])
 
+    # An h3 connection held open (a response trickled over 30 s) while the
+    # page loads: the connections column must show it.
+    held = env.gtls_start(q, "/slow/30?ms=1000&chunk=1", timeout=150)
+    env.check("status.json: the held h3 connection is counted",
+              wait_until(lambda: adm.get("/status.json").json()["connections"]["h3"] == 1, 15),
+              adm.get("/status.json").json()["connections"])
+    not_after = st["certificate"]["not_after"]
     rc, dom, err = env.chromium(url, "localhost:%d" % q.port,
                                 extra=["--virtual-time-budget=4000"])
     env.eq("chromium --dump-dom exit code", rc, 0, err[-500:])
@@ -355,15 +362,29 @@ def status_page(env, be):
               "app.test" in text and be.addr in text and "accepting" in text
               and "refusing" in text, text[:1500])
     env.check("page: the last error rendered", "bogus_key" in text, text[:1500])
-    m = re.search(r'<tr id="proto-h3"><td>h3</td><td class="num">\d+</td>'
+    env.check("page: generation and source rendered",
+              re.search(r'id="generation"[^>]*>1 \(routes from file\)<', dom), dom[:1500])
+    env.check("page: the last reload's result rendered",
+              re.search(r'id="reload"[^>]*>error \(file\) at \d{4}-', dom), dom[:1500])
+    exp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(not_after))
+    env.check("page: the certificate's expiry rendered (%s)" % exp,
+              re.search(r'id="cert"[^>]*>expires ' + exp + r'\.000Z \(in [\d.]+ (days|hours)\)<',
+                        dom), re.findall(r'id="cert"[^<]*<', dom))
+    m = re.search(r'<tr id="proto-h3"><td>h3</td><td class="num">(\d+)</td>'
                   r'<td class="num">([\d.]+)</td><td class="num">([\d.]+)</td>'
                   r'<td class="num">(\d+)</td>', dom)
     env.check("page: the h3 row is rendered", m, dom[:2000])
+    if m:
+        env.eq("page: one active h3 connection (the held one)", m.group(1), "1", m.group(0))
+        m = re.search(r'<tr id="proto-h3"><td>h3</td><td class="num">\d+</td>'
+                      r'<td class="num">([\d.]+)</td><td class="num">([\d.]+)</td>'
+                      r'<td class="num">(\d+)</td>', dom)
     if m:
         env.check("page: a non-zero h3 request rate over the last minute (%s req/s)" % m.group(2),
                   float(m.group(2)) > 0, m.group(0))
         env.check("page: h3 requests counted (%s)" % m.group(3), int(m.group(3)) >= 30)
     env.check("page: sparklines drawn (svg paths)", dom.count("<path") >= 6, dom.count("<path"))
+
 
     shot = os.path.join(env.dir, "status-page.png")
     rc, _, err = env.chromium(url, "localhost:%d" % q.port,
@@ -374,6 +395,8 @@ def status_page(env, be):
         png = f.read()
     env.check("screenshot taken: a PNG of some size (%d bytes, %s)" % (len(png), shot),
               png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000, err[-300:])
+    env.eq("the held connection's response arrived (200, 30 bytes)",
+           (lambda r: (r.status(), len(r.body())))(held.finish()), (200, 30))
     q.stop()
 
     # The same token rules as /metrics.
