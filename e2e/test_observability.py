@@ -384,7 +384,15 @@ def status_page(env, be):
                   float(m.group(2)) > 0, m.group(0))
         env.check("page: h3 requests counted (%s)" % m.group(3), int(m.group(3)) >= 30)
     env.check("page: sparklines drawn (svg paths)", dom.count("<path") >= 6, dom.count("<path"))
-
+    # A fixed time axis: with k points of the 120 a full series has, the
+    # first is drawn k slots left of the right edge (240 px wide), not at 0.
+    k = len(adm.get("/status.json").json()["protocols"][0]["rate_per_second"])
+    env.check("qrux up for less than two minutes (%d points): the axis check means something"
+              % k, k < 110)
+    xs = re.search(r'<tr id="proto-h3">.*?<path d="M([\d.]+) ', dom, re.S)
+    env.check("page: the h3 rate sparkline starts %d slots from the right edge (x=%s >= %.1f)"
+              % (k, xs and xs.group(1), (120 - k) * 240 / 119 - 0.1),
+              xs and float(xs.group(1)) >= (120 - k) * 240 / 119 - 0.1, xs and xs.group(0)[-80:])
 
     shot = os.path.join(env.dir, "status-page.png")
     rc, _, err = env.chromium(url, "localhost:%d" % q.port,
