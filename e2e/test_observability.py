@@ -496,6 +496,67 @@ def prom_query(port, expr):
         return {"status": "unreachable", "error": str(e)}
 
 
+# What each rule's expression must return against the real series of the
+# test's qrux (one upstream refusing every connect, the other answering,
+# a certificate valid for 400 days): the refusing upstream for these three,
+# nothing for the other rules on qrux's own metrics.
+FIRING_ON_DOWN = {"QruxUpstream5xxRatioHigh", "QruxUpstreamConnectErrors", "QruxUpstreamDown"}
+SILENT = {"QruxNotReady", "QruxConfigReloadFailing", "QruxCertificateExpiringSoon",
+          "QruxQuicHandshakeFailureRatio", "QruxQuicRetryStorm", "QruxXdpDropsSpiking"}
+
+
+def alerts_on_real_series(env, pport, down):
+    """The rules file loaded by the real Prometheus: every rule evaluates
+    without error on qrux's real series, each expression returns what the
+    situation calls for (label names and values as qrux exports them), and
+    QruxUpstreamDown goes pending for the refusing upstream."""
+    import yaml  # python3-yaml
+    rules = {r["alert"]: r for g in yaml.safe_load(open(os.path.join(MON, "qrux-alerts.yaml")))
+             ["groups"] for r in g["rules"]}
+    env.eq("alerts: the rules the test knows are the file's", sorted(FIRING_ON_DOWN | SILENT |
+           {"QruxAdminScrapeFailing", "QruxAdminProbeFailures"}), sorted(rules))
+
+    def loaded():
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/api/v1/rules" % pport,
+                                        timeout=10) as r:
+                got = [x for g in json.loads(r.read())["data"]["groups"] for x in g["rules"]]
+        except (OSError, ValueError, KeyError):
+            return None
+        done = [x for x in got if not x.get("lastEvaluation", "").startswith("0001")]
+        return got if len(got) == len(rules) and len(done) == len(got) else None
+    got = wait_until(loaded, 20) or []
+    env.eq("prometheus loaded and evaluated every rule of qrux-alerts.yaml", len(got), len(rules))
+    for x in got:
+        env.eq("rule %s evaluates without error on real series" % x["name"],
+               (x["health"], x.get("lastError", "")), ("ok", ""))
+    for name, rule in sorted(rules.items()):
+        if name not in FIRING_ON_DOWN | SILENT:
+            continue
+        r = prom_query(pport, rule["expr"])
+        res = r.get("data", {}).get("result")
+        if res is None:
+            env.check("prometheus runs the expression of %s" % name, False, r)
+            continue
+        ups = sorted(x["metric"].get("upstream", "") for x in res)
+        env.eq("expression of %s on real series: %s" % (
+            name, "the refusing upstream" if name in FIRING_ON_DOWN else "nothing"),
+            ups, [down] if name in FIRING_ON_DOWN else [], res)
+
+    def pending():
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/api/v1/alerts" % pport,
+                                        timeout=10) as r:
+                al = json.loads(r.read())["data"]["alerts"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return [a for a in al if a["labels"].get("alertname") == "QruxUpstreamDown"] or None
+    al = wait_until(pending, 10) or []
+    env.eq("QruxUpstreamDown pending (for: 5m) for the refusing upstream, and only it",
+           [(a["labels"].get("upstream"), a["labels"].get("severity"), a["state"]) for a in al],
+           [(down, "critical", "pending")])
+
+
 def dashboard_and_alerts(env, be):
     dash = dashboard_model(env)
     refused = free_port("tcp")
@@ -536,8 +597,10 @@ def dashboard_and_alerts(env, be):
     cfg = os.path.join(pdir, "prometheus.yml")
     with open(cfg, "w") as f:
         f.write("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+                "rule_files: ['%s']\n"
                 "scrape_configs:\n  - job_name: qrux\n"
-                "    static_configs: [{targets: ['127.0.0.1:%d']}]\n" % adm.port)
+                "    static_configs: [{targets: ['127.0.0.1:%d']}]\n"
+                % (os.path.join(MON, "qrux-alerts.yaml"), adm.port))
     prom = spawn([need("prometheus"), "--config.file=" + cfg,
                   "--storage.tsdb.path=" + os.path.join(pdir, "data"),
                   "--web.listen-address=127.0.0.1:%d" % pport, "--log.level=warn"],
@@ -549,10 +612,14 @@ def dashboard_and_alerts(env, be):
             return res and float(res[0]["value"][1]) >= 4
         env.check("prometheus scraped qrux 4 times", wait_until(scrapes, 30),
                   prom_query(pport, 'up{job="qrux"}'))
-        # More traffic while Prometheus watches, so rates are non-zero.
+        # More traffic while Prometheus watches, so rates are non-zero; 60
+        # requests to the refusing upstream, so its alerts' thresholds are met.
         traffic(env, q, tport, n_h3=20, n_h2=5)
-        env.gtls(q, "/", authority="down.test:%d" % q.port, timeout=20)
+        r = env.gtls(q, "/", n=60, authority="down.test:%d" % q.port, timeout=60)
+        env.eq("60 requests to the refusing upstream: 60 x 502",
+               list(r.statuses().values()).count(502), 60, r.summary())
         time.sleep(3)
+        alerts_on_real_series(env, pport, "127.0.0.1:%d" % refused)
         for title, ref, e in panel_exprs:
             qe = (e.replace("$__rate_interval", "30s").replace("$namespace", ".*")
                   .replace("$pod", ".*").replace("$job", "qrux"))
