@@ -21,7 +21,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define QX_STATUS_SAMPLES 121 /* two minutes of one-second intervals */
+/* Two minutes of one-second intervals; status.html's SLOTS is this - 1
+ * (the points of a full series): change them together. */
+#define QX_STATUS_SAMPLES 121
 #define QX_STATUS_PERIOD_MS 1000
 
 typedef struct qx_status_sample {
