@@ -520,6 +520,30 @@ def h3_extended_connect(env, q):
               and lines[0].get("method") == "CONNECT", q.log_tail())
 
 
+def h3_wrong_accept(env, q):
+    """Extended CONNECT: qrux makes the Sec-WebSocket-Key the app sees, so it
+    checks the app's accept (RFC 6455 4.1) and answers 502 when the 101 does
+    not answer that key, with the reason at warn."""
+    probe = os.environ.get("H3PROBE_BIN") or os.path.join(
+        os.path.dirname(os.environ["QRUX_BIN"]), "h3probe")
+    body = os.path.join(env.dir, "h3-ws-accept-body")
+    with open(body, "wb") as f:
+        f.write(ws_frame(b"never echoed", opcode=0x1))
+    for path, why in (("/badaccept", "does not answer qrux's key"),
+                      ("/noaccept", "has no Sec-WebSocket-Accept")):
+        r = subprocess.run([probe, "127.0.0.1", str(q.port), "-H", ":method: CONNECT",
+                            "-H", ":protocol: websocket", "-H", ":scheme: https",
+                            "-H", ":authority: localhost:%d" % q.port, "-H", ":path: " + path,
+                            "-H", "sec-websocket-version: 13", "-d", body, "--half-close",
+                            "--timeout", "20"], capture_output=True, timeout=40)
+        out = r.stdout.decode(errors="replace").splitlines()
+        env.check("h3 extended CONNECT, %s: 502, not a tunnel" % path, "status 502" in out,
+                  out + [r.stderr[-500:]])
+        env.check("h3 extended CONNECT, %s: the warn line says why" % path,
+                  wait_until(lambda: ("websocket: the app's" in q.log_tail() and
+                                      why in q.log_tail()), 5), q.log_tail())
+
+
 # ---------------------------------------------------------------------------
 # limits: max_websocket_tunnels 1, websocket_idle_timeout_secs 2
 
@@ -662,6 +686,7 @@ def main():
         env.case("h1: refused upgrades", h1_refused, env, q, app)
         env.case("h2: extended CONNECT", h2_extended_connect, env, q)
         env.case("h3: extended CONNECT", h3_extended_connect, env, q)
+        env.case("h3: an app's 101 that does not answer qrux's key", h3_wrong_accept, env, q)
         env.case("chromium: new WebSocket()", chromium_ws, env, q)
         env.case("metrics and log", metrics_after, env, q)
         env.case("h1: a client that stops reading", h1_slow_reader, env, q, app)

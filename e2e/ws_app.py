@@ -12,7 +12,8 @@ Paths:
   /headers         one text message: the request's fields as JSON
 
 Plain HTTP on the same port: /__flood, /plain (200), /forbid (403): an app
-that answers an upgrade with an ordinary response; /page: an HTML page whose
+that answers an upgrade with an ordinary response; /badaccept, /noaccept: a
+101 whose Sec-WebSocket-Accept answers another key, or is missing; /page: an HTML page whose
 script opens a WebSocket to /echo (Chromium's own client). Prints "listening PORT".
 """
 
@@ -99,6 +100,13 @@ async def process_request(path, headers):
         return http.HTTPStatus.OK, [("Content-Type", "text/plain")], b"plain answer\n"
     if path.startswith("/forbid"):
         return http.HTTPStatus.FORBIDDEN, [("Content-Type", "text/plain")], b"app says no\n"
+    if path.startswith("/badaccept") or path.startswith("/noaccept"):
+        # A 101 that does not answer the request's key: another key's
+        # accept (RFC 6455 1.3's example), or none at all.
+        hdrs = [("Upgrade", "websocket"), ("Connection", "Upgrade")]
+        if path.startswith("/badaccept"):
+            hdrs.append(("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="))
+        return http.HTTPStatus.SWITCHING_PROTOCOLS, hdrs, b""
     return None
 
 

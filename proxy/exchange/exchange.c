@@ -1150,13 +1150,30 @@ static int tunnel_open(qx_exchange_t *ex, const qx_hdr_t *hdrs, size_t n)
     qx_hdr_t *out = qx_arena_alloc(&ex->arena, (n + 2) * sizeof(*out));
     size_t k = 0;
     int status = ex->ws == QX_WS_UPGRADE ? 101 : 200;
+    const qx_hdr_t *accept = NULL;
+    size_t naccept = 0;
     if (ex->ws == QX_WS_NONE || out == NULL || ensure_resp_buf(ex, -1) != 0)
         return -1;
     for (size_t i = 0; i < n; i++) {
         if (ex->ws == QX_WS_CONNECT && hdrs[i].namelen == 20 &&
-            memcmp(hdrs[i].name, "sec-websocket-accept", 20) == 0)
+            memcmp(hdrs[i].name, "sec-websocket-accept", 20) == 0) {
+            accept = &hdrs[i];
+            naccept++;
             continue;
+        }
         out[k++] = hdrs[i];
+    }
+    /* qrux made the key of an extended CONNECT: the app's 101 must answer
+     * it, once (RFC 6455 §4.1), or the app did not agree to this
+     * handshake. */
+    if (ex->ws == QX_WS_CONNECT &&
+        (naccept != 1 || !qx_ws_accept_ok(ex->ws_key, accept->value, accept->valuelen))) {
+        up_warn(ex, "websocket: %s",
+                naccept == 0  ? "the app's 101 has no Sec-WebSocket-Accept"
+                : naccept > 1 ? "the app's 101 has more than one Sec-WebSocket-Accept"
+                              : "the app's Sec-WebSocket-Accept does not answer "
+                                "qrux's key");
+        return -1;
     }
     if (ex->ws == QX_WS_UPGRADE) {
         out[k++] = (qx_hdr_t){"upgrade", 7, "websocket", 9};

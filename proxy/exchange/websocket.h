@@ -33,4 +33,11 @@ int qx_ws_is_upgrade(const char *method, size_t methodlen, const qx_hdr_t *hdrs,
  * NUL into out. */
 void qx_ws_key(const uint8_t rnd[16], char out[QX_WS_KEY_LEN + 1]);
 
+/* Nonzero when |accept| (len bytes, surrounding blanks allowed) is the
+ * Sec-WebSocket-Accept that answers |key|: base64 of the SHA-1 of the key
+ * and the GUID of RFC 6455 §1.3. qrux checks it when it made the key
+ * (extended CONNECT), as RFC 6455 §4.1 has a client do: an app whose
+ * accept does not match did not agree to this handshake. */
+int qx_ws_accept_ok(const char *key, const char *accept, size_t len);
+
 #endif

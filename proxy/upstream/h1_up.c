@@ -577,7 +577,6 @@ static int tunnel_head(qx_up_stream_t *st, llhttp_t *p)
         !qx_h1_list_has_token(conn, clen, "upgrade", 7))
         return -1;
     h->head_done = 1;
-    st->tunnel = 1;
     for (size_t i = 0; i < st->nf; i++) {
         qx_up_field_t *f = &st->f[i];
         char *name = st->hb + f->name_off;
@@ -588,7 +587,8 @@ static int tunnel_head(qx_up_stream_t *st, llhttp_t *p)
         hdrs[n++] = (qx_hdr_t){name, f->name_len, st->hb + f->value_off, f->value_len};
     }
     if (st->sink->head(st->user, 101, hdrs, n, 1, -1) != 0)
-        return -1;
+        return -1; /* not a tunnel: the read fails the stream (502) */
+    st->tunnel = 1;
     return 0;
 }
 

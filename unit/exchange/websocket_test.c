@@ -58,6 +58,25 @@ static void test_key(void **state)
     assert_string_equal(key, "/////////////////////w==");
 }
 
+static void test_accept(void **state)
+{
+    (void)state;
+    /* RFC 6455 §1.3's example */
+    const char *key = "dGhlIHNhbXBsZSBub25jZQ==";
+    const char *ok = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+    assert_true(qx_ws_accept_ok(key, ok, strlen(ok)));
+    assert_true(qx_ws_accept_ok(key, " s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\t", 30)); /* OWS */
+    /* another key's accept, one character off, cut short, empty, missing */
+    assert_false(qx_ws_accept_ok("AQIDBAUGBwgJCgsMDQ4PEA==", ok, strlen(ok)));
+    assert_false(qx_ws_accept_ok(key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOp=", 28));
+    assert_false(qx_ws_accept_ok(key, ok, 27));
+    assert_false(qx_ws_accept_ok(key, "", 0));
+    assert_false(qx_ws_accept_ok(key, NULL, 0));
+    /* the key itself, as an app echoing it might send */
+    assert_false(qx_ws_accept_ok(key, key, strlen(key)));
+    assert_false(qx_ws_accept_ok("short", ok, strlen(ok)));
+}
+
 static qx_h1_req_t req(const qx_hdr_t *hdrs, size_t n)
 {
     qx_h1_req_t r;
@@ -125,9 +144,8 @@ static void test_head_connect(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_is_upgrade),
-        cmocka_unit_test(test_key),
-        cmocka_unit_test(test_head_upgrade),
+        cmocka_unit_test(test_is_upgrade),   cmocka_unit_test(test_key),
+        cmocka_unit_test(test_accept),       cmocka_unit_test(test_head_upgrade),
         cmocka_unit_test(test_head_connect),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
