@@ -321,6 +321,20 @@ def http_get(port, path, host="127.0.0.1", timeout=5):
     return status, hdrs, body
 
 
+def scrape(port, path="/metrics"):
+    """The admin server's /metrics (no token) as {'name{labels}': value};
+    raises when it does not answer 200."""
+    st, _, body = http_get(port, path)
+    if st != 200:
+        raise RuntimeError("%s answered %s" % (path, st))
+    out = {}
+    for ln in body.decode("utf-8", "replace").splitlines():
+        if ln and not ln.startswith("#"):
+            k, _, v = ln.rpartition(" ")
+            out[k] = float(v)
+    return out
+
+
 # ---------------------------------------------------------------------------
 # peers
 

@@ -43,7 +43,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quicraw  # noqa: E402
-from harness import (RSS_FACTOR, Env, free_port, http_get, run, wait_until,  # noqa: E402
+from harness import (RSS_FACTOR, Env, free_port, scrape, run, wait_until,  # noqa: E402
                      yaml_str)
 
 KiB = 1024
@@ -72,13 +72,7 @@ def start(env, be, limits=None, **server):
 
 
 def metrics(q):
-    st, _, body = http_get(q.admin_port, "/metrics")
-    out = {}
-    for ln in body.decode("utf-8", "replace").splitlines():
-        if ln and not ln.startswith("#"):
-            k, _, v = ln.rpartition(" ")
-            out[k] = float(v)
-    return out
+    return scrape(q.admin_port)
 
 
 M_RETRY = "qrux_quic_retry_total"

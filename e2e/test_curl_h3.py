@@ -85,7 +85,7 @@ if LIBDIR and os.environ.get("LD_LIBRARY_PATH"):
         del os.environ["LD_LIBRARY_PATH"]
 
 sys.path.insert(0, E2E_DIR)
-from harness import (Env, free_port, http_get, pattern, pattern_sha256, run,  # noqa: E402
+from harness import (Env, free_port, scrape, pattern, pattern_sha256, run,  # noqa: E402
                      wait_until, yaml_str)
 
 try:
@@ -127,15 +127,7 @@ def start(env, be):
 
 def metrics(q):
     """/metrics as {'name{labels}': value}."""
-    st, _, body = http_get(q.admin_port, "/metrics")
-    if st != 200:
-        raise RuntimeError("/metrics answered %s" % st)
-    out = {}
-    for ln in body.decode("utf-8", "replace").splitlines():
-        if ln and not ln.startswith("#"):
-            k, _, v = ln.rpartition(" ")
-            out[k] = float(v)
-    return out
+    return scrape(q.admin_port)
 
 
 # ---------------------------------------------------------------------------

@@ -66,7 +66,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (H3_NO_ERROR, Env, Qrux, free_port, http_get, pattern_sha256,  # noqa: E402
+from harness import (H3_NO_ERROR, Env, Qrux, free_port, scrape, pattern_sha256,  # noqa: E402
                      run, wait_until, yaml_str)
 
 MiB = 1024 * 1024
@@ -97,15 +97,7 @@ def start(env, be, workers=1, limits=None, admin=True, **server):
 
 def metrics(q):
     """/metrics as {'name{labels}': value}."""
-    st, _, body = http_get(q.admin_port, "/metrics")
-    if st != 200:
-        raise RuntimeError("/metrics answered %s" % st)
-    out = {}
-    for ln in body.decode("utf-8", "replace").splitlines():
-        if ln and not ln.startswith("#"):
-            k, _, v = ln.rpartition(" ")
-            out[k] = float(v)
-    return out
+    return scrape(q.admin_port)
 
 
 M_ACCEPTED = 'qrux_early_data_requests_total{result="accepted"}'
