@@ -38,7 +38,8 @@
  *
  * Tunnels (test_websocket.py): --half-close sends the body (-d) at once but
  * ends the request stream only after the server ended its response, as a
- * WebSocket client over extended CONNECT (RFC 9220) does.
+ * WebSocket client over extended CONNECT (RFC 9220) does. --body-delay MS
+ * holds the body back for MS first: a quiet tunnel (no PINGs of its own).
  *
  * Address validation (the transport tests): --token HEX sends HEX as the
  * token of the first Initial (a NEW_TOKEN saved earlier, or a forged one);
@@ -172,6 +173,8 @@ typedef struct {
     int stall;                  /* --stall: response bodies get no flow control */
     int half_close;             /* --half-close: the body's end waits for the response's */
     int body_out;               /* --half-close: the body went */
+    int body_delay_ms;          /* --body-delay: the tunnel's body waits this long */
+    uint64_t body_at;           /* when it may go (ns), 0 once it may */
     int resp_ended;             /* --half-close: the server ended the response */
     int print_max_data;         /* --print-max-data */
     uint64_t stream_sent;       /* new stream bytes written (what connection flow control counts) */
@@ -267,6 +270,8 @@ static nghttp3_ssize read_body(nghttp3_conn *conn, int64_t stream_id, nghttp3_ve
         /* A tunnel (extended CONNECT): the body goes at once, the stream's
          * end only after the server ended its side. */
         if (!p->body_out) {
+            if (p->body_at != 0)
+                return NGHTTP3_ERR_WOULDBLOCK; /* --body-delay: a quiet tunnel first */
             p->body_out = 1;
             if (p->body_len == 0)
                 return NGHTTP3_ERR_WOULDBLOCK;
@@ -1486,6 +1491,8 @@ static int run(probe_t *p)
     uint64_t deadline = now_ns() + (uint64_t)p->timeout_secs * NGTCP2_SECONDS;
     if (p->reset_ms > 0)
         p->reset_at = now_ns() + (uint64_t)p->reset_ms * 1000000;
+    if (p->body_delay_ms > 0)
+        p->body_at = now_ns() + (uint64_t)p->body_delay_ms * 1000000;
 
     if (flush(p) != 0)
         return 1;
@@ -1505,6 +1512,8 @@ static int run(probe_t *p)
         uint64_t until = expiry < deadline ? expiry : deadline;
         if (p->reset_at && p->reset_at < until)
             until = p->reset_at;
+        if (p->body_at && p->body_at < until)
+            until = p->body_at;
         int ms = until <= now ? 0 : (int)((until - now + 999999) / 1000000);
         struct pollfd pfd = {.fd = p->fd, .events = POLLIN};
         if (poll(&pfd, 1, ms) == -1 && errno != EINTR) {
@@ -1534,6 +1543,13 @@ static int run(probe_t *p)
 #else
             ngtcp2_conn_shutdown_stream_write(p->conn, p->req[0].stream_id, 0x10c);
 #endif
+        }
+        if (p->body_at && now_ns() >= p->body_at && p->req[0].stream_id >= 0) {
+            /* --body-delay ran out: the tunnel's body goes now. */
+            p->body_at = 0;
+            nghttp3_conn_resume_stream(p->h3, p->req[0].stream_id);
+            if (flush(p) != 0)
+                return 1;
         }
         if (p->want_next) {
             p->want_next = 0;
@@ -1570,7 +1586,7 @@ static void usage(void)
                     "               [--timeout SECS] [--print-cert-sha256]\n"
                     "               [--token HEX] [--new-token-file FILE] [--print-retry]"
                     " [--retry-wait SECS] [--reset-ms MS] [--trailer 'name: value']\n"
-                    "               [--repeat N] [--stall] [--half-close]\n"
+                    "               [--repeat N] [--stall] [--half-close [--body-delay MS]]\n"
                     "       h3probe HOST PORT (--uni HEX[!] | --bidi HEX[-]) ...   raw streams\n"
                     "       h3probe HOST PORT --inject HEX ... [--inject-rbits] [--inject-gap MS]"
                     " [--collect MS]   raw 1-RTT packets\n"
@@ -1749,6 +1765,8 @@ static int parse_args(probe_t *p, int argc, char **argv)
             p->stall = 1;
         } else if (strcmp(a, "--half-close") == 0) {
             p->half_close = 1;
+        } else if (strcmp(a, "--body-delay") == 0 && has_val) {
+            p->body_delay_ms = atoi(argv[++i]);
         } else if (strcmp(a, "--print-retry") == 0) {
             p->print_retry = 1;
         } else if (strcmp(a, "--retry-wait") == 0 && has_val) {

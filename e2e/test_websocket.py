@@ -544,6 +544,32 @@ def h3_wrong_accept(env, q):
                                       why in q.log_tail()), 5), q.log_tail())
 
 
+def h3_quiet_tunnel(env, q):
+    """quic_idle_timeout_secs 2: an HTTP/3 tunnel whose client sends nothing
+    for 5 s and no PINGs of its own (h3probe --body-delay) lives on, because
+    qrux PINGs while a tunnel is open; the echo then comes back whole."""
+    probe = os.environ.get("H3PROBE_BIN") or os.path.join(
+        os.path.dirname(os.environ["QRUX_BIN"]), "h3probe")
+    close = struct.pack(">H", 4001) + b"h3 bye"
+    body = os.path.join(env.dir, "h3-ws-quiet-body")
+    with open(body, "wb") as f:
+        f.write(ws_frame(b"after 5 quiet seconds", opcode=0x1))
+    want = ws_frame(b"after 5 quiet seconds", opcode=0x1, mask=False) + \
+        ws_frame(close, opcode=0x8, mask=False)
+    r = subprocess.run([probe, "127.0.0.1", str(q.port), "-H", ":method: CONNECT",
+                        "-H", ":protocol: websocket", "-H", ":scheme: https",
+                        "-H", ":authority: localhost:%d" % q.port, "-H", ":path: /echo1",
+                        "-H", "sec-websocket-version: 13", "-d", body, "--half-close",
+                        "--body-delay", "5000", "--timeout", "30"],
+                       capture_output=True, timeout=60)
+    out = r.stdout.decode(errors="replace").splitlines()
+    env.check("quiet h3 tunnel: status 200", "status 200" in out, out + [r.stderr[-500:]])
+    env.check("quiet h3 tunnel: the connection outlived 2.5 idle timeouts; echo and close "
+              "reply exact", "body-sha256 %s %d" % (hashlib.sha256(want).hexdigest(),
+                                                    len(want)) in out,
+              out + [r.stderr[-500:]] + q.log_tail().splitlines())
+
+
 # ---------------------------------------------------------------------------
 # limits: max_websocket_tunnels 1, websocket_idle_timeout_secs 2
 
@@ -696,6 +722,8 @@ def main():
         env.case("limits", limits, env, ql)
         qc = start_qrux(env, app, limits={"max_websocket_tunnels_per_connection": 2})
         env.case("limits per connection", limits_per_connection, env, qc)
+        qi = start_qrux(env, app, limits={"quic_idle_timeout_secs": 2})
+        env.case("h3: a quiet tunnel outlives the QUIC idle timeout", h3_quiet_tunnel, env, qi)
 
 
 if __name__ == "__main__":

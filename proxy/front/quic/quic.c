@@ -456,6 +456,29 @@ static int same_path(const qx_quic_conn_t *qc, const ngtcp2_path *p)
            memcmp(p->remote.addr, &qc->remote, qc->remotelen) == 0;
 }
 
+/* A WebSocket tunnel may be quiet for websocket_idle_timeout_secs (300 s
+ * by default), far longer than the QUIC idle timeout (30 s): while one is
+ * open on the connection, qrux sends a PING when the connection has been
+ * idle for half the negotiated idle timeout, so a client that does not
+ * ping keeps its tunnel (the tunnel's own idle timer still applies). Off
+ * again with the last tunnel. */
+static void sync_keepalive(qx_quic_conn_t *qc)
+{
+    int want = qc->ws_tunnels > 0 && ngtcp2_conn_get_handshake_completed(qc->conn);
+    if (want == qc->keepalive)
+        return;
+    ngtcp2_duration every = UINT64_MAX;
+    if (want) {
+        uint64_t idle = qc->idle_ns;
+        const ngtcp2_transport_params *rp = ngtcp2_conn_get_remote_transport_params(qc->conn);
+        if (rp && rp->max_idle_timeout && (idle == 0 || rp->max_idle_timeout < idle))
+            idle = rp->max_idle_timeout;
+        every = idle ? idle / 2 : 15 * NGTCP2_SECONDS;
+    }
+    ngtcp2_conn_set_keep_alive_timeout(qc->conn, every);
+    qc->keepalive = want;
+}
+
 int qx_quic_conn_write(qx_quic_conn_t *qc)
 {
     qx_quic_ep_t *ep = qc->ep;
@@ -470,6 +493,7 @@ int qx_quic_conn_write(qx_quic_conn_t *qc)
 
     if (qc->tls && qc->state >= QX_QC_OPEN)
         release_tls(qc); /* not inside the callback: gnutls may be on the stack */
+    sync_keepalive(qc);
     if (qc->stash) {
         int rv =
             send_pkts(ep, (const struct sockaddr *)&qc->local, (const struct sockaddr *)&qc->remote,
@@ -849,6 +873,7 @@ static qx_quic_conn_t *conn_new(qx_quic_ep_t *ep, const ngtcp2_pkt_hd *hd,
     qc->max_streams = params.initial_max_streams_bidi;
     params.initial_max_streams_uni = 3;
     params.max_idle_timeout = (ngtcp2_duration)lim->quic_idle_timeout_secs * NGTCP2_SECONDS;
+    qc->idle_ns = params.max_idle_timeout;
     params.active_connection_id_limit = 7;
     if (odcid) {
         params.original_dcid = *odcid;

@@ -82,6 +82,8 @@ struct qx_quic_conn {
     struct qx_ipcount_entry *ip_entry; /* counted toward its address's cap (ipcount.h) */
     qx_h3_ctrl_t h3ctrl;               /* the client control stream's MAX_PUSH_ID rule */
     unsigned ws_tunnels;               /* WebSocket tunnels open (the exchanges count) */
+    int keepalive;                     /* PINGs on: a tunnel is open (sync_keepalive) */
+    uint64_t idle_ns;                  /* the idle timeout qrux offered (ns) */
     unsigned fin_due;                  /* exchanges with h3_fin_due set (qx_h3_fin_declined) */
     int close_quietly; /* CLOSING without CONNECTION_CLOSE (idle timeout, draining) */
     int retried_away;  /* answered by a Retry at its first packet: not a failed handshake */
