@@ -366,7 +366,15 @@ def main():
                       "rc=%s %s" % (rc, text[-800:]))
         env.case("gc --every", every)
 
-        # The live pod, last: detach still works over what gc left.
+        # The live pod, last. attach without --pin-owner cannot lock (enter)
+        # the directory gc gave back to 65532, and says why.
+        rc, out, err = sh(["ip", "netns", "exec", ns_b] +
+                          capped(ATTACH_CAPS, [qrux_bin(), "xdp", "attach", "--iface", "eth0",
+                                               "--quic-port", str(PORT), "--pin", d("qrux-b")]))
+        env.check("pod b: attach without --pin-owner: exit 1, names the owner",
+                  rc == 1 and "belongs to uid 65532 from an earlier --pin-owner: pass "
+                  "--pin-owner again" in err, out + err)
+        # detach still works over what gc left.
         rc, out, err = sh(["ip", "netns", "exec", ns_b] +
                           capped(ATTACH_CAPS, [qrux_bin(), "xdp", "detach", "--pin",
                                                d("qrux-b")]))

@@ -922,6 +922,8 @@ static int gc_pass(const char *root, int dry)
     }
     struct dirent *e;
     while ((e = readdir(d)) != NULL) { /* names first: gc removes entries of ROOT */
+        /* A pod's directory: the injector's subPathExpr qrux-$(QRUX_POD_UID)
+         * (admin/inject.h, QX_INJECT_BPFFS_SUBPATH): change both together. */
         if (strncmp(e->d_name, "qrux-", 5) != 0)
             continue;
         if (n == cap) {
