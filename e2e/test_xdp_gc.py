@@ -29,12 +29,15 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Env, need, qrux_bin, run, spawn, wait_until  # noqa: E402
+from harness import (Env, Qrux, free_port, need, qrux_bin, run, spawn,  # noqa: E402
+                     wait_until)
 
 PREFIX = "qxg%d" % (os.getpid() % 100000)
 # The injected init container's capabilities (setpriv's names), and gc's.
@@ -84,6 +87,7 @@ def pod(name):
     must(["ip", "netns", "add", ns])
     _netns.append(ns)
     must(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0"])
+    must(["ip", "-n", ns, "link", "set", "lo", "up"])
     must(["ip", "-n", ns, "link", "set", "eth0", "up"])
     must(["ip", "-n", ns, "link", "set", "peer0", "up"])
     return ns
@@ -365,6 +369,83 @@ def main():
                       rc == 0 and "removed %s: its link's interface is gone" % d("qrux-d") in text,
                       "rc=%s %s" % (rc, text[-800:]))
         env.case("gc --every", every)
+
+        def sidecar():
+            # Pod b's sidecar: qrux as 65532, no capability, on its pins.
+            # gc takes the directory back for a moment to look at the link;
+            # the sidecar keeps its maps (no reset of its counters, no
+            # "gone") even when that moment lasts seconds.
+            tls = os.path.join(env.dir, "pod-b")  # what the sidecar reads, 65532 too
+            os.makedirs(tls)
+            env.cert()
+            for n in ("cert.pem", "key.pem"):
+                shutil.copy(os.path.join(env.dir, n), tls)
+                os.chmod(os.path.join(tls, n), 0o644)
+            os.chmod(tls, 0o755)
+            tok = os.path.join(tls, "token")
+            with open(tok, "w") as fh:
+                fh.write("gc-token\n")
+            os.chmod(tok, 0o644)
+            aport = free_port("tcp")
+            path, port = env.write_config(
+                [("*", "127.0.0.1:1")], name="pod-b/sidecar.yaml",
+                extra_server='admin:\n  listen: "127.0.0.1:%d"\n  token_file: "%s"\n'
+                             'xdp:\n  pin: "%s"\n' % (aport, tok, d("qrux-b")))
+            with open(path) as fh:
+                text = fh.read().replace('"cert.pem"', '"%s/cert.pem"' % tls).replace(
+                    '"key.pem"', '"%s/key.pem"' % tls)
+            with open(path, "w") as fh:
+                fh.write(text)
+            os.chmod(path, 0o644)
+            q = Qrux(env, path, port, wrap=["ip", "netns", "exec", ns_b, need("setpriv"),
+                                            "--reuid=65532", "--regid=65532", "--clear-groups"])
+            env.qruxes.append(q)
+            try:
+                env.check("sidecar (65532) ready", q.wait_ready(20), q.log_tail(20))
+
+                def metrics():
+                    _, out, _ = sh(["ip", "netns", "exec", ns_b, need("curl"), "-s", "-H",
+                                    "Authorization: Bearer gc-token",
+                                    "http://127.0.0.1:%d/metrics" % aport])
+                    m = re.search(r"^qrux_xdp_attached (\d)$", out, re.M)
+                    c = re.search(r'^qrux_xdp_packets_total\{verdict="pass",reason="not_quic"\} '
+                                  r"(\d+)$", out, re.M)
+                    return (int(m.group(1)) if m else None), (int(c.group(1)) if c else None)
+                env.check("the sidecar opened pod b's maps: qrux_xdp_attached 1",
+                          wait_until(lambda: metrics()[0] == 1, 20), q.log_tail(20))
+                # Frames into eth0 (from its peer) for a counter that must not
+                # reset: ARP, which the filter passes as not_quic.
+                code = ("import socket\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n"
+                        "s.bind(('peer0',0))\n"
+                        "for _ in range(20):\n"
+                        "    s.send(b'\\xff'*6+b'\\x02'*6+b'\\x08\\x06'+bytes(46))\n")
+                must(["ip", "netns", "exec", ns_b, "/usr/bin/python3", "-c", code])
+                env.check("the sidecar counts the frames into eth0",
+                          wait_until(lambda: (metrics()[1] or 0) >= 20, 20), metrics())
+                seen = [metrics()]
+                os.chown(d("qrux-b"), 0, 0)  # what gc does, stretched over 3 s
+                try:
+                    end = time.monotonic() + 3
+                    while time.monotonic() < end:
+                        seen.append(metrics())
+                        time.sleep(0.2)
+                finally:
+                    os.chown(d("qrux-b"), 65532, 65532)
+                for _ in range(3):
+                    rc, out, err = gc(root)
+                    env.check("gc while the sidecar runs: exit 0, qrux-b kept",
+                              rc == 0 and os.path.exists(d("qrux-b")), out + err)
+                seen.append(metrics())
+                env.check("the sidecar's qrux_xdp_attached stayed 1 throughout",
+                          all(a == 1 for a, _ in seen), seen)
+                env.check("and its counters never went back",
+                          all(b[1] is not None and a[1] is not None and b[1] >= a[1]
+                              for a, b in zip(seen, seen[1:])), seen)
+                env.check("the sidecar never logged its filter gone",
+                          "is gone" not in q.log_text(), q.log_tail(20))
+            finally:
+                q.stop()
+        env.case("the live pod's sidecar while gc looks", sidecar)
 
         # The live pod, last. attach without --pin-owner cannot lock (enter)
         # the directory gc gave back to 65532, and says why.
