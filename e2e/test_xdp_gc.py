@@ -11,7 +11,9 @@ with only CAP_BPF and CAP_CHOWN, what the docs and the DaemonSet give it)
 removes exactly that pod's directory and the maps an unfinished attach
 left, and the kernel frees them (their map and program ids are gone, the
 KiB it reports are bpftool's bytes_memlock); the live pod keeps its
-filter, its pins and their owner (uid 65532 still reads its counters);
+filter, its pins and their owner (uid 65532 still reads its counters),
+and its sidecar (qrux as 65532) its maps, counters and
+qrux_xdp_attached 1 while gc takes the directory back to look;
 --dry-run removes nothing; directories qrux did not make (another name,
 a foreign map under a qrux pin name, a subdirectory, an empty one) are
 untouched; a directory an attach holds locked is kept until it is done;
