@@ -896,7 +896,8 @@ give_back:
      * reach into it. */
     for (size_t i = 0; !gone && i < NPINS; i++) {
         pin_path(path, sizeof(path), dir, pin_names[i]);
-        if (was[1 + i].taken && chown(path, was[1 + i].uid, was[1 + i].gid) == -1)
+        if (was[1 + i].taken && chown(path, was[1 + i].uid, was[1 + i].gid) == -1 &&
+            errno != ENOENT) /* a removal that failed half way */
             fail("giving %s back to uid %u: %s", path, (unsigned)was[1 + i].uid, strerror(errno));
     }
     if (!gone && was[0].taken && chown(dir, was[0].uid, was[0].gid) == -1)
@@ -927,14 +928,20 @@ static int gc_pass(const char *root, int dry)
         if (strncmp(e->d_name, "qrux-", 5) != 0)
             continue;
         if (n == cap) {
-            char **nn = realloc(names, (cap = cap ? 2 * cap : 16) * sizeof(*names));
+            size_t ncap = cap ? 2 * cap : 16;
+            char **nn = realloc(names, ncap * sizeof(*names));
             if (nn == NULL)
                 break;
             names = nn;
+            cap = ncap;
         }
         if ((names[n] = strdup(e->d_name)) == NULL)
             break;
         n++;
+    }
+    if (e != NULL) {
+        fail("out of memory listing %s: this pass looks at %zu directories", root, n);
+        t.failed++;
     }
     closedir(d);
     if (n > 0)
