@@ -28,7 +28,9 @@
  * subPathExpr on /sys/fs/bpf: one directory per pod (qrux-<pod uid>), so
  * the pods of a node never share maps, keys or a link, and neither
  * container sees another pod's pins. The filter is pinned at the root of
- * that mount, which the sidecar's qrux.yaml names as `xdp: pin:`. */
+ * that mount, which the sidecar's qrux.yaml names as `xdp: pin:`.
+ * `qrux xdp gc` (proxy/xdp/xdp.c, gc_pass) looks for these directories by
+ * their "qrux-" prefix: change both together. */
 #define QX_INJECT_POD_UID_ENV "QRUX_POD_UID"
 #define QX_INJECT_BPFFS_SUBPATH "qrux-$(" QX_INJECT_POD_UID_ENV ")"
 #define QX_INJECT_PIN_DIR QX_INJECT_BPFFS_DIR

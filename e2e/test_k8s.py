@@ -69,6 +69,7 @@ def chart_matrix(env, helm, node_env):
         monitoring_objects(env, f, docs)
         sidecar_config(env, f, docs)
         injector_options(env, f, docs)
+        xdp_gc(env, f, docs)
 
 
 def chart_promises(env, f, docs):
@@ -245,6 +246,83 @@ def injector_options(env, f, docs):
         inj.stop()
 
 
+GC_DEFAULTS = {"everySecs": 300, "tolerations": [{"operator": "Exists"}], "nodeSelector": {},
+               "resources": {"requests": {"cpu": "5m", "memory": "16Mi"},
+                             "limits": {"memory": "32Mi"}}}
+
+
+def xdp_gc(env, f, docs):
+    """xdpGc: the DaemonSet of `qrux xdp gc` iff XDP is on (or asked for),
+    with the values' schedule, tolerations, node selector and resources."""
+    import yaml
+    vals = yaml.safe_load(open(os.path.join(VALUES, f))) or {}
+    gcv = dict(GC_DEFAULTS, **vals.get("xdpGc", {}))
+    on = gcv.get("enabled", "auto")
+    want = on is True or (on == "auto" and vals.get("sidecar", {}).get("xdp", False))
+    ds = by_kind(docs, "DaemonSet")
+    env.eq("%s: the xdp gc DaemonSet iff XDP is on" % f,
+           [d["metadata"]["name"] for d in ds], ["qrux-xdp-gc"] if want else [])
+    if ds:
+        gc_daemonset(env, f, ds[0], gcv)
+
+
+def gc_daemonset(env, what, ds, gcv):
+    """What README "Kubernetes" and bpf/README.md say the gc DaemonSet
+    runs and gets, and what e2e/test_xdp_gc.py runs gc with: root with
+    CAP_BPF and CAP_CHOWN only, read-only, RuntimeDefault, the node's
+    /sys/fs/bpf on /host-bpf."""
+    spec = ds["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    env.eq("%s: xdp gc: one container running qrux xdp gc --every" % what,
+           (len(spec["containers"]), c["command"][0].endswith("/qrux"), c["args"]),
+           (1, True, ["xdp", "gc", "--root", "/host-bpf", "--every", str(gcv["everySecs"])]))
+    env.eq("%s: xdp gc: root, read-only, only BPF and CHOWN, RuntimeDefault" % what,
+           c["securityContext"],
+           {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0,
+            "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": ["BPF", "CHOWN"]},
+            "seccompProfile": {"type": "RuntimeDefault"}})
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    vols = {v["name"]: v.get("hostPath") for v in spec["volumes"]}
+    env.eq("%s: xdp gc: the node's /sys/fs/bpf on /host-bpf, nothing else" % what,
+           (mounts, vols), ({"bpffs": "/host-bpf"},
+                            {"bpffs": {"path": "/sys/fs/bpf", "type": "Directory"}}))
+    env.eq("%s: xdp gc: no token, pod seccomp, resources, tolerations, node selector" % what,
+           (spec["automountServiceAccountToken"], spec["securityContext"], c["resources"],
+            spec.get("tolerations"), spec.get("nodeSelector", {})),
+           (False, {"seccompProfile": {"type": "RuntimeDefault"}}, gcv["resources"],
+            gcv["tolerations"] or None, gcv["nodeSelector"]))
+    # The docs name the same command and capabilities.
+    with open(os.path.join(k8s.SRC, "README.md")) as fh:
+        readme = fh.read()
+    with open(os.path.join(k8s.SRC, "bpf", "README.md")) as fh:
+        bpf_readme = fh.read()
+    cmd = "qrux xdp gc --root /host-bpf --every"
+    caps = " and ".join("`CAP_%s`" % a for a in c["securityContext"]["capabilities"]["add"])
+    env.check("%s: xdp gc: README and bpf/README.md name its command and capabilities" % what,
+              cmd in readme and caps in readme and cmd in bpf_readme and
+              "add: [BPF, CHOWN]" in bpf_readme, caps)
+
+
+def xdp_gc_switch(env, helm):
+    """xdpGc.enabled: auto follows sidecar.xdp; true and false override."""
+    for args, want in ((["--set", "sidecar.xdp=true"], True),
+                       (["--set", "sidecar.xdp=true", "--set", "xdpGc.enabled=false"], False),
+                       (["--set", "xdpGc.enabled=true"], True),
+                       ([], False)):
+        rc, text, err = render(helm, env, "gc", args)
+        env.eq("xdp gc DaemonSet with %s" % (" ".join(args[1::2]) or "the defaults"),
+               (rc, len(by_kind(yaml_docs(text), "DaemonSet")) if rc == 0 else err[-300:]),
+               (0, 1 if want else 0))
+    rc, out, err = run([helm, "install", "qrux", CHART, "--namespace", NS, "--dry-run=client",
+                        "--set", "sidecar.xdp=true"], timeout=120,
+                       env=dict(os.environ, KUBECONFIG=os.path.join(env.dir, "no-kubeconfig")))
+    text = out.decode()
+    env.check("NOTES.txt with XDP says where gc logs what it removed",
+              rc == 0 and "kubectl -n %s logs ds/qrux-xdp-gc" % NS in text[text.find("NOTES:"):],
+              (text + err.decode())[-600:])
+
+
 MON = os.path.join(k8s.SRC, "k8s", "monitoring")
 
 
@@ -365,6 +443,11 @@ def chart_refusals(env, helm):
          ["--set", "config.routes[0].match=*", "--set", "config.routes[0].upstream=127.0.0.1:1",
           "--set", "config.routes[0].upstreams[0]=127.0.0.1:2"], "routes"),
         ("no routes", ["--set-json", "config.routes=[]"], "routes"),
+        ("xdpGc.enabled other than auto, true, false", ["--set", "xdpGc.enabled=maybe"],
+         "enabled"),
+        ("a gc pass every 0 s", ["--set", "xdpGc.everySecs=0"], "everySecs"),
+        ("an unknown toleration field", ["--set", "xdpGc.tolerations[0].operater=Exists"],
+         "operater"),
         ("a demo grace period shorter than the drain",
          ["--set", "demo.enabled=true", "--set", "demo.terminationGracePeriodSeconds=30"],
          "terminationGracePeriodSeconds"),
@@ -448,7 +531,7 @@ def notes(env, helm):
         env.check("NOTES.txt says " + what, needle in notes_text, notes_text[:400])
 
 
-def kustomize(env, kubectl, node_env):
+def kustomize(env, kubectl, helm, node_env):
     rc, out, err = run([kubectl, "kustomize", os.path.join(k8s.SRC, "k8s")], timeout=120)
     env.eq("kubectl kustomize k8s/", rc, 0, err.decode()[-800:])
     path = os.path.join(env.dir, "kustomize.yaml")
@@ -460,9 +543,22 @@ def kustomize(env, kubectl, node_env):
     env.eq("k8s/: qrux inject --lint finds nothing", rc, 0, lout.decode())
     docs = yaml_docs(out.decode())
     kinds = sorted(set(d["kind"] for d in docs))
-    env.eq("k8s/: the kinds", kinds, ["ConfigMap", "Deployment", "MutatingWebhookConfiguration",
-                                      "Namespace", "PodDisruptionBudget", "Secret", "Service",
+    env.eq("k8s/: the kinds", kinds, ["ConfigMap", "DaemonSet", "Deployment",
+                                      "MutatingWebhookConfiguration", "Namespace",
+                                      "PodDisruptionBudget", "Secret", "Service",
                                       "ServiceAccount"])
+    # The example app has XDP: the base has the gc DaemonSet, the chart's.
+    ds = by_kind(docs, "DaemonSet", "qrux-xdp-gc")
+    env.eq("k8s/: the xdp gc DaemonSet in qrux-system",
+           [d["metadata"]["namespace"] for d in ds], ["qrux-system"])
+    if ds:
+        gc_daemonset(env, "k8s/", ds[0], GC_DEFAULTS)
+        rc, text, err = render(helm, env, "gc-k8s", ["--set", "sidecar.xdp=true"])
+        chart = by_kind(yaml_docs(text), "DaemonSet")
+        env.check("k8s/xdp-gc.yaml is the chart's DaemonSet (selector, pod spec)",
+                  chart and chart[0]["spec"]["selector"] == ds[0]["spec"]["selector"] and
+                  chart[0]["spec"]["template"]["spec"] == ds[0]["spec"]["template"]["spec"],
+                  json.dumps(ds[0]["spec"]["template"]["spec"])[:600])
     env.check("k8s/: no hash suffix on the ConfigMaps (no roll on edit)",
               sorted(d["metadata"]["name"] for d in by_kind(docs, "ConfigMap")) ==
               ["qrux-config", "qrux-injector"])
@@ -573,7 +669,8 @@ def main():
         env.case("the validator refuses what it must", validator_negatives, env, helm, node_env)
         env.case("NOTES.txt", notes, env, helm)
         env.case("generated TLS kept across upgrades (lookup)", tls_kept, env, helm)
-        env.case("kustomize base", kustomize, env, kubectl, node_env)
+        env.case("the xdp gc DaemonSet switch", xdp_gc_switch, env, helm)
+        env.case("kustomize base", kustomize, env, kubectl, helm, node_env)
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: qrux --config FILE          run the proxy\n"
                "       qrux check --config FILE    validate FILE (and its cert/key) and exit\n"
                "       qrux inject ...              the sidecar injection webhook (inject --help)\n"
-               "       qrux xdp attach|detach|status ...  the XDP filter (qrux xdp --help)\n"
+               "       qrux xdp attach|detach|status|gc ...  the XDP filter (qrux xdp --help)\n"
                "       qrux --help | --version\n"
                "\n"
                "HTTP/3 (QUIC) terminating sidecar proxy: clients speak HTTP/3, the app\n"

@@ -1,5 +1,5 @@
 /*
- * xdp.c - `qrux xdp attach|detach|status` (see xdp.h).
+ * xdp.c - `qrux xdp attach|detach|status|gc` (see xdp.h).
  *
  * Pin layout under DIR (default /sys/fs/bpf/qrux):
  *   DIR/link         the bpf_link that holds the program on the interface
@@ -13,6 +13,10 @@
  * so counters, keys and the deny list survive) and a pinned link on the
  * same interface and mode gets the new program with bpf_link_update, an
  * atomic swap. It never stacks a second program.
+ *
+ * gc removes the pin directories of pods that are gone (their link dead),
+ * under a root where each pod has its own DIR (ROOT/qrux-<pod uid>); attach
+ * and gc lock DIR (lock_dir) so gc never takes an attach's pins.
  */
 #include "xdp/xdp.h"
 #include "base/qx.h"
@@ -22,7 +26,9 @@
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <linux/capability.h>
@@ -31,15 +37,18 @@
 #include <linux/magic.h>
 #include <linux/sockios.h>
 #include <net/if.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/vfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef CAP_PERFMON
@@ -59,6 +68,9 @@ typedef struct xdp_args {
     uint32_t rate, burst;
     xdp_mode_t mode;
     long owner_uid, owner_gid; /* --pin-owner, -1: leave root's */
+    const char *root;          /* gc --root */
+    int dry_run;               /* gc --dry-run */
+    uint32_t every;            /* gc --every, 0: one pass */
 } xdp_args_t;
 
 static void usage(FILE *f)
@@ -69,6 +81,7 @@ static void usage(FILE *f)
             "                       [--pin-owner UID[:GID]]\n"
             "       qrux xdp detach [--pin DIR]\n"
             "       qrux xdp status [--pin DIR]\n"
+            "       qrux xdp gc --root DIR [--dry-run] [--every SECS]\n"
             "\n"
             "Loads qrux's QUIC-aware XDP filter and pins its maps and link under DIR\n"
             "(default " QX_XDP_DEFAULT_PIN ", a bpffs). --rate/--burst: Initial packets\n"
@@ -77,8 +90,15 @@ static void usage(FILE *f)
             "away from its peer and caps the MTU, which slows the TCP fallback), else\n"
             "native when the driver supports it, else generic.\n"
             "--pin-owner: hand DIR and its pins to the proxy's user (it opens them by path).\n"
-            "Needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (and CAP_CHOWN for --pin-owner),\n"
-            "and write access to DIR.\n",
+            "attach needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (and CAP_CHOWN for\n"
+            "--pin-owner), and write access to DIR.\n"
+            "\n"
+            "gc: for each DIR/qrux-* directory (a pod's pin directory) whose pinned link\n"
+            "is dead (its interface, the pod's network namespace, is gone) or that holds\n"
+            "qrux's maps without a link, removes the pins and the directory, one line\n"
+            "each and a total. A live link, an attach in progress and anything qrux does\n"
+            "not pin are left alone. --every: a pass every SECS seconds until SIGTERM.\n"
+            "Needs uid 0 (which owns the bpffs), CAP_BPF and CAP_CHOWN.\n",
             QX_XDP_DEFAULT_RATE, QX_XDP_DEFAULT_BURST);
 }
 
@@ -189,9 +209,12 @@ static void iface_driver(const char *iface, char *drv, size_t len)
     close(fd);
 }
 
+/* DIR/NAME in |buf|; "" (which every call on it refuses) when too long. */
 static void pin_path(char *buf, size_t len, const char *pin, const char *name)
 {
-    snprintf(buf, len, "%s/%s", pin, name);
+    int n = snprintf(buf, len, "%s/%s", pin, name);
+    if (n < 0 || (size_t)n >= len)
+        buf[0] = '\0';
 }
 
 /* ---- attach ------------------------------------------------------------ */
@@ -316,47 +339,95 @@ static int give_pins(const xdp_args_t *a)
     return 0;
 }
 
-/* The reverse, before a re-attach or a detach reads the pins: after an
- * earlier --pin-owner, DIR and the pins belong to the proxy's user, and a
- * loader that runs as root with only the capabilities it needs (no
- * CAP_DAC_OVERRIDE) could neither enter DIR nor open a pin. Takes them back
- * with CAP_CHOWN; attach --pin-owner gives them away again at the end.
- * Returns 0 (also when there is nothing to take back) or -1 with a
- * message. */
-static int reclaim_pins(const char *pin)
+/* Owners of a pin directory and its pins as found: gc gives back what it
+ * took from a directory it leaves. */
+typedef struct owner {
+    uid_t uid;
+    gid_t gid;
+    int taken; /* 1: take_back() chowned it */
+} owner_t;
+
+#define NPINS QX_ARRAY_LEN(pin_names)
+
+/* Makes |path| the caller's with CAP_CHOWN when it is another user's;
+ * records in |was| whose it was. 0 (also when |path| does not exist) or
+ * -1 with a message. */
+static int take_back(const char *path, owner_t *was)
 {
-    char path[PATH_MAX];
     struct stat st;
     uid_t uid = geteuid();
     gid_t gid = getegid();
 
-    if (stat(pin, &st) == -1)
-        return 0; /* nothing pinned yet (or not reachable: the caller says so) */
-    if (st.st_uid != uid && chown(pin, uid, gid) == -1) {
+    was->taken = 0;
+    if (lstat(path, &st) == -1)
+        return 0; /* nothing there (or not reachable: the caller says so) */
+    was->uid = st.st_uid;
+    was->gid = st.st_gid;
+    if (st.st_uid == uid)
+        return 0;
+    if (chown(path, uid, gid) == -1) {
         fail("%s belongs to uid %u (an earlier --pin-owner); taking it back needs CAP_CHOWN: "
              "%s",
-             pin, (unsigned)st.st_uid, strerror(errno));
+             path, (unsigned)st.st_uid, strerror(errno));
         return -1;
     }
-    for (size_t i = 0; i < QX_ARRAY_LEN(pin_names); i++) {
+    was->taken = 1;
+    return 0;
+}
+
+/* The reverse of give_pins, before a re-attach, a detach or gc reads the
+ * pins: after an earlier --pin-owner, DIR and the pins belong to the
+ * proxy's user, and a loader that runs as root with only the capabilities
+ * it needs (no CAP_DAC_OVERRIDE) could neither enter DIR nor open a pin.
+ * Takes them back with CAP_CHOWN, DIR first; attach --pin-owner gives them
+ * away again at the end, gc gives them back (give_back) when it keeps
+ * DIR. |was| (NULL, or 1 + NPINS entries: DIR, then pin_names) records
+ * whose they were. Returns 0 (also when there is nothing to take back) or
+ * -1 with a message. */
+static int reclaim_pins(const char *pin, owner_t *was)
+{
+    char path[PATH_MAX];
+    owner_t none[1 + NPINS];
+
+    if (was == NULL)
+        was = none;
+    memset(was, 0, sizeof(none));
+    if (take_back(pin, &was[0]) != 0)
+        return -1;
+    for (size_t i = 0; i < NPINS; i++) {
         pin_path(path, sizeof(path), pin, pin_names[i]);
-        if (lstat(path, &st) == -1 || st.st_uid == uid)
-            continue;
-        if (chown(path, uid, gid) == -1) {
-            fail("%s belongs to uid %u (an earlier --pin-owner); taking it back needs "
-                 "CAP_CHOWN: %s",
-                 path, (unsigned)st.st_uid, strerror(errno));
+        if (take_back(path, &was[1 + i]) != 0)
             return -1;
-        }
     }
     return 0;
+}
+
+/* Locks the pin directory (flock, which the kernel keeps on the inode, so
+ * it holds across the bind mounts and mount namespaces of pods and the gc
+ * DaemonSet). attach holds it from before it opens the pins to the end,
+ * gc while it judges and removes a directory: gc never takes the maps of
+ * an attach in progress (pinned, the link not yet) nor the link it has
+ * just made. Returns the fd (closing it unlocks) or -1 with errno,
+ * EWOULDBLOCK when |wait| is 0 and someone holds the lock. */
+static int lock_dir(const char *dir, int wait)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd == -1)
+        return -1;
+    if (flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB)) == -1) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
 }
 
 static int cmd_attach(const xdp_args_t *a)
 {
     char path[PATH_MAX], drv[64];
     struct xdp_quic *skel = NULL;
-    int rv = 1, link_fd = -1;
+    int rv = 1, link_fd = -1, lock = -1;
     unsigned ifindex, old_ifindex = 0, old_prog = 0;
     const char *why;
 
@@ -370,15 +441,36 @@ static int cmd_attach(const xdp_args_t *a)
         fail("cannot create %s: %s", a->pin, strerror(errno));
         return 1;
     }
-    if (a->owner_uid >= 0 && reclaim_pins(a->pin) != 0)
+    if (a->owner_uid >= 0 && reclaim_pins(a->pin, NULL) != 0)
         return 1;
+    if ((lock = lock_dir(a->pin, 1)) == -1) {
+        struct stat st;
+        if (errno == EACCES && stat(a->pin, &st) == 0 && st.st_uid != geteuid())
+            fail("%s belongs to uid %u from an earlier --pin-owner: pass --pin-owner again", a->pin,
+                 (unsigned)st.st_uid);
+        else
+            fail("cannot lock %s: %s", a->pin, strerror(errno));
+        return 1;
+    }
+    struct stat dst;
+    if (fstat(lock, &dst) == 0 && dst.st_nlink == 0) {
+        /* The kubelet's bind mount of a directory gc removed (its link was
+         * dead: a pod sandbox being recreated). Exit; the next start of
+         * the init container gets a fresh directory. */
+        fail("%s was removed (qrux xdp gc: its link was dead) before this attach; run it again",
+             a->pin);
+        goto out;
+    }
+    /* Again, under the lock: a gc that ran meanwhile gave them back. */
+    if (a->owner_uid >= 0 && reclaim_pins(a->pin, NULL) != 0)
+        goto out;
     if (check_link_here(a->pin) != 0)
-        return 1; /* before the maps are opened: they are the other pod's too */
+        goto out; /* before the maps are opened: they are the other pod's too */
 
     skel = xdp_quic__open();
     if (skel == NULL) {
         fail("cannot open the embedded program: %s", strerror(errno));
-        return 1;
+        goto out;
     }
     struct bpf_map *map;
     bpf_object__for_each_map(map, skel->obj)
@@ -493,6 +585,8 @@ out:
     if (link_fd >= 0)
         close(link_fd);
     xdp_quic__destroy(skel); /* the pins keep maps, link and program alive */
+    if (lock >= 0)
+        close(lock);
     return rv;
 }
 
@@ -504,7 +598,7 @@ static int cmd_detach(const char *pin)
     unsigned ifindex = 0, prog = 0;
     int found = 0;
 
-    if (reclaim_pins(pin) != 0 || check_link_here(pin) != 0)
+    if (reclaim_pins(pin, NULL) != 0 || check_link_here(pin) != 0)
         return 1;
     int fd = pinned_link(pin, &ifindex, &prog);
     pin_path(path, sizeof(path), pin, QX_XDP_PIN_LINK);
@@ -599,6 +693,337 @@ static int cmd_status(const char *pin)
     return 0;
 }
 
+/* ---- gc ---------------------------------------------------------------- */
+
+/* The value of |key| ("memlock", "map_type", "link_type"...) in the
+ * kernel's description of bpf fd |fd| (/proc/self/fdinfo), or "" when
+ * absent. */
+static void fd_info(int fd, const char *key, char *val, size_t len)
+{
+    char path[64], line[256];
+    size_t klen = strlen(key);
+    val[0] = '\0';
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, key, klen) == 0 && line[klen] == ':') {
+            const char *v = line + klen + 1;
+            v += strspn(v, " \t");
+            snprintf(val, len, "%.*s", (int)strcspn(v, "\n"), v);
+            break;
+        }
+    }
+    fclose(f);
+}
+
+typedef struct gc_tally {
+    unsigned removed, live, busy, other, failed;
+    unsigned long long memlock; /* bytes of the maps removed */
+} gc_tally_t;
+
+/* What a directory under the gc root holds: its link (-1 none, else the
+ * interface index it holds, 0 when that is gone) and its maps. */
+typedef struct gc_dir {
+    long ifindex;
+    unsigned prog, nmaps;
+    unsigned long long memlock;
+    unsigned ids[NPINS]; /* the maps' ids, for the report */
+    char foreign[300];   /* why it is not qrux's, "" when it is */
+} gc_dir_t;
+
+/* Reads what |dir| holds into |g|: every entry must be one of qrux's pins
+ * (pin_names) and be what qrux pins there (an XDP bpf_link, a map of that
+ * name), else g->foreign says which is not. The pins are the caller's
+ * (reclaim_pins). */
+static void gc_read(const char *dir, gc_dir_t *g)
+{
+    char path[PATH_MAX], val[64];
+    memset(g, 0, sizeof(*g));
+    g->ifindex = -1;
+
+    DIR *d = opendir(dir);
+    if (d == NULL) {
+        snprintf(g->foreign, sizeof(g->foreign), "cannot read it: %s", strerror(errno));
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL && g->foreign[0] == '\0') {
+        size_t i;
+        struct stat st;
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        for (i = 0; i < NPINS && strcmp(e->d_name, pin_names[i]) != 0; i++)
+            ;
+        if (i < NPINS)
+            pin_path(path, sizeof(path), dir, pin_names[i]);
+        if (i == NPINS || lstat(path, &st) == -1 || !S_ISREG(st.st_mode)) {
+            snprintf(g->foreign, sizeof(g->foreign), "holds %s, which qrux does not pin",
+                     e->d_name);
+            break;
+        }
+        int fd = bpf_obj_get(path);
+        if (fd < 0) {
+            snprintf(g->foreign, sizeof(g->foreign), "cannot open %s: %s", e->d_name,
+                     strerror(errno));
+            break;
+        }
+        if (i == 0) { /* the link */
+            struct bpf_link_info info;
+            uint32_t ilen = sizeof(info);
+            memset(&info, 0, sizeof(info));
+            fd_info(fd, "link_type", val, sizeof(val));
+            if (strcmp(val, "xdp") != 0 || bpf_obj_get_info_by_fd(fd, &info, &ilen) != 0)
+                snprintf(g->foreign, sizeof(g->foreign), "%s is not an XDP link", e->d_name);
+            else {
+                g->ifindex = info.xdp.ifindex;
+                g->prog = info.prog_id;
+            }
+        } else {
+            struct bpf_map_info info;
+            uint32_t ilen = sizeof(info);
+            memset(&info, 0, sizeof(info));
+            fd_info(fd, "map_type", val, sizeof(val));
+            if (val[0] == '\0' || bpf_obj_get_info_by_fd(fd, &info, &ilen) != 0 ||
+                strcmp(info.name, e->d_name) != 0) {
+                snprintf(g->foreign, sizeof(g->foreign), "%s is not qrux's map", e->d_name);
+            } else {
+                fd_info(fd, "memlock", val, sizeof(val));
+                g->memlock += strtoull(val, NULL, 10);
+                g->ids[g->nmaps++] = info.id; /* one entry per name: at most NPINS - 1 */
+            }
+        }
+        close(fd);
+    }
+    closedir(d);
+}
+
+/* Removes the pins of |dir| (the link first: it holds the program, which
+ * holds the maps) and the directory. 0 or -1 with a message. */
+static int gc_remove(const char *dir)
+{
+    char path[PATH_MAX];
+    for (size_t i = 0; i < NPINS; i++) {
+        pin_path(path, sizeof(path), dir, pin_names[i]);
+        if (unlink(path) == -1 && errno != ENOENT) {
+            fail("removing %s: %s", path, strerror(errno));
+            return -1;
+        }
+    }
+    if (rmdir(dir) == -1) {
+        fail("removing %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int cmp_ids(const void *a, const void *b)
+{
+    unsigned x = *(const unsigned *)a, y = *(const unsigned *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* One directory ROOT/qrux-*: removed when its link is dead or it holds
+ * qrux's maps without a link; else left as it was, its owners given back. */
+static void gc_one(const char *root, const char *name, int dry, gc_tally_t *t)
+{
+    char dir[PATH_MAX], path[PATH_MAX];
+    owner_t was[1 + NPINS];
+    struct stat st;
+    gc_dir_t g;
+    const char *why = NULL;
+    int lock = -1, gone = 0;
+
+    snprintf(dir, sizeof(dir), "%s/%s", root, name);
+    if (lstat(dir, &st) == -1 || !S_ISDIR(st.st_mode))
+        return; /* not a directory (a symlink, a pin): nothing qrux made */
+    if (reclaim_pins(dir, was) != 0) {
+        t->failed++;
+        goto give_back;
+    }
+    if ((lock = lock_dir(dir, 0)) == -1) {
+        if (errno == EWOULDBLOCK)
+            t->busy++; /* an attach in progress: its directory */
+        else {
+            fail("cannot lock %s: %s", dir, strerror(errno));
+            t->failed++;
+        }
+        goto give_back;
+    }
+    /* Under the lock: an attach that held it may have given them away. */
+    if (reclaim_pins(dir, NULL) != 0) {
+        t->failed++;
+        goto give_back;
+    }
+    gc_read(dir, &g);
+    if (g.foreign[0] != '\0') {
+        printf("kept %s: %s\n", dir, g.foreign);
+        t->other++;
+    } else if (g.ifindex > 0) {
+        t->live++;
+    } else if (g.ifindex == 0) {
+        why = "its link's interface is gone";
+    } else if (g.nmaps > 0) {
+        why = "maps without a link";
+    } else {
+        t->other++; /* empty: a pod whose loader has not run yet */
+    }
+    if (why == NULL)
+        goto give_back;
+    if (!dry && gc_remove(dir) != 0) {
+        t->failed++;
+        goto give_back;
+    }
+    gone = !dry;
+    t->removed++;
+    t->memlock += g.memlock;
+    printf("%s %s: %s", dry ? "would remove" : "removed", dir, why);
+    if (g.ifindex == 0)
+        printf(" (prog id %u)", g.prog);
+    qsort(g.ids, g.nmaps, sizeof(g.ids[0]), cmp_ids);
+    printf("; %u maps (ids", g.nmaps);
+    for (unsigned i = 0; i < g.nmaps; i++)
+        printf(" %u", g.ids[i]);
+    printf("), %llu KiB locked\n", g.memlock / 1024);
+give_back:
+    /* The pins first, DIR last: once DIR is another user's, we cannot
+     * reach into it. */
+    for (size_t i = 0; !gone && i < NPINS; i++) {
+        pin_path(path, sizeof(path), dir, pin_names[i]);
+        if (was[1 + i].taken && chown(path, was[1 + i].uid, was[1 + i].gid) == -1 &&
+            errno != ENOENT) /* a removal that failed half way */
+            fail("giving %s back to uid %u: %s", path, (unsigned)was[1 + i].uid, strerror(errno));
+    }
+    if (!gone && was[0].taken && chown(dir, was[0].uid, was[0].gid) == -1)
+        fail("giving %s back to uid %u: %s", dir, (unsigned)was[0].uid, strerror(errno));
+    if (lock >= 0)
+        close(lock);
+}
+
+/* One pass over ROOT. 0, or -1 when something could not be read or
+ * removed (said on stderr). */
+static int gc_pass(const char *root, int dry)
+{
+    gc_tally_t t = {0};
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    int rv = 0;
+
+    DIR *d = opendir(root);
+    if (d == NULL) {
+        fail("cannot read %s: %s%s", root, strerror(errno),
+             errno == EACCES ? " (run gc as uid 0, which owns the bpffs)" : "");
+        return -1;
+    }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) { /* names first: gc removes entries of ROOT */
+        /* A pod's directory: the injector's subPathExpr qrux-$(QRUX_POD_UID)
+         * (admin/inject.h, QX_INJECT_BPFFS_SUBPATH): change both together. */
+        if (strncmp(e->d_name, "qrux-", 5) != 0)
+            continue;
+        if (n == cap) {
+            size_t ncap = cap ? 2 * cap : 16;
+            char **nn = realloc(names, ncap * sizeof(*names));
+            if (nn == NULL)
+                break;
+            names = nn;
+            cap = ncap;
+        }
+        if ((names[n] = strdup(e->d_name)) == NULL)
+            break;
+        n++;
+    }
+    if (e != NULL) {
+        fail("out of memory listing %s: this pass looks at %zu directories", root, n);
+        t.failed++;
+    }
+    closedir(d);
+    if (n > 0)
+        qsort(names, n, sizeof(*names), cmp_names);
+    for (size_t i = 0; i < n; i++) {
+        gc_one(root, names[i], dry, &t);
+        free(names[i]);
+    }
+    free(names);
+    printf("gc %s: %s %u director%s (%llu KiB locked); kept %u with a live link, %u in use by "
+           "an attach, %u not qrux's or empty%s\n",
+           root, dry ? "would remove" : "removed", t.removed, t.removed == 1 ? "y" : "ies",
+           t.memlock / 1024, t.live, t.busy, t.other, t.failed ? "; errors above" : "");
+    if (t.failed)
+        rv = -1;
+    fflush(stdout);
+    return rv;
+}
+
+static volatile sig_atomic_t gc_stop;
+
+static void gc_signal(int sig)
+{
+    (void)sig;
+    gc_stop = 1;
+}
+
+/* 0 when the effective set holds CAP_BPF (or CAP_SYS_ADMIN) and
+ * CAP_CHOWN; else names the missing ones. */
+static int check_gc_caps(void)
+{
+    struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+    struct __user_cap_data_struct d[2];
+    memset(d, 0, sizeof(d));
+    if (syscall(SYS_capget, &h, d) == -1)
+        return 0; /* cannot tell: let the kernel decide */
+#define HAS(c) ((d[(c) / 32].effective >> ((c) % 32)) & 1)
+    int bpf = HAS(CAP_BPF) || HAS(CAP_SYS_ADMIN), chown_ = HAS(CAP_CHOWN);
+#undef HAS
+    if (bpf && chown_)
+        return 0;
+    fail("missing capabilities: %s%s%s (gc needs CAP_BPF and CAP_CHOWN, as uid 0; in a pod: "
+         "securityContext.capabilities.add [BPF, CHOWN])",
+         bpf ? "" : "CAP_BPF", !bpf && !chown_ ? ", " : "", chown_ ? "" : "CAP_CHOWN");
+    return -1;
+}
+
+static int cmd_gc(const xdp_args_t *a)
+{
+    struct statfs st;
+
+    if (check_gc_caps() != 0)
+        return 1;
+    if (statfs(a->root, &st) == -1) {
+        fail("--root %s: %s (the node's bpffs: mount -t bpf bpf /sys/fs/bpf; in a pod, a "
+             "hostPath volume of /sys/fs/bpf)",
+             a->root, strerror(errno));
+        return 1;
+    }
+    if (st.f_type != BPF_FS_MAGIC) {
+        fail("--root %s is not a bpf filesystem (mount -t bpf bpf /sys/fs/bpf; in a pod, a "
+             "hostPath volume of /sys/fs/bpf)",
+             a->root);
+        return 1;
+    }
+    if (a->every == 0)
+        return gc_pass(a->root, a->dry_run) == 0 ? 0 : 1;
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = gc_signal; /* no SA_RESTART: the sleep ends */
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    while (!gc_stop) {
+        gc_pass(a->root, a->dry_run); /* errors are said; the next pass tries again */
+        struct timespec ts = {.tv_sec = a->every};
+        while (!gc_stop && nanosleep(&ts, &ts) == -1 && errno == EINTR)
+            ;
+    }
+    return 0;
+}
+
 /* ---- the command line -------------------------------------------------- */
 
 static int parse_u32(const char *s, uint32_t max, uint32_t *out)
@@ -635,6 +1060,9 @@ int qx_xdp_main(int argc, char **argv)
         {"burst", required_argument, NULL, 'b'},
         {"mode", required_argument, NULL, 'm'},
         {"pin-owner", required_argument, NULL, 'o'},
+        {"root", required_argument, NULL, 'R'},
+        {"dry-run", no_argument, NULL, 'n'},
+        {"every", required_argument, NULL, 'e'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -702,6 +1130,18 @@ int qx_xdp_main(int argc, char **argv)
             a.owner_gid = colon ? (long)gid : -1;
             break;
         }
+        case 'R':
+            a.root = optarg;
+            break;
+        case 'n':
+            a.dry_run = 1;
+            break;
+        case 'e':
+            if (parse_u32(optarg, 86400, &a.every) != 0 || a.every == 0) {
+                fail("--every: seconds between passes, 1..86400");
+                return 2;
+            }
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -730,6 +1170,13 @@ int qx_xdp_main(int argc, char **argv)
         return cmd_detach(a.pin);
     if (strcmp(cmd, "status") == 0)
         return cmd_status(a.pin);
-    fail("unknown command '%s' (attach, detach or status)", cmd);
+    if (strcmp(cmd, "gc") == 0) {
+        if (a.root == NULL) {
+            fail("gc needs --root (the node's bpffs, e.g. /sys/fs/bpf)");
+            return 2;
+        }
+        return cmd_gc(&a);
+    }
+    fail("unknown command '%s' (attach, detach, status or gc)", cmd);
     return 2;
 }

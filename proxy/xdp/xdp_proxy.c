@@ -7,6 +7,7 @@
 #include "xdp/xdp_maps.h"
 
 #include <bpf/bpf.h>
+#include <errno.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@ struct qx_xdp_proxy {
     pthread_mutex_t lock; /* guards maps and map_id */
     qx_xdp_maps_t maps;
     uint32_t map_id; /* kernel id of the pinned counters map: changes on re-attach */
+    int attached;    /* the last answer of attached_now() */
     qx_xdp_cfg_t cfg;
     qx_cid_keys_t *keys;
     uint64_t next_rotate_s; /* 0: not scheduled yet */
@@ -31,7 +33,7 @@ static void on_timer(uv_timer_t *t)
     qx_xdp_proxy_tick(p, uv_now(t->loop) / 1000);
 }
 
-/* The id of the counters map pinned now (0 when none). */
+/* The id of the counters map pinned now (0 when none; errno says why). */
 static uint32_t pinned_id(const char *pin)
 {
     char path[PATH_MAX];
@@ -40,7 +42,7 @@ static uint32_t pinned_id(const char *pin)
     snprintf(path, sizeof(path), "%s/%s", pin, QX_XDP_MAP_COUNTERS);
     int fd = bpf_obj_get(path);
     if (fd < 0)
-        return 0;
+        return 0; /* errno from bpf() */
     memset(&info, 0, sizeof(info));
     uint32_t id = bpf_obj_get_info_by_fd(fd, &info, &len) == 0 ? info.id : 0;
     close(fd);
@@ -60,6 +62,13 @@ static void sync_maps(qx_xdp_proxy_t *p, int log_absent)
     char err[256] = "";
     uint32_t id = pinned_id(p->cfg.pin);
     if (id == p->map_id)
+        return;
+    /* Pins we opened that we may not open now: `qrux xdp gc` (or a
+     * re-attach) took the pin directory back from our user for a few
+     * system calls to look at the link, and gives it back. The maps we
+     * hold are the same; closing them would reset /metrics' counters. A
+     * removed or replaced pin is ENOENT or another id. */
+    if (id == 0 && p->map_id != 0 && errno == EACCES)
         return;
     qx_xdp_maps_free(&p->maps);
     p->map_id = 0;
@@ -204,6 +213,18 @@ void qx_xdp_proxy_tick(qx_xdp_proxy_t *p, uint64_t now_s)
     pthread_mutex_unlock(&p->lock);
 }
 
+/* Under the lock: qx_xdp_maps_attached, or its last answer while the pin
+ * directory is taken from us for a moment (EACCES: see sync_maps). */
+static int attached_now(qx_xdp_proxy_t *p)
+{
+    errno = 0;
+    int a = qx_xdp_maps_attached(&p->maps);
+    if (a == 0 && errno == EACCES && p->map_id != 0)
+        return p->attached;
+    p->attached = a;
+    return a;
+}
+
 void qx_xdp_proxy_stats(qx_xdp_proxy_t *p, uint64_t *counters, int *attached)
 {
     memset(counters, 0, sizeof(uint64_t) * QX_XDP_NREASONS);
@@ -212,7 +233,7 @@ void qx_xdp_proxy_stats(qx_xdp_proxy_t *p, uint64_t *counters, int *attached)
         return;
     pthread_mutex_lock(&p->lock);
     qx_xdp_maps_counters(&p->maps, counters);
-    *attached = qx_xdp_maps_attached(&p->maps);
+    *attached = attached_now(p);
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -226,7 +247,7 @@ json_t *qx_xdp_proxy_deny_get(qx_xdp_proxy_t *p)
     if (p != NULL) {
         pthread_mutex_lock(&p->lock);
         list = qx_xdp_deny_get(&p->maps);
-        attached = qx_xdp_maps_attached(&p->maps);
+        attached = attached_now(p);
         pthread_mutex_unlock(&p->lock);
     } else {
         list = json_array();
