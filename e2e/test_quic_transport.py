@@ -66,8 +66,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (H3_NO_ERROR, Env, Qrux, free_port, scrape, pattern_sha256,  # noqa: E402
-                     run, wait_until, yaml_str)
+from harness import (H3_NO_ERROR, Env, Qrux, free_port, pattern,  # noqa: E402
+                     pattern_sha256, run, scrape, wait_until, yaml_str)
 
 MiB = 1024 * 1024
 INVALID_TOKEN = 0xB
@@ -1017,13 +1017,31 @@ def migration_under_loss(env, be):
     env.eq("--nat-rebinding: every datagram qrux sent was a packet the client could read",
            undecodable(r), 0)
 
+    # ngtcp2 1.11 (server and client alike) can stall such a run: the
+    # server's validation of the client's new address does not complete
+    # under the loss, so it may send only 3x what it receives there (the
+    # client's ACKs: ~140-byte packets); once one of those is lost nothing
+    # is in flight either way until the 30 s idle timeout, and gtlsclient
+    # exits 0 with part of the body. ngtcp2's own gtlsserver does the same
+    # (1 run in 18 here; qrux 1 in 30). Such a run (idle close, a short
+    # body that is the right prefix) says nothing about qrux and is run
+    # again, at most 3 times; a wrong byte fails at once.
+    want = pattern(n)
     for i in range(2):
-        r = env.gtls(q, "/bytes/%d" % n, timeout=90,
-                     extra=["--change-local-addr=500ms", "-r", "0.05", "-t", "0.05"])
+        for attempt in range(3):
+            r = env.gtls(q, "/bytes/%d" % n, timeout=90,
+                         extra=["--change-local-addr=500ms", "-r", "0.05", "-t", "0.05"])
+            body = r.body()
+            stalled = ("ERR_IDLE_CLOSE" in r.log and len(body) < n and
+                       want.startswith(body))
+            if not stalled:
+                break
+            print("run %d attempt %d: ngtcp2's amplification stall after the move (%d of %d "
+                  "bytes, then the idle timeout); again" % (i + 1, attempt + 1, len(body), n))
         env.eq("8 MiB, address change at 0.5 s, 5%% loss both ways (run %d): 200" % (i + 1),
                r.status(), 200, short(r))
         env.eq("8 MiB, address change + loss (run %d): exact body" % (i + 1),
-               r.sha(), pattern_sha256(n))
+               (len(body), r.sha()), (n, pattern_sha256(n)), short(r))
         m = re.search(r"Local address is now (\S+)", r.log)
         new = m.group(1) if m else None
         env.check("run %d: the client moved (%s) and qrux answered on the new path" % (i + 1, new),
