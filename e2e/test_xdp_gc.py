@@ -449,6 +449,38 @@ def main():
                 q.stop()
         env.case("the live pod's sidecar while gc looks", sidecar)
 
+        def planted():
+            # A pod's own user (65532 owns its directory after --pin-owner)
+            # replaces two pins with symlinks, to the bpffs root and to
+            # another pod's pin, and opens its directory to everyone. gc
+            # runs as root: it must not chown through the links, and must
+            # not leave the directory writable by all.
+            ns_c = pod("c")
+            rc, out, err = attach(ns_c, d("qrux-c"))
+            env.check("attach qrux-c: exit 0", rc == 0, out + err)
+            plant = ("cd %s && rm qx_deny4 qx_keys && ln -s .. qx_deny4 && "
+                     "ln -s ../qrux-b/qx_config qx_keys && chmod 0777 ." % d("qrux-c"))
+            rc, out, err = sh([need("setpriv"), "--reuid=65532", "--regid=65532",
+                               "--clear-groups", "sh", "-c", plant])
+            env.eq("uid 65532 plants two symlinks in its own directory", rc, 0, out + err)
+            root_owner = os.stat(root).st_uid
+            before_b = owners(d("qrux-b"))
+            rc, out, err = gc(root)
+            env.check("gc over the planted directory: exit 0", rc == 0, out + err)
+            env.eq("the bpffs root is still root's (no chown through qx_deny4 -> ..)",
+                   (root_owner, os.stat(root).st_uid), (0, 0))
+            env.eq("pod b's pins keep their owners (no chown through qx_keys)",
+                   owners(d("qrux-b")), before_b)
+            env.check("qrux-c is kept and named: its symlinks are not qrux's pins",
+                      "kept %s: holds qx_" % d("qrux-c") in out and
+                      "which qrux does not pin" in out, out)
+            st = os.stat(d("qrux-c"))
+            env.eq("qrux-c given back to 65532, but 0700 again", (st.st_uid, oct(st.st_mode & 0o777)),
+                   (65532, "0o700"))
+            env.eq("the symlinks are still the pod's own", os.lstat(d("qrux-c/qx_deny4")).st_uid,
+                   65532)
+        env.case("a pod plants symlinks in its directory", planted)
+
         # The live pod, last. attach without --pin-owner cannot lock (enter)
         # the directory gc gave back to 65532, and says why.
         rc, out, err = sh(["ip", "netns", "exec", ns_b] +

@@ -327,12 +327,12 @@ static int give_pins(const xdp_args_t *a)
         if (strcmp(pin_names[i], QX_XDP_MAP_BUCKETS) == 0)
             continue;
         pin_path(path, sizeof(path), a->pin, pin_names[i]);
-        if (chown(path, uid, gid) == -1) {
+        if (lchown(path, uid, gid) == -1) { /* never through a link planted there */
             fail("--pin-owner: chown %s: %s", path, strerror(errno));
             return -1;
         }
     }
-    if (chown(a->pin, uid, gid) == -1) {
+    if (lchown(a->pin, uid, gid) == -1) {
         fail("--pin-owner: chown %s: %s", a->pin, strerror(errno));
         return -1;
     }
@@ -350,9 +350,14 @@ typedef struct owner {
 #define NPINS QX_ARRAY_LEN(pin_names)
 
 /* Makes |path| the caller's with CAP_CHOWN when it is another user's;
- * records in |was| whose it was. 0 (also when |path| does not exist) or
- * -1 with a message. */
-static int take_back(const char *path, owner_t *was)
+ * records in |was| whose it was. Only a directory (|dir|) or a regular
+ * file (a pin) is taken, and never through a symlink: the proxy's user
+ * owns DIR after --pin-owner and may plant anything in it (a link to
+ * another pod's pin, to the bpffs root), which the loader and gc then
+ * judge as not qrux's. A directory taken back is made 0700 again (its
+ * owner could have opened it to everyone). 0 (also when |path| does not
+ * exist or is not taken) or -1 with a message. */
+static int take_back(const char *path, owner_t *was, int dir)
 {
     struct stat st;
     uid_t uid = geteuid();
@@ -361,17 +366,23 @@ static int take_back(const char *path, owner_t *was)
     was->taken = 0;
     if (lstat(path, &st) == -1)
         return 0; /* nothing there (or not reachable: the caller says so) */
+    if (dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode))
+        return 0;
     was->uid = st.st_uid;
     was->gid = st.st_gid;
     if (st.st_uid == uid)
         return 0;
-    if (chown(path, uid, gid) == -1) {
+    if (lchown(path, uid, gid) == -1) {
         fail("%s belongs to uid %u (an earlier --pin-owner); taking it back needs CAP_CHOWN: "
              "%s",
              path, (unsigned)st.st_uid, strerror(errno));
         return -1;
     }
     was->taken = 1;
+    if (dir && chmod(path, 0700) == -1) {
+        fail("chmod 0700 %s: %s", path, strerror(errno));
+        return -1;
+    }
     return 0;
 }
 
@@ -392,11 +403,11 @@ static int reclaim_pins(const char *pin, owner_t *was)
     if (was == NULL)
         was = none;
     memset(was, 0, sizeof(none));
-    if (take_back(pin, &was[0]) != 0)
+    if (take_back(pin, &was[0], 1) != 0)
         return -1;
     for (size_t i = 0; i < NPINS; i++) {
         pin_path(path, sizeof(path), pin, pin_names[i]);
-        if (take_back(path, &was[1 + i]) != 0)
+        if (take_back(path, &was[1 + i], 0) != 0)
             return -1;
     }
     return 0;
@@ -831,6 +842,8 @@ static int cmp_ids(const void *a, const void *b)
 
 /* One directory ROOT/qrux-*: removed when its link is dead or it holds
  * qrux's maps without a link; else left as it was, its owners given back. */
+#define GC_LOCK_WAIT_MS 3000
+
 static void gc_one(const char *root, const char *name, int dry, gc_tally_t *t)
 {
     char dir[PATH_MAX], path[PATH_MAX];
@@ -841,23 +854,41 @@ static void gc_one(const char *root, const char *name, int dry, gc_tally_t *t)
     int lock = -1, gone = 0;
 
     snprintf(dir, sizeof(dir), "%s/%s", root, name);
+    memset(was, 0, sizeof(was));
     if (lstat(dir, &st) == -1 || !S_ISDIR(st.st_mode))
         return; /* not a directory (a symlink, a pin): nothing qrux made */
-    if (reclaim_pins(dir, was) != 0) {
+    /* DIR only, to open and lock it (0700, the proxy's after --pin-owner);
+     * the pins under the lock. */
+    if (take_back(dir, &was[0], 1) != 0) {
         t->failed++;
         goto give_back;
     }
-    if ((lock = lock_dir(dir, 0)) == -1) {
-        if (errno == EWOULDBLOCK)
+    /* An attach (or another gc) holding the lock is done within a moment:
+     * waiting for it, rather than giving DIR back at once, keeps the two
+     * from pulling DIR from under each other. After GC_LOCK_WAIT_MS the
+     * directory is counted in use and left as it was found. */
+    for (int waited = 0; (lock = lock_dir(dir, 0)) == -1 && errno == EWOULDBLOCK &&
+                         waited < GC_LOCK_WAIT_MS;
+         waited += 50)
+        usleep(50 * 1000);
+    if (lock == -1) {
+        if (errno == EWOULDBLOCK) {
             t->busy++; /* an attach in progress: its directory */
-        else {
+        } else {
             fail("cannot lock %s: %s", dir, strerror(errno));
             t->failed++;
         }
         goto give_back;
     }
-    /* Under the lock: an attach that held it may have given them away. */
-    if (reclaim_pins(dir, NULL) != 0) {
+    /* Under the lock: an attach that held it may have given DIR away
+     * again; whose each was is what this reclaim finds, where it took. */
+    owner_t now[1 + NPINS];
+    int rv = reclaim_pins(dir, now);
+    for (size_t i = 0; i < 1 + NPINS; i++) {
+        if (now[i].taken)
+            was[i] = now[i];
+    }
+    if (rv != 0) {
         t->failed++;
         goto give_back;
     }
@@ -896,11 +927,11 @@ give_back:
      * reach into it. */
     for (size_t i = 0; !gone && i < NPINS; i++) {
         pin_path(path, sizeof(path), dir, pin_names[i]);
-        if (was[1 + i].taken && chown(path, was[1 + i].uid, was[1 + i].gid) == -1 &&
+        if (was[1 + i].taken && lchown(path, was[1 + i].uid, was[1 + i].gid) == -1 &&
             errno != ENOENT) /* a removal that failed half way */
             fail("giving %s back to uid %u: %s", path, (unsigned)was[1 + i].uid, strerror(errno));
     }
-    if (!gone && was[0].taken && chown(dir, was[0].uid, was[0].gid) == -1)
+    if (!gone && was[0].taken && lchown(dir, was[0].uid, was[0].gid) == -1)
         fail("giving %s back to uid %u: %s", dir, (unsigned)was[0].uid, strerror(errno));
     if (lock >= 0)
         close(lock);
