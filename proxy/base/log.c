@@ -97,6 +97,10 @@ static const char *const nullable_keys[] = {"upstream", "upstream_status", "trac
 static void json_line(const char *when, qx_log_level_t lvl, const char *msg, size_t msglen)
 {
     char out[4096];
+    /* What json_str may fill: the rest is for the punctuation after a key
+     * or value cut short (at most 8 bytes: "\":", a null or two quotes)
+     * and the closing "}\n", which are written without checks. */
+    const size_t cap = sizeof(out) - 16;
     size_t n = (size_t)snprintf(out, sizeof(out), "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"",
                                 when, level_names[lvl]);
     const char *rec = NULL;
@@ -106,10 +110,10 @@ static void json_line(const char *when, qx_log_level_t lvl, const char *msg, siz
             rec = *m;
     }
     if (rec != NULL) {
-        n = json_str(out, sizeof(out), n, rec, strlen(rec));
+        n = json_str(out, cap, n, rec, strlen(rec));
         out[n++] = '"';
         const char *p = msg + strlen(rec) + 1, *end = msg + msglen;
-        while (p < end && n + 16 < sizeof(out)) {
+        while (p < end && n + 16 < cap) {
             const char *sp = memchr(p, ' ', (size_t)(end - p));
             const char *tok_end = sp ? sp : end;
             const char *eq = memchr(p, '=', (size_t)(tok_end - p));
@@ -118,7 +122,7 @@ static void json_line(const char *when, qx_log_level_t lvl, const char *msg, siz
                 size_t klen = (size_t)(eq - p), vlen = (size_t)(tok_end - v);
                 out[n++] = ',';
                 out[n++] = '"';
-                n = json_str(out, sizeof(out), n, k, klen);
+                n = json_str(out, cap, n, k, klen);
                 memcpy(out + n, "\":", 2);
                 n += 2;
                 int numeric = key_in(k, klen, numeric_keys);
@@ -127,17 +131,17 @@ static void json_line(const char *when, qx_log_level_t lvl, const char *msg, siz
                     memcpy(out + n, "null", 4);
                     n += 4;
                 } else if (numeric) {
-                    n = json_str(out, sizeof(out), n, v, vlen);
+                    n = json_str(out, cap, n, v, vlen);
                 } else {
                     out[n++] = '"';
-                    n = json_str(out, sizeof(out), n, v, vlen);
+                    n = json_str(out, cap, n, v, vlen);
                     out[n++] = '"';
                 }
             }
             p = tok_end + 1;
         }
     } else {
-        n = json_str(out, sizeof(out), n, msg, msglen);
+        n = json_str(out, cap, n, msg, msglen);
         out[n++] = '"';
     }
     if (n + 2 > sizeof(out))

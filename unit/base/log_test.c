@@ -156,12 +156,44 @@ static void json_keys_have_fixed_types(void **state)
     free(out);
 }
 
+static void json_long_escapes(void)
+{
+    char tabs[701];
+    memset(tabs, '\t', 700);
+    tabs[700] = '\0';
+    /* A key of 700 tabs (4,200 bytes escaped) after a field of 0-63 bytes:
+     * the key is cut short at every offset modulo the 6 bytes of an escape. */
+    for (int pad = 0; pad < 64; pad++)
+        QX_INFO("access a=%.*s %s=1 b=\t", pad,
+                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", tabs);
+}
+
+/* A line that escapes past the JSON buffer is cut short, never written
+ * past it (the sanitizer build checks the stack), and still ends as one
+ * object per line. */
+static void json_cut_short(void **state)
+{
+    (void)state;
+    qx_log_level = QX_LOG_INFO;
+    qx_log_json = 1;
+    char *out = capture(json_long_escapes);
+    qx_log_json = 0;
+    assert_int_equal(count_lines(out, "{\"ts\":\""), 64);
+    assert_int_equal(count_lines(out, "\n"), 64);
+    for (char *ln = out, *nl; (nl = strchr(ln, '\n')) != NULL; ln = nl + 1) {
+        assert_true(nl - ln < 4096);
+        assert_int_equal(nl[-1], '}');
+    }
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(flood_is_bounded),
         cmocka_unit_test(below_level_costs_nothing),
         cmocka_unit_test(json_keys_have_fixed_types),
+        cmocka_unit_test(json_cut_short),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
