@@ -142,7 +142,10 @@ int qx_xdp_quic(struct xdp_md *ctx)
     __u32 zero = 0;
 
     const struct qx_xdp_config *cfg = bpf_map_lookup_elem(&qx_config, &zero);
-    if (cfg == 0 || qx_parse_udp(ctx, &p) != 0 || !is_quic_port(cfg, p.dport))
+    int parsed = cfg == 0 ? -1 : qx_parse_udp(ctx, &p);
+    if (parsed > 0) /* a fragment, a long header chain: the deny list only */
+        return verdict(denied(&p) ? QX_XDP_DROP_DENY : QX_XDP_PASS_OTHER);
+    if (parsed < 0 || !is_quic_port(cfg, p.dport))
         return verdict(QX_XDP_PASS_OTHER);
     if (denied(&p))
         return verdict(QX_XDP_DROP_DENY);

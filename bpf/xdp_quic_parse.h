@@ -36,7 +36,11 @@ struct qx_pkt {
     __u8 src[16]; /* IPv4 in src[0..3], IPv6 in full */
 };
 
-/* Returns 0 and fills |p| for a UDP datagram, -1 for anything else. */
+/* Returns 0 and fills |p| for a UDP datagram, -1 for anything else, and 1
+ * (p->v6 and p->src filled) for a UDP fragment or an IPv6 packet whose
+ * header chain goes on past the walk: the stack may still deliver it to
+ * qrux (reassembled, or with more extension headers), so the deny list
+ * applies to it, whatever its port. */
 static __always_inline int qx_parse_udp(struct xdp_md *ctx, struct qx_pkt *p)
 {
     const __u8 *data = (const __u8 *)(long)ctx->data;
@@ -67,21 +71,24 @@ static __always_inline int qx_parse_udp(struct xdp_md *ctx, struct qx_pkt *p)
             return -1;
         if (ip->ihl < 5 || ip->protocol != IPPROTO_UDP)
             return -1;
-        if (ip->frag_off & bpf_htons(0x3fff)) /* MF or an offset: a fragment */
-            return -1;
-        udp = (const void *)(l3 + ip->ihl * 4);
         p->v6 = 0;
         __builtin_memcpy(p->src, &ip->saddr, 4);
+        if (ip->frag_off & bpf_htons(0x3fff)) /* MF or an offset: a fragment */
+            return 1;
+        udp = (const void *)(l3 + ip->ihl * 4);
     } else if (proto == bpf_htons(ETH_P_IPV6)) {
         const struct ipv6hdr *ip6 = (const void *)l3;
         if ((const __u8 *)(ip6 + 1) > end)
             return -1;
         __u8 next = ip6->nexthdr;
         const __u8 *h = (const __u8 *)(ip6 + 1);
+        p->v6 = 1;
+        __builtin_memcpy(p->src, &ip6->saddr, 16);
         /* Hop-by-hop, routing and destination options before UDP: the
          * stack delivers such a datagram to qrux like any other, so a
          * sender must not get past the checks by adding one. A fragment
-         * header (or more than QX_MAX_EXTHDRS) ends the walk: not ours. */
+         * header of UDP, or more than QX_MAX_EXTHDRS, ends the walk: only
+         * the deny list judges those (return 1). */
 #pragma unroll
         for (int i = 0; i < QX_MAX_EXTHDRS; i++) {
             if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS)
@@ -91,11 +98,16 @@ static __always_inline int qx_parse_udp(struct xdp_md *ctx, struct qx_pkt *p)
             next = h[0];
             h += ((__u32)h[1] + 1) * 8;
         }
+        if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS)
+            return 1; /* the chain goes on */
+        if (next == IPPROTO_FRAGMENT) {
+            if (h + 1 > end)
+                return -1;
+            return h[0] == IPPROTO_UDP ? 1 : -1;
+        }
         if (next != IPPROTO_UDP)
             return -1;
         udp = (const void *)h;
-        p->v6 = 1;
-        __builtin_memcpy(p->src, &ip6->saddr, 16);
     } else {
         return -1;
     }

@@ -298,6 +298,23 @@ static void deny_list(void **state)
     expect("IPv6 outside it", f, frame(f, &s, p, plen), QX_XDP_PASS_INITIAL);
     s = (frame_spec_t){.proto = IPPROTO_TCP, .src = "203.0.113.77"};
     expect("denied source, TCP", f, frame(f, &s, p, 10), QX_XDP_PASS_OTHER);
+    /* What the walk cannot judge still meets the deny list: the stack
+     * reassembles a fragment, and walks a longer header chain, and hands
+     * the datagram to qrux. */
+    plen = initial(p, 1200);
+    s = (frame_spec_t){.frag = 1, .src = "203.0.113.77"};
+    expect("denied source, IPv4 UDP fragment", f, frame(f, &s, p, plen), QX_XDP_DROP_DENY);
+    s.src = "198.18.0.8";
+    expect("another source, IPv4 UDP fragment", f, frame(f, &s, p, plen), QX_XDP_PASS_OTHER);
+    s = (frame_spec_t){.v6 = 1, .frag = 1, .src = "2001:db8:bad::1"};
+    expect("denied source, IPv6 atomic fragment of UDP", f, frame(f, &s, p, plen),
+           QX_XDP_DROP_DENY);
+    s = (frame_spec_t){.v6 = 1, .exthdrs = 4, .src = "2001:db8:bad::1"};
+    expect("denied source, IPv6 + 4 ext headers", f, frame(f, &s, p, plen), QX_XDP_DROP_DENY);
+    s.src = "2001:db8:bae::1";
+    expect("another source, IPv6 + 4 ext headers", f, frame(f, &s, p, plen), QX_XDP_PASS_OTHER);
+    s = (frame_spec_t){.v6 = 1, .frag = 1, .proto = IPPROTO_TCP, .src = "2001:db8:bad::1"};
+    expect("denied source, IPv6 fragment of TCP", f, frame(f, &s, p, 10), QX_XDP_PASS_OTHER);
 
     json_t *got = qx_xdp_deny_get(&maps);
     assert_int_equal(json_array_size(got), 3);
