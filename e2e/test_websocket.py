@@ -493,22 +493,30 @@ def chromium_ws(env, q):
 # HTTP/3 extended CONNECT (RFC 9220) with e2e/h3probe
 
 
-def h3_extended_connect(env, q):
+def h3_connect(env, q, path, text, extra=(), timeout=20):
+    """An extended CONNECT (RFC 9220) to |path| with h3probe, one masked text
+    frame |text| as the tunnel's first bytes (--half-close). Returns
+    (h3probe's output lines, its stderr tail, the bytes /echo1 answers
+    with: the echo and the app's close 4001)."""
     probe = os.environ.get("H3PROBE_BIN") or os.path.join(
         os.path.dirname(os.environ["QRUX_BIN"]), "h3probe")
-    close = struct.pack(">H", 4001) + b"h3 bye"
-    body = os.path.join(env.dir, "h3-ws-body")
+    body = os.path.join(env.dir, "h3-ws-body-%s" % hashlib.sha256(text).hexdigest()[:12])
     with open(body, "wb") as f:
-        f.write(ws_frame(b"hello over h3", opcode=0x1))
-    want = ws_frame(b"hello over h3", opcode=0x1, mask=False) + \
-        ws_frame(close, opcode=0x8, mask=False)
+        f.write(ws_frame(text, opcode=0x1))
+    close = struct.pack(">H", 4001) + b"h3 bye"
+    want = ws_frame(text, opcode=0x1, mask=False) + ws_frame(close, opcode=0x8, mask=False)
     r = subprocess.run([probe, "127.0.0.1", str(q.port), "-H", ":method: CONNECT",
                         "-H", ":protocol: websocket", "-H", ":scheme: https",
-                        "-H", ":authority: localhost:%d" % q.port, "-H", ":path: /echo1",
+                        "-H", ":authority: localhost:%d" % q.port, "-H", ":path: " + path,
                         "-H", "sec-websocket-version: 13", "-d", body, "--half-close",
-                        "--timeout", "20"], capture_output=True, timeout=40)
-    out = r.stdout.decode(errors="replace").splitlines()
-    env.check("h3 extended CONNECT: status 200", "status 200" in out, out + [r.stderr[-500:]])
+                        "--timeout", str(timeout)] + list(extra),
+                       capture_output=True, timeout=2 * timeout)
+    return r.stdout.decode(errors="replace").splitlines(), r.stderr[-500:], want
+
+
+def h3_extended_connect(env, q):
+    out, err, want = h3_connect(env, q, "/echo1", b"hello over h3")
+    env.check("h3 extended CONNECT: status 200", "status 200" in out, out + [err])
     env.check("h3: no sec-websocket-accept to the client",
               not any(ln.startswith("header sec-websocket-accept") for ln in out), out)
     env.check("h3 tunnel: the echo and the app's close reply (4001), exact bytes",
@@ -524,21 +532,11 @@ def h3_wrong_accept(env, q):
     """Extended CONNECT: qrux makes the Sec-WebSocket-Key the app sees, so it
     checks the app's accept (RFC 6455 4.1) and answers 502 when the 101 does
     not answer that key, with the reason at warn."""
-    probe = os.environ.get("H3PROBE_BIN") or os.path.join(
-        os.path.dirname(os.environ["QRUX_BIN"]), "h3probe")
-    body = os.path.join(env.dir, "h3-ws-accept-body")
-    with open(body, "wb") as f:
-        f.write(ws_frame(b"never echoed", opcode=0x1))
     for path, why in (("/badaccept", "does not answer qrux's key"),
                       ("/noaccept", "has no Sec-WebSocket-Accept")):
-        r = subprocess.run([probe, "127.0.0.1", str(q.port), "-H", ":method: CONNECT",
-                            "-H", ":protocol: websocket", "-H", ":scheme: https",
-                            "-H", ":authority: localhost:%d" % q.port, "-H", ":path: " + path,
-                            "-H", "sec-websocket-version: 13", "-d", body, "--half-close",
-                            "--timeout", "20"], capture_output=True, timeout=40)
-        out = r.stdout.decode(errors="replace").splitlines()
+        out, err, _ = h3_connect(env, q, path, b"never echoed")
         env.check("h3 extended CONNECT, %s: 502, not a tunnel" % path, "status 502" in out,
-                  out + [r.stderr[-500:]])
+                  out + [err])
         env.check("h3 extended CONNECT, %s: the warn line says why" % path,
                   wait_until(lambda: ("websocket: the app's" in q.log_tail() and
                                       why in q.log_tail()), 5), q.log_tail())
@@ -548,26 +546,13 @@ def h3_quiet_tunnel(env, q):
     """quic_idle_timeout_secs 2: an HTTP/3 tunnel whose client sends nothing
     for 5 s and no PINGs of its own (h3probe --body-delay) lives on, because
     qrux PINGs while a tunnel is open; the echo then comes back whole."""
-    probe = os.environ.get("H3PROBE_BIN") or os.path.join(
-        os.path.dirname(os.environ["QRUX_BIN"]), "h3probe")
-    close = struct.pack(">H", 4001) + b"h3 bye"
-    body = os.path.join(env.dir, "h3-ws-quiet-body")
-    with open(body, "wb") as f:
-        f.write(ws_frame(b"after 5 quiet seconds", opcode=0x1))
-    want = ws_frame(b"after 5 quiet seconds", opcode=0x1, mask=False) + \
-        ws_frame(close, opcode=0x8, mask=False)
-    r = subprocess.run([probe, "127.0.0.1", str(q.port), "-H", ":method: CONNECT",
-                        "-H", ":protocol: websocket", "-H", ":scheme: https",
-                        "-H", ":authority: localhost:%d" % q.port, "-H", ":path: /echo1",
-                        "-H", "sec-websocket-version: 13", "-d", body, "--half-close",
-                        "--body-delay", "5000", "--timeout", "30"],
-                       capture_output=True, timeout=60)
-    out = r.stdout.decode(errors="replace").splitlines()
-    env.check("quiet h3 tunnel: status 200", "status 200" in out, out + [r.stderr[-500:]])
+    out, err, want = h3_connect(env, q, "/echo1", b"after 5 quiet seconds",
+                                extra=["--body-delay", "5000"], timeout=30)
+    env.check("quiet h3 tunnel: status 200", "status 200" in out, out + [err])
     env.check("quiet h3 tunnel: the connection outlived 2.5 idle timeouts; echo and close "
               "reply exact", "body-sha256 %s %d" % (hashlib.sha256(want).hexdigest(),
                                                     len(want)) in out,
-              out + [r.stderr[-500:]] + q.log_tail().splitlines())
+              out + [err] + q.log_tail().splitlines())
 
 
 # ---------------------------------------------------------------------------
