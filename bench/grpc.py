@@ -80,11 +80,8 @@ def main():
                                 str(app_port)], stdout=subprocess.PIPE)
         procs.append(app)
         app.stdout.readline()
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-                        os.path.join(d, "key.pem"), "-out", os.path.join(d, "cert.pem"),
-                        "-days", "1", "-subj", "/CN=localhost"], check=True,
-                       capture_output=True)
+        subprocess.run([os.path.join(SRC, "scripts", "make-cert.sh"), os.path.join(d, "cert.pem"),
+                        os.path.join(d, "key.pem")], check=True, capture_output=True)
         uport, tport = free_port(socket.SOCK_DGRAM), free_port()
         cfg = os.path.join(d, "qrux.yaml")
         with open(cfg, "w") as f:
